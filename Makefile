@@ -1,0 +1,33 @@
+# nisbflow: `make demo` runs the main job on built-in synthetic data; `make test` runs the suite.
+# Both create .venv and install torch==2.13.0 first (a local CPU build here), then the project with its dev extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= outputs/demo
+
+.PHONY: install demo test test-slow benchmark clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nisbflow synth $(DEMO_DIR)/seed101 --shape 256,256,128 --seed 101 --overwrite --preview $(DEMO_DIR)/seed101.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/synth.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,15 @@
+"""Configuration: one typed schema (BANIS defaults) set by YAML files and ``key=value`` overrides."""
+
+from .load import apply_overrides, config_to_yaml, load_config, load_yaml_tree, valid_keys
+from .schema import BANIS_AFFINITY_OFFSETS, Config, parse_offset
+
+__all__ = [
+    "BANIS_AFFINITY_OFFSETS",
+    "Config",
+    "apply_overrides",
+    "config_to_yaml",
+    "load_config",
+    "load_yaml_tree",
+    "parse_offset",
+    "valid_keys",
+]

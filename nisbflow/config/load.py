@@ -1,0 +1,160 @@
+"""Resolve a configuration: YAML files with ``_base_`` inheritance, then ``key.path=value`` overrides.
+
+The result is always a validated :class:`~nisbflow.config.schema.Config`; unknown keys fail and name
+the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError
+from .schema import Config
+
+BASE_KEY = "_base_"
+
+
+def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included (``data``, ``data.train``, ``data.train.path``, …)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(valid_keys(annotation, dotted + "."))
+    return keys
+
+
+def _section_keys() -> set[str]:
+    sections = set()
+    for key in valid_keys():
+        parts = key.split(".")
+        sections.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return sections
+
+
+def _unknown_key_error(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown configuration key '{key}' in {where}{hint}")
+
+
+def _check_keys(tree: dict, where: str, prefix: str = "") -> None:
+    known = set(valid_keys())
+    sections = _section_keys()
+    for name, value in tree.items():
+        dotted = f"{prefix}{name}"
+        if dotted not in known:
+            raise _unknown_key_error(dotted, where)
+        if dotted in sections:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' in {where} is a section and needs a mapping, got {value!r}")
+            _check_keys(value, where, dotted + ".")
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_yaml_tree(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
+    """Read one YAML file and the ``_base_`` files it names (a string or a list, relative to the file).
+
+    Bases are merged first, in list order; the file's own keys win. A cycle raises :class:`ConfigError`.
+    """
+    path = Path(path).expanduser().resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"configuration files include each other in a cycle: {chain}")
+    if not path.is_file():
+        where = f" (named as _base_ in {_stack[-1]})" if _stack else ""
+        raise ConfigError(f"configuration file not found: {path}{where}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping of configuration keys, got {type(tree).__name__}")
+    bases = tree.pop(BASE_KEY, None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{BASE_KEY} in {path} must be a path or a list of paths, got {bases!r}")
+    _check_keys(tree, str(path))
+    merged: dict = {}
+    for base in bases:
+        merged = _deep_merge(merged, load_yaml_tree(path.parent / base, (*_stack, path)))
+    return _deep_merge(merged, tree)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value (``null``, ``[9,9,20]``, ``0.5`` …)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value, e.g. decoding.threshold=0.8")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key before '='")
+    if key not in set(valid_keys()):
+        raise _unknown_key_error(key, "the command-line overrides")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict, overrides: Iterable[str]) -> dict:
+    """Return a copy of ``tree`` with each ``key.path=value`` override set."""
+    tree = copy.deepcopy(tree)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = tree
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return tree
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(configuration)"
+        given = item.get("input")
+        lines.append(f"  {key}: {item['msg']} (got {given!r})")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Resolve a configuration: schema defaults ← YAML file (with bases) ← ``key=value`` overrides.
+
+    >>> load_config(overrides=["decoding.threshold=0.8"]).decoding.threshold
+    0.8
+    """
+    tree = load_yaml_tree(path) if path is not None else {}
+    tree = apply_overrides(tree, list(overrides))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error)) from None
+
+
+def config_to_yaml(config: Config) -> str:
+    """The resolved configuration as YAML, in schema order, loadable again by :func:`load_config`."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,213 @@
+"""The one typed configuration schema of nisbflow.
+
+Defaults are the BANIS ``train_base_long`` reproduction as PyTorch Connectomics' NISB tutorial
+(``tutorials/neuron_nisb/base_banis.yaml``) configures it; key names follow that tutorial so users can
+copy overrides such as ``system.num_gpus=4 data.dataloader.batch_size=2`` unchanged.
+YAML files and ``a.b.c=value`` overrides only *set* values of this schema (see :mod:`nisbflow.config.load`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BANIS_AFFINITY_OFFSETS = ["1-0-0", "0-1-0", "0-0-1", "10-0-0", "0-10-0", "0-0-10"]
+
+
+def parse_offset(text: str) -> tuple[int, int, int]:
+    """Parse an affinity offset written the PyTorch Connectomics way, ``"10-0-0"`` → ``(10, 0, 0)`` (x, y, z voxels)."""
+    parts = str(text).split("-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"affinity offset {text!r} must be three non-negative integers joined by '-', e.g. '1-0-0'")
+    offset = tuple(int(p) for p in parts)
+    if sum(1 for p in offset if p) != 1:
+        raise ValueError(f"affinity offset {text!r} must be non-zero along exactly one axis (banis mode)")
+    return offset  # type: ignore[return-value]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SystemConfig(_Section):
+    num_gpus: int = Field(-1, ge=-1, description="GPUs to use; -1 = every visible GPU.")
+    num_workers: int = Field(-1, ge=-1, description="Data-loader / Dask workers; -1 = chosen from the CPU count.")
+    cluster: str = Field("local", description="local | dask-cuda | slurm | sync | tcp://scheduler:8786")
+
+
+class SplitConfig(_Section):
+    path: str | None = Field(None, description="NISB seed folder(s) holding data.zarr (a glob or a list for train).")
+    skeleton: str | None = Field(None, description="skeleton.pkl (or converted .json/.npz) for NERL.")
+
+
+class DataLoaderConfig(_Section):
+    batch_size: int = Field(4, gt=0, description="Patches per GPU per step.")
+
+
+class DataConfig(_Section):
+    voxel_size: tuple[float, float, float] = Field((9.0, 9.0, 20.0), description="Voxel size in nm, (x, y, z).")
+    patch_size: tuple[int, int, int] = Field((128, 128, 128), description="Training patch in voxels, (x, y, z).")
+    target_context: int = Field(10, ge=0, description="Trailing voxels read past the patch for long-range targets.")
+    normalize: Literal["divide-255"] = "divide-255"
+    train: SplitConfig = SplitConfig()
+    val: SplitConfig = SplitConfig()
+    test: SplitConfig = SplitConfig()
+    dataloader: DataLoaderConfig = DataLoaderConfig()
+    erosion: int = Field(0, ge=0, description="Widen instance borders by this many voxels in-plane (0 = off).")
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _positive_voxels(cls, value):
+        if any(v <= 0 for v in value):
+            raise ValueError(f"voxel sizes must be positive nm, got {list(value)}")
+        return value
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_patch(cls, value):
+        if any(v <= 0 for v in value):
+            raise ValueError(f"patch sizes must be positive voxel counts, got {list(value)}")
+        return value
+
+
+class ModelConfig(_Section):
+    arch: Literal["mednext"] = "mednext"
+    size: Literal["S", "B", "M", "L"] = "S"
+    init_filters: int = Field(32, gt=0, description="Channels of the first stage (MedNeXt default 32).")
+    kernel_size: Literal[3, 5] = 3
+    in_channels: int = Field(1, gt=0)
+    out_channels: int = Field(6, gt=0)
+    deep_supervision: bool = False
+    activation_checkpointing: bool = False
+    loss: Literal["WeightedBCEWithLogitsLoss"] = "WeightedBCEWithLogitsLoss"
+    affinity_mode: Literal["banis"] = "banis"
+    affinity_offsets: list[str] = Field(default_factory=lambda: list(BANIS_AFFINITY_OFFSETS))
+
+    @field_validator("affinity_offsets")
+    @classmethod
+    def _valid_offsets(cls, value):
+        for text in value:
+            parse_offset(text)
+        return value
+
+    @model_validator(mode="after")
+    def _channels_match_offsets(self):
+        if self.out_channels != len(self.affinity_offsets):
+            raise ValueError(
+                f"model.out_channels ({self.out_channels}) must equal the number of "
+                f"model.affinity_offsets ({len(self.affinity_offsets)})"
+            )
+        return self
+
+    def offsets(self) -> list[tuple[int, int, int]]:
+        """Affinity offsets as (x, y, z) voxel tuples, in channel order."""
+        return [parse_offset(t) for t in self.affinity_offsets]
+
+
+class OptimizerConfig(_Section):
+    name: Literal["AdamW"] = "AdamW"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(_Section):
+    name: Literal["cosine"] = "cosine"
+    min_lr: float = Field(0.0, ge=0)
+
+
+class CheckpointConfig(_Section):
+    monitor: str = "val_loss_total"
+    mode: Literal["min", "max"] = "min"
+    save_top_k: int = Field(3, ge=-1)
+    every_n_train_steps: int = Field(50000, gt=0)
+    save_last: bool = True
+
+
+class OptimizationConfig(_Section):
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    max_steps: int = Field(200000, gt=0)
+    n_steps_per_epoch: int = Field(5000, gt=0)
+    val_check_interval: int = Field(5000, gt=0)
+    val_steps_per_epoch: int = Field(100, ge=0)
+    precision: Literal["16-mixed", "bf16-mixed", "32", "32-true"] = "16-mixed"
+    gradient_clip_val: float = Field(1.0, ge=0)
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+
+class InferenceConfig(_Section):
+    window_size: tuple[int, int, int] = (128, 128, 128)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    blending: Literal["distance_transform"] = "distance_transform"
+    snap_to_edge: bool = True
+    sw_batch_size: int = Field(8, gt=0)
+    output_dtype: Literal["float16", "float32"] = "float16"
+    activation: Literal["scale_sigmoid", "sigmoid"] = "scale_sigmoid"
+    select_channel: list[int] = Field(default_factory=lambda: [0, 1, 2])
+
+
+class DecodingConfig(_Section):
+    name: Literal["decode_affinity_cc"] = "decode_affinity_cc"
+    threshold: float = Field(0.75, ge=0, le=1)
+    backend: Literal["numba", "cupy"] = "numba"
+    edge_offset: Literal[0] = Field(0, description="0 = source-voxel affinity storage (BANIS); the only supported one.")
+    affinity_mask_path: str | None = None
+
+
+class EvaluationConfig(_Section):
+    metrics: list[Literal["nerl", "voi", "adapted_rand"]] = Field(default_factory=lambda: ["nerl"])
+    merge_threshold: int = Field(1, ge=1, description="Skeleton nodes in a segment that make it a merger (BANIS: 1).")
+
+
+class ThresholdSearchConfig(_Section):
+    low: float = Field(0.4, ge=0, le=1)
+    high: float = Field(0.9, ge=0, le=1)
+    step: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"tune.threshold.low ({self.low}) must not exceed tune.threshold.high ({self.high})")
+        return self
+
+
+class TuneConfig(_Section):
+    sampler: Literal["TPE", "grid", "random"] = "TPE"
+    n_startup_trials: int = Field(4, ge=0)
+    n_trials: int = Field(4, gt=0)
+    threshold: ThresholdSearchConfig = ThresholdSearchConfig()
+    metric: Literal["nerl", "erl", "voi_sum"] = "nerl"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    study_name: str = "nisb_base_banis_cc_tuning"
+    storage: str | None = Field(None, description="Optuna storage URL; default sqlite under save_path.")
+    load_if_exists: bool = True
+
+
+class Config(_Section):
+    experiment_name: str = "nisb_base_banis"
+    save_path: str | None = Field(None, description="Output folder; default outputs/<experiment_name>.")
+    system: SystemConfig = SystemConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimization: OptimizationConfig = OptimizationConfig()
+    inference: InferenceConfig = InferenceConfig()
+    decoding: DecodingConfig = DecodingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="after")
+    def _derived_paths(self):
+        if self.save_path is None:
+            object.__setattr__(self, "save_path", f"outputs/{self.experiment_name}")
+        if self.tune.storage is None:
+            object.__setattr__(self.tune, "storage", f"sqlite:///{self.save_path}/tune.sqlite3")
+        if not self.inference.select_channel or any(
+            c < 0 or c >= self.model.out_channels for c in self.inference.select_channel
+        ):
+            raise ValueError(
+                f"inference.select_channel {self.inference.select_channel} must be channels of the "
+                f"{self.model.out_channels}-channel model output"
+            )
+        return self

@@ -1,0 +1,284 @@
+"""NISB skeletons: load ``skeleton.pkl`` safely, convert it to pickle-free forms, check it against a volume.
+
+A skeleton is one :class:`networkx.Graph`. Each node carries ``id`` (the ground-truth neuron),
+``index_position`` (voxel ``(x, y, z)``) and usually ``nm_position`` (``(x, y, z)`` in nm); edges join
+consecutive nodes of one neuron and may carry ``edge_length`` in nm.
+
+Unpickling runs code, so ``.pkl`` files go through :class:`RestrictedUnpickler`, which admits networkx
+graphs and plain data only. ``.json`` (networkx node-link) and ``.npz`` forms need no pickle at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import networkx as nx
+import numpy as np
+
+from ..errors import SkeletonError
+
+SKELETON_SUFFIXES = (".pkl", ".pickle", ".json", ".npz")
+
+_NETWORKX_MODULES = ("networkx.classes.reportviews", "networkx.classes.coreviews")
+_ALLOWED_GLOBALS = {
+    ("networkx.classes.graph", "Graph"),
+    ("networkx.classes.digraph", "DiGraph"),
+    ("networkx.classes.multigraph", "MultiGraph"),
+    ("networkx.classes.multidigraph", "MultiDiGraph"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+    ("copy_reg", "_reconstructor"),
+    ("copyreg", "_reconstructor"),
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+}
+_ALLOWED_BUILTINS = {
+    "object", "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex",
+    "str", "bytes", "bytearray", "bool", "slice", "range",
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only imports networkx graph classes, NumPy arrays/scalars and builtin containers.
+
+    Anything else (``os.system``, ``subprocess.Popen``, arbitrary classes) is refused before it is imported,
+    so a malicious skeleton.pkl cannot run code.
+    """
+
+    source = "<skeleton>"
+
+    def find_class(self, module: str, name: str):
+        allowed = (
+            (module, name) in _ALLOWED_GLOBALS
+            or (module in ("builtins", "__builtin__") and name in _ALLOWED_BUILTINS)
+            or (module.startswith("numpy.dtypes") and name.endswith("DType"))
+            or (module in _NETWORKX_MODULES and name[:1].isupper())
+        )
+        if not allowed:
+            raise SkeletonError(
+                f"refusing to unpickle {self.source}: it references {module}.{name}, and a skeleton pickle may only "
+                "hold networkx graphs and plain data (nothing was executed)"
+            )
+        if module == "__builtin__":
+            module = "builtins"
+        if module == "copy_reg":
+            module = "copyreg"
+        return super().find_class(module, name)
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with fsspec.open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise SkeletonError(f"skeleton file not found: {path}") from None
+
+
+def _from_pickle(path: str) -> nx.Graph:
+    unpickler = RestrictedUnpickler(io.BytesIO(_read_bytes(path)))
+    unpickler.source = path
+    try:
+        graph = unpickler.load()
+    except SkeletonError:
+        raise
+    except Exception as error:
+        raise SkeletonError(f"skeleton {path} is not a readable pickle: {error}") from error
+    if not isinstance(graph, nx.Graph):
+        raise SkeletonError(f"skeleton {path} must hold one networkx graph, found {type(graph).__name__}")
+    return graph
+
+
+def _from_json(path: str) -> nx.Graph:
+    try:
+        data = json.loads(_read_bytes(path))
+        return nx.node_link_graph(data, edges="edges")
+    except SkeletonError:
+        raise
+    except Exception as error:
+        raise SkeletonError(f"skeleton {path} is not networkx node-link JSON: {error}") from error
+
+
+def _from_npz(path: str) -> nx.Graph:
+    try:
+        arrays = np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False)
+        nodes, ids, index = arrays["nodes"], arrays["id"], arrays["index_position"]
+        nm = arrays["nm_position"] if "nm_position" in arrays else None
+        edges = arrays["edges"]
+        lengths = arrays["edge_length"] if "edge_length" in arrays else None
+    except SkeletonError:
+        raise
+    except Exception as error:
+        raise SkeletonError(f"skeleton {path} is not a nisbflow skeleton npz: {error}") from error
+    graph = nx.Graph()
+    for i, node in enumerate(nodes.tolist()):
+        attrs = {"id": int(ids[i]), "index_position": index[i].copy()}
+        if nm is not None:
+            attrs["nm_position"] = nm[i].copy()
+        graph.add_node(node, **attrs)
+    for j, (u, v) in enumerate(edges.tolist()):
+        if lengths is not None and np.isfinite(lengths[j]):
+            graph.add_edge(u, v, edge_length=float(lengths[j]))
+        else:
+            graph.add_edge(u, v)
+    return graph
+
+
+def load_skeleton(path: str | Path, *, validate: bool = True) -> nx.Graph:
+    """Load a skeleton graph from ``.pkl`` (restricted unpickling), ``.json`` (node-link) or ``.npz``.
+
+    With ``validate`` every node must carry ``id`` and a 3-vector ``index_position``.
+    """
+    path = str(path)
+    suffix = Path(path.split("?")[0]).suffix.lower()
+    readers = {".pkl": _from_pickle, ".pickle": _from_pickle, ".json": _from_json, ".npz": _from_npz}
+    if suffix not in readers:
+        raise SkeletonError(
+            f"unknown skeleton format '{suffix or path}' for {path}: expected one of {', '.join(SKELETON_SUFFIXES)}"
+        )
+    graph = readers[suffix](path)
+    if validate:
+        validate_skeleton(graph, path)
+    return graph
+
+
+def validate_skeleton(graph: nx.Graph, where: str = "<skeleton>") -> None:
+    """Raise :class:`SkeletonError` unless every node has ``id`` and a 3-element ``index_position``."""
+    if graph.number_of_nodes() == 0:
+        raise SkeletonError(f"skeleton {where} has no nodes")
+    for node, attrs in graph.nodes(data=True):
+        for key in ("id", "index_position"):
+            if key not in attrs:
+                raise SkeletonError(f"skeleton {where}: node {node!r} has no '{key}' attribute (NISB nodes carry id, index_position, nm_position)")
+        if np.asarray(attrs["index_position"]).shape != (3,):
+            raise SkeletonError(
+                f"skeleton {where}: node {node!r} index_position must be (x, y, z), found {attrs['index_position']!r}"
+            )
+
+
+@dataclass
+class SkeletonArrays:
+    """A skeleton as flat arrays: ``index_position (N, 3) int64`` voxels (x, y, z), ``id (N,)`` neuron per node,
+    ``edges (E, 2)`` row indices into the node arrays, ``edge_length (E,) float64`` nm."""
+
+    nodes: np.ndarray
+    id: np.ndarray
+    index_position: np.ndarray
+    nm_position: np.ndarray
+    edges: np.ndarray
+    edge_length: np.ndarray
+
+
+def skeleton_arrays(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0)) -> SkeletonArrays:
+    """Flatten a skeleton graph; edge length from ``edge_length``, else ``nm_position``, else voxels × voxel size."""
+    nodes = list(graph.nodes)
+    row = {node: i for i, node in enumerate(nodes)}
+    ids = np.array([graph.nodes[n]["id"] for n in nodes], dtype=np.int64)
+    index = np.array([np.asarray(graph.nodes[n]["index_position"]) for n in nodes], dtype=np.int64).reshape(-1, 3)
+    scale = np.asarray(voxel_size, dtype=np.float64)
+    nm = np.array(
+        [np.asarray(graph.nodes[n].get("nm_position", np.asarray(graph.nodes[n]["index_position"]) * scale)) for n in nodes],
+        dtype=np.float64,
+    ).reshape(-1, 3)
+    edges = np.array([(row[u], row[v]) for u, v in graph.edges], dtype=np.int64).reshape(-1, 2)
+    lengths = np.array(
+        [
+            data["edge_length"] if "edge_length" in data else float(np.linalg.norm(nm[row[u]] - nm[row[v]]))
+            for u, v, data in graph.edges(data=True)
+        ],
+        dtype=np.float64,
+    )
+    return SkeletonArrays(np.array(nodes), ids, index, nm, edges, lengths)
+
+
+def check_skeleton_in_volume(graph: nx.Graph, shape, where: str = "<skeleton>", volume: str = "the volume") -> None:
+    """Raise :class:`SkeletonError` naming the first node whose ``index_position`` lies outside ``shape`` (X, Y, Z)."""
+    shape = np.asarray(shape[:3])
+    for node, attrs in graph.nodes(data=True):
+        position = np.asarray(attrs["index_position"])
+        if np.any(position < 0) or np.any(position >= shape):
+            raise SkeletonError(
+                f"skeleton {where}: node {node!r} at voxel {position.tolist()} lies outside {volume} "
+                f"of shape {shape.tolist()} (X, Y, Z)"
+            )
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
+    """Write a skeleton as ``.pkl`` (NISB's format), ``.json`` (node-link) or ``.npz``, by the suffix of ``path``."""
+    path = str(path)
+    suffix = Path(path).suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        payload = pickle.dumps(graph, protocol=pickle.HIGHEST_PROTOCOL)
+    elif suffix == ".json":
+        payload = json.dumps(_jsonable(nx.node_link_data(graph, edges="edges"))).encode()
+    elif suffix == ".npz":
+        arrays = skeleton_arrays(graph)
+        buffer = io.BytesIO()
+        lengths = np.array(
+            [data.get("edge_length", np.nan) for _, _, data in graph.edges(data=True)], dtype=np.float64
+        )
+        has_nm = all("nm_position" in attrs for _, attrs in graph.nodes(data=True))
+        fields = dict(nodes=arrays.nodes, id=arrays.id, index_position=arrays.index_position,
+                      edges=arrays.nodes[arrays.edges] if len(arrays.edges) else arrays.edges, edge_length=lengths)
+        if has_nm:
+            fields["nm_position"] = arrays.nm_position
+        if arrays.nodes.dtype == object:
+            raise SkeletonError(f"cannot write {path}: npz skeletons need integer or string node names")
+        np.savez_compressed(buffer, **fields)
+        payload = buffer.getvalue()
+    else:
+        raise SkeletonError(f"unknown skeleton format '{suffix}' for {path}: expected one of {', '.join(SKELETON_SUFFIXES)}")
+    with fsspec.open(path, "wb") as handle:
+        handle.write(payload)
+
+
+def convert_skeleton(source: str | Path, destination: str | Path) -> nx.Graph:
+    """Read ``source`` (any supported format, pickles restricted) and write ``destination`` (format by suffix)."""
+    graph = load_skeleton(source)
+    save_skeleton(graph, destination)
+    return graph
+
+
+@dataclass
+class SkeletonSummary:
+    """Node, neuron and edge counts and the total path length in nm of a skeleton."""
+
+    n_nodes: int
+    n_neurons: int
+    n_edges: int
+    path_length_nm: float
+
+
+def summarize_skeleton(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0)) -> SkeletonSummary:
+    """Counts and total path length (nm) of a skeleton; edges between nodes of different ids are not counted."""
+    arrays = skeleton_arrays(graph, voxel_size)
+    same = arrays.id[arrays.edges[:, 0]] == arrays.id[arrays.edges[:, 1]] if len(arrays.edges) else np.zeros(0, bool)
+    return SkeletonSummary(
+        n_nodes=len(arrays.nodes),
+        n_neurons=int(len(np.unique(arrays.id))),
+        n_edges=int(same.sum()),
+        path_length_nm=float(arrays.edge_length[same].sum()),
+    )

@@ -1,0 +1,56 @@
+"""Run a list of Dask tasks with a Rich progress bar, on the current distributed client or locally."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import dask
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def _progress(description: str, total: int, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), disable=not enabled, transient=False,
+    )
+
+
+def current_client():
+    """The active ``distributed.Client`` if one is set up in this process, else None."""
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, num_workers: int | None = None) -> list:
+    """Compute ``tasks`` (dask delayed objects) and return their results in order.
+
+    On a distributed client the tasks run there and the bar follows finished futures; otherwise they run on the
+    local threaded scheduler (numba kernels release the GIL) with ``num_workers`` threads.
+    """
+    tasks = list(tasks)
+    client = current_client()
+    with _progress(description, len(tasks), progress) as bar:
+        task = bar.add_task(description, total=len(tasks))
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.compute(tasks)
+            for _ in as_completed(futures):
+                bar.advance(task)
+            return client.gather(futures)
+
+        from dask.callbacks import Callback
+
+        keys = {t.key for t in tasks}
+
+        class _Advance(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if key in keys:
+                    bar.advance(task)
+
+        with _Advance():
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=num_workers))

@@ -1,0 +1,526 @@
+"""Pure kernels of the synthetic NISB-like generator: a global neurite forest and per-block rasterisation.
+
+The global structure is small: a forest of branching tubes (centre-line nodes in nm with a radius each,
+grown as persistent random walks that avoid other neurons) plus organelle spheres inside them. Every voxel
+is then a pure function of its global position, so any block can be rasterised alone and any chunking of a
+volume gives identical arrays:
+
+- each neuron ``n`` has a signed distance ``f_n(v) = min_s |v - s| - r_s`` over its segments ``s`` (nm);
+- a voxel belongs to the nearest neuron (smallest ``f``) unless the second-nearest other neuron is within
+  ``membrane_width_nm`` of it (``f_2 - f_1 < w``: the membrane between touching neurites) or no neurite is
+  within ``max_gap_nm`` (extracellular space); those voxels are background 0.
+
+Coordinates are (x, y, z); positions are in nm, voxel ``i`` along an axis has its centre at ``i * voxel_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+# --------------------------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """What a synthetic volume looks like. Lengths are nm; ``shape`` is voxels (X, Y, Z)."""
+
+    shape: tuple[int, int, int]
+    seed: int = 0
+    voxel_size: tuple[float, float, float] = (9.0, 9.0, 20.0)
+    axon_radius_nm: tuple[float, float] = (45.0, 110.0)
+    dendrite_radius_nm: tuple[float, float] = (120.0, 300.0)
+    dendrite_fraction: float = 0.2
+    branch_length_nm: float = 2500.0
+    """Mean centre-line length between branch points (dendrites; axons branch 3× less often)."""
+    tortuosity: float = 0.18
+    membrane_width_nm: float = 16.0
+    max_gap_nm: float = 250.0
+    target_fill: float = 0.9
+    """Stop seeding neurons when this fraction of probe points lies inside a tube."""
+    organelles_per_um: float = 1.2
+    contrast: float = 1.0
+    noise_sigma: float = 10.0
+    blur_sigma_voxels: tuple[float, float, float] = (1.0, 1.0, 0.5)
+    dropped_slice_probability: float = 0.0
+    shifted_slice_probability: float = 0.0
+    max_slice_shift_voxels: int = 10
+
+    def __post_init__(self):
+        if len(self.shape) != 3 or any(int(n) < 1 for n in self.shape):
+            raise ValueError(f"shape must be three positive voxel counts (X, Y, Z), got {self.shape}")
+        if any(v <= 0 for v in self.voxel_size):
+            raise ValueError(f"voxel_size must be positive nm, got {self.voxel_size}")
+
+
+PRESETS = {
+    "thin": dict(axon_radius_nm=(30.0, 60.0), dendrite_radius_nm=(80.0, 160.0), dendrite_fraction=0.15,
+                 membrane_width_nm=7.0, max_gap_nm=150.0),
+    "slice_defects": dict(dropped_slice_probability=0.03, shifted_slice_probability=0.03),
+    "low_contrast": dict(contrast=0.35, noise_sigma=14.0),
+}
+"""NISB's harder settings, each a set of :class:`SynthParams` overrides that can be combined."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Global structure
+
+
+@dataclass
+class NeuriteForest:
+    """Centre lines of every neurite, in nm.
+
+    ``node_position (N, 3) float64`` nm (x, y, z); ``node_radius (N,)`` nm; ``node_neuron (N,) uint32`` (1-based);
+    ``node_parent (N,) int64`` the previous node on the centre line (-1 at a root). Each node with a parent is
+    one capsule segment (parent → node) of the node's radius. ``organelle_position (M, 3)``/``organelle_radius (M,)``
+    are dark spheres inside neurites. ``dropped_slices``/``shifted_slices (K,)`` are z indices and ``slice_shift
+    (K, 2)`` their (x, y) shift in voxels.
+    """
+
+    node_position: np.ndarray
+    node_radius: np.ndarray
+    node_neuron: np.ndarray
+    node_parent: np.ndarray
+    organelle_position: np.ndarray
+    organelle_radius: np.ndarray
+    dropped_slices: np.ndarray
+    shifted_slices: np.ndarray
+    slice_shift: np.ndarray
+    n_neurons: int
+    reach_nm: float = field(default=0.0)
+    """Largest distance from a segment at which it can still decide a voxel (candidate gathering radius)."""
+
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Capsules parent → node: ``start (S, 3)``, ``end (S, 3)`` nm, ``radius (S,)`` nm, ``neuron (S,) uint32``."""
+        child = np.flatnonzero(self.node_parent >= 0)
+        parent = self.node_parent[child]
+        return (self.node_position[parent], self.node_position[child], self.node_radius[child],
+                self.node_neuron[child])
+
+
+class _PointGrid:
+    """A spatial hash of centre-line nodes for the growth's collision tests (cell size in nm)."""
+
+    def __init__(self, cell: float):
+        self.cell = cell
+        self.cells: dict[tuple[int, int, int], list[int]] = {}
+
+    def key(self, p) -> tuple[int, int, int]:
+        return (int(p[0] // self.cell), int(p[1] // self.cell), int(p[2] // self.cell))
+
+    def add(self, index: int, p) -> None:
+        self.cells.setdefault(self.key(p), []).append(index)
+
+    def near(self, p, radius: float) -> list[int]:
+        k = self.key(p)
+        span = int(math.ceil(radius / self.cell))
+        found: list[int] = []
+        for i in range(k[0] - span, k[0] + span + 1):
+            for j in range(k[1] - span, k[1] + span + 1):
+                for m in range(k[2] - span, k[2] + span + 1):
+                    found.extend(self.cells.get((i, j, m), ()))
+        return found
+
+
+def _random_direction(rng) -> np.ndarray:
+    v = rng.normal(size=3)
+    return v / np.linalg.norm(v)
+
+
+def _perpendicular_turn(direction: np.ndarray, angle: float, rng) -> np.ndarray:
+    side = np.cross(direction, _random_direction(rng))
+    side /= np.linalg.norm(side) + 1e-12
+    turned = math.cos(angle) * direction + math.sin(angle) * side
+    return turned / np.linalg.norm(turned)
+
+
+def grow_forest(params: SynthParams) -> NeuriteForest:
+    """Grow densely packed, branching, non-overlapping tubes filling the volume (plus a margin), deterministically.
+
+    Neurons are seeded one after another at the candidate point farthest from existing tubes; each grows in both
+    directions from its seed as a persistent random walk, deflecting around other neurons' tubes and branching
+    into thinner children, until it leaves the domain or is blocked. Seeding stops once ``target_fill`` of
+    probe points lie inside tubes or no gap wide enough for the thinnest axon is left.
+    """
+    rng = np.random.default_rng([params.seed, 0x5EED])
+    voxel = np.asarray(params.voxel_size, dtype=np.float64)
+    extent = np.asarray(params.shape, dtype=np.float64) * voxel
+    r_max = params.dendrite_radius_nm[1]
+    r_min = params.axon_radius_nm[0]
+    margin = r_max
+    low, high = -margin - voxel / 2, extent + margin
+    gap = 2.0 * params.membrane_width_nm
+    grid = _PointGrid(cell=2.0 * r_max + gap)
+    store = {"position": np.empty((1024, 3)), "radius": np.empty(1024), "neuron": np.empty(1024, np.int64),
+             "parent": np.empty(1024, np.int64)}
+    count = 0
+
+    def clearance(p, own: int, limit: float) -> float:
+        """Free distance from p to the surface of the nearest tube of another neuron (capped at ``limit``)."""
+        near = grid.near(p, limit + r_max)
+        if not near:
+            return limit
+        index = np.fromiter(near, dtype=np.int64, count=len(near))
+        index = index[store["neuron"][index] != own]
+        if len(index) == 0:
+            return limit
+        distance = np.sqrt(((store["position"][index] - p) ** 2).sum(axis=1)) - store["radius"][index]
+        return min(limit, float(distance.min()))
+
+    def add_node(p, r, neuron, parent) -> int:
+        nonlocal count
+        if count == len(store["radius"]):
+            for key, array in store.items():
+                store[key] = np.concatenate([array, np.empty_like(array)])
+        store["position"][count], store["radius"][count] = p, r
+        store["neuron"][count], store["parent"][count] = neuron, parent
+        grid.add(count, p)
+        count += 1
+        return count - 1
+
+    def inside(p) -> bool:
+        return bool(np.all(p >= low) and np.all(p <= high))
+
+    def grow_branch(start: int, direction, radius, neuron, dendrite: bool, queue) -> None:
+        current, d = start, direction
+        branch_length = params.branch_length_nm * (1.0 if dendrite else 3.0)
+        for _ in range(100000):
+            p = store["position"][current].copy()
+            step = float(np.clip(0.8 * radius, 40.0, 200.0))
+            accepted = None
+            for attempt in range(6):
+                sigma = params.tortuosity * (1 + 2 * attempt)
+                trial = d + sigma * rng.normal(size=3)
+                trial /= np.linalg.norm(trial)
+                q = p + step * trial
+                if clearance(q, neuron, radius + gap + step) >= radius + gap + 0.25 * step:
+                    accepted = (q, trial)
+                    break
+            if accepted is None:
+                return
+            q, d = accepted
+            current = add_node(q, radius, neuron, current)
+            if not inside(q):
+                return
+            if rng.random() < step / branch_length:
+                child_radius = max(r_min, radius * rng.uniform(0.5, 0.85))
+                queue.append((current, _perpendicular_turn(d, rng.uniform(0.6, 1.3), rng), child_radius))
+            radius = max(r_min, radius * (1.0 - 0.002 * rng.random()))
+
+    probes = rng.uniform(low, high, size=(256, 3))
+    unfilled = np.ones(len(probes), dtype=bool)
+    neuron = 0
+    failures = 0
+    while failures < 12:
+        candidates = rng.uniform(low, high, size=(64, 3))
+        free = np.array([clearance(c, -1, 2 * r_max) for c in candidates])
+        best = int(np.argmax(free))
+        room = free[best] - gap
+        if room < r_min:
+            failures += 1
+            continue
+        dendrite = rng.random() < params.dendrite_fraction
+        low_r, high_r = params.dendrite_radius_nm if dendrite else params.axon_radius_nm
+        radius = float(min(room, math.exp(rng.uniform(math.log(low_r), math.log(high_r)))))
+        neuron += 1
+        root = add_node(candidates[best], radius, neuron, -1)
+        direction = _random_direction(rng)
+        queue = [(root, direction, radius), (root, -direction, radius)]
+        while queue:
+            start, d, r = queue.pop()
+            grow_branch(start, d, r, neuron, dendrite, queue)
+        if neuron % 4 == 0:
+            for i in np.flatnonzero(unfilled):
+                unfilled[i] = clearance(probes[i], -1, r_max) >= 0
+            if 1.0 - unfilled.mean() >= params.target_fill:
+                break
+    node_position = store["position"][:count].copy()
+    node_radius = store["radius"][:count].copy()
+    node_neuron = store["neuron"][:count].astype(np.uint32)
+    node_parent = store["parent"][:count].copy()
+    organelle_position, organelle_radius = _place_organelles(params, node_position, node_radius, node_parent, rng)
+    dropped, shifted, shift = _slice_defects(params, rng)
+    reach = params.max_gap_nm + params.membrane_width_nm + 200.0 + r_max
+    return NeuriteForest(node_position, node_radius, node_neuron, node_parent, organelle_position,
+                         organelle_radius, dropped, shifted, shift, neuron, reach)
+
+
+def _place_organelles(params, position, radius, parent, rng):
+    """Dark spheres (mitochondria, vesicle clouds) on centre-line segments, kept well inside their tube."""
+    child = np.flatnonzero(parent >= 0)
+    if len(child) == 0:
+        return np.zeros((0, 3)), np.zeros(0)
+    start, end, r = position[parent[child]], position[child], radius[child]
+    lengths = np.linalg.norm(end - start, axis=1)
+    counts = rng.poisson(lengths * params.organelles_per_um / 1000.0 * (r > 60))
+    which = np.repeat(np.arange(len(child)), counts)
+    t = rng.uniform(size=len(which))
+    centre = start[which] + t[:, None] * (end[which] - start[which])
+    organelle_radius = r[which] * rng.uniform(0.2, 0.45, size=len(which))
+    offset = rng.normal(size=centre.shape)
+    offset /= np.linalg.norm(offset, axis=1, keepdims=True) + 1e-12
+    centre += offset * (r[which] - organelle_radius - 10.0).clip(0)[:, None] * rng.uniform(0, 0.8, size=(len(which), 1))
+    return centre, organelle_radius
+
+
+def _slice_defects(params, rng):
+    z = params.shape[2]
+    dropped = np.flatnonzero(rng.random(z) < params.dropped_slice_probability)
+    shifted = np.flatnonzero(rng.random(z) < params.shifted_slice_probability)
+    shifted = np.setdiff1d(shifted, dropped)
+    m = params.max_slice_shift_voxels
+    shift = rng.integers(-m, m + 1, size=(len(shifted), 2))
+    return dropped.astype(np.int64), shifted.astype(np.int64), shift.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rasterisation: every output voxel is a pure function of its global index, so blocks agree exactly.
+
+CELL_VOXELS = (8, 8, 4)
+"""Voxels per pruning cell (x, y, z): candidates are pruned per cell, then evaluated per voxel."""
+
+
+@numba.njit(cache=True, nogil=True)
+def _capsule_distance(px, py, pz, sx, sy, sz, ex, ey, ez, radius):
+    """Distance (nm) from point p to the surface of the capsule s–e of ``radius``; negative inside."""
+    dx, dy, dz = ex - sx, ey - sy, ez - sz
+    length2 = dx * dx + dy * dy + dz * dz
+    t = 0.0
+    if length2 > 0.0:
+        t = ((px - sx) * dx + (py - sy) * dy + (pz - sz) * dz) / length2
+        t = min(1.0, max(0.0, t))
+    qx, qy, qz = px - (sx + t * dx), py - (sy + t * dy), pz - (sz + t * dz)
+    return math.sqrt(qx * qx + qy * qy + qz * qz) - radius
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_uniform(ix, iy, iz, salt):
+    """A uniform number in [0, 1) from integer coordinates (splitmix64-style mixing); the same everywhere."""
+    h = np.uint64(ix) * np.uint64(0x9E3779B97F4A7C15)
+    h ^= np.uint64(iy) * np.uint64(0xC2B2AE3D27D4EB4F) + np.uint64(0x165667B19E3779F9)
+    h ^= np.uint64(iz) * np.uint64(0x27D4EB2F165667C5) + np.uint64(salt)
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return float(h >> np.uint64(11)) / 9007199254740992.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _value_noise(x, y, z, spacing, salt):
+    """Smooth noise in [0, 1): trilinear interpolation of hashed values on a lattice of ``spacing`` nm."""
+    fx, fy, fz = x / spacing, y / spacing, z / spacing
+    ix, iy, iz = math.floor(fx), math.floor(fy), math.floor(fz)
+    tx, ty, tz = fx - ix, fy - iy, fz - iz
+    total = 0.0
+    for a in range(2):
+        wa = tx if a else 1.0 - tx
+        for b in range(2):
+            wb = ty if b else 1.0 - ty
+            for c in range(2):
+                wc = tz if c else 1.0 - tz
+                total += wa * wb * wc * _hash_uniform(ix + a, iy + b, iz + c, salt)
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _rasterise(origin, shape, voxel, shift_x, shift_y, start, end, radius, neuron, membrane_width, max_gap,
+               margin_cap, labels, nearest, margin):
+    """Label each voxel of the region ``origin + [0, shape)`` (voxel indices, x, y, z) by its nearest neuron.
+
+    Writes ``labels (X, Y, Z) uint32`` (0 = membrane or extracellular space), ``nearest`` = f₁ (nm) and
+    ``margin`` = min(f₂ − f₁, margin_cap) (nm), where f₁, f₂ are the signed distances to the nearest neuron
+    and to the nearest other neuron. ``shift_x``/``shift_y`` (nm) move the sampling position (shifted slices).
+    Candidates are pruned per cell of ``CELL_VOXELS`` with the 1-Lipschitz bound of the distance, which keeps
+    every segment that can change f₁, the label or the capped margin, so the result does not depend on cells.
+    """
+    n_segments = start.shape[0]
+    cx, cy, cz = 8, 8, 4
+    half_diagonal = 0.5 * math.sqrt((cx * voxel[0]) ** 2 + (cy * voxel[1]) ** 2 + (cz * voxel[2]) ** 2)
+    centre_distance = np.empty(n_segments)
+    kept = np.empty(n_segments, dtype=np.int64)
+    for x0 in range(0, shape[0], cx):
+        for y0 in range(0, shape[1], cy):
+            for z0 in range(0, shape[2], cz):
+                x1, y1, z1 = min(x0 + cx, shape[0]), min(y0 + cy, shape[1]), min(z0 + cz, shape[2])
+                px = (origin[0] + 0.5 * (x0 + x1 - 1)) * voxel[0] + shift_x
+                py = (origin[1] + 0.5 * (y0 + y1 - 1)) * voxel[1] + shift_y
+                pz = (origin[2] + 0.5 * (z0 + z1 - 1)) * voxel[2]
+                best = np.inf
+                for s in range(n_segments):
+                    d = _capsule_distance(px, py, pz, start[s, 0], start[s, 1], start[s, 2],
+                                          end[s, 0], end[s, 1], end[s, 2], radius[s])
+                    centre_distance[s] = d
+                    best = min(best, d)
+                bound = best + 2.0 * half_diagonal + margin_cap
+                n_kept = 0
+                for s in range(n_segments):
+                    if centre_distance[s] < bound:
+                        kept[n_kept] = s
+                        n_kept += 1
+                for x in range(x0, x1):
+                    vx = (origin[0] + x) * voxel[0] + shift_x
+                    for y in range(y0, y1):
+                        vy = (origin[1] + y) * voxel[1] + shift_y
+                        for z in range(z0, z1):
+                            vz = (origin[2] + z) * voxel[2]
+                            first, second, owner = np.inf, np.inf, np.uint32(0)
+                            for k in range(n_kept):
+                                s = kept[k]
+                                d = _capsule_distance(vx, vy, vz, start[s, 0], start[s, 1], start[s, 2],
+                                                      end[s, 0], end[s, 1], end[s, 2], radius[s])
+                                if neuron[s] == owner:
+                                    first = min(first, d)
+                                elif d < first:
+                                    second = first
+                                    first = d
+                                    owner = neuron[s]
+                                elif d < second:
+                                    second = d
+                            gap = min(second - first, margin_cap)
+                            nearest[x, y, z] = first
+                            margin[x, y, z] = gap
+                            if first > max_gap or gap < membrane_width:
+                                labels[x, y, z] = 0
+                            else:
+                                labels[x, y, z] = owner
+
+
+@numba.njit(cache=True, nogil=True)
+def _shade(origin, voxel, shift_x, shift_y, labels, nearest, margin, organelle, seed, membrane_width, max_gap,
+           contrast, intensity):
+    """Noise-free image intensity (0..255 float) of each voxel: textured cytoplasm, dark membranes and organelles,
+    grey extracellular space."""
+    for x in range(labels.shape[0]):
+        vx = (origin[0] + x) * voxel[0] + shift_x
+        for y in range(labels.shape[1]):
+            vy = (origin[1] + y) * voxel[1] + shift_y
+            for z in range(labels.shape[2]):
+                vz = (origin[2] + z) * voxel[2]
+                texture = _value_noise(vx, vy, vz, 60.0, seed) - 0.5
+                grain = _value_noise(vx, vy, vz, 25.0, seed + 1) - 0.5
+                value = 172.0 + 26.0 * texture + 14.0 * grain
+                if labels[x, y, z] > 0:
+                    value += 24.0 * (_hash_uniform(labels[x, y, z], 7, 11, seed) - 0.5)
+                if nearest[x, y, z] > max_gap:
+                    value = 140.0 + 10.0 * texture
+                width = 0.8 * membrane_width + 6.0
+                value -= contrast * 118.0 * math.exp(-(margin[x, y, z] / width) ** 2)
+                value -= contrast * 75.0 * organelle[x, y, z]
+                intensity[x, y, z] = value
+
+
+@numba.njit(cache=True, nogil=True)
+def _organelles(origin, shape, voxel, shift_x, shift_y, centre, radius, out):
+    """Per voxel the soft coverage (0..1) of the dark organelle spheres, edge width about 15 nm."""
+    for o in range(centre.shape[0]):
+        reach = radius[o] + 15.0
+        lo = np.empty(3, dtype=np.int64)
+        hi = np.empty(3, dtype=np.int64)
+        shifts = (shift_x, shift_y, 0.0)
+        for a in range(3):
+            lo[a] = max(0, int(math.floor((centre[o, a] - shifts[a] - reach) / voxel[a])) - origin[a])
+            hi[a] = min(shape[a], int(math.ceil((centre[o, a] - shifts[a] + reach) / voxel[a])) - origin[a] + 1)
+        for x in range(lo[0], hi[0]):
+            dx = (origin[0] + x) * voxel[0] + shift_x - centre[o, 0]
+            for y in range(lo[1], hi[1]):
+                dy = (origin[1] + y) * voxel[1] + shift_y - centre[o, 1]
+                for z in range(lo[2], hi[2]):
+                    dz = (origin[2] + z) * voxel[2] - centre[o, 2]
+                    cover = min(1.0, max(0.0, (radius[o] - math.sqrt(dx * dx + dy * dy + dz * dz)) / 15.0 + 0.5))
+                    out[x, y, z] = max(out[x, y, z], cover)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_noise(origin, image, sigma, seed):
+    """Add Gaussian noise of ``sigma`` grey levels, hashed from each voxel's global index (Box–Muller)."""
+    for x in range(image.shape[0]):
+        for y in range(image.shape[1]):
+            for z in range(image.shape[2]):
+                u1 = max(_hash_uniform(origin[0] + x, origin[1] + y, origin[2] + z, seed + 101), 1e-12)
+                u2 = _hash_uniform(origin[0] + x, origin[1] + y, origin[2] + z, seed + 202)
+                image[x, y, z] += sigma * math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def _select_segments(forest: NeuriteForest, low_nm: np.ndarray, high_nm: np.ndarray, reach: float):
+    """Segments (in forest order) whose capsule comes within ``reach`` nm of the box [low, high] (nm)."""
+    start, end, radius, neuron = forest.segments()
+    box_low = np.minimum(start, end) - radius[:, None]
+    box_high = np.maximum(start, end) + radius[:, None]
+    hit = np.all(box_high >= low_nm - reach, axis=1) & np.all(box_low <= high_nm + reach, axis=1)
+    return (np.ascontiguousarray(start[hit]), np.ascontiguousarray(end[hit]),
+            np.ascontiguousarray(radius[hit]), np.ascontiguousarray(neuron[hit]))
+
+
+def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, shift_nm=(0.0, 0.0)):
+    """Labels and noise-free intensity of the voxel region ``origin + [0, shape)`` (x, y, z; may leave the volume).
+
+    Returns ``labels (X, Y, Z) uint32`` and ``intensity (X, Y, Z) float32`` (grey levels before blur and noise).
+    """
+    origin = np.asarray(origin, dtype=np.int64)
+    shape = np.asarray(shape, dtype=np.int64)
+    voxel = np.asarray(params.voxel_size, dtype=np.float64)
+    shift = np.array([shift_nm[0], shift_nm[1], 0.0])
+    margin_cap = max(3.0 * params.membrane_width_nm, 40.0)
+    half_diagonal = 0.5 * float(np.linalg.norm(np.asarray(CELL_VOXELS) * voxel))
+    reach = params.max_gap_nm + margin_cap + 2.0 * half_diagonal + 1.0
+    low = origin * voxel + shift
+    high = (origin + shape - 1) * voxel + shift
+    start, end, radius, neuron = _select_segments(forest, low, high, reach)
+    labels = np.zeros(tuple(shape), dtype=np.uint32)
+    nearest = np.empty(tuple(shape), dtype=np.float64)
+    margin = np.empty(tuple(shape), dtype=np.float64)
+    _rasterise(origin, shape, voxel, shift[0], shift[1], start, end, radius, neuron,
+               params.membrane_width_nm, params.max_gap_nm, margin_cap, labels, nearest, margin)
+    organelle = np.zeros(tuple(shape), dtype=np.float64)
+    centre, organelle_radius = forest.organelle_position, forest.organelle_radius
+    near = np.all((centre + organelle_radius[:, None] + 20 >= low) & (centre - organelle_radius[:, None] - 20 <= high), axis=1)
+    _organelles(origin, shape, voxel, shift[0], shift[1], np.ascontiguousarray(centre[near]),
+                np.ascontiguousarray(organelle_radius[near]), organelle)
+    intensity = np.empty(tuple(shape), dtype=np.float32)
+    _shade(origin, voxel, shift[0], shift[1], labels, nearest, margin, organelle, np.uint64(params.seed),
+           params.membrane_width_nm, params.max_gap_nm, params.contrast, intensity)
+    return labels, intensity
+
+
+def blur_halo(params: SynthParams) -> tuple[int, int, int]:
+    """Voxels of context each side that the Gaussian blur needs (scipy's radius, truncate 4)."""
+    return tuple(int(4.0 * s + 0.5) for s in params.blur_sigma_voxels)
+
+
+def render_block(forest: NeuriteForest, params: SynthParams, origin, shape):
+    """The finished image and segmentation of one write region, ``origin + [0, shape)`` in voxels (x, y, z).
+
+    Returns ``image (X, Y, Z) uint8`` and ``segmentation (X, Y, Z) uint32``; the read region adds the blur halo,
+    so any tiling of a volume gives the same arrays.
+    """
+    from scipy import ndimage
+
+    origin = np.asarray(origin, dtype=np.int64)
+    shape = np.asarray(shape, dtype=np.int64)
+    halo = np.asarray(blur_halo(params), dtype=np.int64)
+    read_origin, read_shape = origin - halo, shape + 2 * halo
+    labels, intensity = rasterise_region(forest, params, read_origin, read_shape)
+    voxel = params.voxel_size
+    for z, (sx, sy) in zip(forest.shifted_slices, forest.slice_shift):
+        local = z - read_origin[2]
+        if 0 <= local < read_shape[2]:
+            slab_origin = (read_origin[0], read_origin[1], z)
+            _, slab = rasterise_region(forest, params, slab_origin, (read_shape[0], read_shape[1], 1),
+                                       shift_nm=(sx * voxel[0], sy * voxel[1]))
+            intensity[:, :, local] = slab[:, :, 0]
+    if any(params.blur_sigma_voxels):
+        intensity = ndimage.gaussian_filter(intensity, params.blur_sigma_voxels, truncate=4.0)
+    write = tuple(slice(h, h + n) for h, n in zip(halo, shape))
+    image = np.ascontiguousarray(intensity[write], dtype=np.float64)
+    _add_noise(origin, image, params.noise_sigma, np.uint64(params.seed))
+    for z in forest.dropped_slices:
+        if origin[2] <= z < origin[2] + shape[2]:
+            image[:, :, z - origin[2]] = 0.0
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return image, np.ascontiguousarray(labels[write])
