@@ -103,7 +103,7 @@ def _from_pickle(path: str) -> nx.Graph:
 def _from_json(path: str) -> nx.Graph:
     try:
         data = json.loads(_read_bytes(path))
-        return nx.node_link_graph(data, edges="edges")
+        return nx.node_link_graph(data, edges="edges", name="node")
     except SkeletonError:
         raise
     except Exception as error:
@@ -233,7 +233,7 @@ def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
     if suffix in (".pkl", ".pickle"):
         payload = pickle.dumps(graph, protocol=pickle.HIGHEST_PROTOCOL)
     elif suffix == ".json":
-        payload = json.dumps(_jsonable(nx.node_link_data(graph, edges="edges"))).encode()
+        payload = json.dumps(_jsonable(nx.node_link_data(graph, edges="edges", name="node"))).encode()
     elif suffix == ".npz":
         arrays = skeleton_arrays(graph)
         buffer = io.BytesIO()

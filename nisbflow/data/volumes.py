@@ -74,10 +74,10 @@ def open_volume(
     path = str(path)
     try:
         array = zarr.open_array(path, mode="r")
-    except FileNotFoundError:
-        raise VolumeError(_missing_array_message(path, role)) from None
-    except zarr.errors.NodeTypeValidationError:
+    except (FileNotFoundError, zarr.errors.NodeTypeValidationError):
         members = _members(path)
+        if not members:
+            raise VolumeError(_missing_array_message(path, role)) from None
         held = f" (it holds: {', '.join(members)}; name one, e.g. {path.rstrip('/')}/{members[0]})" if members else ""
         raise VolumeError(f"{role}: {path} is a zarr group, not an array{held}") from None
     except Exception as error:  # corrupt metadata and the like
@@ -104,9 +104,10 @@ def check_volume(
     if dtypes is not None and dtype.name not in dtypes:
         raise VolumeError(f"{role} {where}: expected dtype {' or '.join(dtypes)}, found {dtype.name}")
     if dtype_kinds is not None and dtype.kind not in dtype_kinds:
-        names = {"u": "unsigned integer", "i": "signed integer", "f": "floating point", "b": "boolean"}
-        expected = " or ".join(names.get(k, k) for k in dtype_kinds)
-        raise VolumeError(f"{role} {where}: expected a {expected} dtype, found {dtype.name}")
+        names = {"iu": "an integer", "ui": "an integer", "u": "an unsigned integer", "i": "a signed integer",
+                 "f": "a floating-point", "b": "a boolean"}
+        expected = names.get(dtype_kinds, f"a '{dtype_kinds}'-kind")
+        raise VolumeError(f"{role} {where}: expected {expected} dtype, found {dtype.name}")
 
 
 def open_image(path: str | Path) -> zarr.Array:

@@ -1,0 +1,87 @@
+import os
+import pickle
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from nisbflow.data import check_skeleton_in_volume, convert_skeleton, load_skeleton, save_skeleton, summarize_skeleton
+from nisbflow.errors import SkeletonError
+
+
+def small_graph():
+    g = nx.Graph()
+    g.add_node(0, id=1, index_position=np.array([0, 0, 0]), nm_position=np.array([0.0, 0.0, 0.0]))
+    g.add_node(1, id=1, index_position=np.array([3, 4, 0]), nm_position=np.array([27.0, 36.0, 0.0]))
+    g.add_node(2, id=2, index_position=np.array([1, 1, 1]), nm_position=np.array([9.0, 9.0, 20.0]))
+    g.add_edge(0, 1, edge_length=45.0)
+    g.add_edge(1, 2)  # joins two neurons: not counted in path length
+    return g
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz", ".pkl"])
+def test_round_trip(tmp_path, suffix):
+    source = tmp_path / "skeleton.pkl"
+    with open(source, "wb") as handle:
+        pickle.dump(small_graph(), handle)
+    graph = convert_skeleton(source, tmp_path / f"out{suffix}")
+    again = load_skeleton(tmp_path / f"out{suffix}")
+    assert sorted(again.nodes) == [0, 1, 2] and {frozenset(e) for e in again.edges} == {frozenset(e) for e in graph.edges}
+    for node in graph.nodes:
+        assert again.nodes[node]["id"] == graph.nodes[node]["id"]
+        np.testing.assert_array_equal(again.nodes[node]["index_position"], graph.nodes[node]["index_position"])
+        np.testing.assert_allclose(again.nodes[node]["nm_position"], graph.nodes[node]["nm_position"])
+    assert again.edges[0, 1]["edge_length"] == 45.0
+    summary = summarize_skeleton(again)
+    assert (summary.n_nodes, summary.n_neurons, summary.n_edges, summary.path_length_nm) == (3, 2, 1, 45.0)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "skeleton.pkl"
+    graph = small_graph()
+    graph.graph["payload"] = Exploit(marker)
+    path.write_bytes(pickle.dumps(graph))
+    with pytest.raises(SkeletonError, match=r"refusing to unpickle .*(posix|os)\.system.*nothing was executed"):
+        load_skeleton(path)
+    assert not marker.exists()
+
+
+def test_pickle_of_something_else_is_refused(tmp_path):
+    path = tmp_path / "skeleton.pkl"
+    path.write_bytes(pickle.dumps({"not": "a graph"}))
+    with pytest.raises(SkeletonError, match="must hold one networkx graph, found dict"):
+        load_skeleton(path)
+
+
+def test_graph_without_id_unknown_format_missing_file(tmp_path):
+    g = nx.Graph()
+    g.add_node(4, index_position=(1, 2, 3))
+    path = tmp_path / "skeleton.pkl"
+    path.write_bytes(pickle.dumps(g))
+    with pytest.raises(SkeletonError, match=r"node 4 has no 'id' attribute"):
+        load_skeleton(path)
+    with pytest.raises(SkeletonError, match="unknown skeleton format '.swc'"):
+        load_skeleton(tmp_path / "skeleton.swc")
+    with pytest.raises(SkeletonError, match="skeleton file not found"):
+        load_skeleton(tmp_path / "missing.pkl")
+
+
+def test_node_outside_volume_is_named():
+    graph = small_graph()
+    check_skeleton_in_volume(graph, (4, 5, 2))
+    with pytest.raises(SkeletonError, match=r"node 1 at voxel \[3, 4, 0\] lies outside .* shape \[3, 5, 2\]"):
+        check_skeleton_in_volume(graph, (3, 5, 2))
+
+
+def test_save_refuses_unknown_suffix(tmp_path):
+    with pytest.raises(SkeletonError, match="unknown skeleton format"):
+        save_skeleton(small_graph(), tmp_path / "out.txt")

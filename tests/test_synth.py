@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from nisbflow.data import load_skeleton, open_seed
+from nisbflow.errors import OutputExistsError
+from nisbflow.synth import grow_forest, make_params, render_block, synthesize_layout, synthesize_seed
+
+
+def test_seed_layout_and_dtypes(synthetic_seed):
+    root, summary = synthetic_seed
+    seed = open_seed(root)
+    assert seed.img.dtype == np.uint8 and seed.img.shape == (64, 64, 32, 1)
+    assert seed.seg.dtype == np.uint32 and seed.seg.chunks == (32, 32, 32)
+    assert seed.img.metadata.zarr_format == 2
+    attrs = dict(seed.img.attrs)
+    assert attrs["voxel_size"] == [9.0, 9.0, 20.0] and attrs["axis_order"] == "xyzc" and "command" in attrs
+    assert summary.n_neurons >= 5 and summary.n_skeleton_nodes > 20 and summary.path_length_nm > 1000
+
+
+def test_every_skeleton_node_lies_inside_its_own_neuron(synthetic_seed):
+    root, summary = synthetic_seed
+    seg = open_seed(root).seg[...]
+    graph = load_skeleton(root / "skeleton.pkl")
+    assert graph.number_of_nodes() == summary.n_skeleton_nodes
+    for _, attrs in graph.nodes(data=True):
+        position = attrs["index_position"]
+        assert seg[tuple(position)] == attrs["id"]
+        np.testing.assert_allclose(attrs["nm_position"], position * np.array([9.0, 9.0, 20.0]))
+    for u, v, data in graph.edges(data=True):
+        assert graph.nodes[u]["id"] == graph.nodes[v]["id"] and data["edge_length"] > 0
+
+
+def test_skeleton_edges_stay_inside_one_connected_piece(synthetic_seed):
+    """Decoding ground-truth affinities must be able to reach NERL 1: each skeleton edge joins voxels of one
+    6-connected component of its neuron."""
+    root, _ = synthetic_seed
+    seg = open_seed(root).seg[...]
+    graph = load_skeleton(root / "skeleton.pkl")
+    components = {}
+    broken = 0
+    for u, v in graph.edges:
+        neuron = graph.nodes[u]["id"]
+        if neuron not in components:
+            components[neuron] = ndimage.label(seg == neuron)[0]
+        pieces = components[neuron]
+        broken += pieces[tuple(graph.nodes[u]["index_position"])] != pieces[tuple(graph.nodes[v]["index_position"])]
+    assert graph.number_of_edges() > 10 and broken == 0
+
+
+def test_dense_neurites_with_dark_membranes(synthetic_seed):
+    root, summary = synthetic_seed
+    seed = open_seed(root)
+    image, seg = seed.img[..., 0], seed.seg[...]
+    background = seg == 0
+    assert 0.03 < background.mean() < 0.3  # a thin membrane / extracellular layer, everything else is neuron
+    assert image[background].mean() < image[~background].mean() - 30  # membranes measurably darker
+    assert summary.background_fraction == pytest.approx(background.mean())
+    assert image.std() > 10  # texture and noise, not a flat picture
+
+
+def test_deterministic_and_independent_of_chunking(tmp_path):
+    a = synthesize_seed(tmp_path / "a", (40, 36, 20), seed=3, chunks=(40, 36, 20), progress=False)
+    b = synthesize_seed(tmp_path / "b", (40, 36, 20), seed=3, chunks=(16, 13, 7), zarr_format=3, progress=False)
+    for name in ("img", "seg"):
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a/data.zarr" / name))[...],
+                                      zarr.open_array(str(tmp_path / "b/data.zarr" / name))[...])
+    assert a.n_skeleton_nodes == b.n_skeleton_nodes
+    other = render_block(grow_forest(make_params((40, 36, 20), seed=4)), make_params((40, 36, 20), seed=4),
+                         (0, 0, 0), (40, 36, 20))[1]
+    assert not np.array_equal(other, zarr.open_array(str(tmp_path / "a/data.zarr/seg"))[...])
+
+
+def test_harder_settings(tmp_path):
+    shape = (48, 48, 24)
+    base = make_params(shape, seed=5)
+    forest = grow_forest(base)
+    image, seg = render_block(forest, base, (0, 0, 0), shape)
+    low = make_params(shape, seed=5, presets=["low_contrast"])
+    low_image, low_seg = render_block(grow_forest(low), low, (0, 0, 0), shape)
+    np.testing.assert_array_equal(low_seg, seg)  # same neurons, weaker membranes
+    contrast = image[seg > 0].mean() - image[seg == 0].mean()
+    low_contrast = low_image[low_seg > 0].mean() - low_image[low_seg == 0].mean()
+    assert low_contrast < 0.6 * contrast
+    thin = make_params(shape, seed=5, presets=["thin"])
+    _, thin_seg = render_block(grow_forest(thin), thin, (0, 0, 0), shape)
+    assert len(np.unique(thin_seg)) > len(np.unique(seg))  # more, thinner neurites in the same volume
+    defects = make_params(shape, seed=5, presets=["slice_defects"], dropped_slice_probability=0.2,
+                          shifted_slice_probability=0.2)
+    defect_forest = grow_forest(defects)
+    defect_image, defect_seg = render_block(defect_forest, defects, (0, 0, 0), shape)
+    assert len(defect_forest.dropped_slices) and len(defect_forest.shifted_slices)
+    assert (defect_image[:, :, defect_forest.dropped_slices] == 0).all()
+    np.testing.assert_array_equal(defect_seg, seg)  # labels are not shifted, only the image
+    z = next(z for z, s in zip(defect_forest.shifted_slices, defect_forest.slice_shift) if np.any(s))
+    assert not np.array_equal(defect_image[:, :, z], image[:, :, z])
+    with pytest.raises(ValueError, match="unknown synthetic preset"):
+        make_params(shape, presets=["blurry"])
+
+
+def test_nisb_layout_and_existing_outputs(tmp_path):
+    summaries = synthesize_layout(tmp_path, (24, 24, 12), train_seeds=2, chunks=(24, 24, 12), progress=False)
+    folders = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("*/seed*"))
+    assert folders == ["test/seed101", "train/seed0", "train/seed1", "val/seed100"]
+    assert len(summaries) == 4 and all((tmp_path / f / "skeleton.pkl").exists() for f in folders)
+    before = zarr.open_array(str(tmp_path / "test/seed101/data.zarr/img"))[...]
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        synthesize_seed(tmp_path / "test/seed101", (24, 24, 12), seed=9, progress=False)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "test/seed101/data.zarr/img"))[...], before)
+    synthesize_seed(tmp_path / "test/seed101", (24, 24, 12), seed=9, overwrite=True, progress=False)
+    assert not np.array_equal(zarr.open_array(str(tmp_path / "test/seed101/data.zarr/img"))[...], before)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="three positive voxel counts"):
+        make_params((0, 4, 4))
