@@ -16,7 +16,7 @@ Coordinates are (x, y, z); positions are in nm, voxel ``i`` along an axis has it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -37,6 +37,8 @@ class SynthParams:
     dendrite_fraction: float = 0.2
     branch_length_nm: float = 2500.0
     """Mean centre-line length between branch points (dendrites; axons branch 3× less often)."""
+    neuron_length_nm: float = 15000.0
+    """Most centre-line length one dendrite grows inside the domain (axons twice this); bounds the branching."""
     tortuosity: float = 0.18
     membrane_width_nm: float = 16.0
     max_gap_nm: float = 250.0
@@ -91,8 +93,6 @@ class NeuriteForest:
     shifted_slices: np.ndarray
     slice_shift: np.ndarray
     n_neurons: int
-    reach_nm: float = field(default=0.0)
-    """Largest distance from a segment at which it can still decide a voxel (candidate gathering radius)."""
 
     def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Capsules parent → node: ``start (S, 3)``, ``end (S, 3)`` nm, ``radius (S,)`` nm, ``neuron (S,) uint32``."""
@@ -102,40 +102,182 @@ class NeuriteForest:
                 self.node_neuron[child])
 
 
-class _PointGrid:
-    """A spatial hash of centre-line nodes for the growth's collision tests (cell size in nm)."""
-
-    def __init__(self, cell: float):
-        self.cell = cell
-        self.cells: dict[tuple[int, int, int], list[int]] = {}
-
-    def key(self, p) -> tuple[int, int, int]:
-        return (int(p[0] // self.cell), int(p[1] // self.cell), int(p[2] // self.cell))
-
-    def add(self, index: int, p) -> None:
-        self.cells.setdefault(self.key(p), []).append(index)
-
-    def near(self, p, radius: float) -> list[int]:
-        k = self.key(p)
-        span = int(math.ceil(radius / self.cell))
-        found: list[int] = []
-        for i in range(k[0] - span, k[0] + span + 1):
-            for j in range(k[1] - span, k[1] + span + 1):
-                for m in range(k[2] - span, k[2] + span + 1):
-                    found.extend(self.cells.get((i, j, m), ()))
-        return found
-
-
-def _random_direction(rng) -> np.ndarray:
-    v = rng.normal(size=3)
-    return v / np.linalg.norm(v)
+@numba.njit(cache=True)
+def _clearance(p, own, limit, r_max, low, cell, dims, head, following, position, radius, neuron):
+    """Free distance (nm) from point ``p`` to the surface of the nearest node sphere of a neuron other than ``own``
+    (capped at ``limit``), using the cell lists ``head``/``following`` over a grid of ``cell`` nm."""
+    best = limit
+    span = int(math.ceil((limit + r_max) / cell))
+    k = np.empty(3, dtype=np.int64)
+    for a in range(3):
+        k[a] = int((p[a] - low[a]) // cell)
+    for i in range(max(0, k[0] - span), min(dims[0], k[0] + span + 1)):
+        for j in range(max(0, k[1] - span), min(dims[1], k[1] + span + 1)):
+            for m in range(max(0, k[2] - span), min(dims[2], k[2] + span + 1)):
+                node = head[(i * dims[1] + j) * dims[2] + m]
+                while node >= 0:
+                    if neuron[node] != own:
+                        dx, dy, dz = p[0] - position[node, 0], p[1] - position[node, 1], p[2] - position[node, 2]
+                        d = math.sqrt(dx * dx + dy * dy + dz * dz) - radius[node]
+                        if d < best:
+                            best = d
+                    node = following[node]
+    return best
 
 
-def _perpendicular_turn(direction: np.ndarray, angle: float, rng) -> np.ndarray:
-    side = np.cross(direction, _random_direction(rng))
-    side /= np.linalg.norm(side) + 1e-12
-    turned = math.cos(angle) * direction + math.sin(angle) * side
-    return turned / np.linalg.norm(turned)
+@numba.njit(cache=True)
+def _unit(v):
+    return v / max(np.sqrt((v * v).sum()), 1e-12)
+
+
+@numba.njit(cache=True)
+def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, branch_length, neuron_length,
+          tortuosity, gap, target_fill):
+    """Numba core of :func:`grow_forest`; returns node positions, radii, neurons, parents and the neuron count."""
+    np.random.seed(seed)
+    r_min, r_max = axon_radius[0], dendrite_radius[1]
+    cell = 2.0 * r_max + gap
+    dims = np.empty(3, dtype=np.int64)
+    for a in range(3):
+        dims[a] = int((high[a] - low[a]) // cell) + 1
+    head = np.full(dims[0] * dims[1] * dims[2], -1, dtype=np.int64)
+    capacity = 4096
+    position = np.empty((capacity, 3))
+    radius = np.empty(capacity)
+    neuron = np.empty(capacity, dtype=np.int64)
+    parent = np.empty(capacity, dtype=np.int64)
+    following = np.empty(capacity, dtype=np.int64)
+    count = 0
+    stack_start = np.empty(8192, dtype=np.int64)
+    stack_direction = np.empty((8192, 3))
+    stack_radius = np.empty(8192)
+    n_probes = 256
+    probes = np.empty((n_probes, 3))
+    for i in range(n_probes):
+        for a in range(3):
+            probes[i, a] = np.random.uniform(low[a], high[a])
+    unfilled = np.ones(n_probes, dtype=np.bool_)
+    candidate = np.empty(3)
+    best_point = np.empty(3)
+    n_neurons = 0
+    failures = 0
+    while failures < 12:
+        best_free = -np.inf
+        for c in range(64):
+            for a in range(3):
+                candidate[a] = np.random.uniform(low[a], high[a])
+            free = _clearance(candidate, -1, 2.0 * r_max, r_max, low, cell, dims, head, following, position,
+                              radius, neuron)
+            if free > best_free:
+                best_free = free
+                best_point[:] = candidate
+        room = best_free - gap
+        if room < r_min:
+            failures += 1
+            continue
+        dendrite = np.random.random() < dendrite_fraction
+        lo, hi = (dendrite_radius[0], dendrite_radius[1]) if dendrite else (axon_radius[0], axon_radius[1])
+        r0 = min(room, math.exp(np.random.uniform(math.log(lo), math.log(hi))))
+        n_neurons += 1
+        depth = 0
+        budget = neuron_length * (1.0 if dendrite else 2.0)
+        for step_index in range(-1, 100000000):
+            # step_index == -1 adds the seed node; afterwards the loop grows branches from the stack until empty
+            if step_index == -1:
+                start, r, d = -1, r0, _unit(np.random.normal(0.0, 1.0, 3))
+                p = best_point.copy()
+            else:
+                if depth == 0:
+                    break
+                depth -= 1
+                start, d, r = stack_start[depth], stack_direction[depth].copy(), stack_radius[depth]
+                p = position[start].copy()
+            current = start
+            limit_length = branch_length * (1.0 if dendrite else 3.0)
+            growing = True
+            first = True
+            while growing:
+                if first and step_index == -1:
+                    q = p
+                    first = False
+                else:
+                    step = min(200.0, max(40.0, 0.8 * r))
+                    accepted = False
+                    for attempt in range(6):
+                        sigma = tortuosity * (1 + 2 * attempt)
+                        trial = _unit(d + sigma * np.random.normal(0.0, 1.0, 3))
+                        q = p + step * trial
+                        if _clearance(q, n_neurons, r + gap + step, r_max, low, cell, dims, head, following,
+                                      position, radius, neuron) >= r + gap + 0.25 * step:
+                            d = trial
+                            accepted = True
+                            break
+                    if not accepted or budget <= 0.0:
+                        break
+                    budget -= step
+                if count == capacity:
+                    capacity *= 2
+                    position2 = np.empty((capacity, 3))
+                    position2[:count] = position[:count]
+                    position = position2
+                    radius2 = np.empty(capacity)
+                    radius2[:count] = radius[:count]
+                    radius = radius2
+                    neuron2 = np.empty(capacity, dtype=np.int64)
+                    neuron2[:count] = neuron[:count]
+                    neuron = neuron2
+                    parent2 = np.empty(capacity, dtype=np.int64)
+                    parent2[:count] = parent[:count]
+                    parent = parent2
+                    following2 = np.empty(capacity, dtype=np.int64)
+                    following2[:count] = following[:count]
+                    following = following2
+                position[count] = q
+                radius[count] = r
+                neuron[count] = n_neurons
+                parent[count] = current
+                key = 0
+                for a in range(3):
+                    key = key * dims[a] + int((q[a] - low[a]) // cell)
+                following[count] = head[key]
+                head[key] = count
+                current = count
+                count += 1
+                p = q
+                if parent[current] == -1:
+                    # the seed node starts two branches, in opposite directions
+                    for sign in (1.0, -1.0):
+                        if depth < 8192:
+                            stack_start[depth] = current
+                            stack_direction[depth] = sign * d
+                            stack_radius[depth] = r
+                            depth += 1
+                    break
+                inside = True
+                for a in range(3):
+                    if q[a] < low[a] or q[a] > high[a]:
+                        inside = False
+                if not inside:
+                    break
+                step = min(200.0, max(40.0, 0.8 * r))
+                if np.random.random() < step / limit_length and depth < 8192:
+                    side = _unit(np.cross(d, _unit(np.random.normal(0.0, 1.0, 3))))
+                    angle = np.random.uniform(0.6, 1.3)
+                    stack_start[depth] = current
+                    stack_direction[depth] = _unit(math.cos(angle) * d + math.sin(angle) * side)
+                    stack_radius[depth] = max(r_min, r * np.random.uniform(0.5, 0.85))
+                    depth += 1
+                r = max(r_min, r * (1.0 - 0.002 * np.random.random()))
+        if n_neurons % 4 == 0:
+            filled = 0
+            for i in range(n_probes):
+                if unfilled[i]:
+                    unfilled[i] = _clearance(probes[i], -1, r_max, r_max, low, cell, dims, head, following,
+                                             position, radius, neuron) >= 0.0
+                filled += not unfilled[i]
+            if filled >= target_fill * n_probes:
+                break
+    return position[:count].copy(), radius[:count].copy(), neuron[:count].copy(), parent[:count].copy(), n_neurons
 
 
 def grow_forest(params: SynthParams) -> NeuriteForest:
@@ -146,107 +288,19 @@ def grow_forest(params: SynthParams) -> NeuriteForest:
     into thinner children, until it leaves the domain or is blocked. Seeding stops once ``target_fill`` of
     probe points lie inside tubes or no gap wide enough for the thinnest axon is left.
     """
-    rng = np.random.default_rng([params.seed, 0x5EED])
     voxel = np.asarray(params.voxel_size, dtype=np.float64)
     extent = np.asarray(params.shape, dtype=np.float64) * voxel
-    r_max = params.dendrite_radius_nm[1]
-    r_min = params.axon_radius_nm[0]
-    margin = r_max
+    margin = params.dendrite_radius_nm[1]
     low, high = -margin - voxel / 2, extent + margin
-    gap = 2.0 * params.membrane_width_nm
-    grid = _PointGrid(cell=2.0 * r_max + gap)
-    store = {"position": np.empty((1024, 3)), "radius": np.empty(1024), "neuron": np.empty(1024, np.int64),
-             "parent": np.empty(1024, np.int64)}
-    count = 0
-
-    def clearance(p, own: int, limit: float) -> float:
-        """Free distance from p to the surface of the nearest tube of another neuron (capped at ``limit``)."""
-        near = grid.near(p, limit + r_max)
-        if not near:
-            return limit
-        index = np.fromiter(near, dtype=np.int64, count=len(near))
-        index = index[store["neuron"][index] != own]
-        if len(index) == 0:
-            return limit
-        distance = np.sqrt(((store["position"][index] - p) ** 2).sum(axis=1)) - store["radius"][index]
-        return min(limit, float(distance.min()))
-
-    def add_node(p, r, neuron, parent) -> int:
-        nonlocal count
-        if count == len(store["radius"]):
-            for key, array in store.items():
-                store[key] = np.concatenate([array, np.empty_like(array)])
-        store["position"][count], store["radius"][count] = p, r
-        store["neuron"][count], store["parent"][count] = neuron, parent
-        grid.add(count, p)
-        count += 1
-        return count - 1
-
-    def inside(p) -> bool:
-        return bool(np.all(p >= low) and np.all(p <= high))
-
-    def grow_branch(start: int, direction, radius, neuron, dendrite: bool, queue) -> None:
-        current, d = start, direction
-        branch_length = params.branch_length_nm * (1.0 if dendrite else 3.0)
-        for _ in range(100000):
-            p = store["position"][current].copy()
-            step = float(np.clip(0.8 * radius, 40.0, 200.0))
-            accepted = None
-            for attempt in range(6):
-                sigma = params.tortuosity * (1 + 2 * attempt)
-                trial = d + sigma * rng.normal(size=3)
-                trial /= np.linalg.norm(trial)
-                q = p + step * trial
-                if clearance(q, neuron, radius + gap + step) >= radius + gap + 0.25 * step:
-                    accepted = (q, trial)
-                    break
-            if accepted is None:
-                return
-            q, d = accepted
-            current = add_node(q, radius, neuron, current)
-            if not inside(q):
-                return
-            if rng.random() < step / branch_length:
-                child_radius = max(r_min, radius * rng.uniform(0.5, 0.85))
-                queue.append((current, _perpendicular_turn(d, rng.uniform(0.6, 1.3), rng), child_radius))
-            radius = max(r_min, radius * (1.0 - 0.002 * rng.random()))
-
-    probes = rng.uniform(low, high, size=(256, 3))
-    unfilled = np.ones(len(probes), dtype=bool)
-    neuron = 0
-    failures = 0
-    while failures < 12:
-        candidates = rng.uniform(low, high, size=(64, 3))
-        free = np.array([clearance(c, -1, 2 * r_max) for c in candidates])
-        best = int(np.argmax(free))
-        room = free[best] - gap
-        if room < r_min:
-            failures += 1
-            continue
-        dendrite = rng.random() < params.dendrite_fraction
-        low_r, high_r = params.dendrite_radius_nm if dendrite else params.axon_radius_nm
-        radius = float(min(room, math.exp(rng.uniform(math.log(low_r), math.log(high_r)))))
-        neuron += 1
-        root = add_node(candidates[best], radius, neuron, -1)
-        direction = _random_direction(rng)
-        queue = [(root, direction, radius), (root, -direction, radius)]
-        while queue:
-            start, d, r = queue.pop()
-            grow_branch(start, d, r, neuron, dendrite, queue)
-        if neuron % 4 == 0:
-            for i in np.flatnonzero(unfilled):
-                unfilled[i] = clearance(probes[i], -1, r_max) >= 0
-            if 1.0 - unfilled.mean() >= params.target_fill:
-                break
-    node_position = store["position"][:count].copy()
-    node_radius = store["radius"][:count].copy()
-    node_neuron = store["neuron"][:count].astype(np.uint32)
-    node_parent = store["parent"][:count].copy()
-    organelle_position, organelle_radius = _place_organelles(params, node_position, node_radius, node_parent, rng)
+    position, radius, neuron, parent, n_neurons = _grow(
+        int(params.seed) % (2**32), low, high, np.asarray(params.axon_radius_nm, dtype=np.float64),
+        np.asarray(params.dendrite_radius_nm, dtype=np.float64), params.dendrite_fraction, params.branch_length_nm,
+        params.neuron_length_nm, params.tortuosity, 2.0 * params.membrane_width_nm, params.target_fill)
+    rng = np.random.default_rng([params.seed, 0x5EED])
+    organelle_position, organelle_radius = _place_organelles(params, position, radius, parent, rng)
     dropped, shifted, shift = _slice_defects(params, rng)
-    reach = params.max_gap_nm + params.membrane_width_nm + 200.0 + r_max
-    return NeuriteForest(node_position, node_radius, node_neuron, node_parent, organelle_position,
-                         organelle_radius, dropped, shifted, shift, neuron, reach)
+    return NeuriteForest(position, radius, neuron.astype(np.uint32), parent, organelle_position,
+                         organelle_radius, dropped, shifted, shift, int(n_neurons))
 
 
 def _place_organelles(params, position, radius, parent, rng):
