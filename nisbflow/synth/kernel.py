@@ -15,6 +15,7 @@ Coordinates are (x, y, z); positions are in nm, voxel ``i`` along an axis has it
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -94,8 +95,11 @@ class NeuriteForest:
     slice_shift: np.ndarray
     n_neurons: int
 
-    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Capsules parent → node: ``start (S, 3)``, ``end (S, 3)`` nm, ``radius (S,)`` nm, ``neuron (S,) uint32``."""
+    @functools.cached_property
+    def segment_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Capsules parent → node: ``start (S, 3)``, ``end (S, 3)`` nm, ``radius (S,)`` nm, ``neuron (S,) uint32``.
+
+        Computed once per forest (every block task selects from it)."""
         child = np.flatnonzero(self.node_parent >= 0)
         parent = self.node_parent[child]
         return (self.node_position[parent], self.node_position[child], self.node_radius[child],
@@ -383,7 +387,7 @@ def _value_noise(x, y, z, spacing, salt):
 
 
 @numba.njit(cache=True, nogil=True)
-def _rasterise(origin, shape, voxel, shift_x, shift_y, start, end, radius, neuron, membrane_width, max_gap,
+def _rasterise(origin, shape, voxel, cell, shift_x, shift_y, start, end, radius, neuron, membrane_width, max_gap,
                margin_cap, labels, nearest, margin):
     """Label each voxel of the region ``origin + [0, shape)`` (voxel indices, x, y, z) by its nearest neuron.
 
@@ -394,7 +398,7 @@ def _rasterise(origin, shape, voxel, shift_x, shift_y, start, end, radius, neuro
     every segment that can change f₁, the label or the capped margin, so the result does not depend on cells.
     """
     n_segments = start.shape[0]
-    cx, cy, cz = 8, 8, 4
+    cx, cy, cz = cell[0], cell[1], cell[2]
     half_diagonal = 0.5 * math.sqrt((cx * voxel[0]) ** 2 + (cy * voxel[1]) ** 2 + (cz * voxel[2]) ** 2)
     centre_distance = np.empty(n_segments)
     kept = np.empty(n_segments, dtype=np.int64)
@@ -503,7 +507,7 @@ def _add_noise(origin, image, sigma, seed):
 
 def _select_segments(forest: NeuriteForest, low_nm: np.ndarray, high_nm: np.ndarray, reach: float):
     """Segments (in forest order) whose capsule comes within ``reach`` nm of the box [low, high] (nm)."""
-    start, end, radius, neuron = forest.segments()
+    start, end, radius, neuron = forest.segment_arrays
     box_low = np.minimum(start, end) - radius[:, None]
     box_high = np.maximum(start, end) + radius[:, None]
     hit = np.all(box_high >= low_nm - reach, axis=1) & np.all(box_low <= high_nm + reach, axis=1)
@@ -529,7 +533,7 @@ def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, 
     labels = np.zeros(tuple(shape), dtype=np.uint32)
     nearest = np.empty(tuple(shape), dtype=np.float64)
     margin = np.empty(tuple(shape), dtype=np.float64)
-    _rasterise(origin, shape, voxel, shift[0], shift[1], start, end, radius, neuron,
+    _rasterise(origin, shape, voxel, np.asarray(CELL_VOXELS, dtype=np.int64), shift[0], shift[1], start, end, radius, neuron,
                params.membrane_width_nm, params.max_gap_nm, margin_cap, labels, nearest, margin)
     organelle = np.zeros(tuple(shape), dtype=np.float64)
     centre, organelle_radius = forest.organelle_position, forest.organelle_radius
