@@ -52,5 +52,8 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
                 if key in keys:
                     bar.advance(task)
 
+        scheduler = dask.config.get("scheduler", None)
+        if scheduler not in ("sync", "synchronous", "single-threaded"):
+            scheduler = "threads"
         with _Advance():
-            return list(dask.compute(*tasks, scheduler="threads", num_workers=num_workers))
+            return list(dask.compute(*tasks, scheduler=scheduler, num_workers=num_workers))

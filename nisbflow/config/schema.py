@@ -30,10 +30,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SlurmConfig(_Section):
+    """dask-jobqueue ``SLURMCluster`` settings for ``system.cluster: slurm`` (one Dask worker process per job)."""
+
+    queue: str | None = Field(None, description="Partition (sbatch -p).")
+    account: str | None = Field(None, description="Account to charge (sbatch -A).")
+    cores: int = Field(8, gt=0, description="Cores per job.")
+    memory: str = Field("32GiB", description="Memory per job; also the Dask worker's memory limit.")
+    walltime: str = Field("04:00:00", description="Time limit per job.")
+    jobs: int = Field(4, gt=0, description="Jobs (workers) to start.")
+    job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines, e.g. '--gres=gpu:1'.")
+    local_directory: str | None = Field(None, description="Worker scratch space on the compute node.")
+
+
 class SystemConfig(_Section):
     num_gpus: int = Field(-1, ge=-1, description="GPUs to use; -1 = every visible GPU.")
     num_workers: int = Field(-1, ge=-1, description="Data-loader / Dask workers; -1 = chosen from the CPU count.")
     cluster: str = Field("local", description="local | dask-cuda | slurm | sync | tcp://scheduler:8786")
+    memory_limit: str = Field("auto", description="Memory per local Dask worker, e.g. '4GiB'; 'auto' splits the RAM.")
+    threads_per_worker: int = Field(1, gt=0, description="Threads per local Dask worker (kernels release the GIL).")
+    slurm: SlurmConfig = SlurmConfig()
 
 
 class SplitConfig(_Section):

@@ -1,0 +1,101 @@
+"""The one place nisbflow creates Dask clusters, for every command.
+
+``cluster`` names what to run on:
+
+- ``local``: a ``distributed.LocalCluster`` on this machine (workers, threads and memory limit settable);
+- ``dask-cuda``: a ``dask_cuda.LocalCUDACluster``, one worker per visible GPU;
+- ``tcp://host:8786`` (or ``tls://``, ``ucx://``): an already running scheduler;
+- ``slurm``: a ``dask_jobqueue.SLURMCluster`` from ``system.slurm`` in the configuration;
+- ``sync``: no cluster, Dask's single-threaded scheduler, for debugging with pdb.
+
+dask-cuda and dask-jobqueue are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import dask
+
+from nisbflow.errors import ConfigError
+
+CLUSTER_KINDS = ("local", "dask-cuda", "slurm", "sync")
+ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
+
+
+def check_cluster(cluster: str) -> str:
+    """Return ``cluster`` if it names a cluster kind or a scheduler address, else raise :class:`ConfigError`."""
+    if cluster in CLUSTER_KINDS or cluster.startswith(ADDRESS_SCHEMES):
+        return cluster
+    raise ConfigError(f"system.cluster / --cluster: expected one of {', '.join(CLUSTER_KINDS)} or a scheduler "
+                      f"address such as tcp://host:8786, got {cluster!r}")
+
+
+def _import(module: str, extra: str, kind: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as error:
+        raise ConfigError(f"--cluster {kind} needs {module.replace('_', '-')}: pip install 'nisbflow[{extra}]'") from error
+
+
+@contextlib.contextmanager
+def cluster_client(
+    cluster: str = "local",
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_limit: str = "auto",
+    slurm=None,
+    processes: bool = True,
+) -> Iterator:
+    """Start (or connect to) a Dask cluster and yield its ``distributed.Client``; ``sync`` yields None.
+
+    ``n_workers``: local workers (default: one per core) or SLURM jobs (default ``slurm.jobs``);
+    ``memory_limit``: per local worker, e.g. ``"1.5GiB"``; ``slurm``: a :class:`~nisbflow.config.schema.SlurmConfig`.
+    Everything started here is closed when the block ends; a remote scheduler is only disconnected from.
+    """
+    check_cluster(cluster)
+    if cluster == "sync":
+        with dask.config.set(scheduler="synchronous"):
+            yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if cluster.startswith(ADDRESS_SCHEMES):
+        with Client(cluster) as client:
+            yield client
+        return
+    if cluster == "local":
+        made = LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
+                            memory_limit=memory_limit, processes=processes, dashboard_address=":0")
+    elif cluster == "dask-cuda":
+        dask_cuda = _import("dask_cuda", "gpu", cluster)
+        made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0")
+    else:  # slurm
+        dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)
+        if slurm is None:
+            from nisbflow.config.schema import SlurmConfig
+
+            slurm = SlurmConfig()
+        made = dask_jobqueue.SLURMCluster(
+            queue=slurm.queue, account=slurm.account, cores=slurm.cores, memory=slurm.memory, processes=1,
+            walltime=slurm.walltime, job_extra_directives=list(slurm.job_extra_directives),
+            local_directory=slurm.local_directory)
+        made.scale(jobs=n_workers or slurm.jobs)
+    with made, Client(made) as client:
+        yield client
+
+
+def cluster_from_config(config, cluster: str | None = None, **overrides):
+    """:func:`cluster_client` with ``system.*`` settings from a configuration, overridden by keyword arguments."""
+    system = config.system
+    options = dict(
+        n_workers=system.num_workers if system.num_workers > 0 else None,
+        threads_per_worker=system.threads_per_worker,
+        memory_limit=system.memory_limit,
+        slurm=system.slurm,
+    )
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return cluster_client(cluster or system.cluster, **options)

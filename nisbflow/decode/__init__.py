@@ -1,0 +1,7 @@
+"""Decoding: affinities → segmentation by connected components (BANIS ``decode_affinity_cc``)."""
+
+from nisbflow.decode.blockwise import decode_affinity_cc, decode_to_zarr, threshold_array_name
+from nisbflow.decode.kernel import hard_edges, label_hard_edges, segmentation_dtype
+
+__all__ = ["decode_affinity_cc", "decode_to_zarr", "hard_edges", "label_hard_edges", "segmentation_dtype",
+           "threshold_array_name"]

@@ -1,0 +1,254 @@
+"""Pure block functions of block-wise decoding: label one block with its lower halo, pair labels across faces,
+merge label equivalences (union-find on a sparse graph), and number the merged segments 1..N.
+
+Words: a block's *write region* is the part of the volume it owns (one chunk); its *read region* adds one voxel on
+the lower side of each axis (the *halo*), so every hard edge ending in the write region is seen by the block that
+owns its destination. Provisional ids are unique across blocks without any serial step: ``block << label_bits |
+local label`` (the block's linear index in C order in the high bits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+
+from nisbflow.decode.kernel import hard_edges, label_hard_edges, segmentation_dtype
+from nisbflow.errors import VolumeError
+
+SPATIAL_AXES = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """The blocks of a chunked ``(X, Y, Z)`` volume.
+
+    ``chunks`` are dask-style per-axis chunk sizes. ``label_bits`` is how many low bits of a provisional id hold the
+    local label: enough for every voxel of the largest read region.
+    """
+
+    chunks: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+    @property
+    def blocks_per_axis(self) -> tuple[int, int, int]:
+        return tuple(len(c) for c in self.chunks)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(np.prod(self.blocks_per_axis))
+
+    @property
+    def label_bits(self) -> int:
+        largest_read_region = int(np.prod([max(c) + 1 for c in self.chunks]))
+        return largest_read_region.bit_length()
+
+    def check_fits(self) -> None:
+        """Raise unless block index and local label fit together in 64 bits."""
+        bits = self.label_bits + max(self.n_blocks - 1, 1).bit_length()
+        if bits > 64:
+            raise VolumeError(f"{self.n_blocks} blocks of up to {[max(c) for c in self.chunks]} voxels need {bits}-bit "
+                              "provisional ids; use larger chunks")
+
+    def indices(self):
+        """Block indices ``(i, j, k)`` in C order (their position in this order is the block's linear index)."""
+        return np.ndindex(*self.blocks_per_axis)
+
+    def linear(self, index) -> int:
+        return int(np.ravel_multi_index(index, self.blocks_per_axis))
+
+    def write_region(self, index) -> tuple[slice, slice, slice]:
+        """The voxels block ``index`` owns, as slices of the volume."""
+        starts = [int(sum(c[:i])) for c, i in zip(self.chunks, index)]
+        return tuple(slice(s, s + c[i]) for s, c, i in zip(starts, self.chunks, index))
+
+    def lower_neighbour(self, index, axis: int):
+        """The block below ``index`` along ``axis``, or None at the volume's lower face."""
+        if index[axis] == 0:
+            return None
+        lower = list(index)
+        lower[axis] -= 1
+        return tuple(lower)
+
+
+class BlockLabels(NamedTuple):
+    """One block's labelling at one threshold.
+
+    ``labels (x, y, z) uint32``: local ids of the write region (may be None once written to disk);
+    ``halo_faces[a] ``: local ids on the halo plane below the write region along axis ``a`` (None at the volume's
+    lower face); ``upper_faces[a]``: local ids on the write region's last plane along ``a``; ``count``: local ids
+    1..count are in use (halo-only components included); ``nan_count``: NaN affinities in the write region.
+    """
+
+    labels: np.ndarray | None
+    halo_faces: tuple
+    upper_faces: tuple
+    count: int
+    nan_count: int = 0
+
+
+def upper_plane(block: np.ndarray, axis: int) -> np.ndarray:
+    """The last plane of a block along spatial ``axis``: ``(..., X, Y, Z)`` → the same with that axis of size 1."""
+    index = [slice(None)] * block.ndim
+    index[block.ndim - 3 + axis] = slice(-1, None)
+    return np.ascontiguousarray(block[tuple(index)])
+
+
+def label_block(affinities, halo_affinities, thresholds, mask=None, halo_mask=(None, None, None),
+                backend: str = "numba") -> list[BlockLabels]:
+    """Label one block's read region at each threshold.
+
+    ``affinities (3, x, y, z)`` float: the write region; ``halo_affinities[a] (3, ...)``: the plane below it along
+    axis ``a`` (the lower neighbour's last plane; None at the volume's lower face). ``mask (x, y, z)`` and
+    ``halo_mask`` likewise, or None. Edges among halo voxels of different faces (the read region's lower edges and
+    corner) are left out: an edge ending in the write region never starts there, and any other edge is seen by the
+    block that owns its destination.
+    """
+    halo = tuple(int(face is not None) for face in halo_affinities)
+    nan_count = int(np.isnan(affinities).sum())
+    shape = tuple(n + h for n, h in zip(affinities.shape[1:], halo))
+    results = []
+    for threshold in thresholds:
+        hard = np.zeros((3,) + shape, dtype=bool)
+        hard[:, halo[0]:, halo[1]:, halo[2]:] = hard_edges(affinities, threshold, mask)
+        for axis, face in enumerate(halo_affinities):
+            if face is not None:
+                index = [slice(None), slice(halo[0], None), slice(halo[1], None), slice(halo[2], None)]
+                index[1 + axis] = slice(0, 1)
+                hard[tuple(index)] = hard_edges(face, threshold, halo_mask[axis])
+        if backend == "cupy":
+            from nisbflow.decode.gpu import label_hard_edges_on_gpu
+
+            labels, count = label_hard_edges_on_gpu(hard, dtype=np.uint32)
+        else:
+            labels, count = label_hard_edges(hard, dtype=np.uint32)
+        write = labels[halo[0]:, halo[1]:, halo[2]:]
+        halo_faces = tuple(_halo_plane(labels, halo, axis) for axis in SPATIAL_AXES)
+        upper_faces = (np.ascontiguousarray(write[-1]), np.ascontiguousarray(write[:, -1]),
+                       np.ascontiguousarray(write[:, :, -1]))
+        results.append(BlockLabels(np.ascontiguousarray(write), halo_faces, upper_faces, int(count), nan_count))
+    return results
+
+
+def _halo_plane(labels: np.ndarray, halo: tuple, axis: int) -> np.ndarray | None:
+    """The read region's halo plane below the write region along ``axis`` (None where there is no halo)."""
+    if not halo[axis]:
+        return None
+    index = [slice(h, None) for h in halo]
+    index[axis] = 0
+    return np.ascontiguousarray(labels[tuple(index)])
+
+
+def without_labels(block_labels: list[BlockLabels]) -> list[BlockLabels]:
+    """The same summaries with ``labels`` dropped, so only faces and counts travel between workers."""
+    return [b._replace(labels=None) for b in block_labels]
+
+
+def block_counts(block_labels: list[BlockLabels]) -> np.ndarray:
+    """``(T + 1,) int64``: the local label count of one block at each threshold, then its NaN count."""
+    return np.array([b.count for b in block_labels] + [block_labels[0].nan_count], dtype=np.int64)
+
+
+def face_pairs(block: list[BlockLabels], block_id: int, lower: list, lower_ids: list, label_bits: int) -> list:
+    """Equivalent provisional ids across one block's lower faces, per threshold.
+
+    ``lower[a]`` is the lower neighbour's summary along axis ``a`` (or None) and ``lower_ids[a]`` its linear index.
+    Returns, per threshold, a ``(P, 2) uint64`` array of (neighbour id, this block's id) pairs, unique rows.
+    """
+    pairs = []
+    for t, mine in enumerate(block):
+        found = [np.empty((0, 2), dtype=np.uint64)]
+        for axis in SPATIAL_AXES:
+            if lower[axis] is None:
+                continue
+            halo = mine.halo_faces[axis].ravel()
+            theirs = lower[axis][t].upper_faces[axis].ravel()
+            keep = (halo > 0) & (theirs > 0)
+            found.append(np.stack([(np.uint64(lower_ids[axis]) << np.uint64(label_bits)) | theirs[keep].astype(np.uint64),
+                                   (np.uint64(block_id) << np.uint64(label_bits)) | halo[keep].astype(np.uint64)], axis=1))
+        pairs.append(np.unique(np.concatenate(found), axis=0))
+    return pairs
+
+
+def merge_equivalences(*parts: list) -> list:
+    """Union-find over equivalence lists, per threshold.
+
+    Each part is a list (one entry per threshold) of ``(P, 2) uint64`` id pairs. Returns per threshold a ``(M, 2)
+    uint64`` array of (member, root) for every id that is not the smallest of its merged set; its root is that
+    smallest id. The output is again a valid part, so merges nest in a tree.
+    """
+    merged = []
+    for t in range(len(parts[0])):
+        edges = np.concatenate([part[t] for part in parts])
+        if len(edges) == 0:
+            merged.append(np.empty((0, 2), dtype=np.uint64))
+            continue
+        ids, inverse = np.unique(edges.ravel(), return_inverse=True)
+        inverse = inverse.reshape(-1, 2)
+        graph = scipy.sparse.coo_matrix((np.ones(len(inverse), dtype=np.int8), (inverse[:, 0], inverse[:, 1])),
+                                        shape=(len(ids), len(ids)))
+        _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+        _, first = np.unique(component, return_index=True)  # ids are sorted: the first member is the smallest
+        root = ids[first[component]]
+        keep = ids != root
+        merged.append(np.stack([ids[keep], root[keep]], axis=1))
+    return merged
+
+
+@dataclass(frozen=True)
+class SegmentNumbering:
+    """How provisional ids map to final segment ids 1..``n_segments`` at one threshold.
+
+    ``members (M,) uint64`` sorted: provisional ids merged into a smaller one; ``member_ids (M,)``: their final ids;
+    ``offsets (B,) int64``: final ids before each block's own segments; ``counts (B,)``: local ids per block.
+    """
+
+    members: np.ndarray
+    member_ids: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+    label_bits: int
+    n_segments: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return segmentation_dtype(self.n_segments)
+
+    def lookup_table(self, block_id: int) -> np.ndarray:
+        """``(count + 1,)`` final id of each local id of block ``block_id`` (index 0 → 0)."""
+        bits = np.uint64(self.label_bits)
+        lo, hi = np.searchsorted(self.members, [np.uint64(block_id) << bits, np.uint64(block_id + 1) << bits])
+        local_members = (self.members[lo:hi] & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
+        local = np.arange(int(self.counts[block_id]) + 1, dtype=np.int64)
+        table = self.offsets[block_id] + local - np.searchsorted(local_members, local)
+        table[local_members] = self.member_ids[lo:hi]
+        table[0] = 0
+        return table.astype(self.dtype)
+
+
+def number_segments(counts: np.ndarray, equivalences: np.ndarray, label_bits: int) -> SegmentNumbering:
+    """Give every merged set of provisional ids a final id, consecutive over blocks in C order.
+
+    ``counts (B,) int64`` local ids per block; ``equivalences (M, 2) uint64`` (member, root) from
+    :func:`merge_equivalences`. A set's final id belongs to its root (its smallest id); roots are numbered block by
+    block, in local-label order within a block.
+    """
+    order = np.argsort(equivalences[:, 0], kind="stable")
+    members, roots = equivalences[order, 0], equivalences[order, 1]
+    bits = np.uint64(label_bits)
+    member_block = (members >> bits).astype(np.int64)
+    roots_per_block = counts - np.bincount(member_block, minlength=len(counts))
+    offsets = np.concatenate([[0], np.cumsum(roots_per_block)[:-1]]).astype(np.int64)
+    root_block = (roots >> bits).astype(np.int64)
+    root_local = (roots & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
+    members_below_root = (np.searchsorted(members, roots) - np.searchsorted(members, root_block.astype(np.uint64) << bits))
+    member_ids = offsets[root_block] + root_local - members_below_root
+    return SegmentNumbering(members, member_ids.astype(np.int64), offsets, counts.astype(np.int64), label_bits,
+                            int(roots_per_block.sum()))
+
+
+def relabel_block(labels: np.ndarray, numbering: SegmentNumbering, block_id: int) -> np.ndarray:
+    """``(x, y, z)`` local ids of one block → final segment ids, in ``numbering.dtype``."""
+    return numbering.lookup_table(block_id)[labels]

@@ -1,0 +1,69 @@
+"""Noisy affinities from a ground-truth segmentation: stand-in predictions for decoding tests, benchmarks and the
+demo before a model is trained.
+
+Each edge's value is ``0.9`` (same neuron) or ``0.1`` (different neurons or background) plus Gaussian noise,
+clipped to [0, 1] and stored as float16, in the source-voxel convention of ../shared/DESIGN.md (channels offsets
+x, y, z; an edge leaving the volume is 0). Noise is drawn per block from a generator seeded by ``(seed, block
+index)``, so the result is deterministic for a chunking.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from nisbflow.data.volumes import open_segmentation, output_attrs, staged_output, voxel_size_of
+from nisbflow.progress import compute_tasks
+
+
+def _same_neuron(segmentation, axis: int):
+    """``(X, Y, Z) bool``: ``seg[v] == seg[v + e_axis] and seg[v] > 0``; False where ``v + e_axis`` leaves the volume."""
+    n = segmentation.shape[axis]
+    lower = [slice(None)] * 3
+    upper = [slice(None)] * 3
+    lower[axis], upper[axis] = slice(0, n - 1), slice(1, n)
+    inside = (segmentation[tuple(lower)] == segmentation[tuple(upper)]) & (segmentation[tuple(lower)] > 0)
+    pad = [(0, 0)] * 3
+    pad[axis] = (0, 1)
+    if isinstance(segmentation, da.Array):
+        return da.pad(inside, pad, constant_values=False)
+    return np.pad(inside, pad, constant_values=False)
+
+
+def _add_noise(targets: np.ndarray, noise: float, seed: int, block_id=(0, 0, 0, 0)) -> np.ndarray:
+    rng = np.random.default_rng([seed, *block_id])
+    values = np.where(targets, 0.9, 0.1) + rng.normal(0.0, noise, targets.shape)
+    return np.clip(values, 0.0, 1.0).astype(np.float16)
+
+
+def noisy_affinities(segmentation, noise: float = 0.15, seed: int = 0):
+    """``(3, X, Y, Z) float16`` noisy affinities of an ``(X, Y, Z)`` segmentation (numpy or dask, same type out)."""
+    targets = [_same_neuron(segmentation, axis) for axis in range(3)]
+    if isinstance(segmentation, da.Array):
+        stacked = da.stack(targets).rechunk((3,) + segmentation.chunks)
+        return stacked.map_blocks(lambda block, block_id=None: _add_noise(block, noise, seed, block_id),
+                                  dtype=np.float16, name="synth-noisy-affinities")
+    return _add_noise(np.stack(targets), noise, seed)
+
+
+def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *, noise: float = 0.15, seed: int = 0,
+                           chunks=None, overwrite: bool = False, progress: bool = True) -> str:
+    """Write :func:`noisy_affinities` of a segmentation zarr array to a ``(3, X, Y, Z) float16`` zarr array."""
+    source = open_segmentation(segmentation_path)
+    segmentation = da.from_zarr(source)
+    if chunks is not None:
+        segmentation = segmentation.rechunk(tuple(chunks))
+    affinities = noisy_affinities(segmentation, noise, seed)
+    with staged_output(output, overwrite=overwrite) as staged:
+        target = zarr.create_array(
+            staged, shape=affinities.shape, chunks=(3,) + tuple(c[0] for c in segmentation.chunks), dtype="float16",
+            fill_value=0, zarr_format=source.metadata.zarr_format,
+            attributes=output_attrs("synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z "
+                                    "offsets, source-voxel storage", voxel_size_of(source), "cxyz",
+                                    noise=noise, seed=seed, segmentation=str(segmentation_path)))
+        store = da.store(affinities, target, lock=False, compute=False, return_stored=False)
+        compute_tasks(list(store.to_delayed().ravel()), "synth: affinities", progress=progress)
+    return str(output)
