@@ -14,6 +14,7 @@ is built. :func:`decode_to_zarr` stores pass 1's local ids on disk so affinities
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from nisbflow.data.volumes import open_volume, output_attrs, staged_output, voxel_size_of
+from nisbflow.data.volumes import fast_compressors, open_volume, output_attrs, staged_output, voxel_size_of
 from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
 from nisbflow.decode.stitch import (BlockGrid, SegmentNumbering, SPATIAL_AXES, block_counts, face_pairs, label_block,
                                     merge_equivalences, number_segments, relabel_block, upper_plane, without_labels)
@@ -118,13 +119,21 @@ class _BlockInputs:
         return inputs
 
 
+@functools.lru_cache(maxsize=32)
+def _opened(path: str) -> zarr.Array:
+    """A zarr array opened once per worker process and path (opening reads its metadata, ~1 ms per task).
+
+    Only used for the arrays a decoding run creates itself, which no one else resizes while it runs."""
+    return zarr.open_array(path, mode="r+")
+
+
 def _label_and_store(affinities, halo_affinities, thresholds, backend, mask=None, halo_mask=(None, None, None),
                      stores=None, write_region=None):
     """Task: label one block; write its local ids to ``stores`` (one zarr path per threshold) when given."""
     labelled = label_block(affinities, halo_affinities, thresholds, mask, halo_mask, backend)
     if stores is not None:
         for path, block_labels in zip(stores, labelled):
-            zarr.open_array(path, mode="r+")[write_region] = block_labels.labels
+            _opened(path)[write_region] = block_labels.labels
     return without_labels(labelled)
 
 
@@ -193,8 +202,7 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
 
 def _relabel_in_zarr(source: str, target: str, write_region, numbering: SegmentNumbering, block_id: int) -> int:
     """Task: read one block's local ids from ``source``, write final ids to ``target``; returns the block id."""
-    labels = zarr.open_array(source, mode="r")[write_region]
-    zarr.open_array(target, mode="r+")[write_region] = relabel_block(labels, numbering, block_id)
+    _opened(target)[write_region] = relabel_block(_opened(source)[write_region], numbering, block_id)
     return block_id
 
 
@@ -250,7 +258,8 @@ def decode_to_zarr(
             stores = []
             for threshold in thresholds:
                 name = threshold_array_name(threshold)
-                scratch_group.create_array(name, shape=spatial, chunks=block_shape, dtype="uint32", fill_value=0)
+                scratch_group.create_array(name, shape=spatial, chunks=block_shape, dtype="uint32", fill_value=0,
+                                           compressors=fast_compressors(zarr_format, shuffle=False))
                 stores.append(f"{scratch}/{name}")
             token = tokenize(str(affinities), str(mask), thresholds, block_shape, backend)
             inputs = _BlockInputs(array, mask_array, grid, token)
@@ -259,7 +268,7 @@ def decode_to_zarr(
                 target = f"{staged}/{threshold_array_name(threshold)}" if multiple else staged
                 zarr.create_array(
                     target, shape=spatial, chunks=block_shape, dtype=numbering.dtype, fill_value=0,
-                    zarr_format=zarr_format, attributes=output_attrs(
+                    zarr_format=zarr_format, compressors=fast_compressors(zarr_format, shuffle=False), attributes=output_attrs(
                         "neuron segmentation: connected components of affinities > threshold, 0 = background",
                         voxel_size, "xyz", config, threshold=threshold, affinities=str(affinities),
                         affinity_mask=None if mask is None else str(mask), n_segments=numbering.n_segments))

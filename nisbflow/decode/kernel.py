@@ -79,11 +79,57 @@ def hard_edges(affinities: np.ndarray, threshold: float, mask: np.ndarray | None
     return edges
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# comparing floats through their bit patterns
+#
+# The labelling kernel reads affinities as unsigned integers of the same width. For a threshold t >= 0 (thresholds
+# are checked to lie in [0, 1]) and IEEE floats, ``a > t`` holds exactly when ``bits(t) < bits(a) <= bits(+inf)``:
+# non-negative floats sort like their bit patterns, negative ones (sign bit set) and NaN lie above +inf. This keeps
+# float16 exact (NumPy's float16 arithmetic is emulated and slow, numba has none on CPU) and fuses thresholding into
+# the labelling scan, so no boolean edge array is built.
+
+_UNSIGNED = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INFINITY_BITS = {2: 0x7C00, 4: 0x7F800000, 8: 0x7FF0000000000000}
+
+
+def affinity_bits(affinities: np.ndarray) -> np.ndarray:
+    """The bit patterns of a float array as unsigned integers of the same width (a view, no copy)."""
+    return affinities.view(_UNSIGNED[affinities.dtype.itemsize])
+
+
+def threshold_bits(dtype, threshold: float) -> tuple:
+    """``(bits of the threshold in dtype, bits of +inf)`` as numpy unsigned scalars for the labelling kernel."""
+    dtype = np.dtype(dtype)
+    unsigned = _UNSIGNED[dtype.itemsize]
+    return np.array(threshold, dtype=dtype).view(unsigned)[()], unsigned(_INFINITY_BITS[dtype.itemsize])
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_nan_bits(bits, magnitude, infinity):
+    count = 0
+    for value in bits.ravel():
+        if value & magnitude > infinity:  # sign bit cleared: NaN lies above +inf
+            count += 1
+    return count
+
+
+def count_nan(affinities: np.ndarray) -> int:
+    """Number of NaN values in a float array (any shape)."""
+    unsigned = _UNSIGNED[affinities.dtype.itemsize]
+    magnitude = unsigned((1 << (8 * affinities.dtype.itemsize - 1)) - 1)
+    infinity = threshold_bits(affinities.dtype, 0.0)[1]
+    return int(_count_nan_bits(np.ascontiguousarray(affinity_bits(affinities)), magnitude, infinity))
+
+
 def warn_nan(affinities: np.ndarray, where: str = "affinities") -> None:
     """Warn (once per call) when ``affinities[0:3]`` hold NaN, which decodes as 'no edge'."""
-    n_nan = int(np.isnan(affinities[:3]).sum())
+    n_nan = count_nan(affinities[:3])
     if n_nan:
         warnings.warn(f"{where}: {n_nan} NaN affinities; treated as no edge", RuntimeWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the labelling kernel
 
 
 @numba.njit(cache=True, nogil=True)
@@ -99,46 +145,57 @@ def _find(parent, label):
 
 
 @numba.njit(cache=True, nogil=True)
-def _join(parent, a, b):
-    """Union of the sets holding provisional labels ``a`` and ``b``; the smaller root wins."""
+def _union(parent, a, b):
+    """Union of the sets holding provisional labels ``a`` and ``b``; returns the merged root (the smaller one)."""
     root_a, root_b = _find(parent, a), _find(parent, b)
-    if root_a < root_b:
-        parent[root_b] = root_a
-    elif root_b < root_a:
+    if root_b < root_a:
         parent[root_a] = root_b
+        return root_b
+    parent[root_b] = root_a
+    return root_a
 
 
 @numba.njit(cache=True, nogil=True)
-def _label_hard_edges(hard, labels):
+def _is_hard(value, threshold, infinity):
+    """1 if ``threshold < value <= infinity`` (bit patterns, see :func:`threshold_bits`), else 0, without a branch."""
+    return np.int64(threshold < value) & np.int64(value <= infinity)
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_affinity_bits(bits, threshold, infinity, labels):
     """Connected components of the hard-edge graph, written into ``labels``; returns the component count.
 
-    ``hard (3, X, Y, Z) bool``; ``labels (X, Y, Z)`` unsigned, all zero on entry. One raster scan gives each voxel
-    the provisional label of a lower neighbour that reaches it by a hard edge (joining labels when several do), or a
-    new one if it starts a hard edge itself; a second pass maps provisional labels to consecutive ids.
+    ``bits (3, X, Y, Z)`` unsigned: affinities' bit patterns (an edge is hard when ``threshold < bits <= infinity``);
+    ``labels (X, Y, Z)`` unsigned, C-contiguous, all zero on entry. One raster scan gives each voxel the provisional
+    label of the lower neighbours that reach it by a hard edge (uniting their sets when they differ), or a new one if
+    it starts a hard edge itself; a second pass maps provisional labels to consecutive ids. The scan works on rows
+    along z and keeps the noisy edge tests out of branches (labels are multiplied by 0/1 edge values).
     """
     nx, ny, nz = labels.shape
     parent = np.empty(4096, dtype=np.int64)
     parent[0] = 0
     n_provisional = 0
+    no_bits = np.zeros(nz, dtype=bits.dtype)
+    no_labels = np.zeros(nz, dtype=labels.dtype)
     for x in range(nx):
         for y in range(ny):
+            row = labels[x, y]
+            out_x, out_y, out_z = bits[0, x, y], bits[1, x, y], bits[2, x, y]
+            in_x, from_x = (bits[0, x - 1, y], labels[x - 1, y]) if x > 0 else (no_bits, no_labels)
+            in_y, from_y = (bits[1, x, y - 1], labels[x, y - 1]) if y > 0 else (no_bits, no_labels)
+            previous = np.int64(0)  # label of (x, y, z - 1) if its +z edge is hard, else 0
             for z in range(nz):
-                label = np.int64(0)
-                if x > 0 and hard[0, x - 1, y, z]:
-                    label = np.int64(labels[x - 1, y, z])
-                if y > 0 and hard[1, x, y - 1, z]:
-                    other = np.int64(labels[x, y - 1, z])
-                    if label == 0:
-                        label = other
-                    elif other != label:
-                        _join(parent, label, other)
-                if z > 0 and hard[2, x, y, z - 1]:
-                    other = np.int64(labels[x, y, z - 1])
-                    if label == 0:
-                        label = other
-                    elif other != label:
-                        _join(parent, label, other)
-                if label == 0 and (hard[0, x, y, z] or hard[1, x, y, z] or hard[2, x, y, z]):
+                a = np.int64(from_x[z]) * _is_hard(in_x[z], threshold, infinity)
+                b = np.int64(from_y[z]) * _is_hard(in_y[z], threshold, infinity)
+                label = max(a, max(b, previous))
+                if a != 0 and a != label:
+                    label = _union(parent, label, a)
+                if b != 0 and b != label:
+                    label = _union(parent, label, b)
+                if previous != 0 and previous != label:
+                    label = _union(parent, label, previous)
+                up = _is_hard(out_z[z], threshold, infinity)
+                if label == 0 and (up | _is_hard(out_x[z], threshold, infinity) | _is_hard(out_y[z], threshold, infinity)):
                     n_provisional += 1
                     if n_provisional == parent.shape[0]:
                         grown = np.empty(2 * parent.shape[0], dtype=np.int64)
@@ -146,7 +203,8 @@ def _label_hard_edges(hard, labels):
                         parent = grown
                     parent[n_provisional] = n_provisional
                     label = np.int64(n_provisional)
-                labels[x, y, z] = label
+                row[z] = label
+                previous = label * up
     # a component's root is its smallest provisional label, i.e. the label of its first voxel in raster order
     final = np.zeros(n_provisional + 1, dtype=np.int64)
     n_components = 0
@@ -157,27 +215,50 @@ def _label_hard_edges(hard, labels):
             final[label] = n_components
         else:
             final[label] = final[root]
-    for x in range(nx):
-        for y in range(ny):
-            for z in range(nz):
-                labels[x, y, z] = final[labels[x, y, z]]
+    flat = labels.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = final[flat[i]]
     return n_components
+
+
+def _label_array(spatial: tuple[int, ...], dtype) -> tuple[np.ndarray, bool]:
+    wide = dtype is None and int(np.prod(spatial, dtype=np.int64)) >= UINT32_LIMIT
+    return np.zeros(spatial, dtype=np.dtype(np.uint64) if wide else np.dtype(dtype or np.uint32)), wide
+
+
+def _narrowed(labels: np.ndarray, n: int, wide: bool) -> np.ndarray:
+    return labels.astype(np.uint32) if wide and segmentation_dtype(n) == np.uint32 else labels
+
+
+def label_affinities(bits: np.ndarray, threshold: float, dtype, labels_dtype=None) -> tuple[np.ndarray, int]:
+    """Label the components of ``affinity_bits(affinities[:3]) > threshold`` (compared in float ``dtype``).
+
+    ``bits (3, X, Y, Z)`` unsigned → ``(labels (X, Y, Z), n)``, ids 1..n in raster order of first voxel, 0 background.
+    ``labels_dtype`` defaults to uint32 unless the volume has 2³² voxels or more (then uint64, shrunk back to uint32
+    when the count allows).
+    """
+    labels, wide = _label_array(bits.shape[1:], labels_dtype)
+    n = int(_label_affinity_bits(bits, *threshold_bits(dtype, threshold), labels))
+    return _narrowed(labels, n, wide), n
 
 
 def label_hard_edges(hard: np.ndarray, dtype=None) -> tuple[np.ndarray, int]:
     """Label the components of a hard-edge graph.
 
     ``hard (3, X, Y, Z) bool`` → ``(labels (X, Y, Z), n)``, ids 1..n in raster order of first voxel, 0 background.
-    ``dtype`` is the label dtype (default: uint32 unless the volume has 2³² voxels or more, then uint64, shrunk
-    back to uint32 when the count allows).
+    ``dtype`` is the label dtype (default as in :func:`label_affinities`).
     """
-    spatial = hard.shape[1:]
-    wide = dtype is None and int(np.prod(spatial, dtype=np.int64)) >= UINT32_LIMIT
-    labels = np.zeros(spatial, dtype=np.dtype(np.uint64) if wide else np.dtype(dtype or np.uint32))
-    n = int(_label_hard_edges(np.ascontiguousarray(hard), labels))
-    if wide and segmentation_dtype(n) == np.uint32:
-        labels = labels.astype(np.uint32)
-    return labels, n
+    labels, wide = _label_array(hard.shape[1:], dtype)
+    n = int(_label_affinity_bits(hard.view(np.uint8), np.uint8(0), np.uint8(1), labels))
+    return _narrowed(labels, n, wide), n
+
+
+def masked_bits(affinities: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``affinity_bits(affinities[:3])``, with every edge of a voxel where ``mask == 0`` set to +0.0 (never hard)."""
+    bits = affinity_bits(affinities[:3])
+    if mask is None:
+        return bits
+    return np.where((mask != 0)[None], bits, bits.dtype.type(0))
 
 
 def decode_in_memory(affinities: np.ndarray, thresholds: tuple[float, ...], mask: np.ndarray | None,
@@ -191,4 +272,5 @@ def decode_in_memory(affinities: np.ndarray, thresholds: tuple[float, ...], mask
         from nisbflow.decode.gpu import decode_on_gpu
 
         return decode_on_gpu(affinities, thresholds, mask)
-    return [label_hard_edges(hard_edges(affinities, t, mask))[0] for t in thresholds]
+    bits = masked_bits(affinities, mask)
+    return [label_affinities(bits, t, affinities.dtype)[0] for t in thresholds]

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numba
 import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from nisbflow.decode.kernel import hard_edges, label_hard_edges, segmentation_dtype
+from nisbflow.decode.kernel import count_nan, label_affinities, masked_bits, segmentation_dtype, threshold_bits
 from nisbflow.errors import VolumeError
 
 SPATIAL_AXES = (0, 1, 2)
@@ -106,30 +107,44 @@ def label_block(affinities, halo_affinities, thresholds, mask=None, halo_mask=(N
     corner) are left out: an edge ending in the write region never starts there, and any other edge is seen by the
     block that owns its destination.
     """
-    halo = tuple(int(face is not None) for face in halo_affinities)
-    nan_count = int(np.isnan(affinities).sum())
-    shape = tuple(n + h for n, h in zip(affinities.shape[1:], halo))
+    region, halo = read_region_bits(affinities, halo_affinities, mask, halo_mask)
+    nan_count = count_nan(affinities[:3])
     results = []
     for threshold in thresholds:
-        hard = np.zeros((3,) + shape, dtype=bool)
-        hard[:, halo[0]:, halo[1]:, halo[2]:] = hard_edges(affinities, threshold, mask)
-        for axis, face in enumerate(halo_affinities):
-            if face is not None:
-                index = [slice(None), slice(halo[0], None), slice(halo[1], None), slice(halo[2], None)]
-                index[1 + axis] = slice(0, 1)
-                hard[tuple(index)] = hard_edges(face, threshold, halo_mask[axis])
         if backend == "cupy":
             from nisbflow.decode.gpu import label_hard_edges_on_gpu
 
-            labels, count = label_hard_edges_on_gpu(hard, dtype=np.uint32)
+            threshold_value, infinity = threshold_bits(affinities.dtype, threshold)
+            labels, count = label_hard_edges_on_gpu((region > threshold_value) & (region <= infinity), dtype=np.uint32)
         else:
-            labels, count = label_hard_edges(hard, dtype=np.uint32)
+            labels, count = label_affinities(region, threshold, affinities.dtype, labels_dtype=np.uint32)
         write = labels[halo[0]:, halo[1]:, halo[2]:]
         halo_faces = tuple(_halo_plane(labels, halo, axis) for axis in SPATIAL_AXES)
         upper_faces = (np.ascontiguousarray(write[-1]), np.ascontiguousarray(write[:, -1]),
                        np.ascontiguousarray(write[:, :, -1]))
-        results.append(BlockLabels(np.ascontiguousarray(write), halo_faces, upper_faces, int(count), nan_count))
+        results.append(BlockLabels(write, halo_faces, upper_faces, int(count), nan_count))
     return results
+
+
+def read_region_bits(affinities, halo_affinities, mask=None, halo_mask=(None, None, None)) -> tuple[np.ndarray, tuple]:
+    """One block's read region as affinity bit patterns (:func:`~nisbflow.decode.kernel.masked_bits`).
+
+    Returns ``(region (3, x + hx, y + hy, z + hz) unsigned, (hx, hy, hz))`` where ``h`` is 1 along an axis with a
+    halo plane and 0 at the volume's lower face. Halo planes are placed below the write region; the lines where two
+    halo planes meet stay +0.0 (no edge). Without any halo the region is a view of the input.
+    """
+    halo = tuple(int(face is not None) for face in halo_affinities)
+    bits = masked_bits(affinities, mask)
+    if not any(halo):
+        return bits, halo
+    region = np.zeros((3,) + tuple(n + h for n, h in zip(bits.shape[1:], halo)), dtype=bits.dtype)
+    region[:, halo[0]:, halo[1]:, halo[2]:] = bits
+    for axis, face in enumerate(halo_affinities):
+        if face is not None:
+            index = [slice(None), slice(halo[0], None), slice(halo[1], None), slice(halo[2], None)]
+            index[1 + axis] = slice(0, 1)
+            region[tuple(index)] = masked_bits(face, halo_mask[axis])
+    return region, halo
 
 
 def _halo_plane(labels: np.ndarray, halo: tuple, axis: int) -> np.ndarray | None:
@@ -163,12 +178,15 @@ def face_pairs(block: list[BlockLabels], block_id: int, lower: list, lower_ids: 
         for axis in SPATIAL_AXES:
             if lower[axis] is None:
                 continue
-            halo = mine.halo_faces[axis].ravel()
-            theirs = lower[axis][t].upper_faces[axis].ravel()
+            halo = mine.halo_faces[axis].ravel().astype(np.uint64)
+            theirs = lower[axis][t].upper_faces[axis].ravel().astype(np.uint64)
             keep = (halo > 0) & (theirs > 0)
-            found.append(np.stack([(np.uint64(lower_ids[axis]) << np.uint64(label_bits)) | theirs[keep].astype(np.uint64),
-                                   (np.uint64(block_id) << np.uint64(label_bits)) | halo[keep].astype(np.uint64)], axis=1))
-        pairs.append(np.unique(np.concatenate(found), axis=0))
+            # local ids are uint32: one uint64 per pair makes the de-duplication a fast 1-D unique
+            unique = np.unique((theirs[keep] << np.uint64(32)) | halo[keep])
+            found.append(np.stack([(np.uint64(lower_ids[axis]) << np.uint64(label_bits)) | (unique >> np.uint64(32)),
+                                   (np.uint64(block_id) << np.uint64(label_bits)) | (unique & np.uint64(0xFFFFFFFF))],
+                                  axis=1))
+        pairs.append(np.concatenate(found))
     return pairs
 
 
@@ -251,4 +269,16 @@ def number_segments(counts: np.ndarray, equivalences: np.ndarray, label_bits: in
 
 def relabel_block(labels: np.ndarray, numbering: SegmentNumbering, block_id: int) -> np.ndarray:
     """``(x, y, z)`` local ids of one block → final segment ids, in ``numbering.dtype``."""
-    return numbering.lookup_table(block_id)[labels]
+    table = numbering.lookup_table(block_id)
+    out = np.empty(labels.shape, dtype=table.dtype)
+    _apply_lookup_table(labels, table, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_lookup_table(labels, table, out):
+    """``out[v] = table[labels[v]]`` without NumPy's conversion of the whole index array to intp."""
+    for x in range(labels.shape[0]):
+        for y in range(labels.shape[1]):
+            for z in range(labels.shape[2]):
+                out[x, y, z] = table[labels[x, y, z]]

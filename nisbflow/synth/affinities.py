@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from nisbflow.data.volumes import open_segmentation, output_attrs, staged_output, voxel_size_of
+from nisbflow.data.volumes import fast_compressors, open_segmentation, output_attrs, staged_output, voxel_size_of
 from nisbflow.progress import compute_tasks
 
 
@@ -58,12 +58,13 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
         segmentation = segmentation.rechunk(tuple(chunks))
     affinities = noisy_affinities(segmentation, noise, seed)
     with staged_output(output, overwrite=overwrite) as staged:
+        zarr_format = source.metadata.zarr_format
+        attributes = output_attrs(
+            "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
+            "storage", voxel_size_of(source), "cxyz", noise=noise, seed=seed, segmentation=str(segmentation_path))
         target = zarr.create_array(
             staged, shape=affinities.shape, chunks=(3,) + tuple(c[0] for c in segmentation.chunks), dtype="float16",
-            fill_value=0, zarr_format=source.metadata.zarr_format,
-            attributes=output_attrs("synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z "
-                                    "offsets, source-voxel storage", voxel_size_of(source), "cxyz",
-                                    noise=noise, seed=seed, segmentation=str(segmentation_path)))
+            fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format), attributes=attributes)
         store = da.store(affinities, target, lock=False, compute=False, return_stored=False)
         compute_tasks(list(store.to_delayed().ravel()), "synth: affinities", progress=progress)
     return str(output)
