@@ -19,6 +19,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/nisbflow synth $(DEMO_DIR)/seed101 --shape 256,256,128 --seed 101 --overwrite --preview $(DEMO_DIR)/seed101.png
+	$(BIN)/nisbflow synth-affinities $(DEMO_DIR)/seed101/data.zarr/seg $(DEMO_DIR)/affinities.zarr --overwrite
+	$(BIN)/nisbflow decode $(DEMO_DIR)/affinities.zarr $(DEMO_DIR)/segmentation.zarr --cluster local --workers 2 --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -28,6 +30,7 @@ test-slow: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/synth.py
+	$(BIN)/python benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

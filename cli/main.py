@@ -131,6 +131,25 @@ def synth(
         console.print(f"preview: {preview}")
 
 
+@app.command("synth-affinities")
+@friendly_errors
+def synth_affinities(
+    segmentation: str = typer.Argument(..., help="Ground-truth segmentation zarr array (X, Y, Z), e.g. seed/data.zarr/seg."),
+    output: str = typer.Argument(..., help="Affinities zarr array to write, (3, X, Y, Z) float16."),
+    noise: float = typer.Option(0.15, help="Standard deviation of the Gaussian noise added to 0.9 / 0.1."),
+    seed: int = typer.Option(0, help="Random seed of the noise."),
+    chunks: Optional[str] = typer.Option(None, help="Spatial chunk size X,Y,Z (default: the segmentation's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+):
+    """Stand-in predictions: noisy short-range affinities of a ground truth (0.9 inside a neuron, 0.1 across a
+    boundary, plus noise), for trying decoding and evaluation without a trained model."""
+    from nisbflow.synth.affinities import write_noisy_affinities
+
+    block = parse_triple(chunks, "--chunks") if chunks else None
+    write_noisy_affinities(segmentation, output, noise=noise, seed=seed, chunks=block, overwrite=overwrite)
+    console.print(f"wrote {output}: (3, X, Y, Z) float16 affinities, noise {noise:g}")
+
+
 @skeleton_app.command("convert")
 @friendly_errors
 def skeleton_convert(

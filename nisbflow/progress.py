@@ -25,27 +25,32 @@ def current_client():
         return None
 
 
-def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, num_workers: int | None = None) -> list:
+def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, num_workers: int | None = None,
+                  track: Sequence | None = None) -> list:
     """Compute ``tasks`` (dask delayed objects) and return their results in order.
 
     On a distributed client the tasks run there and the bar follows finished futures; otherwise they run on the
-    local threaded scheduler (numba kernels release the GIL) with ``num_workers`` threads.
+    local threaded scheduler (numba kernels release the GIL) with ``num_workers`` threads. ``track``: other delayed
+    objects of the same graph whose completion moves the bar (e.g. one per block when ``tasks`` is the single root
+    of a reduction); their results are not returned.
     """
     tasks = list(tasks)
+    tracked = tasks if track is None else list(track)
     client = current_client()
-    with _progress(description, len(tasks), progress) as bar:
-        task = bar.add_task(description, total=len(tasks))
+    with _progress(description, len(tracked), progress) as bar:
+        task = bar.add_task(description, total=len(tracked))
         if client is not None:
             from distributed import as_completed
 
-            futures = client.compute(tasks)
-            for _ in as_completed(futures):
+            futures = client.compute(tasks if track is None else tasks + tracked)
+            results = futures[:len(tasks)]
+            for _ in as_completed(futures if track is None else futures[len(tasks):]):
                 bar.advance(task)
-            return client.gather(futures)
+            return client.gather(results)
 
         from dask.callbacks import Callback
 
-        keys = {t.key for t in tasks}
+        keys = {t.key for t in tracked}
 
         class _Advance(Callback):
             def _posttask(self, key, result, dsk, state, worker_id):

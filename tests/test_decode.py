@@ -342,3 +342,32 @@ def test_cli_decode(affinity_store, tmp_path, monkeypatch):
     assert crashed.exit_code != 0
     assert np.array_equal(zarr.open_array(output)[...], before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
+
+
+def test_cli_synth_affinities_then_decode_recovers_ground_truth(tmp_path):
+    segmentation = np.zeros((12, 10, 8), dtype=np.uint32)
+    segmentation[:6] = 1
+    segmentation[7:] = 2  # plane x = 6 is background between two neurons
+    zarr.create_array(str(tmp_path / "seg.zarr"), shape=segmentation.shape, chunks=(5, 5, 5),
+                      dtype="uint32")[...] = segmentation
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth-affinities", str(tmp_path / "seg.zarr"), str(tmp_path / "aff.zarr"),
+                                 "--noise", "0"])
+    assert result.exit_code == 0, result.output
+    affinities = zarr.open_array(str(tmp_path / "aff.zarr"))
+    assert affinities.shape == (3, 12, 10, 8) and affinities.dtype == np.float16
+    result = runner.invoke(app, ["decode", str(tmp_path / "aff.zarr"), str(tmp_path / "out.zarr"), "--cluster", "sync"])
+    assert result.exit_code == 0, result.output
+    decoded = zarr.open_array(str(tmp_path / "out.zarr"))[...]
+    assert same_partition(decoded, segmentation)  # noise-free affinities of a ground truth decode back to it
+
+
+def test_compute_tasks_tracks_other_tasks_but_returns_only_its_own():
+    from nisbflow.progress import compute_tasks
+
+    leaves = [dask.delayed(lambda i: i * i, pure=True)(i, dask_key_name=f"leaf-{i}") for i in range(5)]
+    root = dask.delayed(sum, pure=True)(leaves, dask_key_name="root")
+    with dask.config.set(scheduler="synchronous"):
+        assert compute_tasks([root], "sum", progress=False, track=leaves) == [30]
+    with cluster_client("local", n_workers=1, processes=False):
+        assert compute_tasks([root], "sum", progress=False, track=leaves) == [30]

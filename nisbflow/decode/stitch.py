@@ -90,11 +90,15 @@ class BlockLabels(NamedTuple):
     nan_count: int = 0
 
 
-def upper_plane(block: np.ndarray, axis: int) -> np.ndarray:
-    """The last plane of a block along spatial ``axis``: ``(..., X, Y, Z)`` → the same with that axis of size 1."""
-    index = [slice(None)] * block.ndim
-    index[block.ndim - 3 + axis] = slice(-1, None)
-    return np.ascontiguousarray(block[tuple(index)])
+def upper_planes(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The last planes of a block along spatial axes x, y, z: ``(..., X, Y, Z)`` → three arrays with that axis of
+    size 1 (the halo planes of its upper neighbours)."""
+    planes = []
+    for axis in SPATIAL_AXES:
+        index = [slice(None)] * block.ndim
+        index[block.ndim - 3 + axis] = slice(-1, None)
+        planes.append(np.ascontiguousarray(block[tuple(index)]))
+    return tuple(planes)
 
 
 def label_block(affinities, halo_affinities, thresholds, mask=None, halo_mask=(None, None, None),
