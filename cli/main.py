@@ -207,6 +207,38 @@ def decode(
         console.print(f"threshold {value:g}: {n} segments → {where}")
 
 
+@app.command()
+@friendly_errors
+def evaluate(
+    segmentation: str = typer.Argument(..., help="Predicted segmentation zarr array (X, Y, Z), e.g. seg.zarr."),
+    skeleton: str = typer.Option(..., "--skeleton", "-s", help="NISB skeleton.pkl (or .json / .npz) of the volume."),
+    voxel_size: str = typer.Option("9,9,20", "--voxel-size", help="nm per voxel, X,Y,Z (for edge lengths when the "
+                                   "skeleton has no edge_length or nm_position)."),
+    merge_threshold: float = typer.Option(1, "--merge-threshold", help="Nodes a skeleton needs inside a segment to "
+                                          "count toward a merger there (1, as BANIS: any node)."),
+    gt: Optional[str] = typer.Option(None, "--gt", help="Dense ground truth zarr array for adapted Rand and VOI."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="PNG of each skeleton's run length, sorted, by error type."),
+):
+    """NERL, ERL and skeleton VOI of a segmentation against NISB skeletons (BANIS metrics.py semantics); dense
+    adapted Rand error and VOI with --gt. Segment ids are read only in the chunks that hold skeleton nodes."""
+    from nisbflow.data.volumes import open_volume
+    from nisbflow.evaluate import dense_metrics, nerl
+    from nisbflow.evaluate.report import metrics_table, plot_run_lengths, write_json
+
+    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
+    result = nerl(volume, skeleton, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
+                  merge_threshold=merge_threshold, progress=True)
+    dense = dense_metrics(open_volume(gt, role="ground truth", ndims=(3,)), volume, progress=True) if gt else None
+    console.print(metrics_table(result, dense, title=f"{segmentation} against {skeleton}"))
+    if json_path:
+        write_json(json_path, result, dense, segmentation=segmentation, skeleton=skeleton)
+        console.print(f"wrote {json_path}")
+    if plot:
+        plot_run_lengths(plot, result, title=f"{segmentation}: NERL {result.nerl:.3f}")
+        console.print(f"wrote {plot}")
+
+
 def main():  # pragma: no cover - console-script entry
     app()
 

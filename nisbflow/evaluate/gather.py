@@ -1,0 +1,78 @@
+"""Reading what the metrics need from large volumes with Dask: segment ids at skeleton nodes, grouped by chunk, and
+dense contingency tables accumulated block by block."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+from nisbflow.evaluate.kernel import contingency, sum_contingencies
+from nisbflow.progress import compute_tasks
+
+CONTINGENCY_FAN_IN = 16
+
+
+def _labels_in_chunk(block: np.ndarray, local: np.ndarray) -> np.ndarray:
+    return block[local[:, 0], local[:, 1], local[:, 2]]
+
+
+def node_labels(segmentation, positions: np.ndarray, *, progress: bool = False) -> np.ndarray:
+    """Segment id at each voxel position.
+
+    ``segmentation``: ``(X, Y, Z)`` numpy array, zarr array or dask array; ``positions (N, 3)`` int voxel (x, y, z),
+    inside the volume. A numpy array is indexed directly. Otherwise nodes are grouped by chunk and every chunk that
+    holds nodes is read once, as a Dask task (``evaluate-node-labels``), in parallel on the current scheduler or
+    cluster: never the whole volume, never one read per node.
+    """
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
+    if isinstance(segmentation, np.ndarray):
+        return segmentation[positions[:, 0], positions[:, 1], positions[:, 2]]
+    array = segmentation if isinstance(segmentation, da.Array) else da.from_zarr(segmentation)
+    boundaries = [np.cumsum((0,) + c) for c in array.chunks]
+    chunk_index = np.stack([np.searchsorted(b, positions[:, a], side="right") - 1
+                            for a, b in enumerate(boundaries)], axis=1)
+    blocks = array.to_delayed()
+    order = np.lexsort(chunk_index.T[::-1])
+    keys, starts = np.unique(chunk_index[order], axis=0, return_index=True)
+    ends = np.append(starts[1:], len(order))
+    tasks = []
+    for key, start, end in zip(keys, starts, ends):
+        rows = order[start:end]
+        origin = np.array([b[k] for b, k in zip(boundaries, key)])
+        tasks.append(dask.delayed(_labels_in_chunk, pure=True)(
+            blocks[tuple(key)], positions[rows] - origin,
+            dask_key_name=("evaluate-node-labels-" + dask.base.tokenize(array.name, positions[rows]),) + tuple(
+                int(k) for k in key)))
+    results = compute_tasks(tasks, "evaluate: node labels", progress=progress)
+    labels = np.zeros(len(positions), dtype=array.dtype)
+    for (start, end), values in zip(zip(starts, ends), results):
+        labels[order[start:end]] = values
+    return labels
+
+
+def dense_contingency(true, test, *, progress: bool = False):
+    """Sparse contingency ``(true ids, test ids, counts)`` of two ``(X, Y, Z)`` volumes (numpy, zarr or dask),
+    accumulated block by block (``evaluate-contingency``) and summed in a tree, so neither volume is loaded whole."""
+    if isinstance(true, np.ndarray) and isinstance(test, np.ndarray):
+        return contingency(true, test)
+    true = true if isinstance(true, da.Array) else da.from_array(true) if isinstance(true, np.ndarray) \
+        else da.from_zarr(true)
+    test = test if isinstance(test, da.Array) else da.from_array(test) if isinstance(test, np.ndarray) \
+        else da.from_zarr(test)
+    if true.shape != test.shape:
+        from nisbflow.errors import VolumeError
+
+        raise VolumeError(f"segmentation shape {test.shape} differs from ground truth shape {true.shape} (X, Y, Z)")
+    test = test.rechunk(true.chunks)
+    token = dask.base.tokenize(true.name, test.name)
+    parts = [dask.delayed(contingency, pure=True)(t, p, dask_key_name=(f"evaluate-contingency-{token}", i))
+             for i, (t, p) in enumerate(zip(true.to_delayed().ravel(), test.to_delayed().ravel()))]
+    level = 0
+    while len(parts) > 1:
+        parts = [dask.delayed(sum_contingencies, pure=True)(
+            *parts[i:i + CONTINGENCY_FAN_IN], dask_key_name=(f"evaluate-sum-contingency-{token}", level, i))
+            for i in range(0, len(parts), CONTINGENCY_FAN_IN)]
+        level += 1
+    [table] = compute_tasks(parts, "evaluate: contingency", progress=progress)
+    return table

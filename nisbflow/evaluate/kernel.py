@@ -1,0 +1,158 @@
+"""Pure metric kernels: expected run length on skeletons, VOI on skeleton nodes, and dense metrics from a
+contingency table. No I/O; inputs are flat numpy arrays.
+
+Skeleton conventions (../shared/DESIGN.md): every node has a ground-truth neuron ``id``; edge lengths are in nm.
+The run-length rules are those of funlib.evaluate's ``expected_run_length`` as BANIS's ``metrics.py`` calls it:
+
+- a (skeleton, segment) pair is *present* when at least ``merge_threshold`` nodes of the skeleton lie in the segment
+  (BANIS: 1, any node). A segment present in two or more skeletons is a *merging segment* — predicted 0 included —
+  and every skeleton present in a merging segment is *merged*: all its edges count as merged (run length 0);
+- otherwise an edge touching predicted 0 is *omitted*, one joining two segments is a *split*, and the rest are
+  *correct* and grouped by segment;
+- ERL = Σ_skeletons (L_s / Σ L) · Σ_segments c² / L_s, with c the correct length of the skeleton in a segment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NERL_VARIANTS = {"nerl_5": 6, "nerl_20": 21, "nerl_100": 101, "nerl_inf": math.inf}
+"""Adapted NERL variants: ignore mergers of at most 5, 20, 100 nodes, or of any size (the merge threshold that
+gives each)."""
+
+
+@dataclass
+class RunLength:
+    """Expected run length of one segmentation on one skeleton set (lengths in nm)."""
+
+    erl: float
+    per_skeleton_erl: dict = field(repr=False)
+    skeleton_length: dict = field(repr=False)
+    n_mergers: int
+    n_non0_mergers: int
+    n_splits: int
+    n_omitted: int
+    n_merged_edges: int
+    n_correct: int
+    merge_stats: dict = field(repr=False)
+
+
+def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray,
+                        merge_threshold: float = 1) -> RunLength:
+    """ERL and error counts.
+
+    ``skeleton_id (N,)`` ground-truth neuron of each node; ``edges (E, 2)`` node rows (both ends of the same
+    neuron); ``edge_length (E,)`` nm; ``labels (N,)`` predicted segment of each node; ``merge_threshold`` nodes a
+    skeleton needs in a segment to count toward a merger there (``math.inf``: no mergers).
+    """
+    skeleton_id = np.asarray(skeleton_id, dtype=np.int64)
+    labels = np.asarray(labels).astype(np.int64)
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    edge_length = np.asarray(edge_length, dtype=np.float64)
+    edge_skeleton = skeleton_id[edges[:, 0]]
+    skeletons, edge_row = np.unique(edge_skeleton, return_inverse=True)
+    length = np.bincount(edge_row, weights=edge_length, minlength=len(skeletons))
+    total = float(length.sum())
+
+    pairs, counts = np.unique(np.stack([skeleton_id, labels], axis=1), axis=0, return_counts=True)
+    pairs = pairs[counts >= merge_threshold]
+    segments, n_skeletons = np.unique(pairs[:, 1], return_counts=True)
+    merging = np.isin(pairs[:, 1], segments[n_skeletons > 1])
+    merge_stats: dict = {}
+    for skeleton, segment in pairs[merging]:
+        merge_stats.setdefault(int(segment), []).append(int(skeleton))
+    merged_skeletons = np.unique(pairs[merging, 0])
+
+    label_u, label_v = labels[edges[:, 0]], labels[edges[:, 1]]
+    merged = np.isin(edge_skeleton, merged_skeletons)
+    omitted = ~merged & ((label_u == 0) | (label_v == 0))
+    split = ~merged & ~omitted & (label_u != label_v)
+    correct = ~merged & ~omitted & ~split
+
+    # correct length per (skeleton, segment), then Σ c² per skeleton
+    groups, group_row = np.unique(np.stack([edge_row[correct], label_u[correct]], axis=1), axis=0, return_inverse=True)
+    correct_length = np.bincount(group_row.ravel(), weights=edge_length[correct], minlength=len(groups))
+    squares = np.bincount(groups[:, 0], weights=correct_length ** 2, minlength=len(skeletons)) if len(groups) else \
+        np.zeros(len(skeletons))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_skeleton = np.where(length > 0, squares / length, 0.0)
+    erl = float(squares.sum() / total) if total > 0 else 0.0
+    return RunLength(
+        erl=erl,
+        per_skeleton_erl={int(s): float(e) for s, e in zip(skeletons, per_skeleton)},
+        skeleton_length={int(s): float(v) for s, v in zip(skeletons, length)},
+        n_mergers=int(merging.sum()),
+        n_non0_mergers=int((merging & (pairs[:, 1] != 0)).sum()),
+        n_splits=int(split.sum()),
+        n_omitted=int(omitted.sum()),
+        n_merged_edges=int(merged.sum()),
+        n_correct=int(correct.sum()),
+        merge_stats=merge_stats,
+    )
+
+
+def contingency(true: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse contingency of two label arrays: ``(true ids, test ids, counts)`` of every co-occurring pair."""
+    pairs, counts = np.unique(np.stack([np.ravel(true).astype(np.int64), np.ravel(test).astype(np.int64)], axis=1),
+                              axis=0, return_counts=True)
+    return pairs[:, 0], pairs[:, 1], counts.astype(np.int64)
+
+
+def sum_contingencies(*parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add sparse contingencies (each ``(true ids, test ids, counts)``); usable as a tree reduction step."""
+    true = np.concatenate([p[0] for p in parts])
+    test = np.concatenate([p[1] for p in parts])
+    counts = np.concatenate([p[2] for p in parts])
+    pairs, row = np.unique(np.stack([true, test], axis=1), axis=0, return_inverse=True)
+    return pairs[:, 0], pairs[:, 1], np.bincount(row.ravel(), weights=counts, minlength=len(pairs)).astype(np.int64)
+
+
+@dataclass
+class DenseMetrics:
+    """Dense metrics of a segmentation against a dense ground truth (true label 0 ignored)."""
+
+    adapted_rand_error: float
+    rand_precision: float
+    rand_recall: float
+    voi_split: float
+    voi_merge: float
+
+    @property
+    def voi_sum(self) -> float:
+        return self.voi_split + self.voi_merge
+
+
+def dense_metrics_from_contingency(true, test, counts, ignore_true=(0,)) -> DenseMetrics:
+    """Adapted Rand error (as scikit-image's ``adapted_rand_error``) and VOI in bits (as scikit-image's
+    ``variation_of_information``: split = H(test | true), merge = H(true | test)), true labels in ``ignore_true``
+    dropped."""
+    keep = ~np.isin(true, np.asarray(ignore_true, dtype=np.int64))
+    true, test, counts = true[keep], test[keep], counts[keep].astype(np.float64)
+    _, row = np.unique(true, return_inverse=True)
+    _, col = np.unique(test, return_inverse=True)
+    a = np.bincount(row.ravel(), weights=counts)
+    b = np.bincount(col.ravel(), weights=counts)
+    n = counts.sum()
+    sum_p_ij2 = counts @ counts - n
+    sum_a2 = a @ a - n
+    sum_b2 = b @ b - n
+    precision = sum_p_ij2 / sum_a2 if sum_a2 else 1.0
+    recall = sum_p_ij2 / sum_b2 if sum_b2 else 1.0
+    denominator = 0.5 * sum_a2 + 0.5 * sum_b2
+    fscore = sum_p_ij2 / denominator if denominator else 1.0
+    p = counts / n if n else counts
+    pa, pb = (a / n, b / n) if n else (a, b)
+    nz = p > 0
+    voi_merge = 0.0 - float(np.sum(p[nz] * np.log2(p[nz] / pb[col.ravel()][nz])))  # H(true | test)
+    voi_split = 0.0 - float(np.sum(p[nz] * np.log2(p[nz] / pa[row.ravel()][nz])))  # H(test | true)
+    return DenseMetrics(1.0 - fscore, precision, recall, voi_split, voi_merge)
+
+
+def node_voi(skeleton_id: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(voi_split, voi_merge)`` in bits over skeleton nodes: ground-truth 0 dropped, predicted 0 kept."""
+    true, test, counts = contingency(skeleton_id, labels)
+    metrics = dense_metrics_from_contingency(true, test, counts, ignore_true=(0,))
+    return metrics.voi_split, metrics.voi_merge

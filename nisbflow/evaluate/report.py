@@ -1,0 +1,76 @@
+"""Readable reports of evaluation results: a Rich table, JSON, and a plot of per-skeleton run lengths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from nisbflow.evaluate import NerlResult
+from nisbflow.evaluate.kernel import DenseMetrics
+
+COLOURS = {"correct": "tab:green", "split": "tab:orange", "merged": "tab:red"}
+LABELS = {"correct": "no error", "split": "split or omitted edges", "merged": "merged"}
+
+
+def metrics_table(result: NerlResult, dense: DenseMetrics | None = None, title: str = "evaluation") -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("NERL", f"{result.nerl:.4f}"),
+        ("ERL (µm)", f"{result.erl / 1000:.2f}"),
+        ("max ERL, ground truth (µm)", f"{result.max_erl / 1000:.2f}"),
+        ("NERL ignoring mergers ≤5 / ≤20 / ≤100 / all nodes",
+         f"{result.nerl_5:.4f} / {result.nerl_20:.4f} / {result.nerl_100:.4f} / {result.nerl_inf:.4f}"),
+        ("VOI split / merge / sum (bits, nodes)",
+         f"{result.voi_split:.4f} / {result.voi_merge:.4f} / {result.voi_sum:.4f}"),
+        ("mergers (not with background)", f"{result.n_mergers} ({result.n_non0_mergers})"),
+        ("split edges / omitted edges / merged edges", f"{result.n_splits} / {result.n_omitted} / {result.n_merged_edges}"),
+        ("skeletons / nodes", f"{result.n_skeletons} / {result.n_nodes}"),
+        ("merge threshold (nodes)", f"{result.merge_threshold:g}"),
+    ]
+    if dense is not None:
+        rows += [("adapted Rand error (precision, recall)",
+                  f"{dense.adapted_rand_error:.4f} ({dense.rand_precision:.4f}, {dense.rand_recall:.4f})"),
+                 ("dense VOI split / merge (bits)", f"{dense.voi_split:.4f} / {dense.voi_merge:.4f}")]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def write_json(path: str | Path, result: NerlResult, dense: DenseMetrics | None = None, **extra) -> None:
+    data = result.to_dict()
+    if dense is not None:
+        data.update(adapted_rand_error=dense.adapted_rand_error, rand_precision=dense.rand_precision,
+                    rand_recall=dense.rand_recall, dense_voi_split=dense.voi_split, dense_voi_merge=dense.voi_merge)
+    data.update(extra)
+    Path(path).write_text(json.dumps(data, indent=2))
+
+
+def plot_run_lengths(path: str | Path, result: NerlResult, title: str = "") -> None:
+    """Bar per skeleton, sorted by its length: its ground-truth length (grey) and its run length in this
+    segmentation, coloured by what went wrong (correct, split or omitted, merged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skeletons = sorted(result.skeleton_length, key=result.skeleton_length.get, reverse=True)
+    x = range(len(skeletons))
+    figure, axes = plt.subplots(figsize=(10, 4))
+    axes.bar(x, [result.skeleton_length[s] / 1000 for s in skeletons], color="0.85", width=1.0, label="skeleton length")
+    for kind, colour in COLOURS.items():
+        chosen = [(i, s) for i, s in enumerate(skeletons) if result.error_type.get(s) == kind]
+        if not chosen:
+            continue
+        axes.bar([i for i, _ in chosen], [result.per_skeleton_erl[s] / 1000 for _, s in chosen], color=colour,
+                 width=1.0, label=f"run length: {LABELS[kind]}")
+    axes.set_xlabel("skeleton (sorted by length)")
+    axes.set_ylabel("µm")
+    axes.set_title(title or f"NERL {result.nerl:.3f}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

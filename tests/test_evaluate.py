@@ -1,0 +1,228 @@
+"""Evaluation: ERL/NERL on hand-built graphs and a synthetic seed, node-label gathering, dense metrics, bad inputs."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+
+import dask
+import dask.array as da
+import networkx as nx
+import numpy as np
+import pytest
+import zarr
+from skimage.metrics import adapted_rand_error, variation_of_information
+
+from nisbflow.errors import SkeletonError
+from nisbflow.evaluate import dense_metrics, nerl, node_labels
+from nisbflow.evaluate.kernel import expected_run_length
+
+
+def two_skeletons() -> nx.Graph:
+    """Skeleton 1: nodes 0-1-2-3 along x (edges of 10 nm, L = 30); skeleton 2: nodes 4-5 (L = 10). Σ L = 40."""
+    graph = nx.Graph()
+    for node in range(4):
+        graph.add_node(node, id=1, index_position=(node, 0, 0))
+    for node in (4, 5):
+        graph.add_node(node, id=2, index_position=(node - 4, 2, 0))
+    for u, v in ((0, 1), (1, 2), (2, 3), (4, 5)):
+        graph.add_edge(u, v, edge_length=10.0)
+    return graph
+
+
+def volume_from_node_labels(graph: nx.Graph, labels: dict) -> np.ndarray:
+    segmentation = np.zeros((4, 3, 1), dtype=np.uint32)
+    for node, label in labels.items():
+        segmentation[tuple(graph.nodes[node]["index_position"])] = label
+    return segmentation
+
+
+@pytest.mark.parametrize("labels, erl, counts", [
+    # perfect: (30² + 10²) / 40
+    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2}, 25.0, dict(n_splits=0, n_mergers=0, n_omitted=0)),
+    # skeleton 1 split between nodes 1 and 2: (10² + 10² + 10²) / 40
+    ({0: 1, 1: 1, 2: 3, 3: 3, 4: 2, 5: 2}, 7.5, dict(n_splits=1, n_mergers=0, n_omitted=0)),
+    # node 3 in background: edge (2, 3) omitted, segment 0 holds one skeleton only: (20² + 10²) / 40
+    ({0: 1, 1: 1, 2: 1, 3: 0, 4: 2, 5: 2}, 12.5, dict(n_splits=0, n_mergers=0, n_omitted=1)),
+    # skeletons 1 and 2 merged in one segment: both count nothing
+    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, 0.0, dict(n_splits=0, n_mergers=2, n_non0_mergers=2)),
+    # a single node of skeleton 2 in skeleton 1's segment merges both (merge threshold 1)
+    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 1}, 0.0, dict(n_mergers=2, n_non0_mergers=2)),
+    # both skeletons touch background: segment 0 is a merger, which n_non0_mergers ignores
+    ({0: 1, 1: 1, 2: 1, 3: 0, 4: 2, 5: 0}, 0.0, dict(n_mergers=2, n_non0_mergers=0, n_splits=0)),
+])
+def test_hand_built_graphs(labels, erl, counts):
+    graph = two_skeletons()
+    result = nerl(volume_from_node_labels(graph, labels), graph)
+    assert result.max_erl == pytest.approx(25.0)
+    assert result.erl == pytest.approx(erl)
+    assert result.nerl == pytest.approx(erl / 25.0)
+    for key, value in counts.items():
+        assert getattr(result, key) == value, key
+
+
+def test_adapted_variants_ignore_small_mergers():
+    graph = two_skeletons()
+    # node 5 of skeleton 2 lies in skeleton 1's segment: a merger of 1 node
+    result = nerl(volume_from_node_labels(graph, {0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 1}), graph)
+    assert result.nerl == 0.0
+    # ignoring that merger: skeleton 1 is whole (30²), skeleton 2's only edge is split: 900 / 40 / 25
+    assert result.nerl_5 == result.nerl_20 == result.nerl_100 == result.nerl_inf == pytest.approx(0.9)
+    # a merger that is big enough survives nerl_5 but not nerl_inf
+    ids = np.array([1] * 10 + [2] * 10)
+    edges = np.array([(i, i + 1) for i in range(9)] + [(i, i + 1) for i in range(10, 19)])
+    lengths = np.ones(len(edges))
+    labels = np.array([1] * 10 + [1] * 7 + [2] * 3)  # 7 nodes of skeleton 2 in segment 1
+    assert expected_run_length(ids, edges, lengths, labels, 6).erl == 0.0
+    assert expected_run_length(ids, edges, lengths, labels, 8).erl > 0.0
+    assert expected_run_length(ids, edges, lengths, labels, math.inf).erl > 0.0
+
+
+def test_edge_lengths_from_positions_and_voxel_size():
+    graph = nx.Graph()
+    graph.add_node("a", id=1, index_position=(0, 0, 0))
+    graph.add_node("b", id=1, index_position=(0, 0, 2))
+    graph.add_node("c", id=1, index_position=(0, 3, 2))
+    graph.add_edge("a", "b")
+    graph.add_edge("b", "c")
+    graph.add_node("d", id=2, index_position=(1, 0, 0))
+    graph.add_edge("c", "d")  # between neurons: ignored
+    segmentation = np.zeros((2, 4, 3), dtype=np.uint8)
+    segmentation[0] = 5
+    segmentation[1] = 6
+    result = nerl(segmentation, graph, voxel_size=(9, 9, 20))
+    assert result.skeleton_length == {1: pytest.approx(40 + 27)}
+    assert result.nerl == 1.0 and result.n_splits == 0
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
+    from nisbflow.data import load_skeleton, open_seed
+    from nisbflow.synth import synthesize_seed
+
+    path = tmp_path_factory.mktemp("evaluate") / "seed"
+    synthesize_seed(str(path), (96, 96, 48), seed=4, chunks=(32, 32, 32), progress=False)
+    opened = open_seed(str(path))
+    return opened, load_skeleton(opened.skeleton_path)
+
+
+def test_ground_truth_nerl_is_one_and_errors_cost_what_they_should(seed):
+    opened, graph = seed
+    truth = opened.seg[...]
+    result = nerl(opened.seg, graph)  # a zarr array: node labels gathered chunk by chunk
+    assert result.nerl == 1.0 and result.n_mergers == 0 and result.n_splits == 0
+    lengths = result.skeleton_length
+    total = sum(lengths.values())
+    squares = {s: v * v for s, v in lengths.items()}
+    a, b = sorted(lengths, key=lengths.get)[-2:]  # the two longest skeletons
+    merged = np.where(truth == a, b, truth)
+    expected = (sum(squares.values()) - squares[a] - squares[b]) / sum(squares.values())
+    assert nerl(merged, graph).nerl == pytest.approx(expected)
+    assert nerl(merged, graph).n_non0_mergers == 2
+    # split skeleton a at an edge: relabel the voxels of a on one side of a plane through that edge's midpoint
+    positions = {n: np.array(graph.nodes[n]["index_position"]) for n in graph if graph.nodes[n]["id"] == a}
+    axis = int(np.argmax(np.ptp(np.array(list(positions.values())), axis=0)))
+    cut = int(np.median([p[axis] for p in positions.values()]))
+    split = truth.copy()
+    index = [slice(None)] * 3
+    index[axis] = slice(cut, None)
+    region = split[tuple(index)]
+    region[region == a] = truth.max() + 1
+    result = nerl(split, graph)
+    assert result.n_splits >= 1 and result.nerl < 1.0
+    # the skeleton's run length is now Σ c² / L over its pieces, the others unchanged
+    pieces = {}
+    arrays_ids = [n for n in graph if graph.nodes[n]["id"] == a]
+    for u, v, data in graph.edges(arrays_ids, data=True):
+        if graph.nodes[v]["id"] != a:
+            continue
+        lu, lv = split[tuple(positions[u])], split[tuple(positions[v])]
+        if lu == lv:
+            length = data.get("edge_length", float(np.linalg.norm(np.asarray(graph.nodes[u]["nm_position"])
+                                                                 - np.asarray(graph.nodes[v]["nm_position"]))))
+            pieces[lu] = pieces.get(lu, 0.0) + length
+    expected = (sum(squares.values()) - squares[a] + sum(c * c for c in pieces.values())) / sum(squares.values())
+    assert result.nerl == pytest.approx(expected)
+    assert result.error_type[a] == "split"
+
+
+def test_chunked_gathering_equals_direct_indexing(tmp_path):
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 1000, (37, 29, 23)).astype(np.uint32)
+    store = zarr.create_array(str(tmp_path / "seg.zarr"), shape=volume.shape, chunks=(10, 8, 9), dtype="uint32")
+    store[...] = volume
+    positions = np.stack([rng.integers(0, n, 500) for n in volume.shape], axis=1)
+    expected = volume[positions[:, 0], positions[:, 1], positions[:, 2]]
+    with dask.config.set(scheduler="synchronous"):
+        assert np.array_equal(node_labels(store, positions), expected)
+        assert np.array_equal(node_labels(da.from_array(volume, chunks=(7, 7, 7)), positions), expected)
+    assert np.array_equal(node_labels(volume, positions), expected)
+
+
+def test_dense_metrics_equal_scikit_image():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 6, (20, 18, 10))
+    test = np.where(rng.random(truth.shape) < 0.8, truth, rng.integers(0, 9, truth.shape))
+    error, precision, recall = adapted_rand_error(truth, test, ignore_labels=(0,))
+    split, merge = variation_of_information(truth, test, ignore_labels=(0,))  # H(test|true), H(true|test), bits
+    with dask.config.set(scheduler="synchronous"):
+        for a, b in ((truth, test), (da.from_array(truth, chunks=7), da.from_array(test, chunks=(5, 9, 10)))):
+            metrics = dense_metrics(a, b)
+            assert metrics.adapted_rand_error == pytest.approx(error)
+            assert metrics.rand_precision == pytest.approx(precision)
+            assert metrics.rand_recall == pytest.approx(recall)
+            assert metrics.voi_merge == pytest.approx(merge)
+            assert metrics.voi_split == pytest.approx(split)
+
+
+def test_bad_inputs(tmp_path):
+    graph = two_skeletons()
+    small = np.zeros((2, 3, 1), dtype=np.uint32)
+    with pytest.raises(SkeletonError, match=r"node 2 at voxel \[2, 0, 0\] lies outside .*\[2, 3, 1\]"):
+        nerl(small, graph)
+    del graph.nodes[4]["id"]
+    with pytest.raises(SkeletonError, match="node 4 has no 'id'"):
+        nerl(np.zeros((4, 3, 1), dtype=np.uint32), graph)
+    (tmp_path / "skeleton.swc").write_text("1 0 0 0 0 1 -1\n")
+    with pytest.raises(SkeletonError, match="swc"):
+        nerl(np.zeros((4, 3, 1), dtype=np.uint32), tmp_path / "skeleton.swc")
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = two_skeletons()
+    evil.graph["payload"] = Exploit()
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(evil))
+    with pytest.raises(SkeletonError, match="refusing to unpickle"):
+        nerl(np.zeros((4, 3, 1), dtype=np.uint32), tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_evaluate_writes_table_json_and_plot(seed, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nisbflow_cli.main import app
+
+    opened, _ = seed
+    seg_path = f"{opened.path}/data.zarr/seg"
+    truth = opened.seg[...]
+    merged = zarr.create_array(str(tmp_path / "merged.zarr"), shape=truth.shape, chunks=(32, 32, 32),
+                               dtype="uint32")
+    merged[...] = np.where(truth == 2, 1, truth)
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "merged.zarr"), "--skeleton", opened.skeleton_path,
+                                      "--gt", seg_path, "--json", str(tmp_path / "m.json"),
+                                      "--plot", str(tmp_path / "runs.png")])
+    assert result.exit_code == 0, result.output
+    assert "NERL" in result.output and "adapted Rand" in result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in ("nerl", "erl", "max_erl", "voi_split", "voi_merge", "n_mergers", "n_splits", "n_non0_mergers",
+                "nerl_5", "nerl_inf", "adapted_rand_error"):
+        assert key in metrics
+    assert metrics["n_non0_mergers"] == 2 and metrics["nerl"] < 1.0 and metrics["adapted_rand_error"] > 0
+    assert (tmp_path / "runs.png").stat().st_size > 10_000
+    missing = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nothing.zarr"), "--skeleton", opened.skeleton_path])
+    assert missing.exit_code != 0 and "nothing.zarr" in missing.output
