@@ -237,6 +237,21 @@ def mirrored_affinity_store(cache: Path, seed_shape, shape, noise: float) -> str
     path = cache / f"affinities-{'x'.join(map(str, shape))}-mirrored-noise{noise:g}.zarr"
     if path.exists():
         return str(path)
+    segmentation = mirrored_segmentation(cache, seed_shape, shape)
+    affinities = noisy_affinities(segmentation.rechunk((128, 128, 128)), noise, seed=0)
+    print(f"writing mirrored affinities {path} …", file=sys.stderr, flush=True)
+    staged = str(path) + ".tmp"
+    target = zarr.create_array(staged, shape=affinities.shape, chunks=(3, 128, 128, 128), dtype="float16",
+                               fill_value=0, overwrite=True)
+    da.store(affinities, target, lock=False)
+    os.rename(staged, path)
+    return str(path)
+
+
+def mirrored_segmentation(cache: Path, seed_shape, shape):
+    """The seed's ground truth (dask) mirrored along each axis until it covers ``shape``."""
+    import dask.array as da
+
     segmentation = da.from_zarr(seed_segmentation(cache, seed_shape))
     for axis, n in enumerate(shape):
         tiles, flipped = [], False
@@ -248,14 +263,7 @@ def mirrored_affinity_store(cache: Path, seed_shape, shape, noise: float) -> str
         index = [slice(None)] * 3
         index[axis] = slice(0, n)
         segmentation = da.concatenate(tiles, axis=axis)[tuple(index)]
-    affinities = noisy_affinities(segmentation.rechunk((128, 128, 128)), noise, seed=0)
-    print(f"writing mirrored affinities {path} …", file=sys.stderr, flush=True)
-    staged = str(path) + ".tmp"
-    target = zarr.create_array(staged, shape=affinities.shape, chunks=(3, 128, 128, 128), dtype="float16",
-                               fill_value=0, overwrite=True)
-    da.store(affinities, target, lock=False)
-    os.rename(staged, path)
-    return str(path)
+    return segmentation
 
 
 # ---------------------------------------------------------------------------------------------------------------

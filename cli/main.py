@@ -239,6 +239,38 @@ def evaluate(
         console.print(f"wrote {plot}")
 
 
+@app.command()
+@friendly_errors
+def skeletonize(
+    segmentation: str = typer.Argument(..., help="Dense ground-truth segmentation zarr array (X, Y, Z)."),
+    output: str = typer.Argument(..., help="Skeleton file to write: .pkl (NISB), .json or .npz."),
+    voxel_size: str = typer.Option("9,9,20", "--voxel-size", help="nm per voxel, X,Y,Z."),
+    dust_threshold: int = typer.Option(1000, "--dust-threshold", help="Skip segments with fewer voxels."),
+    parallel: int = typer.Option(1, help="kimimaro processes (0: all cores)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+):
+    """Skeletons in the NISB format (nodes with id, index_position, nm_position; edge_length in nm) from a dense
+    segmentation, with kimimaro's TEASAR. The volume is loaded whole: use it on seeds and crops."""
+    from pathlib import Path
+
+    from nisbflow.data import save_skeleton, summarize_skeleton
+    from nisbflow.data.volumes import open_volume
+    from nisbflow.errors import OutputExistsError
+    from nisbflow.evaluate.skeletonize import skeletonize as run
+
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
+    graph = run(volume, parse_triple(voxel_size, "--voxel-size", float), dust_threshold=dust_threshold,
+                parallel=parallel)
+    temporary = Path(output).with_name(f".{Path(output).name}.partial{Path(output).suffix}")
+    save_skeleton(graph, temporary)
+    temporary.replace(output)
+    summary = summarize_skeleton(graph)
+    console.print(f"wrote {output}: {summary.n_neurons} skeletons, {summary.n_nodes} nodes, "
+                  f"{summary.path_length_nm / 1000:.1f} µm of path")
+
+
 def main():  # pragma: no cover - console-script entry
     app()
 

@@ -226,3 +226,45 @@ def test_cli_evaluate_writes_table_json_and_plot(seed, tmp_path):
     assert (tmp_path / "runs.png").stat().st_size > 10_000
     missing = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nothing.zarr"), "--skeleton", opened.skeleton_path])
     assert missing.exit_code != 0 and "nothing.zarr" in missing.output
+
+
+def test_skeletonize_gives_nisb_skeletons_inside_their_segments(tmp_path):
+    from typer.testing import CliRunner
+
+    from nisbflow.data import load_skeleton
+    from nisbflow.evaluate.skeletonize import skeletonize
+    from nisbflow_cli.main import app
+
+    segmentation = np.zeros((40, 30, 12), dtype=np.uint32)
+    segmentation[2:38, 5:11, 3:9] = 7  # a rod along x
+    segmentation[10:16, 15:28, 2:10] = 9  # a rod along y
+    graph = skeletonize(segmentation, dust_threshold=50)
+    ids = {graph.nodes[n]["id"] for n in graph}
+    assert ids == {7, 9}
+    for node, attrs in graph.nodes(data=True):
+        assert segmentation[tuple(attrs["index_position"])] == attrs["id"]
+        assert np.allclose(attrs["nm_position"], np.asarray(attrs["index_position"]) * (9, 9, 20), atol=20)
+    lengths = {i: sum(d["edge_length"] for u, v, d in graph.edges(data=True) if graph.nodes[u]["id"] == i)
+               for i in ids}
+    assert 25 * 9 < lengths[7] < 38 * 9 * 1.2  # about the rod's 36 voxels of 9 nm
+    result = nerl(segmentation, graph)
+    assert result.nerl == 1.0
+    zarr.create_array(str(tmp_path / "gt.zarr"), shape=segmentation.shape, dtype="uint32")[...] = segmentation
+    run = CliRunner().invoke(app, ["skeletonize", str(tmp_path / "gt.zarr"), str(tmp_path / "skel.pkl"),
+                                   "--dust-threshold", "50"])
+    assert run.exit_code == 0, run.output
+    assert load_skeleton(tmp_path / "skel.pkl").number_of_nodes() == graph.number_of_nodes()
+    again = CliRunner().invoke(app, ["skeletonize", str(tmp_path / "gt.zarr"), str(tmp_path / "skel.pkl")])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_contingency_with_ids_beyond_32_bits_matches_small_ids():
+    from nisbflow.evaluate.kernel import contingency
+
+    rng = np.random.default_rng(2)
+    true = rng.integers(0, 5, 1000)
+    test = rng.integers(0, 7, 1000)
+    small = contingency(true, test)
+    large = contingency(true + 2**40, test + 2**35)
+    assert np.array_equal(small[0] + 2**40, large[0]) and np.array_equal(small[1] + 2**35, large[1])
+    assert np.array_equal(small[2], large[2]) and small[2].sum() == 1000

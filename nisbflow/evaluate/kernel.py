@@ -96,8 +96,13 @@ def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length:
 
 def contingency(true: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sparse contingency of two label arrays: ``(true ids, test ids, counts)`` of every co-occurring pair."""
-    pairs, counts = np.unique(np.stack([np.ravel(true).astype(np.int64), np.ravel(test).astype(np.int64)], axis=1),
-                              axis=0, return_counts=True)
+    true = np.ravel(true).astype(np.int64)
+    test = np.ravel(test).astype(np.int64)
+    if true.size and min(true.min(), test.min()) >= 0 and max(true.max(), test.max()) < 2**31:
+        # both ids fit in 31 bits: one int64 key per pair makes this a fast 1-D unique
+        keys, counts = np.unique((true << 32) | test, return_counts=True)
+        return keys >> 32, keys & 0xFFFFFFFF, counts.astype(np.int64)
+    pairs, counts = np.unique(np.stack([true, test], axis=1), axis=0, return_counts=True)
     return pairs[:, 0], pairs[:, 1], counts.astype(np.int64)
 
 
