@@ -25,6 +25,8 @@ config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_
 skeleton_app = typer.Typer(help="Work with NISB skeletons (skeleton.pkl).", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(skeleton_app, name="skeleton")
+model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 console = Console()
 errors = Console(stderr=True)
@@ -269,6 +271,34 @@ def skeletonize(
     summary = summarize_skeleton(graph)
     console.print(f"wrote {output}: {summary.n_neurons} skeletons, {summary.n_nodes} nodes, "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")
+
+
+@model_app.command("init")
+@friendly_errors
+def model_init(
+    output: str = typer.Argument(..., help="Checkpoint file to write (.pt)."),
+    arch: str = typer.Option("mednext-s", "--arch", help="mednext-s (BANIS: MedNeXt-S, kernel 3, 1 → 6 channels) or "
+                                                         "tiny (4 initial filters, for CPU tests and smoke runs)."),
+    seed: int = typer.Option(0, help="Random seed of the initial weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+):
+    """Write a randomly initialised checkpoint (model configuration + weights) for tests and smoke runs."""
+    from pathlib import Path
+
+    import torch
+
+    from nisbflow.errors import ConfigError, OutputExistsError
+    from nisbflow.model import ARCHITECTURES, build, save_checkpoint
+
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    torch.manual_seed(seed)
+    model = build(ARCHITECTURES[arch])
+    save_checkpoint(output, model, ARCHITECTURES[arch], initialised="random", seed=seed)
+    n = sum(p.numel() for p in model.parameters())
+    console.print(f"wrote {output}: {arch}, {n:,} parameters, random weights (seed {seed})")
 
 
 def main():  # pragma: no cover - console-script entry

@@ -1,0 +1,113 @@
+"""The BANIS network: MONAI's MedNeXt, and checkpoints that carry their own model configuration.
+
+A checkpoint is a ``torch.save`` dict ``{"format": "nisbflow-checkpoint", "version": 1, "model": <ModelConfig as a
+dict>, "state_dict": ..., "metadata": {...}}``, loaded with ``weights_only=True`` (no code runs on load).
+Lightning checkpoints written by training (``state_dict`` keys prefixed ``model.``, configuration under
+``hyper_parameters``) load too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from nisbflow.config.schema import ModelConfig
+from nisbflow.errors import NisbflowError
+
+CHECKPOINT_FORMAT = "nisbflow-checkpoint"
+
+_VARIANTS = {  # MONAI create_mednext's settings per size, so other init_filters keep the same architecture
+    "S": dict(encoder_expansion_ratio=2, decoder_expansion_ratio=2, bottleneck_expansion_ratio=2,
+              blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2)),
+    "B": dict(encoder_expansion_ratio=(2, 3, 4, 4), decoder_expansion_ratio=(4, 4, 3, 2), bottleneck_expansion_ratio=4,
+              blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2)),
+    "M": dict(encoder_expansion_ratio=(2, 3, 4, 4), decoder_expansion_ratio=(4, 4, 3, 2), bottleneck_expansion_ratio=4,
+              blocks_down=(3, 4, 4, 4), blocks_bottleneck=4, blocks_up=(4, 4, 4, 3)),
+    "L": dict(encoder_expansion_ratio=(3, 4, 8, 8), decoder_expansion_ratio=(8, 8, 4, 3), bottleneck_expansion_ratio=8,
+              blocks_down=(3, 4, 8, 8), blocks_bottleneck=8, blocks_up=(8, 8, 4, 3)),
+}
+
+ARCHITECTURES = {"mednext-s": ModelConfig(), "tiny": ModelConfig(init_filters=4)}
+"""Named model configurations for ``nisbflow model init --arch``."""
+
+
+class CheckpointError(NisbflowError, ValueError):
+    """A checkpoint file that is missing, unreadable, or does not fit the requested model."""
+
+
+def build(config: ModelConfig | None = None) -> torch.nn.Module:
+    """MedNeXt for a model configuration (default: BANIS's MedNeXt-S, kernel 3, 1 → 6 channels, no deep supervision).
+
+    With the canonical 32 initial filters this is ``monai.networks.nets.mednext.create_mednext`` itself; other
+    ``init_filters`` (e.g. 4 for CPU tests) build MONAI's ``MedNeXt`` with the same variant settings.
+    """
+    from monai.networks.nets.mednext import MedNeXt, create_mednext
+
+    config = config or ModelConfig()
+    if config.init_filters == 32:
+        return create_mednext(config.size, spatial_dims=3, in_channels=config.in_channels,
+                              out_channels=config.out_channels, kernel_size=config.kernel_size,
+                              deep_supervision=config.deep_supervision)
+    return MedNeXt(spatial_dims=3, init_filters=config.init_filters, in_channels=config.in_channels,
+                   out_channels=config.out_channels, kernel_size=config.kernel_size,
+                   deep_supervision=config.deep_supervision, use_residual_connection=True, norm_type="group",
+                   global_resp_norm=False, **_VARIANTS[config.size])
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, **metadata) -> None:
+    """Write a checkpoint (written to a temporary name, then renamed)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model_dump(mode="json"),
+                "state_dict": model.state_dict(), "metadata": metadata}, temporary)
+    temporary.replace(path)
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file (first 16 hex digits), recorded in the outputs it produces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_checkpoint(path: str | Path, expected: ModelConfig | None = None,
+                    map_location="cpu") -> tuple[torch.nn.Module, ModelConfig]:
+    """Load a nisbflow or Lightning checkpoint → ``(model in eval mode, its ModelConfig)``.
+
+    ``expected``: when given, the checkpoint's architecture and channel counts must match it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for foreign or corrupt files
+        raise CheckpointError(f"checkpoint {path} cannot be read as a torch checkpoint with weights_only=True: "
+                              f"{error}") from error
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"checkpoint {path} has no state_dict; expected a nisbflow or Lightning checkpoint")
+    if payload.get("format") == CHECKPOINT_FORMAT:
+        config_dict, state = payload["model"], payload["state_dict"]
+    else:  # Lightning: the module stores the model under "model." and its configuration in hyper_parameters
+        hyper = payload.get("hyper_parameters", {})
+        config_dict = hyper.get("model") or hyper.get("config", {}).get("model")
+        if config_dict is None:
+            raise CheckpointError(f"checkpoint {path} carries no model configuration (hyper_parameters.model)")
+        state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
+    config = ModelConfig.model_validate(config_dict)
+    if expected is not None:
+        for key in ("arch", "size", "init_filters", "kernel_size", "in_channels", "out_channels"):
+            if getattr(config, key) != getattr(expected, key):
+                raise CheckpointError(f"checkpoint {path} holds model.{key}={getattr(config, key)!r}, but "
+                                      f"model.{key}={getattr(expected, key)!r} was asked for")
+    model = build(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit {config.arch}-{config.size} "
+                              f"(init_filters {config.init_filters}): {len(missing)} missing keys "
+                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return model.eval(), config

@@ -1,0 +1,118 @@
+"""Inference: MedNeXt from MONAI, checkpoints, and whole-volume sliding-window prediction against a naive loop."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nisbflow.config.schema import ModelConfig
+from nisbflow.errors import VolumeError
+from nisbflow.infer.predict import predict_whole
+from nisbflow.model import ARCHITECTURES, CheckpointError, build, load_checkpoint, save_checkpoint
+from nisbflow_cli.main import app
+
+TINY = ARCHITECTURES["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build(TINY).eval()
+
+
+def naive_prediction(image, model, window, stride):
+    """One window at a time: weight = chessboard distance to the window faces + 1, sigmoid(0.2 · logit)."""
+    shape = image.shape
+    starts = []
+    for size, w, s in zip(shape, window, stride):
+        axis = list(range(0, size - w + 1, s))
+        if axis[-1] != size - w:
+            axis.append(size - w)
+        starts.append(axis)
+    total = np.zeros((6,) + shape)
+    weights = np.zeros(shape)
+    local = [np.arange(w) for w in window]
+    distance = np.minimum.reduce(np.meshgrid(*[np.minimum(a, a[::-1]) for a in local], indexing="ij"))
+    for start in itertools.product(*starts):
+        region = tuple(slice(s, s + w) for s, w in zip(start, window))
+        crop = torch.from_numpy(image[region].astype(np.float32) / 255)[None, None]
+        with torch.no_grad():
+            prediction = torch.sigmoid(0.2 * model(crop))[0].numpy()
+        total[(slice(None),) + region] += prediction * (distance + 1)
+        weights[region] += distance + 1
+    return total / weights
+
+
+def test_mednext_s_is_monais_create_mednext():
+    from monai.networks.nets.mednext import create_mednext
+
+    model = build(ModelConfig())
+    reference = create_mednext("S", spatial_dims=3, in_channels=1, out_channels=6, kernel_size=3)
+    assert [tuple(p.shape) for p in model.parameters()] == [tuple(p.shape) for p in reference.parameters()]
+
+
+def test_whole_volume_prediction_equals_a_naive_window_loop(tiny_model):
+    image = np.random.default_rng(1).integers(0, 256, (72, 60, 32), dtype=np.uint8)
+    ours = predict_whole(image, tiny_model, window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=3,
+                         output_dtype="float32")
+    expected = naive_prediction(image, tiny_model, (32, 32, 32), (16, 16, 16))
+    assert ours.shape == (6, 72, 60, 32)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    half = predict_whole(image[..., None], tiny_model, window=(32, 32, 32), stride=(16, 16, 16), channels=[0, 1, 2])
+    assert half.dtype == np.float16 and half.shape == (3, 72, 60, 32)
+    np.testing.assert_allclose(half, expected[:3], atol=1e-3)
+
+
+def test_axes_shorter_than_the_window_are_padded_and_cropped(tiny_model):
+    image = np.random.default_rng(2).integers(0, 256, (40, 19, 32), dtype=np.uint8)
+    ours = predict_whole(image, tiny_model, window=(32, 32, 32), stride=(16, 16, 16), output_dtype="float32")
+    padded = np.pad(image, [(0, 0), (0, 13), (0, 0)], mode="reflect")
+    expected = naive_prediction(padded, tiny_model, (32, 32, 32), (16, 16, 16))[:, :, :19]
+    assert ours.shape == (6, 40, 19, 32)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_checkpoint_round_trip_and_lightning_layout(tiny_model, tmp_path):
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY, step=3)
+    loaded, config = load_checkpoint(tmp_path / "tiny.pt", expected=TINY)
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), tiny_model(x))
+    assert config == TINY
+    torch.save({"state_dict": {f"model.{k}": v for k, v in tiny_model.state_dict().items()},
+                "hyper_parameters": {"model": TINY.model_dump(mode="json")}, "global_step": 10},
+               tmp_path / "lightning.ckpt")
+    lightning, _ = load_checkpoint(tmp_path / "lightning.ckpt")
+    with torch.no_grad():
+        assert torch.equal(lightning(x), tiny_model(x))
+
+
+def test_bad_inputs(tiny_model, tmp_path):
+    with pytest.raises(VolumeError, match="uint8.*float32"):
+        predict_whole(np.zeros((32, 32, 32), dtype=np.float32), tiny_model, window=(32, 32, 32), stride=(16, 16, 16))
+    with pytest.raises(VolumeError, match=r"\(X, Y, Z\).*\(32, 32\)"):
+        predict_whole(np.zeros((32, 32), dtype=np.uint8), tiny_model, window=(32, 32, 32), stride=(16, 16, 16))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    with pytest.raises(CheckpointError, match="init_filters=4.*init_filters=32"):
+        load_checkpoint(tmp_path / "tiny.pt", expected=ModelConfig())
+    three = ModelConfig(init_filters=4, out_channels=3, affinity_offsets=["1-0-0", "0-1-0", "0-0-1"])
+    with pytest.raises(CheckpointError, match="out_channels=6.*out_channels=3"):
+        load_checkpoint(tmp_path / "tiny.pt", expected=three)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_cli_model_init(tmp_path):
+    result = CliRunner().invoke(app, ["model", "init", str(tmp_path / "tiny.pt"), "--arch", "tiny"])
+    assert result.exit_code == 0, result.output
+    model, config = load_checkpoint(tmp_path / "tiny.pt")
+    assert config.init_filters == 4 and "parameters" in result.output
+    again = CliRunner().invoke(app, ["model", "init", str(tmp_path / "tiny.pt"), "--arch", "tiny"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    bad = CliRunner().invoke(app, ["model", "init", str(tmp_path / "x.pt"), "--arch", "unet"])
+    assert bad.exit_code != 0 and "mednext-s" in bad.output
