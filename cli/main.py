@@ -301,6 +301,73 @@ def model_init(
     console.print(f"wrote {output}: {arch}, {n:,} parameters, random weights (seed {seed})")
 
 
+@app.command()
+@friendly_errors
+def infer(
+    image: str = typer.Argument(..., help="EM image zarr array, (X, Y, Z) or (X, Y, Z, 1) uint8, e.g. seed/data.zarr/img."),
+    output: str = typer.Argument(..., help="Affinities zarr array to write, (C, X, Y, Z) float16."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint (nisbflow model init, or training)."),
+    chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768: "
+                                                    "redundancy ≤ 1.25 on NISB-sized volumes)."),
+    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://scheduler:8786 "
+                                                     "(default system.cluster)."),
+    workers: Optional[int] = typer.Option(None, help="Local workers (default: one per core, or per GPU)."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker, e.g. 8GiB."),
+    whole: bool = typer.Option(False, "--whole", help="Single-process whole-volume reference (loads the image)."),
+    channels: Optional[str] = typer.Option(None, help="Keep these output channels, e.g. 0,1,2 (short range)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (inference.* settings)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
+):
+    """Affinities from an EM image with the BANIS sliding-window geometry, block by block on Dask.
+
+    Every block runs exactly the windows of the global grid that touch it, so the result equals --whole for any
+    block size. Finished blocks are recorded: re-running after an interruption resumes where it stopped.
+    """
+    import time
+    from pathlib import Path
+
+    from nisbflow.cluster import cluster_from_config
+    from nisbflow.config import load_config
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, infer_to_zarr
+
+    settings_config = load_config(config, overrides or [])
+    selected = [int(c) for c in channels.split(",")] if channels else None
+    settings = WindowSettings.from_config(settings_config.inference, selected)
+    block = parse_triple(chunks, "--chunks") if chunks else DEFAULT_BLOCK
+    if whole:
+        import zarr
+
+        from nisbflow.data.volumes import fast_compressors, open_image, staged_output
+        from nisbflow.infer.blockwise import default_device
+        from nisbflow.infer.predict import predict_whole
+        from nisbflow.model import load_checkpoint
+
+        source = open_image(image)
+        model, _ = load_checkpoint(checkpoint)
+        start = time.perf_counter()
+        values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
+                               sw_batch_size=settings.sw_batch_size, activation=settings.activation,
+                               channels=settings.channels, output_dtype=settings.output_dtype, device=default_device())
+        seconds = time.perf_counter() - start
+        with staged_output(output, overwrite=overwrite) as staged:
+            fmt = source.metadata.zarr_format
+            zarr.create_array(staged, shape=values.shape, chunks=(values.shape[0], 128, 128, 128),
+                              dtype=values.dtype, zarr_format=fmt, compressors=fast_compressors(fmt))[...] = values
+        voxels = values[0].size
+        console.print(f"wrote {output}: {tuple(values.shape)} {values.dtype}, {voxels / seconds / 1e6:.2f} "
+                      f"Mvoxel/s (whole volume, one process)")
+        return
+    with cluster_from_config(settings_config, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+        summary = infer_to_zarr(image, output, Path(checkpoint), settings=settings, block=block,
+                                overwrite=overwrite, config=settings_config)
+    console.print(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
+                  f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
+                  f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})")
+
+
 def main():  # pragma: no cover - console-script entry
     app()
 

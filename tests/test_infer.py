@@ -116,3 +116,89 @@ def test_cli_model_init(tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
     bad = CliRunner().invoke(app, ["model", "init", str(tmp_path / "x.pt"), "--arch", "unet"])
     assert bad.exit_code != 0 and "mednext-s" in bad.output
+
+
+def test_chunked_prediction_equals_whole_for_any_chunking(tiny_model):
+    import dask
+    import dask.array as da
+
+    from nisbflow.infer.blockwise import WindowSettings, predict_affinities
+
+    image = np.random.default_rng(3).integers(0, 256, (72, 60, 40), dtype=np.uint8)
+    settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=4, output_dtype="float32")
+    whole = predict_affinities(image, tiny_model, settings)
+    with dask.config.set(scheduler="synchronous"):
+        for block in [(72, 60, 40), (24, 20, 40), (25, 17, 13), (7, 60, 9)]:
+            lazy = predict_affinities(da.from_array(image, chunks=(30, 30, 30)), tiny_model, settings, block=block)
+            assert isinstance(lazy, da.Array) and lazy.shape == (6, 72, 60, 40)
+            np.testing.assert_allclose(lazy.compute(), whole, atol=1e-6)
+
+
+def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monkeypatch):
+    import dask
+    import zarr
+
+    import nisbflow.infer.blockwise as blockwise
+    from nisbflow.errors import OutputExistsError
+
+    image = np.random.default_rng(4).integers(0, 256, (64, 48, 32), dtype=np.uint8)
+    zarr.create_array(str(tmp_path / "img.zarr"), shape=image.shape, chunks=(32, 32, 32), dtype="uint8")[...] = image
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    settings = blockwise.WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=4)
+    with dask.config.set(scheduler="synchronous"):
+        reference = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "ref.zarr", tmp_path / "tiny.pt",
+                                            settings=settings, block=(32, 24, 32), progress=False)
+        assert reference.blocks == 4 and reference.blocks_skipped == 0 and reference.redundancy > 1
+        expected = zarr.open_array(str(tmp_path / "ref.zarr"))[...]
+        np.testing.assert_allclose(expected.astype(np.float32),
+                                   predict_whole(image, tiny_model, window=(32, 32, 32), stride=(16, 16, 16),
+                                                 output_dtype="float32"), atol=1e-3)
+        calls = []
+        original = blockwise.predict_block
+
+        def crashing(*args, **kwargs):
+            calls.append(args[3])
+            if len(calls) == 3:
+                raise KeyboardInterrupt("interrupted")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(blockwise, "predict_block", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
+                                    settings=settings, block=(32, 24, 32), progress=False)
+        assert not (tmp_path / "out.zarr").exists()
+        monkeypatch.setattr(blockwise, "predict_block", original)
+        resumed = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
+                                          settings=settings, block=(32, 24, 32), progress=False)
+        assert resumed.blocks_skipped == 2 and resumed.blocks == 4
+        assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[...], expected)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["img.zarr", "out.zarr", "ref.zarr", "tiny.pt"]
+        with pytest.raises(OutputExistsError):
+            blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
+                                    settings=settings, progress=False)
+
+
+def test_cli_infer_blockwise_and_whole_agree(tiny_model, tmp_path):
+    import zarr
+
+    image = np.random.default_rng(5).integers(0, 256, (64, 40, 32, 1), dtype=np.uint8)
+    zarr.create_array(str(tmp_path / "img.zarr"), shape=image.shape, chunks=(32, 32, 32, 1), dtype="uint8")[...] = image
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    common = ["--checkpoint", str(tmp_path / "tiny.pt"), "inference.window_size=[32,32,32]", "--channels", "0,1,2"]
+    runner = CliRunner()
+    result = runner.invoke(app, ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "a.zarr"), "--cluster", "sync",
+                                 "--chunks", "32,24,32", *common])
+    assert result.exit_code == 0, result.output
+    assert "redundancy" in result.output
+    whole = runner.invoke(app, ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "b.zarr"), "--whole", *common])
+    assert whole.exit_code == 0, whole.output
+    a, b = zarr.open_array(str(tmp_path / "a.zarr")), zarr.open_array(str(tmp_path / "b.zarr"))
+    assert a.shape == b.shape == (3, 64, 40, 32) and a.dtype == np.float16
+    np.testing.assert_allclose(a[...].astype(np.float32), b[...].astype(np.float32), atol=1e-3)
+    assert a.attrs["checkpoint_sha256"] and a.attrs["offsets"] == ["1-0-0", "0-1-0", "0-0-1"]
+    refused = runner.invoke(app, ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "a.zarr"), "--cluster", "sync",
+                                  *common])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    bad = runner.invoke(app, ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "c.zarr"), "--cluster", "sync",
+                              "--checkpoint", str(tmp_path / "missing.pt")])
+    assert bad.exit_code != 0 and "missing.pt" in bad.output

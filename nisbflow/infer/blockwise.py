@@ -1,0 +1,302 @@
+"""Block-wise sliding-window prediction as a Dask graph, and zarr-to-zarr inference with resume.
+
+Every output block (write region) reads the union of the global-grid windows that touch it (its read region, at
+most one window beyond the block on each side), runs exactly those windows in batches of ``sw_batch_size`` and
+blends them into its write region. Windows and weights are those of the whole volume, so the result equals
+:func:`nisbflow.infer.predict.predict_whole` for any chunking (up to float16 rounding); windows touching two blocks
+run in both (:func:`nisbflow.infer.geometry.redundancy`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import fsspec
+import numpy as np
+
+from nisbflow.infer.geometry import blending_weight, padded_shape, read_region, window_grid, windows_for_region
+from nisbflow.infer.predict import check_image, pad_to_window, predict_whole, run_windows
+
+DEFAULT_BLOCK = (768, 768, 768)
+"""Default write-region size: redundancy 1.19 on NISB's 3000×3000×1350 test cube (≤ 1.25); see docs/inference.md."""
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    window: tuple[int, int, int] = (128, 128, 128)
+    stride: tuple[int, int, int] = (64, 64, 64)
+    sw_batch_size: int = 8
+    activation: str = "scale_sigmoid"
+    channels: tuple[int, ...] | None = None
+    output_dtype: str = "float16"
+
+    @classmethod
+    def from_config(cls, inference, channels=None) -> "WindowSettings":
+        window = tuple(int(w) for w in inference.window_size)
+        stride = tuple(max(1, int(round(w * (1 - inference.overlap)))) for w in window)
+        return cls(window, stride, inference.sw_batch_size, inference.activation,
+                   None if channels is None else tuple(channels), inference.output_dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_model(checkpoint: str, checkpoint_id: str, device: str):
+    """A checkpoint's model, loaded once per worker process and device (``checkpoint_id`` keys re-writes)."""
+    from nisbflow.model import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint, map_location=device)
+    return model.to(device)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def predict_block(piece: np.ndarray, model, read_start, write_region, windows, settings: WindowSettings,
+                  device: str | None = None) -> np.ndarray:
+    """Task: blend the given windows into one write region.
+
+    ``piece``: the (padded-frame) input of the read region starting at ``read_start``; ``model``: a torch module or
+    ``(checkpoint path, checkpoint id)`` loaded through :func:`cached_model`; ``write_region``: slices in the padded
+    frame; ``windows``: their starts. Returns ``(C, x, y, z)`` in ``settings.output_dtype``.
+    """
+    device = device or default_device()
+    if isinstance(model, tuple):
+        model = cached_model(*model, device)
+    else:
+        model = model.to(device).eval()
+    weight = blending_weight(settings.window)
+    shape = tuple(r.stop - r.start for r in write_region)
+    total, weights = None, np.zeros(shape, dtype=np.float32)
+    for i in range(0, len(windows), settings.sw_batch_size):
+        batch = windows[i:i + settings.sw_batch_size]
+        crops = np.stack([piece[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start, settings.window))]
+                          for start in batch])
+        predictions = run_windows(model, crops, settings.activation, device)
+        if settings.channels is not None:
+            predictions = predictions[:, list(settings.channels)]
+        if total is None:
+            total = np.zeros((predictions.shape[1],) + shape, dtype=np.float32)
+        for start, prediction in zip(batch, predictions):
+            # the part of this window inside the write region, in window and in write-region coordinates
+            inside = [(max(s, r.start), min(s + w, r.stop)) for s, r, w in zip(start, write_region, settings.window)]
+            local = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, start))
+            target = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, write_region))
+            total[(slice(None),) + target] += prediction[(slice(None),) + local] * weight[local]
+            weights[target] += weight[local]
+    return (total / weights).astype(settings.output_dtype)
+
+
+def _spatial(image):
+    return image[..., 0] if image.ndim == 4 else image
+
+
+def block_plan(shape, block, settings: WindowSettings):
+    """Per block index: (write region in the volume, windows, read region in the padded frame)."""
+    grid = window_grid(shape, settings.window, settings.stride)
+    block = tuple(min(int(b), s) for b, s in zip(block, shape))
+    chunks = tuple(tuple(min(b, s - lo) for lo in range(0, s, b)) for b, s in zip(block, shape))
+    plan = {}
+    for index in np.ndindex(*[len(c) for c in chunks]):
+        write = tuple(slice(sum(c[:i]), sum(c[:i + 1])) for c, i in zip(chunks, index))
+        windows = windows_for_region(grid, settings.window, write)
+        plan[index] = (write, windows, read_region(grid, settings.window, write))
+    return chunks, plan
+
+
+def _read_piece(image, read, shape, window) -> np.ndarray:
+    """The input of a padded-frame read region: the image inside the volume, reflect-padded where an axis is
+    shorter than the window (such an axis is then read whole)."""
+    inside = tuple(slice(r.start, min(r.stop, s)) for r, s in zip(read, shape))
+    piece = np.asarray(image[inside])
+    if piece.shape != tuple(r.stop - r.start for r in read):
+        piece = pad_to_window(piece, window)
+    return piece
+
+
+def predict_affinities(image, model, settings: WindowSettings = WindowSettings(), *, block=DEFAULT_BLOCK,
+                       device: str | None = None, progress: bool = False):
+    """Affinities ``(C, X, Y, Z)`` of an image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8.
+
+    A numpy image gives the whole-volume reference (numpy); a dask image gives a lazy dask array chunked by
+    ``block`` whose blocks are computed as described in the module docstring (``infer-predict-block`` tasks, with a
+    ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or ``(checkpoint path, id)``.
+    """
+    check_image(image)
+    if not isinstance(image, da.Array):
+        if isinstance(model, tuple):
+            model = cached_model(*model, device or default_device())
+        return predict_whole(image, model, window=settings.window, stride=settings.stride,
+                             sw_batch_size=settings.sw_batch_size, activation=settings.activation,
+                             channels=settings.channels, output_dtype=settings.output_dtype,
+                             device=device or default_device())
+    spatial = _spatial(image)
+    shape = spatial.shape
+    chunks, plan = block_plan(shape, block, settings)
+    n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
+    token = dask.base.tokenize(spatial.name, settings, block, model if isinstance(model, tuple) else id(model))
+    shared_model = model if isinstance(model, tuple) else dask.delayed(model, name=f"infer-model-{token}")
+    annotations = {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
+    blocks = np.empty([len(c) for c in chunks], dtype=object)
+    with dask.annotate(**annotations):
+        for index, (write, windows, read) in plan.items():
+            piece = dask.delayed(_read_piece, pure=True)(
+                spatial, read, shape, settings.window, dask_key_name=(f"infer-read-{token}",) + index)
+            task = dask.delayed(predict_block, pure=True)(
+                piece, shared_model, tuple(r.start for r in read), write, windows, settings, device,
+                dask_key_name=(f"infer-predict-block-{token}",) + index)
+            blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in write),
+                                            dtype=settings.output_dtype)
+    return da.block([blocks.tolist()])  # the outer list is the channel axis
+
+
+def _out_channels(model) -> int:
+    if isinstance(model, tuple):
+        from nisbflow.model import load_checkpoint
+
+        return load_checkpoint(model[0])[1].out_channels
+    if hasattr(model, "out_0"):  # MONAI MedNeXt's output block
+        return int(model.out_0.conv_out.out_channels)
+    raise ValueError("cannot tell the model's output channels; pass WindowSettings(channels=...)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# zarr to zarr, resumable
+
+
+@dataclass
+class InferSummary:
+    output: str
+    shape: tuple
+    seconds: float
+    voxels: int
+    windows_computed: int
+    windows_in_grid: int
+    blocks: int
+    blocks_skipped: int
+
+    @property
+    def redundancy(self) -> float:
+        return self.windows_computed / self.windows_in_grid
+
+    @property
+    def voxels_per_second(self) -> float:
+        return self.voxels / self.seconds if self.seconds > 0 else float("inf")
+
+
+def output_chunks(block, shape) -> tuple[int, ...]:
+    """Zarr chunks of the output: 128 voxels where the block is a multiple of 128 (what decoding reads), else the
+    block itself; a block always covers whole chunks, so blocks never write the same chunk."""
+    return tuple(min(128 if b % 128 == 0 else b, s) for b, s in zip(block, shape))
+
+
+def _predict_and_store(piece, model, read_start, write_region, windows, settings, device, target: str,
+                       marker: str) -> int:
+    """Task: predict one block, write it into the output zarr, then record it as finished."""
+    import zarr
+
+    values = predict_block(piece, model, read_start, write_region, windows, settings, device)
+    zarr.open_array(target, mode="r+")[(slice(None),) + tuple(write_region)] = values
+    fs, path = fsspec.core.url_to_fs(marker)
+    fs.pipe_file(path, b"done")
+    return len(windows)
+
+
+def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | Path, *,
+                  settings: WindowSettings = WindowSettings(), block=DEFAULT_BLOCK, overwrite: bool = False,
+                  progress: bool = True, device: str | None = None, config=None) -> InferSummary:
+    """Predict affinities of a zarr image into a zarr array ``(C, X, Y, Z)``, block by block, resumably.
+
+    Blocks are written into ``.<name>.partial`` next to ``output``; each finished block leaves a marker, and a
+    re-run with the same checkpoint, image and settings skips finished blocks. When every block is done the
+    partial array is renamed to ``output``. An existing ``output`` is refused unless ``overwrite``.
+    """
+    import zarr
+
+    from nisbflow.data.volumes import fast_compressors, open_image, output_attrs, voxel_size_of
+    from nisbflow.errors import OutputExistsError
+    from nisbflow.model import checkpoint_hash, load_checkpoint
+
+    source = open_image(image_path)
+    image = _spatial(da.from_zarr(source))
+    shape = image.shape
+    _, model_config = load_checkpoint(checkpoint)  # a missing or foreign checkpoint fails here, clearly
+    digest = checkpoint_hash(checkpoint)
+    n_channels = len(settings.channels) if settings.channels is not None else model_config.out_channels
+    block = tuple(min(int(b), s) for b, s in zip(block, shape))
+    output = str(output).rstrip("/")
+    fs, final = fsspec.core.url_to_fs(output)
+    if fs.exists(final) and not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    parent, name = final.rsplit("/", 1) if "/" in final else (".", final)
+    protocol = output[: -len(final)] if output.endswith(final) and output != final else ""
+    partial = f"{parent}/.{name}.partial"
+    markers = f"{partial}.done"
+    resume_key = dict(checkpoint=digest, image=str(image_path), shape=list(shape), block=list(block),
+                      settings=json.loads(json.dumps(settings.__dict__, default=list)))
+    existing = None
+    if fs.exists(partial):
+        try:
+            existing = zarr.open_array(protocol + partial, mode="r+")
+        except Exception:  # an unreadable leftover: start again
+            existing = None
+        if existing is None or existing.attrs.get("nisbflow_resume") != resume_key:
+            fs.rm(partial, recursive=True)
+            if fs.exists(markers):
+                fs.rm(markers, recursive=True)
+            existing = None
+    if existing is None:
+        zarr_format = source.metadata.zarr_format
+        zarr.create_array(
+            protocol + partial, shape=(n_channels,) + shape, chunks=(n_channels,) + output_chunks(block, shape),
+            dtype=settings.output_dtype, fill_value=0, zarr_format=zarr_format,
+            compressors=fast_compressors(zarr_format),
+            attributes=output_attrs("affinities: sigmoid(0.2 logit) blended over BANIS windows; channel c is the "
+                                    "edge v → v + offset_c (source-voxel storage)", voxel_size_of(source), "cxyz",
+                                    config, checkpoint=str(checkpoint), checkpoint_sha256=digest,
+                                    offsets=list(model_config.affinity_offsets) if settings.channels is None else
+                                    [model_config.affinity_offsets[c] for c in settings.channels],
+                                    nisbflow_resume=resume_key))
+    fs.makedirs(markers, exist_ok=True)
+    finished = {Path(p).name for p in fs.ls(markers, detail=False)}
+    chunks, plan = block_plan(shape, block, settings)
+    grid = window_grid(shape, settings.window, settings.stride)
+    model_ref = (str(checkpoint), digest)
+    token = dask.base.tokenize(str(image_path), digest, settings, block)
+    annotations = {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
+    tasks, skipped, voxels = [], 0, 0
+    with dask.annotate(**annotations):
+        for index, (write, windows, read) in plan.items():
+            key = ".".join(map(str, index))
+            if key in finished:
+                skipped += 1
+                continue
+            voxels += int(np.prod([w.stop - w.start for w in write]))
+            piece = dask.delayed(_read_piece, pure=True)(
+                image, read, shape, settings.window, dask_key_name=(f"infer-read-{token}",) + index)
+            tasks.append(dask.delayed(_predict_and_store, pure=True)(
+                piece, model_ref, tuple(r.start for r in read), write, windows, settings, device,
+                protocol + partial, f"{protocol}{markers}/{key}",
+                dask_key_name=(f"infer-predict-block-{token}",) + index))
+    start = time.perf_counter()
+    computed = sum(compute_tasks_for_infer(tasks, progress))
+    seconds = time.perf_counter() - start
+    if fs.exists(final):
+        fs.rm(final, recursive=True)
+    fs.mv(partial, final, recursive=True)
+    fs.rm(markers, recursive=True)
+    return InferSummary(output, shape, seconds, voxels, computed,
+                        int(np.prod([len(g) for g in grid])), len(plan), skipped)
+
+
+def compute_tasks_for_infer(tasks, progress: bool) -> list:
+    from nisbflow.progress import compute_tasks
+
+    return compute_tasks(tasks, "infer: predict blocks", progress=progress) if tasks else []
