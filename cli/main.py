@@ -368,6 +368,35 @@ def infer(
                   f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})")
 
 
+@app.command("test")
+@friendly_errors
+def test_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.test.*, "
+                                                                      "inference.*, decoding.*, evaluation.*)."),
+    chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
+    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
+    workers: Optional[int] = typer.Option(None, help="Local workers."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
+):
+    """Infer → decode → evaluate on data.test.path / data.test.skeleton, writing affinities.zarr,
+    segmentation.zarr and metrics.json under <save_path>/<timestamp>/."""
+    from nisbflow.cluster import cluster_from_config
+    from nisbflow.config import load_config
+    from nisbflow.evaluate.report import metrics_table
+    from nisbflow.pipeline import run_test
+
+    settings = load_config(config, overrides or [])
+    block = parse_triple(chunks, "--chunks") if chunks else None
+    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+        folder, result = run_test(settings, checkpoint, block=block)
+    console.print(metrics_table(result, title=f"{settings.data.test.path}: threshold {settings.decoding.threshold:g}"))
+    console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
+
+
 def main():  # pragma: no cover - console-script entry
     app()
 

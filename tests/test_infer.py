@@ -202,3 +202,21 @@ def test_cli_infer_blockwise_and_whole_agree(tiny_model, tmp_path):
     bad = runner.invoke(app, ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "c.zarr"), "--cluster", "sync",
                               "--checkpoint", str(tmp_path / "missing.pt")])
     assert bad.exit_code != 0 and "missing.pt" in bad.output
+
+
+def test_cli_test_runs_infer_decode_evaluate(tiny_model, tmp_path):
+    import json
+
+    from nisbflow.synth import synthesize_seed
+
+    synthesize_seed(str(tmp_path / "seed101"), (64, 64, 32), seed=9, chunks=(32, 32, 32), progress=False)
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    result = CliRunner().invoke(app, [
+        "test", "--checkpoint", str(tmp_path / "tiny.pt"), "--config", "configs/tiny.yaml", "--cluster", "sync",
+        f"data.test.path={tmp_path / 'seed101'}", f"data.test.skeleton={tmp_path / 'seed101' / 'skeleton.pkl'}",
+        f"save_path={tmp_path / 'runs'}", "inference.window_size=[32,32,32]", "decoding.threshold=0.5"])
+    assert result.exit_code == 0, result.output
+    [run] = list((tmp_path / "runs").iterdir())
+    assert sorted(p.name for p in run.iterdir()) == ["affinities.zarr", "metrics.json", "segmentation.zarr"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["nerl"] <= 1.0 and metrics["threshold"] == 0.5 and "NERL" in result.output
