@@ -22,6 +22,7 @@ import numpy as np
 
 from nisbflow.infer.geometry import blending_weight, padded_shape, read_region, window_grid, windows_for_region
 from nisbflow.infer.predict import check_image, pad_to_window, predict_whole, run_windows
+from nisbflow.progress import compute_tasks
 
 DEFAULT_BLOCK = (768, 768, 768)
 """Default write-region size: redundancy 1.19 on NISB's 3000×3000×1350 test cube (≤ 1.25); see docs/inference.md."""
@@ -121,6 +122,21 @@ def _read_piece(image, read, shape, window) -> np.ndarray:
     return piece
 
 
+def _gpu_annotations(device: str | None) -> dict:
+    """Dask annotations for prediction tasks: a ``GPU`` resource on CUDA, so a GPU runs one block at a time."""
+    return {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
+
+
+def _block_task(function, image, index, plan_entry, settings: WindowSettings, model, device, token: str, *extra):
+    """Two tasks for one block: read its input (``infer-read``), then ``function`` (``infer-predict-block``) with
+    the arguments of :func:`predict_block` followed by ``extra``."""
+    write, windows, read = plan_entry
+    piece = dask.delayed(_read_piece, pure=True)(image, read, image.shape, settings.window,
+                                                 dask_key_name=(f"infer-read-{token}",) + index)
+    return dask.delayed(function, pure=True)(piece, model, tuple(r.start for r in read), write, windows, settings,
+                                             device, *extra, dask_key_name=(f"infer-predict-block-{token}",) + index)
+
+
 def predict_affinities(image, model, settings: WindowSettings = WindowSettings(), *, block=DEFAULT_BLOCK,
                        device: str | None = None, progress: bool = False):
     """Affinities ``(C, X, Y, Z)`` of an image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8.
@@ -143,15 +159,11 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
     token = dask.base.tokenize(spatial.name, settings, block, model if isinstance(model, tuple) else id(model))
     shared_model = model if isinstance(model, tuple) else dask.delayed(model, name=f"infer-model-{token}")
-    annotations = {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
     blocks = np.empty([len(c) for c in chunks], dtype=object)
-    with dask.annotate(**annotations):
-        for index, (write, windows, read) in plan.items():
-            piece = dask.delayed(_read_piece, pure=True)(
-                spatial, read, shape, settings.window, dask_key_name=(f"infer-read-{token}",) + index)
-            task = dask.delayed(predict_block, pure=True)(
-                piece, shared_model, tuple(r.start for r in read), write, windows, settings, device,
-                dask_key_name=(f"infer-predict-block-{token}",) + index)
+    with dask.annotate(**_gpu_annotations(device)):
+        for index, entry in plan.items():
+            write = entry[0]
+            task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token)
             blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in write),
                                             dtype=settings.output_dtype)
     return da.block([blocks.tolist()])  # the outer list is the channel axis
@@ -270,23 +282,19 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | 
     grid = window_grid(shape, settings.window, settings.stride)
     model_ref = (str(checkpoint), digest)
     token = dask.base.tokenize(str(image_path), digest, settings, block)
-    annotations = {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
     tasks, skipped, voxels = [], 0, 0
-    with dask.annotate(**annotations):
-        for index, (write, windows, read) in plan.items():
+    with dask.annotate(**_gpu_annotations(device)):
+        for index, entry in plan.items():
+            write = entry[0]
             key = ".".join(map(str, index))
             if key in finished:
                 skipped += 1
                 continue
             voxels += int(np.prod([w.stop - w.start for w in write]))
-            piece = dask.delayed(_read_piece, pure=True)(
-                image, read, shape, settings.window, dask_key_name=(f"infer-read-{token}",) + index)
-            tasks.append(dask.delayed(_predict_and_store, pure=True)(
-                piece, model_ref, tuple(r.start for r in read), write, windows, settings, device,
-                protocol + partial, f"{protocol}{markers}/{key}",
-                dask_key_name=(f"infer-predict-block-{token}",) + index))
+            tasks.append(_block_task(_predict_and_store, image, index, entry, settings, model_ref, device,
+                                     token, protocol + partial, f"{protocol}{markers}/{key}"))
     start = time.perf_counter()
-    computed = sum(compute_tasks_for_infer(tasks, progress))
+    computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
     seconds = time.perf_counter() - start
     if fs.exists(final):
         fs.rm(final, recursive=True)
@@ -295,8 +303,3 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | 
     return InferSummary(output, shape, seconds, voxels, computed,
                         int(np.prod([len(g) for g in grid])), len(plan), skipped)
 
-
-def compute_tasks_for_infer(tasks, progress: bool) -> list:
-    from nisbflow.progress import compute_tasks
-
-    return compute_tasks(tasks, "infer: predict blocks", progress=progress) if tasks else []
