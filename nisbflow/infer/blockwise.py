@@ -112,11 +112,10 @@ def block_plan(shape, block, settings: WindowSettings):
     return chunks, plan
 
 
-def _read_piece(image, read, shape, window) -> np.ndarray:
-    """The input of a padded-frame read region: the image inside the volume, reflect-padded where an axis is
-    shorter than the window (such an axis is then read whole)."""
-    inside = tuple(slice(r.start, min(r.stop, s)) for r, s in zip(read, shape))
-    piece = np.asarray(image[inside])
+def _pad_piece(piece, read, window) -> np.ndarray:
+    """A read region's input from the part of it inside the volume: reflect-padded where an axis is shorter than
+    the window (such an axis is then read whole, and the read region is the window)."""
+    piece = np.asarray(piece)
     if piece.shape != tuple(r.stop - r.start for r in read):
         piece = pad_to_window(piece, window)
     return piece
@@ -131,8 +130,10 @@ def _block_task(function, image, index, plan_entry, settings: WindowSettings, mo
     """Two tasks for one block: read its input (``infer-read``), then ``function`` (``infer-predict-block``) with
     the arguments of :func:`predict_block` followed by ``extra``."""
     write, windows, read = plan_entry
-    piece = dask.delayed(_read_piece, pure=True)(image, read, image.shape, settings.window,
-                                                 dask_key_name=(f"infer-read-{token}",) + index)
+    inside = tuple(slice(r.start, min(r.stop, s)) for r, s in zip(read, image.shape))
+    # slice the dask array first, so the task depends on the chunks of its read region only
+    piece = dask.delayed(_pad_piece, pure=True)(image[inside], read, settings.window,
+                                                dask_key_name=(f"infer-read-{token}",) + index)
     return dask.delayed(function, pure=True)(piece, model, tuple(r.start for r in read), write, windows, settings,
                                              device, *extra, dask_key_name=(f"infer-predict-block-{token}",) + index)
 
