@@ -1,0 +1,89 @@
+"""Random training crops with BANIS affinity targets, read lazily from NISB seeds' zarr arrays.
+
+Each sample is a random crop of ``patch_size + context`` voxels (the trailing context lets the 10-voxel long-range
+targets near the patch's upper faces be computed), its segmentation relabelled into connected components inside the
+crop (6-connectivity, as BANIS does: a neuron that leaves the crop and comes back becomes two), the targets and loss
+mask of :func:`nisbflow.data.affinities` on the crop, then everything cut back to ``patch_size``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nisbflow.data.affinities import BANIS_OFFSETS, affinities
+
+
+class AffinityCrops(torch.utils.data.Dataset):
+    """Map-style dataset of random crops; sample ``i`` is a pure function of ``(seed, i)``, whatever the worker.
+
+    ``seeds``: NISB seed folders (each holding ``data.zarr`` with ``img`` and ``seg``). zarr handles are opened
+    lazily in each data-loader process and never pickled. Items are dicts of torch tensors: ``image (1, X, Y, Z)``
+    float32 in [0, 1], ``target`` and ``mask`` ``(C, X, Y, Z)`` float32, plus ``seed_index`` and ``position``
+    (voxel x, y, z of the crop in its seed).
+    """
+
+    def __init__(self, seeds, patch_size=(128, 128, 128), context: int = 10, offsets=BANIS_OFFSETS,
+                 erosion: int = 0, length: int = 1000, seed: int = 0):
+        from nisbflow.data import open_seed
+
+        self.seeds = [str(s) for s in seeds]
+        if not self.seeds:
+            raise ValueError("no training seeds given")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.context = int(context)
+        self.offsets = offsets
+        self.erosion = erosion
+        self.length = int(length)
+        self.seed = int(seed)
+        crop = np.array(self.patch_size) + self.context
+        self.shapes = []
+        for path in self.seeds:
+            shape = open_seed(path).seg.shape
+            if np.any(np.array(shape) < crop):
+                raise ValueError(f"seed {path}: volume {tuple(shape)} is smaller than a crop of "
+                                 f"{tuple(crop.tolist())} voxels (patch_size + context)")
+            self.shapes.append(shape)
+        self._opened = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_opened"] = None  # zarr handles are opened again in each process
+        return state
+
+    def _volumes(self):
+        if self._opened is None:
+            from nisbflow.data import open_seed
+
+            self._opened = [open_seed(path) for path in self.seeds]
+        return self._opened
+
+    def __len__(self) -> int:
+        return self.length
+
+    def crop_of(self, index: int) -> tuple[int, tuple[int, int, int]]:
+        """The seed and crop position of sample ``index``."""
+        rng = np.random.default_rng([self.seed, index])
+        seed_index = int(rng.integers(len(self.seeds)))
+        crop = np.array(self.patch_size) + self.context
+        position = tuple(int(rng.integers(0, s - c + 1)) for s, c in zip(self.shapes[seed_index], crop))
+        return seed_index, position
+
+    def __getitem__(self, index: int) -> dict:
+        import cc3d
+
+        seed_index, position = self.crop_of(index)
+        volume = self._volumes()[seed_index]
+        crop = tuple(slice(p, p + s + self.context) for p, s in zip(position, self.patch_size))
+        image = np.asarray(volume.img[crop])
+        image = image[..., 0] if image.ndim == 4 else image
+        segmentation = cc3d.connected_components(np.asarray(volume.seg[crop]), connectivity=6)
+        targets, mask = affinities(segmentation, self.offsets, erosion=self.erosion)
+        patch = tuple(slice(0, s) for s in self.patch_size)
+        return {
+            "image": torch.from_numpy(image[patch].astype(np.float32) / 255.0)[None],
+            "target": torch.from_numpy(np.ascontiguousarray(targets[(slice(None),) + patch])),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask[(slice(None),) + patch])),
+            "seed_index": seed_index,
+            "position": torch.tensor(position),
+        }
