@@ -60,3 +60,65 @@ def test_samples_are_deterministic_and_the_dataset_pickles_without_zarr_handles(
 def test_a_seed_smaller_than_a_crop_is_refused(seeds):
     with pytest.raises(ValueError, match=r"seed0.*smaller than a crop of \(138, 138, 138\)"):
         AffinityCrops(seeds[:1])
+
+
+def octant_volume(size=40):
+    x, y, z = np.meshgrid(*[np.arange(size)] * 3, indexing="ij")
+    segmentation = 1 + (x >= 20) + 2 * (y >= 15) + 4 * (z >= 25)
+    return (segmentation / 10).astype(np.float32), segmentation
+
+
+def test_geometric_augmentations_keep_image_and_labels_in_register():
+    from nisbflow.train.augment import Augmentations, augment
+
+    image, segmentation = octant_volume()
+    rigid = Augmentations(drop_slice_prob=0, shift_slice_prob=0, intensity=False, noise_scale=0, affine=0)
+    for i in range(12):  # permutations, rotations and flips: exact
+        augmented, labels = augment(image, segmentation, np.random.default_rng(i), rigid)
+        assert np.array_equal(augmented, (labels / 10).astype(np.float32))
+        assert sorted(np.unique(labels)) == list(range(1, 9))
+    moved = 0
+    for i in range(12):  # with the random affine: in register except where interpolation blurs boundaries
+        augmented, labels = augment(image, segmentation, np.random.default_rng(i), Augmentations.geometric_only())
+        assert np.mean(np.isclose(augmented, labels / 10, atol=0.02)) > 0.9
+        moved += not np.array_equal(labels, segmentation)
+    assert moved == 12
+
+
+def test_slice_defects_and_intensity_touch_the_image_only():
+    from nisbflow.train.augment import Augmentations, augment
+
+    image, segmentation = octant_volume()
+    image = image + 0.05  # no zero voxels before dropping slices
+    defects = Augmentations(drop_slice_prob=1.0, shift_slice_prob=0, intensity=False, noise_scale=0, affine=0)
+    dropped = 0
+    for i in range(8):
+        augmented, labels = augment(image, segmentation, np.random.default_rng(i), defects)
+        zero_planes = [(augmented.take(k, axis=a) == 0).all() for a in range(3) for k in range(40)]
+        dropped += any(zero_planes)
+        assert np.array_equal(np.isin(labels, segmentation), np.ones_like(labels, dtype=bool))
+    assert dropped > 0  # the group fires with probability 0.5
+    noisy = Augmentations(drop_slice_prob=0, shift_slice_prob=0, intensity=True, noise_scale=0.5, affine=0)
+    rigid = Augmentations(drop_slice_prob=0, shift_slice_prob=0, intensity=False, noise_scale=0, affine=0)
+    changed = 0
+    for i in range(6):  # the same geometric draws come first: labels identical, image changed when a group fires
+        plain_image, plain_labels = augment(image, segmentation, np.random.default_rng(i), rigid)
+        noisy_image, noisy_labels = augment(image, segmentation, np.random.default_rng(i), noisy)
+        assert np.array_equal(noisy_labels, plain_labels)
+        changed += not np.allclose(noisy_image, plain_image)
+    assert changed > 0
+
+
+def test_augmented_crops_have_targets_of_their_augmented_labels(seeds):
+    from nisbflow.train.augment import Augmentations
+
+    dataset = AffinityCrops(seeds, patch_size=(24, 24, 24), context=10, length=4, seed=5,
+                            augmentations=Augmentations())
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        labels = sample["segmentation"].numpy()
+        targets, _ = affinities(labels)
+        inner = (slice(0, 3), slice(0, 23), slice(0, 23), slice(0, 23))  # short range, inside the patch
+        assert np.array_equal(sample["target"].numpy()[inner], targets[inner])
+    assert not torch.equal(dataset[0]["image"], AffinityCrops(seeds, patch_size=(24, 24, 24), length=4,
+                                                              seed=5)[0]["image"])

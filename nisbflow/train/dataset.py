@@ -3,7 +3,8 @@
 Each sample is a random crop of ``patch_size + context`` voxels (the trailing context lets the 10-voxel long-range
 targets near the patch's upper faces be computed), its segmentation relabelled into connected components inside the
 crop (6-connectivity, as BANIS does: a neuron that leaves the crop and comes back becomes two), the targets and loss
-mask of :func:`nisbflow.data.affinities` on the crop, then everything cut back to ``patch_size``.
+mask of :func:`nisbflow.data.affinities` on the crop (after the BANIS augmentations of
+:mod:`nisbflow.train.augment` when given), then everything cut back to ``patch_size``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from nisbflow.data.affinities import BANIS_OFFSETS, affinities
+from nisbflow.train.augment import Augmentations, augment
 
 
 class AffinityCrops(torch.utils.data.Dataset):
@@ -19,12 +21,13 @@ class AffinityCrops(torch.utils.data.Dataset):
 
     ``seeds``: NISB seed folders (each holding ``data.zarr`` with ``img`` and ``seg``). zarr handles are opened
     lazily in each data-loader process and never pickled. Items are dicts of torch tensors: ``image (1, X, Y, Z)``
-    float32 in [0, 1], ``target`` and ``mask`` ``(C, X, Y, Z)`` float32, plus ``seed_index`` and ``position``
+    float32 in [0, 1], ``target`` and ``mask`` ``(C, X, Y, Z)`` float32, ``segmentation (X, Y, Z)`` int64 (the
+    relabelled, augmented labels the targets come from), plus ``seed_index`` and ``position``
     (voxel x, y, z of the crop in its seed).
     """
 
     def __init__(self, seeds, patch_size=(128, 128, 128), context: int = 10, offsets=BANIS_OFFSETS,
-                 erosion: int = 0, length: int = 1000, seed: int = 0):
+                 erosion: int = 0, length: int = 1000, seed: int = 0, augmentations: Augmentations | None = None):
         from nisbflow.data import open_seed
 
         self.seeds = [str(s) for s in seeds]
@@ -36,6 +39,7 @@ class AffinityCrops(torch.utils.data.Dataset):
         self.erosion = erosion
         self.length = int(length)
         self.seed = int(seed)
+        self.augmentations = augmentations
         crop = np.array(self.patch_size) + self.context
         self.shapes = []
         for path in self.seeds:
@@ -76,12 +80,16 @@ class AffinityCrops(torch.utils.data.Dataset):
         volume = self._volumes()[seed_index]
         crop = tuple(slice(p, p + s + self.context) for p, s in zip(position, self.patch_size))
         image = np.asarray(volume.img[crop])
-        image = image[..., 0] if image.ndim == 4 else image
+        image = (image[..., 0] if image.ndim == 4 else image).astype(np.float32) / 255.0
         segmentation = cc3d.connected_components(np.asarray(volume.seg[crop]), connectivity=6)
+        if self.augmentations is not None:
+            image, segmentation = augment(image, segmentation, np.random.default_rng([self.seed, index, 1]),
+                                          self.augmentations)
         targets, mask = affinities(segmentation, self.offsets, erosion=self.erosion)
         patch = tuple(slice(0, s) for s in self.patch_size)
         return {
-            "image": torch.from_numpy(image[patch].astype(np.float32) / 255.0)[None],
+            "image": torch.from_numpy(np.ascontiguousarray(image[patch]))[None],
+            "segmentation": torch.from_numpy(segmentation[patch].astype(np.int64)),
             "target": torch.from_numpy(np.ascontiguousarray(targets[(slice(None),) + patch])),
             "mask": torch.from_numpy(np.ascontiguousarray(mask[(slice(None),) + patch])),
             "seed_index": seed_index,
