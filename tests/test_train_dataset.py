@@ -122,3 +122,21 @@ def test_augmented_crops_have_targets_of_their_augmented_labels(seeds):
         assert np.array_equal(sample["target"].numpy()[inner], targets[inner])
     assert not torch.equal(dataset[0]["image"], AffinityCrops(seeds, patch_size=(24, 24, 24), length=4,
                                                               seed=5)[0]["image"])
+
+
+def test_the_loss_ignores_masked_voxels():
+    from nisbflow.train.loss import affinity_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 4, 4, 4, requires_grad=True)
+    target = (torch.rand(2, 6, 4, 4, 4) > 0.5).float()
+    mask = (torch.rand(2, 6, 4, 4, 4) > 0.3).float()
+    loss = affinity_loss(logits, target, mask)
+    loss.backward()
+    assert (logits.grad[mask == 0] == 0).all() and (logits.grad[mask == 1] != 0).any()
+    changed = target.clone()
+    changed[mask == 0] = 1 - changed[mask == 0]  # flipping masked targets changes nothing
+    assert torch.allclose(affinity_loss(logits, changed, mask), loss)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[mask == 1], target[mask == 1])
+    assert torch.allclose(loss, expected)
+    assert affinity_loss(logits, target, torch.zeros_like(mask)).item() == 0.0
