@@ -397,6 +397,46 @@ def test_command(
     console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
 
 
+@app.command()
+@friendly_errors
+def train(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.*, model.*, "
+                                                                      "optimization.*)."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run folder to write or resume (default "
+                                                                  "<save_path>/<timestamp>)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
+):
+    """Train the affinity model (BANIS train_base_long by default) with PyTorch DDP.
+
+    With system.num_gpus=-1 every visible GPU is used: on a machine with several GPUs this command re-launches itself
+    under torchrun, one process per GPU. Multi-node runs: start it with torchrun (or srun) yourself, see
+    docs/training.md. Checkpoints go to <run>/checkpoints (last.pt, top-k by validation loss, step-N.pt), TensorBoard
+    logs to <run>/tensorboard; re-running with --run-dir resumes from last.pt.
+    """
+    import os
+    import sys
+
+    import torch
+
+    from nisbflow.config import load_config
+    from nisbflow.train.loop import train as run_training
+
+    settings = load_config(config, overrides or [])
+    gpus = torch.cuda.device_count() if settings.system.num_gpus < 0 else settings.system.num_gpus
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:  # pragma: no cover - needs several GPUs
+        import datetime
+
+        folder = run_dir or f"{settings.save_path}/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        arguments = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                     "-m", "nisbflow_cli.main", "train", "--run-dir", folder]
+        arguments += (["--config", config] if config else []) + list(overrides or [])
+        os.execv(sys.executable, arguments)
+    run, _ = run_training(settings, run_dir=run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(f"trained {settings.optimization.max_steps} steps → {run}/checkpoints/last.pt "
+                      f"(TensorBoard: {run}/tensorboard)")
+
+
 def main():  # pragma: no cover - console-script entry
     app()
 

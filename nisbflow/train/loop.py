@@ -1,0 +1,207 @@
+"""The training loop: plain PyTorch DDP, one process per GPU under ``torchrun`` (or a single process).
+
+Why plain DDP and not Lightning: the loop is short (AdamW, cosine schedule, clipping, masked BCE), the launch is the
+standard ``torchrun``/SLURM one every cluster team knows, and nothing outside torch is needed to run, resume or debug
+it. Checkpoints are nisbflow checkpoints (model configuration + weights, readable by ``nisbflow infer``) that also
+carry the optimiser, scheduler, scaler and step for resuming.
+
+Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process, the affinity loss
+(:func:`~nisbflow.train.loss.affinity_loss`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
+``max_steps``; float16 autocast on CUDA with ``precision=16-mixed``. Every ``val_check_interval`` steps the mean
+validation loss over ``val_steps_per_epoch`` batches (all ranks) decides the top-k checkpoints; ``last.pt`` is
+rewritten and ``step-N.pt`` kept every ``every_n_train_steps``. TensorBoard logs go to the run folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nisbflow.config.schema import parse_offset
+from nisbflow.errors import ConfigError
+from nisbflow.model import CHECKPOINT_FORMAT, build
+from nisbflow.train.augment import Augmentations
+from nisbflow.train.dataset import AffinityCrops
+from nisbflow.train.loss import affinity_loss
+
+
+def seed_folders(spec) -> list[str]:
+    """NISB seed folders from ``data.train.path``: a seed folder, a folder of seed folders, a glob, or a list."""
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    found = []
+    for item in specs:
+        for path in sorted(glob.glob(str(item))) or [str(item)]:
+            if Path(path, "data.zarr").exists():
+                found.append(path)
+            else:
+                found += sorted(str(p.parent) for p in Path(path).glob("*/data.zarr"))
+    if not found:
+        raise ConfigError(f"no NISB seeds (folders holding data.zarr) found at {spec}")
+    return found
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _loader(dataset, batch_size: int, rank: int, world: int, workers: int):
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) \
+        if world > 1 else None
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       persistent_workers=workers > 0)
+
+
+def train(config, *, run_dir: str | Path | None = None, workers: int | None = None) -> tuple[Path, torch.nn.Module]:
+    """Train with a configuration; returns the run folder (``<save_path>/<timestamp>`` unless given) and this
+    process's model.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its own crops and DDP averages gradients
+    (NCCL on GPUs, gloo on CPUs). An existing ``checkpoints/last.pt`` in ``run_dir`` is resumed.
+    """
+    rank, world, local_rank = _distributed()
+    use_cuda = torch.cuda.is_available() and config.system.num_gpus != 0
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    folder = [str(run_dir) if run_dir else str(Path(config.save_path)
+                                               / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))]
+    if world > 1:
+        dist.broadcast_object_list(folder, src=0)  # one run folder for all ranks
+    run = Path(folder[0])
+    checkpoints = run / "checkpoints"
+    if rank == 0:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    optimization = config.optimization
+    torch.manual_seed(0)
+    model = build(config.model).to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
+        if world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
+                                  weight_decay=optimization.optimizer.weight_decay,
+                                  betas=tuple(optimization.optimizer.betas))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optimization.max_steps,
+                                                           eta_min=optimization.scheduler.min_lr)
+    mixed = use_cuda and optimization.precision == "16-mixed"
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed)
+    step, best = 0, []
+    last = checkpoints / "last.pt"
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
+    offsets = [parse_offset(o) for o in config.model.affinity_offsets]
+    workers = (min(4, os.cpu_count() or 1) if config.system.num_workers < 0 else config.system.num_workers) \
+        if workers is None else workers
+    batch = config.data.dataloader.batch_size
+    remaining = optimization.max_steps - step
+    train_set = AffinityCrops(seed_folders(config.data.train.path), config.data.patch_size,
+                              config.data.target_context, offsets, config.data.erosion,
+                              length=max(remaining, 0) * batch * world, seed=1 + step,
+                              augmentations=Augmentations())
+    val_loader = None
+    if config.data.val.path and optimization.val_steps_per_epoch > 0:
+        val_set = AffinityCrops(seed_folders(config.data.val.path), config.data.patch_size,
+                                config.data.target_context, offsets, config.data.erosion,
+                                length=optimization.val_steps_per_epoch * batch * world, seed=10**6)
+        val_loader = _loader(val_set, batch, rank, world, 0)
+    writer = _writer(run) if rank == 0 else None
+    net.train()
+    for sample in _loader(train_set, batch, rank, world, workers) if remaining > 0 else []:
+        image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
+        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed):
+            loss = affinity_loss(net(image), target, mask)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if optimization.gradient_clip_val > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.gradient_clip_val)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        if writer is not None:
+            writer.add_scalar("train_loss", float(loss.detach()), step)
+            writer.add_scalar("learning_rate", scheduler.get_last_lr()[0], step)
+        validate = step % optimization.val_check_interval == 0 or step == optimization.max_steps
+        val_loss = _validation_loss(net, val_loader, device, mixed, world) if validate and val_loader else None
+        if rank == 0:
+            if writer is not None and val_loss is not None:
+                writer.add_scalar(optimization.checkpoint.monitor, val_loss, step)
+                _log_slices(writer, image, target, net, step)
+            best = _save(model, config, optimizer, scheduler, scaler, step, val_loss, best, checkpoints)
+        if step >= optimization.max_steps:
+            break
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+    return run, model
+
+
+def _writer(run: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return None
+    return SummaryWriter(str(run / "tensorboard"))
+
+
+@torch.no_grad()
+def _validation_loss(net, loader, device, mixed: bool, world: int) -> float:
+    net.eval()
+    total = torch.zeros(2, device=device)
+    for sample in loader:
+        image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
+        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed):
+            total += torch.stack([affinity_loss(net(image), target, mask).float(), torch.ones((), device=device)])
+    if world > 1:
+        dist.all_reduce(total)
+    net.train()
+    return float(total[0] / total[1].clamp(min=1))
+
+
+@torch.no_grad()
+def _log_slices(writer, image, target, net, step: int) -> None:
+    """Middle z slices of the first sample: input, short-range targets and predictions (scale_sigmoid)."""
+    middle = image.shape[-1] // 2
+    prediction = torch.sigmoid(0.2 * net(image[:1]).float())
+    writer.add_image("input", image[0, :, :, :, middle], step)
+    writer.add_image("target", target[0, :3, :, :, middle].float(), step)
+    writer.add_image("prediction", prediction[0, :3, :, :, middle], step)
+
+
+def _save(model, config, optimizer, scheduler, scaler, step: int, val_loss, best: list, folder: Path) -> list:
+    """Write last.pt (always), step-N.pt (every_n_train_steps) and the top-k by validation loss."""
+    settings = config.optimization.checkpoint
+    if val_loss is not None and settings.save_top_k != 0:
+        best = sorted(best + [[val_loss, step]], reverse=settings.mode == "max")
+        keep = best if settings.save_top_k < 0 else best[:settings.save_top_k]
+        for _, dropped in best[len(keep):]:
+            (folder / f"best-step-{dropped}.pt").unlink(missing_ok=True)
+        best = keep
+    state = {"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model.model_dump(mode="json"),
+             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+             "metadata": {"step": step, "val_loss": val_loss, "best": best,
+                          "config": json.loads(json.dumps(config.model_dump(mode="json")))}}
+    targets = [folder / "last.pt"] if settings.save_last else []
+    if step % settings.every_n_train_steps == 0:
+        targets.append(folder / f"step-{step}.pt")
+    if val_loss is not None and [val_loss, step] in best:
+        targets.append(folder / f"best-step-{step}.pt")
+    for target in targets:
+        temporary = target.with_name(f".{target.name}.partial")
+        torch.save(state, temporary)
+        temporary.replace(target)
+    return best
+
