@@ -8,7 +8,8 @@ import dask
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-def _progress(description: str, total: int, enabled: bool) -> Progress:
+def progress_bar(enabled: bool = True) -> Progress:
+    """nisbflow's Rich progress bar (description, bar, done/total, elapsed, remaining); disabled when not enabled."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), disable=not enabled, transient=False,
@@ -37,7 +38,7 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
     tasks = list(tasks)
     tracked = tasks if track is None else list(track)
     client = current_client()
-    with _progress(description, len(tracked), progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(tracked))
         if client is not None:
             from distributed import as_completed

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from nisbflow.config.schema import parse_offset
 from nisbflow.errors import ConfigError
 from nisbflow.model import CHECKPOINT_FORMAT, build
+from nisbflow.progress import progress_bar
 from nisbflow.train.augment import Augmentations
 from nisbflow.train.dataset import AffinityCrops
 from nisbflow.train.loss import affinity_loss
@@ -58,7 +59,8 @@ def _loader(dataset, batch_size: int, rank: int, world: int, workers: int):
                                        persistent_workers=workers > 0)
 
 
-def train(config, *, run_dir: str | Path | None = None, workers: int | None = None) -> tuple[Path, torch.nn.Module]:
+def train(config, *, run_dir: str | Path | None = None, workers: int | None = None,
+          progress: bool = True) -> tuple[Path, torch.nn.Module]:
     """Train with a configuration; returns the run folder (``<save_path>/<timestamp>`` unless given) and this
     process's model.
 
@@ -116,6 +118,9 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
         val_loader = _loader(val_set, batch, rank, world, 0)
     writer = _writer(run) if rank == 0 else None
     net.train()
+    bar = progress_bar(rank == 0 and progress)
+    task = bar.add_task("train", total=optimization.max_steps, completed=step)
+    bar.start()
     for sample in _loader(train_set, batch, rank, world, workers) if remaining > 0 else []:
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
         with torch.autocast(device.type, dtype=torch.float16, enabled=mixed):
@@ -139,8 +144,10 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
                 writer.add_scalar(optimization.checkpoint.monitor, val_loss, step)
                 _log_slices(writer, image, target, net, step)
             best = _save(model, config, optimizer, scheduler, scaler, step, val_loss, best, checkpoints)
+        bar.update(task, completed=step, description=f"train (loss {float(loss.detach()):.4f})")
         if step >= optimization.max_steps:
             break
+    bar.stop()
     if writer is not None:
         writer.close()
     if world > 1:
