@@ -1,5 +1,6 @@
 # nisbflow: `make demo` runs the main job on built-in synthetic data; `make test` runs the suite.
-# Both create .venv and install torch==2.13.0 first (a local CPU build here), then the project with its dev extras.
+# Both create .venv and install torch==2.13.0 first (a local CPU build here), then the project with its dev extras,
+# through deploy/install.sh: the same steps the container image (deploy/Dockerfile) runs.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,11 +9,8 @@ DEMO_DIR ?= outputs/demo
 
 .PHONY: install demo test test-slow benchmark clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml deploy/install.sh
+	VENV=$(VENV) PYTHON=$(PYTHON) EXTRAS=dev deploy/install.sh
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -88,7 +88,9 @@ def cluster_client(
     elif cluster == "dask-cuda":
         dask_cuda = _import("dask_cuda", "gpu", cluster)
         with dask.config.set(_allocator_environment()):
-            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0")
+            # one worker per GPU, each declaring a GPU resource: prediction tasks ask for it (one block per GPU)
+            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0",
+                                              resources={"GPU": 1})
     else:  # slurm
         dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)
         if slurm is None:
@@ -102,6 +104,22 @@ def cluster_client(
         made.scale(jobs=n_workers or slurm.jobs)
     with made, Client(made) as client:
         yield client
+
+
+def cluster_device(client=None) -> str | None:
+    """``"cuda"`` when every worker of the (current) Dask client declares a ``GPU`` resource — dask-cuda workers
+    started by nisbflow, docker-compose or ``dask cuda worker --resources GPU=1`` — else None (each worker then
+    picks CUDA if it sees a GPU, the CPU otherwise, and prediction tasks carry no resource restriction)."""
+    if client is None:
+        from nisbflow.progress import current_client
+
+        client = current_client()
+    if client is None:
+        return None
+    workers = list(client.scheduler_info().get("workers", {}).values())
+    if workers and all((w.get("resources") or {}).get("GPU") for w in workers):
+        return "cuda"
+    return None
 
 
 def cluster_from_config(config, cluster: str | None = None, **overrides):

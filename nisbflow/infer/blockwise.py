@@ -147,6 +147,10 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or ``(checkpoint path, id)``.
     """
     check_image(image)
+    if device is None and isinstance(image, da.Array):
+        from nisbflow.cluster import cluster_device
+
+        device = cluster_device()
     if not isinstance(image, da.Array):
         if isinstance(model, tuple):
             model = cached_model(*model, device or default_device())
@@ -237,6 +241,9 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | 
     from nisbflow.errors import OutputExistsError
     from nisbflow.model import checkpoint_hash, load_checkpoint
 
+    from nisbflow.cluster import cluster_device
+
+    device = device or cluster_device()
     source = open_image(image_path)
     image = _spatial(da.from_zarr(source))
     shape = image.shape

@@ -1,0 +1,83 @@
+"""Deployment files: the compose file's structure, the image's install steps (the ones CI runs), SLURM scripts.
+
+No container engine runs here, so the compose file is checked for what a working stack needs rather than started.
+"""
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # merge keys (<<: *anchor) resolved
+
+
+def command_of(service) -> str:
+    command = service["command"]
+    return " ".join(command) if isinstance(command, list) else command
+
+
+def test_compose_has_scheduler_with_dashboard_gpu_workers_and_jupyterlab(compose):
+    services = compose["services"]
+    scheduler = services["scheduler"]
+    assert command_of(scheduler).startswith("dask scheduler") and ":8787" in command_of(scheduler)
+    assert {"8786:8786", "8787:8787"} <= set(scheduler["ports"])
+    workers = {name: s for name, s in services.items() if name.startswith("worker")}
+    assert workers, "no dask-cuda worker service"
+    devices_seen = []
+    for name, worker in workers.items():
+        command = command_of(worker)
+        assert command.startswith("dask cuda worker tcp://scheduler:8786"), name
+        assert re.search(r"--resources GPU=1\b", command), f"{name} must declare the GPU resource"
+        assert "--name" not in command  # replicated names would be refused by the scheduler
+        assert "scheduler" in worker["depends_on"]
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert len(device["device_ids"]) == 1, f"{name}: one GPU each"
+        devices_seen += device["device_ids"]
+    assert len(devices_seen) == len(set(devices_seen)), "two workers share a GPU"
+    jupyter = services["jupyter"]
+    assert command_of(jupyter).startswith("jupyter lab") and "8888:8888" in jupyter["ports"]
+    for name, service in services.items():
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
+        assert service["environment"]["DASK_SCHEDULER_ADDRESS"] == "tcp://scheduler:8786", name
+        assert any(volume.endswith(":/data") for volume in service["volumes"]), name
+        unknown = set(service) - {"image", "build", "volumes", "environment", "restart", "command", "ports",
+                                  "depends_on", "deploy", "shm_size"}
+        assert not unknown, f"{name}: unexpected keys {unknown}"
+
+
+def test_the_image_installs_with_the_script_ci_runs():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "deploy/install.sh" in makefile and "deploy/install.sh" in dockerfile
+    extras = re.search(r"EXTRAS=([\w,]+)", dockerfile).group(1).split(",")
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras) <= set(optional), f"the image asks for extras {extras} not in pyproject.toml"
+    assert any(r.startswith("dask-cuda") for r in optional["gpu"])
+    assert any(r.startswith("dask-labextension") for r in optional["notebook"])
+    assert any(r.startswith("jupyterlab") for r in optional["notebook"])
+    for line in dockerfile.splitlines():  # everything the image copies exists
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), source
+    assert subprocess.run(["bash", "-n", str(ROOT / "deploy" / "install.sh")]).returncode == 0
+
+
+def test_slurm_scripts():
+    sbatch = (ROOT / "deploy" / "slurm" / "train.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "deploy" / "slurm" / "train.sbatch")]).returncode == 0
+    assert re.search(r"^#SBATCH --nodes=\d+", sbatch, re.M) and "#SBATCH --gpus-per-node" in sbatch
+    assert "torchrun" in sbatch and "-m nisbflow_cli.main train" in sbatch and "--rdzv-endpoint" in sbatch
+    jobqueue = yaml.safe_load((ROOT / "deploy" / "slurm" / "jobqueue.yaml").read_text())["jobqueue"]["slurm"]
+    assert jobqueue["worker-extra-args"] == ["--resources", "GPU=1"]
+    assert jobqueue["processes"] == 1
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    assert "docker compose up" in docs and "sbatch deploy/slurm/train.sbatch" in docs
