@@ -16,10 +16,7 @@ $(STAMP): pyproject.toml deploy/install.sh
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/nisbflow synth $(DEMO_DIR)/seed101 --shape 256,256,128 --seed 101 --overwrite --preview $(DEMO_DIR)/seed101.png
-	$(BIN)/nisbflow synth-affinities $(DEMO_DIR)/seed101/data.zarr/seg $(DEMO_DIR)/affinities.zarr --overwrite
-	$(BIN)/nisbflow decode $(DEMO_DIR)/affinities.zarr $(DEMO_DIR)/segmentation.zarr --cluster local --workers 2 --overwrite
-	$(BIN)/nisbflow evaluate $(DEMO_DIR)/segmentation.zarr --skeleton $(DEMO_DIR)/seed101/skeleton.pkl --gt $(DEMO_DIR)/seed101/data.zarr/seg --json $(DEMO_DIR)/metrics.json --plot $(DEMO_DIR)/runs.png
+	$(BIN)/nisbflow demo $(DEMO_DIR) --shape 256,256,128 --workers 2 --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -31,6 +28,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/synth.py
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/shipped_model.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

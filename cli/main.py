@@ -301,12 +301,112 @@ def model_init(
     console.print(f"wrote {output}: {arch}, {n:,} parameters, random weights (seed {seed})")
 
 
+@model_app.command("export")
+@friendly_errors
+def model_export(
+    checkpoint: str = typer.Argument(..., help="Training checkpoint (e.g. run/checkpoints/best-step-4000.pt)."),
+    output: str = typer.Argument(..., help="Weights-only checkpoint to write (.pt)."),
+    command: Optional[str] = typer.Option(None, help="The command that trained it, recorded in the metadata."),
+    config_yaml: Optional[str] = typer.Option(None, "--config-yaml", help="Also write the configuration it was "
+                                              "trained with as YAML (usable with --config)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value changes to that YAML (e.g. a tuned "
+                                                               "decoding.threshold)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+):
+    """Copy a checkpoint without its optimizer state (about a third of the size), keeping its configuration."""
+    from pathlib import Path
+
+    from nisbflow.errors import ConfigError, OutputExistsError
+    from nisbflow.model import export_checkpoint
+
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    extra = {"command": command} if command else {}
+    metadata = export_checkpoint(checkpoint, output, **extra)
+    if config_yaml:
+        from nisbflow.config import Config, apply_overrides, config_to_yaml
+
+        if "config" not in metadata:
+            raise ConfigError(f"checkpoint {checkpoint} records no training configuration; --config-yaml needs one")
+        if Path(config_yaml).exists() and not overwrite:
+            raise OutputExistsError(f"output {config_yaml} already exists; pass --overwrite to replace it")
+        trained = Config.model_validate(apply_overrides(metadata["config"], overrides or []))
+        Path(config_yaml).write_text(f"# configuration of {output} (nisbflow model export)\n" + config_to_yaml(trained))
+        console.print(f"wrote {config_yaml}")
+    size = Path(output).stat().st_size / 2**20
+    console.print(f"wrote {output}: {size:.2f} MiB, step {metadata.get('step', '?')}, "
+                  f"source sha256 {metadata['source_sha256']}")
+
+
+@model_app.command("list")
+@friendly_errors
+def model_list():
+    """The models shipped inside nisbflow, usable by name wherever a --checkpoint is asked for."""
+    from nisbflow.model import SHIPPED_DIR, SHIPPED_MODELS, load_checkpoint
+
+    table = Table(title="shipped models")
+    for column in ("name", "architecture", "parameters", "file"):
+        table.add_column(column)
+    for name, stem in SHIPPED_MODELS.items():
+        model, config = load_checkpoint(name)
+        n = sum(p.numel() for p in model.parameters())
+        table.add_row(name, f"MedNeXt-{config.size}, init_filters {config.init_filters}", f"{n:,}",
+                      str(SHIPPED_DIR / f"{stem}.pt"))
+    console.print(table)
+    console.print(f"training configuration and command: {SHIPPED_DIR}/README.md")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: str = typer.Argument("outputs/demo", help="Folder for the synthetic seed and every output."),
+    shape: str = typer.Option("256,256,128", help="Size of the synthetic test seed, X,Y,Z voxels."),
+    seed: int = typer.Option(101, help="Synthetic seed (101 is NISB's test seed number; never trained on)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model to run (default: the shipped "
+                                                                        "nisb-tiny-synthetic)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Decoding threshold (default: the "
+                                              "shipped model's tuned decoding.threshold)."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also run the untrained architecture."),
+    cluster: str = typer.Option("local", help="local | dask-cuda | sync | tcp://scheduler:8786."),
+    workers: Optional[int] = typer.Option(2, help="Local workers."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier demo."),
+):
+    """The main job on built-in data: synthesize a test seed → infer (Dask) → decode → evaluate, printing NERL.
+
+    Runs the model shipped inside nisbflow (a small MedNeXt trained on synthetic seeds, see `nisbflow model list`)
+    and, for comparison, the same architecture untrained. Watch the Dask dashboard at the printed link.
+    """
+    from nisbflow.cluster import cluster_from_config
+    from nisbflow.config import load_config
+    from nisbflow.evaluate.report import metrics_table
+    from nisbflow.pipeline import run_demo
+
+    size = parse_triple(shape, "--shape")
+    settings = load_config(None, [])
+    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+        runs = run_demo(out, shape=size, seed=seed, checkpoint=checkpoint, threshold=threshold, baseline=baseline,
+                        overwrite=overwrite, log=console.print)
+    for run in runs:
+        console.print(metrics_table(run.result, title=f"{run.label} model: {run.checkpoint}"))
+    summary = Table(title=f"demo: synthetic seed {seed}, {'×'.join(map(str, size))} voxels")
+    for column in ("model", "NERL", "ERL (nm)", "mergers", "outputs"):
+        summary.add_column(column)
+    for run in runs:
+        summary.add_row(run.label, f"{run.result.nerl:.3f}", f"{run.result.erl:,.0f}", str(run.result.n_mergers),
+                        str(run.folder))
+    console.print(summary)
+
+
 @app.command()
 @friendly_errors
 def infer(
     image: str = typer.Argument(..., help="EM image zarr array, (X, Y, Z) or (X, Y, Z, 1) uint8, e.g. seed/data.zarr/img."),
     output: str = typer.Argument(..., help="Affinities zarr array to write, (C, X, Y, Z) float16."),
-    checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint (nisbflow model init, or training)."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint (.pt from training or nisbflow model "
+                                                             "init), or a shipped model's name (nisbflow model list)."),
     chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768: "
                                                     "redundancy ≤ 1.25 on NISB-sized volumes)."),
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://scheduler:8786 "
@@ -378,6 +478,8 @@ def test_command(
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    params: Optional[str] = typer.Option(None, "--params", help="Parameters YAML (best.yaml from nisbflow tune) "
+                                                                 "layered over --config, under the overrides."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
     """Infer → decode → evaluate on data.test.path / data.test.skeleton, writing affinities.zarr,
@@ -386,8 +488,9 @@ def test_command(
     from nisbflow.config import load_config
     from nisbflow.evaluate.report import metrics_table
     from nisbflow.pipeline import run_test
+    from nisbflow.tune import load_params
 
-    settings = load_config(config, overrides or [])
+    settings = load_config(config, (load_params(params) if params else []) + list(overrides or []))
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
         if client is not None:
@@ -395,6 +498,86 @@ def test_command(
         folder, result = run_test(settings, checkpoint, block=block)
     console.print(metrics_table(result, title=f"{settings.data.test.path}: threshold {settings.decoding.threshold:g}"))
     console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
+
+
+@app.command()
+@friendly_errors
+def tune(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint, or a shipped model's name."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.val.*, tune.*, "
+                                                                      "inference.*, decoding.*)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for cached affinities, best.yaml and the curve "
+                                                          "(default <save_path>/tune)."),
+    chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
+    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
+    workers: Optional[int] = typer.Option(None, help="Local workers."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides, e.g. "
+                                                               "tune.sampler=grid tune.n_trials=8."),
+):
+    """Optuna search of decoding.threshold on the validation seed (data.val), maximising NERL.
+
+    Infers the validation affinities once (cached), then each trial decodes block-wise and scores NERL. Defaults:
+    TPE with 4 random startup trials, 4 trials, threshold 0.4–0.9 step 0.1; tune.sampler=grid scores the whole grid
+    in one decoding pass. The study is kept in tune.storage (sqlite under save_path): re-running appends trials.
+    Writes best.yaml (use it with nisbflow test --params) and threshold_curve.png.
+    """
+    from nisbflow.cluster import cluster_from_config
+    from nisbflow.config import load_config
+    from nisbflow.tune import tune as run_tune
+
+    settings = load_config(config, overrides or [])
+    block = parse_triple(chunks, "--chunks") if chunks else None
+    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+        result = run_tune(settings, checkpoint, out_dir=out, block=block, log=console.print)
+    console.print(_curve_table(result))
+    console.print(f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
+                  f"({result.n_trials} completed trials in study {result.study_name!r}, {result.storage})")
+    console.print(f"wrote {result.params_path} and {result.plot_path}")
+
+
+def _curve_table(result) -> Table:
+    table = Table(title=f"{result.metric} by decoding threshold (validation seed)")
+    table.add_column("threshold", justify="right")
+    table.add_column(result.metric, justify="right")
+    for threshold, value in result.curve.items():
+        mark = " ◀ best" if threshold == result.best_threshold else ""
+        table.add_row(f"{threshold:g}", f"{value:.4f}{mark}")
+    return table
+
+
+@app.command("tune-test")
+@friendly_errors
+def tune_test(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint, or a shipped model's name."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.val.*, "
+                                                                      "data.test.*, tune.*)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default <save_path>/tune)."),
+    chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
+    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
+    workers: Optional[int] = typer.Option(None, help="Local workers."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
+):
+    """Tune decoding.threshold on data.val, then infer → decode → evaluate data.test with the best threshold."""
+    from nisbflow.cluster import cluster_from_config
+    from nisbflow.config import load_config
+    from nisbflow.evaluate.report import metrics_table
+    from nisbflow.tune import tune_and_test
+
+    settings = load_config(config, overrides or [])
+    block = parse_triple(chunks, "--chunks") if chunks else None
+    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+        result, folder, test_result = tune_and_test(settings, checkpoint, out_dir=out, block=block,
+                                                    log=console.print)
+    console.print(_curve_table(result))
+    console.print(metrics_table(test_result, title=f"test {settings.data.test.path}: threshold "
+                                                   f"{result.best_threshold:g} (tuned on {settings.data.val.path})"))
+    console.print(f"wrote {result.params_path}, {result.plot_path} and {folder}/metrics.json")
 
 
 @app.command()

@@ -85,3 +85,25 @@ def test_node_outside_volume_is_named():
 def test_save_refuses_unknown_suffix(tmp_path):
     with pytest.raises(SkeletonError, match="unknown skeleton format"):
         save_skeleton(small_graph(), tmp_path / "out.txt")
+
+
+def test_crop_skeleton_keeps_nodes_inside_in_crop_coordinates_and_scores_a_crop(synthetic_seed):
+    import numpy as np
+
+    from nisbflow.data import crop_skeleton, load_skeleton, open_seed
+    from nisbflow.evaluate import nerl
+
+    seed = open_seed(synthetic_seed[0])
+    graph = load_skeleton(seed.skeleton_path)
+    start, stop = np.array([8, 8, 0]), np.array(seed.shape) - np.array([8, 0, 4])
+    cropped = crop_skeleton(graph, start, stop)
+    inside = [n for n, a in graph.nodes(data=True)
+              if np.all(np.asarray(a["index_position"]) >= start) and np.all(np.asarray(a["index_position"]) < stop)]
+    assert sorted(cropped.nodes) == sorted(inside) and 0 < len(inside) < graph.number_of_nodes()
+    for node in inside:
+        assert cropped.nodes[node]["index_position"] == (np.asarray(graph.nodes[node]["index_position"])
+                                                         - start).tolist()
+        assert cropped.nodes[node]["id"] == graph.nodes[node]["id"]
+    assert all(graph.has_edge(u, v) for u, v in cropped.edges)
+    crop = tuple(slice(a, b) for a, b in zip(start, stop))
+    assert nerl(seed.seg[crop], cropped).nerl == 1.0  # the ground truth crop against the cropped skeleton

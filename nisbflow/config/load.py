@@ -156,5 +156,12 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 def config_to_yaml(config: Config) -> str:
-    """The resolved configuration as YAML, in schema order, loadable again by :func:`load_config`."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    """The resolved configuration as YAML, in schema order, loadable again by :func:`load_config`.
+
+    A ``tune.storage`` that is the default derived from ``save_path`` is written as ``null``, so the file keeps
+    following ``save_path`` when that is overridden.
+    """
+    tree = config.model_dump(mode="json")
+    if tree["tune"]["storage"] == f"sqlite:///{tree['save_path']}/tune.sqlite3":
+        tree["tune"]["storage"] = None
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)

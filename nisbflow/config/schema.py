@@ -199,6 +199,7 @@ class TuneConfig(_Section):
     study_name: str = "nisb_base_banis_cc_tuning"
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite under save_path.")
     load_if_exists: bool = True
+    seed: int | None = Field(0, description="Sampler seed (null: a different search every run).")
 
 
 class Config(_Section):

@@ -5,6 +5,7 @@ from .skeleton import (
     RestrictedUnpickler,
     check_skeleton_in_volume,
     convert_skeleton,
+    crop_skeleton,
     load_skeleton,
     save_skeleton,
     skeleton_arrays,
@@ -22,6 +23,7 @@ from .volumes import (
 
 __all__ = [
     "BANIS_OFFSETS", "NisbSeed", "RestrictedUnpickler", "affinities", "check_skeleton_in_volume", "convert_skeleton",
-    "load_skeleton", "open_image", "open_seed", "open_segmentation", "open_volume", "output_attrs", "save_skeleton",
+    "crop_skeleton", "load_skeleton", "open_image", "open_seed", "open_segmentation", "open_volume", "output_attrs",
+    "save_skeleton",
     "skeleton_arrays", "staged_output", "summarize_skeleton", "widen_instance_borders",
 ]

@@ -32,6 +32,12 @@ _VARIANTS = {  # MONAI create_mednext's settings per size, so other init_filters
 ARCHITECTURES = {"mednext-s": ModelConfig(), "tiny": ModelConfig(init_filters=4)}
 """Named model configurations for ``nisbflow model init --arch``."""
 
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+SHIPPED_MODELS = {"nisb-tiny-synthetic": "nisb_tiny_synthetic"}
+"""Models inside the package: name → file stem in :data:`SHIPPED_DIR` (``<stem>.pt`` weights, ``<stem>.yaml`` the
+resolved configuration it was trained with and should be run with). See ``nisbflow/model/shipped/README.md``."""
+DEFAULT_SHIPPED = "nisb-tiny-synthetic"
+
 
 class CheckpointError(NisbflowError, ValueError):
     """A checkpoint file that is missing, unreadable, or does not fit the requested model."""
@@ -56,7 +62,25 @@ def build(config: ModelConfig | None = None) -> torch.nn.Module:
                    global_resp_norm=False, **_VARIANTS[config.size])
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, **metadata) -> None:
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A checkpoint path, or the name of a shipped model (``nisb-tiny-synthetic``) → the file to load."""
+    name = str(checkpoint)
+    if name in SHIPPED_MODELS and not Path(name).exists():
+        return SHIPPED_DIR / f"{SHIPPED_MODELS[name]}.pt"
+    return Path(checkpoint)
+
+
+def shipped_config(name: str = DEFAULT_SHIPPED, overrides=()):
+    """The resolved configuration a shipped model was trained with (``inference.*`` and ``decoding.threshold``
+    are the settings to run it with), as a :class:`nisbflow.config.Config`."""
+    from nisbflow.config import load_config
+
+    if name not in SHIPPED_MODELS:
+        raise CheckpointError(f"no shipped model named {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
+    return load_config(SHIPPED_DIR / f"{SHIPPED_MODELS[name]}.yaml", overrides)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, /, **metadata) -> None:
     """Write a checkpoint (written to a temporary name, then renamed)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.partial")
@@ -68,7 +92,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
 def checkpoint_hash(path: str | Path) -> str:
     """SHA-256 of a checkpoint file (first 16 hex digits), recorded in the outputs it produces."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(resolve_checkpoint(path), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
@@ -80,9 +104,10 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None,
 
     ``expected``: when given, the checkpoint's architecture and channel counts must match it.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a shipped model name: "
+                              f"{', '.join(SHIPPED_MODELS)})")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for foreign or corrupt files
@@ -111,3 +136,18 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None,
                               f"(init_filters {config.init_filters}): {len(missing)} missing keys "
                               f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
     return model.eval(), config
+
+
+def export_checkpoint(source: str | Path, output: str | Path, **metadata) -> dict:
+    """Weights-only copy of a checkpoint (training state dropped), keeping its model configuration and metadata.
+
+    The result is what ships inside the package or goes to collaborators: a training ``last.pt`` with AdamW
+    state is about three times larger. ``metadata`` entries are added (e.g. the command that trained it).
+    Returns the metadata written.
+    """
+    model, config = load_checkpoint(source)
+    payload = torch.load(resolve_checkpoint(source), map_location="cpu", weights_only=True)
+    kept = dict(payload.get("metadata", {})) if payload.get("format") == CHECKPOINT_FORMAT else {}
+    kept.update(metadata, exported_from=str(source), source_sha256=checkpoint_hash(source))
+    save_checkpoint(output, model, config, **kept)
+    return kept

@@ -1,0 +1,248 @@
+"""Decoding-threshold search with Optuna on the validation seed (``nisbflow tune``), and applying the result to the
+test seed (``nisbflow tune-test``).
+
+The affinities of ``data.val.path`` are inferred once and cached (``<out>/val-affinities.zarr``, reused while the
+checkpoint and inference settings are the same). Each trial decodes them block-wise at its threshold and scores
+``tune.metric`` (NERL by default) against ``data.val.skeleton``; ``tune.sampler=grid`` scores the whole grid from
+one multi-threshold decoding pass. The study lives in ``tune.storage`` (sqlite under ``save_path``) with
+``load_if_exists``: a later run appends ``tune.n_trials`` trials, and trials an interrupted run left RUNNING are
+marked FAIL first (one tuner per study at a time). The best parameters go to ``<out>/best.yaml``, a configuration
+fragment that ``nisbflow test --params`` layers over the configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nisbflow.errors import ConfigError
+
+from .scoring import ThresholdScorer, threshold_grid, threshold_key
+
+__all__ = ["ThresholdScorer", "TuneResult", "load_params", "mark_interrupted_trials_failed", "open_study",
+           "plot_threshold_curve", "threshold_grid", "tune", "tune_and_test"]
+
+
+@dataclass
+class TuneResult:
+    """Outcome of :func:`tune`: the best threshold and its metric value, every scored threshold, the files."""
+
+    best_threshold: float
+    best_value: float
+    metric: str
+    curve: dict[float, float]
+    study_name: str
+    storage: str
+    n_trials: int
+    n_failed_marked: int
+    params_path: Path
+    plot_path: Path | None
+    affinities: Path
+    details: dict = field(default_factory=dict)
+
+
+def _sampler(tune_config, grid: list[float]):
+    import optuna
+
+    if tune_config.sampler == "grid":
+        return optuna.samplers.GridSampler({"threshold": grid}, seed=tune_config.seed)
+    if tune_config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=tune_config.seed)
+    return optuna.samplers.TPESampler(n_startup_trials=tune_config.n_startup_trials, seed=tune_config.seed)
+
+
+def _storage_url(url: str) -> str:
+    """Create the folder of a ``sqlite:///path`` storage so a first run does not fail on a missing directory."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_study(tune_config, grid: list[float]):
+    """The study named ``tune.study_name`` in ``tune.storage`` (created, or loaded with ``load_if_exists``)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(storage=_storage_url(tune_config.storage), study_name=tune_config.study_name,
+                                   sampler=_sampler(tune_config, grid), direction=tune_config.direction,
+                                   load_if_exists=tune_config.load_if_exists)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise ConfigError(f"study {tune_config.study_name!r} already exists in {tune_config.storage}; set "
+                          f"tune.load_if_exists=true to append to it, or choose another tune.study_name") from None
+
+
+def mark_interrupted_trials_failed(study) -> int:
+    """Mark trials left RUNNING (by a run that was killed) as FAIL, so samplers and resumes ignore them."""
+    from optuna.trial import TrialState
+
+    storage = study._storage  # the study's own storage object; set_trial_state_values is its public method
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    return len(running)
+
+
+def _cached_affinities(config, checkpoint, out: Path, seed_path: str, *, block=None, progress: bool = True) -> Path:
+    """Infer the validation seed once: reuse ``out/val-affinities.zarr`` while checkpoint and settings match."""
+    import json
+
+    import zarr
+
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, infer_to_zarr
+    from nisbflow.model import checkpoint_hash
+
+    settings = WindowSettings.from_config(config.inference, config.inference.select_channel)
+    path = out / "val-affinities.zarr"
+    key = dict(checkpoint=checkpoint_hash(checkpoint), image=f"{seed_path}/data.zarr/img",
+               settings=json.loads(json.dumps(settings.__dict__, default=list)))
+    if path.exists():
+        try:
+            attrs = dict(zarr.open_array(str(path), mode="r").attrs)
+        except Exception:  # not a readable array: infer again
+            attrs = {}
+        if attrs.get("nisbflow_tune_cache") == key:
+            return path
+    infer_to_zarr(key["image"], path, checkpoint, settings=settings, block=block or DEFAULT_BLOCK, overwrite=True,
+                  progress=progress, config=config)
+    zarr.open_array(str(path), mode="r+").attrs["nisbflow_tune_cache"] = key
+    return path
+
+
+def _metric(result, name: str) -> float:
+    return float(getattr(result, name))
+
+
+def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: float, metric: str, title: str = "") -> None:
+    """PNG of the metric against the decoding threshold, the best threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thresholds = sorted(curve)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(thresholds, [curve[t] for t in thresholds], "o-")
+    axis.axvline(best, color="grey", linewidth=0.8, label=f"best {best:g}")
+    axis.set_xlabel("decoding threshold (hard edge: affinity > threshold)")
+    axis.set_ylabel(metric.upper() if metric != "voi_sum" else "VOI sum (bits)")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
+         log=print) -> TuneResult:
+    """Search ``decoding.threshold`` on ``data.val`` with Optuna; write ``best.yaml`` and a threshold curve PNG.
+
+    Uses the current Dask client for inference and decoding. ``out_dir`` defaults to ``<save_path>/tune``.
+    """
+    from nisbflow.data import open_seed
+
+    if not config.data.val.path:
+        raise ConfigError("data.val.path is not set: tuning needs the validation seed folder (holding data.zarr)")
+    seed = open_seed(config.data.val.path)
+    skeleton = config.data.val.skeleton or seed.skeleton_path
+    if not skeleton or not Path(skeleton).exists():
+        raise ConfigError(f"no skeleton for the validation seed {config.data.val.path}: set data.val.skeleton")
+    tune_config = config.tune
+    out = Path(out_dir) if out_dir else Path(config.save_path) / "tune"
+    out.mkdir(parents=True, exist_ok=True)
+    grid = threshold_grid(tune_config.threshold.low, tune_config.threshold.high, tune_config.threshold.step)
+    study = open_study(tune_config, grid)
+    marked = mark_interrupted_trials_failed(study)
+    if marked:
+        log(f"marked {marked} trial(s) left RUNNING by an interrupted run as FAIL")
+    affinities = _cached_affinities(config, checkpoint, out, str(seed.path), block=block, progress=progress)
+    scorer = ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
+                             merge_threshold=config.evaluation.merge_threshold,
+                             mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
+                             scratch=out / "scratch", progress=False)
+    from optuna.trial import TrialState
+
+    done = {threshold_key(t.params["threshold"]) for t in study.get_trials(states=(TrialState.COMPLETE,))
+            if "threshold" in t.params}
+    if tune_config.sampler == "grid":
+        todo = [t for t in grid if t not in done]
+        if todo:  # one multi-threshold decoding pass scores the whole remaining grid
+            log(f"grid: scoring {len(todo)} thresholds from one decoding pass")
+            scorer.score_many(todo)
+        n_trials = len(todo)
+    else:
+        n_trials = tune_config.n_trials
+
+    def objective(trial) -> float:
+        threshold = threshold_key(trial.suggest_float("threshold", tune_config.threshold.low,
+                                                      tune_config.threshold.high, step=tune_config.threshold.step))
+        result = scorer.score(threshold)
+        trial.set_user_attr("nerl", result.nerl)
+        trial.set_user_attr("erl_nm", result.erl)
+        trial.set_user_attr("voi_sum", result.voi_sum)
+        trial.set_user_attr("n_mergers", result.n_mergers)
+        trial.set_user_attr("n_splits", result.n_splits)
+        trial.set_user_attr("segments", scorer.segments[threshold])
+        return _metric(result, tune_config.metric)
+
+    from nisbflow.progress import progress_bar
+
+    if n_trials:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"tune: {tune_config.sampler} trials", total=n_trials)
+            study.optimize(objective, n_trials=n_trials, callbacks=[lambda *_: bar.advance(task)])
+    else:
+        log("the threshold grid is already complete in this study")
+    completed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "threshold" in t.params]
+    if not completed:
+        raise ConfigError(f"study {tune_config.study_name!r} has no completed trials")
+    curve = {threshold_key(t.params["threshold"]): float(t.value) for t in completed}
+    best = study.best_trial
+    best_threshold = threshold_key(best.params["threshold"])
+    params_path = out / "best.yaml"
+    header = (f"# nisbflow tune: best {tune_config.metric} {best.value:.4f} on {config.data.val.path} "
+              f"(study {tune_config.study_name}, {len(completed)} completed trials, checkpoint {checkpoint})\n")
+    params_path.write_text(header + yaml.safe_dump({"decoding": {"threshold": best_threshold}}, sort_keys=False))
+    plot_path = out / "threshold_curve.png"
+    plot_threshold_curve(plot_path, curve, best_threshold, tune_config.metric,
+                         title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold")
+    return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
+                      tune_config.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
+                      affinities, details=dict(best.user_attrs))
+
+
+def load_params(path: str | Path) -> list[str]:
+    """A parameters YAML (``best.yaml`` from :func:`tune`, any configuration fragment) as ``key.path=value``
+    overrides, to layer over a configuration file and under the command line's own overrides."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"parameters file {path} does not exist")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"parameters file {path} must hold a mapping such as 'decoding: {{threshold: 0.7}}'")
+
+    def flatten(node, prefix=""):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from flatten(value, f"{name}.")
+            else:
+                yield f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+    return list(flatten(tree))
+
+
+def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
+                  log=print):
+    """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold.
+    Returns ``(TuneResult, test output folder, test NerlResult)``."""
+    from nisbflow.pipeline import run_test
+
+    result = tune(config, checkpoint, out_dir=out_dir, block=block, progress=progress, log=log)
+    log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
+    out = Path(out_dir) if out_dir else Path(config.save_path) / "tune"
+    folder, test_result = run_test(config, checkpoint, block=block, progress=progress, out_dir=out / "test",
+                                   threshold=result.best_threshold, overwrite=True)
+    return result, folder, test_result

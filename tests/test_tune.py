@@ -1,0 +1,113 @@
+"""nisbflow tune: Optuna threshold search on cached validation affinities, study resume, parameters files."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nisbflow.config import load_config
+from nisbflow_cli.main import app
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    from nisbflow.synth import synthesize_seed
+
+    root = tmp_path_factory.mktemp("tune-data")
+    for name, seed in (("val/seed100", 100), ("test/seed101", 101)):
+        synthesize_seed(str(root / name), (96, 96, 64), seed=seed, chunks=(48, 48, 64), progress=False)
+    return root
+
+
+def tune_config(seeds, tmp_path, *more):
+    return load_config("nisbflow/model/shipped/nisb_tiny_synthetic.yaml", [
+        f"data.val.path={seeds / 'val' / 'seed100'}", f"data.val.skeleton={seeds / 'val' / 'seed100' / 'skeleton.pkl'}",
+        f"data.test.path={seeds / 'test' / 'seed101'}",
+        f"data.test.skeleton={seeds / 'test' / 'seed101' / 'skeleton.pkl'}", f"save_path={tmp_path}",
+        "tune.study_name=test", *more])
+
+
+def test_threshold_grid_and_keys():
+    from nisbflow.tune import threshold_grid
+
+    assert threshold_grid(0.4, 0.9, 0.1) == [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert threshold_grid(0.5, 0.5, 0.1) == [0.5]
+
+
+def test_tpe_reaches_the_best_point_of_the_exhaustive_grid_and_the_study_resumes(seeds, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from nisbflow.tune import ThresholdScorer, open_study, threshold_grid, tune
+
+    config = tune_config(seeds, tmp_path, "tune.n_trials=8")
+    result = tune(config, "nisb-tiny-synthetic", progress=False)
+    grid = threshold_grid(0.4, 0.9, 0.1)
+    exhaustive = ThresholdScorer(result.affinities, seeds / "val" / "seed100" / "skeleton.pkl").score_many(grid)
+    best_of_grid = max(r.nerl for r in exhaustive.values())
+    assert best_of_grid > 0.2  # the shipped model segments something at some threshold
+    assert result.best_value == pytest.approx(best_of_grid)
+    assert all(result.curve[t] == pytest.approx(exhaustive[t].nerl) for t in result.curve)
+    assert yaml.safe_load(result.params_path.read_text()) == {"decoding": {"threshold": result.best_threshold}}
+    assert result.plot_path.stat().st_size > 0
+
+    # an interrupted run leaves a RUNNING trial; the next run marks it failed and appends its own trials
+    study = open_study(config.tune, grid)
+    study.ask()
+    again = tune(config, "nisb-tiny-synthetic", progress=False)
+    assert again.n_failed_marked == 1
+    study = optuna.load_study(study_name="test", storage=config.tune.storage)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 16
+    assert again.best_value == pytest.approx(best_of_grid)
+
+
+def test_grid_sampler_scores_the_whole_grid_in_one_pass_and_test_uses_best_yaml(seeds, tmp_path):
+    runner = CliRunner()
+    overrides = [f"data.val.path={seeds / 'val' / 'seed100'}", f"data.test.path={seeds / 'test' / 'seed101'}",
+                 f"save_path={tmp_path}", "tune.sampler=grid", "tune.threshold.low=0.5", "tune.threshold.high=0.8"]
+    result = runner.invoke(app, ["tune", "--checkpoint", "nisb-tiny-synthetic", "--config",
+                                 "nisbflow/model/shipped/nisb_tiny_synthetic.yaml", "--cluster", "sync", *overrides])
+    assert result.exit_code == 0, result.output
+    assert "best threshold" in result.output and "grid: scoring 4 thresholds" in result.output
+    best = tmp_path / "tune" / "best.yaml"
+    threshold = yaml.safe_load(best.read_text())["decoding"]["threshold"]
+    again = runner.invoke(app, ["tune", "--checkpoint", "nisb-tiny-synthetic", "--config",
+                                "nisbflow/model/shipped/nisb_tiny_synthetic.yaml", "--cluster", "sync", *overrides])
+    assert again.exit_code == 0 and "already complete" in again.output
+    tested = runner.invoke(app, ["test", "--checkpoint", "nisb-tiny-synthetic", "--config",
+                                 "nisbflow/model/shipped/nisb_tiny_synthetic.yaml", "--params", str(best),
+                                 "--cluster", "sync", *overrides])
+    assert tested.exit_code == 0, tested.output
+    assert f"threshold {threshold:g}" in tested.output
+
+
+def test_params_files_and_bad_values(tmp_path):
+    from nisbflow.errors import ConfigError
+    from nisbflow.tune import load_params
+
+    path = tmp_path / "best.yaml"
+    path.write_text("# comment\ndecoding: {threshold: 0.7}\ntune: {threshold: {low: 0.5}}\n")
+    assert load_params(path) == ["decoding.threshold=0.7", "tune.threshold.low=0.5"]
+    assert load_config(None, load_params(path)).decoding.threshold == 0.7
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "missing.yaml")
+    path.write_text("decoding: {treshold: 0.7}\n")
+    with pytest.raises(ConfigError, match="decoding.treshold"):
+        load_config(None, load_params(path))
+    with pytest.raises(ConfigError, match="tune.threshold.low"):
+        load_config(None, ["tune.threshold.low=0.9", "tune.threshold.high=0.5"])
+
+
+def test_tune_test_applies_the_validation_threshold_to_the_test_seed(seeds, tmp_path):
+    import json
+
+    overrides = [f"data.val.path={seeds / 'val' / 'seed100'}", f"data.test.path={seeds / 'test' / 'seed101'}",
+                 f"save_path={tmp_path}", "tune.sampler=grid", "tune.threshold.low=0.6", "tune.threshold.high=0.7"]
+    result = CliRunner().invoke(app, ["tune-test", "--checkpoint", "nisb-tiny-synthetic", "--config",
+                                      "nisbflow/model/shipped/nisb_tiny_synthetic.yaml", "--cluster", "sync",
+                                      *overrides])
+    assert result.exit_code == 0, result.output
+    best = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())["decoding"]["threshold"]
+    metrics = json.loads((tmp_path / "tune" / "test" / "metrics.json").read_text())
+    assert metrics["threshold"] == best and metrics["test_seed"].endswith("seed101")
+    assert "tuned on" in " ".join(result.output.split())
