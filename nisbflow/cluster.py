@@ -40,17 +40,34 @@ def _import(module: str, extra: str, kind: str):
         raise ConfigError(f"--cluster {kind} needs {module.replace('_', '-')}: pip install 'nisbflow[{extra}]'") from error
 
 
-def _allocator_environment() -> dict:
-    """Dask configuration for local workers: leave glibc's ``MALLOC_TRIM_THRESHOLD_`` unset.
+TRIM_BELOW_BYTES = 2 * 2**30
+"""Workers with a memory limit below this keep distributed's ``MALLOC_TRIM_THRESHOLD_`` (see
+:func:`_allocator_environment`)."""
+
+
+def _allocator_environment(memory_limit="auto") -> dict:
+    """Dask configuration for local workers: leave glibc's ``MALLOC_TRIM_THRESHOLD_`` unset, unless memory is tight.
 
     distributed sets it (64 KiB) so freed memory goes back to the OS at once. Setting it also turns off glibc's
     adaptive mmap threshold, so every array above 128 KiB is mapped and faulted in afresh; nisbflow's block tasks
     allocate and free tens of 10 MB arrays each, and ran about 1.3× slower per block that way (measured on a
     128³ decoding block). Unset, freed blocks are reused and a worker's resident memory stays at its block working
-    set. A value the user exports in the environment still wins.
+    set.
+
+    Below :data:`TRIM_BELOW_BYTES` per worker the trimming stays on: a worker with torch loaded holds about 0.45 GiB
+    before any block, glibc's retained arenas add a few hundred MB, and a 1 GiB worker then sits above Dask's 80 %
+    pause threshold with nothing it could spill, so it pauses and never resumes (seen with inference on 2 × 1 GiB
+    workers: 7 blocks, then a stall; with trimming the same run finished, docs/BENCHMARKS.md). A value the user
+    exports in the environment still wins.
     """
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return {}
+    if memory_limit not in (None, "auto", 0):
+        from dask.utils import parse_bytes
+
+        limit = parse_bytes(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+        if 0 < limit < TRIM_BELOW_BYTES:
+            return {}
     return {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
@@ -82,12 +99,12 @@ def cluster_client(
             yield client
         return
     if cluster == "local":
-        with dask.config.set(_allocator_environment()):
+        with dask.config.set(_allocator_environment(memory_limit)):
             made = LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
                                 memory_limit=memory_limit, processes=processes, dashboard_address=":0")
     elif cluster == "dask-cuda":
         dask_cuda = _import("dask_cuda", "gpu", cluster)
-        with dask.config.set(_allocator_environment()):
+        with dask.config.set(_allocator_environment(memory_limit)):
             # one worker per GPU, each declaring a GPU resource: prediction tasks ask for it (one block per GPU)
             made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0",
                                               resources={"GPU": 1})

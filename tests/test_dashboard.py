@@ -47,3 +47,14 @@ def test_workers_declaring_a_gpu_resource_make_prediction_tasks_ask_for_it():
         from nisbflow.infer.blockwise import _gpu_annotations
 
         assert _gpu_annotations(cluster_device(client)) == {"resources": {"GPU": 1}}
+
+
+def test_small_workers_keep_memory_trimming(monkeypatch):
+    from nisbflow.cluster import _allocator_environment
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    unset = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    assert _allocator_environment("auto") == unset and _allocator_environment("4GiB") == unset
+    assert _allocator_environment("1GiB") == {} and _allocator_environment(2**30) == {}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert _allocator_environment("4GiB") == {}
