@@ -48,12 +48,11 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    import torch
     from dask.distributed import Client, LocalCluster
 
     from nisbflow.decode import decode_to_zarr
     from nisbflow.infer.blockwise import WindowSettings, infer_to_zarr
-    from nisbflow.model import SHIPPED_MODELS, build, load_checkpoint, save_checkpoint, shipped_config
+    from nisbflow.model import SHIPPED_MODELS, load_checkpoint, save_random_checkpoint, shipped_config
     from nisbflow.synth import synthesize_seed
     from nisbflow.synth.affinities import write_noisy_affinities
 
@@ -65,9 +64,8 @@ def main() -> None:
     config = shipped_config(args.checkpoint if args.checkpoint in SHIPPED_MODELS else "nisb-tiny-synthetic")
     settings = WindowSettings.from_config(config.inference, config.inference.select_channel)
     _, model_config = load_checkpoint(args.checkpoint)
-    torch.manual_seed(0)
     untrained = out / "untrained.pt"
-    save_checkpoint(untrained, build(model_config), model_config, initialised="random", seed=0)
+    save_random_checkpoint(untrained, model_config, seed=0)
     models = {"shipped": args.checkpoint, "untrained": str(untrained)}
 
     table: dict[str, dict[int, dict[float, float]]] = {"ground truth": {}, "shipped": {}, "untrained": {}}

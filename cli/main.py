@@ -285,18 +285,14 @@ def model_init(
     """Write a randomly initialised checkpoint (model configuration + weights) for tests and smoke runs."""
     from pathlib import Path
 
-    import torch
-
     from nisbflow.errors import ConfigError, OutputExistsError
-    from nisbflow.model import ARCHITECTURES, build, save_checkpoint
+    from nisbflow.model import ARCHITECTURES, save_random_checkpoint
 
     if arch not in ARCHITECTURES:
         raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     if Path(output).exists() and not overwrite:
         raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
-    torch.manual_seed(seed)
-    model = build(ARCHITECTURES[arch])
-    save_checkpoint(output, model, ARCHITECTURES[arch], initialised="random", seed=seed)
+    model = save_random_checkpoint(output, ARCHITECTURES[arch], seed=seed)
     n = sum(p.numel() for p in model.parameters())
     console.print(f"wrote {output}: {arch}, {n:,} parameters, random weights (seed {seed})")
 
@@ -363,7 +359,7 @@ def demo(
     shape: str = typer.Option("256,256,128", help="Size of the synthetic test seed, X,Y,Z voxels."),
     seed: int = typer.Option(101, help="Synthetic seed (101 is NISB's test seed number; never trained on)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model to run (default: the shipped "
-                                                                        "nisb-tiny-synthetic)."),
+                                             "nisb-tiny-synthetic), with the inference settings it records."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Decoding threshold (default: the "
                                               "shipped model's tuned decoding.threshold)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also run the untrained architecture."),

@@ -64,24 +64,21 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
              progress: bool = True, log=print) -> list[DemoRun]:
     """The main job on built-in data: synthesize seed ``seed`` → infer → decode → NERL, with the shipped model.
 
-    ``checkpoint`` defaults to the shipped model (:data:`nisbflow.model.DEFAULT_SHIPPED`), run with the inference
-    and decoding settings it was trained and tuned with. With ``baseline`` the same architecture with random
+    ``checkpoint`` defaults to the shipped model (:data:`nisbflow.model.DEFAULT_SHIPPED`). A model runs with the
+    inference and decoding settings it records (:func:`nisbflow.model.checkpoint_config`; the shipped model's YAML
+    holds its tuned threshold), or the shipped model's where it records none. With ``baseline`` the same architecture with random
     weights (torch seed 0) runs too, so the printout shows what training bought. Uses the current Dask client.
     Writes ``out_dir/seed<seed>/`` (the synthetic seed) and ``out_dir/<label>/`` per model.
     """
-    import torch
-
-    from nisbflow.model import DEFAULT_SHIPPED, SHIPPED_MODELS, build, load_checkpoint, save_checkpoint, \
+    from nisbflow.errors import OutputExistsError
+    from nisbflow.model import DEFAULT_SHIPPED, checkpoint_config, load_checkpoint, save_random_checkpoint, \
         shipped_config
     from nisbflow.synth import synthesize_seed
-
-    from nisbflow.errors import OutputExistsError
 
     out_dir = Path(out_dir)
     if (out_dir / "trained").exists() and not overwrite:
         raise OutputExistsError(f"demo output {out_dir / 'trained'} already exists; pass --overwrite to replace it")
     checkpoint = checkpoint or DEFAULT_SHIPPED
-    name = checkpoint if checkpoint in SHIPPED_MODELS else DEFAULT_SHIPPED
     seed_dir = out_dir / f"seed{seed}"
     if overwrite or not (seed_dir / "skeleton.pkl").exists():
         log(f"synthesizing test seed {seed} ({'×'.join(map(str, shape))} voxels) → {seed_dir}")
@@ -89,14 +86,12 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
     else:
         log(f"using the existing synthetic seed {seed_dir}")
     overrides = [f"data.test.path={seed_dir}", f"data.test.skeleton={seed_dir / 'skeleton.pkl'}"]
-    config = shipped_config(name, overrides)
+    config = checkpoint_config(checkpoint, overrides) or shipped_config(DEFAULT_SHIPPED, overrides)
     _, model_config = load_checkpoint(checkpoint)
     runs = [("trained", str(checkpoint))]
     if baseline:
-        untrained = out_dir / "untrained.pt"
-        torch.manual_seed(0)
-        save_checkpoint(untrained, build(model_config), model_config, initialised="random", seed=0)
-        runs.append(("untrained", str(untrained)))
+        save_random_checkpoint(out_dir / "untrained.pt", model_config, seed=0)
+        runs.append(("untrained", str(out_dir / "untrained.pt")))
     results = []
     for label, path in runs:
         log(f"{label} model ({path}): infer → decode (threshold {threshold or config.decoding.threshold:g}) → NERL")

@@ -48,6 +48,12 @@ def test_export_drops_training_state_and_keeps_weights(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.state_dict().items())
     again = CliRunner().invoke(app, ["model", "export", str(last), str(tmp_path / "small.pt")])
     assert again.exit_code == 2 and "already exists" in " ".join(again.output.split())
+    from nisbflow.model import ARCHITECTURES, checkpoint_config, save_random_checkpoint
+
+    assert list(checkpoint_config(last).data.patch_size) == [32, 32, 32]  # the demo runs a model as trained
+    assert checkpoint_config("nisb-tiny-synthetic").decoding.threshold == 0.65
+    save_random_checkpoint(tmp_path / "random.pt", ARCHITECTURES["tiny"], seed=1)
+    assert checkpoint_config(tmp_path / "random.pt") is None
     listed = CliRunner().invoke(app, ["model", "list"])
     assert listed.exit_code == 0 and "nisb-tiny-synthetic" in listed.output
 

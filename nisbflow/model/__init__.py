@@ -80,6 +80,27 @@ def shipped_config(name: str = DEFAULT_SHIPPED, overrides=()):
     return load_config(SHIPPED_DIR / f"{SHIPPED_MODELS[name]}.yaml", overrides)
 
 
+def checkpoint_config(checkpoint: str | Path, overrides=()):
+    """The full configuration a checkpoint should run with: a shipped model's YAML, or the training configuration a
+    nisbflow training checkpoint records; None when it records none (e.g. ``nisbflow model init``)."""
+    from nisbflow.config import Config, apply_overrides
+
+    name = str(checkpoint)
+    if name in SHIPPED_MODELS and not Path(name).exists():
+        return shipped_config(name, overrides)
+    payload = torch.load(resolve_checkpoint(checkpoint), map_location="cpu", weights_only=True)
+    recorded = payload.get("metadata", {}).get("config") if isinstance(payload, dict) else None
+    return None if recorded is None else Config.model_validate(apply_overrides(recorded, overrides))
+
+
+def save_random_checkpoint(path: str | Path, config: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    """Write an untrained network of ``config`` with weights from ``torch.manual_seed(seed)``; returns it."""
+    torch.manual_seed(seed)
+    model = build(config)
+    save_checkpoint(path, model, config, initialised="random", seed=seed)
+    return model
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, /, **metadata) -> None:
     """Write a checkpoint (written to a temporary name, then renamed)."""
     path = Path(path)
