@@ -320,13 +320,13 @@ def model_export(
     extra = {"command": command} if command else {}
     metadata = export_checkpoint(checkpoint, output, **extra)
     if config_yaml:
-        from nisbflow.config import Config, apply_overrides, config_to_yaml
+        from nisbflow.config import Config, apply_overrides, config_to_yaml, without_derived_paths
 
         if "config" not in metadata:
             raise ConfigError(f"checkpoint {checkpoint} records no training configuration; --config-yaml needs one")
         if Path(config_yaml).exists() and not overwrite:
             raise OutputExistsError(f"output {config_yaml} already exists; pass --overwrite to replace it")
-        trained = Config.model_validate(apply_overrides(metadata["config"], overrides or []))
+        trained = Config.model_validate(apply_overrides(without_derived_paths(metadata["config"]), overrides or []))
         Path(config_yaml).write_text(f"# configuration of {output} (nisbflow model export)\n" + config_to_yaml(trained))
         console.print(f"wrote {config_yaml}")
     size = Path(output).stat().st_size / 2**20

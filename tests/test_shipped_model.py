@@ -19,6 +19,8 @@ def test_the_shipped_model_is_small_loads_by_name_and_carries_its_configuration(
     payload = torch.load(path, weights_only=True)
     assert "optimizer" not in payload and "nisbflow train --config configs/tiny.yaml" in payload["metadata"]["command"]
     assert payload["metadata"]["step"] == settings.optimization.max_steps
+    moved = shipped_config("nisb-tiny-synthetic", ["save_path=/elsewhere"])
+    assert moved.tune.storage == "sqlite:////elsewhere/tune.sqlite3"  # the study follows save_path
     with pytest.raises(CheckpointError, match="no shipped model named"):
         shipped_config("nisb-huge")
 
@@ -54,6 +56,10 @@ def test_export_drops_training_state_and_keeps_weights(tmp_path):
     assert checkpoint_config("nisb-tiny-synthetic").decoding.threshold == 0.65
     save_random_checkpoint(tmp_path / "random.pt", ARCHITECTURES["tiny"], seed=1)
     assert checkpoint_config(tmp_path / "random.pt") is None
+    exported = CliRunner().invoke(app, ["model", "export", str(last), str(tmp_path / "again.pt"), "--config-yaml",
+                                        str(tmp_path / "again.yaml"), f"save_path={tmp_path / 'moved'}"])
+    assert exported.exit_code == 0, exported.output
+    assert load_config(tmp_path / "again.yaml").tune.storage == f"sqlite:///{tmp_path / 'moved'}/tune.sqlite3"
     listed = CliRunner().invoke(app, ["model", "list"])
     assert listed.exit_code == 0 and "nisb-tiny-synthetic" in listed.output
 

@@ -1,6 +1,6 @@
 """Configuration: one typed schema (BANIS defaults) set by YAML files and ``key=value`` overrides."""
 
-from .load import apply_overrides, config_to_yaml, load_config, load_yaml_tree, valid_keys
+from .load import apply_overrides, config_to_yaml, load_config, load_yaml_tree, valid_keys, without_derived_paths
 from .schema import BANIS_AFFINITY_OFFSETS, Config, parse_offset
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "config_to_yaml",
     "load_config",
     "load_yaml_tree",
+    "without_derived_paths",
     "parse_offset",
     "valid_keys",
 ]

@@ -161,7 +161,15 @@ def config_to_yaml(config: Config) -> str:
     A ``tune.storage`` that is the default derived from ``save_path`` is written as ``null``, so the file keeps
     following ``save_path`` when that is overridden.
     """
-    tree = config.model_dump(mode="json")
-    if tree["tune"]["storage"] == f"sqlite:///{tree['save_path']}/tune.sqlite3":
-        tree["tune"]["storage"] = None
+    tree = without_derived_paths(config.model_dump(mode="json"))
     return yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)
+
+
+def without_derived_paths(tree: dict) -> dict:
+    """A resolved configuration tree with ``tune.storage`` back to ``null`` where it is the default derived from
+    ``save_path``, so that a later ``save_path`` override moves the study along with every other output."""
+    tree = copy.deepcopy(tree)
+    tune = tree.get("tune") or {}
+    if tune.get("storage") == f"sqlite:///{tree.get('save_path')}/tune.sqlite3":
+        tune["storage"] = None
+    return tree
