@@ -26,16 +26,6 @@ from pathlib import Path
 import numpy as np
 
 
-def nerl_per_threshold(segmentations: str, thresholds, skeleton: str, voxel_size) -> dict[float, float]:
-    import zarr
-
-    from nisbflow.decode import threshold_array_name
-    from nisbflow.evaluate import nerl
-
-    return {t: nerl(zarr.open_array(f"{segmentations}/{threshold_array_name(t)}", mode="r"), skeleton,
-                    voxel_size=voxel_size).nerl for t in thresholds}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="101,102,103", help="held-out synthetic seeds")
@@ -50,11 +40,16 @@ def main() -> None:
 
     from dask.distributed import Client, LocalCluster
 
-    from nisbflow.decode import decode_to_zarr
     from nisbflow.infer.blockwise import WindowSettings, infer_to_zarr
     from nisbflow.model import SHIPPED_MODELS, load_checkpoint, save_random_checkpoint, shipped_config
     from nisbflow.synth import synthesize_seed
     from nisbflow.synth.affinities import write_noisy_affinities
+    from nisbflow.tune import ThresholdScorer
+
+    def nerl_per_threshold(affinities, skeleton) -> dict[float, float]:
+        """NERL of each threshold, all decoded from one read of the affinities."""
+        scorer = ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size, scratch=out / "scratch")
+        return {t: r.nerl for t, r in scorer.score_many(thresholds).items()}
 
     seeds = [int(s) for s in args.seeds.split(",")]
     shape = tuple(int(s) for s in args.shape.split(","))
@@ -79,20 +74,14 @@ def main() -> None:
             skeleton = str(folder / "skeleton.pkl")
             truth = out / f"seed{seed}-truth.zarr"
             write_noisy_affinities(str(folder / "data.zarr" / "seg"), truth, noise=0.0, overwrite=True, progress=False)
-            decode_to_zarr(truth, out / f"seed{seed}-truth-seg.zarr", thresholds=thresholds, overwrite=True,
-                           progress=False)
-            table["ground truth"][seed] = nerl_per_threshold(str(out / f"seed{seed}-truth-seg.zarr"), thresholds,
-                                                             skeleton, config.data.voxel_size)
+            table["ground truth"][seed] = nerl_per_threshold(truth, skeleton)
             for label, checkpoint in models.items():
                 start = time.perf_counter()
                 affinities = out / f"seed{seed}-{label}.zarr"
                 infer_to_zarr(str(folder / "data.zarr" / "img"), affinities, checkpoint, settings=settings,
                               overwrite=True, progress=False)
                 seconds[f"{label} infer seed{seed}"] = time.perf_counter() - start
-                decode_to_zarr(affinities, out / f"seed{seed}-{label}-seg.zarr", thresholds=thresholds,
-                               overwrite=True, progress=False)
-                table[label][seed] = nerl_per_threshold(str(out / f"seed{seed}-{label}-seg.zarr"), thresholds,
-                                                        skeleton, config.data.voxel_size)
+                table[label][seed] = nerl_per_threshold(affinities, skeleton)
                 print(f"seed {seed} {label}: " + ", ".join(f"{t:g}→{v:.3f}" for t, v in table[label][seed].items()),
                       flush=True)
 

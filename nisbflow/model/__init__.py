@@ -101,13 +101,24 @@ def save_random_checkpoint(path: str | Path, config: ModelConfig, seed: int = 0)
     return model
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, /, **metadata) -> None:
-    """Write a checkpoint (written to a temporary name, then renamed)."""
+def checkpoint_payload(model: torch.nn.Module, config: ModelConfig, metadata: dict, **training_state) -> dict:
+    """The dict a checkpoint file holds: format header, model configuration, weights, ``metadata``, and any
+    ``training_state`` entries (``optimizer``, ``scheduler``, ``scaler`` from training, for resuming)."""
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model_dump(mode="json"),
+            "state_dict": model.state_dict(), **training_state, "metadata": metadata}
+
+
+def write_checkpoint(path: str | Path, payload: dict) -> None:
+    """``torch.save`` a checkpoint payload to a temporary name next to ``path``, then rename it into place."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.partial")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model_dump(mode="json"),
-                "state_dict": model.state_dict(), "metadata": metadata}, temporary)
+    torch.save(payload, temporary)
     temporary.replace(path)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, /, **metadata) -> None:
+    """Write a checkpoint (written to a temporary name, then renamed)."""
+    write_checkpoint(path, checkpoint_payload(model, config, metadata))
 
 
 def checkpoint_hash(path: str | Path) -> str:

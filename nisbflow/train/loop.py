@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import glob
-import json
 import os
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch.distributed as dist
 
 from nisbflow.config.schema import parse_offset
 from nisbflow.errors import ConfigError
-from nisbflow.model import CHECKPOINT_FORMAT, build
+from nisbflow.model import build, checkpoint_payload, write_checkpoint
 from nisbflow.progress import progress_bar
 from nisbflow.train.augment import Augmentations
 from nisbflow.train.dataset import AffinityCrops
@@ -196,19 +195,16 @@ def _save(model, config, optimizer, scheduler, scaler, step: int, val_loss, best
         for _, dropped in best[len(keep):]:
             (folder / f"best-step-{dropped}.pt").unlink(missing_ok=True)
         best = keep
-    state = {"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model.model_dump(mode="json"),
-             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-             "metadata": {"step": step, "val_loss": val_loss, "best": best,
-                          "config": json.loads(json.dumps(config.model_dump(mode="json")))}}
+    state = checkpoint_payload(model, config.model, {"step": step, "val_loss": val_loss, "best": best,
+                                                     "config": config.model_dump(mode="json")},
+                               optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                               scaler=scaler.state_dict())
     targets = [folder / "last.pt"] if settings.save_last else []
     if step % settings.every_n_train_steps == 0:
         targets.append(folder / f"step-{step}.pt")
     if val_loss is not None and [val_loss, step] in best:
         targets.append(folder / f"best-step-{step}.pt")
     for target in targets:
-        temporary = target.with_name(f".{target.name}.partial")
-        torch.save(state, temporary)
-        temporary.replace(target)
+        write_checkpoint(target, state)
     return best
 

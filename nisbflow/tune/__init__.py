@@ -242,7 +242,7 @@ def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, bloc
 
     result = tune(config, checkpoint, out_dir=out_dir, block=block, progress=progress, log=log)
     log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
-    out = Path(out_dir) if out_dir else Path(config.save_path) / "tune"
-    folder, test_result = run_test(config, checkpoint, block=block, progress=progress, out_dir=out / "test",
+    folder, test_result = run_test(config, checkpoint, block=block, progress=progress,
+                                   out_dir=result.params_path.parent / "test",
                                    threshold=result.best_threshold, overwrite=True)
     return result, folder, test_result
