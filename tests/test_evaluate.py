@@ -12,6 +12,8 @@ import networkx as nx
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from nisbflow.errors import SkeletonError
@@ -43,14 +45,20 @@ def volume_from_node_labels(graph: nx.Graph, labels: dict) -> np.ndarray:
     ({0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2}, 25.0, dict(n_splits=0, n_mergers=0, n_omitted=0)),
     # skeleton 1 split between nodes 1 and 2: (10² + 10² + 10²) / 40
     ({0: 1, 1: 1, 2: 3, 3: 3, 4: 2, 5: 2}, 7.5, dict(n_splits=1, n_mergers=0, n_omitted=0)),
-    # node 3 in background: edge (2, 3) omitted, segment 0 holds one skeleton only: (20² + 10²) / 40
+    # rule 1: node 3 in background: edge (2, 3) omitted, segment 0 holds one skeleton only: (20² + 10²) / 40
     ({0: 1, 1: 1, 2: 1, 3: 0, 4: 2, 5: 2}, 12.5, dict(n_splits=0, n_mergers=0, n_omitted=1)),
-    # skeletons 1 and 2 merged in one segment: both count nothing
-    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, 0.0, dict(n_splits=0, n_mergers=2, n_non0_mergers=2)),
-    # a single node of skeleton 2 in skeleton 1's segment merges both (merge threshold 1)
-    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 1}, 0.0, dict(n_mergers=2, n_non0_mergers=2)),
-    # both skeletons touch background: segment 0 is a merger, which n_non0_mergers ignores
-    ({0: 1, 1: 1, 2: 1, 3: 0, 4: 2, 5: 0}, 0.0, dict(n_mergers=2, n_non0_mergers=0, n_splits=0)),
+    # rule 3: skeletons 1 and 2 merged in one segment, every edge lies in it: both count nothing
+    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, 0.0, dict(n_splits=0, n_mergers=2, n_non0_mergers=2, n_merged_edges=4)),
+    # a single node of skeleton 2 in skeleton 1's segment merges both (any node); skeleton 2's edge joins segment 2
+    # to the merging segment 1: rule 2 comes first, so it is a split, not a merged edge
+    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 1}, 0.0, dict(n_mergers=2, n_non0_mergers=2, n_splits=1, n_merged_edges=3)),
+    # background holds nodes of both skeletons: segment 0 is a merging segment and both are merged skeletons, but
+    # only their edges touching 0 are lost (omitted); skeleton 1's edges in segment 1 stay correct: 20² / 40
+    ({0: 1, 1: 1, 2: 1, 3: 0, 4: 2, 5: 0}, 10.0,
+     dict(n_mergers=2, n_non0_mergers=0, n_splits=0, n_omitted=2, n_merged_edges=0)),
+    # skeleton 1 is merged (segment 3 also holds skeleton 2), yet its edge in segment 1, which merges nothing,
+    # still counts: 10² / 40; (1, 2) is split, (2, 3) and (4, 5) lie in the merging segment 3
+    ({0: 1, 1: 1, 2: 3, 3: 3, 4: 3, 5: 3}, 2.5, dict(n_mergers=2, n_splits=1, n_merged_edges=2, n_omitted=0)),
 ])
 def test_hand_built_graphs(labels, erl, counts):
     graph = two_skeletons()
@@ -62,6 +70,25 @@ def test_hand_built_graphs(labels, erl, counts):
         assert getattr(result, key) == value, key
 
 
+@pytest.mark.parametrize("labels, error_type, merge_stats", [
+    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2}, {1: "correct", 2: "correct"}, {}),
+    ({0: 1, 1: 1, 2: 3, 3: 3, 4: 2, 5: 2}, {1: "split", 2: "correct"}, {}),
+    # skeleton 2 takes part in the merger of segment 1 but loses its edge to a split: no merged edge of its own
+    ({0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 1}, {1: "merged", 2: "split"}, {1: [1, 2]}),
+    ({0: 1, 1: 1, 2: 1, 3: 0, 4: 2, 5: 0}, {1: "split", 2: "split"}, {0: [1, 2]}),
+    ({0: 1, 1: 1, 2: 3, 3: 3, 4: 3, 5: 3}, {1: "merged", 2: "merged"}, {3: [1, 2]}),
+])
+def test_error_type_and_merge_stats_follow_the_edge_rules(labels, error_type, merge_stats):
+    graph = two_skeletons()
+    result = nerl(volume_from_node_labels(graph, labels), graph)
+    assert result.error_type == error_type
+    ids = np.array([graph.nodes[n]["id"] for n in graph])
+    edges = np.array(list(graph.edges))
+    run = expected_run_length(ids, edges, np.full(len(edges), 10.0), np.array([labels[n] for n in graph]))
+    assert run.merge_stats == merge_stats
+    assert run.n_correct + run.n_splits + run.n_omitted + run.n_merged_edges == len(edges)
+
+
 def test_adapted_variants_ignore_small_mergers():
     graph = two_skeletons()
     # node 5 of skeleton 2 lies in skeleton 1's segment: a merger of 1 node
@@ -69,14 +96,95 @@ def test_adapted_variants_ignore_small_mergers():
     assert result.nerl == 0.0
     # ignoring that merger: skeleton 1 is whole (30²), skeleton 2's only edge is split: 900 / 40 / 25
     assert result.nerl_5 == result.nerl_20 == result.nerl_100 == result.nerl_inf == pytest.approx(0.9)
-    # a merger that is big enough survives nerl_5 but not nerl_inf
+
+
+@pytest.mark.parametrize("k, merged", [(5, True), (6, False)])
+def test_adapted_filter_is_more_than_k_nodes(k, merged):
+    """Skeleton 2 has exactly 6 nodes in skeleton 1's segment: present (a merger) for k = 5, not for k = 6."""
     ids = np.array([1] * 10 + [2] * 10)
     edges = np.array([(i, i + 1) for i in range(9)] + [(i, i + 1) for i in range(10, 19)])
     lengths = np.ones(len(edges))
-    labels = np.array([1] * 10 + [1] * 7 + [2] * 3)  # 7 nodes of skeleton 2 in segment 1
-    assert expected_run_length(ids, edges, lengths, labels, 6).erl == 0.0
-    assert expected_run_length(ids, edges, lengths, labels, 8).erl > 0.0
-    assert expected_run_length(ids, edges, lengths, labels, math.inf).erl > 0.0
+    labels = np.array([1] * 10 + [1] * 6 + [2] * 4)
+    run = expected_run_length(ids, edges, lengths, labels, k + 1)
+    # skeleton 2: edges 10-15 in segment 1 (5), one split (15, 16), 16-19 in segment 2 (3 edges)
+    if merged:
+        assert run.merge_stats == {1: [1, 2]} and run.n_merged_edges == 9 + 5
+        assert run.erl == pytest.approx(3 ** 2 / 18)
+    else:
+        assert run.merge_stats == {} and run.n_merged_edges == 0
+        assert run.erl == pytest.approx((9 ** 2 + 5 ** 2 + 3 ** 2) / 18)
+    assert run.n_splits == 1
+
+
+def reference_erl(ids, edges, lengths, labels, k) -> float:
+    """ERL by the rules of ../shared/DESIGN.md, one edge at a time: the independent reference for the kernel."""
+    count: dict = {}
+    for node in range(len(ids)):
+        count[(ids[node], labels[node])] = count.get((ids[node], labels[node]), 0) + 1
+    present = [pair for pair, c in count.items() if c > k]
+    skeletons_in: dict = {}
+    for skeleton, segment in present:
+        skeletons_in.setdefault(segment, set()).add(skeleton)
+    merging = {segment for segment, found in skeletons_in.items() if len(found) >= 2}
+    merged_skeletons = {skeleton for skeleton, segment in present if segment in merging}
+    skeleton_length: dict = {}
+    run: dict = {}
+    for (u, v), length in zip(edges, lengths):
+        s = ids[u]
+        skeleton_length[s] = skeleton_length.get(s, 0.0) + length
+        if labels[u] == 0 or labels[v] == 0:
+            continue  # 1. omitted
+        if labels[u] != labels[v]:
+            continue  # 2. split
+        if s in merged_skeletons and labels[u] in merging:
+            continue  # 3. merged
+        run[(s, labels[u])] = run.get((s, labels[u]), 0.0) + length  # 4. correct
+    total = sum(skeleton_length.values())
+    erl = 0.0
+    for s, length_s in skeleton_length.items():
+        if length_s > 0:
+            erl += (length_s / total) * sum(c * c for (t, _), c in run.items() if t == s) / length_s
+    return erl
+
+
+@st.composite
+def skeletons_and_labels(draw):
+    """Random forests of 1-4 skeletons (trees of 1-14 nodes, random edge lengths) and node labels from a few
+    segments (0 included), so mergers, splits, omissions and background mergers all occur."""
+    ids, edges, lengths = [], [], []
+    for skeleton in range(1, draw(st.integers(1, 4)) + 1):
+        first = len(ids)
+        n = draw(st.integers(1, 14))
+        for i in range(n):
+            ids.append(skeleton)
+            if i:
+                edges.append((first + draw(st.integers(0, i - 1)), first + i))
+                lengths.append(draw(st.floats(0.5, 50.0)))
+    labels = draw(st.lists(st.integers(0, 4), min_size=len(ids), max_size=len(ids)))
+    return ids, edges, lengths, labels
+
+
+@settings(max_examples=300, deadline=None)
+@given(skeletons_and_labels())
+def test_nerl_and_variants_equal_a_plain_per_edge_loop(case):
+    ids, edges, lengths, labels = case
+    graph = nx.Graph()
+    for node, (skeleton, label) in enumerate(zip(ids, labels)):
+        graph.add_node(node, id=skeleton, index_position=(node, 0, 0))
+    for (u, v), length in zip(edges, lengths):
+        graph.add_edge(u, v, edge_length=length)
+    segmentation = np.array(labels, dtype=np.uint32).reshape(-1, 1, 1)
+    result = nerl(segmentation, graph)
+    # networkx may store an edge as (v, u); both ends carry the same skeleton, so the reference's choice of u only
+    # matters for rule 3's seg(u), which equals seg(v) whenever rule 3 is reached
+    stored = [(u, v) for u, v in graph.edges]
+    stored_lengths = [graph.edges[e]["edge_length"] for e in stored]
+    best = reference_erl(ids, stored, stored_lengths, ids, 0)
+    assert result.max_erl == pytest.approx(best, rel=1e-9, abs=1e-9)
+    for name, k in (("nerl", 0), ("nerl_5", 5), ("nerl_20", 20), ("nerl_100", 100), ("nerl_inf", math.inf)):
+        expected = reference_erl(ids, stored, stored_lengths, labels, k) / best if best > 0 else 0.0
+        assert getattr(result, name) == pytest.approx(expected, rel=1e-9, abs=1e-9), name
+    assert result.erl == pytest.approx(reference_erl(ids, stored, stored_lengths, labels, 0), rel=1e-9, abs=1e-9)
 
 
 def test_edge_lengths_from_positions_and_voxel_size():
@@ -268,3 +376,24 @@ def test_contingency_with_ids_beyond_32_bits_matches_small_ids():
     large = contingency(true + 2**40, test + 2**35)
     assert np.array_equal(small[0] + 2**40, large[0]) and np.array_equal(small[1] + 2**35, large[1])
     assert np.array_equal(small[2], large[2]) and small[2].sum() == 1000
+
+
+def test_a_background_slab_costs_only_the_edges_it_touches(seed):
+    """A 4-voxel slab of background through a synthetic seed holds nodes of many skeletons (segment 0 merges them
+    all); only the edges touching it are lost, so NERL stays high and equals the per-edge reference."""
+    from nisbflow.data.skeleton import skeleton_arrays
+
+    opened, graph = seed
+    segmentation = opened.seg[...]
+    segmentation[:, :, 20:24] = 0
+    result = nerl(segmentation, graph)
+    arrays = skeleton_arrays(graph)
+    labels = segmentation[tuple(arrays.index_position.T)].astype(np.int64)
+    same = arrays.id[arrays.edges[:, 0]] == arrays.id[arrays.edges[:, 1]]
+    edges, lengths = arrays.edges[same].tolist(), arrays.edge_length[same].tolist()
+    ids = arrays.id.tolist()
+    expected = reference_erl(ids, edges, lengths, labels.tolist(), 0) / reference_erl(ids, edges, lengths, ids, 0)
+    assert result.n_mergers >= 2 and result.n_non0_mergers == 0 and result.n_merged_edges == 0
+    assert result.n_omitted > 0
+    assert result.nerl == pytest.approx(expected, rel=1e-9)
+    assert 0.3 < result.nerl < 1.0

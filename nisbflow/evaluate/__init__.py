@@ -1,7 +1,8 @@
 """Evaluation: NERL and skeleton VOI against NISB skeletons, dense Rand/VOI against dense ground truth.
 
-``nerl`` follows BANIS's ``metrics.py`` (funlib.evaluate's expected run length; see :mod:`nisbflow.evaluate.kernel`
-for the exact rules) but reads segment ids at skeleton nodes chunk by chunk instead of one zarr read per node.
+``nerl`` follows BANIS's ``metrics.py`` (funlib.evaluate's ``evaluate_skeletons`` and expected run length; the
+rules, per edge and in order, are in :mod:`nisbflow.evaluate.kernel`) but reads segment ids at skeleton nodes chunk
+by chunk instead of one zarr read per node.
 """
 
 from __future__ import annotations
@@ -57,14 +58,6 @@ class NerlResult:
         return out
 
 
-def _skeleton_errors(run: RunLength, ids: np.ndarray, edges: np.ndarray, labels: np.ndarray) -> dict:
-    """Per skeleton: ``merged``, ``split`` (has split or omitted edges) or ``correct``."""
-    merged = {s for skeletons in run.merge_stats.values() for s in skeletons}
-    broken = set(ids[edges[:, 0]][(labels[edges[:, 0]] != labels[edges[:, 1]]) | (labels[edges[:, 0]] == 0)
-                                  | (labels[edges[:, 1]] == 0)].tolist())
-    return {s: "merged" if s in merged else "split" if s in broken else "correct" for s in run.skeleton_length}
-
-
 def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float = 1, *,
          progress: bool = False) -> NerlResult:
     """Normalised expected run length of a segmentation on NISB skeletons, with the BANIS error counts.
@@ -73,7 +66,9 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
     networkx graph or a path (``skeleton.pkl`` read with a restricted unpickler, ``.json``, ``.npz``) whose nodes
     carry ``id`` and ``index_position`` (voxel x, y, z). ``voxel_size`` (nm, x y z) turns voxel positions into
     edge lengths when the graph has neither ``edge_length`` nor ``nm_position``. ``merge_threshold``: nodes a
-    skeleton needs in a segment to count toward a merger there (1, BANIS: any node).
+    skeleton needs in a segment to be present there and so take part in a merger (k + 1 for "more than k nodes";
+    1, BANIS: any node). ``error_type`` per skeleton: ``merged`` when any of its edges is merged, else ``split``
+    when any is split or omitted, else ``correct``.
     """
     where = str(skeleton) if isinstance(skeleton, (str, Path)) else "<graph>"
     graph = load_skeleton(skeleton) if isinstance(skeleton, (str, Path)) else skeleton
@@ -109,7 +104,7 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
         n_splits=run.n_splits, n_omitted=run.n_omitted, n_merged_edges=run.n_merged_edges, **variants,
         merge_threshold=float(merge_threshold), n_nodes=len(ids), n_skeletons=len(best.skeleton_length),
         per_skeleton_erl=run.per_skeleton_erl, skeleton_length=run.skeleton_length,
-        error_type=_skeleton_errors(run, ids, edges, labels))
+        error_type=run.error_type)
 
 
 def dense_metrics(ground_truth, segmentation, *, progress: bool = False) -> DenseMetrics:

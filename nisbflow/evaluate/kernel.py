@@ -2,14 +2,23 @@
 contingency table. No I/O; inputs are flat numpy arrays.
 
 Skeleton conventions (../shared/DESIGN.md): every node has a ground-truth neuron ``id``; edge lengths are in nm.
-The run-length rules are those of funlib.evaluate's ``expected_run_length`` as BANIS's ``metrics.py`` calls it:
+The run-length rules are those of funlib.evaluate's ``evaluate_skeletons`` / ``expected_run_length``, which BANIS's
+``metrics.py`` calls and the NISB leaderboard reports:
 
-- a (skeleton, segment) pair is *present* when at least ``merge_threshold`` nodes of the skeleton lie in the segment
-  (BANIS: 1, any node). A segment present in two or more skeletons is a *merging segment* — predicted 0 included —
-  and every skeleton present in a merging segment is *merged*: all its edges count as merged (run length 0);
-- otherwise an edge touching predicted 0 is *omitted*, one joining two segments is a *split*, and the rest are
-  *correct* and grouped by segment;
-- ERL = Σ_skeletons (L_s / Σ L) · Σ_segments c² / L_s, with c the correct length of the skeleton in a segment.
+- a (skeleton, segment) pair is *present* when more than k nodes of the skeleton lie in the segment, i.e. at least
+  ``merge_threshold = k + 1`` (NERL: k = 0, any node; the adapted variants k = 5, 20, 100, ∞);
+- a *merging segment* is one present in two or more skeletons (predicted 0 included); a *merged skeleton* is one
+  present in a merging segment;
+- then each edge (u, v) of skeleton s, in this order:
+
+  1. ``seg(u) == 0 or seg(v) == 0`` → *omitted* (run length 0), whatever else holds;
+  2. ``seg(u) != seg(v)`` → *split*;
+  3. s is a merged skeleton and ``seg(u)`` is a merging segment → *merged* (run length 0);
+  4. otherwise *correct*: its length adds to the run of (s, seg(u)).
+
+  So a merged skeleton is not zeroed as a whole: its edges in its other, non-merging segments still count, and
+  background holding nodes of two skeletons only costs their omitted edges;
+- ERL = Σ_s (L_s / Σ L) · Σ_seg c² / L_s, with c the correct length of skeleton s in segment seg.
 """
 
 from __future__ import annotations
@@ -20,13 +29,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NERL_VARIANTS = {"nerl_5": 6, "nerl_20": 21, "nerl_100": 101, "nerl_inf": math.inf}
-"""Adapted NERL variants: ignore mergers of at most 5, 20, 100 nodes, or of any size (the merge threshold that
-gives each)."""
+"""Adapted NERL variants: a (skeleton, segment) pair must hold more than 5, 20, 100 nodes (or never counts) to take
+part in a merger; the value is the ``merge_threshold`` (k + 1) that gives each."""
 
 
 @dataclass
 class RunLength:
-    """Expected run length of one segmentation on one skeleton set (lengths in nm)."""
+    """Expected run length of one segmentation on one skeleton set (lengths in nm).
+
+    ``n_mergers``: (merging segment, present skeleton) pairs, segment 0 included; ``n_non0_mergers`` the same
+    without segment 0. ``n_splits``, ``n_omitted``, ``n_merged_edges``, ``n_correct``: edges by rule.
+    ``merge_stats``: merging segment → the skeletons present in it (funlib's ``merge_stats``). ``error_type``: per
+    skeleton, ``merged`` when any of its edges is merged, else ``split`` when any is split or omitted, else
+    ``correct``.
+    """
 
     erl: float
     per_skeleton_erl: dict = field(repr=False)
@@ -38,15 +54,22 @@ class RunLength:
     n_merged_edges: int
     n_correct: int
     merge_stats: dict = field(repr=False)
+    error_type: dict = field(repr=False, default_factory=dict)
 
 
 def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray,
                         merge_threshold: float = 1) -> RunLength:
-    """ERL and error counts.
+    """ERL and error counts by the rules of the module docstring.
 
-    ``skeleton_id (N,)`` ground-truth neuron of each node; ``edges (E, 2)`` node rows (both ends of the same
-    neuron); ``edge_length (E,)`` nm; ``labels (N,)`` predicted segment of each node; ``merge_threshold`` nodes a
-    skeleton needs in a segment to count toward a merger there (``math.inf``: no mergers).
+    ``skeleton_id (N,)`` int, the ground-truth neuron of each node; ``edges (E, 2)`` int, node rows (both ends of
+    the same neuron; an edge belongs to the skeleton of its first node); ``edge_length (E,)`` float, nm;
+    ``labels (N,)`` int, the predicted segment of each node (0 = background); ``merge_threshold``: the nodes a
+    skeleton needs in a segment to be present there (k + 1; 1 = any node, ``math.inf`` = never, so no mergers).
+
+    >>> ids = np.array([1, 1, 1, 2, 2]); edges = np.array([[0, 1], [1, 2], [3, 4]])
+    >>> run = expected_run_length(ids, edges, np.array([1.0, 1.0, 1.0]), np.array([5, 5, 7, 7, 7]))
+    >>> run.n_merged_edges, run.n_splits, run.erl   # segment 7 merges 1 and 2: edge (3, 4) is merged
+    (1, 1, 0.3333333333333333)
     """
     skeleton_id = np.asarray(skeleton_id, dtype=np.int64)
     labels = np.asarray(labels).astype(np.int64)
@@ -54,23 +77,27 @@ def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length:
     edge_length = np.asarray(edge_length, dtype=np.float64)
     edge_skeleton = skeleton_id[edges[:, 0]]
     skeletons, edge_row = np.unique(edge_skeleton, return_inverse=True)
+    edge_row = edge_row.ravel()
     length = np.bincount(edge_row, weights=edge_length, minlength=len(skeletons))
     total = float(length.sum())
 
-    pairs, counts = np.unique(np.stack([skeleton_id, labels], axis=1), axis=0, return_counts=True)
+    # present (skeleton, segment) pairs, merging segments, merged skeletons
+    pairs, counts = np.unique(np.stack([skeleton_id, labels], axis=1).reshape(-1, 2), axis=0, return_counts=True)
     pairs = pairs[counts >= merge_threshold]
     segments, n_skeletons = np.unique(pairs[:, 1], return_counts=True)
-    merging = np.isin(pairs[:, 1], segments[n_skeletons > 1])
+    merging_segments = segments[n_skeletons > 1]
+    in_merging = np.isin(pairs[:, 1], merging_segments)
     merge_stats: dict = {}
-    for skeleton, segment in pairs[merging]:
+    for skeleton, segment in pairs[in_merging]:
         merge_stats.setdefault(int(segment), []).append(int(skeleton))
-    merged_skeletons = np.unique(pairs[merging, 0])
+    merged_skeletons = np.unique(pairs[in_merging, 0])
 
+    # the four rules, in order
     label_u, label_v = labels[edges[:, 0]], labels[edges[:, 1]]
-    merged = np.isin(edge_skeleton, merged_skeletons)
-    omitted = ~merged & ((label_u == 0) | (label_v == 0))
-    split = ~merged & ~omitted & (label_u != label_v)
-    correct = ~merged & ~omitted & ~split
+    omitted = (label_u == 0) | (label_v == 0)
+    split = ~omitted & (label_u != label_v)
+    merged = ~omitted & ~split & np.isin(edge_skeleton, merged_skeletons) & np.isin(label_u, merging_segments)
+    correct = ~omitted & ~split & ~merged
 
     # correct length per (skeleton, segment), then Σ c² per skeleton
     groups, group_row = np.unique(np.stack([edge_row[correct], label_u[correct]], axis=1), axis=0, return_inverse=True)
@@ -80,17 +107,23 @@ def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length:
     with np.errstate(invalid="ignore", divide="ignore"):
         per_skeleton = np.where(length > 0, squares / length, 0.0)
     erl = float(squares.sum() / total) if total > 0 else 0.0
+
+    has_merged = np.bincount(edge_row[merged], minlength=len(skeletons)) > 0
+    has_broken = np.bincount(edge_row[omitted | split], minlength=len(skeletons)) > 0
+    error_type = {int(s): "merged" if m else "split" if b else "correct"
+                  for s, m, b in zip(skeletons, has_merged, has_broken)}
     return RunLength(
         erl=erl,
         per_skeleton_erl={int(s): float(e) for s, e in zip(skeletons, per_skeleton)},
         skeleton_length={int(s): float(v) for s, v in zip(skeletons, length)},
-        n_mergers=int(merging.sum()),
-        n_non0_mergers=int((merging & (pairs[:, 1] != 0)).sum()),
+        n_mergers=int(in_merging.sum()),
+        n_non0_mergers=int((in_merging & (pairs[:, 1] != 0)).sum()),
         n_splits=int(split.sum()),
         n_omitted=int(omitted.sum()),
         n_merged_edges=int(merged.sum()),
         n_correct=int(correct.sum()),
         merge_stats=merge_stats,
+        error_type=error_type,
     )
 
 
