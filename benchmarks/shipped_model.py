@@ -6,8 +6,12 @@ For each held-out seed (never used for training or for choosing the shipped thre
 
 (a) ground-truth affinities: the seed's segmentation as 0.9 (same neuron) / 0.1 edges, no noise — decoding them
     reproduces the ground truth, so NERL is 1.0 at every threshold in (0.1, 0.9): the ceiling and a check;
-(b) the shipped model (``nisb-tiny-synthetic``) with its own inference settings;
-(c) the same architecture with random weights (torch seed 0).
+(b) the shipped model (``nisb-tiny-synthetic``) with the settings ``nisbflow.settings.resolve_settings`` gives it
+    (its own window geometry; the threshold marked on the curve is its tuned one);
+(c) the same architecture with random weights (torch seed 0), same settings.
+
+NERL follows funlib.evaluate's per-edge rules (docs/evaluation.md); figures from before 2026-11-25 used a rule that
+zeroed whole merged skeletons.
 
 Inference and decoding run block-wise on a LocalCluster; every threshold is decoded from one read of the
 affinities. Writes a markdown table (mean NERL over seeds per threshold), a JSON file and a PNG curve.
@@ -40,8 +44,9 @@ def main() -> None:
 
     from dask.distributed import Client, LocalCluster
 
-    from nisbflow.infer.blockwise import WindowSettings, infer_to_zarr
-    from nisbflow.model import SHIPPED_MODELS, load_checkpoint, save_random_checkpoint, shipped_config
+    from nisbflow.infer.blockwise import infer_to_zarr
+    from nisbflow.model import save_random_checkpoint
+    from nisbflow.settings import as_run_settings, resolve_settings
     from nisbflow.synth import synthesize_seed
     from nisbflow.synth.affinities import write_noisy_affinities
     from nisbflow.tune import ThresholdScorer
@@ -56,12 +61,12 @@ def main() -> None:
     thresholds = [float(t) for t in args.thresholds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = shipped_config(args.checkpoint if args.checkpoint in SHIPPED_MODELS else "nisb-tiny-synthetic")
-    settings = WindowSettings.from_config(config.inference, config.inference.select_channel)
-    _, model_config = load_checkpoint(args.checkpoint)
+    run = resolve_settings(args.checkpoint)  # the settings every nisbflow command gives this checkpoint
+    print("\n".join(run.describe()))
+    config = run.config
     untrained = out / "untrained.pt"
-    save_random_checkpoint(untrained, model_config, seed=0)
-    models = {"shipped": args.checkpoint, "untrained": str(untrained)}
+    save_random_checkpoint(untrained, run.checkpoint.model, seed=0)
+    models = {"shipped": run, "untrained": as_run_settings(run, str(untrained))}
 
     table: dict[str, dict[int, dict[float, float]]] = {"ground truth": {}, "shipped": {}, "untrained": {}}
     seconds: dict[str, float] = {}
@@ -75,10 +80,10 @@ def main() -> None:
             truth = out / f"seed{seed}-truth.zarr"
             write_noisy_affinities(str(folder / "data.zarr" / "seg"), truth, noise=0.0, overwrite=True, progress=False)
             table["ground truth"][seed] = nerl_per_threshold(truth, skeleton)
-            for label, checkpoint in models.items():
+            for label, model_run in models.items():
                 start = time.perf_counter()
                 affinities = out / f"seed{seed}-{label}.zarr"
-                infer_to_zarr(str(folder / "data.zarr" / "img"), affinities, checkpoint, settings=settings,
+                infer_to_zarr(str(folder / "data.zarr" / "img"), affinities, model_run.checkpoint, config=model_run,
                               overwrite=True, progress=False)
                 seconds[f"{label} infer seed{seed}"] = time.perf_counter() - start
                 table[label][seed] = nerl_per_threshold(affinities, skeleton)

@@ -57,6 +57,15 @@ def parse_triple(text: str, name: str, kind=int) -> tuple:
     return values
 
 
+def print_settings(run) -> None:
+    """Print the resolved settings of a run (each value and the layer it came from) before it starts."""
+    for line in run.describe():
+        console.print(line, highlight=False, markup=False)
+
+
+PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."
+
+
 @config_app.command("show")
 @friendly_errors
 def config_show(
@@ -173,8 +182,10 @@ def decode(
     affinities: str = typer.Argument(..., help="Affinities zarr array, (C>=3, X, Y, Z) float16/float32, e.g. pred.zarr/affinities."),
     output: str = typer.Argument(..., help="Segmentation zarr to write: an (X, Y, Z) array, or a group of "
                                            "threshold-T arrays when several thresholds are given."),
-    threshold: Optional[List[float]] = typer.Option(None, "--threshold", "-t", help="Hard edge: affinity > threshold "
-                                                    "(default decoding.threshold, 0.75). Repeat for several at once."),
+    threshold: Optional[List[float]] = typer.Option(None, "--threshold", "-t", help="Hard edge: affinity > threshold. "
+                                                    "Repeat for several at once. Default: decoding.threshold as "
+                                                    "resolved: --config/--params/KEY=VALUE, else the one the "
+                                                    "affinities record (the model's tuned value), else 0.75."),
     chunks: Optional[str] = typer.Option(None, help="Block and output chunk size X,Y,Z (default: the affinities' chunks)."),
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://scheduler:8786 "
                                                      "(default system.cluster)."),
@@ -184,6 +195,7 @@ def decode(
     backend: Optional[str] = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration."),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
     """Affinities → segmentation by connected components (BANIS decode_affinity_cc), block-wise on Dask.
@@ -192,18 +204,28 @@ def decode(
     whole-volume decoding for any chunking. The output is written under a temporary name and renamed when done.
     """
     from nisbflow.cluster import cluster_from_config
-    from nisbflow.config import load_config
+    from nisbflow.data.volumes import open_volume
     from nisbflow.decode import decode_to_zarr, threshold_array_name
+    from nisbflow.settings import recorded_settings, resolve_settings
 
-    settings = load_config(config, overrides or [])
-    thresholds = threshold or [settings.decoding.threshold]
+    attrs = dict(open_volume(affinities, role="affinities", ndims=(4,)).attrs)
+    run = resolve_settings(None, config=config, params=params, overrides=overrides or [],
+                           recorded=recorded_settings(attrs), recorded_from=f"the attributes of {affinities}")
+    settings = run.config
+    if threshold:
+        thresholds = threshold
+        console.print(f"decoding thresholds {', '.join(f'{t:g}' for t in thresholds)} (-t)")
+    else:
+        thresholds = [settings.decoding.threshold]
+        source = run.sources.get("decoding.threshold", "the default")
+        console.print(f"decoding threshold {thresholds[0]:g} from {source}", highlight=False)
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
         if client is not None:
             console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
         counts = decode_to_zarr(
             affinities, output, thresholds=thresholds, mask=mask or settings.decoding.affinity_mask_path,
-            chunks=block, backend=backend or settings.decoding.backend, overwrite=overwrite, config=settings)
+            chunks=block, backend=backend or settings.decoding.backend, overwrite=overwrite, config=run)
     for value, n in counts.items():
         where = output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
         console.print(f"threshold {value:g}: {n} segments → {where}")
@@ -318,7 +340,7 @@ def model_export(
     if Path(output).exists() and not overwrite:
         raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
     extra = {"command": command} if command else {}
-    metadata = export_checkpoint(checkpoint, output, **extra)
+    metadata = export_checkpoint(checkpoint, output, overrides or [], **extra)
     if config_yaml:
         from nisbflow.config import Config, apply_overrides, config_to_yaml, without_derived_paths
 
@@ -410,55 +432,38 @@ def infer(
     workers: Optional[int] = typer.Option(None, help="Local workers (default: one per core, or per GPU)."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker, e.g. 8GiB."),
     whole: bool = typer.Option(False, "--whole", help="Single-process whole-volume reference (loads the image)."),
-    channels: Optional[str] = typer.Option(None, help="Keep these output channels, e.g. 0,1,2 (short range)."),
+    channels: Optional[str] = typer.Option(None, help="Output channels to keep, e.g. 0,1,2,3,4,5 (sets "
+                                                      "inference.select_channel; default: the checkpoint's, else "
+                                                      "0,1,2, the short-range affinities decoding reads)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (inference.* settings)."),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
     """Affinities from an EM image with the BANIS sliding-window geometry, block by block on Dask.
 
-    Every block runs exactly the windows of the global grid that touch it, so the result equals --whole for any
-    block size. Finished blocks are recorded: re-running after an interruption resumes where it stopped.
+    Settings resolve as defaults ← the checkpoint's recorded ones (window size, overlap, channels, threshold) ←
+    --config ← --params ← KEY=VALUE, and are printed first and recorded in the output's attributes. Every block
+    runs exactly the windows of the global grid that touch it, so the result equals --whole for any block size.
+    Finished blocks are recorded: re-running after an interruption resumes where it stopped.
     """
-    import time
-    from pathlib import Path
-
     from nisbflow.cluster import cluster_from_config
-    from nisbflow.config import load_config
-    from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, infer_to_zarr
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr, infer_whole_to_zarr
+    from nisbflow.settings import resolve_settings
 
-    settings_config = load_config(config, overrides or [])
-    selected = [int(c) for c in channels.split(",")] if channels else None
-    settings = WindowSettings.from_config(settings_config.inference, selected)
+    extra = [f"inference.select_channel=[{channels}]"] if channels else []
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=list(overrides or []) + extra)
+    print_settings(run)
     block = parse_triple(chunks, "--chunks") if chunks else DEFAULT_BLOCK
     if whole:
-        import zarr
-
-        from nisbflow.data.volumes import fast_compressors, open_image, staged_output
-        from nisbflow.infer.blockwise import default_device
-        from nisbflow.infer.predict import predict_whole
-        from nisbflow.model import load_checkpoint
-
-        source = open_image(image)
-        model, _ = load_checkpoint(checkpoint)
-        start = time.perf_counter()
-        values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
-                               sw_batch_size=settings.sw_batch_size, activation=settings.activation,
-                               channels=settings.channels, output_dtype=settings.output_dtype, device=default_device())
-        seconds = time.perf_counter() - start
-        with staged_output(output, overwrite=overwrite) as staged:
-            fmt = source.metadata.zarr_format
-            zarr.create_array(staged, shape=values.shape, chunks=(values.shape[0], 128, 128, 128),
-                              dtype=values.dtype, zarr_format=fmt, compressors=fast_compressors(fmt))[...] = values
-        voxels = values[0].size
-        console.print(f"wrote {output}: {tuple(values.shape)} {values.dtype}, {voxels / seconds / 1e6:.2f} "
-                      f"Mvoxel/s (whole volume, one process)")
+        summary = infer_whole_to_zarr(image, output, run.checkpoint, config=run, overwrite=overwrite)
+        console.print(f"wrote {output}: {summary.shape} {run.config.inference.output_dtype}, "
+                      f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s (whole volume, one process)")
         return
-    with cluster_from_config(settings_config, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+    with cluster_from_config(run.config, cluster, n_workers=workers, memory_limit=memory_limit) as client:
         if client is not None:
             console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
-        summary = infer_to_zarr(image, output, Path(checkpoint), settings=settings, block=block,
-                                overwrite=overwrite, config=settings_config)
+        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, overwrite=overwrite)
     console.print(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
                   f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
                   f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})")
@@ -474,24 +479,24 @@ def test_command(
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
-    params: Optional[str] = typer.Option(None, "--params", help="Parameters YAML (best.yaml from nisbflow tune) "
-                                                                 "layered over --config, under the overrides."),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
     """Infer → decode → evaluate on data.test.path / data.test.skeleton, writing affinities.zarr,
     segmentation.zarr and metrics.json under <save_path>/<timestamp>/."""
     from nisbflow.cluster import cluster_from_config
-    from nisbflow.config import load_config
     from nisbflow.evaluate.report import metrics_table
     from nisbflow.pipeline import run_test
-    from nisbflow.tune import load_params
+    from nisbflow.settings import resolve_settings
 
-    settings = load_config(config, (load_params(params) if params else []) + list(overrides or []))
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
+    print_settings(run)
+    settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
         if client is not None:
             console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
-        folder, result = run_test(settings, checkpoint, block=block)
+        folder, result = run_test(run, run.checkpoint, block=block)
     console.print(metrics_table(result, title=f"{settings.data.test.path}: threshold {settings.decoding.threshold:g}"))
     console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
 
@@ -508,6 +513,7 @@ def tune(
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides, e.g. "
                                                                "tune.sampler=grid tune.n_trials=8."),
 ):
@@ -519,15 +525,16 @@ def tune(
     Writes best.yaml (use it with nisbflow test --params) and threshold_curve.png.
     """
     from nisbflow.cluster import cluster_from_config
-    from nisbflow.config import load_config
+    from nisbflow.settings import resolve_settings
     from nisbflow.tune import tune as run_tune
 
-    settings = load_config(config, overrides or [])
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
+    print_settings(run)
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+    with cluster_from_config(run.config, cluster, n_workers=workers, memory_limit=memory_limit) as client:
         if client is not None:
             console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
-        result = run_tune(settings, checkpoint, out_dir=out, block=block, log=console.print)
+        result = run_tune(run, run.checkpoint, out_dir=out, block=block, log=console.print)
     console.print(_curve_table(result))
     console.print(f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
                   f"({result.n_trials} completed trials in study {result.study_name!r}, {result.storage})")
@@ -555,20 +562,23 @@ def tune_test(
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
     """Tune decoding.threshold on data.val, then infer → decode → evaluate data.test with the best threshold."""
     from nisbflow.cluster import cluster_from_config
-    from nisbflow.config import load_config
     from nisbflow.evaluate.report import metrics_table
+    from nisbflow.settings import resolve_settings
     from nisbflow.tune import tune_and_test
 
-    settings = load_config(config, overrides or [])
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
+    print_settings(run)
+    settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
         if client is not None:
             console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
-        result, folder, test_result = tune_and_test(settings, checkpoint, out_dir=out, block=block,
+        result, folder, test_result = tune_and_test(run, run.checkpoint, out_dir=out, block=block,
                                                     log=console.print)
     console.print(_curve_table(result))
     console.print(metrics_table(test_result, title=f"test {settings.data.test.path}: threshold "

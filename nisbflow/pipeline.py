@@ -13,39 +13,53 @@ from pathlib import Path
 from nisbflow.errors import ConfigError
 
 
-def run_test(config, checkpoint: str | Path, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
-             threshold: float | None = None, overwrite: bool = False) -> tuple[Path, object]:
-    """Run the pipeline on ``data.test``; returns ``(output folder, NerlResult)``. Uses the current Dask client."""
+def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
+             threshold: float | None = None, overwrite: bool = False, log=None) -> tuple[Path, object]:
+    """Run the pipeline on ``data.test``; returns ``(output folder, NerlResult)``. Uses the current Dask client.
+
+    ``config``: the run's :class:`~nisbflow.settings.RunSettings` (from :func:`~nisbflow.settings.resolve_settings`),
+    a resolved :class:`~nisbflow.config.Config`, or None for the checkpoint's own settings. ``threshold`` overrides
+    ``decoding.threshold``. ``log``: where to print the resolved settings (None: not printed).
+    """
+    import zarr
+
     from nisbflow.data import open_seed
     from nisbflow.decode import decode_to_zarr
     from nisbflow.evaluate import nerl
     from nisbflow.evaluate.report import write_json
-    from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, infer_to_zarr
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr
+    from nisbflow.settings import as_run_settings
 
+    run = as_run_settings(config, checkpoint)
+    config = run.config
     if not config.data.test.path:
         raise ConfigError("data.test.path is not set: give the test seed folder (holding data.zarr)")
     seed = open_seed(config.data.test.path)
     skeleton = config.data.test.skeleton or seed.skeleton_path
     if not skeleton:
         raise ConfigError(f"no skeleton for {config.data.test.path}: set data.test.skeleton")
+    if threshold is not None:
+        config = config.model_copy(update={"decoding": config.decoding.model_copy(update={"threshold": threshold})})
+        run = type(run)(config, run.checkpoint, dict(run.sources, **{"decoding.threshold": "tuned on data.val"}),
+                        run.notes)
+    if log is not None:
+        for line in run.describe():
+            log(line)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(out_dir) if out_dir else Path(config.save_path) / stamp
     folder.mkdir(parents=True, exist_ok=True)
-    threshold = config.decoding.threshold if threshold is None else threshold
-    settings = WindowSettings.from_config(config.inference, config.inference.select_channel)
     affinities = folder / "affinities.zarr"
-    infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, checkpoint, settings=settings,
-                  block=block or DEFAULT_BLOCK, progress=progress, config=config, overwrite=overwrite)
+    infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, run.checkpoint, config=run, block=block or DEFAULT_BLOCK,
+                  progress=progress, overwrite=overwrite)
     segmentation = folder / "segmentation.zarr"
-    decode_to_zarr(affinities, segmentation, thresholds=[threshold], mask=config.decoding.affinity_mask_path,
-                   backend=config.decoding.backend, progress=progress, config=config,
-                   overwrite=overwrite)
-    import zarr
-
+    decode_to_zarr(affinities, segmentation, thresholds=[config.decoding.threshold],
+                   mask=config.decoding.affinity_mask_path, backend=config.decoding.backend, progress=progress,
+                   config=run, overwrite=overwrite)
     result = nerl(zarr.open_array(str(segmentation), mode="r"), skeleton, voxel_size=config.data.voxel_size,
                   merge_threshold=config.evaluation.merge_threshold, progress=progress)
-    write_json(folder / "metrics.json", result, checkpoint=str(checkpoint), threshold=threshold,
-               test_seed=str(seed.path), skeleton=str(skeleton))
+    write_json(folder / "metrics.json", result, checkpoint=run.checkpoint.name,
+               checkpoint_sha256=run.checkpoint.sha256, threshold=config.decoding.threshold,
+               test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record())
     return folder, result
 
 
@@ -64,15 +78,16 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
              progress: bool = True, log=print) -> list[DemoRun]:
     """The main job on built-in data: synthesize seed ``seed`` → infer → decode → NERL, with the shipped model.
 
-    ``checkpoint`` defaults to the shipped model (:data:`nisbflow.model.DEFAULT_SHIPPED`). A model runs with the
-    inference and decoding settings it records (:func:`nisbflow.model.checkpoint_config`; the shipped model's YAML
-    holds its tuned threshold), or the shipped model's where it records none. With ``baseline`` the same architecture with random
-    weights (torch seed 0) runs too, so the printout shows what training bought. Uses the current Dask client.
-    Writes ``out_dir/seed<seed>/`` (the synthetic seed) and ``out_dir/<label>/`` per model.
+    ``checkpoint`` defaults to the shipped model (:data:`nisbflow.model.DEFAULT_SHIPPED`). It runs with the settings
+    :func:`nisbflow.settings.resolve_settings` gives it (the shipped model's YAML holds its window geometry and tuned
+    threshold), exactly as ``nisbflow infer`` / ``decode`` / ``test`` would run it. With ``baseline`` the same
+    architecture with random weights (torch seed 0) runs too, with the same settings, so the printout shows what
+    training bought. Uses the current Dask client. Writes ``out_dir/seed<seed>/`` (the synthetic seed) and
+    ``out_dir/<label>/`` per model.
     """
     from nisbflow.errors import OutputExistsError
-    from nisbflow.model import DEFAULT_SHIPPED, checkpoint_config, load_checkpoint, save_random_checkpoint, \
-        shipped_config
+    from nisbflow.model import DEFAULT_SHIPPED, save_random_checkpoint
+    from nisbflow.settings import as_run_settings, resolve_settings
     from nisbflow.synth import synthesize_seed
 
     out_dir = Path(out_dir)
@@ -86,16 +101,22 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
     else:
         log(f"using the existing synthetic seed {seed_dir}")
     overrides = [f"data.test.path={seed_dir}", f"data.test.skeleton={seed_dir / 'skeleton.pkl'}"]
-    config = checkpoint_config(checkpoint, overrides) or shipped_config(DEFAULT_SHIPPED, overrides)
-    _, model_config = load_checkpoint(checkpoint)
-    runs = [("trained", str(checkpoint))]
+    if threshold is not None:
+        overrides.append(f"decoding.threshold={threshold}")
+    trained = resolve_settings(checkpoint, overrides=overrides)
+    for line in trained.describe():
+        log(line)
+    runs = [("trained", trained)]
     if baseline:
-        save_random_checkpoint(out_dir / "untrained.pt", model_config, seed=0)
-        runs.append(("untrained", str(out_dir / "untrained.pt")))
+        untrained = out_dir / "untrained.pt"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_random_checkpoint(untrained, trained.checkpoint.model, seed=0)
+        runs.append(("untrained", as_run_settings(trained, str(untrained))))
     results = []
-    for label, path in runs:
-        log(f"{label} model ({path}): infer → decode (threshold {threshold or config.decoding.threshold:g}) → NERL")
-        folder, result = run_test(config, path, block=block, progress=progress, out_dir=out_dir / label,
-                                  threshold=threshold, overwrite=True)
-        results.append(DemoRun(label, path, folder, result))
+    for label, run in runs:
+        log(f"{label} model ({run.checkpoint.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "
+            "→ NERL")
+        folder, result = run_test(run, run.checkpoint, block=block, progress=progress, out_dir=out_dir / label,
+                                  overwrite=True)
+        results.append(DemoRun(label, run.checkpoint.name, folder, result))
     return results

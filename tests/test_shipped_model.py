@@ -53,7 +53,7 @@ def test_export_drops_training_state_and_keeps_weights(tmp_path):
     from nisbflow.model import ARCHITECTURES, checkpoint_config, save_random_checkpoint
 
     assert list(checkpoint_config(last).data.patch_size) == [32, 32, 32]  # the demo runs a model as trained
-    assert checkpoint_config("nisb-tiny-synthetic").decoding.threshold == 0.65
+    assert checkpoint_config("nisb-tiny-synthetic").decoding.threshold == shipped_config().decoding.threshold
     save_random_checkpoint(tmp_path / "random.pt", ARCHITECTURES["tiny"], seed=1)
     assert checkpoint_config(tmp_path / "random.pt") is None
     exported = CliRunner().invoke(app, ["model", "export", str(last), str(tmp_path / "again.pt"), "--config-yaml",

@@ -111,3 +111,40 @@ def test_tune_test_applies_the_validation_threshold_to_the_test_seed(seeds, tmp_
     metrics = json.loads((tmp_path / "tune" / "test" / "metrics.json").read_text())
     assert metrics["threshold"] == best and metrics["test_seed"].endswith("seed101")
     assert "tuned on" in " ".join(result.output.split())
+
+
+def test_a_grid_after_tpe_scores_exactly_the_missing_grid_points_with_exact_values(seeds, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from nisbflow.tune import threshold_grid, tune
+
+    config = tune_config(seeds, tmp_path, "tune.n_trials=2", "tune.n_startup_trials=2", "tune.seed=3")
+    first = tune(config, "nisb-tiny-synthetic", progress=False)
+    tpe_points = set(first.curve)
+    assert len(tpe_points) >= 1
+    grid_config = tune_config(seeds, tmp_path, "tune.sampler=grid")
+    lines = []
+    result = tune(grid_config, "nisb-tiny-synthetic", progress=False, log=lines.append)
+    grid = threshold_grid(0.4, 0.9, 0.1)
+    missing = [t for t in grid if t not in tpe_points]
+    assert f"grid: scoring {len(missing)} thresholds not yet in the study from one decoding pass" in lines
+    study = optuna.load_study(study_name="test", storage=grid_config.tune.storage)
+    completed = study.get_trials(states=(TrialState.COMPLETE,))
+    added = [t.params["threshold"] for t in completed[len(completed) - len(missing):]]
+    assert added == missing  # exactly the grid points not scored yet, as exact grid values
+    assert all(repr(t) == repr(g) for t, g in zip(added, missing))  # 0.7, not 0.7000000000000001
+    assert set(result.curve) == set(grid) | tpe_points
+    assert not (tmp_path / "tune" / "scratch").exists()  # no empty scratch folder left behind
+
+
+def test_the_study_name_follows_the_experiment_name(tmp_path):
+    config = load_config(None, ["experiment_name=mouse_v2"])
+    assert config.tune.study_name == "mouse_v2_cc_tuning"
+    assert load_config(None, []).tune.study_name == "nisb_base_banis_cc_tuning"
+    assert load_config(None, ["experiment_name=a", "tune.study_name=mine"]).tune.study_name == "mine"
+    from nisbflow.config import config_to_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(config_to_yaml(config))
+    assert load_config(path, ["experiment_name=other"]).tune.study_name == "other_cc_tuning"

@@ -1,6 +1,7 @@
 """Configuration: one typed schema (BANIS defaults) set by YAML files and ``key=value`` overrides."""
 
-from .load import apply_overrides, config_to_yaml, load_config, load_yaml_tree, valid_keys, without_derived_paths
+from .load import (apply_overrides, config_to_yaml, deep_merge, load_config, load_params, load_yaml_tree, valid_keys,
+                   validate_tree, without_derived_paths)
 from .schema import BANIS_AFFINITY_OFFSETS, Config, parse_offset
 
 __all__ = [
@@ -8,9 +9,12 @@ __all__ = [
     "Config",
     "apply_overrides",
     "config_to_yaml",
+    "deep_merge",
     "load_config",
+    "load_params",
     "load_yaml_tree",
     "without_derived_paths",
     "parse_offset",
     "valid_keys",
+    "validate_tree",
 ]

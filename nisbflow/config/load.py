@@ -61,11 +61,11 @@ def _check_keys(tree: dict, where: str, prefix: str = "") -> None:
             _check_keys(value, where, dotted + ".")
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -97,8 +97,8 @@ def load_yaml_tree(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
     _check_keys(tree, str(path))
     merged: dict = {}
     for base in bases:
-        merged = _deep_merge(merged, load_yaml_tree(path.parent / base, (*_stack, path)))
-    return _deep_merge(merged, tree)
+        merged = deep_merge(merged, load_yaml_tree(path.parent / base, (*_stack, path)))
+    return deep_merge(merged, tree)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -137,7 +137,8 @@ def _format_validation_error(error: ValidationError) -> str:
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(configuration)"
         given = item.get("input")
-        lines.append(f"  {key}: {item['msg']} (got {given!r})")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"  # a whole section says nothing useful
+        lines.append(f"  {key}: {item['msg']}{shown}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -148,7 +149,36 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     0.8
     """
     tree = load_yaml_tree(path) if path is not None else {}
-    tree = apply_overrides(tree, list(overrides))
+    return validate_tree(apply_overrides(tree, list(overrides)))
+
+
+def load_params(path: str | Path) -> list[str]:
+    """A parameters YAML (``best.yaml`` from ``nisbflow tune``, any configuration fragment) as ``key.path=value``
+    overrides, to layer over a configuration file and under the command line's own overrides."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"parameters file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"parameters file {path} is not valid YAML: {error}") from error
+    if not isinstance(tree, dict):
+        raise ConfigError(f"parameters file {path} must hold a mapping such as 'decoding: {{threshold: 0.7}}'")
+
+    def flatten(node, prefix=""):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from flatten(value, f"{name}.")
+            else:
+                yield f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+    return list(flatten(tree))
+
+
+def validate_tree(tree: dict) -> Config:
+    """A configuration tree (every key set somewhere) → a validated :class:`Config`, or one clear
+    :class:`ConfigError` naming each bad key."""
     try:
         return Config.model_validate(tree)
     except ValidationError as error:
@@ -166,10 +196,13 @@ def config_to_yaml(config: Config) -> str:
 
 
 def without_derived_paths(tree: dict) -> dict:
-    """A resolved configuration tree with ``tune.storage`` back to ``null`` where it is the default derived from
-    ``save_path``, so that a later ``save_path`` override moves the study along with every other output."""
+    """A resolved configuration tree with ``tune.storage`` and ``tune.study_name`` back to ``null`` where they are
+    the defaults derived from ``save_path`` and ``experiment_name``, so that a later override of either moves the
+    study along with every other output."""
     tree = copy.deepcopy(tree)
     tune = tree.get("tune") or {}
     if tune.get("storage") == f"sqlite:///{tree.get('save_path')}/tune.sqlite3":
         tune["storage"] = None
+    if tune.get("study_name") == f"{tree.get('experiment_name')}_cc_tuning":
+        tune["study_name"] = None
     return tree

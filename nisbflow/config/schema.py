@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BANIS_AFFINITY_OFFSETS = ["1-0-0", "0-1-0", "0-0-1", "10-0-0", "0-10-0", "0-0-10"]
+MEDNEXT_DOWNSAMPLING = 16
+"""MedNeXt halves every spatial axis four times: network inputs (windows) must be multiples of 16 voxels."""
 
 
 def parse_offset(text: str) -> tuple[int, int, int]:
@@ -154,22 +156,57 @@ class OptimizationConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    window_size: tuple[int, int, int] = (128, 128, 128)
-    overlap: float = Field(0.5, ge=0, lt=1)
+    window_size: tuple[int, int, int] = Field((128, 128, 128), description="Sliding window in voxels, (x, y, z); "
+                                              "multiples of 16 for MedNeXt.")
+    overlap: float = Field(0.5, ge=0, lt=1, description="Window overlap; stride = window × (1 − overlap).")
     blending: Literal["distance_transform"] = "distance_transform"
     snap_to_edge: bool = True
     sw_batch_size: int = Field(8, gt=0)
     output_dtype: Literal["float16", "float32"] = "float16"
     activation: Literal["scale_sigmoid", "sigmoid"] = "scale_sigmoid"
-    select_channel: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    select_channel: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Output channels to keep "
+                                      "(0, 1, 2: the short-range affinities that decoding reads).")
+
+    @field_validator("window_size")
+    @classmethod
+    def _window_multiple_of_downsampling(cls, value):
+        if any(w <= 0 or w % MEDNEXT_DOWNSAMPLING for w in value):
+            suggestion = [max(MEDNEXT_DOWNSAMPLING, round(w / MEDNEXT_DOWNSAMPLING) * MEDNEXT_DOWNSAMPLING)
+                          for w in value]
+            raise ValueError(f"window sizes {list(value)} must be positive multiples of {MEDNEXT_DOWNSAMPLING} "
+                             f"(MedNeXt downsamples four times by 2), e.g. {suggestion}")
+        return value
+
+    @field_validator("select_channel")
+    @classmethod
+    def _distinct_channels(cls, value):
+        if not value or len(set(value)) != len(value) or any(c < 0 for c in value):
+            raise ValueError(f"{value} must be a non-empty list of distinct output channels (0-based)")
+        return value
+
+    @model_validator(mode="after")
+    def _stride_in_window(self):
+        for w in self.window_size:
+            stride = round(w * (1 - self.overlap))
+            if not 0 < stride <= w:
+                raise ValueError(f"inference.overlap {self.overlap} gives a stride of {stride} voxels for a "
+                                 f"{w}-voxel window; the stride must be in (0, {w}]")
+        return self
 
 
 class DecodingConfig(_Section):
     name: Literal["decode_affinity_cc"] = "decode_affinity_cc"
-    threshold: float = Field(0.75, ge=0, le=1)
+    threshold: float = Field(0.75, ge=0, le=1, description="Hard edge: affinity > threshold (strict).")
     backend: Literal["numba", "cupy"] = "numba"
     edge_offset: Literal[0] = Field(0, description="0 = source-voxel affinity storage (BANIS); the only supported one.")
     affinity_mask_path: str | None = None
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _number_not_boolean(cls, value):
+        if isinstance(value, bool):  # YAML reads `true` as a boolean, which pydantic would turn into 1.0
+            raise ValueError("must be a number in [0, 1], not a boolean")
+        return value
 
 
 class EvaluationConfig(_Section):
@@ -196,7 +233,7 @@ class TuneConfig(_Section):
     threshold: ThresholdSearchConfig = ThresholdSearchConfig()
     metric: Literal["nerl", "erl", "voi_sum"] = "nerl"
     direction: Literal["maximize", "minimize"] = "maximize"
-    study_name: str = "nisb_base_banis_cc_tuning"
+    study_name: str | None = Field(None, description="Optuna study; default <experiment_name>_cc_tuning.")
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite under save_path.")
     load_if_exists: bool = True
     seed: int | None = Field(0, description="Sampler seed (null: a different search every run).")
@@ -220,11 +257,11 @@ class Config(_Section):
             object.__setattr__(self, "save_path", f"outputs/{self.experiment_name}")
         if self.tune.storage is None:
             object.__setattr__(self.tune, "storage", f"sqlite:///{self.save_path}/tune.sqlite3")
-        if not self.inference.select_channel or any(
-            c < 0 or c >= self.model.out_channels for c in self.inference.select_channel
-        ):
+        if self.tune.study_name is None:
+            object.__setattr__(self.tune, "study_name", f"{self.experiment_name}_cc_tuning")
+        if any(c >= self.model.out_channels for c in self.inference.select_channel):
             raise ValueError(
                 f"inference.select_channel {self.inference.select_channel} must be channels of the "
-                f"{self.model.out_channels}-channel model output"
+                f"{self.model.out_channels}-channel model output (0 to {self.model.out_channels - 1})"
             )
         return self

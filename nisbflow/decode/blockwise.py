@@ -29,7 +29,8 @@ import zarr
 from dask.base import tokenize
 
 from nisbflow.data.volumes import fast_compressors, open_volume, output_attrs, staged_output, voxel_size_of
-from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
+from nisbflow.decode.kernel import (check_affinities, check_backend, check_mask, check_short_range_offsets, check_thresholds,
+                                   decode_in_memory)
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockGrid, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
@@ -328,12 +329,14 @@ def decode_to_zarr(
     (:func:`threshold_array_name`). ``chunks`` (voxels, X, Y, Z) sets both the block size and the output chunks
     (default: the affinities' spatial chunks). The output is written under a temporary name and renamed when
     complete; an existing output is refused unless ``overwrite``. Runs on the current Dask client if one is set up.
-    Returns ``{threshold: number of segments}``.
+    ``config``: a :class:`~nisbflow.config.Config` or the run's :class:`~nisbflow.settings.RunSettings`, recorded in
+    the output's attributes (with the checkpoint's hash for the latter). Returns ``{threshold: number of segments}``.
     """
     thresholds = check_thresholds(thresholds)
     check_backend(backend)
     source = open_volume(affinities, role="affinities", ndims=(4,))
     check_affinities(source.shape, source.dtype, where=f"affinities {affinities}")
+    check_short_range_offsets(source.attrs.get("offsets"), where=f"affinities {affinities}")
     with dask.annotate(priority=_block_order_priority):
         array = da.from_zarr(source)
     mask_array = None
@@ -349,6 +352,10 @@ def decode_to_zarr(
     zarr_format = source.metadata.zarr_format
     voxel_size = voxel_size_of(source)
     counts = {}
+    recorded = {}
+    if config is not None and hasattr(config, "record"):  # a RunSettings: record its settings and checkpoint
+        recorded = config.record()
+        config = config.config
     with staged_output(output, overwrite=overwrite) as staged:
         scratch = LocalIdScratch(f"{staged}.local-ids", len(thresholds))
         try:
@@ -366,7 +373,9 @@ def decode_to_zarr(
                     attributes=output_attrs(
                         "neuron segmentation: connected components of affinities > threshold, 0 = background",
                         voxel_size, "xyz", config, threshold=threshold, affinities=str(affinities),
-                        affinity_mask=None if mask is None else str(mask), n_segments=numbering.n_segments))
+                        affinity_mask=None if mask is None else str(mask), n_segments=numbering.n_segments,
+                        **({"nisbflow_settings": dict(recorded, decoding={"threshold": threshold})}
+                           if recorded else {})))
                 shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{tokenize(token, threshold)}")
                 tasks = [dask.delayed(_relabel_in_zarr, pure=True)(
                     scratch, t, target, grid.write_region(block), shared, grid.linear(block),

@@ -41,6 +41,21 @@ def check_affinities(shape: tuple[int, ...], dtype, where: str = "affinities") -
                           "(convert integer predictions to probabilities first)")
 
 
+SHORT_RANGE_OFFSETS = ("1-0-0", "0-1-0", "0-0-1")
+
+
+def check_short_range_offsets(offsets, where: str = "affinities") -> None:
+    """Raise :class:`VolumeError` when recorded channel offsets (an ``offsets`` attribute such as ``["1-0-0", …]``)
+    say channels 0, 1, 2 are not the short-range x, y, z edges that decoding reads; None (not recorded) passes."""
+    if offsets is None:
+        return
+    first = tuple(str(o) for o in list(offsets)[:3])
+    if first != SHORT_RANGE_OFFSETS:
+        raise VolumeError(f"{where}: channels 0, 1, 2 must be the short-range offsets {list(SHORT_RANGE_OFFSETS)}, "
+                          f"but its offsets attribute records {list(offsets)}; infer with inference.select_channel "
+                          "starting 0,1,2")
+
+
 def check_mask(mask_shape: tuple[int, ...], spatial_shape: tuple[int, ...], where: str = "affinity mask") -> None:
     """Raise :class:`VolumeError` unless the mask is ``(X, Y, Z)`` equal to the affinities' spatial shape."""
     if tuple(mask_shape) != tuple(spatial_shape):

@@ -39,10 +39,19 @@ class WindowSettings:
 
     @classmethod
     def from_config(cls, inference, channels=None) -> "WindowSettings":
+        """From an ``inference`` configuration section: stride = window × (1 − overlap), channels
+        ``inference.select_channel`` unless ``channels`` is given."""
         window = tuple(int(w) for w in inference.window_size)
         stride = tuple(max(1, int(round(w * (1 - inference.overlap)))) for w in window)
-        return cls(window, stride, inference.sw_batch_size, inference.activation,
-                   None if channels is None else tuple(channels), inference.output_dtype)
+        channels = inference.select_channel if channels is None else channels
+        return cls(window, stride, inference.sw_batch_size, inference.activation, tuple(int(c) for c in channels),
+                   inference.output_dtype)
+
+    def record(self) -> dict:
+        """JSON-ready, for output attributes."""
+        return {"window": list(self.window), "stride": list(self.stride), "sw_batch_size": self.sw_batch_size,
+                "activation": self.activation, "channels": None if self.channels is None else list(self.channels),
+                "output_dtype": self.output_dtype}
 
 
 @functools.lru_cache(maxsize=4)
@@ -174,6 +183,16 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     return da.block([blocks.tolist()])  # the outer list is the channel axis
 
 
+def check_channels(settings: WindowSettings, out_channels: int, where: str) -> None:
+    """Raise :class:`~nisbflow.errors.ConfigError` unless every selected channel is one the model outputs."""
+    from nisbflow.errors import ConfigError
+
+    if settings.channels is not None and (not settings.channels or
+                                          any(c < 0 or c >= out_channels for c in settings.channels)):
+        raise ConfigError(f"inference.select_channel / --channels {list(settings.channels)}: {where} outputs "
+                          f"{out_channels} channels (0 to {out_channels - 1})")
+
+
 def _out_channels(model) -> int:
     if isinstance(model, tuple):
         from nisbflow.model import load_checkpoint
@@ -226,10 +245,17 @@ def _predict_and_store(piece, model, read_start, write_region, windows, settings
     return len(windows)
 
 
-def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | Path, *,
-                  settings: WindowSettings = WindowSettings(), block=DEFAULT_BLOCK, overwrite: bool = False,
-                  progress: bool = True, device: str | None = None, config=None) -> InferSummary:
+def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
+                  settings: WindowSettings | None = None, block=DEFAULT_BLOCK, overwrite: bool = False,
+                  progress: bool = True, device: str | None = None) -> InferSummary:
     """Predict affinities of a zarr image into a zarr array ``(C, X, Y, Z)``, block by block, resumably.
+
+    ``checkpoint``: a path, a shipped model's name or a :class:`~nisbflow.model.Checkpoint`. ``config``: the
+    run's :class:`~nisbflow.settings.RunSettings` (or a resolved :class:`~nisbflow.config.Config`); by default the
+    checkpoint's own settings (:func:`nisbflow.settings.resolve_settings`), so a checkpoint runs with the window
+    geometry, channels and threshold it records wherever it is called from. ``settings`` overrides the window
+    geometry for experiments. The output's attributes record the settings (``nisbflow_settings``, with the
+    checkpoint's hash and the decoding threshold that ``decode`` reads back).
 
     Blocks are written into ``.<name>.partial`` next to ``output``; each finished block leaves a marker, and a
     re-run with the same checkpoint, image and settings skips finished blocks. When every block is done the
@@ -237,18 +263,21 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | 
     """
     import zarr
 
+    from nisbflow.cluster import cluster_device
     from nisbflow.data.volumes import fast_compressors, open_image, output_attrs, voxel_size_of
     from nisbflow.errors import OutputExistsError
-    from nisbflow.model import checkpoint_hash, load_checkpoint
+    from nisbflow.settings import as_run_settings
 
-    from nisbflow.cluster import cluster_device
-
+    run = as_run_settings(config, checkpoint)
+    handle = run.checkpoint
+    settings = settings or WindowSettings.from_config(run.config.inference)
+    check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
     device = device or cluster_device()
     source = open_image(image_path)
     image = _spatial(da.from_zarr(source))
     shape = image.shape
-    _, model_config = load_checkpoint(checkpoint)  # a missing or foreign checkpoint fails here, clearly
-    digest = checkpoint_hash(checkpoint)
+    model_config = handle.model
+    digest = handle.sha256
     n_channels = len(settings.channels) if settings.channels is not None else model_config.out_channels
     block = tuple(min(int(b), s) for b, s in zip(block, shape))
     output = str(output).rstrip("/")
@@ -260,7 +289,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | 
     partial = f"{parent}/.{name}.partial"
     markers = f"{partial}.done"
     resume_key = dict(checkpoint=digest, image=str(image_path), shape=list(shape), block=list(block),
-                      settings=json.loads(json.dumps(settings.__dict__, default=list)))
+                      settings=settings.record())
     existing = None
     if fs.exists(partial):
         try:
@@ -274,21 +303,22 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | 
             existing = None
     if existing is None:
         zarr_format = source.metadata.zarr_format
+        recorded = dict(run.record(), inference=settings.record())
         zarr.create_array(
             protocol + partial, shape=(n_channels,) + shape, chunks=(n_channels,) + output_chunks(block, shape),
             dtype=settings.output_dtype, fill_value=0, zarr_format=zarr_format,
             compressors=fast_compressors(zarr_format),
             attributes=output_attrs("affinities: sigmoid(0.2 logit) blended over BANIS windows; channel c is the "
                                     "edge v → v + offset_c (source-voxel storage)", voxel_size_of(source), "cxyz",
-                                    config, checkpoint=str(checkpoint), checkpoint_sha256=digest,
+                                    run.config, checkpoint=handle.name, checkpoint_sha256=digest,
                                     offsets=list(model_config.affinity_offsets) if settings.channels is None else
                                     [model_config.affinity_offsets[c] for c in settings.channels],
-                                    nisbflow_resume=resume_key))
+                                    nisbflow_settings=recorded, nisbflow_resume=resume_key))
     fs.makedirs(markers, exist_ok=True)
     finished = {Path(p).name for p in fs.ls(markers, detail=False)}
     chunks, plan = block_plan(shape, block, settings)
     grid = window_grid(shape, settings.window, settings.stride)
-    model_ref = (str(checkpoint), digest)
+    model_ref = (handle.path, digest)
     token = dask.base.tokenize(str(image_path), digest, settings, block)
     tasks, skipped, voxels = [], 0, 0
     with dask.annotate(**_gpu_annotations(device)):
@@ -311,3 +341,41 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint: str | 
     return InferSummary(output, shape, seconds, voxels, computed,
                         int(np.prod([len(g) for g in grid])), len(plan), skipped)
 
+
+
+def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
+                        overwrite: bool = False, device: str | None = None) -> InferSummary:
+    """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
+    (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
+    attributes. For checking block-wise results on volumes that fit in memory."""
+    import zarr
+
+    from nisbflow.data.volumes import fast_compressors, open_image, output_attrs, staged_output, voxel_size_of
+    from nisbflow.settings import as_run_settings
+
+    run = as_run_settings(config, checkpoint)
+    handle = run.checkpoint
+    settings = WindowSettings.from_config(run.config.inference)
+    check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
+    source = open_image(image_path)
+    model = cached_model(handle.path, handle.sha256, device or default_device())
+    start = time.perf_counter()
+    values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
+                           sw_batch_size=settings.sw_batch_size, activation=settings.activation,
+                           channels=settings.channels, output_dtype=settings.output_dtype,
+                           device=device or default_device())
+    seconds = time.perf_counter() - start
+    fmt = source.metadata.zarr_format
+    with staged_output(output, overwrite=overwrite) as staged:
+        zarr.create_array(staged, shape=values.shape, chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
+                          zarr_format=fmt, compressors=fast_compressors(fmt),
+                          attributes=output_attrs("affinities (whole-volume reference)", voxel_size_of(source),
+                                                  "cxyz", run.config, checkpoint=handle.name,
+                                                  checkpoint_sha256=handle.sha256,
+                                                  offsets=[handle.model.affinity_offsets[c] for c in settings.channels],
+                                                  nisbflow_settings=dict(run.record(), inference=settings.record()))
+                          )[...] = values
+    grid = window_grid(values.shape[1:], settings.window, settings.stride)
+    n_windows = int(np.prod([len(g) for g in grid]))
+    return InferSummary(str(output), tuple(values.shape[1:]), seconds, int(values[0].size), n_windows, n_windows,
+                        1, 0)

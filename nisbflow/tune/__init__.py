@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from nisbflow.config import load_params
 from nisbflow.errors import ConfigError
 
 from .scoring import ThresholdScorer, threshold_grid, threshold_key
@@ -85,19 +86,15 @@ def mark_interrupted_trials_failed(study) -> int:
     return len(running)
 
 
-def _cached_affinities(config, checkpoint, out: Path, seed_path: str, *, block=None, progress: bool = True) -> Path:
+def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: bool = True) -> Path:
     """Infer the validation seed once: reuse ``out/val-affinities.zarr`` while checkpoint and settings match."""
-    import json
-
     import zarr
 
     from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, infer_to_zarr
-    from nisbflow.model import checkpoint_hash
 
-    settings = WindowSettings.from_config(config.inference, config.inference.select_channel)
+    settings = WindowSettings.from_config(run.config.inference)
     path = out / "val-affinities.zarr"
-    key = dict(checkpoint=checkpoint_hash(checkpoint), image=f"{seed_path}/data.zarr/img",
-               settings=json.loads(json.dumps(settings.__dict__, default=list)))
+    key = dict(checkpoint=run.checkpoint.sha256, image=f"{seed_path}/data.zarr/img", settings=settings.record())
     if path.exists():
         try:
             attrs = dict(zarr.open_array(str(path), mode="r").attrs)
@@ -105,8 +102,8 @@ def _cached_affinities(config, checkpoint, out: Path, seed_path: str, *, block=N
             attrs = {}
         if attrs.get("nisbflow_tune_cache") == key:
             return path
-    infer_to_zarr(key["image"], path, checkpoint, settings=settings, block=block or DEFAULT_BLOCK, overwrite=True,
-                  progress=progress, config=config)
+    infer_to_zarr(key["image"], path, run.checkpoint, config=run, block=block or DEFAULT_BLOCK, overwrite=True,
+                  progress=progress)
     zarr.open_array(str(path), mode="r+").attrs["nisbflow_tune_cache"] = key
     return path
 
@@ -135,14 +132,38 @@ def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: floa
     plt.close(figure)
 
 
+def _record_grid_trials(study, tune_config, scorer, thresholds) -> None:
+    """Add one finished trial per threshold, with its exact grid value (0.7, not Optuna's 0.7000000000000001)."""
+    import optuna
+
+    distribution = optuna.distributions.FloatDistribution(tune_config.threshold.low, tune_config.threshold.high,
+                                                          step=tune_config.threshold.step)
+    for threshold in thresholds:
+        result = scorer.score(threshold)
+        study.add_trial(optuna.trial.create_trial(
+            params={"threshold": threshold}, distributions={"threshold": distribution},
+            value=_metric(result, tune_config.metric), user_attrs=_trial_attrs(result, scorer.segments[threshold])))
+
+
+def _trial_attrs(result, segments: int) -> dict:
+    return {"nerl": result.nerl, "erl_nm": result.erl, "voi_sum": result.voi_sum, "n_mergers": result.n_mergers,
+            "n_splits": result.n_splits, "segments": segments}
+
+
 def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
          log=print) -> TuneResult:
     """Search ``decoding.threshold`` on ``data.val`` with Optuna; write ``best.yaml`` and a threshold curve PNG.
 
-    Uses the current Dask client for inference and decoding. ``out_dir`` defaults to ``<save_path>/tune``.
+    ``config``: the run's :class:`~nisbflow.settings.RunSettings` (or a resolved Config; None: the checkpoint's
+    own settings). Uses the current Dask client for inference and decoding. ``out_dir`` defaults to
+    ``<save_path>/tune``. With ``tune.sampler=grid`` the grid points that the study has not scored yet (by any
+    sampler) are decoded in one pass and added as trials with their exact grid values.
     """
     from nisbflow.data import open_seed
+    from nisbflow.settings import as_run_settings
 
+    run = as_run_settings(config, checkpoint)
+    config = run.config
     if not config.data.val.path:
         raise ConfigError("data.val.path is not set: tuning needs the validation seed folder (holding data.zarr)")
     seed = open_seed(config.data.val.path)
@@ -157,7 +178,7 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     marked = mark_interrupted_trials_failed(study)
     if marked:
         log(f"marked {marked} trial(s) left RUNNING by an interrupted run as FAIL")
-    affinities = _cached_affinities(config, checkpoint, out, str(seed.path), block=block, progress=progress)
+    affinities = _cached_affinities(run, out, str(seed.path), block=block, progress=progress)
     scorer = ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
                              merge_threshold=config.evaluation.merge_threshold,
                              mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
@@ -169,32 +190,25 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     if tune_config.sampler == "grid":
         todo = [t for t in grid if t not in done]
         if todo:  # one multi-threshold decoding pass scores the whole remaining grid
-            log(f"grid: scoring {len(todo)} thresholds from one decoding pass")
+            log(f"grid: scoring {len(todo)} thresholds not yet in the study from one decoding pass")
             scorer.score_many(todo)
-        n_trials = len(todo)
+            _record_grid_trials(study, tune_config, scorer, todo)
+        else:
+            log("the threshold grid is already complete in this study")
     else:
-        n_trials = tune_config.n_trials
+        def objective(trial) -> float:
+            threshold = threshold_key(trial.suggest_float("threshold", tune_config.threshold.low,
+                                                          tune_config.threshold.high, step=tune_config.threshold.step))
+            result = scorer.score(threshold)
+            for name, value in _trial_attrs(result, scorer.segments[threshold]).items():
+                trial.set_user_attr(name, value)
+            return _metric(result, tune_config.metric)
 
-    def objective(trial) -> float:
-        threshold = threshold_key(trial.suggest_float("threshold", tune_config.threshold.low,
-                                                      tune_config.threshold.high, step=tune_config.threshold.step))
-        result = scorer.score(threshold)
-        trial.set_user_attr("nerl", result.nerl)
-        trial.set_user_attr("erl_nm", result.erl)
-        trial.set_user_attr("voi_sum", result.voi_sum)
-        trial.set_user_attr("n_mergers", result.n_mergers)
-        trial.set_user_attr("n_splits", result.n_splits)
-        trial.set_user_attr("segments", scorer.segments[threshold])
-        return _metric(result, tune_config.metric)
+        from nisbflow.progress import progress_bar
 
-    from nisbflow.progress import progress_bar
-
-    if n_trials:
         with progress_bar(progress) as bar:
-            task = bar.add_task(f"tune: {tune_config.sampler} trials", total=n_trials)
-            study.optimize(objective, n_trials=n_trials, callbacks=[lambda *_: bar.advance(task)])
-    else:
-        log("the threshold grid is already complete in this study")
+            task = bar.add_task(f"tune: {tune_config.sampler} trials", total=tune_config.n_trials)
+            study.optimize(objective, n_trials=tune_config.n_trials, callbacks=[lambda *_: bar.advance(task)])
     completed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "threshold" in t.params]
     if not completed:
         raise ConfigError(f"study {tune_config.study_name!r} has no completed trials")
@@ -203,7 +217,8 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     best_threshold = threshold_key(best.params["threshold"])
     params_path = out / "best.yaml"
     header = (f"# nisbflow tune: best {tune_config.metric} {best.value:.4f} on {config.data.val.path} "
-              f"(study {tune_config.study_name}, {len(completed)} completed trials, checkpoint {checkpoint})\n")
+              f"(study {tune_config.study_name}, {len(completed)} completed trials, checkpoint {run.checkpoint.name}, "
+              f"sha256 {run.checkpoint.sha256})\n")
     params_path.write_text(header + yaml.safe_dump({"decoding": {"threshold": best_threshold}}, sort_keys=False))
     plot_path = out / "threshold_curve.png"
     plot_threshold_curve(plot_path, curve, best_threshold, tune_config.metric,
@@ -213,36 +228,17 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
                       affinities, details=dict(best.user_attrs))
 
 
-def load_params(path: str | Path) -> list[str]:
-    """A parameters YAML (``best.yaml`` from :func:`tune`, any configuration fragment) as ``key.path=value``
-    overrides, to layer over a configuration file and under the command line's own overrides."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"parameters file {path} does not exist")
-    tree = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"parameters file {path} must hold a mapping such as 'decoding: {{threshold: 0.7}}'")
-
-    def flatten(node, prefix=""):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                yield from flatten(value, f"{name}.")
-            else:
-                yield f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-
-    return list(flatten(tree))
-
-
 def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
                   log=print):
     """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold.
     Returns ``(TuneResult, test output folder, test NerlResult)``."""
     from nisbflow.pipeline import run_test
+    from nisbflow.settings import as_run_settings
 
-    result = tune(config, checkpoint, out_dir=out_dir, block=block, progress=progress, log=log)
+    run = as_run_settings(config, checkpoint)
+    result = tune(run, run.checkpoint, out_dir=out_dir, block=block, progress=progress, log=log)
     log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
-    folder, test_result = run_test(config, checkpoint, block=block, progress=progress,
+    folder, test_result = run_test(run, run.checkpoint, block=block, progress=progress,
                                    out_dir=result.params_path.parent / "test",
                                    threshold=result.best_threshold, overwrite=True)
     return result, folder, test_result

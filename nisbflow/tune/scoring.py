@@ -9,6 +9,7 @@ costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,7 +33,8 @@ class ThresholdScorer:
 
     ``affinities``: zarr array path ``(C≥3, X, Y, Z)`` float16/float32. ``skeleton``: NISB ``skeleton.pkl``.
     ``voxel_size``: nm, X, Y, Z. Decoding runs on the current Dask client (or the local scheduler); segmentations
-    go to a scratch folder (``scratch``, default a temporary one) and are deleted once scored.
+    go to a scratch folder (``scratch``, default a temporary one) and are deleted once scored; a scratch folder this
+    scorer created is removed again when it is empty.
     """
 
     def __init__(self, affinities: str | Path, skeleton: str | Path, *, voxel_size=(9, 9, 20), merge_threshold=1,
@@ -59,6 +61,7 @@ class ThresholdScorer:
         missing = [t for t in keys if t not in self.results]
         if missing:
             parent = self.scratch
+            created = parent is not None and not parent.exists()
             if parent is not None:
                 parent.mkdir(parents=True, exist_ok=True)
             folder = Path(tempfile.mkdtemp(prefix="tune-", dir=parent))
@@ -73,4 +76,7 @@ class ThresholdScorer:
                     self.segments[value] = int(counts[value])
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
+                if created:  # leave no empty scratch folder behind
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
         return {t: self.results[t] for t in keys}

@@ -1,0 +1,248 @@
+"""Checkpoints that carry their own configuration, and :class:`Checkpoint`, the handle every command resolves once.
+
+A checkpoint is a ``torch.save`` dict ``{"format": "nisbflow-checkpoint", "version": 1, "model": <ModelConfig as a
+dict>, "state_dict": ..., "metadata": {...}}``, loaded with ``weights_only=True`` (no code runs on load). Training
+records its whole configuration in ``metadata["config"]``. Lightning checkpoints (``state_dict`` keys prefixed
+``model.``, configuration under ``hyper_parameters``) load too. Shipped models (``nisb-tiny-synthetic``) live in
+:data:`SHIPPED_DIR` as ``<stem>.pt`` beside ``<stem>.yaml``, the configuration to run them with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nisbflow.config.schema import ModelConfig
+from nisbflow.errors import NisbflowError
+from nisbflow.model.network import build
+
+CHECKPOINT_FORMAT = "nisbflow-checkpoint"
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+SHIPPED_MODELS = {"nisb-tiny-synthetic": "nisb_tiny_synthetic"}
+"""Models inside the package: name → file stem in :data:`SHIPPED_DIR` (``<stem>.pt`` weights, ``<stem>.yaml`` the
+resolved configuration it was trained with and should be run with). See ``nisbflow/model/shipped/README.md``."""
+DEFAULT_SHIPPED = "nisb-tiny-synthetic"
+
+
+class CheckpointError(NisbflowError, ValueError):
+    """A checkpoint file that is missing, unreadable, or does not fit the requested model."""
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A checkpoint path, or the name of a shipped model (``nisb-tiny-synthetic``) → the file to load."""
+    name = str(checkpoint)
+    if name in SHIPPED_MODELS and not Path(name).exists():
+        return SHIPPED_DIR / f"{SHIPPED_MODELS[name]}.pt"
+    return Path(checkpoint)
+
+
+def _shipped_yaml(path: Path) -> Path | None:
+    """The configuration YAML of a shipped model's weights file, whether named by name or by path."""
+    for stem in SHIPPED_MODELS.values():
+        if path.resolve() == (SHIPPED_DIR / f"{stem}.pt").resolve():
+            return SHIPPED_DIR / f"{stem}.yaml"
+    return None
+
+
+def _model_and_state(payload, path) -> tuple[ModelConfig, dict]:
+    """The model configuration and weights of a loaded checkpoint payload (nisbflow or Lightning layout)."""
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"checkpoint {path} has no state_dict; expected a nisbflow or Lightning checkpoint")
+    if payload.get("format") == CHECKPOINT_FORMAT:
+        config_dict, state = payload["model"], payload["state_dict"]
+    else:  # Lightning: the module stores the model under "model." and its configuration in hyper_parameters
+        hyper = payload.get("hyper_parameters", {})
+        config_dict = hyper.get("model") or hyper.get("config", {}).get("model")
+        if config_dict is None:
+            raise CheckpointError(f"checkpoint {path} carries no model configuration (hyper_parameters.model)")
+        state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
+    return ModelConfig.model_validate(config_dict), state
+
+
+def _read(path: Path, map_location="cpu") -> tuple[dict, str]:
+    """Read a checkpoint file once: ``(payload, first 16 hex digits of its SHA-256)``."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a shipped model name: "
+                              f"{', '.join(SHIPPED_MODELS)})")
+    data = path.read_bytes()
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for foreign or corrupt files
+        raise CheckpointError(f"checkpoint {path} cannot be read as a torch checkpoint with weights_only=True: "
+                              f"{error}") from error
+    return payload, hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model checkpoint resolved once, on the client: where it is, what network it holds, what it records.
+
+    ``source``: as the user named it (a path or a shipped model's name); ``path``: the file; ``sha256``: the first
+    16 hex digits of the file's SHA-256 (recorded in every output and used as the workers' cache key);
+    ``model``: its :class:`ModelConfig`; ``recorded``: the configuration tree it records — a shipped model's YAML,
+    or the training configuration in ``metadata["config"]`` — or None (``nisbflow model init``). The handle is small
+    and picklable: Dask workers receive it and load the weights once per process (:func:`nisbflow.infer.blockwise.cached_model`).
+    """
+
+    source: str
+    path: str
+    sha256: str
+    model: ModelConfig
+    recorded: dict | None = field(default=None, repr=False)
+    metadata: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def open(cls, checkpoint: "str | Path | Checkpoint") -> "Checkpoint":
+        """Resolve a path or shipped name (reads the file once: hash, model configuration, recorded settings);
+        a :class:`Checkpoint` is returned as it is."""
+        if isinstance(checkpoint, Checkpoint):
+            return checkpoint
+        path = resolve_checkpoint(checkpoint)
+        payload, digest = _read(path)
+        model, _ = _model_and_state(payload, path)
+        metadata = dict(payload.get("metadata") or {}) if payload.get("format") == CHECKPOINT_FORMAT else {}
+        shipped = _shipped_yaml(path)
+        if shipped is not None:
+            from nisbflow.config import load_yaml_tree
+
+            recorded = load_yaml_tree(shipped)
+        elif payload.get("format") == CHECKPOINT_FORMAT:
+            recorded = metadata.get("config")
+        else:
+            recorded = (payload.get("hyper_parameters") or {}).get("config")
+        metadata.pop("config", None)
+        return cls(str(checkpoint), str(path), digest, model, recorded, metadata)
+
+    @property
+    def name(self) -> str:
+        """How to call it in messages: the shipped name or the path as given."""
+        return self.source
+
+    def load(self, map_location="cpu") -> torch.nn.Module:
+        """The network with its weights, in eval mode (reads the file)."""
+        return load_checkpoint(self.path, map_location=map_location)[0]
+
+    def settings_tree(self) -> dict:
+        """The settings a run of this checkpoint starts from: ``model`` (always, from the weights), and the
+        ``inference`` section and ``decoding.threshold`` it records, as a configuration tree."""
+        tree: dict = {"model": self.model.model_dump(mode="json")}
+        recorded = self.recorded or {}
+        if isinstance(recorded.get("inference"), dict):
+            tree["inference"] = dict(recorded["inference"])
+        threshold = (recorded.get("decoding") or {}).get("threshold")
+        if threshold is not None:
+            tree["decoding"] = {"threshold": threshold}
+        return tree
+
+
+def shipped_config(name: str = DEFAULT_SHIPPED, overrides=()):
+    """The resolved configuration a shipped model was trained with (``inference.*`` and ``decoding.threshold``
+    are the settings to run it with), as a :class:`nisbflow.config.Config`."""
+    from nisbflow.config import load_config
+
+    if name not in SHIPPED_MODELS:
+        raise CheckpointError(f"no shipped model named {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
+    return load_config(SHIPPED_DIR / f"{SHIPPED_MODELS[name]}.yaml", overrides)
+
+
+def checkpoint_config(checkpoint, overrides=()):
+    """The full configuration a checkpoint records (a shipped model's YAML, or the training configuration of a
+    nisbflow training checkpoint), with ``overrides``; None when it records none (e.g. ``nisbflow model init``)."""
+    from nisbflow.config import Config, apply_overrides
+
+    handle = Checkpoint.open(checkpoint)
+    if handle.recorded is None:
+        return None
+    return Config.model_validate(apply_overrides(handle.recorded, overrides))
+
+
+def save_random_checkpoint(path: str | Path, config: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    """Write an untrained network of ``config`` with weights from ``torch.manual_seed(seed)``; returns it."""
+    torch.manual_seed(seed)
+    model = build(config)
+    save_checkpoint(path, model, config, initialised="random", seed=seed)
+    return model
+
+
+def checkpoint_payload(model: torch.nn.Module, config: ModelConfig, metadata: dict, **training_state) -> dict:
+    """The dict a checkpoint file holds: format header, model configuration, weights, ``metadata``, and any
+    ``training_state`` entries (``optimizer``, ``scheduler``, ``scaler`` from training, for resuming)."""
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model_dump(mode="json"),
+            "state_dict": model.state_dict(), **training_state, "metadata": metadata}
+
+
+def write_checkpoint(path: str | Path, payload: dict) -> None:
+    """``torch.save`` a checkpoint payload to a temporary name next to ``path``, then rename it into place."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, /, **metadata) -> None:
+    """Write a checkpoint (written to a temporary name, then renamed)."""
+    write_checkpoint(path, checkpoint_payload(model, config, metadata))
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file (first 16 hex digits), recorded in the outputs it produces."""
+    if isinstance(path, Checkpoint):
+        return path.sha256
+    digest = hashlib.sha256()
+    with open(resolve_checkpoint(path), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_checkpoint(path, expected: ModelConfig | None = None,
+                    map_location="cpu") -> tuple[torch.nn.Module, ModelConfig]:
+    """Load a nisbflow or Lightning checkpoint (a path, a shipped name or a :class:`Checkpoint`) →
+    ``(model in eval mode, its ModelConfig)``.
+
+    ``expected``: when given, the checkpoint's architecture and channel counts must match it.
+    """
+    path = Path(path.path) if isinstance(path, Checkpoint) else resolve_checkpoint(path)
+    payload, _ = _read(path, map_location)
+    config, state = _model_and_state(payload, path)
+    if expected is not None:
+        for key in ("arch", "size", "init_filters", "kernel_size", "in_channels", "out_channels"):
+            if getattr(config, key) != getattr(expected, key):
+                raise CheckpointError(f"checkpoint {path} holds model.{key}={getattr(config, key)!r}, but "
+                                      f"model.{key}={getattr(expected, key)!r} was asked for")
+    model = build(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit {config.arch}-{config.size} "
+                              f"(init_filters {config.init_filters}): {len(missing)} missing keys "
+                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return model.eval(), config
+
+
+def export_checkpoint(source: str | Path, output: str | Path, overrides=(), **metadata) -> dict:
+    """Weights-only copy of a checkpoint (training state dropped), keeping its model configuration and metadata.
+
+    The result is what ships inside the package or goes to collaborators: a training ``last.pt`` with AdamW
+    state is about three times larger. ``metadata`` entries are added (e.g. the command that trained it);
+    ``overrides`` (``key.path=value``) change the configuration it records (e.g. a tuned ``decoding.threshold``),
+    so the file and a ``--config-yaml`` written beside it agree. Returns the metadata written.
+    """
+    from nisbflow.config import Config, apply_overrides, without_derived_paths
+
+    model, config = load_checkpoint(source)
+    payload, digest = _read(resolve_checkpoint(source))
+    kept = dict(payload.get("metadata", {})) if payload.get("format") == CHECKPOINT_FORMAT else {}
+    if "exported_from" in kept:  # exporting an export: keep the chain back to the training run
+        kept.setdefault("export_history", []).append({"exported_from": kept["exported_from"],
+                                                      "source_sha256": kept.get("source_sha256")})
+    if kept.get("config") is not None:
+        tree = apply_overrides(without_derived_paths(kept["config"]), overrides)
+        kept["config"] = without_derived_paths(Config.model_validate(tree).model_dump(mode="json"))
+    kept.update(metadata, exported_from=str(source), source_sha256=digest)
+    save_checkpoint(output, model, config, **kept)
+    return kept
+
