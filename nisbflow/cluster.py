@@ -106,8 +106,9 @@ def cluster_client(
         dask_cuda = _import("dask_cuda", "gpu", cluster)
         with dask.config.set(_allocator_environment(memory_limit)):
             # one worker per GPU, each declaring a GPU resource: prediction tasks ask for it (one block per GPU)
+            # and a few threads, so image reads and zarr writes overlap with the GPU's prediction
             made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0",
-                                              resources={"GPU": 1})
+                                              resources={"GPU": 1}, threads_per_worker=max(threads_per_worker, 4))
     else:  # slurm
         dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)
         if slurm is None:

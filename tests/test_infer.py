@@ -236,3 +236,50 @@ def test_a_block_reads_only_the_image_chunks_of_its_read_region():
     (optimized,) = dask.optimize(task)
     chunk_keys = {k for k in dict(optimized.__dask_graph__()) if isinstance(k, tuple) and "zeros" in k[0]}
     assert len(chunk_keys) == 9  # the 3 × 3 × 1 chunks the read region touches, not all 16
+
+
+def test_only_prediction_tasks_ask_for_the_gpu():
+    """On CUDA a block's prediction holds the GPU resource; the image chunk reads, the read-region assembly and the
+    zarr write do not, so they overlap with the GPU's work on another block."""
+    import dask.array as da
+
+    from nisbflow.infer.blockwise import WindowSettings, predict_affinities
+
+    image = da.zeros((96, 64, 64), chunks=32, dtype=np.uint8)
+    lazy = predict_affinities(image, ("ckpt", "id"), WindowSettings(window=(32, 32, 32), stride=(16, 16, 16),
+                                                                    channels=(0, 1, 2)),
+                              block=(48, 64, 64), device="cuda")
+    layers = {(name[0] if isinstance(name, tuple) else name, index): (layer.annotations or {}).get("resources")
+              for index, (name, layer) in enumerate(lazy.__dask_graph__().layers.items())}
+    gpu = [name for (name, _), resources in layers.items() if resources]
+    assert len(gpu) == 2 and all(name.startswith("infer-predict-block-") for name in gpu)  # one per block
+    assert all(resources == {"GPU": 1} for (name, _), resources in layers.items() if name in gpu)
+    reads = [name for name, _ in layers if name.startswith("infer-read-")]
+    assert len(reads) == 2 and len(layers) > 4  # reads and the image's own layers carry no resource
+
+
+@pytest.mark.slow
+def test_compiled_prediction_equals_eager(tiny_model, tmp_path):
+    """``inference.compile=true`` (torch.compile, the last batch padded to one shape) blends the same affinities."""
+    import torch._dynamo
+
+    from nisbflow.infer.blockwise import WindowSettings, predict_block
+    from nisbflow.infer.geometry import read_region, window_grid, windows_for_region
+
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    torch._dynamo.reset()
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (48, 48, 40), dtype=np.uint8)
+    results = []
+    for compiled in (False, True):
+        settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=3, channels=(0, 1, 2),
+                                  output_dtype="float32", compile=compiled)
+        grid = window_grid(image.shape, settings.window, settings.stride)
+        write = tuple(slice(0, s) for s in image.shape)
+        windows = windows_for_region(grid, settings.window, write)
+        read = read_region(grid, settings.window, write)
+        results.append(predict_block(image, (str(tmp_path / "tiny.pt"), f"compile-test-{compiled}"),
+                                     tuple(r.start for r in read), write, windows, settings, "cpu"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile, not fall back silently
+    np.testing.assert_allclose(results[1], results[0], atol=1e-5)

@@ -97,3 +97,18 @@ def test_cli_train(data, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists() and "trained 2 steps" in result.output
     bad = CliRunner().invoke(app, ["train", "--config", "configs/tiny.yaml", "optimization.lr=0.1"])
     assert bad.exit_code == 2 and "unknown configuration key 'optimization.lr'" in bad.output
+
+
+def test_checkpoints_are_written_at_validations_and_every_n_steps_not_every_step(data, tmp_path, monkeypatch):
+    from nisbflow.train import loop
+
+    written = []
+    original = loop.write_checkpoint
+    monkeypatch.setattr(loop, "write_checkpoint", lambda path, state: written.append(
+        (path.name, state["metadata"]["step"])) or original(path, state))
+    loop.train(tiny_config(data, tmp_path, **{"optimization.max_steps": 5, "optimization.val_check_interval": 4,
+                                              "optimization.checkpoint.every_n_train_steps": 3}),
+               run_dir=tmp_path / "r", workers=0)
+    steps_with_last = [step for name, step in written if name == "last.pt"]
+    assert steps_with_last == [3, 4, 5]  # every_n (3), validation (4), the final step (5); not 1 or 2
+    assert ("step-3.pt", 3) in written and not any(name == "step-4.pt" for name, _ in written)

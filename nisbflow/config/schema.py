@@ -154,6 +154,11 @@ class OptimizationConfig(_Section):
     gradient_clip_val: float = Field(1.0, ge=0)
     checkpoint: CheckpointConfig = CheckpointConfig()
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # `precision=32`
+
 
 class InferenceConfig(_Section):
     window_size: tuple[int, int, int] = Field((128, 128, 128), description="Sliding window in voxels, (x, y, z); "
@@ -166,6 +171,9 @@ class InferenceConfig(_Section):
     activation: Literal["scale_sigmoid", "sigmoid"] = "scale_sigmoid"
     select_channel: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Output channels to keep "
                                       "(0, 1, 2: the short-range affinities that decoding reads).")
+    compile: bool | Literal["auto"] = Field(False, description="torch.compile the network ('auto': on CUDA only). "
+                                            "1.5× the network's windows/s on an H100, but slower end to end in "
+                                            "nisbflow infer so far (docs/BENCHMARKS.md): off by default.")
 
     @field_validator("window_size")
     @classmethod

@@ -21,7 +21,7 @@ import fsspec
 import numpy as np
 
 from nisbflow.infer.geometry import blending_weight, padded_shape, read_region, window_grid, windows_for_region
-from nisbflow.infer.predict import check_image, pad_to_window, predict_whole, run_windows
+from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
 from nisbflow.progress import compute_tasks
 
 DEFAULT_BLOCK = (768, 768, 768)
@@ -36,6 +36,7 @@ class WindowSettings:
     activation: str = "scale_sigmoid"
     channels: tuple[int, ...] | None = None
     output_dtype: str = "float16"
+    compile: bool | str = False
 
     @classmethod
     def from_config(cls, inference, channels=None) -> "WindowSettings":
@@ -45,22 +46,34 @@ class WindowSettings:
         stride = tuple(max(1, int(round(w * (1 - inference.overlap)))) for w in window)
         channels = inference.select_channel if channels is None else channels
         return cls(window, stride, inference.sw_batch_size, inference.activation, tuple(int(c) for c in channels),
-                   inference.output_dtype)
+                   inference.output_dtype, inference.compile)
 
     def record(self) -> dict:
         """JSON-ready, for output attributes."""
         return {"window": list(self.window), "stride": list(self.stride), "sw_batch_size": self.sw_batch_size,
                 "activation": self.activation, "channels": None if self.channels is None else list(self.channels),
-                "output_dtype": self.output_dtype}
+                "output_dtype": self.output_dtype, "compile": self.compile}
+
+    def compiled_on(self, device: str) -> bool:
+        """Whether the network runs through ``torch.compile`` on ``device`` (``auto``: on CUDA only)."""
+        return device.startswith("cuda") if self.compile == "auto" else bool(self.compile)
 
 
 @functools.lru_cache(maxsize=4)
-def cached_model(checkpoint: str, checkpoint_id: str, device: str):
-    """A checkpoint's model, loaded once per worker process and device (``checkpoint_id`` keys re-writes)."""
+def cached_model(checkpoint: str, checkpoint_id: str, device: str, compiled: bool = False):
+    """A checkpoint's model, loaded once per worker process and device (``checkpoint_id`` keys re-writes);
+    ``compiled``: wrapped in ``torch.compile`` (static shapes; a graph that cannot compile runs eagerly)."""
     from nisbflow.model import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint, map_location=device)
-    return model.to(device)
+    model = model.to(device)
+    if compiled:
+        import torch
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a block
+        model = torch.compile(model, dynamic=False)
+    return model
 
 
 def default_device() -> str:
@@ -71,29 +84,39 @@ def default_device() -> str:
 
 def predict_block(piece: np.ndarray, model, read_start, write_region, windows, settings: WindowSettings,
                   device: str | None = None) -> np.ndarray:
-    """Task: blend the given windows into one write region.
+    """Task: blend the given windows into one write region, on the model's device.
 
-    ``piece``: the (padded-frame) input of the read region starting at ``read_start``; ``model``: a torch module or
-    ``(checkpoint path, checkpoint id)`` loaded through :func:`cached_model`; ``write_region``: slices in the padded
-    frame; ``windows``: their starts. Returns ``(C, x, y, z)`` in ``settings.output_dtype``.
+    ``piece``: the (padded-frame) input of the read region starting at ``read_start``, uint8; ``model``: a torch
+    module or ``(checkpoint path, checkpoint id)`` loaded through :func:`cached_model`; ``write_region``: slices in
+    the padded frame; ``windows``: their starts. The read region goes to the device once; windows are cut, run in
+    batches of ``sw_batch_size`` (float16 autocast on CUDA), weighted and summed there in float32, and only the
+    blended block comes back. Returns ``(C, x, y, z)`` in ``settings.output_dtype``.
     """
+    import torch
+
     device = device or default_device()
+    compiled = settings.compiled_on(device)
     if isinstance(model, tuple):
-        model = cached_model(*model, device)
+        model = cached_model(*model, device, compiled)
     else:
         model = model.to(device).eval()
-    weight = blending_weight(settings.window)
+    image = torch.from_numpy(np.ascontiguousarray(piece)).to(device)
+    weight = torch.from_numpy(blending_weight(settings.window)).to(device)
     shape = tuple(r.stop - r.start for r in write_region)
-    total, weights = None, np.zeros(shape, dtype=np.float32)
+    channels = None if settings.channels is None else torch.as_tensor(list(settings.channels), device=device)
+    total, weights = None, torch.zeros(shape, dtype=torch.float32, device=device)
     for i in range(0, len(windows), settings.sw_batch_size):
         batch = windows[i:i + settings.sw_batch_size]
-        crops = np.stack([piece[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start, settings.window))]
-                          for start in batch])
-        predictions = run_windows(model, crops, settings.activation, device)
-        if settings.channels is not None:
-            predictions = predictions[:, list(settings.channels)]
+        crops = torch.stack([image[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start,
+                                                                                    settings.window))]
+                             for start in batch])
+        if compiled and len(batch) < settings.sw_batch_size:  # one batch shape: no recompilation for the last
+            crops = torch.cat([crops, crops[-1:].expand(settings.sw_batch_size - len(batch), *crops.shape[1:])])
+        predictions = apply_model(model, crops, settings.activation)[:len(batch)]
+        if channels is not None:
+            predictions = predictions.index_select(1, channels)
         if total is None:
-            total = np.zeros((predictions.shape[1],) + shape, dtype=np.float32)
+            total = torch.zeros((predictions.shape[1],) + shape, dtype=torch.float32, device=device)
         for start, prediction in zip(batch, predictions):
             # the part of this window inside the write region, in window and in write-region coordinates
             inside = [(max(s, r.start), min(s + w, r.stop)) for s, r, w in zip(start, write_region, settings.window)]
@@ -101,7 +124,7 @@ def predict_block(piece: np.ndarray, model, read_start, write_region, windows, s
             target = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, write_region))
             total[(slice(None),) + target] += prediction[(slice(None),) + local] * weight[local]
             weights[target] += weight[local]
-    return (total / weights).astype(settings.output_dtype)
+    return (total / weights).to(getattr(torch, settings.output_dtype)).cpu().numpy()
 
 
 def _spatial(image):
@@ -137,14 +160,17 @@ def _gpu_annotations(device: str | None) -> dict:
 
 def _block_task(function, image, index, plan_entry, settings: WindowSettings, model, device, token: str, *extra):
     """Two tasks for one block: read its input (``infer-read``), then ``function`` (``infer-predict-block``) with
-    the arguments of :func:`predict_block` followed by ``extra``."""
+    the arguments of :func:`predict_block` followed by ``extra``. Only the second asks for the ``GPU`` resource
+    on CUDA, so the next block's image chunks are read while the GPU predicts."""
     write, windows, read = plan_entry
     inside = tuple(slice(r.start, min(r.stop, s)) for r, s in zip(read, image.shape))
     # slice the dask array first, so the task depends on the chunks of its read region only
     piece = dask.delayed(_pad_piece, pure=True)(image[inside], read, settings.window,
                                                 dask_key_name=(f"infer-read-{token}",) + index)
-    return dask.delayed(function, pure=True)(piece, model, tuple(r.start for r in read), write, windows, settings,
-                                             device, *extra, dask_key_name=(f"infer-predict-block-{token}",) + index)
+    with dask.annotate(**_gpu_annotations(device)):
+        return dask.delayed(function, pure=True)(piece, model, tuple(r.start for r in read), write, windows,
+                                                 settings, device, *extra,
+                                                 dask_key_name=(f"infer-predict-block-{token}",) + index)
 
 
 def predict_affinities(image, model, settings: WindowSettings = WindowSettings(), *, block=DEFAULT_BLOCK,
@@ -174,12 +200,11 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     token = dask.base.tokenize(spatial.name, settings, block, model if isinstance(model, tuple) else id(model))
     shared_model = model if isinstance(model, tuple) else dask.delayed(model, name=f"infer-model-{token}")
     blocks = np.empty([len(c) for c in chunks], dtype=object)
-    with dask.annotate(**_gpu_annotations(device)):
-        for index, entry in plan.items():
-            write = entry[0]
-            task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token)
-            blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in write),
-                                            dtype=settings.output_dtype)
+    for index, entry in plan.items():
+        write = entry[0]
+        task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token)
+        blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in write),
+                                        dtype=settings.output_dtype)
     return da.block([blocks.tolist()])  # the outer list is the channel axis
 
 
@@ -233,16 +258,16 @@ def output_chunks(block, shape) -> tuple[int, ...]:
     return tuple(min(128 if b % 128 == 0 else b, s) for b, s in zip(block, shape))
 
 
-def _predict_and_store(piece, model, read_start, write_region, windows, settings, device, target: str,
-                       marker: str) -> int:
-    """Task: predict one block, write it into the output zarr, then record it as finished."""
+def _store_block(values: np.ndarray, target: str, write_region, marker: str, n_windows: int) -> int:
+    """Task (``infer-store-block``): write one predicted block into the output zarr, then record it as finished.
+    A separate task from the prediction, so a GPU worker predicts the next block while this one is compressed and
+    written."""
     import zarr
 
-    values = predict_block(piece, model, read_start, write_region, windows, settings, device)
     zarr.open_array(target, mode="r+")[(slice(None),) + tuple(write_region)] = values
     fs, path = fsspec.core.url_to_fs(marker)
     fs.pipe_file(path, b"done")
-    return len(windows)
+    return n_windows
 
 
 def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
@@ -321,16 +346,17 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     model_ref = (handle.path, digest)
     token = dask.base.tokenize(str(image_path), digest, settings, block)
     tasks, skipped, voxels = [], 0, 0
-    with dask.annotate(**_gpu_annotations(device)):
-        for index, entry in plan.items():
-            write = entry[0]
-            key = ".".join(map(str, index))
-            if key in finished:
-                skipped += 1
-                continue
-            voxels += int(np.prod([w.stop - w.start for w in write]))
-            tasks.append(_block_task(_predict_and_store, image, index, entry, settings, model_ref, device,
-                                     token, protocol + partial, f"{protocol}{markers}/{key}"))
+    for index, entry in plan.items():
+        write, windows = entry[0], entry[1]
+        key = ".".join(map(str, index))
+        if key in finished:
+            skipped += 1
+            continue
+        voxels += int(np.prod([w.stop - w.start for w in write]))
+        predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token)
+        tasks.append(dask.delayed(_store_block, pure=True)(
+            predicted, protocol + partial, write, f"{protocol}{markers}/{key}", len(windows),
+            dask_key_name=(f"infer-store-block-{token}",) + index))
     start = time.perf_counter()
     computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
     seconds = time.perf_counter() - start

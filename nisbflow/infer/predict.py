@@ -38,13 +38,19 @@ def pad_to_window(image: np.ndarray, window) -> np.ndarray:
     return np.pad(image, pad, mode="edge" if short else "reflect")
 
 
+def apply_model(model, crops: torch.Tensor, activation: str) -> torch.Tensor:
+    """``crops (N, Wx, Wy, Wz) uint8`` tensor → ``(N, C, Wx, Wy, Wz) float32`` activations on the crops' device:
+    /255, the network (float16 autocast on CUDA), then the activation in float32."""
+    batch = crops.to(dtype=torch.float32).div_(255.0).unsqueeze(1)
+    with torch.inference_mode(), torch.autocast(device_type=crops.device.type, dtype=torch.float16,
+                                                enabled=crops.device.type == "cuda"):
+        logits = model(batch)
+    return ACTIVATIONS[activation](logits.float())
+
+
 def run_windows(model, crops: np.ndarray, activation: str, device) -> np.ndarray:
     """``crops (N, Wx, Wy, Wz) uint8`` → ``(N, C, Wx, Wy, Wz) float32`` activations (autocast float16 on CUDA)."""
-    batch = torch.from_numpy(crops).to(device=device, dtype=torch.float32).div_(255.0).unsqueeze(1)
-    with torch.inference_mode(), torch.autocast(device_type=torch.device(device).type, dtype=torch.float16,
-                                                enabled=torch.device(device).type == "cuda"):
-        logits = model(batch)
-    return ACTIVATIONS[activation](logits.float()).cpu().numpy()
+    return apply_model(model, torch.from_numpy(np.ascontiguousarray(crops)).to(device), activation).cpu().numpy()
 
 
 def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), sw_batch_size: int = 8,

@@ -9,7 +9,9 @@ Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process,
 (:func:`~nisbflow.train.loss.affinity_loss`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
 ``max_steps``; float16 autocast on CUDA with ``precision=16-mixed``. Every ``val_check_interval`` steps the mean
 validation loss over ``val_steps_per_epoch`` batches (all ranks) decides the top-k checkpoints; ``last.pt`` is
-rewritten and ``step-N.pt`` kept every ``every_n_train_steps``. TensorBoard logs go to the run folder.
+rewritten at every validation, every ``every_n_train_steps`` (which also keeps ``step-N.pt``) and at the last step, so
+a resumed run repeats at most ``min(val_check_interval, every_n_train_steps)`` steps. TensorBoard logs go to the run
+folder.
 """
 
 from __future__ import annotations
@@ -142,7 +144,10 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
             if writer is not None and val_loss is not None:
                 writer.add_scalar(optimization.checkpoint.monitor, val_loss, step)
                 _log_slices(writer, image, target, net, step)
-            best = _save(model, config, optimizer, scheduler, scaler, step, val_loss, best, checkpoints)
+            if validate or step % optimization.checkpoint.every_n_train_steps == 0:
+                # last.pt with the optimizer state is tens of MB for MedNeXt-S: written with the other
+                # checkpoints (every validation, every every_n_train_steps and the final step), not every step
+                best = _save(model, config, optimizer, scheduler, scaler, step, val_loss, best, checkpoints)
         bar.update(task, completed=step, description=f"train (loss {float(loss.detach()):.4f})")
         if step >= optimization.max_steps:
             break
@@ -159,7 +164,7 @@ def _writer(run: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # pragma: no cover - tensorboard is a dependency
         return None
-    return SummaryWriter(str(run / "tensorboard"))
+    return SummaryWriter(str(run / "tensorboard"), flush_secs=20)  # live curves; little lost if killed
 
 
 @torch.no_grad()
