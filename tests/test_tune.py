@@ -148,3 +148,25 @@ def test_the_study_name_follows_the_experiment_name(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(config_to_yaml(config))
     assert load_config(path, ["experiment_name=other"]).tune.study_name == "other_cc_tuning"
+
+
+def test_tune_test_reads_the_checkpoint_once_on_the_client(seeds, tmp_path, monkeypatch):
+    """One handle for the whole run: the client reads the file once; the (synchronous) worker loads the weights
+    once more. Before the handle, tune-test read it up to six times."""
+    import nisbflow.model.checkpoint as checkpoint_module
+    from nisbflow.infer.blockwise import cached_model
+    from nisbflow.settings import resolve_settings
+    from nisbflow.tune import tune_and_test
+
+    cached_model.cache_clear()
+    reads = []
+    original = checkpoint_module._read
+    monkeypatch.setattr(checkpoint_module, "_read", lambda path, *a: reads.append(str(path)) or original(path, *a))
+    run = resolve_settings("nisb-tiny-synthetic", overrides=[
+        f"data.val.path={seeds / 'val' / 'seed100'}", f"data.test.path={seeds / 'test' / 'seed101'}",
+        f"save_path={tmp_path}", "tune.sampler=grid", "tune.threshold.low=0.7", "tune.threshold.high=0.7"])
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        tune_and_test(run, run.checkpoint, progress=False, log=lambda *_: None)
+    assert len(reads) == 2, reads  # the handle, then the worker's one load of the weights
