@@ -167,7 +167,7 @@ def step_model_variants(model_config, device, results, variants, batch=8, repeat
         except Exception as error:  # a variant this torch build cannot run
             out[variant] = f"failed: {type(error).__name__}: {str(error)[:300]}"
             log(variant, out[variant])
-        del model, forward
+        del model
         torch.cuda.empty_cache()
         results["model_variants"] = out
     torch.backends.cudnn.benchmark = False

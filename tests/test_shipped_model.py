@@ -26,7 +26,6 @@ def test_the_shipped_model_is_small_loads_by_name_and_carries_its_configuration(
 
 
 def test_export_drops_training_state_and_keeps_weights(tmp_path):
-    from nisbflow.model import export_checkpoint
     from nisbflow.synth import synthesize_seed
     from nisbflow.train.loop import train
     from nisbflow.config import load_config

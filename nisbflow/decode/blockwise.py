@@ -34,7 +34,6 @@ from nisbflow.decode.kernel import (check_affinities, check_backend, check_mask,
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockGrid, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
-from nisbflow.errors import VolumeError
 from nisbflow.progress import compute_tasks
 
 log = logging.getLogger(__name__)

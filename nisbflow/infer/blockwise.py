@@ -10,7 +10,6 @@ run in both (:func:`nisbflow.infer.geometry.redundancy`).
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import dask.array as da
 import fsspec
 import numpy as np
 
-from nisbflow.infer.geometry import blending_weight, padded_shape, read_region, window_grid, windows_for_region
+from nisbflow.infer.geometry import blending_weight, read_region, window_grid, windows_for_region
 from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
 from nisbflow.progress import compute_tasks
 
