@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nisbflow.config import Config, apply_overrides, deep_merge, load_params, load_yaml_tree, validate_tree
+from nisbflow.config import Config, apply_overrides, deep_merge, load_yaml_tree, validate_tree
 from nisbflow.model.checkpoint import Checkpoint
 
 SHOWN_KEYS = ("inference.window_size", "inference.overlap", "inference.sw_batch_size", "inference.activation",
@@ -123,7 +123,7 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     if config is not None:
         layers.append((f"--config {config}", load_yaml_tree(config)))
     if params is not None:
-        layers.append((f"--params {params}", apply_overrides({}, load_params(params))))
+        layers.append((f"--params {params}", load_yaml_tree(params)))  # a configuration fragment, keys checked
     overrides = list(overrides or [])
     if overrides:
         layers.append(("KEY=VALUE", apply_overrides({}, overrides)))

@@ -1,7 +1,7 @@
 """Configuration: one typed schema (BANIS defaults) set by YAML files and ``key=value`` overrides."""
 
-from .load import (apply_overrides, config_to_yaml, deep_merge, load_config, load_params, load_yaml_tree, valid_keys,
-                   validate_tree, without_derived_paths)
+from .load import (apply_overrides, config_to_yaml, deep_merge, load_config, load_yaml_tree, valid_keys, validate_tree,
+                   without_derived_paths)
 from .schema import BANIS_AFFINITY_OFFSETS, Config, parse_offset
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "config_to_yaml",
     "deep_merge",
     "load_config",
-    "load_params",
     "load_yaml_tree",
     "without_derived_paths",
     "parse_offset",

@@ -152,30 +152,6 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return validate_tree(apply_overrides(tree, list(overrides)))
 
 
-def load_params(path: str | Path) -> list[str]:
-    """A parameters YAML (``best.yaml`` from ``nisbflow tune``, any configuration fragment) as ``key.path=value``
-    overrides, to layer over a configuration file and under the command line's own overrides."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"parameters file {path} does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"parameters file {path} is not valid YAML: {error}") from error
-    if not isinstance(tree, dict):
-        raise ConfigError(f"parameters file {path} must hold a mapping such as 'decoding: {{threshold: 0.7}}'")
-
-    def flatten(node, prefix=""):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                yield from flatten(value, f"{name}.")
-            else:
-                yield f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-
-    return list(flatten(tree))
-
-
 def validate_tree(tree: dict) -> Config:
     """A configuration tree (every key set somewhere) → a validated :class:`Config`, or one clear
     :class:`ConfigError` naming each bad key."""

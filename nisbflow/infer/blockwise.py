@@ -269,6 +269,24 @@ def _store_block(values: np.ndarray, target: str, write_region, marker: str, n_w
     return n_windows
 
 
+AFFINITY_DESCRIPTION = ("affinities: sigmoid(0.2 logit) blended over BANIS windows; channel c is the edge "
+                        "v → v + offset_c (source-voxel storage)")
+
+
+def affinity_attrs(run, settings: WindowSettings, source, description: str = AFFINITY_DESCRIPTION, **extra) -> dict:
+    """What an affinities array records: provenance (:func:`~nisbflow.data.volumes.output_attrs`), the checkpoint's
+    name and hash, each channel's offset, and ``nisbflow_settings`` (the run's settings with the window geometry
+    that actually ran), which ``decode`` reads its threshold back from."""
+    from nisbflow.data.volumes import output_attrs, voxel_size_of
+
+    handle = run.checkpoint
+    offsets = list(handle.model.affinity_offsets)
+    return output_attrs(description, voxel_size_of(source), "cxyz", run.config, checkpoint=handle.name,
+                        checkpoint_sha256=handle.sha256,
+                        offsets=offsets if settings.channels is None else [offsets[c] for c in settings.channels],
+                        nisbflow_settings=dict(run.record(), inference=settings.record()), **extra)
+
+
 def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
                   settings: WindowSettings | None = None, block=DEFAULT_BLOCK, overwrite: bool = False,
                   progress: bool = True, device: str | None = None) -> InferSummary:
@@ -288,7 +306,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     import zarr
 
     from nisbflow.cluster import cluster_device
-    from nisbflow.data.volumes import fast_compressors, open_image, output_attrs, voxel_size_of
+    from nisbflow.data.volumes import fast_compressors, open_image
     from nisbflow.errors import OutputExistsError
     from nisbflow.settings import as_run_settings
 
@@ -327,17 +345,11 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
             existing = None
     if existing is None:
         zarr_format = source.metadata.zarr_format
-        recorded = dict(run.record(), inference=settings.record())
         zarr.create_array(
             protocol + partial, shape=(n_channels,) + shape, chunks=(n_channels,) + output_chunks(block, shape),
             dtype=settings.output_dtype, fill_value=0, zarr_format=zarr_format,
             compressors=fast_compressors(zarr_format),
-            attributes=output_attrs("affinities: sigmoid(0.2 logit) blended over BANIS windows; channel c is the "
-                                    "edge v → v + offset_c (source-voxel storage)", voxel_size_of(source), "cxyz",
-                                    run.config, checkpoint=handle.name, checkpoint_sha256=digest,
-                                    offsets=list(model_config.affinity_offsets) if settings.channels is None else
-                                    [model_config.affinity_offsets[c] for c in settings.channels],
-                                    nisbflow_settings=recorded, nisbflow_resume=resume_key))
+            attributes=affinity_attrs(run, settings, source, nisbflow_resume=resume_key))
     fs.makedirs(markers, exist_ok=True)
     finished = {Path(p).name for p in fs.ls(markers, detail=False)}
     chunks, plan = block_plan(shape, block, settings)
@@ -375,7 +387,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     attributes. For checking block-wise results on volumes that fit in memory."""
     import zarr
 
-    from nisbflow.data.volumes import fast_compressors, open_image, output_attrs, staged_output, voxel_size_of
+    from nisbflow.data.volumes import fast_compressors, open_image, staged_output
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -394,11 +406,8 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     with staged_output(output, overwrite=overwrite) as staged:
         zarr.create_array(staged, shape=values.shape, chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
                           zarr_format=fmt, compressors=fast_compressors(fmt),
-                          attributes=output_attrs("affinities (whole-volume reference)", voxel_size_of(source),
-                                                  "cxyz", run.config, checkpoint=handle.name,
-                                                  checkpoint_sha256=handle.sha256,
-                                                  offsets=[handle.model.affinity_offsets[c] for c in settings.channels],
-                                                  nisbflow_settings=dict(run.record(), inference=settings.record()))
+                          attributes=affinity_attrs(run, settings, source,
+                                                    AFFINITY_DESCRIPTION + " (whole-volume reference)")
                           )[...] = values
     grid = window_grid(values.shape[1:], settings.window, settings.stride)
     n_windows = int(np.prod([len(g) for g in grid]))

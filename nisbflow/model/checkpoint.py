@@ -199,15 +199,8 @@ def checkpoint_hash(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_checkpoint(path, expected: ModelConfig | None = None,
-                    map_location="cpu") -> tuple[torch.nn.Module, ModelConfig]:
-    """Load a nisbflow or Lightning checkpoint (a path, a shipped name or a :class:`Checkpoint`) →
-    ``(model in eval mode, its ModelConfig)``.
-
-    ``expected``: when given, the checkpoint's architecture and channel counts must match it.
-    """
-    path = Path(path.path) if isinstance(path, Checkpoint) else resolve_checkpoint(path)
-    payload, _ = _read(path, map_location)
+def _network(payload, path, expected: ModelConfig | None = None) -> tuple[torch.nn.Module, ModelConfig]:
+    """The network of a loaded checkpoint payload, its weights in place, in eval mode."""
     config, state = _model_and_state(payload, path)
     if expected is not None:
         for key in ("arch", "size", "init_filters", "kernel_size", "in_channels", "out_channels"):
@@ -223,6 +216,18 @@ def load_checkpoint(path, expected: ModelConfig | None = None,
     return model.eval(), config
 
 
+def load_checkpoint(path, expected: ModelConfig | None = None,
+                    map_location="cpu") -> tuple[torch.nn.Module, ModelConfig]:
+    """Load a nisbflow or Lightning checkpoint (a path, a shipped name or a :class:`Checkpoint`) →
+    ``(model in eval mode, its ModelConfig)``.
+
+    ``expected``: when given, the checkpoint's architecture and channel counts must match it.
+    """
+    path = Path(path.path) if isinstance(path, Checkpoint) else resolve_checkpoint(path)
+    payload, _ = _read(path, map_location)
+    return _network(payload, path, expected)
+
+
 def export_checkpoint(source: str | Path, output: str | Path, overrides=(), **metadata) -> dict:
     """Weights-only copy of a checkpoint (training state dropped), keeping its model configuration and metadata.
 
@@ -233,8 +238,9 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), **me
     """
     from nisbflow.config import Config, apply_overrides, without_derived_paths
 
-    model, config = load_checkpoint(source)
-    payload, digest = _read(resolve_checkpoint(source))
+    path = resolve_checkpoint(source)
+    payload, digest = _read(path)
+    model, config = _network(payload, path)
     kept = dict(payload.get("metadata", {})) if payload.get("format") == CHECKPOINT_FORMAT else {}
     if "exported_from" in kept:  # exporting an export: keep the chain back to the training run
         kept.setdefault("export_history", []).append({"exported_from": kept["exported_from"],

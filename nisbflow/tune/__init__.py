@@ -17,7 +17,6 @@ from pathlib import Path
 
 import yaml
 
-from nisbflow.config import load_params
 from nisbflow.errors import ConfigError
 
 from .scoring import ThresholdScorer, threshold_grid, threshold_key
@@ -226,6 +225,30 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
                       tune_config.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
                       affinities, details=dict(best.user_attrs))
+
+
+def load_params(path: str | Path) -> list[str]:
+    """A parameters YAML (``best.yaml`` from ``nisbflow tune``, any configuration fragment) as ``key.path=value``
+    overrides, to layer over a configuration file and under the command line's own overrides."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"parameters file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"parameters file {path} is not valid YAML: {error}") from error
+    if not isinstance(tree, dict):
+        raise ConfigError(f"parameters file {path} must hold a mapping such as 'decoding: {{threshold: 0.7}}'")
+
+    def flatten(node, prefix=""):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from flatten(value, f"{name}.")
+            else:
+                yield f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+    return list(flatten(tree))
 
 
 def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
