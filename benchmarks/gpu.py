@@ -327,11 +327,12 @@ def step_train(work: Path, seconds: int, shape, results, sampler: GpuSampler | N
 def project(results) -> None:
     """The NISB test cube from the measured rates: its grid at the default 768³ blocks (redundancy from the block
     plan), at the end-to-end windows/s of ``nisbflow infer``."""
+    from nisbflow.blocks import BlockGrid
     from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, block_plan
 
     settings = WindowSettings()
-    _, plan = block_plan(NISB_TEST_CUBE, DEFAULT_BLOCK, settings)
-    computed = sum(len(entry[1]) for entry in plan.values())
+    plan = block_plan(BlockGrid.regular(NISB_TEST_CUBE, DEFAULT_BLOCK), settings)
+    computed = sum(len(entry.windows) for entry in plan.values())
     grid = n_windows(NISB_TEST_CUBE)
     projection = {"cube": list(NISB_TEST_CUBE), "windows_in_grid": grid, "windows_computed_768_blocks": computed,
                   "redundancy": computed / grid}

@@ -5,6 +5,7 @@ Configuration keys and modes follow PyTorch Connectomics' ``scripts/main.py`` so
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import List, Optional
 
@@ -32,18 +33,123 @@ console = Console()
 errors = Console(stderr=True)
 
 
+OPTIONAL_EXTRAS = {"cupy": "gpu", "cupy_backends": "gpu", "dask_cuda": "gpu", "dask_jobqueue": "slurm",
+                   "kimimaro": "skeleton"}
+"""Optional packages and the nisbflow extra that installs each."""
+
+OPTIONS = {"debug": False}
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line."),
+):
+    """Dense neuron segmentation of EM volumes at scale: the NISB BANIS baseline as Dask graphs over zarr."""
+    OPTIONS["debug"] = debug
+
+
+def one_line(error: BaseException) -> str:
+    """An expected failure as one line: nisbflow's own errors as they are, missing optional packages with the extra
+    that installs them, and file-system or network errors with the path or address they concern."""
+    if isinstance(error, NisbflowError):
+        return " ".join(str(error).split())
+    if isinstance(error, ImportError):
+        name = (error.name or str(error)).split(".")[0]
+        extra = OPTIONAL_EXTRAS.get(name)
+        return f"missing optional package {name}" + (f": pip install 'nisbflow[{extra}]'" if extra else f" ({error})")
+    if isinstance(error, OSError):
+        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+        return f"{error.filename}: {reason}" if error.filename else reason
+    return f"{type(error).__name__}: {error}"
+
+
+def _error(message: str) -> None:
+    from rich.text import Text
+
+    errors.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM (a batch system's or container's stop) behave like Ctrl-C; returns the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def friendly_errors(command):
-    """Print nisbflow's own errors as one clear line (exit code 2) instead of a traceback."""
+    """Expected failures (nisbflow's errors, missing or unwritable paths, unreachable schedulers, missing optional
+    packages) print one line on stderr and exit with code 2; an interrupt (Ctrl-C, SIGTERM) prints one line and exits
+    with 130 after in-flight block writes end, keeping what a re-run resumes from. ``--debug`` shows tracebacks."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        import signal
+
+        previous = _terminate_as_interrupt()
         try:
             return command(*args, **kwargs)
-        except NisbflowError as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        except KeyboardInterrupt:
+            if OPTIONS["debug"]:
+                import traceback
+
+                traceback.print_exc()
+            _error("interrupted; finished blocks are kept, re-run the same command to resume")
+            raise typer.Exit(code=130) from None
+        except (NisbflowError, OSError, ImportError) as error:
+            if OPTIONS["debug"]:
+                raise
+            _error(one_line(error))
             raise typer.Exit(code=2) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def cluster_for(settings, cluster: str | None, workers: int | None = None, memory_limit: str | None = None):
+    """The one place commands open their Dask cluster (``system.*`` settings, overridden by the options) and print
+    the dashboard link; closed when the block ends."""
+    from nisbflow.cluster import cluster_from_config
+
+    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+        if client is not None:
+            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+        yield client
+
+
+def preflight(output: str, kind: str, inputs: dict, overwrite: bool, force: bool) -> None:
+    """Refuse a run's output before any cluster starts: overlapping an input, existing without --overwrite (or not
+    nisbflow's without --force), or locked by a live run (:meth:`nisbflow.blocks.StagedRun.preflight`)."""
+    from nisbflow.blocks import StagedRun
+
+    StagedRun(output, kind=kind, inputs=inputs, overwrite=overwrite, force=force).preflight()
+
+
+def check_writable(path: str, option: str) -> None:
+    """Raise unless a result file can be written at ``path`` (its folder exists and is writable), before the work."""
+    import os
+    from pathlib import Path
+
+    from nisbflow.errors import OutputExistsError
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise OutputExistsError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputExistsError(f"{option} {path}: folder {folder} is not writable")
+
+
+FORCE_HELP = "Replace an existing output that nisbflow did not write (never an input)."
+OVERWRITE_HELP = "Replace an existing output of the same kind that nisbflow wrote."
 
 
 def parse_triple(text: str, name: str, kind=int) -> tuple:
@@ -113,7 +219,8 @@ def synth(
     zarr_format: int = typer.Option(2, "--zarr-format", help="2 (what NISB ships) or 3."),
     workers: Optional[int] = typer.Option(None, help="Threads for the local scheduler (default: all cores)."),
     preview: Optional[str] = typer.Option(None, help="Also save a PNG of image and segmentation slices."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace seeds nisbflow wrote."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Write synthetic NISB-like data: data.zarr (img uint8 X,Y,Z,1; seg uint32 X,Y,Z) and skeleton.pkl."""
     from nisbflow.synth import synthesize_layout, synthesize_seed
@@ -124,7 +231,8 @@ def synth(
         raise typer.BadParameter(f"--zarr-format must be 2 or 3, got {zarr_format}")
     presets = [name for name, on in (("thin", thin_neurites), ("slice_defects", slice_defects),
                                      ("low_contrast", low_contrast)) if on]
-    options = dict(presets=presets, chunks=chunk, zarr_format=zarr_format, overwrite=overwrite, num_workers=workers)
+    options = dict(presets=presets, chunks=chunk, zarr_format=zarr_format, overwrite=overwrite, force=force,
+                   num_workers=workers, log=console.print)
     if layout == "seed":
         summaries = [synthesize_seed(out, size, seed, preview=preview, **options)]
     elif layout == "nisb":
@@ -150,14 +258,16 @@ def synth_affinities(
     noise: float = typer.Option(0.15, help="Standard deviation of the Gaussian noise added to 0.9 / 0.1."),
     seed: int = typer.Option(0, help="Random seed of the noise."),
     chunks: Optional[str] = typer.Option(None, help="Spatial chunk size X,Y,Z (default: the segmentation's)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ):
     """Stand-in predictions: noisy short-range affinities of a ground truth (0.9 inside a neuron, 0.1 across a
     boundary, plus noise), for trying decoding and evaluation without a trained model."""
     from nisbflow.synth.affinities import write_noisy_affinities
 
     block = parse_triple(chunks, "--chunks") if chunks else None
-    write_noisy_affinities(segmentation, output, noise=noise, seed=seed, chunks=block, overwrite=overwrite)
+    write_noisy_affinities(segmentation, output, noise=noise, seed=seed, chunks=block, overwrite=overwrite,
+                           force=force, log=console.print)
     console.print(f"wrote {output}: (3, X, Y, Z) float16 affinities, noise {noise:g}")
 
 
@@ -193,7 +303,8 @@ def decode(
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker, e.g. 4GiB."),
     mask: Optional[str] = typer.Option(None, help="Affinity mask zarr array (X, Y, Z); 0 turns off a voxel's edges."),
     backend: Optional[str] = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration."),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
@@ -203,12 +314,12 @@ def decode(
     Every block is labelled with a one-voxel halo and a union-find stitches the blocks, so the result equals
     whole-volume decoding for any chunking. The output is written under a temporary name and renamed when done.
     """
-    from nisbflow.cluster import cluster_from_config
-    from nisbflow.data.volumes import open_volume
+    from nisbflow.data.volumes import open_affinities
     from nisbflow.decode import decode_to_zarr, threshold_array_name
+    from nisbflow.decode.kernel import check_backend, check_thresholds
     from nisbflow.settings import recorded_settings, resolve_settings
 
-    attrs = dict(open_volume(affinities, role="affinities", ndims=(4,)).attrs)
+    attrs = dict(open_affinities(affinities, log=console.print).attrs)
     run = resolve_settings(None, config=config, params=params, overrides=overrides or [],
                            recorded=recorded_settings(attrs), recorded_from=f"the attributes of {affinities}")
     settings = run.config
@@ -219,13 +330,14 @@ def decode(
         thresholds = [settings.decoding.threshold]
         source = run.sources.get("decoding.threshold", "the default")
         console.print(f"decoding threshold {thresholds[0]:g} from {source}", highlight=False)
+    check_thresholds(thresholds)
+    backend = check_backend(backend or settings.decoding.backend)
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
-        if client is not None:
-            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
-        counts = decode_to_zarr(
-            affinities, output, thresholds=thresholds, mask=mask or settings.decoding.affinity_mask_path,
-            chunks=block, backend=backend or settings.decoding.backend, overwrite=overwrite, config=run)
+    mask = mask or settings.decoding.affinity_mask_path
+    preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
+    with cluster_for(settings, cluster, workers, memory_limit):
+        counts = decode_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=block, backend=backend,
+                                overwrite=overwrite, force=force, config=run, log=console.print, check_values=False)
     for value, n in counts.items():
         where = output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
         console.print(f"threshold {value:g}: {n} segments → {where}")
@@ -250,6 +362,9 @@ def evaluate(
     from nisbflow.evaluate import dense_metrics, nerl
     from nisbflow.evaluate.report import metrics_table, plot_run_lengths, write_json
 
+    for path, option in ((json_path, "--json"), (plot, "--plot")):
+        if path:
+            check_writable(path, option)
     volume = open_volume(segmentation, role="segmentation", ndims=(3,))
     result = nerl(volume, skeleton, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
                   merge_threshold=merge_threshold, progress=True)
@@ -282,8 +397,12 @@ def skeletonize(
     from nisbflow.errors import OutputExistsError
     from nisbflow.evaluate.skeletonize import skeletonize as run
 
+    from nisbflow.blocks import check_not_input
+
+    check_not_input(output, {"segmentation": segmentation})
     if Path(output).exists() and not overwrite:
         raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    check_writable(output, "OUTPUT")
     volume = open_volume(segmentation, role="segmentation", ndims=(3,))
     graph = run(volume, parse_triple(voxel_size, "--voxel-size", float), dust_threshold=dust_threshold,
                 parallel=parallel)
@@ -395,16 +514,13 @@ def demo(
     Runs the model shipped inside nisbflow (a small MedNeXt trained on synthetic seeds, see `nisbflow model list`)
     and, for comparison, the same architecture untrained. Watch the Dask dashboard at the printed link.
     """
-    from nisbflow.cluster import cluster_from_config
     from nisbflow.config import load_config
     from nisbflow.evaluate.report import metrics_table
     from nisbflow.pipeline import run_demo
 
     size = parse_triple(shape, "--shape")
     settings = load_config(None, [])
-    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
-        if client is not None:
-            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+    with cluster_for(settings, cluster, workers, memory_limit):
         runs = run_demo(out, shape=size, seed=seed, checkpoint=checkpoint, threshold=threshold, baseline=baseline,
                         overwrite=overwrite, log=console.print)
     for run in runs:
@@ -435,7 +551,8 @@ def infer(
     channels: Optional[str] = typer.Option(None, help="Output channels to keep, e.g. 0,1,2,3,4,5 (sets "
                                                       "inference.select_channel; default: the checkpoint's, else "
                                                       "0,1,2, the short-range affinities decoding reads)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (inference.* settings)."),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
@@ -447,23 +564,28 @@ def infer(
     runs exactly the windows of the global grid that touch it, so the result equals --whole for any block size.
     Finished blocks are recorded: re-running after an interruption resumes where it stopped.
     """
-    from nisbflow.cluster import cluster_from_config
-    from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr, infer_whole_to_zarr
+    from nisbflow.data.volumes import open_image
+    from nisbflow.infer.blockwise import (DEFAULT_BLOCK, WindowSettings, check_channels, infer_to_zarr,
+                                          infer_whole_to_zarr)
     from nisbflow.settings import resolve_settings
 
     extra = [f"inference.select_channel=[{channels}]"] if channels else []
     run = resolve_settings(checkpoint, config=config, params=params, overrides=list(overrides or []) + extra)
     print_settings(run)
     block = parse_triple(chunks, "--chunks") if chunks else DEFAULT_BLOCK
+    open_image(image)
+    check_channels(WindowSettings.from_config(run.config.inference), run.checkpoint.model.out_channels,
+                   f"checkpoint {run.checkpoint.name}")
+    preflight(output, "affinities", {"image": image}, overwrite, force)
     if whole:
-        summary = infer_whole_to_zarr(image, output, run.checkpoint, config=run, overwrite=overwrite)
+        summary = infer_whole_to_zarr(image, output, run.checkpoint, config=run, overwrite=overwrite, force=force,
+                                      log=console.print)
         console.print(f"wrote {output}: {summary.shape} {run.config.inference.output_dtype}, "
                       f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s (whole volume, one process)")
         return
-    with cluster_from_config(run.config, cluster, n_workers=workers, memory_limit=memory_limit) as client:
-        if client is not None:
-            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
-        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, overwrite=overwrite)
+    with cluster_for(run.config, cluster, workers, memory_limit):
+        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, overwrite=overwrite,
+                                force=force, log=console.print)
     console.print(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
                   f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
                   f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})")
@@ -484,7 +606,6 @@ def test_command(
 ):
     """Infer → decode → evaluate on data.test.path / data.test.skeleton, writing affinities.zarr,
     segmentation.zarr and metrics.json under <save_path>/<timestamp>/."""
-    from nisbflow.cluster import cluster_from_config
     from nisbflow.evaluate.report import metrics_table
     from nisbflow.pipeline import run_test
     from nisbflow.settings import resolve_settings
@@ -493,9 +614,7 @@ def test_command(
     print_settings(run)
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
-        if client is not None:
-            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+    with cluster_for(settings, cluster, workers, memory_limit):
         folder, result = run_test(run, run.checkpoint, block=block)
     console.print(metrics_table(result, title=f"{settings.data.test.path}: threshold {settings.decoding.threshold:g}"))
     console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
@@ -524,16 +643,13 @@ def tune(
     in one decoding pass. The study is kept in tune.storage (sqlite under save_path): re-running appends trials.
     Writes best.yaml (use it with nisbflow test --params) and threshold_curve.png.
     """
-    from nisbflow.cluster import cluster_from_config
     from nisbflow.settings import resolve_settings
     from nisbflow.tune import tune as run_tune
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
     print_settings(run)
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_from_config(run.config, cluster, n_workers=workers, memory_limit=memory_limit) as client:
-        if client is not None:
-            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+    with cluster_for(run.config, cluster, workers, memory_limit):
         result = run_tune(run, run.checkpoint, out_dir=out, block=block, log=console.print)
     console.print(_curve_table(result))
     console.print(f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
@@ -566,7 +682,6 @@ def tune_test(
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
     """Tune decoding.threshold on data.val, then infer → decode → evaluate data.test with the best threshold."""
-    from nisbflow.cluster import cluster_from_config
     from nisbflow.evaluate.report import metrics_table
     from nisbflow.settings import resolve_settings
     from nisbflow.tune import tune_and_test
@@ -575,9 +690,7 @@ def tune_test(
     print_settings(run)
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
-        if client is not None:
-            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+    with cluster_for(settings, cluster, workers, memory_limit):
         result, folder, test_result = tune_and_test(run, run.checkpoint, out_dir=out, block=block,
                                                     log=console.print)
     console.print(_curve_table(result))

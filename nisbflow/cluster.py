@@ -21,6 +21,9 @@ import dask
 
 from nisbflow.errors import ConfigError
 
+SCHEDULER_TIMEOUT = "10s"
+"""How long to try reaching a remote scheduler before giving up with a clear error."""
+
 CLUSTER_KINDS = ("local", "dask-cuda", "slurm", "sync")
 ADDRESS_SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
 
@@ -95,7 +98,13 @@ def cluster_client(
     from distributed import Client, LocalCluster
 
     if cluster.startswith(ADDRESS_SCHEMES):
-        with Client(cluster) as client:
+        try:
+            client = Client(cluster, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError) as error:
+            raise ConfigError(f"--cluster {cluster}: cannot reach a Dask scheduler there within "
+                              f"{SCHEDULER_TIMEOUT} ({type(error).__name__}); is `dask scheduler` running and the "
+                              "address right?") from None
+        with client:
             yield client
         return
     if cluster == "local":

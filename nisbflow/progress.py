@@ -26,6 +26,37 @@ def current_client():
         return None
 
 
+DRAIN_SECONDS = 8.0
+"""How long an interrupted computation waits for tasks already running on workers (their writes) to end."""
+
+
+def _executing(dask_worker) -> int:
+    """Tasks executing on one worker (run through ``Client.run``, outside the worker's task threads)."""
+    state = getattr(dask_worker, "state", dask_worker)
+    return int(getattr(state, "executing_count", len(getattr(state, "executing", ()))))
+
+
+def stop_and_drain(client, futures, timeout: float = DRAIN_SECONDS) -> bool:
+    """After an interrupt: cancel ``futures`` (nothing new starts), then wait up to ``timeout`` seconds for tasks
+    already executing on the workers to finish, so a block is either written with its marker or not at all.
+    Returns whether the workers went idle in time. Called with SIGINT/SIGTERM already received: it must not hang."""
+    import time
+
+    try:
+        client.cancel(futures, force=True)
+    except Exception:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any(client.run(_executing, on_error="ignore").values()):
+                return True
+        except Exception:
+            return False
+        time.sleep(0.1)
+    return False
+
+
 def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, num_workers: int | None = None,
                   track: Sequence | None = None) -> list:
     """Compute ``tasks`` (dask delayed objects) and return their results in order.
@@ -45,9 +76,14 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
 
             futures = client.compute(tasks if track is None else tasks + tracked)
             results = futures[:len(tasks)]
-            for _ in as_completed(futures if track is None else futures[len(tasks):]):
-                bar.advance(task)
-            return client.gather(results)
+            try:
+                for _ in as_completed(futures if track is None else futures[len(tasks):]):
+                    bar.advance(task)
+                return client.gather(results)
+            except KeyboardInterrupt:
+                bar.stop()
+                stop_and_drain(client, futures)
+                raise
 
         from dask.callbacks import Callback
 

@@ -198,8 +198,10 @@ def test_numbering_is_consecutive_in_block_order():
 
 def test_bad_inputs_give_clear_errors():
     good = np.zeros((3, 4, 4, 4), dtype=np.float32)
-    with pytest.raises(VolumeError, match="at least 3 affinity channels"):
+    with pytest.raises(VolumeError, match="expected 3 or 6 affinity channels.*found shape \\(2, 4, 4, 4\\)"):
         decode_affinity_cc(np.zeros((2, 4, 4, 4), dtype=np.float32))
+    with pytest.raises(VolumeError, match="looks channels-last"):
+        decode_affinity_cc(np.zeros((8, 8, 8, 3), dtype=np.float32))
     with pytest.raises(VolumeError, match="float16 or float32.*found dtype uint8"):
         decode_affinity_cc(np.zeros((3, 4, 4, 4), dtype=np.uint8))
     with pytest.raises(VolumeError, match=r"expected shape \(4, 4, 4\).*found \(4, 4, 5\)"):
@@ -208,8 +210,12 @@ def test_bad_inputs_give_clear_errors():
         decode_affinity_cc(np.zeros((4, 4, 4), dtype=np.float32))
     with pytest.raises(ValueError, match="backend"):
         decode_affinity_cc(good, backend="opencl")
-    with pytest.raises(ValueError, match="thresholds must be in"):
+    with pytest.raises(ConfigError, match="threshold.*in \\[0, 1\\], got 1.5"):
         decode_affinity_cc(good, 1.5)
+    with pytest.raises(ConfigError, match="got nan"):
+        decode_affinity_cc(good, float("nan"))
+    with pytest.raises(ConfigError, match="boolean"):
+        decode_affinity_cc(good, True)
 
 
 def test_nan_is_no_edge_with_a_warning():
@@ -228,7 +234,7 @@ def test_cupy_backend_needs_cupy():
     try:
         import cupy  # noqa: F401
     except ImportError:
-        with pytest.raises(ImportError, match="needs cupy"):
+        with pytest.raises(ConfigError, match=r"needs cupy.*pip install 'nisbflow\[gpu\]'"):
             decode_affinity_cc(np.zeros((3, 2, 2, 2), dtype=np.float32), backend="cupy")
     else:  # on a GPU machine: the same result as numba
         rng = np.random.default_rng(6)
@@ -339,9 +345,17 @@ def test_cli_decode(affinity_store, tmp_path, monkeypatch):
 
     monkeypatch.setattr(blockwise, "_relabel_in_zarr", interrupted)
     crashed = runner.invoke(app, ["decode", path, output, "--cluster", "sync", "-t", "0.5", "--overwrite"])
-    assert crashed.exit_code != 0
+    assert crashed.exit_code == 130 and "re-run the same command to resume" in crashed.output
     assert np.array_equal(zarr.open_array(output)[...], before)
+    # what a resume needs is kept beside the output, unlocked; the re-run resumes the label pass and cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".seg.zarr.nisbflow-run", "seg.zarr"]
+    assert not (tmp_path / ".seg.zarr.nisbflow-run" / "lock.json").exists()
+    monkeypatch.undo()
+    resumed = runner.invoke(app, ["decode", path, output, "--cluster", "sync", "-t", "0.5", "--overwrite"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "already labelled" in resumed.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
+    assert same_partition(zarr.open_array(output)[...], decode_affinity_cc(affinities, 0.5))
 
 
 def test_cli_synth_affinities_then_decode_recovers_ground_truth(tmp_path):

@@ -226,12 +226,14 @@ def test_a_block_reads_only_the_image_chunks_of_its_read_region():
     import dask
     import dask.array as da
 
+    from nisbflow.blocks import BlockGrid
     from nisbflow.infer.blockwise import WindowSettings, _block_task, block_plan, predict_block
 
     image = da.zeros((256, 256, 64), chunks=64, dtype=np.uint8)
     settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16))
-    _, plan = block_plan(image.shape, (64, 64, 64), settings)
-    assert plan[(1, 1, 0)][2] == (slice(48, 144), slice(48, 144), slice(0, 64))
+    plan = block_plan(BlockGrid.regular(image.shape, (64, 64, 64)), settings)
+    assert plan[(1, 1, 0)].read == (slice(48, 144), slice(48, 144), slice(0, 64))
+    assert plan[(1, 1, 0)].write == (slice(64, 128), slice(64, 128), slice(0, 64))
     task = _block_task(predict_block, image, (1, 1, 0), plan[(1, 1, 0)], settings, ("ckpt", "id"), "cpu", "t")
     (optimized,) = dask.optimize(task)
     chunk_keys = {k for k in dict(optimized.__dask_graph__()) if isinstance(k, tuple) and "zeros" in k[0]}

@@ -100,6 +100,9 @@ def check_volume(
 ) -> None:
     """Raise :class:`VolumeError` unless ``shape`` and ``dtype`` are of an allowed rank and dtype."""
     dtype = np.dtype(dtype)
+    if any(int(n) == 0 for n in shape):
+        raise VolumeError(f"{role} {where}: the array is empty (shape {tuple(shape)}); every axis needs at least one "
+                          "voxel")
     if ndims is not None and len(shape) not in ndims:
         expected = " or ".join(str(n) for n in ndims)
         raise VolumeError(f"{role} {where}: expected {expected} dimensions, found {len(shape)} (shape {tuple(shape)})")
@@ -113,8 +116,90 @@ def check_volume(
 
 
 def open_image(path: str | Path) -> zarr.Array:
-    """Open an EM image, ``(X, Y, Z, C) uint8`` (a 3-D ``(X, Y, Z)`` array is accepted as one channel)."""
-    return open_volume(path, role="image", ndims=(3, 4), dtypes=("uint8",))
+    """Open an EM image, ``(X, Y, Z, 1) uint8`` (a 3-D ``(X, Y, Z)`` array is accepted as one channel)."""
+    image = open_volume(path, role="image", ndims=(3, 4), dtypes=("uint8",))
+    if image.ndim == 4 and image.shape[3] != 1:
+        raise VolumeError(f"image {path}: expected one grey channel, shape (X, Y, Z, 1) or (X, Y, Z), found shape "
+                          f"{tuple(image.shape)}; select the channel to segment, e.g. into an (X, Y, Z) array")
+    return image
+
+
+AFFINITY_CHANNELS = (3, 6)
+"""Affinity channel counts nisbflow reads: the 3 short-range edges, or BANIS's 6 (short- then long-range)."""
+
+
+def check_affinity_layout(shape, dtype, where: str = "affinities") -> None:
+    """Raise :class:`VolumeError` unless ``shape``/``dtype`` are channels-first ``(C, X, Y, Z)`` floats, C = 3 or 6;
+    a channels-last array ``(X, Y, Z, C)`` is named as such."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    if any(n == 0 for n in shape):
+        raise VolumeError(f"{where}: the array is empty (shape {shape})")
+    if len(shape) != 4:
+        raise VolumeError(f"{where}: expected affinities of shape (C, X, Y, Z) with C = 3 or 6, found shape {shape}")
+    if shape[0] not in AFFINITY_CHANNELS:
+        if shape[3] in AFFINITY_CHANNELS:
+            raise VolumeError(f"{where}: shape {shape} looks channels-last (X, Y, Z, C); nisbflow reads channels "
+                              f"first, (C, X, Y, Z): store it transposed, e.g. numpy.moveaxis(a, -1, 0)")
+        raise VolumeError(f"{where}: expected 3 or 6 affinity channels (offsets x, y, z, then long-range) on axis 0 "
+                          f"of (C, X, Y, Z), found shape {shape}")
+    if dtype.kind != "f":
+        raise VolumeError(f"{where}: expected float16 or float32 affinities in [0, 1], found dtype {dtype.name} "
+                          "(convert integer predictions to probabilities first)")
+
+
+AFFINITY_SAMPLE_CHUNKS = 8
+"""Chunks of an affinities array whose values :func:`open_affinities` checks before a run."""
+
+
+def sample_affinity_range(array: zarr.Array, n_chunks: int = AFFINITY_SAMPLE_CHUNKS) -> dict:
+    """Fractions of NaN and of finite values outside [0, 1] among channels 0..2 of up to ``n_chunks`` chunks spread
+    over the array (a cheap look, not a scan), with the sampled minimum and maximum."""
+    grid = [range(0, n, c) for n, c in zip(array.shape[1:], array.chunks[1:])]
+    corners = list(np.ndindex(*[len(g) for g in grid]))
+    picks = [corners[int(i)] for i in np.unique(np.linspace(0, len(corners) - 1, n_chunks).round())]
+    total = outside = nan = 0
+    low, high = np.inf, -np.inf
+    for corner in picks:
+        region = tuple(slice(g[i], g[i] + c) for g, i, c in zip(grid, corner, array.chunks[1:]))
+        values = np.asarray(array[(slice(0, 3),) + region], dtype=np.float32)
+        finite = values[np.isfinite(values)]
+        total += values.size
+        nan += int(np.isnan(values).sum())
+        outside += int(((finite < 0) | (finite > 1)).sum()) + int(np.isinf(values).sum())
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return {"sampled": total, "nan_fraction": nan / max(total, 1), "outside_fraction": outside / max(total, 1),
+            "min": low, "max": high}
+
+
+def open_affinities(path: str | Path, *, log=None, sample: bool = True) -> zarr.Array:
+    """Open affinities ``(C, X, Y, Z)`` float16/float32 (C = 3 or 6) read-only and check them before any work:
+    the layout (:func:`check_affinity_layout`), the recorded channel ``offsets`` (channels 0..2 must be the
+    short-range x, y, z edges), and a sample of the values (:func:`sample_affinity_range`): values outside [0, 1]
+    (logits) or NaN are reported through ``log`` (a ``print``-like function; default stderr), naming the fraction."""
+    array = open_volume(path, role="affinities")
+    check_affinity_layout(array.shape, array.dtype, where=f"affinities {path}")
+    offsets = array.attrs.get("offsets")
+    if offsets is not None and tuple(str(o) for o in list(offsets)[:3]) != SHORT_RANGE_OFFSETS:
+        raise VolumeError(f"affinities {path}: channels 0, 1, 2 must be the short-range offsets "
+                          f"{list(SHORT_RANGE_OFFSETS)}, but its offsets attribute records {list(offsets)}; infer "
+                          "with inference.select_channel starting 0,1,2")
+    if sample:
+        found = sample_affinity_range(array)
+        say = log or (lambda message: print(message, file=sys.stderr))
+        if found["outside_fraction"] > 0:
+            say(f"warning: affinities {path}: {100 * found['outside_fraction']:.2f} % of sampled values lie outside "
+                f"[0, 1] (min {found['min']:.3g}, max {found['max']:.3g}); they look like logits, not probabilities "
+                "(inference.activation); thresholds compare with the stored values as they are")
+        if found["nan_fraction"] > 0:
+            say(f"warning: affinities {path}: {100 * found['nan_fraction']:.2f} % of sampled values are NaN; NaN "
+                "affinities count as no edge")
+    return array
+
+
+SHORT_RANGE_OFFSETS = ("1-0-0", "0-1-0", "0-0-1")
+"""The ``offsets`` attribute of channels 0, 1, 2 that decoding reads: +1 along x, y and z."""
 
 
 def open_segmentation(path: str | Path) -> zarr.Array:

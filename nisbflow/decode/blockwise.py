@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -27,10 +28,11 @@ import numcodecs
 import numpy as np
 import zarr
 from dask.base import tokenize
+from dask.delayed import Delayed
 
-from nisbflow.data.volumes import fast_compressors, open_volume, output_attrs, staged_output, voxel_size_of
-from nisbflow.decode.kernel import (check_affinities, check_backend, check_mask, check_short_range_offsets, check_thresholds,
-                                   decode_in_memory)
+from nisbflow.blocks import task_priority, write_marker
+from nisbflow.data.volumes import fast_compressors, open_affinities, open_volume, output_attrs, voxel_size_of
+from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockGrid, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
@@ -128,8 +130,9 @@ def _along_axes(planes) -> list:
 
 
 @functools.lru_cache(maxsize=32)
-def _opened(path: str) -> zarr.Array:
-    """A zarr array opened once per worker process and path (opening reads its metadata, ~1 ms per task).
+def _opened(path: str, run_id: str) -> zarr.Array:
+    """A zarr array opened once per worker process, path and run (opening reads its metadata, ~1 ms per task; the
+    staging path is the same for every run on one output, so the run id is part of the key).
 
     Only used for the arrays a decoding run creates itself, which no one else resizes while it runs."""
     return zarr.open_array(path, mode="r+")
@@ -147,6 +150,7 @@ class LocalIdScratch:
 
     def __init__(self, root: str, n_thresholds: int):
         self.root = root.rstrip("/")
+        self.n_thresholds = n_thresholds
         fs, path = fsspec.core.url_to_fs(self.root)
         for folder in [*range(n_thresholds), "faces"]:
             fs.makedirs(f"{path}/{folder}", exist_ok=True)
@@ -185,15 +189,23 @@ class LocalIdScratch:
                 upper_faces=tuple(data[f"upper-{t}-{a}"] for a in SPATIAL_AXES))
                 for t, block_labels in enumerate(summary)]
 
-    def remove(self) -> None:
+    def blocks_present(self) -> set[int]:
+        """Linear ids of blocks whose files (every threshold's local ids and the faces) are all in the scratch."""
         fs, path = fsspec.core.url_to_fs(self.root)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        present = None
+        for folder, suffix in [*((str(t), ".lz4") for t in range(self.n_thresholds)), ("faces", ".npz.lz4")]:
+            names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{path}/{folder}", detail=False)}
+            ids = {int(n[:-len(suffix)]) for n in names if n.endswith(suffix) and n[:-len(suffix)].isdigit()}
+            present = ids if present is None else present & ids
+        return present or set()
 
 
 def _label_and_store(affinities, halo_affinities, thresholds, backend, mask=None, halo_mask=(None, None, None),
-                     scratch: LocalIdScratch | None = None, block_id: int | None = None):
-    """Task: label one block; write its local ids to ``scratch`` when given. Returns the summaries without labels.
+                     scratch: LocalIdScratch | None = None, block_id: int | None = None, marker: str | None = None,
+                     run_id: str | None = None):
+    """Task: label one block; with ``scratch``, write its local ids and faces there, then its ``marker`` (payload:
+    each threshold's label count and the NaN count, which is all a resumed run needs of it). Returns the summaries
+    without labels (and without faces when they went to ``scratch``).
 
     ``halo_affinities`` / ``halo_mask``: per axis, the lower neighbour's :func:`upper_planes` (or None)."""
     labelled = label_block(affinities, _along_axes(halo_affinities), thresholds, mask, _along_axes(halo_mask), backend)
@@ -202,16 +214,15 @@ def _label_and_store(affinities, halo_affinities, thresholds, backend, mask=None
     for t, block_labels in enumerate(labelled):
         scratch.write(t, block_id, block_labels.labels)
     scratch.write_faces(block_id, labelled)
-    return [b._replace(labels=None, halo_faces=None, upper_faces=None) for b in labelled]
+    summary = [b._replace(labels=None, halo_faces=None, upper_faces=None) for b in labelled]
+    if marker is not None:
+        write_marker(marker, run_id, json.dumps([[b.count, b.nan_count] for b in summary]).encode())
+    return summary
 
 
-def _block_order_priority(key) -> int:
-    """Dask priority from a per-block task key ``(name, ..., i, j, k)``: earlier blocks (C order) first, so a chunk is
-    read shortly before the blocks that need it are labelled and released soon after."""
-    index = [v for v in key[1:] if isinstance(v, int)][-3:] if isinstance(key, tuple) else []
-    if len(index) != 3:
-        return 0
-    return -((index[0] * 4096 + index[1]) * 4096 + index[2])
+def _summary_from_marker(payload: bytes) -> list[BlockLabels]:
+    """A finished label task's summary, from its marker's payload."""
+    return [BlockLabels(None, None, None, int(count), int(nan)) for count, nan in json.loads(payload)]
 
 
 def _block_summary(block, block_id: int, lower: list, lower_ids: list, label_bits: int,
@@ -233,15 +244,25 @@ def _merge_summaries(*parts) -> tuple:
     return merge_equivalences(*(pairs for pairs, _ in parts)), counts
 
 
-def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress) -> list[SegmentNumbering]:
-    """Pass 1: label every block, merge equivalences in a tree, and number the segments (per threshold)."""
+def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, staged=None) -> list[SegmentNumbering]:
+    """Pass 1: label every block, merge equivalences in a tree, and number the segments (per threshold).
+
+    With ``staged`` (a :class:`~nisbflow.blocks.StagedRun`), blocks whose ``label`` marker and scratch files exist
+    are not labelled again: their summaries come from the markers and their faces from the scratch."""
     grid, token = inputs.grid, inputs.token
+    finished = _resumable_labels(staged, scratch, grid) if staged is not None else {}
     labelled, summaries = {}, []
-    with dask.annotate(priority=_block_order_priority):
+    with dask.annotate(priority=task_priority):
         for block in grid.indices():
+            key = grid.key(block)
+            if key in finished:
+                labelled[block] = _summary_from_marker(finished[key])
+                continue
             labelled[block] = dask.delayed(_label_and_store, pure=True)(
                 **inputs.of(block), thresholds=thresholds, backend=backend, scratch=scratch,
-                block_id=grid.linear(block), dask_key_name=(f"decode-label-block-{token}",) + block)
+                block_id=grid.linear(block), marker=None if staged is None else staged.marker("label", key),
+                run_id=None if staged is None else staged.run_id,
+                dask_key_name=(f"decode-label-block-{token}",) + block)
         for block in grid.indices():
             lower = [grid.lower_neighbour(block, axis) for axis in SPATIAL_AXES]
             summaries.append(dask.delayed(_block_summary, pure=True)(
@@ -255,13 +276,28 @@ def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress) ->
             dask_key_name=(f"decode-merge-equivalences-{token}", level, i // MERGE_FAN_IN))
             for i in range(0, len(summaries), MERGE_FAN_IN)]
         level += 1
-    [(equivalences, counts_of)] = compute_tasks(summaries, "decode: label blocks", progress=progress,
-                                                track=list(labelled.values()))
+    track = [task for task in labelled.values() if isinstance(task, Delayed)] or summaries
+    [(equivalences, counts_of)] = compute_tasks(summaries, "decode: label blocks", progress=progress, track=track)
     counts = np.stack([counts_of[b] for b in range(grid.n_blocks)])
     n_nan = int(counts[:, -1].sum())
     if n_nan:
         warnings.warn(f"affinities: {n_nan} NaN affinities; treated as no edge", RuntimeWarning, stacklevel=4)
     return [number_segments(counts[:, t], equivalences[t], grid.label_bits) for t in range(len(thresholds))]
+
+
+def _resumable_labels(staged, scratch: LocalIdScratch, grid) -> dict[str, bytes]:
+    """``label`` markers of ``staged`` whose scratch files (local ids at every threshold, faces) are all there."""
+    finished = staged.finished("label")
+    if not finished:
+        return {}
+    present = scratch.blocks_present()
+    kept = {key: payload for key, payload in finished.items()
+            if grid.linear(tuple(int(i) for i in key.split("."))) in present}
+    if len(kept) < len(finished):
+        staged.log(f"{len(finished) - len(kept)} label markers without their scratch files; relabelling those blocks")
+    elif kept:
+        staged.log(f"resuming the label pass: {len(kept)} of {grid.n_blocks} blocks already labelled")
+    return kept
 
 
 def _relabel_recomputed(affinities, halo_affinities, threshold, backend, numbering, block_id, mask=None,
@@ -296,11 +332,13 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
 
 
 def _relabel_in_zarr(scratch: LocalIdScratch, threshold_index: int, target: str, write_region,
-                     numbering: SegmentNumbering, block_id: int) -> int:
-    """Task: read one block's local ids from ``scratch``, write final ids to ``target``; returns the block id."""
+                     numbering: SegmentNumbering, block_id: int, marker: str, run_id: str) -> int:
+    """Task: read one block's local ids from ``scratch``, write final ids to ``target``, then its ``marker``;
+    returns the block id."""
     shape = tuple(s.stop - s.start for s in write_region)
     labels = scratch.read(threshold_index, block_id, shape)
-    _opened(target)[write_region] = relabel_block(labels, numbering, block_id)
+    _opened(target, run_id)[write_region] = relabel_block(labels, numbering, block_id)
+    write_marker(marker, run_id)
     return block_id
 
 
@@ -318,70 +356,103 @@ def decode_to_zarr(
     chunks: tuple[int, int, int] | None = None,
     backend: str = "numba",
     overwrite: bool = False,
+    force: bool = False,
     progress: bool = True,
     config=None,
+    log=None,
+    check_values: bool = True,
 ) -> dict:
     """Decode a zarr array of affinities into a zarr segmentation, block by block, reading affinities once.
 
-    ``affinities``: path or URL of a ``(C >= 3, X, Y, Z)`` float16/float32 zarr array. ``output``: one threshold
-    writes an ``(X, Y, Z)`` array there; several write a group with one array per threshold
+    ``affinities``: path or URL of a ``(C, X, Y, Z)`` float16/float32 zarr array (C = 3 or 6, channels 0..2 the
+    short-range x, y, z edges; checked by :func:`~nisbflow.decode.kernel.open_affinities`). ``output``: one
+    threshold writes an ``(X, Y, Z)`` array there; several write a group with one array per threshold
     (:func:`threshold_array_name`). ``chunks`` (voxels, X, Y, Z) sets both the block size and the output chunks
-    (default: the affinities' spatial chunks). The output is written under a temporary name and renamed when
-    complete; an existing output is refused unless ``overwrite``. Runs on the current Dask client if one is set up.
-    ``config``: a :class:`~nisbflow.config.Config` or the run's :class:`~nisbflow.settings.RunSettings`, recorded in
-    the output's attributes (with the checkpoint's hash for the latter). Returns ``{threshold: number of segments}``.
+    (default: the affinities' spatial chunks). Runs on the current Dask client if one is set up. ``config``: a
+    :class:`~nisbflow.config.Config` or the run's :class:`~nisbflow.settings.RunSettings`, recorded in the
+    output's attributes. Returns ``{threshold: number of segments}``. ``check_values``: sample the values for
+    logits and NaN first (the CLI has done so already).
+
+    The output is a :class:`~nisbflow.blocks.StagedRun` (staged, locked, published when complete; ``overwrite``
+    replaces a segmentation nisbflow wrote, ``force`` anything else; an output overlapping an input is refused).
+    Both passes resume: a re-run after an interruption keeps the label pass's finished blocks (their local ids and
+    faces are in the staging folder's scratch) and the relabel pass's written blocks when the affinities, mask,
+    thresholds and chunks are unchanged; the result is identical to an uninterrupted run.
     """
+    from nisbflow.blocks import StagedRun, default_log
+
+    log = log or default_log
     thresholds = check_thresholds(thresholds)
     check_backend(backend)
-    source = open_volume(affinities, role="affinities", ndims=(4,))
-    check_affinities(source.shape, source.dtype, where=f"affinities {affinities}")
-    check_short_range_offsets(source.attrs.get("offsets"), where=f"affinities {affinities}")
-    with dask.annotate(priority=_block_order_priority):
+    source = open_affinities(affinities, log=log, sample=check_values)
+    with dask.annotate(priority=task_priority):
         array = da.from_zarr(source)
     mask_array = None
     if mask is not None:
         mask_source = open_volume(mask, role="affinity mask", ndims=(3,))
         check_mask(mask_source.shape, source.shape[1:], where=f"affinity mask {mask}")
-        with dask.annotate(priority=_block_order_priority):
+        with dask.annotate(priority=task_priority):
             mask_array = da.from_zarr(mask_source)
-    with dask.annotate(priority=_block_order_priority):
+    with dask.annotate(priority=task_priority):
         array, mask_array, grid = _prepare(array, mask_array, chunks)
-    spatial = array.shape[1:]
-    block_shape = tuple(c[0] for c in grid.chunks)
-    zarr_format = source.metadata.zarr_format
-    voxel_size = voxel_size_of(source)
-    counts = {}
     recorded = {}
     if config is not None and hasattr(config, "record"):  # a RunSettings: record its settings and checkpoint
         recorded = config.record()
         config = config.config
-    with staged_output(output, overwrite=overwrite) as staged:
-        scratch = LocalIdScratch(f"{staged}.local-ids", len(thresholds))
-        try:
-            multiple = len(thresholds) > 1
-            if multiple:
-                zarr.open_group(staged, mode="w", zarr_format=zarr_format)
-            token = tokenize(str(affinities), str(mask), thresholds, block_shape, backend)
-            inputs = _BlockInputs(array, mask_array, grid, token)
-            numberings = _label_pass(inputs, thresholds, backend, scratch, progress)
-            for t, (threshold, numbering) in enumerate(zip(thresholds, numberings)):
-                target = f"{staged}/{threshold_array_name(threshold)}" if multiple else staged
-                zarr.create_array(
-                    target, shape=spatial, chunks=block_shape, dtype=numbering.dtype, fill_value=0,
-                    zarr_format=zarr_format, compressors=fast_compressors(zarr_format, shuffle=False),
-                    attributes=output_attrs(
-                        "neuron segmentation: connected components of affinities > threshold, 0 = background",
-                        voxel_size, "xyz", config, threshold=threshold, affinities=str(affinities),
-                        affinity_mask=None if mask is None else str(mask), n_segments=numbering.n_segments,
-                        **({"nisbflow_settings": dict(recorded, decoding={"threshold": threshold})}
-                           if recorded else {})))
-                shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{tokenize(token, threshold)}")
-                tasks = [dask.delayed(_relabel_in_zarr, pure=True)(
-                    scratch, t, target, grid.write_region(block), shared, grid.linear(block),
-                    dask_key_name=(f"decode-relabel-block-{tokenize(token, threshold)}",) + block)
-                    for block in grid.indices()]
-                compute_tasks(tasks, f"decode: relabel (threshold {threshold:g})", progress=progress)
-                counts[threshold] = numbering.n_segments
-        finally:
-            scratch.remove()
+    identity = dict(thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks])
+    with StagedRun(output, kind="segmentation", inputs={"affinities": affinities, "affinity mask": mask},
+                   identity=identity, overwrite=overwrite, force=force, log=log) as staged:
+        scratch = LocalIdScratch(staged.scratch("local-ids"), len(thresholds))
+        token = tokenize(staged.run_id, thresholds, grid)
+        numberings = _label_pass(_BlockInputs(array, mask_array, grid, token), thresholds, backend, scratch,
+                                 progress, staged)
+        multiple = len(thresholds) > 1
+        if multiple and not staged.owns(staged.data):
+            zarr.open_group(staged.data, mode="w", zarr_format=source.metadata.zarr_format).attrs.update(
+                _segmentation_attrs(source, affinities, mask, config, recorded, thresholds, staged.run_id))
+        counts = {}
+        for t, (threshold, numbering) in enumerate(zip(thresholds, numberings)):
+            target = f"{staged.data}/{threshold_array_name(threshold)}" if multiple else staged.data
+            attrs = _segmentation_attrs(source, affinities, mask, config, recorded, (threshold,), staged.run_id,
+                                        threshold=threshold, n_segments=numbering.n_segments)
+            _relabel_pass(staged, f"relabel-{t}", scratch, t, target, attrs, grid, numbering,
+                          source.metadata.zarr_format, tokenize(token, threshold), progress)
+            counts[threshold] = numbering.n_segments
     return counts
+
+
+SEGMENTATION_DESCRIPTION = "neuron segmentation: connected components of affinities > threshold, 0 = background"
+
+
+def _segmentation_attrs(source, affinities, mask, config, recorded, thresholds, run_id, **extra) -> dict:
+    """Attributes of a segmentation (or of the group of several): provenance, inputs, and for one threshold the
+    run's settings with that threshold (``nisbflow_settings``)."""
+    settings = {"nisbflow_settings": dict(recorded, decoding={"threshold": thresholds[0]})} \
+        if recorded and len(thresholds) == 1 else {}
+    return output_attrs(SEGMENTATION_DESCRIPTION, voxel_size_of(source), "xyz", config,
+                        nisbflow_output="segmentation", nisbflow_run=run_id, affinities=str(affinities),
+                        affinity_mask=None if mask is None else str(mask), thresholds=list(thresholds), **extra,
+                        **settings)
+
+
+def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: int, target: str, attrs: dict, grid,
+                  numbering: SegmentNumbering, zarr_format: int, token: str, progress: bool) -> None:
+    """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
+    (created, and its markers dropped, unless this run created it)."""
+    finished = staged.finished(stage)
+    if not staged.owns(target):
+        staged.forget(stage)
+        finished = {}
+        zarr.create_array(target, shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype, fill_value=0,
+                          zarr_format=zarr_format, compressors=fast_compressors(zarr_format, shuffle=False),
+                          overwrite=True, attributes=attrs)
+    elif finished:
+        staged.log(f"resuming the relabel pass: {len(finished)} of {grid.n_blocks} blocks already written")
+    shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
+    tasks = [dask.delayed(_relabel_in_zarr, pure=True)(
+        scratch, threshold_index, target, grid.write_region(block), shared, grid.linear(block),
+        staged.marker(stage, grid.key(block)), staged.run_id, dask_key_name=(f"decode-relabel-block-{token}",) + block)
+        for block in grid.indices() if grid.key(block) not in finished]
+    if tasks:
+        compute_tasks(tasks, f"decode: relabel (threshold {attrs['threshold']:g})",
+                      progress=progress)

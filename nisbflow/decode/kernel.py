@@ -17,7 +17,8 @@ import warnings
 import numba
 import numpy as np
 
-from nisbflow.errors import VolumeError
+from nisbflow.data.volumes import check_affinity_layout
+from nisbflow.errors import ConfigError, VolumeError
 
 UINT32_LIMIT = 2**32
 """Segment counts below this are stored as uint32, larger ones as uint64."""
@@ -29,31 +30,9 @@ def segmentation_dtype(n_segments: int) -> np.dtype:
 
 
 def check_affinities(shape: tuple[int, ...], dtype, where: str = "affinities") -> None:
-    """Raise :class:`VolumeError` unless ``shape``/``dtype`` are ``(C >= 3, X, Y, Z)`` floating point."""
-    dtype = np.dtype(dtype)
-    if len(shape) != 4:
-        raise VolumeError(f"{where}: expected affinities of shape (C, X, Y, Z) with C >= 3, found shape {tuple(shape)}")
-    if shape[0] < 3:
-        raise VolumeError(f"{where}: expected at least 3 affinity channels (offsets x, y, z) on axis 0, "
-                          f"found shape {tuple(shape)}")
-    if dtype.kind != "f":
-        raise VolumeError(f"{where}: expected float16 or float32 affinities in [0, 1], found dtype {dtype.name} "
-                          "(convert integer predictions to probabilities first)")
-
-
-SHORT_RANGE_OFFSETS = ("1-0-0", "0-1-0", "0-0-1")
-
-
-def check_short_range_offsets(offsets, where: str = "affinities") -> None:
-    """Raise :class:`VolumeError` when recorded channel offsets (an ``offsets`` attribute such as ``["1-0-0", …]``)
-    say channels 0, 1, 2 are not the short-range x, y, z edges that decoding reads; None (not recorded) passes."""
-    if offsets is None:
-        return
-    first = tuple(str(o) for o in list(offsets)[:3])
-    if first != SHORT_RANGE_OFFSETS:
-        raise VolumeError(f"{where}: channels 0, 1, 2 must be the short-range offsets {list(SHORT_RANGE_OFFSETS)}, "
-                          f"but its offsets attribute records {list(offsets)}; infer with inference.select_channel "
-                          "starting 0,1,2")
+    """Raise :class:`VolumeError` unless ``shape``/``dtype`` are ``(C, X, Y, Z)`` floating point with C = 3 or 6
+    (:func:`nisbflow.data.volumes.check_affinity_layout`)."""
+    check_affinity_layout(shape, dtype, where)
 
 
 def check_mask(mask_shape: tuple[int, ...], spatial_shape: tuple[int, ...], where: str = "affinity mask") -> None:
@@ -64,10 +43,18 @@ def check_mask(mask_shape: tuple[int, ...], spatial_shape: tuple[int, ...], wher
 
 
 def check_thresholds(thresholds) -> tuple[float, ...]:
-    """Thresholds as a tuple of floats in [0, 1]; raise ValueError otherwise."""
-    values = tuple(float(t) for t in np.atleast_1d(thresholds))
-    if not values or any(not 0.0 <= t <= 1.0 for t in values):
-        raise ValueError(f"thresholds must be in [0, 1], got {values}")
+    """Thresholds as a tuple of floats in [0, 1]; raise :class:`~nisbflow.errors.ConfigError` otherwise (NaN and
+    booleans included)."""
+    raw = list(np.atleast_1d(np.asarray(thresholds, dtype=object)))
+    if any(isinstance(t, (bool, np.bool_)) for t in raw):
+        raise ConfigError(f"decoding threshold / -t: expected numbers in [0, 1], got a boolean in {raw}")
+    try:
+        values = tuple(float(t) for t in raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"decoding threshold / -t: expected numbers in [0, 1], got {raw}") from None
+    if not values or any(not 0.0 <= t <= 1.0 for t in values):  # NaN fails both comparisons
+        raise ConfigError(f"decoding threshold / -t: every threshold must be a number in [0, 1], got "
+                          f"{', '.join(f'{t:g}' for t in values) or 'none'}")
     return values
 
 
@@ -75,9 +62,16 @@ BACKENDS = ("numba", "cupy")
 
 
 def check_backend(backend: str) -> str:
-    """Return ``backend`` if it is a decoding backend, else raise ValueError."""
+    """Return ``backend`` if it is a decoding backend that can run here, else raise
+    :class:`~nisbflow.errors.ConfigError` (``cupy`` needs cupy and a GPU: the ``gpu`` extra)."""
     if backend not in BACKENDS:
-        raise ValueError(f"decoding backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"decoding.backend / --backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "cupy":
+        import importlib.util
+
+        if importlib.util.find_spec("cupy") is None:
+            raise ConfigError("--backend cupy needs cupy and a CUDA GPU: pip install 'nisbflow[gpu]' "
+                              "(or use --backend numba)")
     return backend
 
 

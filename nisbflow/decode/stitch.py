@@ -17,61 +17,10 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
+from nisbflow.blocks import BlockGrid  # noqa: F401  (the grid of blocks; re-exported for callers)
 from nisbflow.decode.kernel import count_nan, label_affinities, masked_bits, segmentation_dtype, threshold_bits
-from nisbflow.errors import VolumeError
 
 SPATIAL_AXES = (0, 1, 2)
-
-
-@dataclass(frozen=True)
-class BlockGrid:
-    """The blocks of a chunked ``(X, Y, Z)`` volume.
-
-    ``chunks`` are dask-style per-axis chunk sizes. ``label_bits`` is how many low bits of a provisional id hold the
-    local label: enough for every voxel of the largest read region.
-    """
-
-    chunks: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-
-    @property
-    def blocks_per_axis(self) -> tuple[int, int, int]:
-        return tuple(len(c) for c in self.chunks)
-
-    @property
-    def n_blocks(self) -> int:
-        return int(np.prod(self.blocks_per_axis))
-
-    @property
-    def label_bits(self) -> int:
-        largest_read_region = int(np.prod([max(c) + 1 for c in self.chunks]))
-        return largest_read_region.bit_length()
-
-    def check_fits(self) -> None:
-        """Raise unless block index and local label fit together in 64 bits."""
-        bits = self.label_bits + max(self.n_blocks - 1, 1).bit_length()
-        if bits > 64:
-            raise VolumeError(f"{self.n_blocks} blocks of up to {[max(c) for c in self.chunks]} voxels need {bits}-bit "
-                              "provisional ids; use larger chunks")
-
-    def indices(self):
-        """Block indices ``(i, j, k)`` in C order (their position in this order is the block's linear index)."""
-        return np.ndindex(*self.blocks_per_axis)
-
-    def linear(self, index) -> int:
-        return int(np.ravel_multi_index(index, self.blocks_per_axis))
-
-    def write_region(self, index) -> tuple[slice, slice, slice]:
-        """The voxels block ``index`` owns, as slices of the volume."""
-        starts = [int(sum(c[:i])) for c, i in zip(self.chunks, index)]
-        return tuple(slice(s, s + c[i]) for s, c, i in zip(starts, self.chunks, index))
-
-    def lower_neighbour(self, index, axis: int):
-        """The block below ``index`` along ``axis``, or None at the volume's lower face."""
-        if index[axis] == 0:
-            return None
-        lower = list(index)
-        lower[axis] -= 1
-        return tuple(lower)
 
 
 class BlockLabels(NamedTuple):

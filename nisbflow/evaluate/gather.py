@@ -7,6 +7,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from nisbflow.blocks import BlockGrid
 from nisbflow.evaluate.kernel import contingency, sum_contingencies
 from nisbflow.progress import compute_tasks
 
@@ -29,9 +30,8 @@ def node_labels(segmentation, positions: np.ndarray, *, progress: bool = False) 
     if isinstance(segmentation, np.ndarray):
         return segmentation[positions[:, 0], positions[:, 1], positions[:, 2]]
     array = segmentation if isinstance(segmentation, da.Array) else da.from_zarr(segmentation)
-    boundaries = [np.cumsum((0,) + c) for c in array.chunks]
-    chunk_index = np.stack([np.searchsorted(b, positions[:, a], side="right") - 1
-                            for a, b in enumerate(boundaries)], axis=1)
+    grid = BlockGrid(array.chunks)
+    chunk_index = grid.block_of(positions)
     blocks = array.to_delayed()
     order = np.lexsort(chunk_index.T[::-1])
     keys, starts = np.unique(chunk_index[order], axis=0, return_index=True)
@@ -39,7 +39,7 @@ def node_labels(segmentation, positions: np.ndarray, *, progress: bool = False) 
     tasks = []
     for key, start, end in zip(keys, starts, ends):
         rows = order[start:end]
-        origin = np.array([b[k] for b, k in zip(boundaries, key)])
+        origin = grid.origin(tuple(key))
         tasks.append(dask.delayed(_labels_in_chunk, pure=True)(
             blocks[tuple(key)], positions[rows] - origin,
             dask_key_name=("evaluate-node-labels-" + dask.base.tokenize(array.name, positions[rows]),) + tuple(

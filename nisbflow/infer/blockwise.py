@@ -13,12 +13,13 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import dask
 import dask.array as da
-import fsspec
 import numpy as np
 
+from nisbflow.blocks import BlockGrid, store_block
 from nisbflow.infer.geometry import blending_weight, read_region, window_grid, windows_for_region
 from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
 from nisbflow.progress import compute_tasks
@@ -130,17 +131,24 @@ def _spatial(image):
     return image[..., 0] if image.ndim == 4 else image
 
 
-def block_plan(shape, block, settings: WindowSettings):
-    """Per block index: (write region in the volume, windows, read region in the padded frame)."""
-    grid = window_grid(shape, settings.window, settings.stride)
-    block = tuple(min(int(b), s) for b, s in zip(block, shape))
-    chunks = tuple(tuple(min(b, s - lo) for lo in range(0, s, b)) for b, s in zip(block, shape))
+class BlockWindows(NamedTuple):
+    """One inference block: its write region in the volume, the starts of the global-grid windows that touch it, and
+    its read region (their union) in the padded frame."""
+
+    write: tuple[slice, slice, slice]
+    windows: list
+    read: tuple[slice, slice, slice]
+
+
+def block_plan(grid: BlockGrid, settings: WindowSettings) -> dict[tuple, BlockWindows]:
+    """Per block index of ``grid`` (:class:`~nisbflow.blocks.BlockGrid`): its :class:`BlockWindows`."""
+    windows_grid = window_grid(grid.shape, settings.window, settings.stride)
     plan = {}
-    for index in np.ndindex(*[len(c) for c in chunks]):
-        write = tuple(slice(sum(c[:i]), sum(c[:i + 1])) for c, i in zip(chunks, index))
-        windows = windows_for_region(grid, settings.window, write)
-        plan[index] = (write, windows, read_region(grid, settings.window, write))
-    return chunks, plan
+    for index in grid.indices():
+        write = grid.write_region(index)
+        plan[index] = BlockWindows(write, windows_for_region(windows_grid, settings.window, write),
+                                   read_region(windows_grid, settings.window, write))
+    return plan
 
 
 def _pad_piece(piece, read, window) -> np.ndarray:
@@ -157,11 +165,12 @@ def _gpu_annotations(device: str | None) -> dict:
     return {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
 
 
-def _block_task(function, image, index, plan_entry, settings: WindowSettings, model, device, token: str, *extra):
+def _block_task(function, image, index, block: BlockWindows, settings: WindowSettings, model, device, token: str,
+                *extra):
     """Two tasks for one block: read its input (``infer-read``), then ``function`` (``infer-predict-block``) with
     the arguments of :func:`predict_block` followed by ``extra``. Only the second asks for the ``GPU`` resource
     on CUDA, so the next block's image chunks are read while the GPU predicts."""
-    write, windows, read = plan_entry
+    write, windows, read = block
     inside = tuple(slice(r.start, min(r.stop, s)) for r, s in zip(read, image.shape))
     # slice the dask array first, so the task depends on the chunks of its read region only
     piece = dask.delayed(_pad_piece, pure=True)(image[inside], read, settings.window,
@@ -193,16 +202,15 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
                              channels=settings.channels, output_dtype=settings.output_dtype,
                              device=device or default_device())
     spatial = _spatial(image)
-    shape = spatial.shape
-    chunks, plan = block_plan(shape, block, settings)
+    grid = BlockGrid.regular(spatial.shape, block)
+    plan = block_plan(grid, settings)
     n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
     token = dask.base.tokenize(spatial.name, settings, block, model if isinstance(model, tuple) else id(model))
     shared_model = model if isinstance(model, tuple) else dask.delayed(model, name=f"infer-model-{token}")
-    blocks = np.empty([len(c) for c in chunks], dtype=object)
+    blocks = np.empty(grid.blocks_per_axis, dtype=object)
     for index, entry in plan.items():
-        write = entry[0]
         task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token)
-        blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in write),
+        blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in entry.write),
                                         dtype=settings.output_dtype)
     return da.block([blocks.tolist()])  # the outer list is the channel axis
 
@@ -257,15 +265,11 @@ def output_chunks(block, shape) -> tuple[int, ...]:
     return tuple(min(128 if b % 128 == 0 else b, s) for b, s in zip(block, shape))
 
 
-def _store_block(values: np.ndarray, target: str, write_region, marker: str, n_windows: int) -> int:
-    """Task (``infer-store-block``): write one predicted block into the output zarr, then record it as finished.
-    A separate task from the prediction, so a GPU worker predicts the next block while this one is compressed and
-    written."""
-    import zarr
-
-    zarr.open_array(target, mode="r+")[(slice(None),) + tuple(write_region)] = values
-    fs, path = fsspec.core.url_to_fs(marker)
-    fs.pipe_file(path, b"done")
+def _store_block(values: np.ndarray, target: str, write_region, marker: str, run_id: str, n_windows: int) -> int:
+    """Task (``infer-store-block``): write one predicted block into the staged output, then its marker
+    (:func:`nisbflow.blocks.store_block`). A separate task from the prediction, so a GPU worker predicts the next
+    block while this one is compressed and written. Returns the block's window count."""
+    store_block(values, target, (slice(None),) + tuple(write_region), marker, run_id)
     return n_windows
 
 
@@ -281,7 +285,8 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
 
     handle = run.checkpoint
     offsets = list(handle.model.affinity_offsets)
-    return output_attrs(description, voxel_size_of(source), "cxyz", run.config, checkpoint=handle.name,
+    return output_attrs(description, voxel_size_of(source), "cxyz", run.config, nisbflow_output="affinities",
+                        checkpoint=handle.name,
                         checkpoint_sha256=handle.sha256,
                         offsets=offsets if settings.channels is None else [offsets[c] for c in settings.channels],
                         nisbflow_settings=dict(run.record(), inference=settings.record()), **extra)
@@ -289,7 +294,7 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
 
 def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
                   settings: WindowSettings | None = None, block=DEFAULT_BLOCK, overwrite: bool = False,
-                  progress: bool = True, device: str | None = None) -> InferSummary:
+                  force: bool = False, progress: bool = True, device: str | None = None, log=None) -> InferSummary:
     """Predict affinities of a zarr image into a zarr array ``(C, X, Y, Z)``, block by block, resumably.
 
     ``checkpoint``: a path, a shipped model's name or a :class:`~nisbflow.model.Checkpoint`. ``config``: the
@@ -299,95 +304,78 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     geometry for experiments. The output's attributes record the settings (``nisbflow_settings``, with the
     checkpoint's hash and the decoding threshold that ``decode`` reads back).
 
-    Blocks are written into ``.<name>.partial`` next to ``output``; each finished block leaves a marker, and a
-    re-run with the same checkpoint, image and settings skips finished blocks. When every block is done the
-    partial array is renamed to ``output``. An existing ``output`` is refused unless ``overwrite``.
+    The output is a :class:`~nisbflow.blocks.StagedRun`: written in a staging folder next to ``output`` under a lock,
+    each finished block leaving a marker, published when every block is done. A re-run after an interruption
+    skips finished blocks when the image (content fingerprint), checkpoint, settings and block size are those of
+    the interrupted run, and starts fresh (saying why, through ``log``) otherwise. ``overwrite`` replaces an
+    affinities output nisbflow wrote; ``force`` anything else; an output overlapping the image is always refused.
     """
     import zarr
 
+    from nisbflow.blocks import StagedRun, default_log
     from nisbflow.cluster import cluster_device
     from nisbflow.data.volumes import fast_compressors, open_image
-    from nisbflow.errors import OutputExistsError
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
     handle = run.checkpoint
     settings = settings or WindowSettings.from_config(run.config.inference)
     check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
-    device = device or cluster_device()
     source = open_image(image_path)
+    check_image(source, where=f"image {image_path}")
+    device = device or cluster_device()
     image = _spatial(da.from_zarr(source))
-    shape = image.shape
-    model_config = handle.model
-    digest = handle.sha256
-    n_channels = len(settings.channels) if settings.channels is not None else model_config.out_channels
-    block = tuple(min(int(b), s) for b, s in zip(block, shape))
-    output = str(output).rstrip("/")
-    fs, final = fsspec.core.url_to_fs(output)
-    if fs.exists(final) and not overwrite:
-        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
-    parent, name = final.rsplit("/", 1) if "/" in final else (".", final)
-    protocol = output[: -len(final)] if output.endswith(final) and output != final else ""
-    partial = f"{parent}/.{name}.partial"
-    markers = f"{partial}.done"
-    resume_key = dict(checkpoint=digest, image=str(image_path), shape=list(shape), block=list(block),
-                      settings=settings.record())
-    existing = None
-    if fs.exists(partial):
-        try:
-            existing = zarr.open_array(protocol + partial, mode="r+")
-        except Exception:  # an unreadable leftover: start again
-            existing = None
-        if existing is None or existing.attrs.get("nisbflow_resume") != resume_key:
-            fs.rm(partial, recursive=True)
-            if fs.exists(markers):
-                fs.rm(markers, recursive=True)
-            existing = None
-    if existing is None:
-        zarr_format = source.metadata.zarr_format
-        zarr.create_array(
-            protocol + partial, shape=(n_channels,) + shape, chunks=(n_channels,) + output_chunks(block, shape),
-            dtype=settings.output_dtype, fill_value=0, zarr_format=zarr_format,
-            compressors=fast_compressors(zarr_format),
-            attributes=affinity_attrs(run, settings, source, nisbflow_resume=resume_key))
-    fs.makedirs(markers, exist_ok=True)
-    finished = {Path(p).name for p in fs.ls(markers, detail=False)}
-    chunks, plan = block_plan(shape, block, settings)
-    grid = window_grid(shape, settings.window, settings.stride)
-    model_ref = (handle.path, digest)
-    token = dask.base.tokenize(str(image_path), digest, settings, block)
-    tasks, skipped, voxels = [], 0, 0
-    for index, entry in plan.items():
-        write, windows = entry[0], entry[1]
-        key = ".".join(map(str, index))
-        if key in finished:
-            skipped += 1
-            continue
-        voxels += int(np.prod([w.stop - w.start for w in write]))
-        predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token)
-        tasks.append(dask.delayed(_store_block, pure=True)(
-            predicted, protocol + partial, write, f"{protocol}{markers}/{key}", len(windows),
-            dask_key_name=(f"infer-store-block-{token}",) + index))
-    start = time.perf_counter()
-    computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
-    seconds = time.perf_counter() - start
-    if fs.exists(final):
-        fs.rm(final, recursive=True)
-    fs.mv(partial, final, recursive=True)
-    fs.rm(markers, recursive=True)
-    return InferSummary(output, shape, seconds, voxels, computed,
-                        int(np.prod([len(g) for g in grid])), len(plan), skipped)
-
+    grid = BlockGrid.regular(image.shape, block)
+    plan = block_plan(grid, settings)
+    n_channels = len(settings.channels) if settings.channels is not None else handle.model.out_channels
+    identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), block=list(grid.block_shape))
+    with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
+                   force=force, log=log or default_log) as staged:
+        finished = staged.finished("predict")
+        if not staged.owns(staged.data):  # markers vouch only for an array this run created
+            if finished:
+                (log or default_log)(f"{len(finished)} block markers in {staged.staging} have no array of this "
+                                     "run behind them; recomputing every block")
+            staged.forget("predict")
+            finished = {}
+            zarr_format = source.metadata.zarr_format
+            zarr.create_array(
+                staged.data, shape=(n_channels,) + grid.shape,
+                chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape), dtype=settings.output_dtype,
+                fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format), overwrite=True,
+                attributes=affinity_attrs(run, settings, source, nisbflow_run=staged.run_id))
+        elif finished:
+            (log or default_log)(f"resuming {output}: {len(finished)} of {grid.n_blocks} blocks already done")
+        model_ref = (handle.path, handle.sha256)
+        token = dask.base.tokenize(staged.run_id, settings, grid)
+        tasks, voxels = [], 0
+        for index, entry in plan.items():
+            key = grid.key(index)
+            if key in finished:
+                continue
+            voxels += int(np.prod([w.stop - w.start for w in entry.write]))
+            predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token)
+            tasks.append(dask.delayed(_store_block, pure=True)(
+                predicted, staged.data, entry.write, staged.marker("predict", key), staged.run_id,
+                len(entry.windows), dask_key_name=(f"infer-store-block-{token}",) + index))
+        start = time.perf_counter()
+        computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
+        seconds = time.perf_counter() - start
+    windows_grid = window_grid(grid.shape, settings.window, settings.stride)
+    return InferSummary(str(output), grid.shape, seconds, voxels, computed,
+                        int(np.prod([len(g) for g in windows_grid])), grid.n_blocks, grid.n_blocks - len(tasks))
 
 
 def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
-                        overwrite: bool = False, device: str | None = None) -> InferSummary:
+                        overwrite: bool = False, force: bool = False, device: str | None = None,
+                        log=None) -> InferSummary:
     """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
     (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
     attributes. For checking block-wise results on volumes that fit in memory."""
     import zarr
 
-    from nisbflow.data.volumes import fast_compressors, open_image, staged_output
+    from nisbflow.blocks import StagedRun, default_log
+    from nisbflow.data.volumes import fast_compressors, open_image
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -395,17 +383,20 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     settings = WindowSettings.from_config(run.config.inference)
     check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)
-    model = cached_model(handle.path, handle.sha256, device or default_device())
-    start = time.perf_counter()
-    values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
-                           sw_batch_size=settings.sw_batch_size, activation=settings.activation,
-                           channels=settings.channels, output_dtype=settings.output_dtype,
-                           device=device or default_device())
-    seconds = time.perf_counter() - start
-    fmt = source.metadata.zarr_format
-    with staged_output(output, overwrite=overwrite) as staged:
-        zarr.create_array(staged, shape=values.shape, chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
-                          zarr_format=fmt, compressors=fast_compressors(fmt),
+    check_image(source, where=f"image {image_path}")
+    identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), whole=True)
+    with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
+                   overwrite=overwrite, force=force, log=log or default_log) as staged:
+        model = cached_model(handle.path, handle.sha256, device or default_device())
+        start = time.perf_counter()
+        values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
+                               sw_batch_size=settings.sw_batch_size, activation=settings.activation,
+                               channels=settings.channels, output_dtype=settings.output_dtype,
+                               device=device or default_device())
+        seconds = time.perf_counter() - start
+        fmt = source.metadata.zarr_format
+        zarr.create_array(staged.data, shape=values.shape, chunks=(values.shape[0], 128, 128, 128),
+                          dtype=values.dtype, zarr_format=fmt, compressors=fast_compressors(fmt), overwrite=True,
                           attributes=affinity_attrs(run, settings, source,
                                                     AFFINITY_DESCRIPTION + " (whole-volume reference)")
                           )[...] = values

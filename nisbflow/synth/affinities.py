@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
 
-from nisbflow.data.volumes import fast_compressors, open_segmentation, output_attrs, staged_output, voxel_size_of
+from nisbflow.blocks import BlockGrid, StagedRun, default_log, store_block
+from nisbflow.data.volumes import SHORT_RANGE_OFFSETS, fast_compressors, open_segmentation, output_attrs, voxel_size_of
+from nisbflow.errors import ConfigError
 from nisbflow.progress import compute_tasks
 
 
@@ -50,21 +53,40 @@ def noisy_affinities(segmentation, noise: float = 0.15, seed: int = 0):
 
 
 def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *, noise: float = 0.15, seed: int = 0,
-                           chunks=None, overwrite: bool = False, progress: bool = True) -> str:
-    """Write :func:`noisy_affinities` of a segmentation zarr array to a ``(3, X, Y, Z) float16`` zarr array."""
+                           chunks=None, overwrite: bool = False, force: bool = False, progress: bool = True,
+                           log=None) -> str:
+    """Write :func:`noisy_affinities` of a segmentation zarr array to a ``(3, X, Y, Z) float16`` zarr array.
+
+    Block by block through a :class:`~nisbflow.blocks.StagedRun`: staged, locked, refused over its input, and
+    resumed block for block after an interruption (the noise of a block depends only on its index)."""
+    if not np.isfinite(noise) or noise < 0:
+        raise ConfigError(f"--noise: the noise standard deviation must be a finite number >= 0, got {noise}")
     source = open_segmentation(segmentation_path)
     segmentation = da.from_zarr(source)
     if chunks is not None:
         segmentation = segmentation.rechunk(tuple(chunks))
+    grid = BlockGrid(segmentation.chunks)
     affinities = noisy_affinities(segmentation, noise, seed)
-    with staged_output(output, overwrite=overwrite) as staged:
-        zarr_format = source.metadata.zarr_format
-        attributes = output_attrs(
-            "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
-            "storage", voxel_size_of(source), "cxyz", noise=noise, seed=seed, segmentation=str(segmentation_path))
-        target = zarr.create_array(
-            staged, shape=affinities.shape, chunks=(3,) + tuple(c[0] for c in segmentation.chunks), dtype="float16",
-            fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format), attributes=attributes)
-        store = da.store(affinities, target, lock=False, compute=False, return_stored=False)
-        compute_tasks(list(store.to_delayed().ravel()), "synth: affinities", progress=progress)
+    identity = dict(noise=float(noise), seed=int(seed), chunks=[list(c) for c in grid.chunks])
+    with StagedRun(output, kind="affinities", inputs={"segmentation": segmentation_path}, identity=identity,
+                   overwrite=overwrite, force=force, log=log or default_log) as staged:
+        finished = staged.finished("synth")
+        if not staged.owns(staged.data):
+            staged.forget("synth")
+            finished = {}
+            zarr_format = source.metadata.zarr_format
+            attributes = output_attrs(
+                "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
+                "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
+                offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
+            zarr.create_array(staged.data, shape=affinities.shape, chunks=(3,) + grid.block_shape, dtype="float16",
+                              fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format),
+                              overwrite=True, attributes=attributes)
+        blocks = affinities.to_delayed()[0]
+        tasks = [dask.delayed(store_block, pure=True)(
+            blocks[index], staged.data, (slice(None),) + grid.write_region(index),
+            staged.marker("synth", grid.key(index)), staged.run_id,
+            dask_key_name=("synth-store-affinities-" + staged.run_id,) + tuple(index))
+            for index in grid.indices() if grid.key(index) not in finished]
+        compute_tasks(tasks, "synth: affinities", progress=progress)
     return str(output)

@@ -8,7 +8,7 @@ memory per task is bounded by the chunk size, not the volume.
 
 from __future__ import annotations
 
-import itertools
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from ..data.skeleton import save_skeleton, summarize_skeleton
+from ..blocks import BlockGrid, StagedRun, default_log, write_marker
 from ..data.volumes import output_attrs, staged_output
 from ..errors import OutputExistsError
 from ..progress import compute_tasks
@@ -61,23 +62,33 @@ def _node_voxels(forest: NeuriteForest, params: SynthParams) -> tuple[np.ndarray
     return np.flatnonzero(inside), voxel[inside]
 
 
-def _write_block(forest, params, store: str, origin, shape, node_voxels):
-    """Render one chunk, write ``img`` and ``seg`` there, and report labels under the given nodes and statistics."""
+def _write_block(forest, params, store: str, origin, shape, node_voxels, marker: str, run_id: str):
+    """Render one chunk, write ``img`` and ``seg`` there, then its marker, whose payload holds what the block reports
+    (labels under the given nodes and image statistics) so a resumed run need not render it again."""
     image, segmentation = render_block(forest, params, origin, shape)
     region = tuple(slice(o, o + n) for o, n in zip(origin, shape))
     zarr.open_array(f"{store}/img", mode="r+")[region + (slice(0, 1),)] = image[..., None]
     zarr.open_array(f"{store}/seg", mode="r+")[region] = segmentation
     local = node_voxels - np.asarray(origin)
-    node_labels = segmentation[local[:, 0], local[:, 1], local[:, 2]]
     background = segmentation == 0
-    return {
-        "node_labels": node_labels,
+    result = {
+        "node_labels": segmentation[local[:, 0], local[:, 1], local[:, 2]],
         "labels": np.unique(segmentation[~background]),
         "n_background": int(background.sum()),
         "sum_background": float(image[background].sum(dtype=np.float64)),
         "sum_foreground": float(image[~background].sum(dtype=np.float64)),
         "n_voxels": int(segmentation.size),
     }
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in result.items()})
+    write_marker(marker, run_id, buffer.getvalue())
+    return result
+
+
+def _block_result(payload: bytes) -> dict:
+    """What :func:`_write_block` returned, from its marker's payload."""
+    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+        return {k: (data[k] if data[k].ndim else data[k].item()) for k in data.files}
 
 
 def build_skeleton(forest: NeuriteForest, params: SynthParams, node_index: np.ndarray, node_voxels: np.ndarray,
@@ -113,49 +124,69 @@ def synthesize_seed(
     chunks=DEFAULT_CHUNKS,
     zarr_format: int = 2,
     overwrite: bool = False,
+    force: bool = False,
     progress: bool = True,
     num_workers: int | None = None,
     preview: str | Path | None = None,
+    log=None,
     **overrides,
 ) -> SeedSummary:
     """Write one synthetic NISB-like seed: ``out_dir/data.zarr`` (``img``, ``seg``) and ``out_dir/skeleton.pkl``.
 
-    Deterministic for ``seed`` and independent of ``chunks``. Existing outputs are refused unless ``overwrite``;
-    both are written under temporary names and renamed only when complete.
+    Deterministic for ``seed`` and independent of ``chunks``. ``data.zarr`` is a :class:`~nisbflow.blocks.StagedRun`
+    (staged, locked, resumed block by block after an interruption); an existing seed is replaced only with
+    ``overwrite`` (a seed nisbflow wrote) or ``force``.
     """
     params = make_params(shape, seed, presets, **overrides)
     out_dir = str(out_dir).rstrip("/")
     store_path, skeleton_path = f"{out_dir}/data.zarr", f"{out_dir}/skeleton.pkl"
-    for path in (store_path, skeleton_path):
-        if Path(path).exists() and not overwrite:
-            raise OutputExistsError(f"output {path} already exists; pass --overwrite to replace it")
-    chunks = tuple(int(min(c, n)) for c, n in zip(chunks, params.shape))
-    forest = grow_forest(params)
-    node_index, node_voxels = _node_voxels(forest, params)
+    if Path(skeleton_path).exists() and not (overwrite or force):
+        raise OutputExistsError(f"output {skeleton_path} already exists; pass --overwrite to replace it")
     description = f"synthetic NISB-like seed {seed}" + (f" ({', '.join(presets)})" if presets else "")
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()}
-    with staged_output(store_path, overwrite=overwrite) as store:
-        group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
-        group.attrs.update(output_attrs(description, params.voxel_size, "xyz", synth=settings))
-        img = group.create_array("img", shape=params.shape + (1,), chunks=chunks + (1,), dtype="uint8")
-        img.attrs.update(output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size, "xyzc"))
-        seg = group.create_array("seg", shape=params.shape, chunks=chunks, dtype="uint32")
-        seg.attrs.update(output_attrs("neuron ids; 0 = membrane / extracellular space", params.voxel_size, "xyz"))
+    grid = BlockGrid.regular(params.shape, chunks)
+    identity = dict(synth=settings, chunks=list(grid.block_shape), zarr_format=zarr_format)
+    with StagedRun(store_path, kind="seed", identity=identity, overwrite=overwrite, force=force,
+                   log=log or default_log) as staged:
+        forest = grow_forest(params)
+        node_index, node_voxels = _node_voxels(forest, params)
+        store = staged.data
+        finished = staged.finished("synth")
+        if not staged.owns(store):
+            staged.forget("synth")
+            finished = {}
+            group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+            group.attrs.update(output_attrs(description, params.voxel_size, "xyz", synth=settings,
+                                            nisbflow_output="seed", nisbflow_run=staged.run_id))
+            img = group.create_array("img", shape=params.shape + (1,), chunks=grid.block_shape + (1,), dtype="uint8")
+            img.attrs.update(output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size, "xyzc",
+                                          nisbflow_output="image"))
+            seg = group.create_array("seg", shape=params.shape, chunks=grid.block_shape, dtype="uint32")
+            seg.attrs.update(output_attrs("neuron ids; 0 = membrane / extracellular space", params.voxel_size, "xyz",
+                                          nisbflow_output="segmentation"))
         forest_task = dask.delayed(forest, name=f"synth-forest-{seed}")
-        tasks, block_nodes = [], []
-        for corner in itertools.product(*(range(0, n, c) for n, c in zip(params.shape, chunks))):
-            size = tuple(min(c, n - o) for o, c, n in zip(corner, chunks, params.shape))
+        block_nodes, results, tasks = [], {}, {}
+        for index in grid.indices():
+            corner = tuple(int(o) for o in grid.origin(index))
+            size = tuple(w.stop - w.start for w in grid.write_region(index))
             inside = np.all((node_voxels >= corner) & (node_voxels < np.add(corner, size)), axis=1)
             block_nodes.append(np.flatnonzero(inside))
-            key = "synth-block-" + "-".join(str(o // c) for o, c in zip(corner, chunks)) + f"-{seed}"
-            tasks.append(dask.delayed(_write_block, pure=False)(
-                forest_task, params, store, corner, size, node_voxels[inside], dask_key_name=key))
-        results = compute_tasks(tasks, f"synth seed {seed}", progress=progress, num_workers=num_workers)
+            key = grid.key(index)
+            if key in finished:
+                results[key] = _block_result(finished[key])
+                continue
+            tasks[key] = dask.delayed(_write_block, pure=False)(
+                forest_task, params, store, corner, size, node_voxels[inside], staged.marker("synth", key),
+                staged.run_id, dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}")
+        computed = compute_tasks(list(tasks.values()), f"synth seed {seed}", progress=progress,
+                                 num_workers=num_workers)
+        results.update(zip(tasks, computed))
+        results = [results[grid.key(index)] for index in grid.indices()]
         node_labels = np.zeros(len(node_index), dtype=np.uint32)
         for rows, result in zip(block_nodes, results):
             node_labels[rows] = result["node_labels"]
         graph = build_skeleton(forest, params, node_index, node_voxels, node_labels)
-        with staged_output(skeleton_path, overwrite=overwrite) as skeleton_tmp:
+        with staged_output(skeleton_path, overwrite=True) as skeleton_tmp:
             save_skeleton(graph, skeleton_tmp)
     n_voxels = sum(r["n_voxels"] for r in results)
     n_background = sum(r["n_background"] for r in results)
@@ -198,7 +229,7 @@ def synthesize_layout(root: str | Path, shape, train_seeds: int = 2, **kwargs) -
     root = str(root).rstrip("/")
     targets = [(f"{root}/train/seed{i}", i) for i in range(train_seeds)]
     targets += [(f"{root}/{split}/seed{n}", n) for split, n in SPLIT_SEEDS.items()]
-    if not kwargs.get("overwrite"):
+    if not (kwargs.get("overwrite") or kwargs.get("force")):
         for path, _ in targets:
             if Path(path, "data.zarr").exists():
                 raise OutputExistsError(f"output {path}/data.zarr already exists; pass --overwrite to replace it")

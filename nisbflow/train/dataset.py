@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nisbflow.data.affinities import BANIS_OFFSETS, affinities
+from nisbflow.errors import ConfigError
 from nisbflow.train.augment import Augmentations, augment
 
 
@@ -45,8 +46,9 @@ class AffinityCrops(torch.utils.data.Dataset):
         for path in self.seeds:
             shape = open_seed(path).seg.shape
             if np.any(np.array(shape) < crop):
-                raise ValueError(f"seed {path}: volume {tuple(shape)} is smaller than a crop of "
-                                 f"{tuple(crop.tolist())} voxels (patch_size + context)")
+                raise ConfigError(f"seed {path}: volume {tuple(shape)} is smaller than a crop of "
+                                 f"{tuple(crop.tolist())} voxels (data.patch_size + context); use larger "
+                                  "seeds or a smaller data.patch_size")
             self.shapes.append(shape)
         self._opened = None
 

@@ -96,12 +96,17 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     step, best = 0, []
     last = checkpoints / "last.pt"
     if last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
+        try:
+            state = torch.load(last, map_location=device, weights_only=True)
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
+        except Exception as error:  # truncated, not a checkpoint, or another model's
+            raise ConfigError(f"cannot resume from {last}: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                              "; it is damaged or from another model: move it away to start from step 0, or "
+                              "resume from a step-N.pt copied to last.pt") from error
     offsets = [parse_offset(o) for o in config.model.affinity_offsets]
     workers = (min(4, os.cpu_count() or 1) if config.system.num_workers < 0 else config.system.num_workers) \
         if workers is None else workers
