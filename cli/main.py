@@ -69,6 +69,13 @@ def _error(message: str) -> None:
     errors.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
+def interrupted_message(error: KeyboardInterrupt) -> str:
+    staging = getattr(error, "nisbflow_staging", None)
+    if staging is None:
+        return "interrupted"
+    return f"interrupted; finished blocks are kept in {staging}: re-run the same command to resume"
+
+
 def _terminate_as_interrupt():
     """Make SIGTERM (a batch system's or container's stop) behave like Ctrl-C; returns the previous handler."""
     import signal
@@ -95,12 +102,12 @@ def friendly_errors(command):
         previous = _terminate_as_interrupt()
         try:
             return command(*args, **kwargs)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
             if OPTIONS["debug"]:
                 import traceback
 
                 traceback.print_exc()
-            _error("interrupted; finished blocks are kept, re-run the same command to resume")
+            _error(interrupted_message(error))
             raise typer.Exit(code=130) from None
         except (NisbflowError, OSError, ImportError) as error:
             if OPTIONS["debug"]:

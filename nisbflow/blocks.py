@@ -436,9 +436,9 @@ class StagedRun:
         try:
             if kind is None:
                 self.publish()
-            elif issubclass(kind, KeyboardInterrupt):
-                self.log(f"interrupted: finished blocks are kept in {self.staging}; re-run the same command to "
-                         "resume")
+            elif issubclass(kind, KeyboardInterrupt) and error is not None and \
+                    not hasattr(error, "nisbflow_staging"):
+                error.nisbflow_staging = self.staging  # for the one line the CLI prints
         finally:
             self._release_lock()
         return False
@@ -491,6 +491,10 @@ class StagedRun:
     def _release_lock(self) -> None:
         if self._lock_token is None:
             return
+        if self.published:  # the staging folder goes, lock included, while this run still holds it
+            self._fs.rm(self._staging, recursive=True)
+            self._lock_token = None
+            return
         lock = f"{self._staging}/{self.LOCK}"
         try:
             if json.loads(self._fs.cat_file(lock)).get("token") == self._lock_token:
@@ -498,8 +502,6 @@ class StagedRun:
         except Exception:
             pass
         self._lock_token = None
-        if self.published and self._fs.exists(self._staging):
-            self._fs.rm(self._staging, recursive=True)
 
     def _open_manifest(self) -> None:
         path = f"{self._staging}/{self.MANIFEST}"
@@ -539,6 +541,11 @@ class StagedRun:
         prefix = self.run_id.encode() + b"\n"
         return {p.rstrip("/").rsplit("/", 1)[-1]: content[len(prefix):]
                 for p, content in contents.items() if content.startswith(prefix)}
+
+    def report_resume(self, n_done: int, n_total: int, what: str = "blocks already done") -> None:
+        """Say that this run resumes an interrupted one (nothing when nothing was done)."""
+        if n_done:
+            self.log(f"resuming {self.output}: {n_done} of {n_total} {what}")
 
     def owns(self, url: str) -> bool:
         """Whether the zarr array or group at ``url`` was created by this run (its ``nisbflow_run`` attribute)."""

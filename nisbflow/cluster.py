@@ -21,6 +21,9 @@ import dask
 
 from nisbflow.errors import ConfigError
 
+WORKER_SETUP = "nisbflow.worker_setup"
+"""Preload module of local worker processes: they ignore SIGINT, which the client handles."""
+
 SCHEDULER_TIMEOUT = "10s"
 """How long to try reaching a remote scheduler before giving up with a clear error."""
 
@@ -110,13 +113,14 @@ def cluster_client(
     if cluster == "local":
         with dask.config.set(_allocator_environment(memory_limit)):
             made = LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
-                                memory_limit=memory_limit, processes=processes, dashboard_address=":0")
+                                memory_limit=memory_limit, processes=processes, dashboard_address=":0",
+                                **({"preload": [WORKER_SETUP]} if processes else {}))
     elif cluster == "dask-cuda":
         dask_cuda = _import("dask_cuda", "gpu", cluster)
         with dask.config.set(_allocator_environment(memory_limit)):
             # one worker per GPU, each declaring a GPU resource: prediction tasks ask for it (one block per GPU)
             # and a few threads, so image reads and zarr writes overlap with the GPU's prediction
-            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0",
+            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0", preload=[WORKER_SETUP],
                                               resources={"GPU": 1}, threads_per_worker=max(threads_per_worker, 4))
     else:  # slurm
         dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)

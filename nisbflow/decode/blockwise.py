@@ -295,8 +295,7 @@ def _resumable_labels(staged, scratch: LocalIdScratch, grid) -> dict[str, bytes]
             if grid.linear(tuple(int(i) for i in key.split("."))) in present}
     if len(kept) < len(finished):
         staged.log(f"{len(finished) - len(kept)} label markers without their scratch files; relabelling those blocks")
-    elif kept:
-        staged.log(f"resuming the label pass: {len(kept)} of {grid.n_blocks} blocks already labelled")
+    staged.report_resume(len(kept), grid.n_blocks, "blocks already labelled")
     return kept
 
 
@@ -446,8 +445,7 @@ def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: 
         zarr.create_array(target, shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype, fill_value=0,
                           zarr_format=zarr_format, compressors=fast_compressors(zarr_format, shuffle=False),
                           overwrite=True, attributes=attrs)
-    elif finished:
-        staged.log(f"resuming the relabel pass: {len(finished)} of {grid.n_blocks} blocks already written")
+    staged.report_resume(len(finished), grid.n_blocks, "blocks already relabelled")
     shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
     tasks = [dask.delayed(_relabel_in_zarr, pure=True)(
         scratch, threshold_index, target, grid.write_region(block), shared, grid.linear(block),

@@ -344,8 +344,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
                 chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape), dtype=settings.output_dtype,
                 fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format), overwrite=True,
                 attributes=affinity_attrs(run, settings, source, nisbflow_run=staged.run_id))
-        elif finished:
-            (log or default_log)(f"resuming {output}: {len(finished)} of {grid.n_blocks} blocks already done")
+        staged.report_resume(len(finished), grid.n_blocks)
         model_ref = (handle.path, handle.sha256)
         token = dask.base.tokenize(staged.run_id, settings, grid)
         tasks, voxels = [], 0

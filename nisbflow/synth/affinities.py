@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from nisbflow.blocks import BlockGrid, StagedRun, default_log, store_block
+from nisbflow.blocks import BlockGrid, StagedRun, default_log, storage_url, store_block
 from nisbflow.data.volumes import SHORT_RANGE_OFFSETS, fast_compressors, open_segmentation, output_attrs, voxel_size_of
 from nisbflow.errors import ConfigError
 from nisbflow.progress import compute_tasks
@@ -52,21 +52,32 @@ def noisy_affinities(segmentation, noise: float = 0.15, seed: int = 0):
     return _add_noise(np.stack(targets), noise, seed)
 
 
+def _write_noisy_block(segmentation: str, read_region, write_region, index, noise: float, seed: int, target: str,
+                       marker: str, run_id: str) -> None:
+    """Task: one block's noisy affinities from its read region (write region plus one voxel above on each axis, the
+    +1 neighbours its edges reach), written to ``target`` with its marker. Noise is seeded by ``(seed, 0, i, j, k)``,
+    as :func:`noisy_affinities` seeds the same block of a dask array."""
+    values = zarr.open_array(segmentation, mode="r")[tuple(read_region)]
+    targets = np.stack([_same_neuron(values, axis) for axis in range(3)])
+    inside = (slice(None),) + tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(write_region, read_region))
+    store_block(_add_noise(targets[inside], noise, seed, (0,) + tuple(index)), target,
+                (slice(None),) + tuple(write_region), marker, run_id)
+
+
 def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *, noise: float = 0.15, seed: int = 0,
                            chunks=None, overwrite: bool = False, force: bool = False, progress: bool = True,
                            log=None) -> str:
-    """Write :func:`noisy_affinities` of a segmentation zarr array to a ``(3, X, Y, Z) float16`` zarr array.
+    """Write :func:`noisy_affinities` of a segmentation zarr array to a ``(3, X, Y, Z) float16`` zarr array, equal to
+    it for the same chunking (``chunks``, default the segmentation's).
 
-    Block by block through a :class:`~nisbflow.blocks.StagedRun`: staged, locked, refused over its input, and
-    resumed block for block after an interruption (the noise of a block depends only on its index)."""
+    One task per block of a :class:`~nisbflow.blocks.BlockGrid` reads its read region from the zarr store; the output
+    is a :class:`~nisbflow.blocks.StagedRun`: staged, locked, refused over its input, and resumed block for block
+    after an interruption (a block's noise depends only on its index)."""
     if not np.isfinite(noise) or noise < 0:
         raise ConfigError(f"--noise: the noise standard deviation must be a finite number >= 0, got {noise}")
     source = open_segmentation(segmentation_path)
-    segmentation = da.from_zarr(source)
-    if chunks is not None:
-        segmentation = segmentation.rechunk(tuple(chunks))
-    grid = BlockGrid(segmentation.chunks)
-    affinities = noisy_affinities(segmentation, noise, seed)
+    grid = BlockGrid(da.from_zarr(source).rechunk(tuple(chunks)).chunks if chunks is not None
+                     else da.from_zarr(source).chunks)
     identity = dict(noise=float(noise), seed=int(seed), chunks=[list(c) for c in grid.chunks])
     with StagedRun(output, kind="affinities", inputs={"segmentation": segmentation_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:
@@ -79,14 +90,15 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
                 "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
                 "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
                 offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
-            zarr.create_array(staged.data, shape=affinities.shape, chunks=(3,) + grid.block_shape, dtype="float16",
+            zarr.create_array(staged.data, shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape, dtype="float16",
                               fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format),
                               overwrite=True, attributes=attributes)
-        blocks = affinities.to_delayed()[0]
-        tasks = [dask.delayed(store_block, pure=True)(
-            blocks[index], staged.data, (slice(None),) + grid.write_region(index),
-            staged.marker("synth", grid.key(index)), staged.run_id,
-            dask_key_name=("synth-store-affinities-" + staged.run_id,) + tuple(index))
+        staged.report_resume(len(finished), grid.n_blocks)
+        segmentation_url = storage_url(segmentation_path)
+        tasks = [dask.delayed(_write_noisy_block, pure=True)(
+            segmentation_url, grid.read_region(index, upper=1), grid.write_region(index), index, noise, seed,
+            staged.data, staged.marker("synth", grid.key(index)), staged.run_id,
+            dask_key_name=("synth-noisy-affinities-" + staged.run_id,) + tuple(index))
             for index in grid.indices() if grid.key(index) not in finished]
         compute_tasks(tasks, "synth: affinities", progress=progress)
     return str(output)

@@ -164,6 +164,7 @@ def synthesize_seed(
             seg = group.create_array("seg", shape=params.shape, chunks=grid.block_shape, dtype="uint32")
             seg.attrs.update(output_attrs("neuron ids; 0 = membrane / extracellular space", params.voxel_size, "xyz",
                                           nisbflow_output="segmentation"))
+        staged.report_resume(len(finished), grid.n_blocks)
         forest_task = dask.delayed(forest, name=f"synth-forest-{seed}")
         block_nodes, results, tasks = [], {}, {}
         for index in grid.indices():

@@ -104,7 +104,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
             scaler.load_state_dict(state["scaler"])
             step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
         except Exception as error:  # truncated, not a checkpoint, or another model's
-            raise ConfigError(f"cannot resume from {last}: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            raise ConfigError(f"cannot resume from {last}: {type(error).__name__}: {str(error).split('. ')[0][:160]}"
                               "; it is damaged or from another model: move it away to start from step 0, or "
                               "resume from a step-N.pt copied to last.pt") from error
     offsets = [parse_offset(o) for o in config.model.affinity_offsets]
