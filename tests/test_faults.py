@@ -525,3 +525,25 @@ def test_expected_failures_are_one_line_with_exit_code_2(arguments, message, dat
 def test_debug_shows_the_traceback(data, tmp_path):
     result = run(["--debug", "decode", str(data / "aff.zarr"), str(tmp_path / "seg.zarr"), "-t", "1.5"], tmp_path)
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_memory_url_outputs_publish_equal_to_local_ones(data, tmp_path):
+    import fsspec
+
+    from nisbflow.decode import decode_to_zarr
+
+    decode_to_zarr(str(data / "aff.zarr"), str(tmp_path / "seg.zarr"), chunks=(48, 48, 48), progress=False)
+    decode_to_zarr(str(data / "aff.zarr"), "memory://faults/seg.zarr", chunks=(48, 48, 48), progress=False)
+    assert np.array_equal(zarr.open_array("memory://faults/seg.zarr")[...], read(tmp_path / "seg.zarr"))
+    assert [p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls("/faults", detail=False)] == ["seg.zarr"]
+
+
+def test_leftovers_of_earlier_versions_are_removed(tmp_path):
+    for name in (".seg.zarr.partial", ".seg.zarr.partial.done", ".seg.partial-0123abcd.zarr.local-ids",
+                 ".seg.zarr.replaced-89abcdef", ".other.zarr.partial"):
+        (tmp_path / name).mkdir()
+    said = []
+    with StagedRun(tmp_path / "seg.zarr", kind="segmentation", log=said.append) as staged:
+        zarr.create_array(staged.data, shape=(2,), dtype="uint8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.zarr.partial", "seg.zarr"]
+    assert len(said) == 4 and all("earlier nisbflow version" in s for s in said)
