@@ -403,8 +403,8 @@ class StagedRun:
         """Every refusal :meth:`__enter__` would give (input overlap, existing output, missing folder, a lock held by
         a live run), without taking the lock or writing anything: for commands to call before a cluster starts."""
         check_not_input(self.output, self.inputs)
-        self._check_parent()
-        self.replacing = check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+        self._check_parent(create=False)
+        check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
         lock = f"{self._staging}/{self.LOCK}"
         if self._fs.exists(lock):
             try:
@@ -424,6 +424,7 @@ class StagedRun:
 
     def __enter__(self) -> "StagedRun":
         self.preflight()
+        self._check_parent(create=True)
         self._fs.makedirs(self._staging, exist_ok=True)
         self._acquire_lock()
         try:
@@ -452,25 +453,37 @@ class StagedRun:
                 self.log(f"removing {self._url(path)}, left by an interrupted run of an earlier nisbflow version")
                 self._fs.rm(path, recursive=True)
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, error_type, error, traceback) -> bool:
         try:
-            if kind is None:
+            if error_type is None:
                 self.publish()
-            elif issubclass(kind, KeyboardInterrupt) and error is not None and \
+            elif issubclass(error_type, KeyboardInterrupt) and error is not None and \
                     not hasattr(error, "nisbflow_staging"):
                 error.nisbflow_staging = self.staging  # for the one line the CLI prints
         finally:
             self._release_lock()
         return False
 
-    def _check_parent(self) -> None:
-        if self._fs.exists(self._parent) or self._parent in (".", ""):
+    def _check_parent(self, create: bool) -> None:
+        """Raise unless the output's folder exists or can be made (on a local disk: its nearest existing ancestor is
+        a writable folder); with ``create``, make it."""
+        if self._parent in (".", "") or self._fs.exists(self._parent):
+            return
+        if not create:
+            if "://" in storage_url(self.output):
+                return  # object stores have no folders to check
+            ancestor = self._parent
+            while not os.path.exists(ancestor):
+                ancestor = os.path.dirname(ancestor)
+            if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+                raise NisbflowError(f"output {self.output}: cannot create its folder {self._parent} "
+                                    f"({ancestor} is not a writable folder)")
             return
         try:
             self._fs.makedirs(self._parent, exist_ok=True)
         except OSError as error:
-            raise OutputExistsError(f"output {self.output}: cannot create its folder {self._parent}: "
-                                    f"{error.strerror or error}") from None
+            raise NisbflowError(f"output {self.output}: cannot create its folder {self._parent}: "
+                                f"{error.strerror or error}") from None
 
     def _acquire_lock(self) -> None:
         lock = f"{self._staging}/{self.LOCK}"

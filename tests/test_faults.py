@@ -80,7 +80,7 @@ STAGES = {
     # name: (arguments, output relative to the folder, marker stage, arrays compared, resume message)
     "synth": (["synth", "out", "--shape", "96,96,48", "--chunks", "8,8,8", "--seed", "3"], "out/data.zarr", "synth",
               ["out/data.zarr/img", "out/data.zarr/seg"], "blocks already done"),
-    "synth-affinities": (["synth-affinities", "{data}/seed/data.zarr/seg", "out.zarr", "--chunks", "8,8,8"], "out.zarr",
+    "synth-affinities": (["synth-affinities", "{data}/seed/data.zarr/seg", "out.zarr", "--chunks", "4,8,8"], "out.zarr",
                          "synth", ["out.zarr"], "blocks already done"),
     "infer": (["infer", "{data}/seed/data.zarr/img", "out.zarr", "--checkpoint", MODEL, "--chunks", "16,16,48",
                "--workers", "2"], "out.zarr", "predict", ["out.zarr"], "blocks already done"),
@@ -97,7 +97,7 @@ def reference(stage: str, data: Path, folder: Path) -> dict:
     if stage == "synth":
         synthesize_seed(folder / "out", SHAPE, seed=3, chunks=(8, 8, 8), progress=False)
     elif stage == "synth-affinities":
-        write_noisy_affinities(data / "seed/data.zarr/seg", folder / "out.zarr", chunks=(8, 8, 8), progress=False)
+        write_noisy_affinities(data / "seed/data.zarr/seg", folder / "out.zarr", chunks=(4, 8, 8), progress=False)
     elif stage == "infer":  # on workers as the command runs it: torch's CPU results depend on its thread count
         folder.mkdir()
         arguments = [a.replace("{data}", str(data)) for a in STAGES["infer"][0]]
