@@ -77,6 +77,13 @@ def _allocator_environment(memory_limit="auto") -> dict:
     return {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
+def _worker_preload() -> dict:
+    """Dask configuration adding :data:`WORKER_SETUP` to the worker preloads (nannies read it when created and keep
+    it for restarted workers), after any the user configured."""
+    existing = list(dask.config.get("distributed.worker.preload", []) or [])
+    return {"distributed.worker.preload": existing + ([WORKER_SETUP] if WORKER_SETUP not in existing else [])}
+
+
 @contextlib.contextmanager
 def cluster_client(
     cluster: str = "local",
@@ -111,16 +118,15 @@ def cluster_client(
             yield client
         return
     if cluster == "local":
-        with dask.config.set(_allocator_environment(memory_limit)):
+        with dask.config.set({**_allocator_environment(memory_limit), **(_worker_preload() if processes else {})}):
             made = LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
-                                memory_limit=memory_limit, processes=processes, dashboard_address=":0",
-                                **({"preload": [WORKER_SETUP]} if processes else {}))
+                                memory_limit=memory_limit, processes=processes, dashboard_address=":0")
     elif cluster == "dask-cuda":
         dask_cuda = _import("dask_cuda", "gpu", cluster)
-        with dask.config.set(_allocator_environment(memory_limit)):
+        with dask.config.set({**_allocator_environment(memory_limit), **_worker_preload()}):
             # one worker per GPU, each declaring a GPU resource: prediction tasks ask for it (one block per GPU)
             # and a few threads, so image reads and zarr writes overlap with the GPU's prediction
-            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0", preload=[WORKER_SETUP],
+            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0",
                                               resources={"GPU": 1}, threads_per_worker=max(threads_per_worker, 4))
     else:  # slurm
         dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)

@@ -547,3 +547,18 @@ def test_leftovers_of_earlier_versions_are_removed(tmp_path):
         zarr.create_array(staged.data, shape=(2,), dtype="uint8")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.zarr.partial", "seg.zarr"]
     assert len(said) == 4 and all("earlier nisbflow version" in s for s in said)
+
+
+def test_ctrl_c_to_the_whole_process_group_prints_one_line(data, tmp_path):
+    """A terminal's Ctrl-C reaches the client and its local workers: the workers ignore it (their preload), the client
+    drains and exits 130 with one line and no worker tracebacks."""
+    output = tmp_path / "seg.zarr"
+    process = subprocess.Popen([NISBFLOW, "decode", str(data / "aff.zarr"), str(output), "--workers", "2"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    wait_for_markers(output, "label", 2, process)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted")
