@@ -10,10 +10,50 @@ import functools
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 
 from nisbflow.errors import NisbflowError
+
+class ReadableGroup(TyperGroup):
+    """nisbflow's command groups: ``-h`` as well as ``--help``, and option types in help as words (``TEXT``,
+    ``INTEGER``, ``FLOAT``; nothing after a flag) rather than ``<str>``/``<bool>``."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            readable_metavars(command, ctx)
+        return command
+
+    def format_help(self, ctx, formatter):
+        readable_metavars(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+READABLE_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": ""}
+
+
+def readable_type(bare: str) -> str:
+    """``str`` → ``TEXT``, ``list[float]`` → ``FLOAT ...`` and so on."""
+    if bare.startswith("list[") and bare.endswith("]"):
+        return readable_type(bare[5:-1]) + " ..."
+    return READABLE_TYPES.get(bare, bare.upper())
+
+
+def readable_metavars(command, ctx) -> None:
+    """Give every parameter a readable type in help; flags get none."""
+    from typer.core import TyperArgument, TyperOption
+
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperOption) and param.metavar is None:
+            param.metavar = "" if param.is_flag else readable_type(param.bare_type())
+        elif isinstance(param, TyperArgument) and "display_type_rich" not in vars(param):
+            label = readable_type(param.bare_type())
+            param.display_type_rich = lambda ctx, label=label: label  # this parameter's type column only
+
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="nisbflow",
@@ -21,12 +61,17 @@ app = typer.Typer(
     "Axes are XYZ as NISB stores them; volumes are zarr arrays named by path or URL, e.g. run/seed101/data.zarr/img.",
     no_args_is_help=True,
     add_completion=False,
+    cls=ReadableGroup,
+    context_settings=HELP_OPTIONS,
 )
-config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
-skeleton_app = typer.Typer(help="Work with NISB skeletons (skeleton.pkl).", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True, cls=ReadableGroup,
+                         context_settings=HELP_OPTIONS)
+skeleton_app = typer.Typer(help="Work with NISB skeletons (skeleton.pkl).", no_args_is_help=True, cls=ReadableGroup,
+                           context_settings=HELP_OPTIONS)
 app.add_typer(config_app, name="config")
 app.add_typer(skeleton_app, name="skeleton")
-model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
+model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True, cls=ReadableGroup,
+                        context_settings=HELP_OPTIONS)
 app.add_typer(model_app, name="model")
 
 console = Console()
@@ -40,9 +85,19 @@ OPTIONAL_EXTRAS = {"cupy": "gpu", "cupy_backends": "gpu", "dask_cuda": "gpu", "d
 OPTIONS = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from nisbflow import __version__
+
+        typer.echo(f"nisbflow {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print nisbflow's version and exit."),
 ):
     """Dense neuron segmentation of EM volumes at scale: the NISB BANIS baseline as Dask graphs over zarr."""
     OPTIONS["debug"] = debug
@@ -183,7 +238,7 @@ PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --con
 @friendly_errors
 def config_show(
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. decoding.threshold=0.8"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file (may use _base_ inheritance)."),
+    config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML file (may use _base_ inheritance)."),
 ):
     """Print the resolved configuration as YAML: defaults ← --config file ← KEY=VALUE overrides."""
     from nisbflow.config import config_to_yaml, load_config
@@ -296,7 +351,7 @@ def skeleton_convert(
 @app.command()
 @friendly_errors
 def decode(
-    affinities: str = typer.Argument(..., help="Affinities zarr array, (C>=3, X, Y, Z) float16/float32, e.g. pred.zarr/affinities."),
+    affinities: str = typer.Argument(..., help="Affinities zarr array, (C, X, Y, Z) float16/float32 with C = 3 or 6, e.g. pred.zarr/affinities."),
     output: str = typer.Argument(..., help="Segmentation zarr to write: an (X, Y, Z) array, or a group of "
                                            "threshold-T arrays when several thresholds are given."),
     threshold: Optional[List[float]] = typer.Option(None, "--threshold", "-t", help="Hard edge: affinity > threshold. "
@@ -312,7 +367,7 @@ def decode(
     backend: Optional[str] = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration."),
+    config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration."),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
@@ -560,7 +615,7 @@ def infer(
                                                       "0,1,2, the short-range affinities decoding reads)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (inference.* settings)."),
+    config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration (inference.* settings)."),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
@@ -602,7 +657,7 @@ def infer(
 @friendly_errors
 def test_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.test.*, "
+    config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration (data.test.*, "
                                                                       "inference.*, decoding.*, evaluation.*)."),
     chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
@@ -631,7 +686,7 @@ def test_command(
 @friendly_errors
 def tune(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint, or a shipped model's name."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.val.*, tune.*, "
+    config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration (data.val.*, tune.*, "
                                                                       "inference.*, decoding.*)."),
     out: Optional[str] = typer.Option(None, "--out", help="Folder for cached affinities, best.yaml and the curve "
                                                           "(default <save_path>/tune)."),
@@ -678,7 +733,7 @@ def _curve_table(result) -> Table:
 @friendly_errors
 def tune_test(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Model checkpoint, or a shipped model's name."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.val.*, "
+    config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration (data.val.*, "
                                                                       "data.test.*, tune.*)."),
     out: Optional[str] = typer.Option(None, "--out", help="Output folder (default <save_path>/tune)."),
     chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
@@ -709,7 +764,7 @@ def tune_test(
 @app.command()
 @friendly_errors
 def train(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML configuration (data.*, model.*, "
+    config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration (data.*, model.*, "
                                                                       "optimization.*)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run folder to write or resume (default "
                                                                   "<save_path>/<timestamp>)."),

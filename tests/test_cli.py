@@ -31,3 +31,54 @@ def test_skeleton_convert(tmp_path, synthetic_seed):
     assert f"{summary.n_skeleton_nodes} nodes" in result.output
     bad = runner.invoke(app, ["skeleton", "convert", str(root / "skeleton.pkl"), str(tmp_path / "s.swc")])
     assert bad.exit_code == 2 and "unknown skeleton format" in bad.output
+
+
+def _commands(group, prefix=()):
+    """Every command path of a click group, e.g. ('decode',), ('model', 'init')."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+def test_version_short_help_and_readable_types():
+    import typer
+
+    from nisbflow import __version__
+
+    runner = CliRunner()
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"nisbflow {__version__}"
+    paths = list(_commands(typer.main.get_command(app)))
+    assert ("decode",) in paths and ("model", "init") in paths and len(paths) >= 15
+    for path in [(), *paths]:
+        short = runner.invoke(app, [*path, "-h"], terminal_width=200)
+        assert short.exit_code == 0, (path, short.output)
+        assert short.output == runner.invoke(app, [*path, "--help"], terminal_width=200).output
+        assert "<bool>" not in short.output and "<str>" not in short.output and "<list" not in short.output, path
+    decode = runner.invoke(app, ["decode", "-h"], terminal_width=200).output
+    assert "FLOAT ..." in decode and "--config-file" in decode and "INTEGER" in decode
+
+
+def test_config_file_is_an_alias_of_config(tmp_path):
+    (tmp_path / "c.yaml").write_text("decoding:\n  threshold: 0.42\n")
+    runner = CliRunner()
+    long = runner.invoke(app, ["config", "show", "--config-file", str(tmp_path / "c.yaml")])
+    short = runner.invoke(app, ["config", "show", "-c", str(tmp_path / "c.yaml")])
+    assert long.exit_code == 0 and long.output == short.output and "threshold: 0.42" in long.output
+
+
+def test_messages_keep_the_extra_in_brackets(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("dask_cuda") is not None:  # a GPU machine: the extra is installed
+        return
+    zarr.create_array(str(tmp_path / "aff.zarr"), shape=(3, 8, 8, 8), chunks=(3, 8, 8, 8),
+                      dtype="float32")[...] = np.full((3, 8, 8, 8), 0.9, dtype=np.float32)
+    result = CliRunner().invoke(app, ["decode", str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"),
+                                      "--cluster", "dask-cuda"])
+    assert result.exit_code == 2
+    assert "pip install 'nisbflow[gpu]'" in " ".join(result.output.split())
