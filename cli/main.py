@@ -177,14 +177,20 @@ def friendly_errors(command):
 
 
 @contextlib.contextmanager
-def cluster_for(settings, cluster: str | None, workers: int | None = None, memory_limit: str | None = None):
-    """The one place commands open their Dask cluster (``system.*`` settings, overridden by the options) and print
-    the dashboard link; closed when the block ends."""
+def cluster_for(settings, cluster: str | None, workers: int | None = None, memory_limit: str | None = None,
+                dashboard_address: str | None = None):
+    """The one place commands open their Dask cluster (``system.*`` settings, overridden by the options; the cluster
+    from ``--cluster``, else ``DASK_SCHEDULER_ADDRESS``, else ``system.cluster``) and print the dashboard link;
+    closed when the block ends."""
     from nisbflow.cluster import cluster_from_config
 
-    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit) as client:
+    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit,
+                             dashboard_address=dashboard_address) as client:
         if client is not None:
-            console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/link]")
+            from nisbflow.cluster import dashboard_link
+
+            link = dashboard_link(client, dashboard_address or settings.system.dashboard_address)
+            console.print(f"Dask dashboard: [link={link}]{link}[/link]")
         yield client
 
 
@@ -210,6 +216,8 @@ def check_writable(path: str, option: str) -> None:
         raise OutputExistsError(f"{option} {path}: folder {folder} is not writable")
 
 
+DASHBOARD_HELP = ("Dashboard of a cluster nisbflow starts: ':8787' a fixed port, '127.0.0.1:8787' this machine "
+                  "only (then ssh -L 8787:localhost:8787); default system.dashboard_address, any free port.")
 FORCE_HELP = "Replace an existing output that nisbflow did not write (never an input)."
 OVERWRITE_HELP = "Replace an existing output of the same kind that nisbflow wrote."
 
@@ -360,9 +368,10 @@ def decode(
                                                     "affinities record (the model's tuned value), else 0.75."),
     chunks: Optional[str] = typer.Option(None, help="Block and output chunk size X,Y,Z (default: the affinities' chunks)."),
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://scheduler:8786 "
-                                                     "(default system.cluster)."),
+                                                     "(default: $DASK_SCHEDULER_ADDRESS if set, else system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers or SLURM jobs (default: one per core)."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker, e.g. 4GiB."),
+    dashboard_address: Optional[str] = typer.Option(None, "--dashboard-address", help=DASHBOARD_HELP),
     mask: Optional[str] = typer.Option(None, help="Affinity mask zarr array (X, Y, Z); 0 turns off a voxel's edges."),
     backend: Optional[str] = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
@@ -397,7 +406,7 @@ def decode(
     block = parse_triple(chunks, "--chunks") if chunks else None
     mask = mask or settings.decoding.affinity_mask_path
     preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
-    with cluster_for(settings, cluster, workers, memory_limit):
+    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         counts = decode_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=block, backend=backend,
                                 overwrite=overwrite, force=force, config=run, log=console.print, check_values=False)
     for value, n in counts.items():
@@ -569,6 +578,7 @@ def demo(
     cluster: str = typer.Option("local", help="local | dask-cuda | sync | tcp://scheduler:8786."),
     workers: Optional[int] = typer.Option(2, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    dashboard_address: Optional[str] = typer.Option(None, "--dashboard-address", help=DASHBOARD_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier demo."),
 ):
     """The main job on built-in data: synthesize a test seed → infer (Dask) → decode → evaluate, printing NERL.
@@ -582,7 +592,7 @@ def demo(
 
     size = parse_triple(shape, "--shape")
     settings = load_config(None, [])
-    with cluster_for(settings, cluster, workers, memory_limit):
+    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         runs = run_demo(out, shape=size, seed=seed, checkpoint=checkpoint, threshold=threshold, baseline=baseline,
                         overwrite=overwrite, log=console.print)
     for run in runs:
@@ -606,9 +616,10 @@ def infer(
     chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768: "
                                                     "redundancy ≤ 1.25 on NISB-sized volumes)."),
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://scheduler:8786 "
-                                                     "(default system.cluster)."),
+                                                     "(default: $DASK_SCHEDULER_ADDRESS if set, else system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers (default: one per core, or per GPU)."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker, e.g. 8GiB."),
+    dashboard_address: Optional[str] = typer.Option(None, "--dashboard-address", help=DASHBOARD_HELP),
     whole: bool = typer.Option(False, "--whole", help="Single-process whole-volume reference (loads the image)."),
     channels: Optional[str] = typer.Option(None, help="Output channels to keep, e.g. 0,1,2,3,4,5 (sets "
                                                       "inference.select_channel; default: the checkpoint's, else "
@@ -645,7 +656,7 @@ def infer(
         console.print(f"wrote {output}: {summary.shape} {run.config.inference.output_dtype}, "
                       f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s (whole volume, one process)")
         return
-    with cluster_for(run.config, cluster, workers, memory_limit):
+    with cluster_for(run.config, cluster, workers, memory_limit, dashboard_address):
         summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, overwrite=overwrite,
                                 force=force, log=console.print)
     console.print(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
@@ -660,9 +671,10 @@ def test_command(
     config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration (data.test.*, "
                                                                       "inference.*, decoding.*, evaluation.*)."),
     chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
-    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
+    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (default: $DASK_SCHEDULER_ADDRESS if set, else system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    dashboard_address: Optional[str] = typer.Option(None, "--dashboard-address", help=DASHBOARD_HELP),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
@@ -676,7 +688,7 @@ def test_command(
     print_settings(run)
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_for(settings, cluster, workers, memory_limit):
+    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         folder, result = run_test(run, run.checkpoint, block=block)
     console.print(metrics_table(result, title=f"{settings.data.test.path}: threshold {settings.decoding.threshold:g}"))
     console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
@@ -691,9 +703,10 @@ def tune(
     out: Optional[str] = typer.Option(None, "--out", help="Folder for cached affinities, best.yaml and the curve "
                                                           "(default <save_path>/tune)."),
     chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
-    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
+    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (default: $DASK_SCHEDULER_ADDRESS if set, else system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    dashboard_address: Optional[str] = typer.Option(None, "--dashboard-address", help=DASHBOARD_HELP),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides, e.g. "
                                                                "tune.sampler=grid tune.n_trials=8."),
@@ -711,7 +724,7 @@ def tune(
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
     print_settings(run)
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_for(run.config, cluster, workers, memory_limit):
+    with cluster_for(run.config, cluster, workers, memory_limit, dashboard_address):
         result = run_tune(run, run.checkpoint, out_dir=out, block=block, log=console.print)
     console.print(_curve_table(result))
     console.print(f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
@@ -737,9 +750,10 @@ def tune_test(
                                                                       "data.test.*, tune.*)."),
     out: Optional[str] = typer.Option(None, "--out", help="Output folder (default <save_path>/tune)."),
     chunks: Optional[str] = typer.Option(None, help="Inference block size X,Y,Z (default 768,768,768)."),
-    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (system.cluster)."),
+    cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://… (default: $DASK_SCHEDULER_ADDRESS if set, else system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker."),
+    dashboard_address: Optional[str] = typer.Option(None, "--dashboard-address", help=DASHBOARD_HELP),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
@@ -752,7 +766,7 @@ def tune_test(
     print_settings(run)
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_for(settings, cluster, workers, memory_limit):
+    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         result, folder, test_result = tune_and_test(run, run.checkpoint, out_dir=out, block=block,
                                                     log=console.print)
     console.print(_curve_table(result))

@@ -93,6 +93,7 @@ def cluster_client(
     memory_limit: str = "auto",
     slurm=None,
     processes: bool = True,
+    dashboard_address: str = ":0",
 ) -> Iterator:
     """Start (or connect to) a Dask cluster and yield its ``distributed.Client``; ``sync`` yields None.
 
@@ -120,13 +121,14 @@ def cluster_client(
     if cluster == "local":
         with dask.config.set({**_allocator_environment(memory_limit), **(_worker_preload() if processes else {})}):
             made = LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
-                                memory_limit=memory_limit, processes=processes, dashboard_address=":0")
+                                memory_limit=memory_limit, processes=processes,
+                                dashboard_address=dashboard_address)
     elif cluster == "dask-cuda":
         dask_cuda = _import("dask_cuda", "gpu", cluster)
         with dask.config.set({**_allocator_environment(memory_limit), **_worker_preload()}):
             # one worker per GPU, each declaring a GPU resource: prediction tasks ask for it (one block per GPU)
             # and a few threads, so image reads and zarr writes overlap with the GPU's prediction
-            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=":0",
+            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=dashboard_address,
                                               resources={"GPU": 1}, threads_per_worker=max(threads_per_worker, 4))
     else:  # slurm
         dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)
@@ -159,14 +161,37 @@ def cluster_device(client=None) -> str | None:
     return None
 
 
+def dashboard_link(client, dashboard_address: str | None = None) -> str | None:
+    """The dashboard's address as a browser should open it: the client's link, with the host the dashboard was bound
+    to when ``dashboard_address`` names one (distributed builds the link from the scheduler's host, which is not
+    where a dashboard bound to 127.0.0.1 answers)."""
+    link = getattr(client, "dashboard_link", None)
+    if not link or not dashboard_address or ":" not in dashboard_address:
+        return link
+    host = dashboard_address.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return link
+    scheme, rest = link.split("://", 1)
+    port_and_path = rest.split(":", 1)[1] if ":" in rest else rest
+    return f"{scheme}://{host}:{port_and_path}"
+
+
+def chosen_cluster(cluster: str | None, config) -> str:
+    """What to run on: ``cluster`` when given (``--cluster``), else ``DASK_SCHEDULER_ADDRESS`` when it is set (the
+    scheduler Dask's own ``Client()`` would connect to, e.g. inside the compose stack), else ``system.cluster``."""
+    return cluster or os.environ.get("DASK_SCHEDULER_ADDRESS") or config.system.cluster
+
+
 def cluster_from_config(config, cluster: str | None = None, **overrides):
-    """:func:`cluster_client` with ``system.*`` settings from a configuration, overridden by keyword arguments."""
+    """:func:`cluster_client` with ``system.*`` settings from a configuration, overridden by keyword arguments; the
+    cluster itself from :func:`chosen_cluster`."""
     system = config.system
     options = dict(
         n_workers=system.num_workers if system.num_workers > 0 else None,
         threads_per_worker=system.threads_per_worker,
         memory_limit=system.memory_limit,
         slurm=system.slurm,
+        dashboard_address=system.dashboard_address,
     )
     options.update({k: v for k, v in overrides.items() if v is not None})
-    return cluster_client(cluster or system.cluster, **options)
+    return cluster_client(chosen_cluster(cluster, config), **options)

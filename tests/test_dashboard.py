@@ -58,3 +58,57 @@ def test_small_workers_keep_memory_trimming(monkeypatch):
     assert _allocator_environment("1GiB") == {} and _allocator_environment(2**30) == {}
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert _allocator_environment("4GiB") == {}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_fixed_dashboard_address_is_used_and_its_link_is_the_real_one():
+    from nisbflow.cluster import cluster_client, dashboard_link
+
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    with cluster_client("local", n_workers=1, processes=False, dashboard_address=address) as client:
+        assert dashboard_link(client, address) == f"http://127.0.0.1:{port}/status"
+        assert "Dask Diagnostic UI" in fetch(dashboard_link(client, address))
+        assert dashboard_link(client, f":{port}") == client.dashboard_link  # every interface: distributed's link
+
+
+def test_the_cluster_defaults_to_dask_scheduler_address(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import zarr
+    from dask.distributed import Client, LocalCluster
+
+    from nisbflow.cluster import chosen_cluster
+    from nisbflow.config import load_config
+
+    config = load_config(None, [])
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert chosen_cluster(None, config) == "local" and chosen_cluster("sync", config) == "sync"
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://10.0.0.1:8786")
+    assert chosen_cluster(None, config) == "tcp://10.0.0.1:8786" and chosen_cluster("sync", config) == "sync"
+
+    affinities = np.full((3, 16, 16, 16), 0.9, dtype=np.float32)
+    zarr.create_array(str(tmp_path / "aff.zarr"), shape=affinities.shape, chunks=(3, 8, 8, 8),
+                      dtype="float32")[...] = affinities
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        environment = {**os.environ, "DASK_SCHEDULER_ADDRESS": cluster.scheduler_address}
+        result = subprocess.run([str(Path(sys.executable).with_name("nisbflow")), "decode", str(tmp_path / "aff.zarr"),
+                                 str(tmp_path / "seg.zarr")], capture_output=True, text=True, env=environment,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert f"Dask dashboard: {client.dashboard_link}" in result.stdout  # the stack's scheduler, not a new one
+        processed = client.run_on_scheduler(
+            lambda dask_scheduler: sorted(p for p in dask_scheduler.task_prefixes if p.startswith("decode")))
+        assert "decode-label-block" in processed
+    assert zarr.open_array(str(tmp_path / "seg.zarr"))[...].max() == 1

@@ -51,6 +51,8 @@ class SystemConfig(_Section):
     cluster: str = Field("local", description="local | dask-cuda | slurm | sync | tcp://scheduler:8786")
     memory_limit: str = Field("auto", description="Memory per local Dask worker, e.g. '4GiB'; 'auto' splits the RAM.")
     threads_per_worker: int = Field(1, gt=0, description="Threads per local Dask worker (kernels release the GIL).")
+    dashboard_address: str = Field(":0", description="Dashboard of the clusters nisbflow starts: ':0' any free "
+                                   "port, ':8787' a fixed one, '127.0.0.1:8787' one interface (for SSH tunnels).")
     slurm: SlurmConfig = SlurmConfig()
 
 
