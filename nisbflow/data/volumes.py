@@ -317,6 +317,35 @@ def output_attrs(description: str, voxel_size, axis_order: str, config=None, **e
     return attrs
 
 
+def open_dataarray(path: str | Path) -> xr.DataArray:
+    """A zarr array nisbflow wrote (or any with named axes) as a lazy :class:`xarray.DataArray`: dimensions from its
+    ``_ARRAY_DIMENSIONS`` / ``dimension_names`` (else ``axis_order``), spatial coordinates in nm from its voxel size,
+    attributes kept. For stores whose root is an array, which ``xarray.open_zarr`` (groups only) cannot open; a
+    group (a seed's ``data.zarr``, a multi-threshold segmentation) opens with ``xarray.open_zarr`` directly."""
+    array = open_volume(path)
+    attrs = dict(array.attrs)
+    names = attrs.pop("_ARRAY_DIMENSIONS", None) or getattr(array.metadata, "dimension_names", None) \
+        or list(attrs.get("axis_order", "")) or None
+    if names is None or len(names) != array.ndim:
+        raise VolumeError(f"{path}: its axes are not named (no _ARRAY_DIMENSIONS, dimension_names or axis_order "
+                          f"for {array.ndim} dimensions)")
+    voxel_size = dict(zip("xyz", voxel_size_of(array)))
+    coords = {name: np.arange(n) * voxel_size[name] for name, n in zip(names, array.shape) if name in voxel_size}
+    return xr.DataArray(da.from_zarr(array), dims=list(names), coords=coords, attrs=attrs,
+                        name=str(path).rstrip("/").rsplit("/", 1)[-1])
+
+
+def named_axes(attributes: dict, zarr_format: int) -> dict:
+    """Keyword arguments for ``zarr.create_array`` that store ``attributes`` and name the array's axes from their
+    ``axis_order`` (e.g. ``"cxyz"`` → c, x, y, z) where xarray looks for them: ``_ARRAY_DIMENSIONS`` in the
+    attributes of a format-2 array, ``dimension_names`` in a format-3 array's metadata. Unwritten chunks read as 0
+    either way."""
+    names = list(attributes["axis_order"])
+    if zarr_format == 2:  # no fill value: xarray would read a format-2 fill value of 0 as missing (background → NaN)
+        return {"attributes": {**attributes, "_ARRAY_DIMENSIONS": names}, "fill_value": None}
+    return {"attributes": attributes, "dimension_names": names, "fill_value": 0}
+
+
 def _remove(fs, path: str) -> None:
     if fs.exists(path):
         fs.rm(path, recursive=True)

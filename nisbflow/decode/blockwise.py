@@ -31,7 +31,8 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from nisbflow.blocks import task_priority, write_marker
-from nisbflow.data.volumes import fast_compressors, open_affinities, open_volume, output_attrs, voxel_size_of
+from nisbflow.data.volumes import (fast_compressors, named_axes, open_affinities, open_volume, output_attrs,
+                                   voxel_size_of)
 from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockGrid, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
@@ -442,9 +443,8 @@ def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: 
     if not staged.owns(target):
         staged.forget(stage)
         finished = {}
-        zarr.create_array(target, shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype, fill_value=0,
-                          zarr_format=zarr_format, compressors=fast_compressors(zarr_format, shuffle=False),
-                          overwrite=True, attributes=attrs)
+        zarr.create_array(target, shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype, zarr_format=zarr_format, compressors=fast_compressors(zarr_format, shuffle=False),
+                          overwrite=True, **named_axes(attrs, zarr_format))
     staged.report_resume(len(finished), grid.n_blocks, "blocks already relabelled")
     shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
     tasks = [dask.delayed(_relabel_in_zarr, pure=True)(

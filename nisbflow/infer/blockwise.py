@@ -314,7 +314,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
 
     from nisbflow.blocks import StagedRun, default_log
     from nisbflow.cluster import cluster_device
-    from nisbflow.data.volumes import fast_compressors, open_image
+    from nisbflow.data.volumes import fast_compressors, named_axes, open_image
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -342,8 +342,8 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
             zarr.create_array(
                 staged.data, shape=(n_channels,) + grid.shape,
                 chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape), dtype=settings.output_dtype,
-                fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format), overwrite=True,
-                attributes=affinity_attrs(run, settings, source, nisbflow_run=staged.run_id))
+                zarr_format=zarr_format, compressors=fast_compressors(zarr_format), overwrite=True,
+                **named_axes(affinity_attrs(run, settings, source, nisbflow_run=staged.run_id), zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
         model_ref = (handle.path, handle.sha256)
         token = dask.base.tokenize(staged.run_id, settings, grid)
@@ -374,7 +374,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     import zarr
 
     from nisbflow.blocks import StagedRun, default_log
-    from nisbflow.data.volumes import fast_compressors, open_image
+    from nisbflow.data.volumes import fast_compressors, named_axes, open_image
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -396,8 +396,8 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
         fmt = source.metadata.zarr_format
         zarr.create_array(staged.data, shape=values.shape, chunks=(values.shape[0], 128, 128, 128),
                           dtype=values.dtype, zarr_format=fmt, compressors=fast_compressors(fmt), overwrite=True,
-                          attributes=affinity_attrs(run, settings, source,
-                                                    AFFINITY_DESCRIPTION + " (whole-volume reference)")
+                          **named_axes(affinity_attrs(run, settings, source,
+                                                      AFFINITY_DESCRIPTION + " (whole-volume reference)"), fmt)
                           )[...] = values
     grid = window_grid(values.shape[1:], settings.window, settings.stride)
     n_windows = int(np.prod([len(g) for g in grid]))

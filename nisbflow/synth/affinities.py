@@ -17,7 +17,8 @@ import numpy as np
 import zarr
 
 from nisbflow.blocks import BlockGrid, StagedRun, default_log, storage_url, store_block
-from nisbflow.data.volumes import SHORT_RANGE_OFFSETS, fast_compressors, open_segmentation, output_attrs, voxel_size_of
+from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, fast_compressors, named_axes, open_segmentation, output_attrs,
+                                   voxel_size_of)
 from nisbflow.errors import ConfigError
 from nisbflow.progress import compute_tasks
 
@@ -91,8 +92,8 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
                 "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
                 offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
             zarr.create_array(staged.data, shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape, dtype="float16",
-                              fill_value=0, zarr_format=zarr_format, compressors=fast_compressors(zarr_format),
-                              overwrite=True, attributes=attributes)
+                              zarr_format=zarr_format, compressors=fast_compressors(zarr_format),
+                              overwrite=True, **named_axes(attributes, zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
         segmentation_url = storage_url(segmentation_path)
         tasks = [dask.delayed(_write_noisy_block, pure=True)(

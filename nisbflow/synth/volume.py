@@ -19,7 +19,7 @@ import zarr
 
 from ..data.skeleton import save_skeleton, summarize_skeleton
 from ..blocks import BlockGrid, StagedRun, default_log, write_marker
-from ..data.volumes import output_attrs, staged_output
+from ..data.volumes import named_axes, output_attrs, staged_output
 from ..errors import OutputExistsError
 from ..progress import compute_tasks
 from .kernel import PRESETS, NeuriteForest, SynthParams, grow_forest, render_block
@@ -158,12 +158,13 @@ def synthesize_seed(
             group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
             group.attrs.update(output_attrs(description, params.voxel_size, "xyz", synth=settings,
                                             nisbflow_output="seed", nisbflow_run=staged.run_id))
-            img = group.create_array("img", shape=params.shape + (1,), chunks=grid.block_shape + (1,), dtype="uint8")
-            img.attrs.update(output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size, "xyzc",
-                                          nisbflow_output="image"))
-            seg = group.create_array("seg", shape=params.shape, chunks=grid.block_shape, dtype="uint32")
-            seg.attrs.update(output_attrs("neuron ids; 0 = membrane / extracellular space", params.voxel_size, "xyz",
-                                          nisbflow_output="segmentation"))
+            group.create_array("img", shape=params.shape + (1,), chunks=grid.block_shape + (1,), dtype="uint8",
+                               **named_axes(output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size,
+                                                         "xyzc", nisbflow_output="image"), zarr_format))
+            group.create_array("seg", shape=params.shape, chunks=grid.block_shape, dtype="uint32",
+                               **named_axes(output_attrs("neuron ids; 0 = membrane / extracellular space",
+                                                         params.voxel_size, "xyz", nisbflow_output="segmentation"),
+                                            zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
         forest_task = dask.delayed(forest, name=f"synth-forest-{seed}")
         block_nodes, results, tasks = [], {}, {}
