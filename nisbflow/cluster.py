@@ -115,6 +115,13 @@ def cluster_client(
             raise ConfigError(f"--cluster {cluster}: cannot reach a Dask scheduler there within "
                               f"{SCHEDULER_TIMEOUT} ({type(error).__name__}); is `dask scheduler` running and the "
                               "address right?") from None
+        except (TypeError, ValueError) as error:  # tls:// without certificates: distributed finds no SSL context
+            if not cluster.startswith("tls://"):
+                raise
+            raise ConfigError(f"--cluster {cluster}: cannot reach a Dask scheduler there without TLS certificates: "
+                              "set distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's "
+                              "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem; docs/cluster.md)"
+                              ) from error
         with client:
             yield client
         return

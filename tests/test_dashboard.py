@@ -112,3 +112,43 @@ def test_the_cluster_defaults_to_dask_scheduler_address(tmp_path, monkeypatch):
             lambda dask_scheduler: sorted(p for p in dask_scheduler.task_prefixes if p.startswith("decode")))
         assert "decode-label-block" in processed
     assert zarr.open_array(str(tmp_path / "seg.zarr"))[...].max() == 1
+
+
+def test_a_tls_scheduler_from_dask_configuration(tmp_path):
+    """Dask TLS for multi-node set-ups: a scheduler that only speaks TLS with certificates; nisbflow connects with
+    `--cluster tls://…` and the certificate files named in Dask's configuration (here its environment variables),
+    and is refused in one line without them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import zarr
+    from dask.distributed import LocalCluster
+    from distributed.security import Security
+
+    security = Security.temporary()  # a throw-away CA and certificate (PEM text), as a lab's would be files
+    files = {}
+    for name, text in (("ca", security.tls_ca_file), ("cert", security.tls_client_cert),
+                       ("key", security.tls_client_key)):
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_text(text)
+    zarr.create_array(str(tmp_path / "aff.zarr"), shape=(3, 8, 8, 8), chunks=(3, 8, 8, 8),
+                      dtype="float32")[...] = np.full((3, 8, 8, 8), 0.9, dtype=np.float32)
+    nisbflow = str(Path(sys.executable).with_name("nisbflow"))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://", security=security,
+                      dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        plain = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+        refused = subprocess.run([nisbflow, "decode", str(tmp_path / "aff.zarr"), str(tmp_path / "no.zarr"),
+                                  "--cluster", address], capture_output=True, text=True, env=plain, timeout=120)
+        assert refused.returncode == 2 and "without TLS certificates" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        with_tls = {**plain, "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(files["ca"]),
+                    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(files["cert"]),
+                    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(files["key"])}
+        result = subprocess.run([nisbflow, "decode", str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"),
+                                 "--cluster", address], capture_output=True, text=True, env=with_tls, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert zarr.open_array(str(tmp_path / "seg.zarr"))[...].max() == 1

@@ -28,7 +28,7 @@ def test_compose_has_scheduler_with_dashboard_gpu_workers_and_jupyterlab(compose
     services = compose["services"]
     scheduler = services["scheduler"]
     assert command_of(scheduler).startswith("dask scheduler") and ":8787" in command_of(scheduler)
-    assert {"8786:8786", "8787:8787"} <= set(scheduler["ports"])
+    assert {"127.0.0.1:8786:8786", "127.0.0.1:8787:8787"} <= set(scheduler["ports"])
     workers = {name: s for name, s in services.items() if name.startswith("worker")}
     assert workers, "no dask-cuda worker service"
     devices_seen = []
@@ -44,13 +44,13 @@ def test_compose_has_scheduler_with_dashboard_gpu_workers_and_jupyterlab(compose
         devices_seen += device["device_ids"]
     assert len(devices_seen) == len(set(devices_seen)), "two workers share a GPU"
     jupyter = services["jupyter"]
-    assert command_of(jupyter).startswith("jupyter lab") and "8888:8888" in jupyter["ports"]
+    assert command_of(jupyter).startswith("jupyter lab") and "127.0.0.1:8888:8888" in jupyter["ports"]
     for name, service in services.items():
         assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
         assert service["environment"]["DASK_SCHEDULER_ADDRESS"] == "tcp://scheduler:8786", name
         assert any(volume.endswith(":/data") for volume in service["volumes"]), name
         unknown = set(service) - {"image", "build", "volumes", "environment", "restart", "command", "ports",
-                                  "depends_on", "deploy", "shm_size"}
+                                  "depends_on", "deploy", "shm_size", "working_dir", "profiles", "entrypoint"}
         assert not unknown, f"{name}: unexpected keys {unknown}"
 
 
@@ -81,3 +81,41 @@ def test_slurm_scripts():
     assert jobqueue["processes"] == 1
     docs = (ROOT / "docs" / "cluster.md").read_text()
     assert "docker compose up" in docs and "sbatch deploy/slurm/train.sbatch" in docs
+
+
+def test_compose_publishes_on_localhost_keeps_outputs_and_has_a_cli_service(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):  # whoever reaches 8786 can run code on the workers
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+        # default outputs (relative to the working folder, e.g. outputs/demo) land on the mounted ./outputs
+        assert service["working_dir"] == "/work" and "./outputs:/work/outputs" in service["volumes"], name
+    cli = services["nisbflow"]
+    assert cli["entrypoint"][-1] == "nisbflow" and cli["profiles"] == ["cli"] and "scheduler" in cli["depends_on"]
+    assert cli["environment"]["DASK_SCHEDULER_ADDRESS"] == "tcp://scheduler:8786"
+
+
+def test_the_image_installs_dependencies_before_copying_the_source_and_has_kimimaro():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
+    deps = next(i for i, line in enumerate(dockerfile) if "DEPS_ONLY=1" in line and line.startswith("RUN"))
+    copies = [i for i, line in enumerate(dockerfile) if line.startswith("COPY ")]
+    source = [i for i in copies if any(part in dockerfile[i] for part in ("nisbflow ", "cli ", "configs "))]
+    assert source and deps < min(source), "dependencies must be installed before the source is copied"
+    before = [dockerfile[i] for i in copies if i < deps]
+    assert all(("pyproject.toml" in line or "install.sh" in line) for line in before), before
+    extras = re.search(r"EXTRAS=([\w,]+)", "\n".join(dockerfile)).group(1).split(",")
+    assert "skeleton" in extras  # kimimaro, for nisbflow skeletonize
+
+
+def test_install_script_deps_only_lists_what_pyproject_asks_for(tmp_path):
+    import os
+    import sys
+
+    venv = Path(sys.executable).parent.parent  # the suite's own environment: everything is already installed
+    environment = {**os.environ, "VENV": str(venv), "EXTRAS": "dev", "DEPS_ONLY": "1"}
+    result = subprocess.run(["bash", str(ROOT / "deploy" / "install.sh")], env=environment, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    listed = (venv / "requirements-deps.txt").read_text().splitlines()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert listed == project["dependencies"] + project["optional-dependencies"]["dev"]
