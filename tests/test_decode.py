@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 import nisbflow.decode.kernel as kernel
 from nisbflow.cluster import check_cluster, cluster_client
-from nisbflow.decode import decode_affinity_cc, decode_to_zarr, hard_edges, segmentation_dtype, threshold_array_name
-from nisbflow.decode.stitch import BlockGrid, merge_equivalences, number_segments
+from nisbflow.decode import decode_affinity_cc, decode_to_zarr, segmentation_dtype, threshold_array_name
+from nisbflow.blocks import BlockGrid
+from nisbflow.decode.stitch import merge_equivalences, number_segments
 from nisbflow.errors import ConfigError, OutputExistsError, VolumeError
 from nisbflow.synth.affinities import noisy_affinities
 from nisbflow_cli.main import app

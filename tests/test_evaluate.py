@@ -221,7 +221,6 @@ def test_ground_truth_nerl_is_one_and_errors_cost_what_they_should(seed):
     result = nerl(opened.seg, graph)  # a zarr array: node labels gathered chunk by chunk
     assert result.nerl == 1.0 and result.n_mergers == 0 and result.n_splits == 0
     lengths = result.skeleton_length
-    total = sum(lengths.values())
     squares = {s: v * v for s, v in lengths.items()}
     a, b = sorted(lengths, key=lengths.get)[-2:]  # the two longest skeletons
     merged = np.where(truth == a, b, truth)

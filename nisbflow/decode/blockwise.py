@@ -30,11 +30,11 @@ import zarr
 from dask.base import tokenize
 from dask.delayed import Delayed
 
-from nisbflow.blocks import task_priority, write_marker
+from nisbflow.blocks import BlockGrid, task_priority, write_marker
 from nisbflow.data.volumes import (fast_compressors, named_axes, open_affinities, open_volume, output_attrs,
                                    voxel_size_of)
 from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
-from nisbflow.decode.stitch import (SPATIAL_AXES, BlockGrid, BlockLabels, SegmentNumbering, block_counts, face_pairs,
+from nisbflow.decode.stitch import (SPATIAL_AXES, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
 from nisbflow.progress import compute_tasks

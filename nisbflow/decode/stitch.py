@@ -17,7 +17,6 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from nisbflow.blocks import BlockGrid  # noqa: F401  (the grid of blocks; re-exported for callers)
 from nisbflow.decode.kernel import count_nan, label_affinities, masked_bits, segmentation_dtype, threshold_bits
 
 SPATIAL_AXES = (0, 1, 2)
