@@ -451,7 +451,7 @@ class StagedRun:
             name = path.rstrip("/").rsplit("/", 1)[-1]
             if any(re.fullmatch(pattern, name) for pattern in patterns):
                 self.log(f"removing {self._url(path)}, left by an interrupted run of an earlier nisbflow version")
-                self._fs.rm(path, recursive=True)
+                _remove_tree(self._fs, path)
 
     def __exit__(self, error_type, error, traceback) -> bool:
         try:
@@ -525,7 +525,7 @@ class StagedRun:
         if self._lock_token is None:
             return
         if self.published:  # the staging folder goes, lock included, while this run still holds it
-            self._fs.rm(self._staging, recursive=True)
+            _remove_tree(self._fs, self._staging)
             self._lock_token = None
             return
         lock = f"{self._staging}/{self.LOCK}"
@@ -558,7 +558,7 @@ class StagedRun:
             self.log(f"discarding the unfinished run in {self.staging}: {reason}; starting fresh")
         for entry in self._fs.ls(self._staging, detail=False):
             if entry.rstrip("/").rsplit("/", 1)[-1] != self.LOCK:
-                self._fs.rm(entry, recursive=True)
+                _remove_tree(self._fs, entry)
         self.run_id = uuid.uuid4().hex
         self._fs.pipe_file(path, json.dumps({"run_id": self.run_id, "created": _now(), "identity": identity},
                                             indent=1).encode())
@@ -593,7 +593,7 @@ class StagedRun:
         """Drop every marker of ``stage`` (its evidence is gone)."""
         folder = f"{self._staging}/done/{stage}"
         if self._fs.exists(folder):
-            self._fs.rm(folder, recursive=True)
+            _remove_tree(self._fs, folder)
 
     def publish(self) -> None:
         """Move :attr:`data` to the output (replacing it when allowed) and remove the staging folder."""
@@ -613,8 +613,24 @@ def _move(fs, source: str, destination: str) -> None:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         os.replace(source, destination)
-    else:
-        fs.mv(source, destination, recursive=True)
+        return
+    # object stores: copy every stored key, then delete them (fsspec's recursive mv also copies the folder
+    # placeholders it lists, which S3 does not store, and fails on them)
+    files = fs.find(source)
+    fs.copy(files, [destination + path[len(source):] for path in files])
+    _remove_tree(fs, source, files)
+
+
+def _remove_tree(fs, root: str, files=None) -> None:
+    """Delete every key under ``root`` (and the folder itself where the store keeps folders)."""
+    files = fs.find(root) if files is None else files
+    if files:
+        fs.rm(files)
+    try:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
 def write_marker(url: str, run_id: str, payload: bytes = b"") -> None:
