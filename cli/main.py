@@ -191,7 +191,19 @@ def cluster_for(settings, cluster: str | None, workers: int | None = None, memor
 
             link = dashboard_link(client, dashboard_address or settings.system.dashboard_address)
             console.print(f"Dask dashboard: [link={link}]{link}[/link]")
-        yield client
+        try:
+            yield client
+        except KeyboardInterrupt:  # the cluster closes mid-computation next: keep its logs from burying the one line
+            from nisbflow.cluster import chosen_cluster
+            from nisbflow.progress import quiet_shutdown_logs
+
+            quiet_shutdown_logs()
+            if client is not None and chosen_cluster(cluster, settings) in ("local", "dask-cuda"):
+                try:  # workers this command started (never a shared cluster's) go quietly too
+                    client.run(quiet_shutdown_logs)
+                except Exception:
+                    pass
+            raise
 
 
 def preflight(output: str, kind: str, inputs: dict, overwrite: bool, force: bool) -> None:

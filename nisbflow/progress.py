@@ -36,12 +36,22 @@ def _executing(dask_worker) -> int:
     return int(getattr(state, "executing_count", len(getattr(state, "executing", ()))))
 
 
+def quiet_shutdown_logs() -> None:
+    """After an interrupt, silence what Dask and Tornado log while a cluster is torn down mid-computation (closed
+    comms, cancelled handlers, with their tracebacks): expected then, and noise around the one line that matters."""
+    import logging
+
+    for name in ("distributed", "tornado", "asyncio", "bokeh"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def stop_and_drain(client, futures, timeout: float = DRAIN_SECONDS) -> bool:
     """After an interrupt: release ``futures`` (nothing new starts), then wait up to ``timeout`` seconds for tasks
     already executing on the workers to finish, so a block is either written with its marker or not at all.
     Returns whether the workers went idle in time. Called with SIGINT/SIGTERM already received: it must not hang."""
     import time
 
+    quiet_shutdown_logs()
     try:  # releasing (not Client.cancel, whose recursion over dependents trips an assertion in the scheduler)
         for future in futures:
             future.release()
