@@ -438,6 +438,9 @@ def evaluate(
     gt: Optional[str] = typer.Option(None, "--gt", help="Dense ground truth zarr array for adapted Rand and VOI."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
     plot: Optional[str] = typer.Option(None, "--plot", help="PNG of each skeleton's run length, sorted, by error type."),
+    view: bool = typer.Option(False, "--view", help="Then open the result in neuroglancer (nisbflow view) with the "
+                                                    "skeleton coloured by error type; serves until Ctrl-C."),
+    port: int = typer.Option(0, "--port", help="With --view: the viewer's port (0: any free port)."),
 ):
     """NERL, ERL and skeleton VOI of a segmentation against NISB skeletons (BANIS metrics.py semantics); dense
     adapted Rand error and VOI with --gt. Segment ids are read only in the chunks that hold skeleton nodes."""
@@ -459,6 +462,51 @@ def evaluate(
     if plot:
         plot_run_lengths(plot, result, title=f"{segmentation}: NERL {result.nerl:.3f}")
         console.print(f"wrote {plot}")
+    if view:
+        from nisbflow.view import view as start_view
+
+        shown = start_view(segmentations=[segmentation], ground_truth=gt, skeleton=skeleton,
+                           metrics=result.to_dict(), port=port)
+        serve_view(shown, f"{segmentation}, skeleton by error type")
+
+
+def serve_view(shown, what: str) -> None:
+    """Print a running viewer's link and keep serving it until Ctrl-C (which ends the command normally)."""
+    import time
+
+    console.print(f"neuroglancer: [link={shown.url}]{shown.url}[/link]  ({what})")
+    console.print("serving until Ctrl-C; over SSH: ssh -L PORT:localhost:PORT host, with --port PORT")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("viewer stopped")
+
+
+@app.command()
+@friendly_errors
+def view(
+    image: Optional[str] = typer.Argument(None, help="EM image zarr array, (X, Y, Z) or (X, Y, Z, 1) uint8."),
+    affinities: Optional[str] = typer.Option(None, "--affinities", help="Affinities (C, X, Y, Z); channels 0..2 "
+                                             "shown as RGB."),
+    segmentation: Optional[List[str]] = typer.Option(None, "--seg", help="Segmentation (X, Y, Z); repeat for "
+                                                     "several."),
+    ground_truth: Optional[str] = typer.Option(None, "--gt", help="Ground-truth segmentation (X, Y, Z)."),
+    skeleton: Optional[str] = typer.Option(None, "--skeleton", help="NISB skeleton: nodes as points coloured by "
+                                           "error type (merged red, split orange, correct green)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="metrics.json from nisbflow evaluate --json for "
+                                          "the error types (default: evaluate the first --seg)."),
+    bind: str = typer.Option("127.0.0.1", "--bind", help="Address the viewer's server listens on."),
+    port: int = typer.Option(0, "--port", help="Port of the viewer's server (0: any free port)."),
+):
+    """A neuroglancer viewer over zarr volumes, read lazily: EM image, affinities, segmentations and ground truth
+    in nm, with skeleton nodes coloured by evaluate's error type and the worst mergers and splits listed in the
+    'worst errors' layer."""
+    from nisbflow.view import view as start_view
+
+    shown = start_view(image, affinities=affinities, segmentations=segmentation or (), ground_truth=ground_truth,
+                       skeleton=skeleton, metrics=metrics, bind=bind, port=port)
+    serve_view(shown, "layers: " + ", ".join(layer.name for layer in shown.viewer.state.layers))
 
 
 @app.command()

@@ -1,0 +1,196 @@
+"""``nisbflow view``: a neuroglancer viewer over zarr volumes, read lazily, with skeleton error overlays.
+
+Layers (all in nm, from the arrays' ``voxel_size`` attributes, axes x, y, z):
+
+- ``image``: the EM image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8;
+- ``affinities``: channels 0..2 of ``(C, X, Y, Z)`` affinities as RGB (x edges red, y green, z blue);
+- one segmentation layer per segmentation ``(X, Y, Z)``, and ``ground truth``;
+- ``skeleton``: every skeleton node as a point, coloured by its skeleton's error type in ``evaluate`` (merged red,
+  split orange, correct green, without a type grey);
+- ``worst errors``: the worst mergers and splits (lowest run length), one point each at the skeleton's first node,
+  described, to jump to from the annotation list: a proofreading view.
+
+Chunks are served by neuroglancer's own Python server from the zarr arrays as the browser asks for them; nothing
+is loaded whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ERROR_COLOURS = {"merged": "#ff3030", "split": "#ffa000", "correct": "#30d040", None: "#a0a0a0"}
+"""Annotation colour per skeleton error type (``None``: no type known)."""
+
+WORST_ERRORS = 10
+"""Mergers and splits each listed in the ``worst errors`` layer."""
+
+
+class _Spatial:
+    """An ``(X, Y, Z, 1)`` image seen as ``(X, Y, Z)``; slicing reads only the asked region."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = tuple(array.shape[:3])
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = 3
+
+    def __getitem__(self, index):
+        return np.asarray(self.array[tuple(index) + (0,)])
+
+
+class _ShortRange:
+    """Channels 0..2 of ``(C, X, Y, Z)`` affinities as float32 (neuroglancer has no float16)."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = (3,) + tuple(array.shape[1:])
+        self.dtype = np.dtype("float32")
+        self.ndim = 4
+
+    def __getitem__(self, index):
+        channels, *spatial = index
+        start, stop, _ = channels.indices(3)
+        return np.asarray(self.array[(slice(start, stop),) + tuple(spatial)], dtype=np.float32)
+
+
+RGB_SHADER = """void main() {
+  emitRGB(vec3(getDataValue(0), getDataValue(1), getDataValue(2)));
+}"""
+
+POINT_SHADER = """void main() {
+  setColor(prop_colour());
+  setPointMarkerSize(6.0);
+}"""
+
+
+@dataclass
+class View:
+    """A running viewer: its ``url``, the neuroglancer ``viewer``, and the served volumes by layer name."""
+
+    viewer: object
+    volumes: dict = field(default_factory=dict)
+    nodes: list = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.viewer.get_viewer_url()
+
+    def chunk_url(self, layer: str, start, end) -> str:
+        """Where neuroglancer's server serves the voxels ``start``..``end`` (layer axes) of a layer at full
+        resolution, npz-encoded: what the browser fetches."""
+        base = self.url.split("/v/")[0]
+        key = f"{self.viewer.token}.{self.volumes[layer].token}"
+        ones = ",".join("1" for _ in start)
+        return (f"{base}/neuroglancer/npz/{key}/{ones}/{','.join(str(int(v)) for v in start)}/"
+                f"{','.join(str(int(v)) for v in end)}")
+
+
+def skeleton_points(skeleton, error_type: dict) -> list[tuple[int, np.ndarray, str | None]]:
+    """``(node id, voxel position (x, y, z), error type of its skeleton)`` for every node of a skeleton graph."""
+    from nisbflow.data.skeleton import skeleton_arrays
+
+    arrays = skeleton_arrays(skeleton)
+    types = {int(k): v for k, v in error_type.items()}
+    return [(int(node), position, types.get(int(label)))
+            for node, position, label in zip(arrays.nodes, arrays.index_position, arrays.id)]
+
+
+def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, skeleton=None, metrics=None,
+         bind: str = "127.0.0.1", port: int = 0) -> View:
+    """Start a neuroglancer viewer on the given zarr arrays (paths or URLs) and return it (see the module docstring).
+
+    ``segmentations``: paths, each a layer named after its file. ``skeleton``: a NISB skeleton file; its nodes are
+    coloured by ``metrics`` (``evaluate --json`` output, with ``error_type`` and ``per_skeleton_erl``), else by
+    evaluating the first segmentation. ``bind``/``port``: where neuroglancer's server listens (0: any free port).
+    """
+    import neuroglancer
+
+    from nisbflow.data.volumes import open_volume, voxel_size_of
+
+    arrays = {}
+    if image is not None:
+        arrays["image"] = open_volume(image, role="image", ndims=(3, 4))
+    if affinities is not None:
+        arrays["affinities"] = open_volume(affinities, role="affinities", ndims=(4,))
+    names = []
+    for path in segmentations:
+        name = str(path).rstrip("/").rsplit("/", 1)[-1]
+        arrays[name] = open_volume(path, role="segmentation", ndims=(3,))
+        names.append(name)
+    if ground_truth is not None:
+        arrays["ground truth"] = open_volume(ground_truth, role="ground truth", ndims=(3,))
+    if not arrays:
+        from nisbflow.errors import ConfigError
+
+        raise ConfigError("nisbflow view: give at least one volume (an image, affinities or a segmentation)")
+    voxel_size = voxel_size_of(next(iter(arrays.values())))
+    space = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm", scales=list(voxel_size))
+    neuroglancer.set_server_bind_address(bind, port)
+    result = View(neuroglancer.Viewer())
+    with result.viewer.txn() as state:
+        state.dimensions = space
+        for name, array in arrays.items():
+            if name == "image":
+                data = _Spatial(array) if array.ndim == 4 else array
+                volume = neuroglancer.LocalVolume(data=data, dimensions=space, volume_type="image")
+                state.layers[name] = neuroglancer.ImageLayer(source=volume)
+            elif name == "affinities":
+                channel_space = neuroglancer.CoordinateSpace(names=["c^", "x", "y", "z"], units=["", "nm", "nm", "nm"],
+                                                             scales=[1] + list(voxel_size))
+                volume = neuroglancer.LocalVolume(data=_ShortRange(array), dimensions=channel_space,
+                                                  volume_type="image")
+                state.layers.append(name=name, layer=neuroglancer.ImageLayer(source=volume, shader=RGB_SHADER),
+                                    visible=False)
+            else:
+                volume = neuroglancer.LocalVolume(data=array, dimensions=space, volume_type="segmentation")
+                state.layers[name] = neuroglancer.SegmentationLayer(source=volume)
+            result.volumes[name] = volume
+        if skeleton is not None:
+            _add_skeleton(state, result, skeleton, metrics, arrays[names[0]] if names else None, space)
+        shape = next(iter(arrays.values())).shape
+        state.position = [s // 2 for s in (shape[1:] if "affinities" in arrays and len(arrays) == 1 else shape[:3])]
+    return result
+
+
+def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -> None:
+    import neuroglancer
+
+    from nisbflow.data.skeleton import load_skeleton, skeleton_arrays
+
+    graph = load_skeleton(skeleton)
+    if metrics is not None:
+        recorded = dict(metrics) if isinstance(metrics, dict) else json.loads(Path(metrics).read_text())
+        error_type, run_length = recorded.get("error_type", {}), recorded.get("per_skeleton_erl", {})
+    elif segmentation is not None:
+        from nisbflow.evaluate import nerl
+
+        evaluated = nerl(segmentation, graph)
+        error_type, run_length = evaluated.error_type, evaluated.per_skeleton_erl
+    else:
+        error_type, run_length = {}, {}
+    result.nodes = skeleton_points(graph, error_type)
+    colour = neuroglancer.AnnotationPropertySpec(id="colour", type="rgb", default="#a0a0a0")
+    points = [neuroglancer.PointAnnotation(id=str(node), point=position.tolist(),
+                                           props=[ERROR_COLOURS.get(kind, ERROR_COLOURS[None])])
+              for node, position, kind in result.nodes]
+    state.layers["skeleton"] = neuroglancer.LocalAnnotationLayer(
+        dimensions=space, annotation_properties=[colour], annotations=points, shader=POINT_SHADER)
+    first_node = {}
+    arrays = skeleton_arrays(graph)
+    for label, position in zip(arrays.id, arrays.index_position):
+        first_node.setdefault(int(label), position)
+    worst = []
+    for kind in ("merged", "split"):
+        chosen = sorted((s for s, k in error_type.items() if k == kind), key=lambda s: run_length.get(s, 0.0))
+        for s in chosen[:WORST_ERRORS]:
+            if int(s) in first_node:
+                worst.append(neuroglancer.PointAnnotation(
+                    id=f"{kind}-{s}", point=first_node[int(s)].tolist(), props=[ERROR_COLOURS[kind]],
+                    description=f"{'merger' if kind == 'merged' else 'split'}: skeleton {s}, run length "
+                                f"{float(run_length.get(s, 0.0)) / 1000:.2f} µm"))
+    state.layers["worst errors"] = neuroglancer.LocalAnnotationLayer(
+        dimensions=space, annotation_properties=[colour], annotations=worst, shader=POINT_SHADER)
