@@ -152,7 +152,9 @@ def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, sk
         if skeleton is not None:
             _add_skeleton(state, result, skeleton, metrics, arrays[names[0]] if names else None, space)
         shape = next(iter(arrays.values())).shape
-        state.position = [s // 2 for s in (shape[1:] if "affinities" in arrays and len(arrays) == 1 else shape[:3])]
+        spatial = shape[1:] if "affinities" in arrays and len(arrays) == 1 else shape[:3]
+        state.position = [s // 2 for s in spatial]
+        state.cross_section_scale = max(spatial[:2]) / 250  # voxels per screen pixel: the x-y extent fits a panel
     return result
 
 

@@ -94,3 +94,96 @@ def test_the_view_command_prints_its_link_serves_and_stops_on_ctrl_c(evaluated):
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=30)
     assert process.returncode == 0 and "viewer stopped" in out
+
+
+def _devtools(port: int, url: str, seconds: float) -> tuple[bytes, list[str]]:
+    """Drive a headless chromium over its DevTools protocol: open ``url``, let it draw for ``seconds`` (neuroglancer
+    renders over a websocket after load, which a plain ``--screenshot`` does not wait for), and return a PNG
+    screenshot and the console errors."""
+    import asyncio
+    import base64
+    import json
+
+    from tornado.websocket import websocket_connect
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
+        page = next(t for t in json.loads(response.read()) if t["type"] == "page")
+
+    async def drive():
+        connection = await websocket_connect(page["webSocketDebuggerUrl"], max_message_size=64 * 2**20)
+        errors, replies, counter = [], {}, iter(range(1, 10**6))
+
+        async def call(method, **params):
+            number = next(counter)
+            connection.write_message(json.dumps({"id": number, "method": method, "params": params}))
+            while number not in replies:
+                message = json.loads(await connection.read_message())
+                if message.get("method") == "Runtime.exceptionThrown":
+                    errors.append(message["params"]["exceptionDetails"].get("text", "exception"))
+                elif message.get("method") == "Runtime.consoleAPICalled" and message["params"]["type"] == "error":
+                    errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in
+                                           message["params"]["args"]))
+                elif "id" in message:
+                    replies[message["id"]] = message
+            return replies[number].get("result", {})
+
+        await call("Runtime.enable")
+        await call("Page.enable")
+        await call("Page.navigate", url=url)
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:  # keep reading events while it draws
+            await call("Runtime.evaluate", expression="1")
+            await asyncio.sleep(0.5)
+        shot = await call("Page.captureScreenshot", format="png")
+        connection.close()
+        return base64.b64decode(shot["data"]), errors
+
+    return asyncio.run(drive())
+
+
+@pytest.mark.slow
+def test_the_segmentation_renders_in_a_real_headless_browser(evaluated, tmp_path):
+    """chromium (Debian's package) loads the viewer and draws the segmentation: the screenshot is not blank and
+    shows many segment colours, and the page logs no console errors. NISBFLOW_VIEW_SCREENSHOT=path keeps the PNG."""
+    import os
+    import shutil
+    import socket
+
+    from matplotlib.image import imread
+
+    from nisbflow.view import view
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("chromium is not installed: apt-get install chromium (see docs/view.md)")
+    root = evaluated
+    shown = view(str(root / "seed/data.zarr/img"), segmentations=[str(root / "seg.zarr")],
+                 skeleton=str(root / "seed/skeleton.pkl"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([browser, "--headless=new", "--no-sandbox", f"--remote-debugging-port={port}",
+                                "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--window-size=1200,800",
+                                f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        png, errors = _devtools(port, shown.url, seconds=20)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    (tmp_path / "view.png").write_bytes(png)
+    pixels = imread(tmp_path / "view.png")[..., :3]
+    colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert pixels.std() > 0.05 and len(colours) > 200, len(colours)  # drawn, not a blank page
+    assert not errors, errors
+    if os.environ.get("NISBFLOW_VIEW_SCREENSHOT"):
+        shutil.copy(tmp_path / "view.png", os.environ["NISBFLOW_VIEW_SCREENSHOT"])
