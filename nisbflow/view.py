@@ -89,11 +89,9 @@ class View:
                 f"{','.join(str(int(v)) for v in end)}")
 
 
-def skeleton_points(skeleton, error_type: dict) -> list[tuple[int, np.ndarray, str | None]]:
-    """``(node id, voxel position (x, y, z), error type of its skeleton)`` for every node of a skeleton graph."""
-    from nisbflow.data.skeleton import skeleton_arrays
-
-    arrays = skeleton_arrays(skeleton)
+def skeleton_points(arrays, error_type: dict) -> list[tuple[int, np.ndarray, str | None]]:
+    """``(node id, voxel position (x, y, z), error type of its skeleton)`` for every node of a skeleton's
+    :class:`~nisbflow.data.skeleton.SkeletonArrays`."""
     types = {int(k): v for k, v in error_type.items()}
     return [(int(node), position, types.get(int(label)))
             for node, position, label in zip(arrays.nodes, arrays.index_position, arrays.id)]
@@ -174,7 +172,8 @@ def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -
         error_type, run_length = evaluated.error_type, evaluated.per_skeleton_erl
     else:
         error_type, run_length = {}, {}
-    result.nodes = skeleton_points(graph, error_type)
+    arrays = skeleton_arrays(graph)
+    result.nodes = skeleton_points(arrays, error_type)
     colour = neuroglancer.AnnotationPropertySpec(id="colour", type="rgb", default="#a0a0a0")
     points = [neuroglancer.PointAnnotation(id=str(node), point=position.tolist(),
                                            props=[ERROR_COLOURS.get(kind, ERROR_COLOURS[None])])
@@ -182,7 +181,6 @@ def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -
     state.layers["skeleton"] = neuroglancer.LocalAnnotationLayer(
         dimensions=space, annotation_properties=[colour], annotations=points, shader=POINT_SHADER)
     first_node = {}
-    arrays = skeleton_arrays(graph)
     for label, position in zip(arrays.id, arrays.index_position):
         first_node.setdefault(int(label), position)
     worst = []

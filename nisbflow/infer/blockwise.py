@@ -321,8 +321,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     handle = run.checkpoint
     settings = settings or WindowSettings.from_config(run.config.inference)
     check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
-    source = open_image(image_path)
-    check_image(source, where=f"image {image_path}")
+    source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     device = device or cluster_device()
     image = _spatial(da.from_zarr(source))
     grid = BlockGrid.regular(image.shape, block)
@@ -381,8 +380,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     handle = run.checkpoint
     settings = WindowSettings.from_config(run.config.inference)
     check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
-    source = open_image(image_path)
-    check_image(source, where=f"image {image_path}")
+    source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), whole=True)
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:

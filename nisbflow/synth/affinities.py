@@ -77,8 +77,7 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
     if not np.isfinite(noise) or noise < 0:
         raise ConfigError(f"--noise: the noise standard deviation must be a finite number >= 0, got {noise}")
     source = open_segmentation(segmentation_path)
-    grid = BlockGrid(da.from_zarr(source).rechunk(tuple(chunks)).chunks if chunks is not None
-                     else da.from_zarr(source).chunks)
+    grid = BlockGrid.regular(source.shape, chunks or source.chunks)
     identity = dict(noise=float(noise), seed=int(seed), chunks=[list(c) for c in grid.chunks])
     with StagedRun(output, kind="affinities", inputs={"segmentation": segmentation_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:
