@@ -38,6 +38,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from nisbflow.data.volumes import array_url
+
 METHODS = {"a": "banis", "b": "cc3d", "c": "in-memory", "d": "block-wise"}
 
 
@@ -139,7 +141,7 @@ def run_in_memory(method: str, affinities_path: str, threshold: float, out: str,
     import zarr
 
     function = {"banis": banis, "cc3d": cc3d_graph, "in-memory": in_memory}[method]
-    affinities = zarr.open_array(affinities_path, mode="r")[:3]
+    affinities = zarr.open_array(array_url(affinities_path), mode="r")[:3]
     function(np.random.default_rng(0).random((3, 8, 8, 8)).astype(affinities.dtype), threshold)  # compile
     reset_peak()
     times = []
@@ -299,7 +301,7 @@ def compare(args, cache: Path) -> None:
             r = in_subprocess(method=method, affinities=affinities, threshold=args.threshold, out=out,
                               workers=args.workers, chunks=chunks, memory_limit=args.memory_limit,
                               repeat=args.repeat)
-            segmentation = zarr.open_array(out, mode="r")[...] if method == "block-wise" else np.load(out)
+            segmentation = zarr.open_array(array_url(out), mode="r")[...] if method == "block-wise" else np.load(out)
             results[key] = r
             if key == "c":
                 reference = segmentation

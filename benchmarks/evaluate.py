@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from decode import mirrored_segmentation, peak_gib, reset_peak  # noqa: E402
+from nisbflow.data.volumes import array_url
 
 
 def segmentation_store(cache: Path, seed_shape, shape) -> str:
@@ -83,7 +84,7 @@ def main() -> None:
     graph = two_octant_skeleton(cache, seed_shape, shape)
     positions = skeleton_arrays(graph).index_position
     n_nodes = len(positions)
-    segmentation = zarr.open_array(store, mode="r")
+    segmentation = zarr.open_array(array_url(store), mode="r")
 
     rng = np.random.default_rng(0)
     sample = positions[rng.choice(n_nodes, size=min(args.sample, n_nodes), replace=False)]

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from decode import peak_gib, reset_peak, seed_segmentation  # noqa: E402
+from nisbflow.data.volumes import array_url
 
 WINDOW = (128, 128, 128)
 
@@ -62,7 +63,7 @@ def child(spec: dict) -> dict:
 
     method, image_path, checkpoint, out = spec["method"], spec["image"], spec["checkpoint"], spec["out"]
     if method in ("monai", "whole"):
-        image = zarr.open_array(image_path, mode="r")[...]
+        image = zarr.open_array(array_url(image_path), mode="r")[...]
         model, _ = load_checkpoint(checkpoint)
         reset_peak()
         start = time.perf_counter()
@@ -120,7 +121,7 @@ def main() -> None:
             if process.returncode:
                 raise RuntimeError(process.stderr[-3000:])
             results[method] = json.loads(process.stdout.strip().splitlines()[-1])
-            results[method]["values"] = (zarr.open_array(out, mode="r")[...] if method == "blockwise"
+            results[method]["values"] = (zarr.open_array(array_url(out), mode="r")[...] if method == "blockwise"
                                          else np.load(out)).astype(np.float32)
     voxels = args.size ** 3
     difference = float(np.abs(results["blockwise"]["values"] - results["whole"]["values"]).max())

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from decode import peak_gib, reset_peak  # noqa: E402
+from nisbflow.data.volumes import array_url
 
 
 def mirrored_image(tile_seed: Path, shape, out: Path) -> str:
@@ -106,7 +107,7 @@ def main() -> None:
         on_disk = sum(f.stat().st_size for f in Path(f"{tmp}/affinities.zarr").rglob("*") if f.is_file())
         import zarr
 
-        result = zarr.open_array(f"{tmp}/affinities.zarr", mode="r")
+        result = zarr.open_array(array_url(f"{tmp}/affinities.zarr"), mode="r")
         sample = np.asarray(result[:, ::97, ::97, ::97], dtype=np.float32)
     voxels = int(np.prod(shape))
     restarted = len(before - after)

@@ -209,7 +209,9 @@ def _array_metadata(fs, root: str) -> dict | None:
     try:
         import zarr
 
-        array = zarr.open_array(storage_url(_join_protocol(fs, root)), mode="r")
+        from nisbflow.data.volumes import array_url
+
+        array = zarr.open_array(array_url(storage_url(_join_protocol(fs, root))), mode="r")
     except Exception:
         return None
     return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
@@ -389,6 +391,14 @@ class StagedRun:
     def data(self) -> str:
         """Where the result is written before it is published."""
         return self._url(f"{self._staging}/{self._name}")
+
+    @property
+    def image(self) -> str:
+        """The array inside :attr:`data` when the output is an OME-NGFF image group
+        (:func:`nisbflow.data.ngff.create_image`): where blocks are written."""
+        from nisbflow.data.ngff import IMAGE_LEVEL
+
+        return f"{self.data}/{IMAGE_LEVEL}"
 
     def scratch(self, name: str) -> str:
         """A per-run scratch folder that survives interruption with the staging folder."""

@@ -10,6 +10,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
+from nisbflow.data.volumes import array_url
 from nisbflow.errors import ConfigError
 
 
@@ -55,7 +56,7 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     decode_to_zarr(affinities, segmentation, thresholds=[config.decoding.threshold],
                    mask=config.decoding.affinity_mask_path, backend=config.decoding.backend, progress=progress,
                    config=run, overwrite=overwrite)
-    result = nerl(zarr.open_array(str(segmentation), mode="r"), skeleton, voxel_size=config.data.voxel_size,
+    result = nerl(zarr.open_array(array_url(segmentation), mode="r"), skeleton, voxel_size=config.data.voxel_size,
                   merge_threshold=config.evaluation.merge_threshold, progress=progress)
     write_json(folder / "metrics.json", result, checkpoint=run.checkpoint.name,
                checkpoint_sha256=run.checkpoint.sha256, threshold=config.decoding.threshold,

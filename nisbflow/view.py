@@ -61,6 +61,9 @@ RGB_SHADER = """void main() {
   emitRGB(vec3(getDataValue(0), getDataValue(1), getDataValue(2)));
 }"""
 
+IFRAME_HEIGHT = 600
+"""Height in pixels of the viewer shown inline in a notebook."""
+
 POINT_SHADER = """void main() {
   setColor(prop_colour());
   setPointMarkerSize(6.0);
@@ -78,6 +81,12 @@ class View:
     @property
     def url(self) -> str:
         return self.viewer.get_viewer_url()
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the viewer itself, inline (an iframe on neuroglancer's local server), and a link to open it
+        in a browser tab. The server must be reachable from the browser: over SSH, forward its port."""
+        return (f'<iframe src="{self.url}" width="100%" height="{IFRAME_HEIGHT}" style="border: none"></iframe>'
+                f'<div><a href="{self.url}" target="_blank">open the viewer in a new tab</a> ({self.url})</div>')
 
     def chunk_url(self, layer: str, start, end) -> str:
         """Where neuroglancer's server serves the voxels ``start``..``end`` (layer axes) of a layer at full
@@ -97,35 +106,55 @@ def skeleton_points(arrays, error_type: dict) -> list[tuple[int, np.ndarray, str
             for node, position, label in zip(arrays.nodes, arrays.index_position, arrays.id)]
 
 
-def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, skeleton=None, metrics=None,
-         bind: str = "127.0.0.1", port: int = 0) -> View:
-    """Start a neuroglancer viewer on the given zarr arrays (paths or URLs) and return it (see the module docstring).
+def _volume(source, role: str, ndims: tuple[int, ...]):
+    """A zarr array opened lazily from a path or URL (an NGFF image group opens its full resolution), or an
+    in-memory array (numpy, or anything ``np.asarray`` reads, such as a dask array of a crop) checked for rank."""
+    from nisbflow.data.volumes import check_volume, open_volume
 
-    ``segmentations``: paths, each a layer named after its file. ``skeleton``: a NISB skeleton file; its nodes are
-    coloured by ``metrics`` (``evaluate --json`` output, with ``error_type`` and ``per_skeleton_erl``), else by
-    evaluating the first segmentation. ``bind``/``port``: where neuroglancer's server listens (0: any free port).
+    if isinstance(source, (str, Path)):
+        return open_volume(source, role=role, ndims=ndims)
+    array = source if hasattr(source, "attrs") else np.asarray(source)
+    check_volume(array.shape, array.dtype, "(in memory)", role=role, ndims=ndims)
+    return array
+
+
+def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, skeleton=None, metrics=None,
+         voxel_size=None, bind: str = "127.0.0.1", port: int = 0) -> View:
+    """Start a neuroglancer viewer on the given volumes and return it (see the module docstring); in Jupyter the
+    returned :class:`View` shows the viewer inline.
+
+    Volumes are zarr arrays (paths or URLs, read lazily) or in-memory arrays (numpy; a crop in a notebook), axes
+    ``(X, Y, Z[, C])`` for the image and segmentations, ``(C, X, Y, Z)`` for affinities. ``segmentations``: each a
+    layer named after its file (``segmentation``, ``segmentation 2``, … in memory). ``skeleton``: a NISB skeleton
+    file or networkx graph; its nodes are coloured by ``metrics`` (``evaluate --json`` output, with ``error_type``
+    and ``per_skeleton_erl``), else by evaluating the first segmentation. ``voxel_size``: (x, y, z) nm, by default
+    from the first volume's attributes (NISB's 9 × 9 × 20 for in-memory arrays). ``bind``/``port``: where
+    neuroglancer's server listens (0: any free port).
     """
     import neuroglancer
 
-    from nisbflow.data.volumes import open_volume, voxel_size_of
+    from nisbflow.data.volumes import DEFAULT_VOXEL_SIZE, voxel_size_of
 
     arrays = {}
     if image is not None:
-        arrays["image"] = open_volume(image, role="image", ndims=(3, 4))
+        arrays["image"] = _volume(image, "image", (3, 4))
     if affinities is not None:
-        arrays["affinities"] = open_volume(affinities, role="affinities", ndims=(4,))
+        arrays["affinities"] = _volume(affinities, "affinities", (4,))
     names = []
-    for path in segmentations:
-        name = str(path).rstrip("/").rsplit("/", 1)[-1]
-        arrays[name] = open_volume(path, role="segmentation", ndims=(3,))
+    for number, path in enumerate(segmentations, start=1):
+        name = str(path).rstrip("/").rsplit("/", 1)[-1] if isinstance(path, (str, Path)) \
+            else "segmentation" + (f" {number}" if number > 1 else "")
+        arrays[name] = _volume(path, "segmentation", (3,))
         names.append(name)
     if ground_truth is not None:
-        arrays["ground truth"] = open_volume(ground_truth, role="ground truth", ndims=(3,))
+        arrays["ground truth"] = _volume(ground_truth, "ground truth", (3,))
     if not arrays:
         from nisbflow.errors import ConfigError
 
         raise ConfigError("nisbflow view: give at least one volume (an image, affinities or a segmentation)")
-    voxel_size = voxel_size_of(next(iter(arrays.values())))
+    first = next(iter(arrays.values()))
+    voxel_size = tuple(float(v) for v in voxel_size) if voxel_size is not None \
+        else voxel_size_of(first) if hasattr(first, "attrs") else DEFAULT_VOXEL_SIZE
     space = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm", scales=list(voxel_size))
     neuroglancer.set_server_bind_address(bind, port)
     result = View(neuroglancer.Viewer())
@@ -161,7 +190,7 @@ def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -
 
     from nisbflow.data.skeleton import load_skeleton, skeleton_arrays
 
-    graph = load_skeleton(skeleton)
+    graph = skeleton if hasattr(skeleton, "nodes") else load_skeleton(skeleton)  # a graph, or a file
     if metrics is not None:
         recorded = dict(metrics) if isinstance(metrics, dict) else json.loads(Path(metrics).read_text())
         error_type, run_length = recorded.get("error_type", {}), recorded.get("per_skeleton_erl", {})

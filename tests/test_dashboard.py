@@ -3,6 +3,7 @@
 import urllib.request
 
 import numpy as np
+from nisbflow.data.volumes import array_url
 
 
 def fetch(url: str) -> str:
@@ -111,7 +112,7 @@ def test_the_cluster_defaults_to_dask_scheduler_address(tmp_path, monkeypatch):
         processed = client.run_on_scheduler(
             lambda dask_scheduler: sorted(p for p in dask_scheduler.task_prefixes if p.startswith("decode")))
         assert "decode-label-block" in processed
-    assert zarr.open_array(str(tmp_path / "seg.zarr"))[...].max() == 1
+    assert zarr.open_array(array_url(str(tmp_path / "seg.zarr")))[...].max() == 1
 
 
 def test_a_tls_scheduler_from_dask_configuration(tmp_path):
@@ -151,4 +152,4 @@ def test_a_tls_scheduler_from_dask_configuration(tmp_path):
         result = subprocess.run([nisbflow, "decode", str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"),
                                  "--cluster", address], capture_output=True, text=True, env=with_tls, timeout=120)
         assert result.returncode == 0, result.stderr
-    assert zarr.open_array(str(tmp_path / "seg.zarr"))[...].max() == 1
+    assert zarr.open_array(array_url(str(tmp_path / "seg.zarr")))[...].max() == 1

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import nisbflow.decode.kernel as kernel
+from nisbflow.data.volumes import array_url
 from nisbflow.cluster import check_cluster, cluster_client
 from nisbflow.decode import decode_affinity_cc, decode_to_zarr, segmentation_dtype, threshold_array_name
 from nisbflow.blocks import BlockGrid
@@ -274,7 +275,7 @@ def test_decode_to_zarr_on_a_local_cluster(affinity_store, tmp_path):
     with cluster_client("local", n_workers=2, memory_limit="1GiB") as client:
         with get_task_stream(client) as stream:
             counts = decode_to_zarr(path, tmp_path / "seg.zarr", chunks=(11, 9, 20), progress=False)
-    output = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")
+    output = zarr.open_array(array_url(str(tmp_path / "seg.zarr")), mode="r")
     assert output.chunks == (11, 9, 20) and output.dtype == np.uint32
     assert counts == {0.75: int(expected.max())} == {0.75: output.attrs["n_segments"]}
     assert same_partition(output[...], expected)
@@ -294,7 +295,7 @@ def test_decode_to_zarr_several_thresholds_and_mask(affinity_store, tmp_path):
         counts = decode_to_zarr(path, tmp_path / "seg.zarr", thresholds=[0.6, 0.8], mask=tmp_path / "mask.zarr",
                                 progress=False)
     for threshold in (0.6, 0.8):
-        output = zarr.open_array(f"{tmp_path}/seg.zarr/{threshold_array_name(threshold)}", mode="r")
+        output = zarr.open_array(array_url(f"{tmp_path}/seg.zarr/{threshold_array_name(threshold)}"), mode="r")
         expected = decode_affinity_cc(affinities, threshold, mask)
         assert same_partition(output[...], expected) and counts[threshold] == expected.max()
 
@@ -305,7 +306,7 @@ def test_existing_output_is_refused_and_kept(affinity_store, tmp_path):
     existing[...] = 7
     with pytest.raises(OutputExistsError, match="--overwrite"):
         decode_to_zarr(path, tmp_path / "seg.zarr", progress=False)
-    assert zarr.open_array(str(tmp_path / "seg.zarr"))[...].tolist() == [7, 7]
+    assert zarr.open_array(array_url(str(tmp_path / "seg.zarr")))[...].tolist() == [7, 7]
 
 
 def test_bad_zarr_inputs_name_the_path(tmp_path):
@@ -334,11 +335,11 @@ def test_cli_decode(affinity_store, tmp_path, monkeypatch):
     result = runner.invoke(app, ["decode", path, output, "--cluster", "sync", "--chunks", "16,16,8"])
     assert result.exit_code == 0, result.output
     assert "segments" in result.output
-    assert same_partition(zarr.open_array(output)[...], decode_affinity_cc(affinities, 0.75))
+    assert same_partition(zarr.open_array(array_url(output))[...], decode_affinity_cc(affinities, 0.75))
     refused = runner.invoke(app, ["decode", path, output, "--cluster", "sync"])
     assert refused.exit_code == 2 and "--overwrite" in refused.output
     # an interrupted run leaves the finished output as it was and no partial files
-    before = zarr.open_array(output)[...]
+    before = zarr.open_array(array_url(output))[...]
     import nisbflow.decode.blockwise as blockwise
 
     def interrupted(*args, **kwargs):
@@ -347,7 +348,7 @@ def test_cli_decode(affinity_store, tmp_path, monkeypatch):
     monkeypatch.setattr(blockwise, "_relabel_in_zarr", interrupted)
     crashed = runner.invoke(app, ["decode", path, output, "--cluster", "sync", "-t", "0.5", "--overwrite"])
     assert crashed.exit_code == 130 and "re-run the same command to resume" in crashed.output
-    assert np.array_equal(zarr.open_array(output)[...], before)
+    assert np.array_equal(zarr.open_array(array_url(output))[...], before)
     # what a resume needs is kept beside the output, unlocked; the re-run resumes the label pass and cleans up
     assert sorted(p.name for p in tmp_path.iterdir()) == [".seg.zarr.nisbflow-run", "seg.zarr"]
     assert not (tmp_path / ".seg.zarr.nisbflow-run" / "lock.json").exists()
@@ -356,7 +357,7 @@ def test_cli_decode(affinity_store, tmp_path, monkeypatch):
     assert resumed.exit_code == 0, resumed.output
     assert "already labelled" in resumed.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
-    assert same_partition(zarr.open_array(output)[...], decode_affinity_cc(affinities, 0.5))
+    assert same_partition(zarr.open_array(array_url(output))[...], decode_affinity_cc(affinities, 0.5))
 
 
 def test_cli_synth_affinities_then_decode_recovers_ground_truth(tmp_path):
@@ -369,11 +370,11 @@ def test_cli_synth_affinities_then_decode_recovers_ground_truth(tmp_path):
     result = runner.invoke(app, ["synth-affinities", str(tmp_path / "seg.zarr"), str(tmp_path / "aff.zarr"),
                                  "--noise", "0"])
     assert result.exit_code == 0, result.output
-    affinities = zarr.open_array(str(tmp_path / "aff.zarr"))
+    affinities = zarr.open_array(array_url(str(tmp_path / "aff.zarr")))
     assert affinities.shape == (3, 12, 10, 8) and affinities.dtype == np.float16
     result = runner.invoke(app, ["decode", str(tmp_path / "aff.zarr"), str(tmp_path / "out.zarr"), "--cluster", "sync"])
     assert result.exit_code == 0, result.output
-    decoded = zarr.open_array(str(tmp_path / "out.zarr"))[...]
+    decoded = zarr.open_array(array_url(str(tmp_path / "out.zarr")))[...]
     assert same_partition(decoded, segmentation)  # noise-free affinities of a ground truth decode back to it
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import zarr
 
+from nisbflow.data.volumes import array_url
 from nisbflow.blocks import OutputLockedError, OutputOverlapsInputError, StagedRun, fingerprint
 from nisbflow.synth import synthesize_seed
 from nisbflow.synth.affinities import noisy_affinities
@@ -39,7 +40,7 @@ def data(tmp_path_factory):
 
 
 def read(path) -> np.ndarray:
-    return zarr.open_array(str(path), mode="r")[...]
+    return zarr.open_array(array_url(str(path)), mode="r")[...]
 
 
 def staging_of(output: Path) -> Path:
@@ -444,11 +445,11 @@ def test_overwrite_replaces_only_nisbflow_outputs_of_the_same_kind(data, tmp_pat
     assert first.returncode == 0, first.stderr
     again = run(["decode", aff, str(tmp_path / "seg.zarr"), "-t", "0.9", "--overwrite", "--cluster", "sync", "--chunks", "48,48,48"], tmp_path)
     assert again.returncode == 0, again.stderr
-    assert zarr.open_array(str(tmp_path / "seg.zarr")).attrs["threshold"] == 0.9
+    assert zarr.open_array(array_url(str(tmp_path / "seg.zarr"))).attrs["threshold"] == 0.9
     # anything else needs --force, which replaces it
     forced = run(["decode", aff, str(seed), "--force", "--cluster", "sync", "--chunks", "48,48,48"], tmp_path)
     assert forced.returncode == 0, forced.stderr
-    assert not (seed / "skeleton.pkl").exists() and zarr.open_array(str(seed)).ndim == 3
+    assert not (seed / "skeleton.pkl").exists() and zarr.open_array(array_url(str(seed))).ndim == 3
 
 
 def test_file_url_outputs_publish(data, tmp_path):
@@ -534,7 +535,7 @@ def test_memory_url_outputs_publish_equal_to_local_ones(data, tmp_path):
 
     decode_to_zarr(str(data / "aff.zarr"), str(tmp_path / "seg.zarr"), chunks=(48, 48, 48), progress=False)
     decode_to_zarr(str(data / "aff.zarr"), "memory://faults/seg.zarr", chunks=(48, 48, 48), progress=False)
-    assert np.array_equal(zarr.open_array("memory://faults/seg.zarr")[...], read(tmp_path / "seg.zarr"))
+    assert np.array_equal(zarr.open_array(array_url("memory://faults/seg.zarr"))[...], read(tmp_path / "seg.zarr"))
     assert [p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls("/faults", detail=False)] == ["seg.zarr"]
 
 

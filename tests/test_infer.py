@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from nisbflow.data.volumes import array_url
 from nisbflow.config.schema import ModelConfig
 from nisbflow.errors import VolumeError
 from nisbflow.infer.predict import predict_whole
@@ -149,7 +150,7 @@ def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monke
         reference = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "ref.zarr", tmp_path / "tiny.pt",
                                             settings=settings, block=(32, 24, 32), progress=False)
         assert reference.blocks == 4 and reference.blocks_skipped == 0 and reference.redundancy > 1
-        expected = zarr.open_array(str(tmp_path / "ref.zarr"))[...]
+        expected = zarr.open_array(array_url(str(tmp_path / "ref.zarr")))[...]
         np.testing.assert_allclose(expected.astype(np.float32),
                                    predict_whole(image, tiny_model, window=(32, 32, 32), stride=(16, 16, 16),
                                                  output_dtype="float32"), atol=1e-3)
@@ -171,7 +172,7 @@ def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monke
         resumed = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
                                           settings=settings, block=(32, 24, 32), progress=False)
         assert resumed.blocks_skipped == 2 and resumed.blocks == 4
-        assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[...], expected)
+        assert np.array_equal(zarr.open_array(array_url(str(tmp_path / "out.zarr")))[...], expected)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["img.zarr", "out.zarr", "ref.zarr", "tiny.pt"]
         with pytest.raises(OutputExistsError):
             blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
@@ -192,7 +193,7 @@ def test_cli_infer_blockwise_and_whole_agree(tiny_model, tmp_path):
     assert "redundancy" in result.output
     whole = runner.invoke(app, ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "b.zarr"), "--whole", *common])
     assert whole.exit_code == 0, whole.output
-    a, b = zarr.open_array(str(tmp_path / "a.zarr")), zarr.open_array(str(tmp_path / "b.zarr"))
+    a, b = zarr.open_array(array_url(str(tmp_path / "a.zarr"))), zarr.open_array(array_url(str(tmp_path / "b.zarr")))
     assert a.shape == b.shape == (3, 64, 40, 32) and a.dtype == np.float16
     np.testing.assert_allclose(a[...].astype(np.float32), b[...].astype(np.float32), atol=1e-3)
     assert a.attrs["checkpoint_sha256"] and a.attrs["offsets"] == ["1-0-0", "0-1-0", "0-0-1"]

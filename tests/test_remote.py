@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from nisbflow.data.volumes import array_url
 
 NISBFLOW = str(Path(sys.executable).with_name("nisbflow"))
 
@@ -58,22 +59,22 @@ def test_the_pipeline_on_s3_equals_the_same_work_on_local_copies(s3_server, tmp_
                                                                           "seg.zarr"]  # no staging left behind
 
     def remote(name):
-        return zarr.open_array(f"s3://lab/{name}", mode="r")[...]
+        return zarr.open_array(array_url(f"s3://lab/{name}"), mode="r")[...]
 
     local = tmp_path / "local"
     synthesize_seed(local / "seed", (64, 64, 32), seed=4, chunks=(32, 32, 16), progress=False)
     for name in ("img", "seg"):
         assert np.array_equal(remote(f"seed/data.zarr/{name}"), zarr.open_array(str(local / "seed/data.zarr" / name))[...])
     write_noisy_affinities(local / "seed/data.zarr/seg", local / "noisy.zarr", progress=False)
-    assert np.array_equal(remote("noisy.zarr"), zarr.open_array(str(local / "noisy.zarr"))[...])
+    assert np.array_equal(remote("noisy.zarr"), zarr.open_array(array_url(str(local / "noisy.zarr")))[...])
     prediction = remote("pred.zarr")
     assert prediction.shape == (3, 64, 64, 32) and prediction.dtype == np.float16 and 0 <= prediction.min()
     zarr.create_array(str(local / "pred.zarr"), shape=prediction.shape, chunks=(3, 32, 32, 32),
-                      dtype=prediction.dtype, attributes=dict(zarr.open_array("s3://lab/pred.zarr").attrs))[...] = \
+                      dtype=prediction.dtype, attributes=dict(zarr.open_array(array_url("s3://lab/pred.zarr")).attrs))[...] = \
         prediction
     decode_to_zarr(str(local / "pred.zarr"), str(local / "seg.zarr"), thresholds=(0.7,), progress=False)
     segmentation = remote("seg.zarr")
-    assert np.array_equal(segmentation, zarr.open_array(str(local / "seg.zarr"))[...]) and segmentation.max() > 1
-    result = nerl(zarr.open_array(str(local / "seg.zarr")), str(local / "seed" / "skeleton.pkl"))
+    assert np.array_equal(segmentation, zarr.open_array(array_url(str(local / "seg.zarr")))[...]) and segmentation.max() > 1
+    result = nerl(zarr.open_array(array_url(str(local / "seg.zarr"))), str(local / "seed" / "skeleton.pkl"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["nerl"] == pytest.approx(result.nerl, abs=1e-12) and 0 < metrics["nerl"] <= 1

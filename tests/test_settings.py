@@ -12,6 +12,7 @@ import yaml
 import zarr
 from typer.testing import CliRunner
 
+from nisbflow.data.volumes import array_url
 from nisbflow.config import load_config, load_yaml_tree
 from nisbflow.errors import ConfigError
 from nisbflow.model import SHIPPED_DIR, ARCHITECTURES, Checkpoint, save_random_checkpoint
@@ -151,18 +152,18 @@ def test_decode_uses_the_threshold_the_affinities_record_and_says_so(tmp_path, s
     result = runner.invoke(app, ["infer", f"{root}/data.zarr/img", str(affinities), "--checkpoint",
                                  "nisb-tiny-synthetic", "--cluster", "sync", "decoding.threshold=0.6"])
     assert result.exit_code == 0, result.output
-    recorded = zarr.open_array(str(affinities), mode="r").attrs["nisbflow_settings"]
+    recorded = zarr.open_array(array_url(str(affinities)), mode="r").attrs["nisbflow_settings"]
     assert recorded["decoding"]["threshold"] == 0.6 and recorded["checkpoint"] == "nisb-tiny-synthetic"
     assert recorded["inference"]["window"] == [64, 64, 64] and recorded["inference"]["channels"] == [0, 1, 2]
     assert recorded["sources"]["decoding.threshold"] == "KEY=VALUE"
     decoded = runner.invoke(app, ["decode", str(affinities), str(tmp_path / "seg.zarr"), "--cluster", "sync"])
     assert decoded.exit_code == 0, decoded.output
     assert f"decoding threshold 0.6 from the attributes of {affinities}" in one_line(decoded.output)
-    assert zarr.open_array(str(tmp_path / "seg.zarr"), mode="r").attrs["threshold"] == 0.6
+    assert zarr.open_array(array_url(str(tmp_path / "seg.zarr")), mode="r").attrs["threshold"] == 0.6
     explicit = runner.invoke(app, ["decode", str(affinities), str(tmp_path / "seg2.zarr"), "--cluster", "sync",
                                    "decoding.threshold=0.7"])
     assert explicit.exit_code == 0 and "decoding threshold 0.7 from KEY=VALUE" in one_line(explicit.output)
-    assert zarr.open_array(str(tmp_path / "seg2.zarr"), mode="r").attrs["threshold"] == 0.7
+    assert zarr.open_array(array_url(str(tmp_path / "seg2.zarr")), mode="r").attrs["threshold"] == 0.7
     # affinities without a record (not written by infer) decode at the default, which is said too
     plain = tmp_path / "plain.zarr"
     zarr.create_array(str(plain), shape=(3, 8, 8, 8), dtype="float32", fill_value=0.9)
@@ -186,8 +187,8 @@ def test_one_checkpoint_gives_the_same_outputs_through_infer_decode_test_tune_an
     demo = runner.invoke(app, ["demo", str(out), "--shape", "96,96,64", "--cluster", "sync", "--no-baseline"])
     assert demo.exit_code == 0, demo.output
     seed = out / "seed101"
-    demo_affinities = zarr.open_array(str(out / "trained" / "affinities.zarr"), mode="r")[...]
-    demo_segmentation = zarr.open_array(str(out / "trained" / "segmentation.zarr"), mode="r")[...]
+    demo_affinities = zarr.open_array(array_url(str(out / "trained" / "affinities.zarr")), mode="r")[...]
+    demo_segmentation = zarr.open_array(array_url(str(out / "trained" / "segmentation.zarr")), mode="r")[...]
     threshold = shipped_recorded()["decoding"]["threshold"]
     assert demo_affinities.shape == (3, 96, 96, 64)
 
@@ -198,15 +199,15 @@ def test_one_checkpoint_gives_the_same_outputs_through_infer_decode_test_tune_an
     decoded = runner.invoke(app, ["decode", str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"),
                                   "--cluster", "sync"])
     assert decoded.exit_code == 0, decoded.output
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "aff.zarr"), mode="r")[...], demo_affinities)
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")[...], demo_segmentation)
+    np.testing.assert_array_equal(zarr.open_array(array_url(str(tmp_path / "aff.zarr")), mode="r")[...], demo_affinities)
+    np.testing.assert_array_equal(zarr.open_array(array_url(str(tmp_path / "seg.zarr")), mode="r")[...], demo_segmentation)
 
     data = [f"data.test.path={seed}", f"data.val.path={seed}", f"save_path={tmp_path / 'runs'}"]
     tested = runner.invoke(app, ["test", "--checkpoint", "nisb-tiny-synthetic", "--cluster", "sync", *data])
     assert tested.exit_code == 0, tested.output
     (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
-    np.testing.assert_array_equal(zarr.open_array(str(folder / "affinities.zarr"), mode="r")[...], demo_affinities)
-    np.testing.assert_array_equal(zarr.open_array(str(folder / "segmentation.zarr"), mode="r")[...],
+    np.testing.assert_array_equal(zarr.open_array(array_url(str(folder / "affinities.zarr")), mode="r")[...], demo_affinities)
+    np.testing.assert_array_equal(zarr.open_array(array_url(str(folder / "segmentation.zarr")), mode="r")[...],
                                   demo_segmentation)
     metrics = json.loads((folder / "metrics.json").read_text())
     demo_metrics = json.loads((out / "trained" / "metrics.json").read_text())
@@ -217,7 +218,7 @@ def test_one_checkpoint_gives_the_same_outputs_through_infer_decode_test_tune_an
                                 "tune.sampler=grid", f"tune.threshold.low={threshold}",
                                 f"tune.threshold.high={threshold}"])
     assert tuned.exit_code == 0, tuned.output
-    cached = zarr.open_array(str(tmp_path / "runs" / "tune" / "val-affinities.zarr"), mode="r")[...]
+    cached = zarr.open_array(array_url(str(tmp_path / "runs" / "tune" / "val-affinities.zarr")), mode="r")[...]
     np.testing.assert_array_equal(cached, demo_affinities)
     study = tmp_path / "runs" / "tune"
     assert yaml.safe_load((study / "best.yaml").read_text()) == {"decoding": {"threshold": threshold}}

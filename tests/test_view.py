@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from nisbflow.data.volumes import array_url
 
 pytest.importorskip("neuroglancer")  # the `view` extra; part of the dev extra, so the suite always runs this
 
@@ -54,16 +55,16 @@ def test_the_viewer_serves_the_stores_and_colours_nodes_by_error_type(evaluated)
     start, end = (32, 0, 16), (64, 32, 32)
     assert np.array_equal(served(shown.chunk_url("image", start, end)),
                           zarr.open_array(str(root / "seed/data.zarr/img"))[region + (0,)])
-    assert np.array_equal(served(shown.chunk_url("seg.zarr", start, end)), zarr.open_array(str(root / "seg.zarr"))[region])
+    assert np.array_equal(served(shown.chunk_url("seg.zarr", start, end)), zarr.open_array(array_url(str(root / "seg.zarr")))[region])
     assert np.array_equal(served(shown.chunk_url("ground truth", start, end)),
                           zarr.open_array(str(root / "seed/data.zarr/seg"))[region])
     affinities = served(shown.chunk_url("affinities", (0,) + start, (3,) + end))
     assert affinities.dtype == np.float32
-    assert np.array_equal(affinities, zarr.open_array(str(root / "aff.zarr"))[(slice(0, 3),) + region].astype(np.float32))
+    assert np.array_equal(affinities, zarr.open_array(array_url(str(root / "aff.zarr")))[(slice(0, 3),) + region].astype(np.float32))
 
     # every node, coloured by its skeleton's error type as an independent evaluation finds it
     graph = load_skeleton(root / "seed/skeleton.pkl")
-    error_type = nerl(zarr.open_array(str(root / "seg.zarr")), graph).error_type
+    error_type = nerl(zarr.open_array(array_url(str(root / "seg.zarr"))), graph).error_type
     assert {"merged", "correct"} <= set(error_type.values())  # noisy enough to show more than one colour
     points = {a.id: a for a in shown.viewer.state.layers["skeleton"].annotations}
     assert len(points) == graph.number_of_nodes()

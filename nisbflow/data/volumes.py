@@ -66,7 +66,9 @@ def open_volume(
     Parameters
     ----------
     path
-        The array itself, e.g. ``run/seed101/data.zarr/img`` or ``s3://bucket/seed101/data.zarr/seg``.
+        The array itself, e.g. ``run/seed101/data.zarr/img`` or ``s3://bucket/seed101/data.zarr/seg``, or an
+        OME-NGFF image group such as the ``seg.zarr`` nisbflow writes (its full-resolution level is opened, see
+        :mod:`nisbflow.data.ngff`).
     role
         What the array is for ("image", "segmentation", …); used in error messages.
     ndims, dtype_kinds, dtypes
@@ -75,7 +77,7 @@ def open_volume(
     """
     path = str(path)
     try:
-        array = zarr.open_array(path, mode="r")
+        array = zarr.open_array(array_url(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeTypeValidationError):
         members = _members(path)
         if not members:
@@ -86,6 +88,20 @@ def open_volume(
         raise VolumeError(f"{role}: cannot open zarr array {path}: {error}") from error
     check_volume(array.shape, array.dtype, path, role=role, ndims=ndims, dtype_kinds=dtype_kinds, dtypes=dtypes)
     return array
+
+
+def array_url(path: str | Path) -> str:
+    """The zarr array ``path`` names: ``path`` itself, or for an OME-NGFF image group its first resolution level
+    (``path/0`` in what nisbflow writes). Reads one metadata document; a missing path comes back unchanged."""
+    from .ngff import image_level_path
+
+    path = str(path)
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception:  # an array, or nothing there
+        return path
+    level = image_level_path(group.attrs)
+    return f"{path.rstrip('/')}/{level}" if level else path
 
 
 def check_volume(

@@ -31,7 +31,8 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from nisbflow.blocks import BlockGrid, task_priority, write_marker
-from nisbflow.data.volumes import (fast_compressors, named_axes, open_affinities, open_volume, output_attrs,
+from nisbflow.data.ngff import IMAGE_LEVEL, create_image
+from nisbflow.data.volumes import (fast_compressors, open_affinities, open_volume, output_attrs,
                                    voxel_size_of)
 from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockLabels, SegmentNumbering, block_counts, face_pairs,
@@ -438,13 +439,16 @@ def _segmentation_attrs(source, affinities, mask, config, recorded, thresholds, 
 def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: int, target: str, attrs: dict, grid,
                   numbering: SegmentNumbering, zarr_format: int, token: str, progress: bool) -> None:
     """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
-    (created, and its markers dropped, unless this run created it)."""
+    (created as an OME-NGFF image group, and its markers dropped, unless this run created it)."""
     finished = staged.finished(stage)
-    if not staged.owns(target):
+    level = f"{target}/{IMAGE_LEVEL}"
+    if not staged.owns(level):
         staged.forget(stage)
         finished = {}
-        zarr.create_array(target, shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype, zarr_format=zarr_format, compressors=fast_compressors(zarr_format, shuffle=False),
-                          overwrite=True, **named_axes(attrs, zarr_format))
+        create_image(target, attributes=attrs, zarr_format=zarr_format, name=target.rstrip("/").rsplit("/", 1)[-1],
+                     shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype,
+                     compressors=fast_compressors(zarr_format, shuffle=False))
+    target = level
     staged.report_resume(len(finished), grid.n_blocks, "blocks already relabelled")
     shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
     tasks = [dask.delayed(_relabel_in_zarr, pure=True)(

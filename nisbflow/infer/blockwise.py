@@ -314,7 +314,8 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
 
     from nisbflow.blocks import StagedRun, default_log
     from nisbflow.cluster import cluster_device
-    from nisbflow.data.volumes import fast_compressors, named_axes, open_image
+    from nisbflow.data.ngff import create_image
+    from nisbflow.data.volumes import fast_compressors, open_image
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -331,18 +332,17 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
                    force=force, log=log or default_log) as staged:
         finished = staged.finished("predict")
-        if not staged.owns(staged.data):  # markers vouch only for an array this run created
+        if not staged.owns(staged.image):  # markers vouch only for an array this run created
             if finished:
                 (log or default_log)(f"{len(finished)} block markers in {staged.staging} have no array of this "
                                      "run behind them; recomputing every block")
             staged.forget("predict")
             finished = {}
             zarr_format = source.metadata.zarr_format
-            zarr.create_array(
-                staged.data, shape=(n_channels,) + grid.shape,
-                chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape), dtype=settings.output_dtype,
-                zarr_format=zarr_format, compressors=fast_compressors(zarr_format), overwrite=True,
-                **named_axes(affinity_attrs(run, settings, source, nisbflow_run=staged.run_id), zarr_format))
+            create_image(staged.data, attributes=affinity_attrs(run, settings, source, nisbflow_run=staged.run_id),
+                         zarr_format=zarr_format, name="affinities", shape=(n_channels,) + grid.shape,
+                         chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
+                         dtype=settings.output_dtype, compressors=fast_compressors(zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
         model_ref = (handle.path, handle.sha256)
         token = dask.base.tokenize(staged.run_id, settings, grid)
@@ -354,7 +354,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
             voxels += int(np.prod([w.stop - w.start for w in entry.write]))
             predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token)
             tasks.append(dask.delayed(_store_block, pure=True)(
-                predicted, staged.data, entry.write, staged.marker("predict", key), staged.run_id,
+                predicted, staged.image, entry.write, staged.marker("predict", key), staged.run_id,
                 len(entry.windows), dask_key_name=(f"infer-store-block-{token}",) + index))
         start = time.perf_counter()
         computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
@@ -373,7 +373,8 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     import zarr
 
     from nisbflow.blocks import StagedRun, default_log
-    from nisbflow.data.volumes import fast_compressors, named_axes, open_image
+    from nisbflow.data.ngff import create_image
+    from nisbflow.data.volumes import fast_compressors, open_image
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -392,11 +393,12 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
                                device=device or default_device())
         seconds = time.perf_counter() - start
         fmt = source.metadata.zarr_format
-        zarr.create_array(staged.data, shape=values.shape, chunks=(values.shape[0], 128, 128, 128),
-                          dtype=values.dtype, zarr_format=fmt, compressors=fast_compressors(fmt), overwrite=True,
-                          **named_axes(affinity_attrs(run, settings, source,
-                                                      AFFINITY_DESCRIPTION + " (whole-volume reference)"), fmt)
-                          )[...] = values
+        level = create_image(staged.data, attributes=affinity_attrs(run, settings, source,
+                                                                    AFFINITY_DESCRIPTION + " (whole-volume reference)"),
+                             zarr_format=fmt, name="affinities", shape=values.shape,
+                             chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
+                             compressors=fast_compressors(fmt))
+        zarr.open_array(level, mode="r+")[...] = values
     grid = window_grid(values.shape[1:], settings.window, settings.stride)
     n_windows = int(np.prod([len(g) for g in grid]))
     return InferSummary(str(output), tuple(values.shape[1:]), seconds, int(values[0].size), n_windows, n_windows,

@@ -17,7 +17,8 @@ import numpy as np
 import zarr
 
 from nisbflow.blocks import BlockGrid, StagedRun, default_log, storage_url, store_block
-from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, fast_compressors, named_axes, open_segmentation, output_attrs,
+from nisbflow.data.ngff import create_image
+from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, array_url, fast_compressors, open_segmentation, output_attrs,
                                    voxel_size_of)
 from nisbflow.errors import ConfigError
 from nisbflow.progress import compute_tasks
@@ -82,7 +83,7 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
     with StagedRun(output, kind="affinities", inputs={"segmentation": segmentation_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:
         finished = staged.finished("synth")
-        if not staged.owns(staged.data):
+        if not staged.owns(staged.image):
             staged.forget("synth")
             finished = {}
             zarr_format = source.metadata.zarr_format
@@ -90,14 +91,14 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
                 "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
                 "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
                 offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
-            zarr.create_array(staged.data, shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape, dtype="float16",
-                              zarr_format=zarr_format, compressors=fast_compressors(zarr_format),
-                              overwrite=True, **named_axes(attributes, zarr_format))
+            create_image(staged.data, attributes=attributes, zarr_format=zarr_format, name="affinities",
+                         shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape, dtype="float16",
+                         compressors=fast_compressors(zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
-        segmentation_url = storage_url(segmentation_path)
+        segmentation_url = array_url(storage_url(segmentation_path))
         tasks = [dask.delayed(_write_noisy_block, pure=True)(
             segmentation_url, grid.read_region(index, upper=1), grid.write_region(index), index, noise, seed,
-            staged.data, staged.marker("synth", grid.key(index)), staged.run_id,
+            staged.image, staged.marker("synth", grid.key(index)), staged.run_id,
             dask_key_name=("synth-noisy-affinities-" + staged.run_id,) + tuple(index))
             for index in grid.indices() if grid.key(index) not in finished]
         compute_tasks(tasks, "synth: affinities", progress=progress)

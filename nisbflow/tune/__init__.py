@@ -89,6 +89,7 @@ def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: 
     """Infer the validation seed once: reuse ``out/val-affinities.zarr`` while checkpoint and settings match."""
     import zarr
 
+    from nisbflow.data.volumes import array_url
     from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, infer_to_zarr
 
     settings = WindowSettings.from_config(run.config.inference)
@@ -96,14 +97,14 @@ def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: 
     key = dict(checkpoint=run.checkpoint.sha256, image=f"{seed_path}/data.zarr/img", settings=settings.record())
     if path.exists():
         try:
-            attrs = dict(zarr.open_array(str(path), mode="r").attrs)
+            attrs = dict(zarr.open_array(array_url(path), mode="r").attrs)
         except Exception:  # not a readable array: infer again
             attrs = {}
         if attrs.get("nisbflow_tune_cache") == key:
             return path
     infer_to_zarr(key["image"], path, run.checkpoint, config=run, block=block or DEFAULT_BLOCK, overwrite=True,
                   progress=progress)
-    zarr.open_array(str(path), mode="r+").attrs["nisbflow_tune_cache"] = key
+    zarr.open_array(array_url(path), mode="r+").attrs["nisbflow_tune_cache"] = key
     return path
 
 

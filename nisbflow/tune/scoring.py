@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from nisbflow.data.volumes import array_url
 from nisbflow.evaluate import NerlResult
 
 
@@ -71,7 +72,7 @@ class ThresholdScorer:
                                         backend=self.backend, progress=self.progress)
                 for value in missing:
                     array = output if len(missing) == 1 else output / threshold_array_name(value)
-                    self.results[value] = nerl(zarr.open_array(str(array), mode="r"), self.skeleton,
+                    self.results[value] = nerl(zarr.open_array(array_url(array), mode="r"), self.skeleton,
                                                voxel_size=self.voxel_size, merge_threshold=self.merge_threshold)
                     self.segments[value] = int(counts[value])
             finally:
