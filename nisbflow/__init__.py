@@ -3,4 +3,4 @@
 Axis order everywhere is positional XYZ, as NISB stores it: ``img[x, y, z, c]``, ``seg[x, y, z]``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -115,3 +115,70 @@ def test_nisb_layout_and_existing_outputs(tmp_path):
 def test_bad_shapes():
     with pytest.raises(ValueError, match="three positive voxel counts"):
         make_params((0, 4, 4))
+
+
+def _grid_of(nodes, low, cell, dims):
+    """The neighbour-search grid of ``nodes`` (rows x, y, z, radius, neuron), built with the kernel's own insert."""
+    from nisbflow.synth import kernel
+
+    cell_head = np.full(int(np.prod(dims)), -1, dtype=np.int64)
+    records, following, fill, n = np.empty((4, kernel.BUCKET_NODES, 5)), np.empty(4, np.int64), np.empty(4, np.int64), 0
+    for x, y, z, r, neuron in nodes:
+        records, following, fill, n = kernel._add_to_grid(np.array([x, y, z]), r, neuron, low, cell, dims, cell_head,
+                                                          following, fill, records, n)
+    return cell_head, following, fill, records
+
+
+def test_clearance_equals_a_plain_loop_over_every_node_including_nodes_outside_the_domain():
+    """The grid search (buckets, rings, clamped cells) gives the distance a loop over all nodes gives, capped at the
+    limit, for points and nodes inside and up to 300 nm outside the domain (a branch's last node may lie outside:
+    unclamped cell indices once wrote past the grid); with ``stop_below`` it stops early but keeps the verdict."""
+    from nisbflow.synth import kernel
+
+    rng = np.random.default_rng(3)
+    low, high, cell, r_max = np.array([0.0, 0.0, 0.0]), np.array([2000.0, 1500.0, 1000.0]), 150.0, 120.0
+    dims = ((high - low) // cell).astype(np.int64) + 1
+    nodes = np.column_stack([rng.uniform(low - 300, high + 300, size=(600, 3)), rng.uniform(10, r_max, 600),
+                             rng.integers(1, 6, 600)])
+    grid = _grid_of(nodes, low, cell, dims)
+    for _ in range(300):
+        p = rng.uniform(low - 300, high + 300)
+        own, limit = int(rng.integers(-1, 6)), float(rng.uniform(50, 400))
+        expected = limit
+        for x, y, z, r, neuron in nodes:  # the rule, plainly: nearest sphere surface of another neuron, capped
+            if neuron != own:
+                expected = min(expected, float(np.sqrt((p[0] - x) ** 2 + (p[1] - y) ** 2 + (p[2] - z) ** 2) - r))
+        assert kernel._clearance(p, own, limit, -np.inf, r_max, low, cell, dims, *grid) == expected
+        threshold = float(rng.uniform(-50, 300))
+        early = kernel._clearance(p, own, limit, threshold, r_max, low, cell, dims, *grid)
+        assert (early < threshold) == (expected < threshold) and early >= expected
+
+
+def test_rasterised_labels_equal_a_plain_loop_over_every_segment():
+    """Two-level pruning (groups of cells, cells) changes nothing: labels, f1 and the capped margin of every voxel of
+    a region equal a per-voxel loop over all of the forest's segments, written from the rule in the docstring."""
+    from nisbflow.synth import kernel
+
+    params = make_params((48, 40, 24), seed=2)
+    forest = kernel.grow_forest(params)
+    start, end, radius, neuron = forest.segment_arrays
+    origin, shape = np.array([5, 0, 3]), np.array([21, 17, 9])
+    voxel = np.asarray(params.voxel_size)
+    cap = max(3.0 * params.membrane_width_nm, 40.0)
+    labels, nearest, margin = np.zeros(tuple(shape), np.uint32), np.empty(tuple(shape)), np.empty(tuple(shape))
+    kernel._rasterise(origin, shape, voxel, np.asarray(kernel.CELL_VOXELS), 0.0, 0.0, start, end, radius, neuron,
+                      params.membrane_width_nm, params.max_gap_nm, cap, labels, nearest, margin)
+    for x, y, z in np.ndindex(*shape):
+        point = (origin + (x, y, z)) * voxel
+        axis = end - start
+        t = np.clip(((point - start) * axis).sum(1) / np.maximum((axis * axis).sum(1), 1e-300), 0, 1)
+        distance = np.linalg.norm(point - (start + t[:, None] * axis), axis=1) - radius
+        per_neuron = {}
+        for d, n in zip(distance, neuron):
+            per_neuron[n] = min(per_neuron.get(n, np.inf), d)
+        ranked = sorted(per_neuron.items(), key=lambda item: item[1])
+        first, owner = ranked[0][1], ranked[0][0]
+        gap = min(ranked[1][1] - first, cap) if len(ranked) > 1 else cap
+        assert nearest[x, y, z] == pytest.approx(first, abs=1e-9) and margin[x, y, z] == pytest.approx(gap, abs=1e-9)
+        background = first > params.max_gap_nm or gap < params.membrane_width_nm
+        assert labels[x, y, z] == (0 if background else owner), (x, y, z)

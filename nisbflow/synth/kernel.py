@@ -107,26 +107,90 @@ class NeuriteForest:
 
 
 @numba.njit(cache=True)
-def _clearance(p, own, limit, r_max, low, cell, dims, head, following, position, radius, neuron):
-    """Free distance (nm) from point ``p`` to the surface of the nearest node sphere of a neuron other than ``own``
-    (capped at ``limit``), using the cell lists ``head``/``following`` over a grid of ``cell`` nm."""
+def _cell_index(coordinate, low, cell, n_cells):
+    """Cell of a coordinate (nm) along one axis, clamped to ``[0, n_cells)``: a branch's last node may lie up to one
+    step outside the domain, and an unclamped index would address another cell's list or memory past the end (a
+    segfault). Clamping query and node alike keeps every node within the search span of the points near it."""
+    return min(max(int((coordinate - low) // cell), 0), n_cells - 1)
+
+
+GRID_CELL_FRACTION = 0.5
+"""Neighbour-search cell edge as a fraction of the thickest tube's diameter plus the gap (the original cell)."""
+
+BUCKET_NODES = 32
+"""Node records per bucket of the neighbour-search grid: a cell's nodes lie in contiguous buckets, so a search reads
+memory in runs instead of jumping node by node (which, once the nodes outgrow the CPU cache, made growth
+super-linear in the volume)."""
+
+
+@numba.njit(cache=True)
+def _clearance(p, own, limit, stop_below, r_max, low, cell, dims, cell_head, bucket_next, bucket_fill, records):
+    """Free distance (nm) from point ``p`` to the surface of the nearest node sphere of a neuron other than ``own``,
+    capped at ``limit``, searching the grid of ``cell`` nm (see :func:`_add_to_grid`) outwards ring by ring over every
+    cell within ``limit + r_max`` of ``p``'s cell, so the result does not depend on ``cell``.
+
+    Callers only compare the result with a threshold: the search stops as soon as a distance below ``stop_below`` is
+    found (and returns it), since the comparison's outcome is then known; ``-inf`` searches to the end."""
     best = limit
     span = int(math.ceil((limit + r_max) / cell))
-    k = np.empty(3, dtype=np.int64)
-    for a in range(3):
-        k[a] = int((p[a] - low[a]) // cell)
-    for i in range(max(0, k[0] - span), min(dims[0], k[0] + span + 1)):
-        for j in range(max(0, k[1] - span), min(dims[1], k[1] + span + 1)):
-            for m in range(max(0, k[2] - span), min(dims[2], k[2] + span + 1)):
-                node = head[(i * dims[1] + j) * dims[2] + m]
-                while node >= 0:
-                    if neuron[node] != own:
-                        dx, dy, dz = p[0] - position[node, 0], p[1] - position[node, 1], p[2] - position[node, 2]
-                        d = math.sqrt(dx * dx + dy * dy + dz * dz) - radius[node]
-                        if d < best:
-                            best = d
-                    node = following[node]
+    k0 = _cell_index(p[0], low[0], cell, dims[0])
+    k1 = _cell_index(p[1], low[1], cell, dims[1])
+    k2 = _cell_index(p[2], low[2], cell, dims[2])
+    for ring in range(span + 1):
+        for i in range(max(0, k0 - ring), min(dims[0], k0 + ring + 1)):
+            for j in range(max(0, k1 - ring), min(dims[1], k1 + ring + 1)):
+                on_shell = abs(i - k0) == ring or abs(j - k1) == ring
+                for m in range(max(0, k2 - ring), min(dims[2], k2 + ring + 1)):
+                    if not on_shell and abs(m - k2) != ring:
+                        continue
+                    bucket = cell_head[(i * dims[1] + j) * dims[2] + m]
+                    while bucket >= 0:
+                        for n in range(bucket_fill[bucket]):
+                            if records[bucket, n, 4] != own:
+                                dx = p[0] - records[bucket, n, 0]
+                                dy = p[1] - records[bucket, n, 1]
+                                dz = p[2] - records[bucket, n, 2]
+                                d = math.sqrt(dx * dx + dy * dy + dz * dz) - records[bucket, n, 3]
+                                if d < best:
+                                    best = d
+                        bucket = bucket_next[bucket]
+        if best < stop_below:
+            return best
     return best
+
+
+@numba.njit(cache=True)
+def _add_to_grid(q, r, neuron, low, cell, dims, cell_head, bucket_next, bucket_fill, records, n_buckets):
+    """Record a node (centre ``q`` nm, radius ``r``, ``neuron``) in its cell's newest bucket, opening a bucket when
+    that one is full (the pool doubles when exhausted). Returns the possibly grown pool and its bucket count."""
+    key = 0
+    for a in range(3):
+        key = key * dims[a] + _cell_index(q[a], low[a], cell, dims[a])
+    bucket = cell_head[key]
+    if bucket < 0 or bucket_fill[bucket] == records.shape[1]:
+        if n_buckets == records.shape[0]:
+            grown = np.empty((2 * n_buckets, records.shape[1], 5))
+            grown[:n_buckets] = records
+            records = grown
+            next2 = np.empty(2 * n_buckets, dtype=np.int64)
+            next2[:n_buckets] = bucket_next
+            bucket_next = next2
+            fill2 = np.empty(2 * n_buckets, dtype=np.int64)
+            fill2[:n_buckets] = bucket_fill
+            bucket_fill = fill2
+        bucket_next[n_buckets] = bucket
+        bucket_fill[n_buckets] = 0
+        cell_head[key] = n_buckets
+        bucket = n_buckets
+        n_buckets += 1
+    n = bucket_fill[bucket]
+    records[bucket, n, 0] = q[0]
+    records[bucket, n, 1] = q[1]
+    records[bucket, n, 2] = q[2]
+    records[bucket, n, 3] = r
+    records[bucket, n, 4] = neuron
+    bucket_fill[bucket] = n + 1
+    return records, bucket_next, bucket_fill, n_buckets
 
 
 @numba.njit(cache=True)
@@ -140,17 +204,20 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
     """Numba core of :func:`grow_forest`; returns node positions, radii, neurons, parents and the neuron count."""
     np.random.seed(seed)
     r_min, r_max = axon_radius[0], dendrite_radius[1]
-    cell = 2.0 * r_max + gap
+    cell = GRID_CELL_FRACTION * (2.0 * r_max + gap)
     dims = np.empty(3, dtype=np.int64)
     for a in range(3):
         dims[a] = int((high[a] - low[a]) // cell) + 1
-    head = np.full(dims[0] * dims[1] * dims[2], -1, dtype=np.int64)
+    cell_head = np.full(dims[0] * dims[1] * dims[2], -1, dtype=np.int64)
+    n_buckets = 0
+    records = np.empty((1024, BUCKET_NODES, 5))
+    bucket_next = np.empty(1024, dtype=np.int64)
+    bucket_fill = np.empty(1024, dtype=np.int64)
     capacity = 4096
     position = np.empty((capacity, 3))
     radius = np.empty(capacity)
     neuron = np.empty(capacity, dtype=np.int64)
     parent = np.empty(capacity, dtype=np.int64)
-    following = np.empty(capacity, dtype=np.int64)
     count = 0
     stack_start = np.empty(8192, dtype=np.int64)
     stack_direction = np.empty((8192, 3))
@@ -170,8 +237,9 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
         for c in range(64):
             for a in range(3):
                 candidate[a] = np.random.uniform(low[a], high[a])
-            free = _clearance(candidate, -1, 2.0 * r_max, r_max, low, cell, dims, head, following, position,
-                              radius, neuron)
+            # only a candidate freer than the best so far matters: stop at any distance <= best_free
+            free = _clearance(candidate, -1, 2.0 * r_max, np.nextafter(best_free, np.inf), r_max, low, cell, dims,
+                              cell_head, bucket_next, bucket_fill, records)
             if free > best_free:
                 best_free = free
                 best_point[:] = candidate
@@ -211,8 +279,9 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
                         sigma = tortuosity * (1 + 2 * attempt)
                         trial = _unit(d + sigma * np.random.normal(0.0, 1.0, 3))
                         q = p + step * trial
-                        if _clearance(q, n_neurons, r + gap + step, r_max, low, cell, dims, head, following,
-                                      position, radius, neuron) >= r + gap + 0.25 * step:
+                        needed = r + gap + 0.25 * step
+                        if _clearance(q, n_neurons, r + gap + step, needed, r_max, low, cell, dims, cell_head,
+                                      bucket_next, bucket_fill, records) >= needed:
                             d = trial
                             accepted = True
                             break
@@ -233,18 +302,12 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
                     parent2 = np.empty(capacity, dtype=np.int64)
                     parent2[:count] = parent[:count]
                     parent = parent2
-                    following2 = np.empty(capacity, dtype=np.int64)
-                    following2[:count] = following[:count]
-                    following = following2
                 position[count] = q
                 radius[count] = r
                 neuron[count] = n_neurons
                 parent[count] = current
-                key = 0
-                for a in range(3):
-                    key = key * dims[a] + int((q[a] - low[a]) // cell)
-                following[count] = head[key]
-                head[key] = count
+                records, bucket_next, bucket_fill, n_buckets = _add_to_grid(
+                    q, r, n_neurons, low, cell, dims, cell_head, bucket_next, bucket_fill, records, n_buckets)
                 current = count
                 count += 1
                 p = q
@@ -276,8 +339,8 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
             filled = 0
             for i in range(n_probes):
                 if unfilled[i]:
-                    unfilled[i] = _clearance(probes[i], -1, r_max, r_max, low, cell, dims, head, following,
-                                             position, radius, neuron) >= 0.0
+                    unfilled[i] = _clearance(probes[i], -1, r_max, 0.0, r_max, low, cell, dims, cell_head,
+                                             bucket_next, bucket_fill, records) >= 0.0
                 filled += not unfilled[i]
             if filled >= target_fill * n_probes:
                 break
@@ -338,8 +401,11 @@ def _slice_defects(params, rng):
 # --------------------------------------------------------------------------------------------------------------
 # Rasterisation: every output voxel is a pure function of its global index, so blocks agree exactly.
 
-CELL_VOXELS = (8, 8, 4)
+CELL_VOXELS = (4, 4, 2)
 """Voxels per pruning cell (x, y, z): candidates are pruned per cell, then evaluated per voxel."""
+
+GROUP_CELLS = (4, 4, 4)
+"""Cells per pruning group (x, y, z): a group prunes all of a block's segments, its cells prune the group's list."""
 
 
 @numba.njit(cache=True, nogil=True)
@@ -387,6 +453,25 @@ def _value_noise(x, y, z, spacing, salt):
 
 
 @numba.njit(cache=True, nogil=True)
+def _prune(px, py, pz, candidates, n_candidates, start, end, radius, slack, centre_distance, kept):
+    """Of ``candidates[:n_candidates]`` (segment indices, in forest order), keep in ``kept`` those whose capsule lies
+    within ``slack`` nm of the nearest one's distance from (px, py, pz); returns how many (order is preserved)."""
+    best = np.inf
+    for k in range(n_candidates):
+        s = candidates[k]
+        d = _capsule_distance(px, py, pz, start[s, 0], start[s, 1], start[s, 2], end[s, 0], end[s, 1], end[s, 2],
+                              radius[s])
+        centre_distance[k] = d
+        best = min(best, d)
+    n_kept = 0
+    for k in range(n_candidates):
+        if centre_distance[k] < best + slack:
+            kept[n_kept] = candidates[k]
+            n_kept += 1
+    return n_kept
+
+
+@numba.njit(cache=True, nogil=True)
 def _rasterise(origin, shape, voxel, cell, shift_x, shift_y, start, end, radius, neuron, membrane_width, max_gap,
                margin_cap, labels, nearest, margin):
     """Label each voxel of the region ``origin + [0, shape)`` (voxel indices, x, y, z) by its nearest neuron.
@@ -394,59 +479,106 @@ def _rasterise(origin, shape, voxel, cell, shift_x, shift_y, start, end, radius,
     Writes ``labels (X, Y, Z) uint32`` (0 = membrane or extracellular space), ``nearest`` = f₁ (nm) and
     ``margin`` = min(f₂ − f₁, margin_cap) (nm), where f₁, f₂ are the signed distances to the nearest neuron
     and to the nearest other neuron. ``shift_x``/``shift_y`` (nm) move the sampling position (shifted slices).
-    Candidates are pruned per cell of ``CELL_VOXELS`` with the 1-Lipschitz bound of the distance, which keeps
-    every segment that can change f₁, the label or the capped margin, so the result does not depend on cells.
+
+    Candidates are pruned with the 1-Lipschitz bound of the distance, twice: per group of
+    ``GROUP_CELLS`` cells from all segments, then per cell of ``CELL_VOXELS`` from its group's list. A cell keeps
+    every segment within ``2 h + margin_cap`` of its nearest (h: the cell's half-diagonal), which holds every segment
+    that can change f₁, the label or the capped margin of a voxel in it; a group keeps every segment within
+    ``2 H + 2 h + margin_cap`` of its nearest (H: the group's half-diagonal), which holds every segment any of its
+    cells keeps. So the result does not depend on the cells or groups.
     """
     n_segments = start.shape[0]
     cx, cy, cz = cell[0], cell[1], cell[2]
-    half_diagonal = 0.5 * math.sqrt((cx * voxel[0]) ** 2 + (cy * voxel[1]) ** 2 + (cz * voxel[2]) ** 2)
+    gx, gy, gz = cx * GROUP_CELLS[0], cy * GROUP_CELLS[1], cz * GROUP_CELLS[2]
+    cell_half = 0.5 * math.sqrt((cx * voxel[0]) ** 2 + (cy * voxel[1]) ** 2 + (cz * voxel[2]) ** 2)
+    group_half = 0.5 * math.sqrt((gx * voxel[0]) ** 2 + (gy * voxel[1]) ** 2 + (gz * voxel[2]) ** 2)
+    every = np.arange(n_segments)
     centre_distance = np.empty(n_segments)
+    group_kept = np.empty(n_segments, dtype=np.int64)
     kept = np.empty(n_segments, dtype=np.int64)
-    for x0 in range(0, shape[0], cx):
-        for y0 in range(0, shape[1], cy):
-            for z0 in range(0, shape[2], cz):
-                x1, y1, z1 = min(x0 + cx, shape[0]), min(y0 + cy, shape[1]), min(z0 + cz, shape[2])
-                px = (origin[0] + 0.5 * (x0 + x1 - 1)) * voxel[0] + shift_x
-                py = (origin[1] + 0.5 * (y0 + y1 - 1)) * voxel[1] + shift_y
-                pz = (origin[2] + 0.5 * (z0 + z1 - 1)) * voxel[2]
-                best = np.inf
-                for s in range(n_segments):
-                    d = _capsule_distance(px, py, pz, start[s, 0], start[s, 1], start[s, 2],
-                                          end[s, 0], end[s, 1], end[s, 2], radius[s])
-                    centre_distance[s] = d
-                    best = min(best, d)
-                bound = best + 2.0 * half_diagonal + margin_cap
-                n_kept = 0
-                for s in range(n_segments):
-                    if centre_distance[s] < bound:
-                        kept[n_kept] = s
-                        n_kept += 1
-                for x in range(x0, x1):
-                    vx = (origin[0] + x) * voxel[0] + shift_x
-                    for y in range(y0, y1):
-                        vy = (origin[1] + y) * voxel[1] + shift_y
-                        for z in range(z0, z1):
-                            vz = (origin[2] + z) * voxel[2]
-                            first, second, owner = np.inf, np.inf, np.uint32(0)
-                            for k in range(n_kept):
-                                s = kept[k]
-                                d = _capsule_distance(vx, vy, vz, start[s, 0], start[s, 1], start[s, 2],
-                                                      end[s, 0], end[s, 1], end[s, 2], radius[s])
-                                if neuron[s] == owner:
-                                    first = min(first, d)
-                                elif d < first:
-                                    second = first
-                                    first = d
-                                    owner = neuron[s]
-                                elif d < second:
-                                    second = d
-                            gap = min(second - first, margin_cap)
-                            nearest[x, y, z] = first
-                            margin[x, y, z] = gap
-                            if first > max_gap or gap < membrane_width:
-                                labels[x, y, z] = 0
-                            else:
-                                labels[x, y, z] = owner
+    for gx0 in range(0, shape[0], gx):
+        for gy0 in range(0, shape[1], gy):
+            for gz0 in range(0, shape[2], gz):
+                gx1, gy1, gz1 = min(gx0 + gx, shape[0]), min(gy0 + gy, shape[1]), min(gz0 + gz, shape[2])
+                n_group = _prune((origin[0] + 0.5 * (gx0 + gx1 - 1)) * voxel[0] + shift_x,
+                                 (origin[1] + 0.5 * (gy0 + gy1 - 1)) * voxel[1] + shift_y,
+                                 (origin[2] + 0.5 * (gz0 + gz1 - 1)) * voxel[2], every, n_segments, start, end,
+                                 radius, 2.0 * group_half + 2.0 * cell_half + margin_cap, centre_distance, group_kept)
+                for x0 in range(gx0, gx1, cx):
+                    for y0 in range(gy0, gy1, cy):
+                        for z0 in range(gz0, gz1, cz):
+                            x1, y1, z1 = min(x0 + cx, gx1), min(y0 + cy, gy1), min(z0 + cz, gz1)
+                            n_kept = _prune((origin[0] + 0.5 * (x0 + x1 - 1)) * voxel[0] + shift_x,
+                                            (origin[1] + 0.5 * (y0 + y1 - 1)) * voxel[1] + shift_y,
+                                            (origin[2] + 0.5 * (z0 + z1 - 1)) * voxel[2], group_kept, n_group, start,
+                                            end, radius, 2.0 * cell_half + margin_cap, centre_distance, kept)
+                            _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n_kept, start,
+                                        end, radius, neuron, membrane_width, max_gap, margin_cap, labels, nearest,
+                                        margin)
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n_kept, start, end, radius, neuron,
+                membrane_width, max_gap, margin_cap, labels, nearest, margin):
+    """The voxels ``[x0, x1) × [y0, y1) × [z0, z1)`` of :func:`_rasterise`, from the cell's kept segments.
+
+    The kept capsules are first copied into one contiguous table (start, direction, length², radius), so the
+    per-voxel loop reads memory in order; each distance is computed with the same operations, in the same order,
+    as :func:`_capsule_distance`, so the values are bit for bit the same."""
+    cx = (origin[0] + 0.5 * (x0 + x1 - 1)) * voxel[0] + shift_x
+    cy = (origin[1] + 0.5 * (y0 + y1 - 1)) * voxel[1] + shift_y
+    cz = (origin[2] + 0.5 * (z0 + z1 - 1)) * voxel[2]
+    half = 0.5 * math.sqrt(((x1 - x0) * voxel[0]) ** 2 + ((y1 - y0) * voxel[1]) ** 2 + ((z1 - z0) * voxel[2]) ** 2)
+    lower_bound = np.empty(n_kept)
+    for k in range(n_kept):
+        s = kept[k]
+        lower_bound[k] = _capsule_distance(cx, cy, cz, start[s, 0], start[s, 1], start[s, 2], end[s, 0], end[s, 1],
+                                           end[s, 2], radius[s]) - half
+    order = np.argsort(lower_bound)
+    table = np.empty((n_kept, 9))
+    for k in range(n_kept):
+        s = kept[order[k]]
+        table[k, 8] = lower_bound[order[k]]
+        dx, dy, dz = end[s, 0] - start[s, 0], end[s, 1] - start[s, 1], end[s, 2] - start[s, 2]
+        length2 = dx * dx + dy * dy + dz * dz
+        table[k, 0], table[k, 1], table[k, 2] = start[s, 0], start[s, 1], start[s, 2]
+        table[k, 3], table[k, 4], table[k, 5] = dx, dy, dz
+        table[k, 6] = length2
+        table[k, 7] = radius[s]
+    for x in range(x0, x1):
+        vx = (origin[0] + x) * voxel[0] + shift_x
+        for y in range(y0, y1):
+            vy = (origin[1] + y) * voxel[1] + shift_y
+            for z in range(z0, z1):
+                vz = (origin[2] + z) * voxel[2]
+                first, second, owner = np.inf, np.inf, np.uint32(0)
+                for k in range(n_kept):
+                    if table[k, 8] >= min(second, first + margin_cap):
+                        break  # this and every later capsule is too far to change f1, the owner or the capped gap
+                    sx, sy, sz = table[k, 0], table[k, 1], table[k, 2]
+                    dx, dy, dz, length2 = table[k, 3], table[k, 4], table[k, 5], table[k, 6]
+                    t = 0.0
+                    if length2 > 0.0:
+                        t = ((vx - sx) * dx + (vy - sy) * dy + (vz - sz) * dz) / length2
+                        t = min(1.0, max(0.0, t))
+                    qx, qy, qz = vx - (sx + t * dx), vy - (sy + t * dy), vz - (sz + t * dz)
+                    d = math.sqrt(qx * qx + qy * qy + qz * qz) - table[k, 7]
+                    owner_k = neuron[kept[order[k]]]
+                    if owner_k == owner:
+                        first = min(first, d)
+                    elif d < first:
+                        second = first
+                        first = d
+                        owner = owner_k
+                    elif d < second:
+                        second = d
+                gap = min(second - first, margin_cap)
+                nearest[x, y, z] = first
+                margin[x, y, z] = gap
+                if first > max_gap or gap < membrane_width:
+                    labels[x, y, z] = 0
+                else:
+                    labels[x, y, z] = owner
 
 
 @numba.njit(cache=True, nogil=True)

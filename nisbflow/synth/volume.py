@@ -168,17 +168,24 @@ def synthesize_seed(
         staged.report_resume(len(finished), grid.n_blocks)
         forest_task = dask.delayed(forest, name=f"synth-forest-{seed}")
         block_nodes, results, tasks = [], {}, {}
+        # the skeleton nodes of each block, grouped in one sort (a scan of every node per block grew as
+        # blocks × nodes); within a block they stay in node order
+        node_block = np.ravel_multi_index(grid.block_of(node_voxels).T, grid.blocks_per_axis) \
+            if len(node_voxels) else np.zeros(0, dtype=np.int64)
+        by_block = np.argsort(node_block, kind="stable")
+        bounds = np.searchsorted(node_block[by_block], np.arange(grid.n_blocks + 1))
         for index in grid.indices():
             corner = tuple(int(o) for o in grid.origin(index))
             size = tuple(w.stop - w.start for w in grid.write_region(index))
-            inside = np.all((node_voxels >= corner) & (node_voxels < np.add(corner, size)), axis=1)
-            block_nodes.append(np.flatnonzero(inside))
+            linear = grid.linear(index)
+            rows = by_block[bounds[linear]:bounds[linear + 1]]
+            block_nodes.append(rows)
             key = grid.key(index)
             if key in finished:
                 results[key] = _block_result(finished[key])
                 continue
             tasks[key] = dask.delayed(_write_block, pure=False)(
-                forest_task, params, store, corner, size, node_voxels[inside], staged.marker("synth", key),
+                forest_task, params, store, corner, size, node_voxels[rows], staged.marker("synth", key),
                 staged.run_id, dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}")
         computed = compute_tasks(list(tasks.values()), f"synth seed {seed}", progress=progress,
                                  num_workers=num_workers)
