@@ -675,6 +675,9 @@ def infer(
                                                              "init), or a shipped model's name (nisbflow model list)."),
     chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768: "
                                                     "redundancy ≤ 1.25 on NISB-sized volumes)."),
+    split: int = typer.Option(1, "--split", min=1, help="Tasks per block, each predicting a share of its windows "
+                                                        "(no window runs twice): with fewer blocks than workers, "
+                                                        "e.g. one large block, set it to the worker count."),
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://scheduler:8786 "
                                                      "(default: $DASK_SCHEDULER_ADDRESS if set, else system.cluster)."),
     workers: Optional[int] = typer.Option(None, help="Local workers (default: one per core, or per GPU)."),
@@ -717,8 +720,8 @@ def infer(
                       f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s (whole volume, one process)")
         return
     with cluster_for(run.config, cluster, workers, memory_limit, dashboard_address):
-        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, overwrite=overwrite,
-                                force=force, log=console.print)
+        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, split=split,
+                                overwrite=overwrite, force=force, log=console.print)
     console.print(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
                   f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
                   f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})")

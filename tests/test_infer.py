@@ -286,3 +286,42 @@ def test_compiled_prediction_equals_eager(tiny_model, tmp_path):
                                      tuple(r.start for r in read), write, windows, settings, "cpu"))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile, not fall back silently
     np.testing.assert_allclose(results[1], results[0], atol=1e-5)
+
+
+def test_a_block_split_among_tasks_runs_each_window_once_and_equals_whole(tiny_model):
+    """``split``: a block's windows divided among tasks whose weighted sums are added. Every window of the grid
+    runs exactly once (counted by wrapping the model), and the result equals the whole-volume reference."""
+    import dask
+    import dask.array as da
+    import torch
+
+    from nisbflow.infer.blockwise import WindowSettings, predict_affinities
+    from nisbflow.infer.geometry import window_grid
+
+    image = np.random.default_rng(7).integers(0, 256, (72, 60, 40), dtype=np.uint8)
+    settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=3, output_dtype="float32",
+                              channels=tuple(range(6)))
+    whole = predict_affinities(image, tiny_model, settings)
+    n_grid = int(np.prod([len(g) for g in window_grid(image.shape, (32, 32, 32), (16, 16, 16))]))
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.windows = inner, 0
+
+        def forward(self, x):
+            self.windows += x.shape[0]
+            return self.inner(x)
+
+    with dask.config.set(scheduler="synchronous"):
+        for block, split in [((72, 60, 40), 2), ((72, 60, 40), 5), ((40, 60, 40), 3), ((72, 60, 40), 1000)]:
+            counting = Counting(tiny_model)
+            lazy = predict_affinities(da.from_array(image, chunks=(30, 30, 30)), counting, settings, block=block,
+                                      split=split)
+            np.testing.assert_allclose(lazy.compute(), whole, atol=1e-6)
+            parts = [k for k in dict(lazy.__dask_graph__()) if isinstance(k, tuple)
+                     and str(k[0]).startswith("infer-predict-part-")]
+            if block == image.shape:  # one block: no window twice, split among min(split, windows) tasks
+                assert counting.windows == n_grid and len(parts) == min(split, n_grid), (block, split)
+            else:  # two blocks: the windows on their boundary run in both, as without split
+                assert counting.windows > n_grid and len(parts) == 2 * split

@@ -95,6 +95,53 @@ def predict_block(piece: np.ndarray, model, read_start, write_region, windows, s
     import torch
 
     device = device or default_device()
+    total = _weighted_sum(piece, model, read_start, write_region, windows, settings, device)
+    weights = torch.from_numpy(weight_sum(write_region, windows, settings.window)).to(device)
+    return (total / weights).to(getattr(torch, settings.output_dtype)).cpu().numpy()
+
+
+def predict_block_part(piece: np.ndarray, model, read_start, write_region, windows, settings: WindowSettings,
+                       device: str | None = None) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Task (``infer-predict-part``): one part of a block whose windows are split among several tasks
+    (``split``): Σ prediction × weight of ``windows`` over the part of ``write_region`` they cover, ``(C, x, y, z)``
+    float32, with that part's slices (write-region coordinates). :func:`blend_parts` adds the parts of a block."""
+    device = device or default_device()
+    footprint = tuple(slice(max(min(s[a] for s in windows), r.start), min(max(s[a] for s in windows) + w, r.stop))
+                      for a, (r, w) in enumerate(zip(write_region, settings.window)))
+    total = _weighted_sum(piece, model, read_start, footprint, windows, settings, device)
+    local = tuple(slice(f.start - r.start, f.stop - r.start) for f, r in zip(footprint, write_region))
+    return local, total.cpu().numpy()
+
+
+def blend_parts(parts, write_region, windows, settings: WindowSettings) -> np.ndarray:
+    """Task (``infer-predict-block``): the parts of one block (:func:`predict_block_part`) added and divided by the
+    weight sum of all its ``windows``; ``(C, x, y, z)`` in ``settings.output_dtype``, as :func:`predict_block`."""
+    shape = tuple(r.stop - r.start for r in write_region)
+    total = np.zeros((parts[0][1].shape[0],) + shape, dtype=np.float32)
+    for local, values in parts:
+        total[(slice(None),) + tuple(local)] += values
+    total /= weight_sum(write_region, windows, settings.window)
+    return total.astype(settings.output_dtype)
+
+
+def weight_sum(region, windows, window) -> np.ndarray:
+    """``(x, y, z) float32``: the blending weights of ``windows`` (starts, padded frame) summed over ``region``."""
+    weight = blending_weight(window)
+    sums = np.zeros(tuple(r.stop - r.start for r in region), dtype=np.float32)
+    for start in windows:
+        inside = [(max(s, r.start), min(s + w, r.stop)) for s, r, w in zip(start, region, window)]
+        if any(a >= b for a, b in inside):
+            continue
+        local = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, start))
+        sums[tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, region))] += weight[local]
+    return sums
+
+
+def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSettings, device: str):
+    """Σ prediction × blending weight of ``windows`` over ``region`` (slices, padded frame): a float32 torch tensor
+    ``(C, x, y, z)`` on ``device``. Windows run in batches of ``sw_batch_size``."""
+    import torch
+
     compiled = settings.compiled_on(device)
     if isinstance(model, tuple):
         model = cached_model(*model, device, compiled)
@@ -102,9 +149,9 @@ def predict_block(piece: np.ndarray, model, read_start, write_region, windows, s
         model = model.to(device).eval()
     image = torch.from_numpy(np.ascontiguousarray(piece)).to(device)
     weight = torch.from_numpy(blending_weight(settings.window)).to(device)
-    shape = tuple(r.stop - r.start for r in write_region)
+    shape = tuple(r.stop - r.start for r in region)
     channels = None if settings.channels is None else torch.as_tensor(list(settings.channels), device=device)
-    total, weights = None, torch.zeros(shape, dtype=torch.float32, device=device)
+    total = None
     for i in range(0, len(windows), settings.sw_batch_size):
         batch = windows[i:i + settings.sw_batch_size]
         crops = torch.stack([image[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start,
@@ -118,13 +165,12 @@ def predict_block(piece: np.ndarray, model, read_start, write_region, windows, s
         if total is None:
             total = torch.zeros((predictions.shape[1],) + shape, dtype=torch.float32, device=device)
         for start, prediction in zip(batch, predictions):
-            # the part of this window inside the write region, in window and in write-region coordinates
-            inside = [(max(s, r.start), min(s + w, r.stop)) for s, r, w in zip(start, write_region, settings.window)]
+            # the part of this window inside the region, in window and in region coordinates
+            inside = [(max(s, r.start), min(s + w, r.stop)) for s, r, w in zip(start, region, settings.window)]
             local = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, start))
-            target = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, write_region))
+            target = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, region))
             total[(slice(None),) + target] += prediction[(slice(None),) + local] * weight[local]
-            weights[target] += weight[local]
-    return (total / weights).to(getattr(torch, settings.output_dtype)).cpu().numpy()
+    return total
 
 
 def _spatial(image):
@@ -166,28 +212,54 @@ def _gpu_annotations(device: str | None) -> dict:
 
 
 def _block_task(function, image, index, block: BlockWindows, settings: WindowSettings, model, device, token: str,
-                *extra):
-    """Two tasks for one block: read its input (``infer-read``), then ``function`` (``infer-predict-block``) with
-    the arguments of :func:`predict_block` followed by ``extra``. Only the second asks for the ``GPU`` resource
-    on CUDA, so the next block's image chunks are read while the GPU predicts."""
+                *extra, split: int = 1):
+    """Tasks for one block: read its input (``infer-read``), then ``function`` (``infer-predict-block``) with the
+    arguments of :func:`predict_block` followed by ``extra``. Only the prediction asks for the ``GPU`` resource on
+    CUDA, so the next block's image chunks are read while the GPU predicts.
+
+    ``split > 1`` (with :func:`predict_block` only): the block's windows are divided, in raster order, among up to
+    ``split`` tasks (``infer-predict-part``, each reading only its windows' input) whose weighted sums
+    :func:`blend_parts` adds. No window runs twice, so one large block keeps several workers busy without the
+    redundancy of several blocks."""
     write, windows, read = block
+    parts = min(split, len(windows)) if function is predict_block else 1
+    if parts <= 1:
+        piece = _read_task(image, read, settings, (f"infer-read-{token}",) + index)
+        with dask.annotate(**_gpu_annotations(device)):
+            return dask.delayed(function, pure=True)(piece, model, tuple(r.start for r in read), write, windows,
+                                                     settings, device, *extra,
+                                                     dask_key_name=(f"infer-predict-block-{token}",) + index)
+    ordered = sorted(windows)
+    bounds = np.linspace(0, len(ordered), parts + 1).round().astype(int)
+    results = []
+    for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        group = ordered[a:b]
+        part_read = tuple(slice(min(s[axis] for s in group), max(s[axis] for s in group) + w)
+                          for axis, w in enumerate(settings.window))
+        piece = _read_task(image, part_read, settings, (f"infer-read-part-{token}",) + index + (part,))
+        with dask.annotate(**_gpu_annotations(device)):
+            results.append(dask.delayed(predict_block_part, pure=True)(
+                piece, model, tuple(r.start for r in part_read), write, group, settings, device,
+                dask_key_name=(f"infer-predict-part-{token}",) + index + (part,)))
+    return dask.delayed(blend_parts, pure=True)(results, write, windows, settings,
+                                                dask_key_name=(f"infer-predict-block-{token}",) + index)
+
+
+def _read_task(image, read, settings: WindowSettings, key):
+    """Task reading the input of a read region (padded frame) from ``image``'s chunks."""
     inside = tuple(slice(r.start, min(r.stop, s)) for r, s in zip(read, image.shape))
     # slice the dask array first, so the task depends on the chunks of its read region only
-    piece = dask.delayed(_pad_piece, pure=True)(image[inside], read, settings.window,
-                                                dask_key_name=(f"infer-read-{token}",) + index)
-    with dask.annotate(**_gpu_annotations(device)):
-        return dask.delayed(function, pure=True)(piece, model, tuple(r.start for r in read), write, windows,
-                                                 settings, device, *extra,
-                                                 dask_key_name=(f"infer-predict-block-{token}",) + index)
+    return dask.delayed(_pad_piece, pure=True)(image[inside], read, settings.window, dask_key_name=key)
 
 
 def predict_affinities(image, model, settings: WindowSettings = WindowSettings(), *, block=DEFAULT_BLOCK,
-                       device: str | None = None, progress: bool = False):
+                       split: int = 1, device: str | None = None, progress: bool = False):
     """Affinities ``(C, X, Y, Z)`` of an image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8.
 
     A numpy image gives the whole-volume reference (numpy); a dask image gives a lazy dask array chunked by
     ``block`` whose blocks are computed as described in the module docstring (``infer-predict-block`` tasks, with a
     ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or ``(checkpoint path, id)``.
+    ``split``: tasks per block, each predicting a share of its windows (see :func:`_block_task`).
     """
     check_image(image)
     if device is None and isinstance(image, da.Array):
@@ -205,11 +277,12 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     grid = BlockGrid.regular(spatial.shape, block)
     plan = block_plan(grid, settings)
     n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
-    token = dask.base.tokenize(spatial.name, settings, block, model if isinstance(model, tuple) else id(model))
+    token = dask.base.tokenize(spatial.name, settings, block, split,
+                               model if isinstance(model, tuple) else id(model))
     shared_model = model if isinstance(model, tuple) else dask.delayed(model, name=f"infer-model-{token}")
     blocks = np.empty(grid.blocks_per_axis, dtype=object)
     for index, entry in plan.items():
-        task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token)
+        task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token, split=split)
         blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in entry.write),
                                         dtype=settings.output_dtype)
     return da.block([blocks.tolist()])  # the outer list is the channel axis
@@ -293,8 +366,9 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
 
 
 def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
-                  settings: WindowSettings | None = None, block=DEFAULT_BLOCK, overwrite: bool = False,
-                  force: bool = False, progress: bool = True, device: str | None = None, log=None) -> InferSummary:
+                  settings: WindowSettings | None = None, block=DEFAULT_BLOCK, split: int = 1,
+                  overwrite: bool = False, force: bool = False, progress: bool = True, device: str | None = None,
+                  log=None) -> InferSummary:
     """Predict affinities of a zarr image into a zarr array ``(C, X, Y, Z)``, block by block, resumably.
 
     ``checkpoint``: a path, a shipped model's name or a :class:`~nisbflow.model.Checkpoint`. ``config``: the
@@ -309,8 +383,14 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     skips finished blocks when the image (content fingerprint), checkpoint, settings and block size are those of
     the interrupted run, and starts fresh (saying why, through ``log``) otherwise. ``overwrite`` replaces an
     affinities output nisbflow wrote; ``force`` anything else; an output overlapping the image is always refused.
+
+    ``split``: tasks per block, each predicting a share of the block's windows, their weighted sums added (no window
+    runs twice): with few large blocks it keeps every worker busy at redundancy 1 (``nisbflow infer --split``).
     """
-    import zarr
+    from nisbflow.errors import ConfigError
+
+    if int(split) < 1:
+        raise ConfigError(f"--split {split}: the number of tasks per block must be at least 1")
 
     from nisbflow.blocks import StagedRun, default_log
     from nisbflow.cluster import cluster_device
@@ -345,14 +425,15 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
                          dtype=settings.output_dtype, compressors=fast_compressors(zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
         model_ref = (handle.path, handle.sha256)
-        token = dask.base.tokenize(staged.run_id, settings, grid)
+        token = dask.base.tokenize(staged.run_id, settings, grid, split)
         tasks, voxels = [], 0
         for index, entry in plan.items():
             key = grid.key(index)
             if key in finished:
                 continue
             voxels += int(np.prod([w.stop - w.start for w in entry.write]))
-            predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token)
+            predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token,
+                                    split=split)
             tasks.append(dask.delayed(_store_block, pure=True)(
                 predicted, staged.image, entry.write, staged.marker("predict", key), staged.run_id,
                 len(entry.windows), dask_key_name=(f"infer-store-block-{token}",) + index))
