@@ -396,9 +396,9 @@ class StagedRun:
     def image(self) -> str:
         """The array inside :attr:`data` when the output is an OME-NGFF image group
         (:func:`nisbflow.data.ngff.create_image`): where blocks are written."""
-        from nisbflow.data.ngff import IMAGE_LEVEL
+        from nisbflow.data.ngff import level_url
 
-        return f"{self.data}/{IMAGE_LEVEL}"
+        return level_url(self.data)
 
     def scratch(self, name: str) -> str:
         """A per-run scratch folder that survives interruption with the staging folder."""

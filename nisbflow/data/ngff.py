@@ -51,6 +51,11 @@ def multiscales_attributes(axis_order: str, voxel_size, zarr_format: int, name: 
     return {"ome": {"version": version, "multiscales": [multiscale]}}
 
 
+def level_url(group: str) -> str:
+    """The URL of the full-resolution array inside the NGFF image group at ``group``."""
+    return f"{str(group).rstrip('/')}/{IMAGE_LEVEL}"
+
+
 def image_level_path(attributes) -> str | None:
     """The path of the first (full-resolution) level of the NGFF image whose group has ``attributes``, or None
     when they are not an NGFF image's (no ``multiscales``, at the top or under ``ome``)."""
@@ -74,7 +79,7 @@ def create_image(target: str, *, attributes: dict, zarr_format: int, name: str =
     ngff = multiscales_attributes(attributes["axis_order"], attributes["voxel_size"], zarr_format, name)
     group = zarr.open_group(target, mode="w", zarr_format=zarr_format)
     group.attrs.update({**attributes, **ngff})
-    array = f"{target.rstrip('/')}/{IMAGE_LEVEL}"
+    array = level_url(target)
     zarr.create_array(array, zarr_format=zarr_format, overwrite=True, **named_axes(attributes, zarr_format),
                       **array_options)
     return array

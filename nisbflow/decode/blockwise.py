@@ -31,7 +31,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from nisbflow.blocks import BlockGrid, task_priority, write_marker
-from nisbflow.data.ngff import IMAGE_LEVEL, create_image
+from nisbflow.data.ngff import create_image, level_url
 from nisbflow.data.volumes import (fast_compressors, open_affinities, open_volume, output_attrs,
                                    voxel_size_of)
 from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
@@ -441,7 +441,7 @@ def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: 
     """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
     (created as an OME-NGFF image group, and its markers dropped, unless this run created it)."""
     finished = staged.finished(stage)
-    level = f"{target}/{IMAGE_LEVEL}"
+    level = level_url(target)
     if not staged.owns(level):
         staged.forget(stage)
         finished = {}
