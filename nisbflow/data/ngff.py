@@ -16,7 +16,7 @@ forbids, and BANIS reads ``img`` and ``seg`` as arrays of that group), so it sta
 with named axes, which xarray opens.
 
 Every nisbflow reader (:func:`nisbflow.data.volumes.open_volume`) accepts either an NGFF image group (it opens its
-first resolution level) or a plain zarr array, such as outputs of nisbflow before 0.4 or another tool's arrays.
+first resolution level) or a plain zarr array, such as outputs of nisbflow before 0.2 or another tool's arrays.
 """
 
 from __future__ import annotations

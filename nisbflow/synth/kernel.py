@@ -525,20 +525,9 @@ def _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n
     The kept capsules are first copied into one contiguous table (start, direction, length², radius), so the
     per-voxel loop reads memory in order; each distance is computed with the same operations, in the same order,
     as :func:`_capsule_distance`, so the values are bit for bit the same."""
-    cx = (origin[0] + 0.5 * (x0 + x1 - 1)) * voxel[0] + shift_x
-    cy = (origin[1] + 0.5 * (y0 + y1 - 1)) * voxel[1] + shift_y
-    cz = (origin[2] + 0.5 * (z0 + z1 - 1)) * voxel[2]
-    half = 0.5 * math.sqrt(((x1 - x0) * voxel[0]) ** 2 + ((y1 - y0) * voxel[1]) ** 2 + ((z1 - z0) * voxel[2]) ** 2)
-    lower_bound = np.empty(n_kept)
+    table = np.empty((n_kept, 8))
     for k in range(n_kept):
         s = kept[k]
-        lower_bound[k] = _capsule_distance(cx, cy, cz, start[s, 0], start[s, 1], start[s, 2], end[s, 0], end[s, 1],
-                                           end[s, 2], radius[s]) - half
-    order = np.argsort(lower_bound)
-    table = np.empty((n_kept, 9))
-    for k in range(n_kept):
-        s = kept[order[k]]
-        table[k, 8] = lower_bound[order[k]]
         dx, dy, dz = end[s, 0] - start[s, 0], end[s, 1] - start[s, 1], end[s, 2] - start[s, 2]
         length2 = dx * dx + dy * dy + dz * dz
         table[k, 0], table[k, 1], table[k, 2] = start[s, 0], start[s, 1], start[s, 2]
@@ -553,8 +542,6 @@ def _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n
                 vz = (origin[2] + z) * voxel[2]
                 first, second, owner = np.inf, np.inf, np.uint32(0)
                 for k in range(n_kept):
-                    if table[k, 8] >= min(second, first + margin_cap):
-                        break  # this and every later capsule is too far to change f1, the owner or the capped gap
                     sx, sy, sz = table[k, 0], table[k, 1], table[k, 2]
                     dx, dy, dz, length2 = table[k, 3], table[k, 4], table[k, 5], table[k, 6]
                     t = 0.0
@@ -563,7 +550,7 @@ def _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n
                         t = min(1.0, max(0.0, t))
                     qx, qy, qz = vx - (sx + t * dx), vy - (sy + t * dy), vz - (sz + t * dz)
                     d = math.sqrt(qx * qx + qy * qy + qz * qz) - table[k, 7]
-                    owner_k = neuron[kept[order[k]]]
+                    owner_k = neuron[kept[k]]
                     if owner_k == owner:
                         first = min(first, d)
                     elif d < first:
