@@ -325,3 +325,12 @@ def test_a_block_split_among_tasks_runs_each_window_once_and_equals_whole(tiny_m
                 assert counting.windows == n_grid and len(parts) == min(split, n_grid), (block, split)
             else:  # two blocks: the windows on their boundary run in both, as without split
                 assert counting.windows > n_grid and len(parts) == 2 * split
+
+
+def test_split_below_one_is_refused_before_anything_is_written(tmp_path):
+    from nisbflow.errors import ConfigError
+    from nisbflow.infer.blockwise import infer_to_zarr
+
+    with pytest.raises(ConfigError, match="--split 0: the number of tasks per block must be at least 1"):
+        infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", "nisb-tiny-synthetic", split=0, progress=False)
+    assert list(tmp_path.iterdir()) == []
