@@ -385,17 +385,28 @@ def decode(
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Memory per local worker, e.g. 4GiB."),
     dashboard_address: Optional[str] = typer.Option(None, "--dashboard-address", help=DASHBOARD_HELP),
     mask: Optional[str] = typer.Option(None, help="Affinity mask zarr array (X, Y, Z); 0 turns off a voxel's edges."),
-    backend: Optional[str] = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend."),
+    backend: Optional[str] = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend "
+                                                     "(connected components only)."),
+    method: Optional[str] = typer.Option(None, "--method", help="cc: connected components of affinities > "
+                                         "threshold (BANIS); waterz: watershed fragments agglomerated until the "
+                                         "threshold (decoding.waterz.*). Default decoding.method (cc)."),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="With --method waterz: the edge scoring function, "
+                                          "mean_aff or affQ_his256 (default decoding.waterz.scoring, aff85_his256)."),
+    gt: Optional[str] = typer.Option(None, "--gt", help="Dense ground truth zarr array (X, Y, Z): report adapted "
+                                                        "Rand error and VOI for every threshold."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     config: Optional[str] = typer.Option(None, "--config", "--config-file", "-c", help="YAML configuration."),
     params: Optional[str] = typer.Option(None, "--params", help=PARAMS_HELP),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
-    """Affinities → segmentation by connected components (BANIS decode_affinity_cc), block-wise on Dask.
+    """Affinities → segmentation, block-wise on Dask: connected components (BANIS decode_affinity_cc, the default)
+    or watershed + agglomeration (--method waterz).
 
-    Every block is labelled with a one-voxel halo and a union-find stitches the blocks, so the result equals
-    whole-volume decoding for any chunking. The output is written under a temporary name and renamed when done.
+    cc: every block is labelled with a one-voxel halo and a union-find stitches the blocks, so the result equals
+    whole-volume decoding for any chunking. waterz: each block's watershed fragments, one region adjacency graph
+    summed over blocks, one agglomeration for every threshold (-t, repeatable; default decoding.waterz.thresholds),
+    then a relabel pass. The output is written under a temporary name and renamed when done; a re-run resumes.
     """
     from nisbflow.data.volumes import open_affinities
     from nisbflow.decode import decode_to_zarr, threshold_array_name
@@ -403,12 +414,20 @@ def decode(
     from nisbflow.settings import recorded_settings, resolve_settings
 
     attrs = dict(open_affinities(affinities, log=console.print).attrs)
-    run = resolve_settings(None, config=config, params=params, overrides=overrides or [],
+    extra = [f"decoding.method={method}"] if method else []
+    extra += [f"decoding.waterz.scoring={scoring}"] if scoring else []
+    run = resolve_settings(None, config=config, params=params, overrides=(overrides or []) + extra,
                            recorded=recorded_settings(attrs), recorded_from=f"the attributes of {affinities}")
     settings = run.config
+    waterz = settings.decoding.method == "waterz"
+    what = f"waterz ({settings.decoding.waterz.scoring}) " if waterz else ""
     if threshold:
         thresholds = threshold
-        console.print(f"decoding thresholds {', '.join(f'{t:g}' for t in thresholds)} (-t)")
+        console.print(f"decoding {what}thresholds {', '.join(f'{t:g}' for t in thresholds)} (-t)")
+    elif waterz:
+        thresholds = settings.decoding.thresholds()
+        console.print(f"decoding {what}thresholds {', '.join(f'{t:g}' for t in thresholds)} from "
+                      f"decoding.waterz.thresholds", highlight=False)
     else:
         thresholds = [settings.decoding.threshold]
         source = run.sources.get("decoding.threshold", "the default")
@@ -418,12 +437,46 @@ def decode(
     block = parse_triple(chunks, "--chunks") if chunks else None
     mask = mask or settings.decoding.affinity_mask_path
     preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
+    if gt:
+        from nisbflow.data.volumes import open_volume
+
+        open_volume(gt, role="ground truth", ndims=(3,))  # a missing ground truth fails before any decoding
+    options = None
+    if waterz:
+        from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+
+        options = WaterzOptions.from_config(settings.decoding)
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         counts = decode_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=block, backend=backend,
-                                overwrite=overwrite, force=force, config=run, log=console.print, check_values=False)
-    for value, n in counts.items():
-        where = output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
-        console.print(f"threshold {value:g}: {n} segments → {where}")
+                                overwrite=overwrite, force=force, config=run, log=console.print, check_values=False,
+                                method=settings.decoding.method, waterz=options)
+        graph = counts.pop("graph", None)
+        if graph:
+            console.print(f"region adjacency graph: {graph['fragments']:,} fragments, {graph['edges']:,} edges")
+        rows = []
+        for value, n in counts.items():
+            where = output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
+            console.print(f"threshold {value:g}: {n} segments → {where}")
+            if gt:
+                from nisbflow.data.volumes import open_volume
+                from nisbflow.evaluate import dense_metrics
+
+                rows.append((value, n, dense_metrics(open_volume(gt, role="ground truth", ndims=(3,)),
+                                                     open_volume(where, role="segmentation", ndims=(3,)),
+                                                     progress=True)))
+    if rows:
+        console.print(_dense_table(rows, gt))
+
+
+def _dense_table(rows, gt: str) -> Table:
+    """Adapted Rand error and VOI of each threshold's segmentation against dense ground truth."""
+    table = Table(title=f"dense metrics against {gt}")
+    for column in ("threshold", "segments", "adapted Rand error", "VOI split", "VOI merge", "VOI sum"):
+        table.add_column(column, justify="right")
+    for value, n, dense in rows:
+        table.add_row(f"{value:g}", f"{n:,}", f"{dense.adapted_rand_error:.4f}", f"{dense.voi_split:.4f}",
+                      f"{dense.voi_merge:.4f}", f"{dense.voi_split + dense.voi_merge:.4f}")
+    return table
 
 
 @app.command()
@@ -742,7 +795,8 @@ def test_command(
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides."),
 ):
     """Infer → decode → evaluate on data.test.path / data.test.skeleton, writing affinities.zarr,
-    segmentation.zarr and metrics.json under <save_path>/<timestamp>/."""
+    segmentation.zarr and metrics.json under <save_path>/<timestamp>/. Decodes with decoding.method: cc at
+    decoding.threshold, or waterz at each of decoding.waterz.thresholds (one table each)."""
     from nisbflow.evaluate.report import metrics_table
     from nisbflow.pipeline import run_test
     from nisbflow.settings import resolve_settings
@@ -753,7 +807,10 @@ def test_command(
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         folder, result = run_test(run, run.checkpoint, block=block)
-    console.print(metrics_table(result, title=f"{settings.data.test.path}: threshold {settings.decoding.threshold:g}"))
+    method = "waterz threshold" if settings.decoding.method == "waterz" else "threshold"
+    results = result if isinstance(result, dict) else {settings.decoding.thresholds()[0]: result}
+    for value, one in results.items():
+        console.print(metrics_table(one, title=f"{settings.data.test.path}: {method} {value:g}"))
     console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
 
 
@@ -774,7 +831,8 @@ def tune(
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value configuration overrides, e.g. "
                                                                "tune.sampler=grid tune.n_trials=8."),
 ):
-    """Optuna search of decoding.threshold on the validation seed (data.val), maximising NERL.
+    """Optuna search of decoding.threshold on the validation seed (data.val), maximising NERL; with
+    decoding.method=waterz, of the agglomeration threshold (tune.waterz_threshold, default 0.1–0.7 step 0.1).
 
     Infers the validation affinities once (cached), then each trial decodes block-wise and scores NERL. Defaults:
     TPE with 4 random startup trials, 4 trials, threshold 0.4–0.9 step 0.1; tune.sampler=grid scores the whole grid

@@ -18,14 +18,18 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
              threshold: float | None = None, overwrite: bool = False, log=None) -> tuple[Path, object]:
     """Run the pipeline on ``data.test``; returns ``(output folder, NerlResult)``. Uses the current Dask client.
 
+    Decodes with ``decoding.method``; agglomeration (``waterz``) decodes every one of ``decoding.waterz.thresholds``
+    from one pass, and with several the result is ``{threshold: NerlResult}`` (metrics.json: the first threshold's
+    metrics, and all of them under ``by_threshold``).
+
     ``config``: the run's :class:`~nisbflow.settings.RunSettings` (from :func:`~nisbflow.settings.resolve_settings`),
     a resolved :class:`~nisbflow.config.Config`, or None for the checkpoint's own settings. ``threshold`` overrides
-    ``decoding.threshold``. ``log``: where to print the resolved settings (None: not printed).
+    the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the resolved settings (None: not printed).
     """
     import zarr
 
     from nisbflow.data import open_seed
-    from nisbflow.decode import decode_to_zarr
+    from nisbflow.decode import decode_to_zarr, threshold_array_name
     from nisbflow.evaluate import nerl
     from nisbflow.evaluate.report import write_json
     from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr
@@ -40,9 +44,9 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     if not skeleton:
         raise ConfigError(f"no skeleton for {config.data.test.path}: set data.test.skeleton")
     if threshold is not None:
-        config = config.model_copy(update={"decoding": config.decoding.model_copy(update={"threshold": threshold})})
-        run = type(run)(config, run.checkpoint, dict(run.sources, **{"decoding.threshold": "tuned on data.val"}),
-                        run.notes)
+        config = config.model_copy(update={"decoding": config.decoding.with_threshold(threshold)})
+        key = "decoding.waterz.thresholds" if config.decoding.method == "waterz" else "decoding.threshold"
+        run = type(run)(config, run.checkpoint, dict(run.sources, **{key: "tuned on data.val"}), run.notes)
     if log is not None:
         for line in run.describe():
             log(line)
@@ -53,15 +57,27 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, run.checkpoint, config=run, block=block or DEFAULT_BLOCK,
                   progress=progress, overwrite=overwrite)
     segmentation = folder / "segmentation.zarr"
-    decode_to_zarr(affinities, segmentation, thresholds=[config.decoding.threshold],
-                   mask=config.decoding.affinity_mask_path, backend=config.decoding.backend, progress=progress,
-                   config=run, overwrite=overwrite)
-    result = nerl(zarr.open_array(array_url(segmentation), mode="r"), skeleton, voxel_size=config.data.voxel_size,
-                  merge_threshold=config.evaluation.merge_threshold, progress=progress)
-    write_json(folder / "metrics.json", result, checkpoint=run.checkpoint.name,
-               checkpoint_sha256=run.checkpoint.sha256, threshold=config.decoding.threshold,
-               test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record())
-    return folder, result
+    thresholds = config.decoding.thresholds()
+    waterz = None
+    if config.decoding.method == "waterz":
+        from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+
+        waterz = WaterzOptions.from_config(config.decoding)
+    decode_to_zarr(affinities, segmentation, thresholds=thresholds, mask=config.decoding.affinity_mask_path,
+                   backend=config.decoding.backend, progress=progress, config=run, overwrite=overwrite,
+                   method=config.decoding.method, waterz=waterz)
+    results = {}
+    for value in thresholds:
+        array = segmentation if len(thresholds) == 1 else segmentation / threshold_array_name(value)
+        results[value] = nerl(zarr.open_array(array_url(array), mode="r"), skeleton,
+                              voxel_size=config.data.voxel_size, merge_threshold=config.evaluation.merge_threshold,
+                              progress=progress)
+    first = results[thresholds[0]]
+    extra = {"by_threshold": {f"{t:g}": r.to_dict() for t, r in results.items()}} if len(results) > 1 else {}
+    write_json(folder / "metrics.json", first, checkpoint=run.checkpoint.name,
+               checkpoint_sha256=run.checkpoint.sha256, method=config.decoding.method, threshold=thresholds[0],
+               test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record(), **extra)
+    return (folder, first) if len(results) == 1 else (folder, results)
 
 
 @dataclass

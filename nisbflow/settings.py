@@ -63,7 +63,8 @@ class RunSettings:
         checkpoint's name and hash. ``decode`` reads ``decoding.threshold`` back from it."""
         return {
             "inference": self.config.inference.model_dump(mode="json"),
-            "decoding": {"threshold": self.config.decoding.threshold},
+            "decoding": ({"method": "waterz", "waterz": self.config.decoding.waterz.model_dump(mode="json")}
+                         if self.config.decoding.method == "waterz" else {"threshold": self.config.decoding.threshold}),
             "checkpoint": None if self.checkpoint is None else self.checkpoint.name,
             "checkpoint_sha256": None if self.checkpoint is None else self.checkpoint.sha256,
             "sources": {key: self.sources.get(key, "default") for key in SHOWN_KEYS},

@@ -179,6 +179,7 @@ def without_derived_paths(tree: dict) -> dict:
     tune = tree.get("tune") or {}
     if tune.get("storage") == f"sqlite:///{tree.get('save_path')}/tune.sqlite3":
         tune["storage"] = None
-    if tune.get("study_name") == f"{tree.get('experiment_name')}_cc_tuning":
+    method = (tree.get("decoding") or {}).get("method", "cc")
+    if tune.get("study_name") == f"{tree.get('experiment_name')}_{method}_tuning":
         tune["study_name"] = None
     return tree

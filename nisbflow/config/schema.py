@@ -204,12 +204,68 @@ class InferenceConfig(_Section):
         return self
 
 
+WATERZ_SCORING_NAMES = ("mean_aff",) + tuple(f"aff{q}_his256" for q in range(10, 100, 5))
+"""waterz scoring functions by PyTorch Connectomics' names (all precompiled in waterz's wheels)."""
+
+
+class WaterzConfig(_Section):
+    """``decoding.method: waterz``: watershed fragments, then greedy agglomeration (the waterz package)."""
+
+    thresholds: list[float] = Field(default_factory=lambda: [0.3], min_length=1,
+                                    description="Agglomeration thresholds in [0, 1]: merge while the cheapest edge "
+                                                "scores below one. Several are decoded from one pass.")
+    scoring: str = Field("aff85_his256", description="Edge scoring function: mean_aff, or affQ_his256 (Q = 10, 15, "
+                                                     "…, 95: one minus the Q-th percentile of the edge's affinities, "
+                                                     "PyTorch Connectomics' names).")
+    aff_low: float = Field(0.0001, ge=0, le=1, description="Watershed: voxels whose strongest edge is at most this "
+                                                           "are background.")
+    aff_high: float = Field(0.9999, ge=0, le=1, description="Watershed: edges of at least this join their voxels.")
+    context: int = Field(8, ge=0, description="Block-wise only: voxels of affinities each block's watershed reads "
+                                              "beyond its write region on every side, so fragments near a block "
+                                              "face are the whole volume's.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_unit_interval(cls, values):
+        for value in values:
+            if isinstance(value, bool) or not 0 <= value <= 1:
+                raise ValueError(f"every threshold must be a number in [0, 1], got {value}")
+        return values
+
+    @field_validator("scoring")
+    @classmethod
+    def _known_scoring(cls, value):
+        if value not in WATERZ_SCORING_NAMES:
+            raise ValueError(f"unknown scoring function {value!r}: use mean_aff or affQ_his256 with Q in 10, 15, …, "
+                             "95 (e.g. aff50_his256, aff85_his256)")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.aff_low < self.aff_high:
+            raise ValueError(f"decoding.waterz.aff_low ({self.aff_low}) must be below aff_high ({self.aff_high})")
+        return self
+
+
 class DecodingConfig(_Section):
     name: Literal["decode_affinity_cc"] = "decode_affinity_cc"
+    method: Literal["cc", "waterz"] = Field("cc", description="cc: connected components of affinities > threshold "
+                                                              "(BANIS); waterz: watershed + agglomeration.")
     threshold: float = Field(0.75, ge=0, le=1, description="Hard edge: affinity > threshold (strict).")
     backend: Literal["numba", "cupy"] = "numba"
     edge_offset: Literal[0] = Field(0, description="0 = source-voxel affinity storage (BANIS); the only supported one.")
     affinity_mask_path: str | None = None
+    waterz: WaterzConfig = WaterzConfig()
+
+    def thresholds(self) -> list[float]:
+        """The thresholds the chosen method decodes at: ``[threshold]`` for cc, ``waterz.thresholds`` for waterz."""
+        return list(self.waterz.thresholds) if self.method == "waterz" else [self.threshold]
+
+    def with_threshold(self, threshold: float) -> "DecodingConfig":
+        """A copy decoding at ``threshold`` alone with the chosen method."""
+        if self.method == "waterz":
+            return self.model_copy(update={"waterz": self.waterz.model_copy(update={"thresholds": [threshold]})})
+        return self.model_copy(update={"threshold": threshold})
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -240,10 +296,14 @@ class TuneConfig(_Section):
     sampler: Literal["TPE", "grid", "random"] = "TPE"
     n_startup_trials: int = Field(4, ge=0)
     n_trials: int = Field(4, gt=0)
-    threshold: ThresholdSearchConfig = ThresholdSearchConfig()
+    threshold: ThresholdSearchConfig = Field(ThresholdSearchConfig(), description="decoding.threshold's search "
+                                                                                  "range (decoding.method: cc).")
+    waterz_threshold: ThresholdSearchConfig = Field(
+        ThresholdSearchConfig(low=0.1, high=0.7, step=0.1),
+        description="decoding.waterz.thresholds' search range (decoding.method: waterz).")
     metric: Literal["nerl", "erl", "voi_sum"] = "nerl"
     direction: Literal["maximize", "minimize"] = "maximize"
-    study_name: str | None = Field(None, description="Optuna study; default <experiment_name>_cc_tuning.")
+    study_name: str | None = Field(None, description="Optuna study; default <experiment_name>_<decoding.method>_tuning.")
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite under save_path.")
     load_if_exists: bool = True
     seed: int | None = Field(0, description="Sampler seed (null: a different search every run).")
@@ -268,7 +328,7 @@ class Config(_Section):
         if self.tune.storage is None:
             object.__setattr__(self.tune, "storage", f"sqlite:///{self.save_path}/tune.sqlite3")
         if self.tune.study_name is None:
-            object.__setattr__(self.tune, "study_name", f"{self.experiment_name}_cc_tuning")
+            object.__setattr__(self.tune, "study_name", f"{self.experiment_name}_{self.decoding.method}_tuning")
         if any(c >= self.model.out_channels for c in self.inference.select_channel):
             raise ValueError(
                 f"inference.select_channel {self.inference.select_channel} must be channels of the "

@@ -38,6 +38,7 @@ from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, 
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
+from nisbflow.errors import ConfigError
 from nisbflow.progress import compute_tasks
 
 log = logging.getLogger(__name__)
@@ -362,8 +363,14 @@ def decode_to_zarr(
     config=None,
     log=None,
     check_values: bool = True,
+    method: str = "cc",
+    waterz=None,
 ) -> dict:
     """Decode a zarr array of affinities into a zarr segmentation, block by block, reading affinities once.
+
+    ``method``: ``"cc"`` (connected components, BANIS; the rest of this docstring) or ``"waterz"`` (watershed and
+    agglomeration: :func:`~nisbflow.decode.agglomerate_blockwise.agglomerate_to_zarr` with ``waterz``, a
+    :class:`~nisbflow.decode.agglomerate_blockwise.WaterzOptions`; ``backend`` does not apply).
 
     ``affinities``: path or URL of a ``(C, X, Y, Z)`` float16/float32 zarr array (C = 3 or 6, channels 0..2 the
     short-range x, y, z edges; checked by :func:`~nisbflow.decode.kernel.open_affinities`). ``output``: one
@@ -382,6 +389,14 @@ def decode_to_zarr(
     """
     from nisbflow.blocks import StagedRun, default_log
 
+    if method == "waterz":
+        from nisbflow.decode.agglomerate_blockwise import WaterzOptions, agglomerate_to_zarr
+
+        return agglomerate_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=chunks,
+                                   options=waterz or WaterzOptions(), overwrite=overwrite, force=force,
+                                   progress=progress, config=config, log=log, check_values=check_values)
+    if method != "cc":
+        raise ConfigError(f"decoding.method / --method must be cc or waterz, got {method!r}")
     log = log or default_log
     thresholds = check_thresholds(thresholds)
     check_backend(backend)
@@ -425,12 +440,17 @@ def decode_to_zarr(
 SEGMENTATION_DESCRIPTION = "neuron segmentation: connected components of affinities > threshold, 0 = background"
 
 
-def _segmentation_attrs(source, affinities, mask, config, recorded, thresholds, run_id, **extra) -> dict:
+def _segmentation_attrs(source, affinities, mask, config, recorded, thresholds, run_id, *,
+                        description: str = SEGMENTATION_DESCRIPTION, decoding: dict | None = None, **extra) -> dict:
     """Attributes of a segmentation (or of the group of several): provenance, inputs, and for one threshold the
-    run's settings with that threshold (``nisbflow_settings``)."""
-    settings = {"nisbflow_settings": dict(recorded, decoding={"threshold": thresholds[0]})} \
-        if recorded and len(thresholds) == 1 else {}
-    return output_attrs(SEGMENTATION_DESCRIPTION, voxel_size_of(source), "xyz", config,
+    run's settings with that threshold (``nisbflow_settings``). ``decoding``: the decoding settings to record beside
+    the threshold (the method's own, for agglomeration)."""
+    if decoding and decoding.get("method") == "waterz":
+        section = dict(decoding, waterz=dict(decoding["waterz"], thresholds=[thresholds[0]]))
+    else:
+        section = dict(decoding or {}, threshold=thresholds[0])
+    settings = {"nisbflow_settings": dict(recorded, decoding=section)} if recorded and len(thresholds) == 1 else {}
+    return output_attrs(description, voxel_size_of(source), "xyz", config,
                         nisbflow_output="segmentation", nisbflow_run=run_id, affinities=str(affinities),
                         affinity_mask=None if mask is None else str(mask), thresholds=list(thresholds), **extra,
                         **settings)

@@ -112,7 +112,8 @@ def _metric(result, name: str) -> float:
     return float(getattr(result, name))
 
 
-def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: float, metric: str, title: str = "") -> None:
+def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: float, metric: str, title: str = "",
+                         xlabel: str = "decoding threshold (hard edge: affinity > threshold)") -> None:
     """PNG of the metric against the decoding threshold, the best threshold marked."""
     import matplotlib
 
@@ -123,7 +124,7 @@ def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: floa
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(thresholds, [curve[t] for t in thresholds], "o-")
     axis.axvline(best, color="grey", linewidth=0.8, label=f"best {best:g}")
-    axis.set_xlabel("decoding threshold (hard edge: affinity > threshold)")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel(metric.upper() if metric != "voi_sum" else "VOI sum (bits)")
     axis.set_title(title)
     axis.legend()
@@ -132,17 +133,30 @@ def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: floa
     plt.close(figure)
 
 
-def _record_grid_trials(study, tune_config, scorer, thresholds) -> None:
+def _search_range(config):
+    """The threshold range searched: ``tune.threshold`` for connected components, ``tune.waterz_threshold`` for
+    agglomeration (``decoding.method``)."""
+    return config.tune.waterz_threshold if config.decoding.method == "waterz" else config.tune.threshold
+
+
+def _waterz_options(config):
+    if config.decoding.method != "waterz":
+        return None
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+
+    return WaterzOptions.from_config(config.decoding)
+
+
+def _record_grid_trials(study, search, metric: str, scorer, thresholds) -> None:
     """Add one finished trial per threshold, with its exact grid value (0.7, not Optuna's 0.7000000000000001)."""
     import optuna
 
-    distribution = optuna.distributions.FloatDistribution(tune_config.threshold.low, tune_config.threshold.high,
-                                                          step=tune_config.threshold.step)
+    distribution = optuna.distributions.FloatDistribution(search.low, search.high, step=search.step)
     for threshold in thresholds:
         result = scorer.score(threshold)
         study.add_trial(optuna.trial.create_trial(
             params={"threshold": threshold}, distributions={"threshold": distribution},
-            value=_metric(result, tune_config.metric), user_attrs=_trial_attrs(result, scorer.segments[threshold])))
+            value=_metric(result, metric), user_attrs=_trial_attrs(result, scorer.segments[threshold])))
 
 
 def _trial_attrs(result, segments: int) -> dict:
@@ -153,6 +167,9 @@ def _trial_attrs(result, segments: int) -> dict:
 def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
          log=print) -> TuneResult:
     """Search ``decoding.threshold`` on ``data.val`` with Optuna; write ``best.yaml`` and a threshold curve PNG.
+
+    With ``decoding.method: waterz`` the agglomeration threshold is searched instead (``tune.waterz_threshold``;
+    best.yaml then sets ``decoding.waterz.thresholds``), each trial decoding with ``decoding.waterz``'s scoring.
 
     ``config``: the run's :class:`~nisbflow.settings.RunSettings` (or a resolved Config; None: the checkpoint's
     own settings). Uses the current Dask client for inference and decoding. ``out_dir`` defaults to
@@ -173,7 +190,8 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     tune_config = config.tune
     out = Path(out_dir) if out_dir else Path(config.save_path) / "tune"
     out.mkdir(parents=True, exist_ok=True)
-    grid = threshold_grid(tune_config.threshold.low, tune_config.threshold.high, tune_config.threshold.step)
+    search = _search_range(config)
+    grid = threshold_grid(search.low, search.high, search.step)
     study = open_study(tune_config, grid)
     marked = mark_interrupted_trials_failed(study)
     if marked:
@@ -182,7 +200,8 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     scorer = ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
                              merge_threshold=config.evaluation.merge_threshold,
                              mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
-                             scratch=out / "scratch", progress=False)
+                             scratch=out / "scratch", progress=False, method=config.decoding.method,
+                             waterz=_waterz_options(config))
     from optuna.trial import TrialState
 
     done = {threshold_key(t.params["threshold"]) for t in study.get_trials(states=(TrialState.COMPLETE,))
@@ -192,13 +211,12 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
         if todo:  # one multi-threshold decoding pass scores the whole remaining grid
             log(f"grid: scoring {len(todo)} thresholds not yet in the study from one decoding pass")
             scorer.score_many(todo)
-            _record_grid_trials(study, tune_config, scorer, todo)
+            _record_grid_trials(study, search, tune_config.metric, scorer, todo)
         else:
             log("the threshold grid is already complete in this study")
     else:
         def objective(trial) -> float:
-            threshold = threshold_key(trial.suggest_float("threshold", tune_config.threshold.low,
-                                                          tune_config.threshold.high, step=tune_config.threshold.step))
+            threshold = threshold_key(trial.suggest_float("threshold", search.low, search.high, step=search.step))
             result = scorer.score(threshold)
             for name, value in _trial_attrs(result, scorer.segments[threshold]).items():
                 trial.set_user_attr(name, value)
@@ -219,10 +237,14 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     header = (f"# nisbflow tune: best {tune_config.metric} {best.value:.4f} on {config.data.val.path} "
               f"(study {tune_config.study_name}, {len(completed)} completed trials, checkpoint {run.checkpoint.name}, "
               f"sha256 {run.checkpoint.sha256})\n")
-    params_path.write_text(header + yaml.safe_dump({"decoding": {"threshold": best_threshold}}, sort_keys=False))
+    best_params = ({"decoding": {"method": "waterz", "waterz": {"thresholds": [best_threshold]}}}
+                   if config.decoding.method == "waterz" else {"decoding": {"threshold": best_threshold}})
+    params_path.write_text(header + yaml.safe_dump(best_params, sort_keys=False))
     plot_path = out / "threshold_curve.png"
     plot_threshold_curve(plot_path, curve, best_threshold, tune_config.metric,
-                         title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold")
+                         title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold",
+                         **({"xlabel": f"agglomeration threshold ({config.decoding.waterz.scoring})"}
+                            if config.decoding.method == "waterz" else {}))
     return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
                       tune_config.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
                       affinities, details=dict(best.user_attrs))

@@ -30,7 +30,9 @@ def threshold_grid(low: float, high: float, step: float) -> list[float]:
 
 
 class ThresholdScorer:
-    """NERL (and every other skeleton metric) of ``decode_affinity_cc(affinities, threshold)`` for any threshold.
+    """NERL (and every other skeleton metric) of ``decode_affinity_cc(affinities, threshold)`` (or, with
+    ``method="waterz"``, of the agglomeration at ``threshold`` with ``waterz``'s
+    :class:`~nisbflow.decode.agglomerate_blockwise.WaterzOptions`) for any threshold.
 
     ``affinities``: zarr array path ``(C≥3, X, Y, Z)`` float16/float32. ``skeleton``: NISB ``skeleton.pkl``.
     ``voxel_size``: nm, X, Y, Z. Decoding runs on the current Dask client (or the local scheduler); segmentations
@@ -39,10 +41,12 @@ class ThresholdScorer:
     """
 
     def __init__(self, affinities: str | Path, skeleton: str | Path, *, voxel_size=(9, 9, 20), merge_threshold=1,
-                 mask=None, backend: str = "numba", scratch: str | Path | None = None, progress: bool = False):
+                 mask=None, backend: str = "numba", scratch: str | Path | None = None, progress: bool = False,
+                 method: str = "cc", waterz=None):
         self.affinities, self.skeleton = str(affinities), str(skeleton)
         self.voxel_size, self.merge_threshold = tuple(voxel_size), merge_threshold
         self.mask, self.backend, self.progress = mask, backend, progress
+        self.method, self.waterz = method, waterz
         self.scratch = Path(scratch) if scratch else None
         self.results: dict[float, NerlResult] = {}
         self.segments: dict[float, int] = {}
@@ -69,7 +73,8 @@ class ThresholdScorer:
             try:
                 output = folder / "segmentation.zarr"
                 counts = decode_to_zarr(self.affinities, output, thresholds=missing, mask=self.mask,
-                                        backend=self.backend, progress=self.progress)
+                                        backend=self.backend, progress=self.progress, method=self.method,
+                                        waterz=self.waterz)
                 for value in missing:
                     array = output if len(missing) == 1 else output / threshold_array_name(value)
                     self.results[value] = nerl(zarr.open_array(array_url(array), mode="r"), self.skeleton,
