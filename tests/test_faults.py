@@ -87,6 +87,9 @@ STAGES = {
                "--workers", "2"], "out.zarr", "predict", ["out.zarr"], "blocks already done"),
     "decode": (["decode", "{data}/aff.zarr", "out.zarr", "--workers", "2"], "out.zarr", "label", ["out.zarr"],
                "blocks already labelled"),
+    "decode-waterz": (["decode", "{data}/aff.zarr", "out.zarr", "--method", "waterz", "-t", "0.3", "-t", "0.5",
+                       "--chunks", "16,16,16", "--workers", "2"], "out.zarr", "fragments",
+                      ["out.zarr/threshold-0.3", "out.zarr/threshold-0.5"], "blocks already cut into fragments"),
 }
 
 
@@ -103,6 +106,9 @@ def reference(stage: str, data: Path, folder: Path) -> dict:
         folder.mkdir()
         arguments = [a.replace("{data}", str(data)) for a in STAGES["infer"][0]]
         assert run(arguments, folder).returncode == 0
+    elif stage == "decode-waterz":
+        decode_to_zarr(str(data / "aff.zarr"), str(folder / "out.zarr"), thresholds=(0.3, 0.5), chunks=(16, 16, 16),
+                       method="waterz", progress=False)
     else:
         decode_to_zarr(str(data / "aff.zarr"), str(folder / "out.zarr"), thresholds=(0.75,), progress=False)
     return {name: read(folder / name) for name in STAGES[stage][3]}
@@ -227,6 +233,28 @@ def test_worker_killed_mid_decode(stage, function, data, tmp_path, cluster):
     kill["thread"].join()
     assert 5 <= kill["markers"] < 108  # the kill landed mid-pass
     assert np.array_equal(read(output), read(expected))
+
+
+@pytest.mark.parametrize("stage, function", [("fragments", "_fragment_task"), ("relabel-1", "_relabel_in_zarr")])
+def test_worker_killed_mid_waterz_decode(stage, function, data, tmp_path, cluster):
+    """Agglomeration decoding: a worker killed in the fragment pass or in the second threshold's relabel pass."""
+    from nisbflow.decode import decode_to_zarr
+
+    def decode(output):
+        decode_to_zarr(str(data / "aff.zarr"), str(output), thresholds=(0.3, 0.5), chunks=(16, 16, 16),
+                       method="waterz", progress=False)
+
+    expected = tmp_path / "expected.zarr"
+    decode(expected)
+    module = "nisbflow.decode.blockwise" if function == "_relabel_in_zarr" else "nisbflow.decode.agglomerate_blockwise"
+    cluster.run(_slowed, module, function, 0.05)
+    output = tmp_path / "seg.zarr"
+    kill = kill_a_worker_when(cluster, output, stage, 5)
+    decode(output)
+    kill["thread"].join()
+    assert 5 <= kill["markers"] < 108  # the kill landed mid-pass
+    for name in ("threshold-0.3", "threshold-0.5"):
+        assert np.array_equal(read(output / name), read(expected / name))
 
 
 def test_worker_killed_mid_infer(data, tmp_path, cluster):

@@ -170,3 +170,49 @@ def test_tune_test_reads_the_checkpoint_once_on_the_client(seeds, tmp_path, monk
     with dask.config.set(scheduler="synchronous"):
         tune_and_test(run, run.checkpoint, progress=False, log=lambda *_: None)
     assert len(reads) == 2, reads  # the handle, then the worker's one load of the weights
+
+
+def test_waterz_threshold_tuned_on_a_grid_then_tested_from_best_yaml(seeds, tmp_path):
+    """decoding.method=waterz: the grid searches tune.waterz_threshold, each point's NERL equals the agglomeration
+    of the cached affinities in memory (one block here) scored by nerl; best.yaml sets decoding.waterz.thresholds,
+    and nisbflow test with it decodes the test seed by agglomeration at that threshold."""
+    import json
+
+    import zarr
+
+    from nisbflow.data.volumes import array_url
+    from nisbflow.decode.agglomerate import decode_affinity_waterz
+    from nisbflow.evaluate import nerl
+
+    runner = CliRunner()
+    overrides = [f"data.val.path={seeds / 'val' / 'seed100'}", f"data.test.path={seeds / 'test' / 'seed101'}",
+                 f"save_path={tmp_path}", "tune.sampler=grid", "decoding.method=waterz",
+                 "tune.waterz_threshold.low=0.1", "tune.waterz_threshold.high=0.5", "tune.waterz_threshold.step=0.2",
+                 "tune.study_name=waterz"]
+    base = ["--checkpoint", "nisb-tiny-synthetic", "--config", "nisbflow/model/shipped/nisb_tiny_synthetic.yaml",
+            "--cluster", "sync"]
+    result = runner.invoke(app, ["tune", *base, *overrides])
+    assert result.exit_code == 0, result.output
+    assert "grid: scoring 3 thresholds" in result.output
+    affinities = zarr.open_array(array_url(tmp_path / "tune" / "val-affinities.zarr"))[...]
+    expected = {t: nerl(s, seeds / "val" / "seed100" / "skeleton.pkl", voxel_size=(9, 9, 20)).nerl
+                for t, s in zip((0.1, 0.3, 0.5), decode_affinity_waterz(affinities, (0.1, 0.3, 0.5)))}
+    import optuna
+
+    study = optuna.load_study(study_name="waterz", storage=f"sqlite:///{tmp_path}/tune.sqlite3")
+    study_curve = {t.params["threshold"]: t.value for t in study.get_trials()}
+    best = max(expected, key=expected.get)
+    for threshold, value in expected.items():
+        assert study_curve[threshold] == pytest.approx(value, abs=5e-5), (threshold, study_curve)
+    params = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())
+    assert params == {"decoding": {"method": "waterz", "waterz": {"thresholds": [best]}}}
+    tested = runner.invoke(app, ["test", *base, "--params", str(tmp_path / "tune" / "best.yaml"),
+                                 f"data.test.path={seeds / 'test' / 'seed101'}", f"save_path={tmp_path / 'test'}"])
+    assert tested.exit_code == 0, tested.output
+    assert f"waterz threshold {best:g}" in tested.output
+    [folder] = [p for p in (tmp_path / "test").iterdir() if p.is_dir()]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["method"] == "waterz" and metrics["threshold"] == best
+    [segmentation] = decode_affinity_waterz(zarr.open_array(array_url(folder / "affinities.zarr"))[...], [best])
+    assert metrics["nerl"] == pytest.approx(nerl(segmentation, seeds / "test" / "seed101" / "skeleton.pkl",
+                                                 voxel_size=(9, 9, 20)).nerl)

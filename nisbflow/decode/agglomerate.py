@@ -23,6 +23,7 @@ in float32), and the tests hold it to waterz on whole volumes.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import threading
@@ -131,14 +132,16 @@ _STDOUT_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _quiet_stdout():
-    """Silence waterz's C++ progress lines (``std::cout``) by pointing file descriptor 1 at /dev/null."""
+    """Silence waterz's progress lines: its C++ ``std::cout`` (file descriptor 1, pointed at /dev/null) and its
+    Python ``print`` (``sys.stdout``)."""
     with _STDOUT_LOCK:
         sys.stdout.flush()
         saved = os.dup(1)
         try:
             with open(os.devnull, "wb") as null:
                 os.dup2(null.fileno(), 1)
-            yield
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
