@@ -425,14 +425,34 @@ def _score_mean(total: float, count: int) -> float:
     return float(np.float32(1.0 - float(mean)))
 
 
-def _score_quantile(histogram: dict, quantile: int) -> float:
+def _bin_scores(bins: np.ndarray) -> np.ndarray:
+    """waterz's score of a histogram whose quantile falls in ``bins``: ``1 - (bin + 0.5) / 256``, in float32."""
+    centres = ((np.asarray(bins, dtype=np.float64) + 0.5) / HISTOGRAM_BINS).astype(np.float32)
+    return (1.0 - centres.astype(np.float64)).astype(np.float32)
+
+
+_BIN_SCORE = _bin_scores(np.arange(HISTOGRAM_BINS)).tolist()
+
+
+def _score_quantile(histogram, quantile: int) -> float:
+    if type(histogram) is int:  # an edge not merged yet: one value, its maximum bin
+        return _BIN_SCORE[histogram]
     pivot = quantile * sum(histogram.values()) // 100 + 1
     cumulative = 0
     for bin_ in sorted(histogram):
         cumulative += histogram[bin_]
         if cumulative >= pivot:
             break
-    return float(np.float32(1.0 - float(np.float32((bin_ + 0.5) / HISTOGRAM_BINS))))
+    return _BIN_SCORE[bin_]
+
+
+@numba.njit(cache=True, nogil=True)
+def _queue_push_all(scores, edges, initial):
+    """Push edges 0..E-1 with scores ``initial`` one after another (as waterz does); returns the size."""
+    size = 0
+    for e in range(initial.size):
+        size = _queue_push(scores, edges, size, initial[e], e)
+    return size
 
 
 def agglomerate_graph(n_regions: int, edges: EdgeStatistics, thresholds, scoring: str | Scoring = DEFAULT_SCORING,
@@ -456,29 +476,31 @@ def agglomerate_graph(n_regions: int, edges: EdgeStatistics, thresholds, scoring
     if mean:
         stats = list(zip(edges.total.tolist(), edges.count.tolist()))
         score_of = lambda s: _score_mean(*s)  # noqa: E731
+        means = (edges.total / np.maximum(edges.count, 1)).astype(np.float32)
+        initial = (1.0 - means.astype(np.float64)).astype(np.float32)
     else:
-        stats = [{b: 1} for b in edges.max_bin.tolist()]
+        stats = edges.max_bin.astype(np.int64).tolist()  # a histogram of one value, until merged
         score_of = lambda s: _score_quantile(s, scoring.quantile)  # noqa: E731
+        initial = _bin_scores(edges.max_bin)
     neighbours: list[dict] = [dict() for _ in range(n_regions + 1)]
     for e in range(n_edges):
         neighbours[u[e]][v[e]] = e
         neighbours[v[e]][u[e]] = e
     parent = np.arange(n_regions + 1, dtype=np.int64)
-    score = [score_of(s) for s in stats]
+    score = initial.tolist()
     stale = bytearray(n_edges)
     deleted = bytearray(n_edges)
-    # every push adds at most one entry per edge beyond the first: re-scoring a stale edge pops it first
+    # the queue never holds more than one entry per edge: a stale edge is popped before it is pushed again
     queue_scores = np.empty(n_edges + 1, dtype=np.float32)
     queue_edges = np.empty(n_edges + 1, dtype=np.int64)
-    size = 0
-    for e in range(n_edges):
-        size = _queue_push(queue_scores, queue_edges, size, score[e], e)
+    size = _queue_push_all(queue_scores, queue_edges, initial)
 
     def merge_statistics(source: int, target: int) -> None:
         if mean:
             stats[target] = (stats[target][0] + stats[source][0], stats[target][1] + stats[source][1])
         else:
-            small, large = sorted((stats[source], stats[target]), key=len)
+            small, large = sorted(({stats[source]: 1} if type(stats[source]) is int else stats[source],
+                                   {stats[target]: 1} if type(stats[target]) is int else stats[target]), key=len)
             for bin_, count in small.items():
                 large[bin_] = large.get(bin_, 0) + count
             stats[target] = large
