@@ -33,22 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from decode import peak_gib, reset_peak  # benchmarks/decode.py: VmHWM of this process
+
 CC_GRID = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 WATERZ_GRID = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 CONTEXTS = [0, 2, 4, 8]
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_gib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -370,11 +370,8 @@ def face_contacts(lower_face: np.ndarray, lower_face_affinity: np.ndarray, upper
 
 
 @numba.njit(cache=True, nogil=True)
-def _queue_push(scores, edges, size, score, edge):
-    """Push onto a binary min-heap of ``scores`` exactly as libstdc++'s ``std::push_heap`` does for waterz's
-    ``std::priority_queue<…, std::greater>`` (only scores are compared, so equal scores keep its order); returns
-    the new size."""
-    hole = size
+def _sift_up(scores, edges, hole, score, edge):
+    """libstdc++'s ``__push_heap``: move the hole up past parents that score higher, then fill it."""
     while hole > 0:
         parent = (hole - 1) // 2
         if not scores[parent] > score:
@@ -384,6 +381,14 @@ def _queue_push(scores, edges, size, score, edge):
         hole = parent
     scores[hole] = score
     edges[hole] = edge
+
+
+@numba.njit(cache=True, nogil=True)
+def _queue_push(scores, edges, size, score, edge):
+    """Push onto a binary min-heap of ``scores`` exactly as libstdc++'s ``std::push_heap`` does for waterz's
+    ``std::priority_queue<…, std::greater>`` (only scores are compared, so equal scores keep its order); returns
+    the new size."""
+    _sift_up(scores, edges, size, score, edge)
     return size + 1
 
 
@@ -408,15 +413,7 @@ def _queue_pop(scores, edges, size):
         scores[hole] = scores[child - 1]
         edges[hole] = edges[child - 1]
         hole = child - 1
-    while hole > 0:
-        parent = (hole - 1) // 2
-        if not scores[parent] > value:
-            break
-        scores[hole] = scores[parent]
-        edges[hole] = edges[parent]
-        hole = parent
-    scores[hole] = value
-    edges[hole] = value_edge
+    _sift_up(scores, edges, hole, value, value_edge)
     return length
 
 
