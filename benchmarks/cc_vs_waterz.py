@@ -36,7 +36,7 @@ import numpy as np
 from decode import peak_gib, reset_peak  # benchmarks/decode.py: VmHWM of this process
 
 CC_GRID = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
-WATERZ_GRID = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+WATERZ_GRID = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 CONTEXTS = [0, 2, 4, 8]
 
 

@@ -88,7 +88,7 @@ STAGES = {
     "decode": (["decode", "{data}/aff.zarr", "out.zarr", "--workers", "2"], "out.zarr", "label", ["out.zarr"],
                "blocks already labelled"),
     "decode-waterz": (["decode", "{data}/aff.zarr", "out.zarr", "--method", "waterz", "-t", "0.3", "-t", "0.5",
-                       "--chunks", "16,16,16", "--workers", "2"], "out.zarr", "fragments",
+                       "--workers", "2"], "out.zarr", "fragments",
                       ["out.zarr/threshold-0.3", "out.zarr/threshold-0.5"], "blocks already cut into fragments"),
 }
 
@@ -107,14 +107,20 @@ def reference(stage: str, data: Path, folder: Path) -> dict:
         arguments = [a.replace("{data}", str(data)) for a in STAGES["infer"][0]]
         assert run(arguments, folder).returncode == 0
     elif stage == "decode-waterz":
-        decode_to_zarr(str(data / "aff.zarr"), str(folder / "out.zarr"), thresholds=(0.3, 0.5), chunks=(16, 16, 16),
-                       method="waterz", progress=False)
+        decode_to_zarr(str(data / "aff.zarr"), str(folder / "out.zarr"), thresholds=(0.3, 0.5), method="waterz",
+                       progress=False)
     else:
         decode_to_zarr(str(data / "aff.zarr"), str(folder / "out.zarr"), thresholds=(0.75,), progress=False)
     return {name: read(folder / name) for name in STAGES[stage][3]}
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+# The whole sequence for connected-components decoding runs in the default suite; for the other stages (the same
+# StagedRun layer under each) it runs with `make test-slow`, to keep the default suite within CI's time.
+IN_DEFAULT_SUITE = {"decode"}
+
+
+@pytest.mark.parametrize("stage", [stage if stage in IN_DEFAULT_SUITE else pytest.param(stage, marks=pytest.mark.slow)
+                                   for stage in STAGES])
 def test_interrupted_and_killed_clients_rerun_to_identical_output_and_a_second_writer_is_refused(stage, data,
                                                                                                   tmp_path):
     """Per stage: a run is interrupted (SIGINT) while a second writer on the same output is refused; the re-run
@@ -160,6 +166,7 @@ def test_interrupted_and_killed_clients_rerun_to_identical_output_and_a_second_w
     assert not staging_of(output).exists()
 
 
+@pytest.mark.slow  # SIGINT, SIGKILL and Ctrl-C to the process group run in the default suite
 def test_sigterm_is_an_interrupt(data, tmp_path):
     output = tmp_path / "seg.zarr"
     process = start(["decode", str(data / "aff.zarr"), str(output), "--workers", "2"], tmp_path)
@@ -220,7 +227,8 @@ def cluster(tmp_path):
         yield client
 
 
-@pytest.mark.parametrize("stage, function", [("label", "_label_and_store"), ("relabel-0", "_relabel_in_zarr")])
+@pytest.mark.parametrize("stage, function", [("label", "_label_and_store"),
+                                             pytest.param("relabel-0", "_relabel_in_zarr", marks=pytest.mark.slow)])
 def test_worker_killed_mid_decode(stage, function, data, tmp_path, cluster):
     from nisbflow.decode import decode_to_zarr
 
@@ -235,7 +243,8 @@ def test_worker_killed_mid_decode(stage, function, data, tmp_path, cluster):
     assert np.array_equal(read(output), read(expected))
 
 
-@pytest.mark.parametrize("stage, function", [("fragments", "_fragment_task"), ("relabel-1", "_relabel_in_zarr")])
+@pytest.mark.parametrize("stage, function", [("fragments", "_fragment_task"),
+                                             pytest.param("relabel-1", "_relabel_in_zarr", marks=pytest.mark.slow)])
 def test_worker_killed_mid_waterz_decode(stage, function, data, tmp_path, cluster):
     """Agglomeration decoding: a worker killed in the fragment pass or in the second threshold's relabel pass."""
     from nisbflow.decode import decode_to_zarr

@@ -42,6 +42,7 @@ def nisbflow(*arguments, cwd):
     return result
 
 
+@pytest.mark.slow  # about a minute with a moto S3 server; `make test-slow` runs it (memory:// and file:// in default)
 def test_the_pipeline_on_s3_equals_the_same_work_on_local_copies(s3_server, tmp_path):
     from nisbflow.decode import decode_to_zarr
     from nisbflow.evaluate import nerl
