@@ -132,17 +132,17 @@ def interrupted_message(error: KeyboardInterrupt) -> str:
 
 
 def _terminate_as_interrupt():
-    """Make SIGTERM (a batch system's or container's stop) behave like Ctrl-C; returns the previous handler."""
+    """Make SIGTERM (a batch system's or container's stop) behave like Ctrl-C, and both remembered
+    (:data:`nisbflow.progress.INTERRUPTED`); returns the previous handlers."""
     import signal
     import threading
 
+    from nisbflow.progress import INTERRUPTED, interrupt_requested
+
     if threading.current_thread() is not threading.main_thread():
         return None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, interrupt)
+    INTERRUPTED.clear()
+    return {number: signal.signal(number, interrupt_requested) for number in (signal.SIGINT, signal.SIGTERM)}
 
 
 def friendly_errors(command):
@@ -170,8 +170,8 @@ def friendly_errors(command):
             _error(one_line(error))
             raise typer.Exit(code=2) from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for number, handler in (previous or {}).items():
+                signal.signal(number, handler)
 
     return wrapper
 
@@ -441,11 +441,9 @@ def decode(
         from nisbflow.data.volumes import open_volume
 
         open_volume(gt, role="ground truth", ndims=(3,))  # a missing ground truth fails before any decoding
-    options = None
-    if waterz:
-        from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
 
-        options = WaterzOptions.from_config(settings.decoding)
+    options = WaterzOptions.from_config(settings.decoding)
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         counts = decode_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=block, backend=backend,
                                 overwrite=overwrite, force=force, config=run, log=console.print, check_values=False,

@@ -24,12 +24,14 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
 
     ``config``: the run's :class:`~nisbflow.settings.RunSettings` (from :func:`~nisbflow.settings.resolve_settings`),
     a resolved :class:`~nisbflow.config.Config`, or None for the checkpoint's own settings. ``threshold`` overrides
-    the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the resolved settings (None: not printed).
+    the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the
+    resolved settings (None: not printed).
     """
     import zarr
 
     from nisbflow.data import open_seed
     from nisbflow.decode import decode_to_zarr, threshold_array_name
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
     from nisbflow.evaluate import nerl
     from nisbflow.evaluate.report import write_json
     from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr
@@ -58,14 +60,9 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
                   progress=progress, overwrite=overwrite)
     segmentation = folder / "segmentation.zarr"
     thresholds = config.decoding.thresholds()
-    waterz = None
-    if config.decoding.method == "waterz":
-        from nisbflow.decode.agglomerate_blockwise import WaterzOptions
-
-        waterz = WaterzOptions.from_config(config.decoding)
     decode_to_zarr(affinities, segmentation, thresholds=thresholds, mask=config.decoding.affinity_mask_path,
                    backend=config.decoding.backend, progress=progress, config=run, overwrite=overwrite,
-                   method=config.decoding.method, waterz=waterz)
+                   method=config.decoding.method, waterz=WaterzOptions.from_config(config.decoding))
     results = {}
     for value in thresholds:
         array = segmentation if len(thresholds) == 1 else segmentation / threshold_array_name(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Sequence
 
 import dask
@@ -26,8 +27,19 @@ def current_client():
         return None
 
 
-DRAIN_SECONDS = 8.0
+DRAIN_SECONDS = 5.0
 """How long an interrupted computation waits for tasks already running on workers (their writes) to end."""
+
+INTERRUPTED = threading.Event()
+"""Set by the command line's SIGINT/SIGTERM handler (:func:`interrupt_requested`). A ``KeyboardInterrupt`` raised
+while the main thread runs a finalizer (a future's ``__del__``, a weakref callback) is printed and dropped by
+Python; :func:`compute_tasks` checks this flag between finished tasks, so such an interrupt still stops the run."""
+
+
+def interrupt_requested(signum=None, frame=None):
+    """Signal handler for commands: remember the interrupt, then raise ``KeyboardInterrupt`` as Python's own does."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
 
 
 def _executing(dask_worker) -> int:
@@ -57,14 +69,22 @@ def stop_and_drain(client, futures, timeout: float = DRAIN_SECONDS) -> bool:
             future.release()
     except Exception:
         return False
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not any(client.run(_executing, on_error="ignore").values()):
-                return True
-        except Exception:
-            return False
-        time.sleep(0.1)
+    with ThreadPoolExecutor(1) as pool:  # a worker busy holding its GIL must not hold the client past the deadline
+        while time.monotonic() < deadline:
+            asked = pool.submit(client.run, _executing, on_error="ignore")
+            try:
+                if not any(asked.result(timeout=max(0.0, deadline - time.monotonic())).values()):
+                    return True
+            except Timeout:
+                pool.shutdown(wait=False, cancel_futures=True)
+                return False
+            except Exception:
+                return False
+            time.sleep(0.1)
     return False
 
 
@@ -89,6 +109,8 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
             results = futures[:len(tasks)]
             try:
                 for _ in as_completed(futures if track is None else futures[len(tasks):]):
+                    if INTERRUPTED.is_set():  # an interrupt whose KeyboardInterrupt a finalizer swallowed
+                        raise KeyboardInterrupt
                     bar.advance(task)
                 return client.gather(results)
             except KeyboardInterrupt:

@@ -65,8 +65,11 @@ class WaterzOptions:
     context: int = DEFAULT_CONTEXT
 
     @classmethod
-    def from_config(cls, decoding) -> "WaterzOptions":
-        """The options of a :class:`~nisbflow.config.schema.DecodingConfig`'s ``waterz`` section."""
+    def from_config(cls, decoding) -> "WaterzOptions | None":
+        """The options of a :class:`~nisbflow.config.schema.DecodingConfig`'s ``waterz`` section, or None when its
+        ``method`` is not ``waterz`` (what :func:`~nisbflow.decode.blockwise.decode_to_zarr`'s ``waterz`` takes)."""
+        if decoding.method != "waterz":
+            return None
         section = decoding.waterz
         return cls(section.scoring, section.aff_low, section.aff_high, section.context)
 

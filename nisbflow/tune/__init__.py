@@ -139,14 +139,6 @@ def _search_range(config):
     return config.tune.waterz_threshold if config.decoding.method == "waterz" else config.tune.threshold
 
 
-def _waterz_options(config):
-    if config.decoding.method != "waterz":
-        return None
-    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
-
-    return WaterzOptions.from_config(config.decoding)
-
-
 def _record_grid_trials(study, search, metric: str, scorer, thresholds) -> None:
     """Add one finished trial per threshold, with its exact grid value (0.7, not Optuna's 0.7000000000000001)."""
     import optuna
@@ -177,6 +169,7 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     sampler) are decoded in one pass and added as trials with their exact grid values.
     """
     from nisbflow.data import open_seed
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -201,7 +194,7 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
                              merge_threshold=config.evaluation.merge_threshold,
                              mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
                              scratch=out / "scratch", progress=False, method=config.decoding.method,
-                             waterz=_waterz_options(config))
+                             waterz=WaterzOptions.from_config(config.decoding))
     from optuna.trial import TrialState
 
     done = {threshold_key(t.params["threshold"]) for t in study.get_trials(states=(TrialState.COMPLETE,))
