@@ -234,6 +234,19 @@ FORCE_HELP = "Replace an existing output that nisbflow did not write (never an i
 OVERWRITE_HELP = "Replace an existing output of the same kind that nisbflow wrote."
 
 
+def parse_thresholds(values: list[str]) -> list[float]:
+    """``-t`` values, each one number or several separated by commas, as floats (range-checked by the caller)."""
+    numbers = []
+    for text in values:
+        for part in text.split(","):
+            try:
+                numbers.append(float(part))
+            except ValueError:
+                raise typer.BadParameter(f"-t / --threshold takes numbers in [0, 1] (several: -t 0.3,0.5), got "
+                                         f"'{text}'") from None
+    return numbers
+
+
 def parse_triple(text: str, name: str, kind=int) -> tuple:
     """Parse ``"X,Y,Z"`` into three numbers, with an error that names the option."""
     try:
@@ -374,10 +387,13 @@ def decode(
     affinities: str = typer.Argument(..., help="Affinities zarr array, (C, X, Y, Z) float16/float32 with C = 3 or 6, e.g. pred.zarr/affinities."),
     output: str = typer.Argument(..., help="Segmentation zarr to write: an (X, Y, Z) array, or a group of "
                                            "threshold-T arrays when several thresholds are given."),
-    threshold: Optional[List[float]] = typer.Option(None, "--threshold", "-t", help="Hard edge: affinity > threshold. "
-                                                    "Repeat for several at once. Default: decoding.threshold as "
-                                                    "resolved: --config/--params/KEY=VALUE, else the one the "
-                                                    "affinities record (the model's tuned value), else 0.75."),
+    threshold: Optional[List[str]] = typer.Option(None, "--threshold", "-t", metavar="T[,T...]",
+                                                  help="cc: hard edge at affinity > T; waterz: merge while the "
+                                                  "cheapest edge scores below T. Several at once: repeat -t or "
+                                                  "separate with commas (-t 0.3,0.5). Default: decoding.threshold "
+                                                  "(cc) as resolved: --config/--params/KEY=VALUE, else the one the "
+                                                  "affinities record (the model's tuned value), else 0.75; "
+                                                  "decoding.waterz.thresholds (waterz)."),
     chunks: Optional[str] = typer.Option(None, help="Block and output chunk size X,Y,Z (default: the affinities' chunks)."),
     cluster: Optional[str] = typer.Option(None, help="local | dask-cuda | slurm | sync | tcp://scheduler:8786 "
                                                      "(default: $DASK_SCHEDULER_ADDRESS if set, else system.cluster)."),
@@ -422,7 +438,7 @@ def decode(
     waterz = settings.decoding.method == "waterz"
     what = f"waterz ({settings.decoding.waterz.scoring}) " if waterz else ""
     if threshold:
-        thresholds = threshold
+        thresholds = parse_thresholds(threshold)
         console.print(f"decoding {what}thresholds {', '.join(f'{t:g}' for t in thresholds)} (-t)")
     elif waterz:
         thresholds = settings.decoding.thresholds()
