@@ -459,13 +459,13 @@ def agglomerate_graph(n_regions: int, edges: EdgeStatistics, thresholds,
     ``n_regions``: regions are 1..n_regions (0 is background and never merges); ``edges``: one row per adjacent
     pair. The cheapest edge merges first, its larger region into its smaller one (an edge's regions stay sorted, as
     in waterz's ``RegionGraph::moveEdge``, which decides the survivor of later merges and so the order of ties);
-    the merged region's edges to a shared neighbour are joined; an edge whose statistics changed keeps its old (lower) place in the
-    queue and is re-scored when it comes up, as in waterz. Merging stops at each threshold (ascending) when the
-    cheapest edge scores ``>= threshold`` (float32). The queue is libstdc++'s binary heap, reproduced, so equal
-    scores come up in waterz's order: given waterz's fragments and edge order (sorted by region pair), the result
-    is waterz's. The merging loop is Python over dicts (a numba version with typed dicts ran 3× faster but took
-    twice the memory on a 2.9 M-edge graph). Returns, per threshold in the order given, ``(n_regions + 1,) int64``: each region's representative
-    (the region it was merged into, 0 → 0).
+    the merged region's edges to a shared neighbour are joined; an edge whose statistics changed keeps its old
+    (lower) place in the queue and is re-scored when it comes up, as in waterz. Merging stops at each threshold
+    (ascending) when the cheapest edge scores ``>= threshold`` (float32). The queue is libstdc++'s binary heap,
+    reproduced, so equal scores come up in waterz's order: given waterz's fragments and edge order (sorted by region
+    pair), the result is waterz's. The merging loop is Python over dicts (a numba version with typed dicts ran 3×
+    faster but took twice the memory on a 2.9 M-edge graph). Returns, per threshold in the order given,
+    ``(n_regions + 1,) int64``: each region's representative (the region it was merged into, 0 → 0).
     """
     scoring = scoring if isinstance(scoring, Scoring) else scoring_function(scoring)
     values = check_thresholds(thresholds)
