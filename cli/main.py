@@ -387,7 +387,7 @@ def decode(
     affinities: str = typer.Argument(..., help="Affinities zarr array, (C, X, Y, Z) float16/float32 with C = 3 or 6, e.g. pred.zarr/affinities."),
     output: str = typer.Argument(..., help="Segmentation zarr to write: an (X, Y, Z) array, or a group of "
                                            "threshold-T arrays when several thresholds are given."),
-    threshold: Optional[List[str]] = typer.Option(None, "--threshold", "-t", metavar="T[,T...]",
+    threshold: Optional[List[str]] = typer.Option(None, "--threshold", "-t", metavar="FLOAT[,FLOAT...]",
                                                   help="cc: hard edge at affinity > T; waterz: merge while the "
                                                   "cheapest edge scores below T. Several at once: repeat -t or "
                                                   "separate with commas (-t 0.3,0.5). Default: decoding.threshold "

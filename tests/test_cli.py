@@ -58,7 +58,8 @@ def test_version_short_help_and_readable_types():
         assert short.output == runner.invoke(app, [*path, "--help"], terminal_width=200).output
         assert "<bool>" not in short.output and "<str>" not in short.output and "<list" not in short.output, path
     decode = runner.invoke(app, ["decode", "-h"], terminal_width=200).output
-    assert "FLOAT ..." in decode and "--config-file" in decode and "INTEGER" in decode
+    # -t repeats and takes comma-separated lists: its metavar says both
+    assert "FLOAT[,FLOAT...]" in decode and "--config-file" in decode and "INTEGER" in decode
 
 
 def test_config_file_is_an_alias_of_config(tmp_path):
