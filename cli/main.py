@@ -424,8 +424,9 @@ def decode(
     summed over blocks, one agglomeration for every threshold (-t, repeatable; default decoding.waterz.thresholds),
     then a relabel pass. The output is written under a temporary name and renamed when done; a re-run resumes.
     """
-    from nisbflow.data.volumes import open_affinities
+    from nisbflow.data.volumes import open_affinities, open_volume
     from nisbflow.decode import decode_to_zarr, threshold_array_name
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
     from nisbflow.decode.kernel import check_backend, check_thresholds
     from nisbflow.settings import recorded_settings, resolve_settings
 
@@ -453,12 +454,7 @@ def decode(
     block = parse_triple(chunks, "--chunks") if chunks else None
     mask = mask or settings.decoding.affinity_mask_path
     preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
-    if gt:
-        from nisbflow.data.volumes import open_volume
-
-        open_volume(gt, role="ground truth", ndims=(3,))  # a missing ground truth fails before any decoding
-    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
-
+    ground_truth = open_volume(gt, role="ground truth", ndims=(3,)) if gt else None  # fails before any decoding
     options = WaterzOptions.from_config(settings.decoding)
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         counts = decode_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=block, backend=backend,
@@ -471,12 +467,10 @@ def decode(
         for value, n in counts.items():
             where = output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
             console.print(f"threshold {value:g}: {n} segments → {where}")
-            if gt:
-                from nisbflow.data.volumes import open_volume
+            if ground_truth is not None:
                 from nisbflow.evaluate import dense_metrics
 
-                rows.append((value, n, dense_metrics(open_volume(gt, role="ground truth", ndims=(3,)),
-                                                     open_volume(where, role="segmentation", ndims=(3,)),
+                rows.append((value, n, dense_metrics(ground_truth, open_volume(where, role="segmentation", ndims=(3,)),
                                                      progress=True)))
     if rows:
         console.print(_dense_table(rows, gt))

@@ -20,25 +20,25 @@ watershed sees only its read region) and in the order ties are merged; docs/BENC
 
 from __future__ import annotations
 
-import io
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import dask
-import fsspec
 import numpy as np
 import zarr
 from dask.base import tokenize
 
 from nisbflow.blocks import BlockGrid, task_priority, write_marker
-from nisbflow.data.volumes import array_url, open_affinities, open_volume
+from nisbflow.data.volumes import array_url
 from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFAULT_SCORING, EdgeStatistics,
                                          agglomerate_graph, check_watershed_thresholds, clean_affinities,
-                                         face_contacts, first_voxels, fragment_order_relabel, number_regions, region_graph, scoring_function,
-                                         watershed_fragments)
-from nisbflow.decode.blockwise import LocalIdScratch, _relabel_pass, _segmentation_attrs, threshold_array_name
-from nisbflow.decode.kernel import check_mask, check_thresholds, segmentation_dtype
+                                         face_contacts, first_voxels, fragment_order_relabel, number_regions,
+                                         region_graph, scoring_function, watershed_fragments)
+from nisbflow.decode.blockwise import (LocalIdScratch, _segmentation_attrs, open_decoding_inputs, relabel_outputs,
+                                       split_run_settings)
+from nisbflow.decode.kernel import check_thresholds, segmentation_dtype
 from nisbflow.decode.stitch import SPATIAL_AXES
 from nisbflow.progress import compute_tasks
 
@@ -92,15 +92,10 @@ class FragmentScratch(LocalIdScratch):
 
     def write_block(self, block_id: int, fragments: np.ndarray, arrays: dict) -> None:
         self.write(0, block_id, fragments)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        fs, path = fsspec.core.url_to_fs(f"{self.root}/faces/{block_id}.npz.lz4")
-        fs.pipe_file(path, self.codec.encode(buffer.getvalue()))
+        self.write_arrays(block_id, arrays)
 
     def read_block(self, block_id: int) -> dict:
-        fs, path = fsspec.core.url_to_fs(f"{self.root}/faces/{block_id}.npz.lz4")
-        with np.load(io.BytesIO(self.codec.decode(fs.cat_file(path))), allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        return self.read_arrays(block_id)
 
 
 def fragment_block(affinities: np.ndarray, mask: np.ndarray | None, write_in_read, options: WaterzOptions,
@@ -223,18 +218,11 @@ def agglomerate_to_zarr(
     log = log or default_log
     thresholds = check_thresholds(thresholds)
     options = options.check()
-    source = open_affinities(affinities, log=log, sample=check_values)
-    mask_url = None
-    if mask is not None:
-        mask_source = open_volume(mask, role="affinity mask", ndims=(3,))
-        check_mask(mask_source.shape, source.shape[1:], where=f"affinity mask {mask}")
-        mask_url = array_url(mask)
+    source, _ = open_decoding_inputs(affinities, mask, log, check_values)
+    mask_url = None if mask is None else array_url(mask)
     spatial_chunks = tuple(chunks) if chunks is not None else source.chunks[1:]
     grid = BlockGrid.regular(source.shape[1:], spatial_chunks)
-    recorded = {}
-    if config is not None and hasattr(config, "record"):
-        recorded = config.record()
-        config = config.config
+    config, recorded = split_run_settings(config)
     identity = dict(method="waterz", thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks],
                     scoring=options.scoring, aff_low=options.aff_low, aff_high=options.aff_high,
                     context=int(options.context))
@@ -245,24 +233,15 @@ def agglomerate_to_zarr(
         counts = _fragment_pass(staged, scratch, array_url(affinities), mask_url, grid, options, token, progress)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         numbered, size = _agglomerate(scratch, grid, counts, offsets, thresholds, options.scoring, token, progress)
-        multiple = len(thresholds) > 1
-        description = AGGLOMERATION_DESCRIPTION.format(scoring=options.scoring)
+        numberings = [FragmentNumbering(segment_of, offsets, counts, n_segments)
+                      for segment_of, n_segments in numbered]
         settings = dict(method="waterz", waterz=dict(scoring=options.scoring, aff_low=options.aff_low,
                                                      aff_high=options.aff_high, context=int(options.context)))
-        if multiple and not staged.owns(staged.data):
-            zarr.open_group(staged.data, mode="w", zarr_format=source.metadata.zarr_format).attrs.update(
-                _segmentation_attrs(source, affinities, mask, config, recorded, thresholds, staged.run_id,
-                                    description=description, decoding=settings, region_graph=size))
-        result = {}
-        for t, (threshold, (segment_of, n_segments)) in enumerate(zip(thresholds, numbered)):
-            numbering = FragmentNumbering(segment_of, offsets, np.asarray(counts, np.int64), n_segments)
-            target = f"{staged.data}/{threshold_array_name(threshold)}" if multiple else staged.data
-            attrs = _segmentation_attrs(source, affinities, mask, config, recorded, (threshold,), staged.run_id,
-                                        description=description, decoding=settings, region_graph=size,
-                                        threshold=threshold, n_segments=n_segments)
-            _relabel_pass(staged, f"relabel-{t}", scratch, 0, target, attrs, grid, numbering,
-                          source.metadata.zarr_format, tokenize(token, threshold), progress)
-            result[threshold] = n_segments
+        attributes = functools.partial(_segmentation_attrs, source, affinities, mask, config, recorded,
+                                       run_id=staged.run_id, region_graph=size, decoding=settings,
+                                       description=AGGLOMERATION_DESCRIPTION.format(scoring=options.scoring))
+        result = relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token, progress,
+                                 ids_per_threshold=False)
     return {**result, "graph": size}
 
 

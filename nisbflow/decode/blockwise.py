@@ -178,19 +178,28 @@ class LocalIdScratch:
                 if block_labels.halo_faces[axis] is not None:
                     arrays[f"halo-{t}-{axis}"] = block_labels.halo_faces[axis]
                 arrays[f"upper-{t}-{axis}"] = block_labels.upper_faces[axis]
+        self.write_arrays(block_id, arrays)
+
+    def read_faces(self, block_id: int, summary: list[BlockLabels]) -> list[BlockLabels]:
+        """``summary`` (from a label task) with its faces read back."""
+        data = self.read_arrays(block_id)
+        return [block_labels._replace(
+            halo_faces=tuple(data.get(f"halo-{t}-{a}") for a in SPATIAL_AXES),
+            upper_faces=tuple(data[f"upper-{t}-{a}"] for a in SPATIAL_AXES))
+            for t, block_labels in enumerate(summary)]
+
+    def write_arrays(self, block_id: int, arrays: dict) -> None:
+        """One block's named arrays, as one LZ4-compressed ``.npz`` (the block's faces file)."""
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         fs, path = fsspec.core.url_to_fs(f"{self.root}/faces/{block_id}.npz.lz4")
         fs.pipe_file(path, self.codec.encode(buffer.getvalue()))
 
-    def read_faces(self, block_id: int, summary: list[BlockLabels]) -> list[BlockLabels]:
-        """``summary`` (from a label task) with its faces read back."""
+    def read_arrays(self, block_id: int) -> dict:
+        """The arrays :meth:`write_arrays` stored for block ``block_id``."""
         fs, path = fsspec.core.url_to_fs(f"{self.root}/faces/{block_id}.npz.lz4")
         with np.load(io.BytesIO(self.codec.decode(fs.cat_file(path))), allow_pickle=False) as data:
-            return [block_labels._replace(
-                halo_faces=tuple(data[f"halo-{t}-{a}"] if f"halo-{t}-{a}" in data else None for a in SPATIAL_AXES),
-                upper_faces=tuple(data[f"upper-{t}-{a}"] for a in SPATIAL_AXES))
-                for t, block_labels in enumerate(summary)]
+            return {key: data[key] for key in data.files}
 
     def blocks_present(self) -> set[int]:
         """Linear ids of blocks whose files (every threshold's local ids and the faces) are all in the scratch."""
@@ -400,21 +409,12 @@ def decode_to_zarr(
     log = log or default_log
     thresholds = check_thresholds(thresholds)
     check_backend(backend)
-    source = open_affinities(affinities, log=log, sample=check_values)
+    source, mask_source = open_decoding_inputs(affinities, mask, log, check_values)
     with dask.annotate(priority=task_priority):
         array = da.from_zarr(source)
-    mask_array = None
-    if mask is not None:
-        mask_source = open_volume(mask, role="affinity mask", ndims=(3,))
-        check_mask(mask_source.shape, source.shape[1:], where=f"affinity mask {mask}")
-        with dask.annotate(priority=task_priority):
-            mask_array = da.from_zarr(mask_source)
-    with dask.annotate(priority=task_priority):
+        mask_array = None if mask_source is None else da.from_zarr(mask_source)
         array, mask_array, grid = _prepare(array, mask_array, chunks)
-    recorded = {}
-    if config is not None and hasattr(config, "record"):  # a RunSettings: record its settings and checkpoint
-        recorded = config.record()
-        config = config.config
+    config, recorded = split_run_settings(config)
     identity = dict(thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks])
     with StagedRun(output, kind="segmentation", inputs={"affinities": affinities, "affinity mask": mask},
                    identity=identity, overwrite=overwrite, force=force, log=log) as staged:
@@ -422,18 +422,48 @@ def decode_to_zarr(
         token = tokenize(staged.run_id, thresholds, grid)
         numberings = _label_pass(_BlockInputs(array, mask_array, grid, token), thresholds, backend, scratch,
                                  progress, staged)
-        multiple = len(thresholds) > 1
-        if multiple and not staged.owns(staged.data):
-            zarr.open_group(staged.data, mode="w", zarr_format=source.metadata.zarr_format).attrs.update(
-                _segmentation_attrs(source, affinities, mask, config, recorded, thresholds, staged.run_id))
-        counts = {}
-        for t, (threshold, numbering) in enumerate(zip(thresholds, numberings)):
-            target = f"{staged.data}/{threshold_array_name(threshold)}" if multiple else staged.data
-            attrs = _segmentation_attrs(source, affinities, mask, config, recorded, (threshold,), staged.run_id,
-                                        threshold=threshold, n_segments=numbering.n_segments)
-            _relabel_pass(staged, f"relabel-{t}", scratch, t, target, attrs, grid, numbering,
-                          source.metadata.zarr_format, tokenize(token, threshold), progress)
-            counts[threshold] = numbering.n_segments
+        attributes = functools.partial(_segmentation_attrs, source, affinities, mask, config, recorded,
+                                       run_id=staged.run_id)
+        return relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token, progress,
+                               ids_per_threshold=True)
+
+
+def open_decoding_inputs(affinities, mask, log, check_values: bool) -> tuple[zarr.Array, zarr.Array | None]:
+    """The affinities (checked by :func:`~nisbflow.data.volumes.open_affinities`) and the affinity mask, if any,
+    checked to be ``(X, Y, Z)`` of the affinities' spatial shape."""
+    source = open_affinities(affinities, log=log, sample=check_values)
+    if mask is None:
+        return source, None
+    mask_source = open_volume(mask, role="affinity mask", ndims=(3,))
+    check_mask(mask_source.shape, source.shape[1:], where=f"affinity mask {mask}")
+    return source, mask_source
+
+
+def split_run_settings(config) -> tuple:
+    """``(configuration, recorded settings)``: a :class:`~nisbflow.settings.RunSettings` records its settings and
+    checkpoint in the output; a plain configuration (or None) records nothing."""
+    if config is not None and hasattr(config, "record"):
+        return config.config, config.record()
+    return config, {}
+
+
+def relabel_outputs(staged, scratch: LocalIdScratch, grid, source, thresholds, numberings, attributes, token: str,
+                    progress: bool, *, ids_per_threshold: bool) -> dict:
+    """Pass 2 for every threshold: one OME-NGFF image (a group of them for several thresholds, with
+    ``attributes(thresholds)``), each written block by block from the scratch's local ids through its numbering.
+    ``ids_per_threshold``: the scratch holds local ids per threshold (connected components), or one set for all
+    (agglomeration's fragments). Returns ``{threshold: number of segments}``."""
+    multiple = len(thresholds) > 1
+    if multiple and not staged.owns(staged.data):
+        zarr.open_group(staged.data, mode="w", zarr_format=source.metadata.zarr_format).attrs.update(
+            attributes(thresholds))
+    counts = {}
+    for t, (threshold, numbering) in enumerate(zip(thresholds, numberings)):
+        target = f"{staged.data}/{threshold_array_name(threshold)}" if multiple else staged.data
+        attrs = attributes((threshold,), threshold=threshold, n_segments=numbering.n_segments)
+        _relabel_pass(staged, f"relabel-{t}", scratch, t if ids_per_threshold else 0, target, attrs, grid, numbering,
+                      source.metadata.zarr_format, tokenize(token, threshold), progress)
+        counts[threshold] = numbering.n_segments
     return counts
 
 
