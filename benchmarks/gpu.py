@@ -219,8 +219,11 @@ def step_infer(image_path: str, checkpoint: str, work: Path, cluster: str, resul
     text = " ".join(finished.stdout.split())  # Rich wraps the summary line at the console width
     line = text[text.rfind("wrote "):] if "Mvoxel/s" in text else ""
     found = re.search(r"([\d.]+) Mvoxel/s, (\d+) windows for a grid of (\d+) \(redundancy ([\d.]+)\)", line)
-    entry = {"returncode": finished.returncode, "wall_seconds_including_cluster_start": stop - start,
-             "summary": line.strip()}
+    entry = {"extra": list(extra), "returncode": finished.returncode,
+             "wall_seconds_including_cluster_start": stop - start, "summary": line.strip()}
+    compiled = re.search(r"compiled in ([\d.]+) s", line)
+    if compiled:
+        entry["compile_warm_up_seconds"] = float(compiled[1])
     if found:
         mvoxel, computed, grid, redundancy = float(found[1]), int(found[2]), int(found[3]), float(found[4])
         voxels = np.prod(results["image_shape"])

@@ -785,7 +785,9 @@ def infer(
                                 overwrite=overwrite, force=force, log=console.print)
     console.print(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
                   f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
-                  f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})")
+                  f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})"
+                  + (f"; compiled in {summary.warm_up_seconds:.0f} s before the blocks"
+                     if summary.warm_up_seconds is not None else ""))
 
 
 @app.command("test")

@@ -13,8 +13,10 @@ dask-cuda and dask-jobqueue are imported only when asked for.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import sys
 from typing import Iterator
 
 import dask
@@ -94,11 +96,13 @@ def cluster_client(
     slurm=None,
     processes: bool = True,
     dashboard_address: str = ":0",
+    tasks_per_gpu: int = 1,
 ) -> Iterator:
     """Start (or connect to) a Dask cluster and yield its ``distributed.Client``; ``sync`` yields None.
 
     ``n_workers``: local workers (default: one per core) or SLURM jobs (default ``slurm.jobs``);
-    ``memory_limit``: per local worker, e.g. ``"1.5GiB"``; ``slurm``: a :class:`~nisbflow.config.schema.SlurmConfig`.
+    ``memory_limit``: per local worker, e.g. ``"1.5GiB"``; ``slurm``: a :class:`~nisbflow.config.schema.SlurmConfig`;
+    ``tasks_per_gpu``: the ``GPU`` resource each dask-cuda worker declares (prediction tasks ask for 1 each).
     Everything started here is closed when the block ends; a remote scheduler is only disconnected from.
     """
     check_cluster(cluster)
@@ -133,10 +137,12 @@ def cluster_client(
     elif cluster == "dask-cuda":
         dask_cuda = _import("dask_cuda", "gpu", cluster)
         with dask.config.set({**_allocator_environment(memory_limit), **_worker_preload()}):
-            # one worker per GPU, each declaring a GPU resource: prediction tasks ask for it (one block per GPU)
-            # and a few threads, so image reads and zarr writes overlap with the GPU's prediction
+            # one worker per GPU, each declaring a GPU resource: prediction tasks ask for one unit of it
+            # (``tasks_per_gpu`` blocks per GPU at once) and a few threads, so image reads and zarr writes overlap
+            # with the GPU's prediction
             made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=dashboard_address,
-                                              resources={"GPU": 1}, threads_per_worker=max(threads_per_worker, 4))
+                                              resources={"GPU": tasks_per_gpu},
+                                              threads_per_worker=max(threads_per_worker, 3 + tasks_per_gpu))
     else:  # slurm
         dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)
         if slurm is None:
@@ -148,8 +154,18 @@ def cluster_client(
             walltime=slurm.walltime, job_extra_directives=list(slurm.job_extra_directives),
             local_directory=slurm.local_directory)
         made.scale(jobs=n_workers or slurm.jobs)
-    with made, Client(made) as client:
-        yield client
+    finished = False
+    try:
+        with made, Client(made) as client:
+            yield client
+            finished = True
+    except (TimeoutError, asyncio.TimeoutError) as error:
+        if not finished:
+            raise
+        # the work is done and written; a worker slow to exit (seen with torch.compile's compile processes on a
+        # dask-cuda worker) must not turn a finished command into a failed one
+        print(f"warning: the Dask cluster did not close in time ({type(error).__name__}); the command's work had "
+              "finished and its output is complete", file=sys.stderr)
 
 
 def cluster_device(client=None) -> str | None:
@@ -199,6 +215,7 @@ def cluster_from_config(config, cluster: str | None = None, **overrides):
         memory_limit=system.memory_limit,
         slurm=system.slurm,
         dashboard_address=system.dashboard_address,
+        tasks_per_gpu=system.tasks_per_gpu,
     )
     options.update({k: v for k, v in overrides.items() if v is not None})
     return cluster_client(chosen_cluster(cluster, config), **options)

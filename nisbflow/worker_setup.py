@@ -9,6 +9,7 @@ cluster, as always.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 
@@ -24,3 +25,19 @@ def dask_teardown(worker) -> None:  # distributed's preload hook, run as the wor
     import logging
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    release_compile_workers()  # torch.compile's kernel-compiling processes would keep the worker from exiting
+
+
+def release_compile_workers() -> None:
+    """End the process pool torch.compile's inductor starts to compile GPU kernels, once compiling is done: left
+    running, its processes kept a dask-cuda worker from exiting when the cluster closed (seen on an H200: the nanny
+    killed the worker after 4 s and closing the cluster timed out after the blocks were written). A later
+    recompilation starts a new pool."""
+    if "torch._inductor.async_compile" not in sys.modules:
+        return
+    try:
+        from torch._inductor.async_compile import shutdown_compile_workers
+
+        shutdown_compile_workers()
+    except Exception:  # an inductor without this function: nothing to release
+        pass

@@ -334,3 +334,53 @@ def test_split_below_one_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="--split 0: the number of tasks per block must be at least 1"):
         infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", "nisb-tiny-synthetic", split=0, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_warm_up_compiles_only_when_the_network_is_compiled(tiny_model, tmp_path):
+    """``inference.compile``: ``auto`` compiles on CUDA only, so a CPU cluster gets no warm-up; ``warm_up`` itself
+    runs one batch through the cached model and reports its seconds."""
+    from distributed import Client, LocalCluster
+
+    from nisbflow.infer.blockwise import WindowSettings, warm_up, warm_up_workers
+
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    model = (str(tmp_path / "tiny.pt"), "warm-up-test")
+    settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=2, compile="auto")
+    assert warm_up_workers(model, settings, None) is None  # no client
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster):
+        assert warm_up_workers(model, settings, None) is None  # auto on a CPU cluster: eager, nothing to compile
+        assert warm_up_workers(model, WindowSettings(window=(32, 32, 32), compile=False), "cpu") is None
+    assert warm_up(model, settings, "cpu") > 0
+
+
+@pytest.mark.slow
+def test_compiled_warm_up_runs_on_every_worker_and_blocks_equal_eager(tiny_model, tmp_path):
+    """``inference.compile=true`` on a LocalCluster: ``warm_up_workers`` compiles on each worker process before the
+    blocks (the workers' dynamo counters show a graph), and ``infer_to_zarr`` then writes what eager writes."""
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from nisbflow.infer.blockwise import WindowSettings, infer_to_zarr, warm_up_workers
+
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    image = np.random.default_rng(4).integers(0, 256, (48, 40, 40), dtype=np.uint8)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=image, chunks=(32, 32, 32))
+    outputs = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        for compiled in (False, True):
+            settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=2, channels=(0, 1, 2),
+                                      output_dtype="float32", compile=compiled)
+            summary = infer_to_zarr(tmp_path / "img.zarr", tmp_path / f"aff-{compiled}.zarr", str(tmp_path / "tiny.pt"),
+                                    settings=settings, block=(32, 32, 40), progress=False)
+            assert (summary.warm_up_seconds is not None) == compiled
+            outputs[compiled] = zarr.open_array(array_url(tmp_path / f"aff-{compiled}.zarr"), mode="r")[...]
+
+        def graphs():
+            import torch._dynamo
+
+            return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+        assert all(n >= 1 for n in client.run(graphs).values())  # each worker process compiled
+        assert warm_up_workers((str(tmp_path / "tiny.pt"), "again"), settings, None) > 0
+    np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-5)

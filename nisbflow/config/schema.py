@@ -51,6 +51,9 @@ class SystemConfig(_Section):
     cluster: str = Field("local", description="local | dask-cuda | slurm | sync | tcp://scheduler:8786")
     memory_limit: str = Field("auto", description="Memory per local Dask worker, e.g. '4GiB'; 'auto' splits the RAM.")
     threads_per_worker: int = Field(1, gt=0, description="Threads per local Dask worker (kernels release the GIL).")
+    tasks_per_gpu: int = Field(1, gt=0, description="Prediction blocks a dask-cuda worker runs on its GPU at once "
+                               "(its GPU resource); 2 overlaps one block's upload and download with the next "
+                               "block's windows, at twice the GPU memory.")
     dashboard_address: str = Field(":0", description="Dashboard of the clusters nisbflow starts: ':0' any free "
                                    "port, ':8787' a fixed one, '127.0.0.1:8787' one interface (for SSH tunnels).")
     slurm: SlurmConfig = SlurmConfig()
@@ -173,9 +176,10 @@ class InferenceConfig(_Section):
     activation: Literal["scale_sigmoid", "sigmoid"] = "scale_sigmoid"
     select_channel: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Output channels to keep "
                                       "(0, 1, 2: the short-range affinities that decoding reads).")
-    compile: bool | Literal["auto"] = Field(False, description="torch.compile the network ('auto': on CUDA only). "
-                                            "1.5× the network's windows/s on an H100, but slower end to end in "
-                                            "nisbflow infer so far (docs/BENCHMARKS.md): off by default.")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the network ('auto': on CUDA only). "
+                                            "Compiled once per worker before the blocks (about a minute for "
+                                            "MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
+                                            "(docs/BENCHMARKS.md); false for small volumes.")
 
     @field_validator("window_size")
     @classmethod

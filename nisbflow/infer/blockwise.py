@@ -23,6 +23,7 @@ from nisbflow.blocks import BlockGrid, store_block
 from nisbflow.infer.geometry import blending_weight, read_region, window_grid, windows_for_region
 from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
 from nisbflow.progress import compute_tasks
+from nisbflow.worker_setup import release_compile_workers
 
 DEFAULT_BLOCK = (768, 768, 768)
 """Default write-region size: redundancy 1.19 on NISB's 3000×3000×1350 test cube (≤ 1.25); see docs/inference.md."""
@@ -95,51 +96,42 @@ def predict_block(piece: np.ndarray, model, read_start, write_region, windows, s
     import torch
 
     device = device or default_device()
-    total = _weighted_sum(piece, model, read_start, write_region, windows, settings, device)
-    weights = torch.from_numpy(weight_sum(write_region, windows, settings.window)).to(device)
+    total, weights = _weighted_sum(piece, model, read_start, write_region, windows, settings, device)
     return (total / weights).to(getattr(torch, settings.output_dtype)).cpu().numpy()
 
 
 def predict_block_part(piece: np.ndarray, model, read_start, write_region, windows, settings: WindowSettings,
-                       device: str | None = None) -> tuple[tuple[slice, ...], np.ndarray]:
+                       device: str | None = None) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
     """Task (``infer-predict-part``): one part of a block whose windows are split among several tasks
     (``split``): Σ prediction × weight of ``windows`` over the part of ``write_region`` they cover, ``(C, x, y, z)``
-    float32, with that part's slices (write-region coordinates). :func:`blend_parts` adds the parts of a block."""
+    float32, and Σ weight ``(x, y, z)`` float32, with that part's slices (write-region coordinates).
+    :func:`blend_parts` adds the parts of a block."""
     device = device or default_device()
     footprint = tuple(slice(max(min(s[a] for s in windows), r.start), min(max(s[a] for s in windows) + w, r.stop))
                       for a, (r, w) in enumerate(zip(write_region, settings.window)))
-    total = _weighted_sum(piece, model, read_start, footprint, windows, settings, device)
+    total, weights = _weighted_sum(piece, model, read_start, footprint, windows, settings, device)
     local = tuple(slice(f.start - r.start, f.stop - r.start) for f, r in zip(footprint, write_region))
-    return local, total.cpu().numpy()
+    return local, total.cpu().numpy(), weights.cpu().numpy()
 
 
-def blend_parts(parts, write_region, windows, settings: WindowSettings) -> np.ndarray:
-    """Task (``infer-predict-block``): the parts of one block (:func:`predict_block_part`) added and divided by the
-    weight sum of all its ``windows``; ``(C, x, y, z)`` in ``settings.output_dtype``, as :func:`predict_block`."""
+def blend_parts(parts, write_region, settings: WindowSettings) -> np.ndarray:
+    """Task (``infer-predict-block``): the parts of one block (:func:`predict_block_part`), their weighted sums and
+    weight sums each added, divided; ``(C, x, y, z)`` in ``settings.output_dtype``, as :func:`predict_block`."""
     shape = tuple(r.stop - r.start for r in write_region)
     total = np.zeros((parts[0][1].shape[0],) + shape, dtype=np.float32)
-    for local, values in parts:
+    weights = np.zeros(shape, dtype=np.float32)
+    for local, values, weight in parts:
         total[(slice(None),) + tuple(local)] += values
-    total /= weight_sum(write_region, windows, settings.window)
+        weights[tuple(local)] += weight
+    total /= weights
     return total.astype(settings.output_dtype)
 
 
-def weight_sum(region, windows, window) -> np.ndarray:
-    """``(x, y, z) float32``: the blending weights of ``windows`` (starts, padded frame) summed over ``region``."""
-    weight = blending_weight(window)
-    sums = np.zeros(tuple(r.stop - r.start for r in region), dtype=np.float32)
-    for start in windows:
-        inside = [(max(s, r.start), min(s + w, r.stop)) for s, r, w in zip(start, region, window)]
-        if any(a >= b for a, b in inside):
-            continue
-        local = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, start))
-        sums[tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, region))] += weight[local]
-    return sums
-
-
 def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSettings, device: str):
-    """Σ prediction × blending weight of ``windows`` over ``region`` (slices, padded frame): a float32 torch tensor
-    ``(C, x, y, z)`` on ``device``. Windows run in batches of ``sw_batch_size``."""
+    """Σ prediction × blending weight of ``windows`` over ``region`` (slices, padded frame) and Σ blending weight:
+    float32 torch tensors ``(C, x, y, z)`` and ``(x, y, z)`` on ``device``. Windows run in batches of
+    ``sw_batch_size``; the weights are summed on the device beside the predictions, so no host work waits on the
+    block's last batch."""
     import torch
 
     compiled = settings.compiled_on(device)
@@ -151,7 +143,7 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
     weight = torch.from_numpy(blending_weight(settings.window)).to(device)
     shape = tuple(r.stop - r.start for r in region)
     channels = None if settings.channels is None else torch.as_tensor(list(settings.channels), device=device)
-    total = None
+    total, weights = None, torch.zeros(shape, dtype=torch.float32, device=device)
     for i in range(0, len(windows), settings.sw_batch_size):
         batch = windows[i:i + settings.sw_batch_size]
         crops = torch.stack([image[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start,
@@ -170,7 +162,44 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
             local = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, start))
             target = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, region))
             total[(slice(None),) + target] += prediction[(slice(None),) + local] * weight[local]
-    return total
+            weights[target] += weight[local]
+    return total, weights
+
+
+def warm_up(model, settings: WindowSettings, device: str | None = None) -> float:
+    """Task (``infer-warm-up``): load the model on this worker (:func:`cached_model`) and run one batch of
+    ``sw_batch_size`` empty windows through :func:`_weighted_sum`, so ``torch.compile``'s compilation (about 30 s
+    for MedNeXt-S) and cuDNN's set-up are done before the first block. Returns the seconds it took."""
+    import torch
+
+    device = device or default_device()
+    start = time.perf_counter()
+    window = settings.window
+    _weighted_sum(np.zeros(window, dtype=np.uint8), model, (0, 0, 0), tuple(slice(0, w) for w in window),
+                  [(0, 0, 0)], settings, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    release_compile_workers()
+    return time.perf_counter() - start
+
+
+def warm_up_workers(model, settings: WindowSettings, device: str | None, log=None) -> float | None:
+    """Run :func:`warm_up` once on every worker of the current Dask client when the network is compiled
+    (``inference.compile``), so compilation is neither inside a block's task nor in the measured throughput.
+    Returns the slowest worker's seconds, or None when nothing was compiled or there is no client."""
+    from nisbflow.progress import current_client
+
+    client = current_client()
+    if client is None or not settings.compiled_on(device or ""):
+        return None
+    workers = list(client.scheduler_info().get("workers", {}))
+    if log is not None:
+        log(f"compiling the network (inference.compile) on {len(workers)} worker(s)")
+    futures = [client.submit(warm_up, model, settings, device, workers=[address], allow_other_workers=False,
+                             pure=False, key=f"infer-warm-up-{i}-{dask.base.tokenize(model, settings)}",
+                             **_gpu_annotations(device))
+               for i, address in enumerate(workers)]
+    return max(client.gather(futures))
 
 
 def _spatial(image):
@@ -241,7 +270,7 @@ def _block_task(function, image, index, block: BlockWindows, settings: WindowSet
             results.append(dask.delayed(predict_block_part, pure=True)(
                 piece, model, tuple(r.start for r in part_read), write, group, settings, device,
                 dask_key_name=(f"infer-predict-part-{token}",) + index + (part,)))
-    return dask.delayed(blend_parts, pure=True)(results, write, windows, settings,
+    return dask.delayed(blend_parts, pure=True)(results, write, settings,
                                                 dask_key_name=(f"infer-predict-block-{token}",) + index)
 
 
@@ -322,6 +351,8 @@ class InferSummary:
     windows_in_grid: int
     blocks: int
     blocks_skipped: int
+    warm_up_seconds: float | None = None
+    """``torch.compile``'s warm-up on the workers before the blocks (not in ``seconds``), when compiled."""
 
     @property
     def redundancy(self) -> float:
@@ -437,12 +468,13 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
             tasks.append(dask.delayed(_store_block, pure=True)(
                 predicted, staged.image, entry.write, staged.marker("predict", key), staged.run_id,
                 len(entry.windows), dask_key_name=(f"infer-store-block-{token}",) + index))
+        warm = warm_up_workers(model_ref, settings, device, log=log or default_log) if tasks else None
         start = time.perf_counter()
         computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
         seconds = time.perf_counter() - start
     windows_grid = window_grid(grid.shape, settings.window, settings.stride)
     return InferSummary(str(output), grid.shape, seconds, voxels, computed,
-                        int(np.prod([len(g) for g in windows_grid])), grid.n_blocks, grid.n_blocks - len(tasks))
+                        int(np.prod([len(g) for g in windows_grid])), grid.n_blocks, grid.n_blocks - len(tasks), warm)
 
 
 def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
