@@ -7,8 +7,11 @@ For each ``--shapes`` entry, on one LocalCluster of ``--workers`` workers × 1 t
    (MedNeXt-S layout, 4 initial filters, trained on synthetic seeds), 64³ windows at **overlap 0** (stride 64, so
    every window runs once), 3 channels, float16, 128³ blocks, CPU float32;
 3. ``decode``: :func:`nisbflow.decode.decode_to_zarr`, connected components at the model's threshold 0.7;
-4. ``evaluate``: NERL of the segmentation on every node of the seed's skeleton, in a fresh process
-   (``nisbflow.evaluate.nerl`` on the zarr array; the process's peak memory is the stage's).
+4. ``evaluate``: NERL of the segmentation on every node of the seed's skeleton.pkl, in a fresh process
+   (``nisbflow.evaluate.nerl`` on the zarr array; the process's peak memory is the stage's, and with a pickle it
+   holds the whole networkx graph, about 1.6 KB per node);
+5. ``evaluate_npz``: the same from ``skeleton.npz`` (written once from the pickle by ``convert_skeleton``, timed
+   apart as ``convert_npz``), which ``nerl`` reads straight into arrays with no graph.
 
 Per stage: seconds, Mvoxel/s, the largest worker's peak resident memory (VmHWM, reset before the stage), the client
 process's peak, and the stage's output on disk. Per size: whether any worker was restarted (the set of worker pids
@@ -96,9 +99,17 @@ def run_shape(shape, root: Path, args, record: dict, save) -> None:
             save()
 
         def synth():
-            summary = synthesize_seed(seed, shape, args.seed, overwrite=True, progress=True)
+            # an interrupted synth resumes: its finished chunks (all 128³ here) are not rendered again, and the
+            # throughput counts the chunks this run rendered
+            done = seed / ".data.zarr.nisbflow-run" / "done" / "synth"
+            resumed = len(list(done.iterdir())) if done.exists() else 0
+            began = time.perf_counter()
+            summary = synthesize_seed(seed, shape, args.seed, progress=True)
+            seconds = time.perf_counter() - began
+            rendered = voxels - resumed * 128**3
             return dict(neurons=summary.n_neurons, skeleton_nodes=summary.n_skeleton_nodes,
-                        skeletons=summary.n_skeletons)
+                        skeletons=summary.n_skeletons, resumed_chunks=resumed,
+                        rendered_mvoxel_per_second=rendered / seconds / 1e6)
 
         def infer():
             summary = infer_to_zarr(f"{seed}/data.zarr/img", affinities, MODEL, settings=settings, block=block,
@@ -115,11 +126,21 @@ def run_shape(shape, root: Path, args, record: dict, save) -> None:
         stage("decode", decode, segmentation)
         entry["workers_restarted"] = len(pids - set(client.run(os.getpid).values()))
         save()
-    if "evaluate" not in entry:
-        print(f"[{name}] evaluate …", file=sys.stderr, flush=True)
-        entry["evaluate"] = evaluate_in_subprocess(array_url(segmentation), str(seed / "skeleton.pkl"))
-        entry["evaluate"]["mvoxel_per_second"] = voxels / entry["evaluate"]["seconds"] / 1e6
-        print(f"[{name}] evaluate: {json.dumps(entry['evaluate'])}", file=sys.stderr, flush=True)
+    if "convert_npz" not in entry and not args.skip_npz:
+        code = (f"import json, sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); from decode import "
+                f"peak_gib; from nisbflow.data import convert_skeleton; t = time.perf_counter(); "
+                f"convert_skeleton({str(seed / 'skeleton.pkl')!r}, {str(seed / 'skeleton.npz')!r}); "
+                f"print(json.dumps(dict(seconds=time.perf_counter() - t, process_peak_gib=peak_gib())))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        entry["convert_npz"] = json.loads(done.stdout.strip().splitlines()[-1])
+        save()
+    for label, skeleton in (("evaluate", seed / "skeleton.pkl"), ("evaluate_npz", seed / "skeleton.npz")):
+        if label in entry or (label == "evaluate_npz" and args.skip_npz):
+            continue
+        print(f"[{name}] {label} …", file=sys.stderr, flush=True)
+        entry[label] = evaluate_in_subprocess(array_url(segmentation), str(skeleton))
+        entry[label]["mvoxel_per_second"] = voxels / entry[label]["seconds"] / 1e6
+        print(f"[{name}] {label}: {json.dumps(entry[label])}", file=sys.stderr, flush=True)
         save()
 
 
@@ -132,13 +153,14 @@ def markdown(record: dict, args) -> str:
              "peak (GiB) | client / process peak (GiB) | on disk (GiB) |", "|---|---|---|---|---|---|---|---|"]
     for name, entry in record.items():
         ratio = 3 * 2 * entry["voxels"] / total
-        for label in ("synth", "infer", "decode", "evaluate"):
+        for label in ("synth", "infer", "decode", "evaluate", "convert_npz", "evaluate_npz"):
             if label not in entry:
                 continue
             e = entry[label]
             worker = f"{e['worker_peak_gib']:.2f}" if "worker_peak_gib" in e else "—"
             client = e.get("client_peak_gib", e.get("process_peak_gib"))
-            lines.append(f"| {name} | {ratio:.1f} | {label} | {e['seconds']:.0f} | {e['mvoxel_per_second']:.2f} | "
+            rate = f"{e['mvoxel_per_second']:.2f}" if "mvoxel_per_second" in e else "—"
+            lines.append(f"| {name} | {ratio:.1f} | {label} | {e['seconds']:.0f} | {rate} | "
                          f"{worker} | {client:.2f} | {e.get('disk_gib', 0):.2f} |")
         lines.append(f"| {name} | | restarts: {entry.get('workers_restarted', '?')}; NERL "
                      f"{entry.get('evaluate', {}).get('nerl', float('nan')):.3f} on "
@@ -152,6 +174,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="1GiB")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--skip-npz", action="store_true", help="evaluate from skeleton.pkl only")
     parser.add_argument("--json", default=None, help="results (default: BENCH_TMP/nisbflow-pipeline/results.json)")
     args = parser.parse_args()
 

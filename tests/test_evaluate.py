@@ -254,6 +254,24 @@ def test_ground_truth_nerl_is_one_and_errors_cost_what_they_should(seed):
     assert result.error_type[a] == "split"
 
 
+def test_nerl_from_an_npz_skeleton_reads_no_graph_and_scores_the_same(seed, tmp_path):
+    """An .npz skeleton goes straight to arrays (what evaluation at millions of nodes needs); the same merger of
+    the two longest skeletons costs what the rule says: Σ over the others of L² / Σ L²."""
+    from nisbflow.data import save_skeleton
+
+    opened, graph = seed
+    save_skeleton(graph, tmp_path / "skeleton.npz")
+    truth = opened.seg[...]
+    lengths = nerl(truth, graph).skeleton_length
+    squares = {s: v * v for s, v in lengths.items()}
+    a, b = sorted(lengths, key=lengths.get)[-2:]
+    merged = np.where(truth == a, b, truth)
+    result = nerl(merged, str(tmp_path / "skeleton.npz"))
+    assert result.nerl == pytest.approx((sum(squares.values()) - squares[a] - squares[b]) / sum(squares.values()))
+    assert result.n_nodes == graph.number_of_nodes() and result.n_non0_mergers == 2
+    assert nerl(opened.seg, str(tmp_path / "skeleton.npz")).nerl == 1.0
+
+
 def test_chunked_gathering_equals_direct_indexing(tmp_path):
     rng = np.random.default_rng(0)
     volume = rng.integers(0, 1000, (37, 29, 23)).astype(np.uint32)

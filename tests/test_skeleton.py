@@ -107,3 +107,34 @@ def test_crop_skeleton_keeps_nodes_inside_in_crop_coordinates_and_scores_a_crop(
     assert all(graph.has_edge(u, v) for u, v in cropped.edges)
     crop = tuple(slice(a, b) for a, b in zip(start, stop))
     assert nerl(seed.seg[crop], cropped).nerl == 1.0  # the ground truth crop against the cropped skeleton
+
+
+def test_npz_skeleton_loads_into_arrays_without_a_graph(tmp_path):
+    """``load_skeleton_arrays``: an .npz straight into arrays. Node names (not in row order) map edges to rows, a
+    stored edge length is kept and a missing one is the nm distance (here 9 · √3 ≈ 15.59 between nodes 10 and 30,
+    whose nm positions are one voxel apart along each axis)."""
+    from nisbflow.data import load_skeleton_arrays
+
+    graph = nx.Graph()
+    graph.add_node(30, id=2, index_position=np.array([2, 2, 2]), nm_position=np.array([18.0, 18.0, 18.0]))
+    graph.add_node(10, id=2, index_position=np.array([1, 1, 1]), nm_position=np.array([9.0, 9.0, 9.0]))
+    graph.add_node(20, id=5, index_position=np.array([7, 0, 3]), nm_position=np.array([63.0, 0.0, 60.0]))
+    graph.add_edge(10, 30)
+    graph.add_edge(20, 10, edge_length=4.5)
+    save_skeleton(graph, tmp_path / "s.npz")
+    arrays = load_skeleton_arrays(tmp_path / "s.npz")
+    row = {int(n): i for i, n in enumerate(arrays.nodes)}
+    assert sorted(row) == [10, 20, 30]
+    assert [int(arrays.id[row[n]]) for n in (10, 20, 30)] == [2, 5, 2]
+    assert arrays.index_position[row[20]].tolist() == [7, 0, 3]
+    lengths = {frozenset((int(arrays.nodes[a]), int(arrays.nodes[b]))): length
+               for (a, b), length in zip(arrays.edges, arrays.edge_length)}
+    assert lengths.keys() == {frozenset((10, 30)), frozenset((10, 20))}
+    assert lengths[frozenset((10, 20))] == 4.5
+    assert lengths[frozenset((10, 30))] == pytest.approx(9 * 3 ** 0.5)
+
+    broken = dict(np.load(tmp_path / "s.npz"))
+    broken["edges"] = np.array([[10, 99]])
+    np.savez(tmp_path / "broken.npz", **broken)
+    with pytest.raises(SkeletonError, match=r"broken\.npz.*99"):
+        load_skeleton_arrays(tmp_path / "broken.npz")

@@ -182,3 +182,27 @@ def test_rasterised_labels_equal_a_plain_loop_over_every_segment():
         assert nearest[x, y, z] == pytest.approx(first, abs=1e-9) and margin[x, y, z] == pytest.approx(gap, abs=1e-9)
         background = first > params.max_gap_nm or gap < params.membrane_width_nm
         assert labels[x, y, z] == (0 if background else owner), (x, y, z)
+
+
+def test_a_block_rendered_from_its_forest_region_equals_the_whole_forest():
+    """Block tasks get only the capsules and organelles near them (``forest_regions``): every block of an uneven
+    grid renders the same image and labels from its region as from the whole forest, slice shifts and blur halo
+    included, while a region holds a fraction of the forest's capsules."""
+    from nisbflow.synth.kernel import forest_regions
+
+    shape = (70, 64, 30)
+    params = make_params(shape, seed=6, presets=["slice_defects"])
+    forest = grow_forest(params)
+    assert np.abs(forest.slice_shift).max() > 0  # shifted slices reach across block borders
+    bounds = [[0, 24, 48, 70], [0, 32, 64], [0, 13, 30]]
+    regions = forest_regions(forest, params, bounds)
+    assert set(regions) == {(i, j, k) for i in range(3) for j in range(2) for k in range(2)}
+    n_segments = len(forest.segment_arrays[0])
+    for (i, j, k), region in regions.items():
+        origin = (bounds[0][i], bounds[1][j], bounds[2][k])
+        size = (bounds[0][i + 1] - origin[0], bounds[1][j + 1] - origin[1], bounds[2][k + 1] - origin[2])
+        whole = render_block(forest, params, origin, size)
+        part = render_block(region, params, origin, size)
+        np.testing.assert_array_equal(part[0], whole[0])
+        np.testing.assert_array_equal(part[1], whole[1])
+        assert len(region.segment_arrays[0]) < n_segments

@@ -13,7 +13,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from nisbflow.data.skeleton import load_skeleton, skeleton_arrays, validate_skeleton
+from nisbflow.data.skeleton import SkeletonArrays, load_skeleton_arrays, skeleton_arrays, validate_skeleton
 from nisbflow.errors import SkeletonError
 from nisbflow.evaluate.gather import dense_contingency, node_labels
 from nisbflow.evaluate.kernel import (NERL_VARIANTS, DenseMetrics, RunLength, dense_metrics_from_contingency,
@@ -63,19 +63,24 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
     """Normalised expected run length of a segmentation on NISB skeletons, with the BANIS error counts.
 
     ``segmentation``: ``(X, Y, Z)`` numpy, zarr or dask array of segment ids (0 = background). ``skeleton``: a
-    networkx graph or a path (``skeleton.pkl`` read with a restricted unpickler, ``.json``, ``.npz``) whose nodes
-    carry ``id`` and ``index_position`` (voxel x, y, z). ``voxel_size`` (nm, x y z) turns voxel positions into
+    networkx graph, :class:`~nisbflow.data.skeleton.SkeletonArrays`, or a path (``skeleton.pkl`` read with a
+    restricted unpickler, ``.json``, ``.npz``; an ``.npz`` is read into arrays with no graph, for skeletons of
+    millions of nodes) whose nodes carry ``id`` and ``index_position`` (voxel x, y, z). ``voxel_size`` (nm, x y z) turns voxel positions into
     edge lengths when the graph has neither ``edge_length`` nor ``nm_position``. ``merge_threshold``: nodes a
     skeleton needs in a segment to be present there and so take part in a merger (k + 1 for "more than k nodes";
     1, BANIS: any node). ``error_type`` per skeleton: ``merged`` when any of its edges is merged, else ``split``
     when any is split or omitted, else ``correct``.
     """
     where = str(skeleton) if isinstance(skeleton, (str, Path)) else "<graph>"
-    graph = load_skeleton(skeleton) if isinstance(skeleton, (str, Path)) else skeleton
-    if not isinstance(graph, nx.Graph):
-        raise SkeletonError(f"skeleton {where}: expected a networkx graph, found {type(graph).__name__}")
-    validate_skeleton(graph, where)
-    arrays = skeleton_arrays(graph, voxel_size)
+    if isinstance(skeleton, (str, Path)):
+        arrays = load_skeleton_arrays(skeleton, voxel_size)  # .npz: straight to arrays, no graph in memory
+    elif isinstance(skeleton, SkeletonArrays):
+        arrays = skeleton
+    elif isinstance(skeleton, nx.Graph):
+        validate_skeleton(skeleton, where)
+        arrays = skeleton_arrays(skeleton, voxel_size)
+    else:
+        raise SkeletonError(f"skeleton {where}: expected a networkx graph, found {type(skeleton).__name__}")
     shape = np.asarray(segmentation.shape[:3])
     outside = np.any((arrays.index_position < 0) | (arrays.index_position >= shape), axis=1)
     if outside.any():

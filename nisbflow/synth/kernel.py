@@ -634,6 +634,94 @@ def _select_segments(forest: NeuriteForest, low_nm: np.ndarray, high_nm: np.ndar
             np.ascontiguousarray(radius[hit]), np.ascontiguousarray(neuron[hit]))
 
 
+def _segment_reach(params: SynthParams) -> float:
+    """How far (nm) from a region's voxel box a capsule's bounding box may lie and still shape the region."""
+    voxel = np.asarray(params.voxel_size, dtype=np.float64)
+    margin_cap = max(3.0 * params.membrane_width_nm, 40.0)
+    half_diagonal = 0.5 * float(np.linalg.norm(np.asarray(CELL_VOXELS) * voxel))
+    return params.max_gap_nm + margin_cap + 2.0 * half_diagonal + 1.0
+
+
+ORGANELLE_REACH_NM = 20.0
+"""How far (nm) from a region's voxel box an organelle's sphere may lie and still be drawn there."""
+
+
+@dataclass
+class ForestRegion:
+    """The part of a :class:`NeuriteForest` that one write region's rendering reads: the capsules and organelles
+    near its read region (blur halo and slice shifts included), in forest order, and the forest's slice defects.
+    :func:`render_block` gives the same arrays from it as from the whole forest, and a block task then carries
+    kilobytes to megabytes instead of the whole forest (168 MB at 1536³), so worker memory does not grow with the
+    volume."""
+
+    segment_arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    organelle_position: np.ndarray
+    organelle_radius: np.ndarray
+    dropped_slices: np.ndarray
+    shifted_slices: np.ndarray
+    slice_shift: np.ndarray
+
+
+def forest_regions(forest: NeuriteForest, params: SynthParams, bounds) -> dict[tuple[int, int, int], ForestRegion]:
+    """One :class:`ForestRegion` per block of a grid whose block boundaries along each axis are ``bounds`` (three
+    increasing arrays of voxel positions from 0 to the axis size): block ``(i, j, k)`` is the write region
+    ``[bounds[0][i], bounds[0][i + 1]) × …``. Found by binning every capsule's and organelle's bounding box into
+    the blocks it can reach (binary searches per axis and one sort, not a scan per block).
+
+    A capsule is kept for a block when its box, grown by the rasteriser's reach, meets the block's read box (write
+    region ± blur halo) grown by the largest slice shift: a superset of what :func:`rasterise_region` selects for
+    the block and for each of its shifted slices. Selection keeps forest order, so rendering from the region is
+    exact."""
+    voxel = np.asarray(params.voxel_size, dtype=np.float64)
+    halo = np.asarray(blur_halo(params), dtype=np.int64)
+    shift = float(np.abs(forest.slice_shift).max(initial=0)) * float(voxel[:2].max())
+    bounds = [np.asarray(b, dtype=np.int64) for b in bounds]
+    box_low = [(b[:-1] - h) * v - shift - 1.0 for b, h, v in zip(bounds, halo, voxel)]
+    box_high = [(b[1:] + h - 1) * v + shift + 1.0 for b, h, v in zip(bounds, halo, voxel)]
+    blocks = tuple(len(b) - 1 for b in bounds)
+    start, end, radius, neuron = forest.segment_arrays
+    reach = _segment_reach(params)
+    segments = _bin_boxes(np.minimum(start, end) - radius[:, None] - reach,
+                          np.maximum(start, end) + radius[:, None] + reach, box_low, box_high, blocks)
+    centre, organelle_radius = forest.organelle_position, forest.organelle_radius
+    organelles = _bin_boxes(centre - organelle_radius[:, None] - ORGANELLE_REACH_NM,
+                            centre + organelle_radius[:, None] + ORGANELLE_REACH_NM, box_low, box_high, blocks)
+    regions = {}
+    for linear, index in enumerate(np.ndindex(*blocks)):
+        s, o = segments[linear], organelles[linear]
+        regions[index] = ForestRegion((np.ascontiguousarray(start[s]), np.ascontiguousarray(end[s]),
+                                       np.ascontiguousarray(radius[s]), np.ascontiguousarray(neuron[s])),
+                                      np.ascontiguousarray(centre[o]), np.ascontiguousarray(organelle_radius[o]),
+                                      forest.dropped_slices, forest.shifted_slices, forest.slice_shift)
+    return regions
+
+
+def _bin_boxes(item_low, item_high, box_low, box_high, blocks) -> list[np.ndarray]:
+    """Per block (raster order), the increasing indices of the items whose box ``[item_low, item_high]`` (nm,
+    ``(N, 3)``) meets the block's box, the product of the per-axis intervals ``[box_low[a][i], box_high[a][i]]``
+    (each increasing in ``i``)."""
+    first = [np.searchsorted(box_high[a], item_low[:, a], side="left") for a in range(3)]
+    last = [np.searchsorted(box_low[a], item_high[:, a], side="right") for a in range(3)]  # exclusive
+    span = [np.maximum(l - f, 0) for f, l in zip(first, last)]
+    items = np.arange(len(item_low), dtype=np.int64)
+    pair_block, pair_item = [], []
+    for dx in range(int(span[0].max(initial=0))):
+        for dy in range(int(span[1].max(initial=0))):
+            for dz in range(int(span[2].max(initial=0))):
+                keep = (dx < span[0]) & (dy < span[1]) & (dz < span[2])
+                pair_block.append(np.ravel_multi_index((first[0][keep] + dx, first[1][keep] + dy,
+                                                        first[2][keep] + dz), blocks))
+                pair_item.append(items[keep])
+    n_blocks = int(np.prod(blocks))
+    if not pair_block:
+        return [np.zeros(0, dtype=np.int64) for _ in range(n_blocks)]
+    block_of, item = np.concatenate(pair_block), np.concatenate(pair_item)
+    order = np.lexsort((item, block_of))
+    block_of, item = block_of[order], item[order]
+    cuts = np.searchsorted(block_of, np.arange(n_blocks + 1))
+    return [item[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
 def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, shift_nm=(0.0, 0.0)):
     """Labels and noise-free intensity of the voxel region ``origin + [0, shape)`` (x, y, z; may leave the volume).
 
@@ -644,8 +732,7 @@ def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, 
     voxel = np.asarray(params.voxel_size, dtype=np.float64)
     shift = np.array([shift_nm[0], shift_nm[1], 0.0])
     margin_cap = max(3.0 * params.membrane_width_nm, 40.0)
-    half_diagonal = 0.5 * float(np.linalg.norm(np.asarray(CELL_VOXELS) * voxel))
-    reach = params.max_gap_nm + margin_cap + 2.0 * half_diagonal + 1.0
+    reach = _segment_reach(params)
     low = origin * voxel + shift
     high = (origin + shape - 1) * voxel + shift
     start, end, radius, neuron = _select_segments(forest, low, high, reach)
@@ -656,7 +743,8 @@ def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, 
                params.membrane_width_nm, params.max_gap_nm, margin_cap, labels, nearest, margin)
     organelle = np.zeros(tuple(shape), dtype=np.float64)
     centre, organelle_radius = forest.organelle_position, forest.organelle_radius
-    near = np.all((centre + organelle_radius[:, None] + 20 >= low) & (centre - organelle_radius[:, None] - 20 <= high), axis=1)
+    near = np.all((centre + organelle_radius[:, None] + ORGANELLE_REACH_NM >= low) &
+                  (centre - organelle_radius[:, None] - ORGANELLE_REACH_NM <= high), axis=1)
     _organelles(origin, shape, voxel, shift[0], shift[1], np.ascontiguousarray(centre[near]),
                 np.ascontiguousarray(organelle_radius[near]), organelle)
     intensity = np.empty(tuple(shape), dtype=np.float32)

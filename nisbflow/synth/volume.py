@@ -2,8 +2,9 @@
 
 A seed is ``<seed>/data.zarr`` with ``img (X, Y, Z, 1) uint8`` and ``seg (X, Y, Z) uint32`` plus
 ``<seed>/skeleton.pkl`` in the NISB format. The small global structure (:func:`~nisbflow.synth.kernel.grow_forest`)
-is built once; each task rasterises one chunk (:func:`~nisbflow.synth.kernel.render_block`) and writes it, so
-memory per task is bounded by the chunk size, not the volume.
+is built once on the client and cut into one :class:`~nisbflow.synth.kernel.ForestRegion` per chunk (the capsules
+near it); each task rasterises one chunk from its region (:func:`~nisbflow.synth.kernel.render_block`) and writes
+it, so a worker's memory is bounded by the chunk size, not the volume.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..blocks import BlockGrid, StagedRun, default_log, write_marker
 from ..data.volumes import named_axes, output_attrs, staged_output
 from ..errors import OutputExistsError
 from ..progress import compute_tasks
-from .kernel import PRESETS, NeuriteForest, SynthParams, grow_forest, render_block
+from .kernel import PRESETS, ForestRegion, NeuriteForest, SynthParams, forest_regions, grow_forest, render_block
 
 DEFAULT_CHUNKS = (128, 128, 128)
 
@@ -62,8 +63,8 @@ def _node_voxels(forest: NeuriteForest, params: SynthParams) -> tuple[np.ndarray
     return np.flatnonzero(inside), voxel[inside]
 
 
-def _write_block(forest, params, store: str, origin, shape, node_voxels, marker: str, run_id: str):
-    """Render one chunk, write ``img`` and ``seg`` there, then its marker, whose payload holds what the block reports
+def _write_block(forest: ForestRegion, params, store: str, origin, shape, node_voxels, marker: str, run_id: str):
+    """Render one chunk from its part of the forest, write ``img`` and ``seg`` there, then its marker, whose payload holds what the block reports
     (labels under the given nodes and image statistics) so a resumed run need not render it again."""
     image, segmentation = render_block(forest, params, origin, shape)
     region = tuple(slice(o, o + n) for o, n in zip(origin, shape))
@@ -166,7 +167,10 @@ def synthesize_seed(
                                                          params.voxel_size, "xyz", nisbflow_output="segmentation"),
                                             zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
-        forest_task = dask.delayed(forest, name=f"synth-forest-{seed}")
+        # each block task carries only the capsules and organelles near it, not the whole forest (168 MB at
+        # 1536³), so a worker's memory does not grow with the volume
+        bounds = [list(range(0, size, step)) + [size] for size, step in zip(grid.shape, grid.block_shape)]
+        regions = forest_regions(forest, params, bounds)
         block_nodes, results, tasks = [], {}, {}
         # the skeleton nodes of each block, grouped in one sort (a scan of every node per block grew as
         # blocks × nodes); within a block they stay in node order
@@ -185,7 +189,7 @@ def synthesize_seed(
                 results[key] = _block_result(finished[key])
                 continue
             tasks[key] = dask.delayed(_write_block, pure=False)(
-                forest_task, params, store, corner, size, node_voxels[rows], staged.marker("synth", key),
+                regions[tuple(int(i) for i in index)], params, store, corner, size, node_voxels[rows], staged.marker("synth", key),
                 staged.run_id, dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}")
         computed = compute_tasks(list(tasks.values()), f"synth seed {seed}", progress=progress,
                                  num_workers=num_workers)
