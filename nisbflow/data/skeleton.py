@@ -110,24 +110,31 @@ def _from_json(path: str) -> nx.Graph:
         raise SkeletonError(f"skeleton {path} is not networkx node-link JSON: {error}") from error
 
 
-def _from_npz(path: str) -> nx.Graph:
+def _read_npz(path: str) -> dict:
+    """The arrays of a nisbflow skeleton npz: ``nodes``, ``id``, ``index_position``, ``edges`` (node names) and, when
+    stored, ``nm_position`` and ``edge_length`` (NaN where an edge had none); absent keys map to None."""
     try:
-        arrays = np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False)
-        nodes, ids, index = arrays["nodes"], arrays["id"], arrays["index_position"]
-        nm = arrays["nm_position"] if "nm_position" in arrays else None
-        edges = arrays["edges"]
-        lengths = arrays["edge_length"] if "edge_length" in arrays else None
+        stored = np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False)
+        arrays = {key: stored[key] for key in ("nodes", "id", "index_position", "edges")}
+        arrays.update({key: stored[key] if key in stored else None for key in ("nm_position", "edge_length")})
+        return arrays
     except SkeletonError:
         raise
     except Exception as error:
         raise SkeletonError(f"skeleton {path} is not a nisbflow skeleton npz: {error}") from error
+
+
+def _from_npz(path: str) -> nx.Graph:
+    arrays = _read_npz(path)
+    nodes, ids, index, nm = arrays["nodes"], arrays["id"], arrays["index_position"], arrays["nm_position"]
+    lengths = arrays["edge_length"]
     graph = nx.Graph()
     for i, node in enumerate(nodes.tolist()):
         attrs = {"id": int(ids[i]), "index_position": index[i].copy()}
         if nm is not None:
             attrs["nm_position"] = nm[i].copy()
         graph.add_node(node, **attrs)
-    for j, (u, v) in enumerate(edges.tolist()):
+    for j, (u, v) in enumerate(arrays["edges"].tolist()):
         if lengths is not None and np.isfinite(lengths[j]):
             graph.add_edge(u, v, edge_length=float(lengths[j]))
         else:
@@ -210,16 +217,11 @@ def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> Skele
     path = str(path)
     if Path(path.split("?")[0]).suffix.lower() != ".npz":
         return skeleton_arrays(load_skeleton(path), voxel_size)
-    try:
-        stored = np.load(io.BytesIO(_read_bytes(path)), allow_pickle=False)
-        nodes, ids, index = stored["nodes"], stored["id"].astype(np.int64), stored["index_position"]
-        edge_names = stored["edges"]
-        nm = stored["nm_position"].astype(np.float64) if "nm_position" in stored else None
-        lengths = stored["edge_length"].astype(np.float64) if "edge_length" in stored else None
-    except SkeletonError:
-        raise
-    except Exception as error:
-        raise SkeletonError(f"skeleton {path} is not a nisbflow skeleton npz: {error}") from error
+    stored = _read_npz(path)
+    nodes, ids, index, edge_names = stored["nodes"], stored["id"].astype(np.int64), stored["index_position"], \
+        stored["edges"]
+    nm = None if stored["nm_position"] is None else stored["nm_position"].astype(np.float64)
+    lengths = None if stored["edge_length"] is None else stored["edge_length"].astype(np.float64)
     if len(nodes) == 0:
         raise SkeletonError(f"skeleton {path} has no nodes")
     if index.ndim != 2 or index.shape[1] != 3 or len(index) != len(nodes) or ids.shape != (len(nodes),):
