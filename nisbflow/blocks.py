@@ -35,6 +35,9 @@ import fsspec
 import numpy as np
 
 from nisbflow.errors import NisbflowError, OutputExistsError, VolumeError
+from nisbflow.paths import join_protocol as _join_protocol
+from nisbflow.paths import location as _location
+from nisbflow.paths import protocol_of, storage_url
 
 
 class OutputLockedError(NisbflowError):
@@ -43,6 +46,10 @@ class OutputLockedError(NisbflowError):
 
 class OutputOverlapsInputError(NisbflowError):
     """An output would equal, contain or lie inside one of the run's inputs."""
+
+
+class InputChangedError(NisbflowError):
+    """An input's fingerprint changed between the start and the end of a run."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,28 +165,6 @@ def task_priority(key) -> int:
 # paths and identities
 
 
-def storage_url(path) -> str:
-    """A path or URL as nisbflow hands it to zarr and fsspec: local paths and ``file://`` URLs become plain
-    absolute paths (zarr's local store creates folders; its fsspec store on ``file://`` does not)."""
-    path = str(path).rstrip("/")
-    if "://" not in path:
-        return os.path.abspath(path)
-    protocol, rest = path.split("://", 1)
-    if protocol in ("file", "local"):
-        return os.path.abspath("/" + rest.lstrip("/"))
-    return path
-
-
-def _location(path) -> tuple[str, str]:
-    """(filesystem protocol, normalised path) for comparing where things are."""
-    url = storage_url(path)
-    if "://" not in url:
-        return "file", os.path.realpath(url)
-    fs, root = fsspec.core.url_to_fs(url)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol, root.rstrip("/")
-
-
 def check_not_input(output, inputs: dict) -> None:
     """Raise :class:`OutputOverlapsInputError` if ``output`` equals, contains or lies inside any of ``inputs``
     (``{role: path}``; None values are skipped). No flag lifts this."""
@@ -215,11 +200,6 @@ def _array_metadata(fs, root: str) -> dict | None:
     except Exception:
         return None
     return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
-
-
-def _join_protocol(fs, root: str) -> str:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return root if protocol in ("file", "local") else f"{protocol}://{root}"
 
 
 FINGERPRINT_SAMPLES = 4
@@ -360,8 +340,11 @@ class StagedRun:
     LOCK = "lock.json"
 
     def __init__(self, output, *, kind: str, inputs: dict | None = None, identity: dict | None = None,
-                 overwrite: bool = False, force: bool = False, log: Callable[[str], None] | None = None):
+                 overwrite: bool = False, force: bool = False, log: Callable[[str], None] | None = None,
+                 checkpoint=None):
         self.output = str(output).rstrip("/")
+        self.checkpoint = checkpoint
+        self.input_fingerprints: dict = {}
         self.kind = kind
         self.inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
         self.overwrite, self.force = overwrite, force
@@ -440,6 +423,7 @@ class StagedRun:
         try:
             self._open_manifest()
             self._remove_legacy_leftovers()
+            self._check_workers()
         except BaseException:
             self._release_lock()
             raise
@@ -517,7 +501,7 @@ class StagedRun:
         raise OutputLockedError(f"output {self.output}: cannot take the lock {self._url(lock)}")
 
     def _create_exclusive(self, path: str, content: bytes) -> bool:
-        protocol = self._fs.protocol if isinstance(self._fs.protocol, str) else self._fs.protocol[0]
+        protocol = protocol_of(self._fs)
         if protocol in ("file", "local"):
             try:
                 descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -546,10 +530,32 @@ class StagedRun:
             pass
         self._lock_token = None
 
+    def _check_workers(self) -> None:
+        """On a cluster that may not share this machine's files, refuse unless every worker sees the inputs and the
+        checkpoint as the client does and sees this run's staging folder (:func:`nisbflow.paths.check_on_workers`)."""
+        from nisbflow.paths import check_on_workers
+        from nisbflow.progress import current_client
+
+        check_on_workers(current_client(), self.inputs, checkpoint=self.checkpoint,
+                         staging=(self.staging, self._url(f"{self._staging}/{self.LOCK}"), self._lock_token),
+                         fingerprints=self.input_fingerprints)
+
+    def check_inputs_unchanged(self) -> None:
+        """Raise unless every input still has the fingerprint it had when the run started: an input replaced or
+        rewritten while the run read it gives a result that matches neither version."""
+        for role, path in self.inputs.items():
+            now = _plain(fingerprint(path))
+            if now != self.input_fingerprints.get(role):
+                raise InputChangedError(
+                    f"{role} {path} changed while this run read it (another process rewrote or replaced it: "
+                    f"{', '.join(_differences(self.input_fingerprints.get(role, {}), now)) or 'its files'} differ); "
+                    f"nothing was published to {self.output}: re-run once the {role} no longer change")
+
     def _open_manifest(self) -> None:
         path = f"{self._staging}/{self.MANIFEST}"
-        identity = _plain(dict(kind=self.kind, output=storage_url(self.output),
-                               inputs={role: fingerprint(p) for role, p in self.inputs.items()}, **self._identity))
+        self.input_fingerprints = _plain({role: fingerprint(p) for role, p in self.inputs.items()})
+        identity = _plain(dict(kind=self.kind, output=storage_url(self.output), inputs=self.input_fingerprints,
+                               **self._identity))
         reason = None
         if self._fs.exists(path):
             try:
@@ -610,6 +616,7 @@ class StagedRun:
         fs, staged, final = self._fs, f"{self._staging}/{self._name}", self._final
         if not fs.exists(staged):
             raise NisbflowError(f"output {self.output}: the run finished without writing {self.data}")
+        self.check_inputs_unchanged()
         check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
         retired = f"{self._staging}/replaced"
         if fs.exists(final):
@@ -620,7 +627,7 @@ class StagedRun:
 
 def _move(fs, source: str, destination: str) -> None:
     """Rename on a local disk (atomic), copy then delete elsewhere (fsspec's ``mv``)."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    protocol = protocol_of(fs)
     if protocol in ("file", "local"):
         os.replace(source, destination)
         return

@@ -11,7 +11,7 @@ from nisbflow.data.volumes import array_url
 from nisbflow.config.schema import ModelConfig
 from nisbflow.errors import VolumeError
 from nisbflow.infer.predict import predict_whole
-from nisbflow.model import ARCHITECTURES, CheckpointError, build, load_checkpoint, save_checkpoint
+from nisbflow.model import ARCHITECTURES, CheckpointError, build, checkpoint_hash, load_checkpoint, save_checkpoint
 from nisbflow_cli.main import app
 
 TINY = ARCHITECTURES["tiny"]
@@ -344,7 +344,7 @@ def test_warm_up_compiles_only_when_the_network_is_compiled(tiny_model, tmp_path
     from nisbflow.infer.blockwise import WindowSettings, warm_up, warm_up_workers
 
     save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
-    model = (str(tmp_path / "tiny.pt"), "warm-up-test")
+    model = (str(tmp_path / "tiny.pt"), checkpoint_hash(tmp_path / "tiny.pt"))
     settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=2, compile="auto")
     assert warm_up_workers(model, settings, None) is None  # no client
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
@@ -382,5 +382,5 @@ def test_compiled_warm_up_runs_on_every_worker_and_blocks_equal_eager(tiny_model
             return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
         assert all(n >= 1 for n in client.run(graphs).values())  # each worker process compiled
-        assert warm_up_workers((str(tmp_path / "tiny.pt"), "again"), settings, None) > 0
+        assert warm_up_workers((str(tmp_path / "tiny.pt"), checkpoint_hash(tmp_path / "tiny.pt")), settings, None) > 0
     np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-5)

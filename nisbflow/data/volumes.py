@@ -92,10 +92,13 @@ def open_volume(
 
 def array_url(path: str | Path) -> str:
     """The zarr array ``path`` names: ``path`` itself, or for an OME-NGFF image group its first resolution level
-    (``path/0`` in what nisbflow writes). Reads one metadata document; a missing path comes back unchanged."""
+    (``path/0`` in what nisbflow writes). Reads one metadata document. A local path comes back absolute, so the
+    zarr array opened from it (and sent to Dask workers) names the same files in every process, whatever its
+    working folder."""
+    from ..paths import storage_url
     from .ngff import image_level_path
 
-    path = str(path)
+    path = storage_url(path)
     try:
         group = zarr.open_group(path, mode="r")
     except Exception:  # an array, or nothing there

@@ -15,6 +15,7 @@ import numpy as np
 
 from nisbflow.data.skeleton import SkeletonArrays, load_skeleton_arrays, skeleton_arrays, validate_skeleton
 from nisbflow.errors import SkeletonError
+from nisbflow.paths import check_arrays_on_workers
 from nisbflow.evaluate.gather import dense_contingency, node_labels
 from nisbflow.evaluate.kernel import (NERL_VARIANTS, DenseMetrics, RunLength, dense_metrics_from_contingency,
                                       expected_run_length, node_voi)
@@ -92,6 +93,7 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
     ids, edges, lengths = arrays.id, arrays.edges, arrays.edge_length
     same = ids[edges[:, 0]] == ids[edges[:, 1]]  # edges between nodes of different neurons are ignored
     edges, lengths = edges[same], lengths[same]
+    check_arrays_on_workers({"segmentation": segmentation})
     labels = node_labels(segmentation, arrays.index_position, progress=progress).astype(np.int64)
     run = expected_run_length(ids, edges, lengths, labels, merge_threshold)
     best = expected_run_length(ids, edges, lengths, ids, 1)
@@ -115,4 +117,5 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
 def dense_metrics(ground_truth, segmentation, *, progress: bool = False) -> DenseMetrics:
     """Adapted Rand error (precision, recall) and VOI split/merge (bits) against a dense ground truth, ground-truth
     label 0 ignored; volumes may be numpy, zarr or dask and are read block by block."""
+    check_arrays_on_workers({"ground truth": ground_truth, "segmentation": segmentation})
     return dense_metrics_from_contingency(*dense_contingency(ground_truth, segmentation, progress=progress))

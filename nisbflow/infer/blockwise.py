@@ -64,9 +64,9 @@ class WindowSettings:
 def cached_model(checkpoint: str, checkpoint_id: str, device: str, compiled: bool = False):
     """A checkpoint's model, loaded once per worker process and device (``checkpoint_id`` keys re-writes);
     ``compiled``: wrapped in ``torch.compile`` (static shapes; a graph that cannot compile runs eagerly)."""
-    from nisbflow.model import load_checkpoint
+    from nisbflow.model.checkpoint import load_verified
 
-    model, _ = load_checkpoint(checkpoint, map_location=device)
+    model, _ = load_verified(checkpoint, checkpoint_id, map_location=device)
     model = model.to(device)
     if compiled:
         import torch
@@ -441,7 +441,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     n_channels = len(settings.channels) if settings.channels is not None else handle.model.out_channels
     identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), block=list(grid.block_shape))
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
-                   force=force, log=log or default_log) as staged:
+                   force=force, log=log or default_log, checkpoint=handle) as staged:
         finished = staged.finished("predict")
         if not staged.owns(staged.image):  # markers vouch only for an array this run created
             if finished:
@@ -455,7 +455,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
                          chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
                          dtype=settings.output_dtype, compressors=fast_compressors(zarr_format))
         staged.report_resume(len(finished), grid.n_blocks)
-        model_ref = (handle.path, handle.sha256)
+        model_ref = (handle.worker_reference, handle.sha256)
         token = dask.base.tokenize(staged.run_id, settings, grid, split)
         tasks, voxels = [], 0
         for index, entry in plan.items():
@@ -498,7 +498,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), whole=True)
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:
-        model = cached_model(handle.path, handle.sha256, device or default_device())
+        model = cached_model(handle.worker_reference, handle.sha256, device or default_device())
         start = time.perf_counter()
         values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
                                sw_batch_size=settings.sw_batch_size, activation=settings.activation,

@@ -63,11 +63,22 @@ def _model_and_state(payload, path) -> tuple[ModelConfig, dict]:
     return ModelConfig.model_validate(config_dict), state
 
 
+def file_sha256(path: str | Path) -> str:
+    """The first 16 hex digits of a file's SHA-256: how nisbflow names a checkpoint's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _read(path: Path, map_location="cpu") -> tuple[dict, str]:
     """Read a checkpoint file once: ``(payload, first 16 hex digits of its SHA-256)``."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a shipped model name: "
                               f"{', '.join(SHIPPED_MODELS)})")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file inside it")
     data = path.read_bytes()
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
@@ -101,7 +112,7 @@ class Checkpoint:
         a :class:`Checkpoint` is returned as it is."""
         if isinstance(checkpoint, Checkpoint):
             return checkpoint
-        path = resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint).expanduser().absolute()  # the same file on every worker
         payload, digest = _read(path)
         model, _ = _model_and_state(payload, path)
         metadata = dict(payload.get("metadata") or {}) if payload.get("format") == CHECKPOINT_FORMAT else {}
@@ -121,6 +132,14 @@ class Checkpoint:
     def name(self) -> str:
         """How to call it in messages: the shipped name or the path as given."""
         return self.source
+
+    @property
+    def worker_reference(self) -> str:
+        """What workers load: a shipped model by its name (each machine resolves it inside its own nisbflow
+        install), any other checkpoint by its absolute path. Workers check the file's hash against :attr:`sha256`
+        (:func:`load_verified`)."""
+        return self.source if _shipped_yaml(Path(self.path)) is not None and self.source in SHIPPED_MODELS \
+            else self.path
 
     def load(self, map_location="cpu") -> torch.nn.Module:
         """The network with its weights, in eval mode (reads the file)."""
@@ -192,11 +211,19 @@ def checkpoint_hash(path: str | Path) -> str:
     """SHA-256 of a checkpoint file (first 16 hex digits), recorded in the outputs it produces."""
     if isinstance(path, Checkpoint):
         return path.sha256
-    digest = hashlib.sha256()
-    with open(resolve_checkpoint(path), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(resolve_checkpoint(path))
+
+
+def load_verified(reference: str, sha256: str, map_location="cpu") -> tuple[torch.nn.Module, ModelConfig]:
+    """Load the checkpoint ``reference`` (a path or shipped name, as a worker receives it) and check that the file
+    read has the hash the client resolved: a worker that sees another file at the same path fails its task with one
+    line instead of predicting with other weights."""
+    path = resolve_checkpoint(reference)
+    payload, digest = _read(path, map_location)
+    if digest != sha256:
+        raise CheckpointError(f"checkpoint {reference}: the file this worker reads ({path}) has sha256 {digest}, "
+                              f"not {sha256} as on the client; every worker must load the same checkpoint file")
+    return _network(payload, path)
 
 
 def _network(payload, path, expected: ModelConfig | None = None) -> tuple[torch.nn.Module, ModelConfig]:
