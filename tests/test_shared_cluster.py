@@ -40,7 +40,7 @@ def start_cluster(root: Path, workers: list[list[str]]) -> tuple[str, list[subpr
     for i, prefix in enumerate(workers):
         folder = root / f"worker{i}"
         folder.mkdir()
-        processes.append(subprocess.Popen([*prefix, str(BIN / "dask"), "worker", address, "--nthreads", "1",
+        processes.append(subprocess.Popen([*prefix, str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
                                            "--no-dashboard", "--local-directory", str(folder / "dask")],
                                           cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     from distributed import Client
@@ -80,8 +80,8 @@ def shared(project):
 
 
 def hidden_from(folder: Path) -> list[str]:
-    """A command prefix under which a process sees ``folder`` empty: a private mount namespace with a tmpfs over
-    it (as a worker on another machine sees a client's local disk)."""
+    """A command prefix under which a process sees ``folder`` empty, as a worker on another machine cannot see a
+    client's local disk: a private mount namespace (util-linux ``unshare``, as root) with a tmpfs over it."""
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             f'mount -t tmpfs tmpfs "{folder}" && exec "$0" "$@"']
 
