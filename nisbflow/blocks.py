@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -35,6 +34,7 @@ import fsspec
 import numpy as np
 
 from nisbflow.errors import NisbflowError, OutputExistsError, VolumeError
+from nisbflow.locks import RunLock
 from nisbflow.paths import join_protocol as _join_protocol
 from nisbflow.paths import location as _location
 from nisbflow.paths import protocol_of, storage_url
@@ -295,15 +295,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two manifests' identities."""
@@ -359,6 +350,7 @@ class StagedRun:
         self.run_id: str | None = None
         self.resumed = False
         self._lock_token: str | None = None
+        self._run_lock: RunLock | None = None
         self.published = False
 
     # -- paths
@@ -398,22 +390,23 @@ class StagedRun:
         check_not_input(self.output, self.inputs)
         self._check_parent(create=False)
         check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
-        lock = f"{self._staging}/{self.LOCK}"
-        if self._fs.exists(lock):
-            try:
-                holder = json.loads(self._fs.cat_file(lock))
-            except Exception:
-                holder = {}
-            if not (holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
-                    and not _alive(holder["pid"])):
-                raise self._locked(holder, lock)
+        self._lock().check()
         return self
 
+    def _lock(self) -> RunLock:
+        if self._run_lock is None:
+            self._run_lock = RunLock(self._url(f"{self._staging}/{self.LOCK}"), locked=self._locked, log=self.log,
+                                     what=self.output)
+        return self._run_lock
+
     def _locked(self, holder: dict, lock: str) -> OutputLockedError:
+        if not holder.get("pid"):
+            return OutputLockedError(f"output {self.output}: its lock {lock} is unreadable; if no other run is "
+                                     f"writing this output, delete {lock}")
         return OutputLockedError(
             f"output {self.output} is being written by another run (pid {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')} since {holder.get('started', '?')}); wait for it to finish, or if that "
-            f"run is gone delete {self._url(lock)}")
+            f"run is gone delete {lock}")
 
     def __enter__(self) -> "StagedRun":
         self.preflight()
@@ -480,54 +473,15 @@ class StagedRun:
                                 f"{error.strerror or error}") from None
 
     def _acquire_lock(self) -> None:
-        lock = f"{self._staging}/{self.LOCK}"
-        token = uuid.uuid4().hex
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now(), "token": token}
-        for _ in range(2):
-            if self._create_exclusive(lock, json.dumps(record).encode()):
-                self._lock_token = token
-                return
-            try:
-                holder = json.loads(self._fs.cat_file(lock))
-            except Exception:
-                holder = {}
-            if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
-                    and not _alive(holder["pid"]):
-                self.log(f"removing a stale lock on {self.output}: pid {holder['pid']} on {holder['host']} "
-                         f"(started {holder.get('started', '?')}) is no longer running")
-                self._fs.rm(lock)
-                continue
-            raise self._locked(holder, lock)
-        raise OutputLockedError(f"output {self.output}: cannot take the lock {self._url(lock)}")
-
-    def _create_exclusive(self, path: str, content: bytes) -> bool:
-        protocol = protocol_of(self._fs)
-        if protocol in ("file", "local"):
-            try:
-                descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(content)
-            return True
-        if self._fs.exists(path):  # object stores: no exclusive create; write, then read back who won
-            return False
-        self._fs.pipe_file(path, content)
-        return self._fs.cat_file(path) == content
+        self._lock_token = self._lock().acquire()
 
     def _release_lock(self) -> None:
         if self._lock_token is None:
             return
         if self.published:  # the staging folder goes, lock included, while this run still holds it
             _remove_tree(self._fs, self._staging)
-            self._lock_token = None
-            return
-        lock = f"{self._staging}/{self.LOCK}"
-        try:
-            if json.loads(self._fs.cat_file(lock)).get("token") == self._lock_token:
-                self._fs.rm(lock)
-        except Exception:
-            pass
+        else:
+            self._lock().release()
         self._lock_token = None
 
     def _check_workers(self) -> None:
