@@ -258,9 +258,9 @@ def parse_triple(text: str, name: str, kind=int) -> tuple:
     return values
 
 
-def print_settings(run) -> None:
-    """Print the resolved settings of a run (each value and the layer it came from) before it starts."""
-    for line in run.describe():
+def print_settings(run, command: str) -> None:
+    """Print the resolved settings ``command`` uses (each value and the layer it came from) before it starts."""
+    for line in run.describe(command):
         console.print(line, highlight=False, markup=False)
 
 
@@ -435,6 +435,7 @@ def decode(
     extra += [f"decoding.waterz.scoring={scoring}"] if scoring else []
     run = resolve_settings(None, config=config, params=params, overrides=(overrides or []) + extra,
                            recorded=recorded_settings(attrs), recorded_from=f"the attributes of {affinities}")
+    print_settings(run, "decode")
     settings = run.config
     waterz = settings.decoding.method == "waterz"
     what = f"waterz ({settings.decoding.waterz.scoring}) " if waterz else ""
@@ -768,7 +769,7 @@ def infer(
 
     extra = [f"inference.select_channel=[{channels}]"] if channels else []
     run = resolve_settings(checkpoint, config=config, params=params, overrides=list(overrides or []) + extra)
-    print_settings(run)
+    print_settings(run, "infer")
     block = parse_triple(chunks, "--chunks") if chunks else DEFAULT_BLOCK
     open_image(image)
     check_channels(WindowSettings.from_config(run.config.inference), run.checkpoint.model.out_channels,
@@ -812,7 +813,7 @@ def test_command(
     from nisbflow.settings import resolve_settings
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
-    print_settings(run)
+    print_settings(run, "test")
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
@@ -853,7 +854,7 @@ def tune(
     from nisbflow.tune import tune as run_tune
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
-    print_settings(run)
+    print_settings(run, "tune")
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_for(run.config, cluster, workers, memory_limit, dashboard_address):
         result = run_tune(run, run.checkpoint, out_dir=out, block=block, log=console.print)
@@ -894,7 +895,7 @@ def tune_test(
     from nisbflow.tune import tune_and_test
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
-    print_settings(run)
+    print_settings(run, "tune-test")
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
@@ -927,10 +928,11 @@ def train(
 
     import torch
 
-    from nisbflow.config import load_config
+    from nisbflow.settings import resolve_settings
     from nisbflow.train.loop import train as run_training
 
-    settings = load_config(config, overrides or [])
+    resolved = resolve_settings(None, config=config, overrides=overrides or [])
+    settings = resolved.config
     gpus = torch.cuda.device_count() if settings.system.num_gpus < 0 else settings.system.num_gpus
     if gpus > 1 and "WORLD_SIZE" not in os.environ:  # pragma: no cover - needs several GPUs
         import datetime
@@ -940,6 +942,8 @@ def train(
                      "-m", "nisbflow_cli.main", "train", "--run-dir", folder]
         arguments += (["--config", config] if config else []) + list(overrides or [])
         os.execv(sys.executable, arguments)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_settings(resolved, "train")
     run, _ = run_training(settings, run_dir=run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         console.print(f"trained {settings.optimization.max_steps} steps → {run}/checkpoints/last.pt "

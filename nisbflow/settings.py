@@ -3,12 +3,17 @@
 Layers, each over the one before (a later layer wins, key by key):
 
 1. the schema's defaults (the BANIS reproduction, :mod:`nisbflow.config.schema`);
-2. what the checkpoint records: ``model.*`` (from its weights), ``inference.*`` and ``decoding.threshold`` (a shipped
+2. the files ``--config FILE`` inherits through ``_base_``: shared defaults, each value labelled with the file that
+   set it;
+3. what the checkpoint records: ``model.*`` (from its weights), ``inference.*`` and ``decoding.threshold`` (a shipped
    model's YAML, or the configuration its training run recorded) — or, for ``decode``, the threshold recorded in
-   the affinities' attributes by the ``infer`` run that wrote them;
-3. ``--config FILE`` (with its ``_base_`` files);
-4. ``--params FILE`` (``best.yaml`` from ``nisbflow tune``);
-5. ``KEY=VALUE`` overrides.
+   the affinities' attributes by the ``infer`` run that wrote them. So an inherited default never replaces what
+   the checkpoint records;
+4. the keys ``--config FILE`` sets itself: they win over the checkpoint, and each that changes a recorded value is
+   noted;
+5. ``--params FILE`` (``best.yaml`` from ``nisbflow tune``; one tuned for another checkpoint or decoding method is
+   refused);
+6. ``KEY=VALUE`` overrides.
 
 ``model.*`` always stays the checkpoint's: its weights define the network, so a configuration file that names
 another architecture is noted, not followed. :func:`resolve_settings` returns a :class:`RunSettings`: the validated
@@ -21,13 +26,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nisbflow.config import Config, apply_overrides, deep_merge, load_yaml_tree, validate_tree
+from nisbflow.config.load import load_yaml_layers, tuned_record
+from nisbflow.errors import ConfigError
 from nisbflow.model.checkpoint import Checkpoint
 
 SHOWN_KEYS = ("inference.window_size", "inference.overlap", "inference.sw_batch_size", "inference.activation",
-              "inference.select_channel", "inference.output_dtype", "decoding.threshold")
-"""The settings a run prints at its start and records in its outputs' attributes, with their sources."""
+              "inference.select_channel", "inference.output_dtype", "decoding.method", "decoding.threshold")
+"""The settings a run records in its outputs' attributes, with their sources."""
 
-ORDER = "defaults ← checkpoint ← --config ← --params ← KEY=VALUE"
+ORDER = "defaults ← --config's _base_ files ← checkpoint ← --config ← --params ← KEY=VALUE"
+
+COMMAND_SECTIONS = {
+    "infer": ("inference", "decoding.threshold"),
+    "decode": ("decoding",),
+    "test": ("data.test", "data.voxel_size", "inference", "decoding", "evaluation"),
+    "tune": ("data.val", "data.voxel_size", "inference", "decoding", "evaluation", "tune"),
+    "tune-test": ("data.val", "data.test", "data.voxel_size", "inference", "decoding", "evaluation", "tune"),
+    "train": ("experiment_name", "save_path", "system", "data", "model", "optimization"),
+}
+"""What each command prints of its settings before it starts: every key under these prefixes."""
 
 
 @dataclass
@@ -46,14 +63,24 @@ class RunSettings:
             node = getattr(node, part)
         return list(node) if isinstance(node, tuple) else node
 
-    def describe(self) -> list[str]:
-        """Lines to print at the start of a run: each shown setting, its value and where it came from."""
+    def keys(self, sections=None) -> list[str]:
+        """Every dotted setting under ``sections`` (prefixes such as ``inference`` or ``data.val``; None: the
+        keys outputs record, :data:`SHOWN_KEYS`), in schema order."""
+        if sections is None:
+            return list(SHOWN_KEYS)
+        every = list(_leaves(self.config.model_dump(mode="json")))
+        return [key for key, _ in every if any(key == s or key.startswith(s + ".") for s in sections)]
+
+    def describe(self, command: str | None = None) -> list[str]:
+        """Lines to print at the start of a run: each setting ``command`` uses (:data:`COMMAND_SECTIONS`; None:
+        :data:`SHOWN_KEYS`), its value and where it came from, then the notes."""
         head = "resolved settings"
         if self.checkpoint is not None:
             head += f" for checkpoint {self.checkpoint.name} (sha256 {self.checkpoint.sha256})"
         lines = [f"{head}; {ORDER}:"]
-        width = max(len(k) for k in SHOWN_KEYS)
-        for key in SHOWN_KEYS:
+        keys = self.keys(COMMAND_SECTIONS.get(command) if command else None)
+        width = max(len(k) for k in keys)
+        for key in keys:
             lines.append(f"  {key:<{width}}  {self.value(key)!s:<16} {self.sources.get(key, 'default')}")
         lines += [f"  note: {note}" for note in self.notes]
         return lines
@@ -117,13 +144,21 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     """
     handle = Checkpoint.open(checkpoint) if checkpoint is not None else None
     layers: list[tuple[str, dict]] = []
-    if handle is not None:
-        layers.append((f"checkpoint {handle.name}", handle.settings_tree()))
-    if recorded:
-        layers.append((recorded_from, recorded))
+    own: tuple[str, dict] | None = None
     if config is not None:
-        layers.append((f"--config {config}", load_yaml_tree(config)))
+        *inherited, (named, own_tree) = load_yaml_layers(config)
+        layers += [(f"_base_ {_shown_path(path)} (via --config {config})", tree) for path, tree in inherited]
+        own = (f"--config {config}", own_tree)
+    recorded_layers = []
+    if handle is not None:
+        recorded_layers.append((f"checkpoint {handle.name}", handle.settings_tree()))
+    if recorded:
+        recorded_layers.append((recorded_from, recorded))
+    layers += recorded_layers
+    if own is not None:
+        layers.append(own)
     if params is not None:
+        check_tuned_for(params, handle)
         layers.append((f"--params {params}", load_yaml_tree(params)))  # a configuration fragment, keys checked
     overrides = list(overrides or [])
     if overrides:
@@ -131,19 +166,58 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
 
     tree: dict = {}
     sources: dict[str, str] = {}
+    notes = []
     for label, layer in layers:
+        if own is not None and label == own[0]:
+            for key, value in _leaves(layer):  # the named file's own keys win over what the checkpoint records
+                for recorded_label, recorded_tree in recorded_layers:
+                    before = _get(recorded_tree, key)
+                    if before is not None and before != value and not key.startswith("model."):
+                        notes.append(f"{key} {value!r} from --config {config} replaces {before!r} recorded by "
+                                     f"{recorded_label}")
         tree = deep_merge(tree, layer)
         for key, _ in _leaves(layer):
             sources[key] = label
-    notes = []
     if handle is not None:  # the weights define the network
         for key, value in _leaves(handle.settings_tree()["model"], "model."):
             if _get(tree, key) != value:
                 notes.append(f"{key} stays {value!r} from the checkpoint ({sources.get(key)} said "
                              f"{_get(tree, key)!r}): its weights define the network")
                 _set(tree, key, value)
+                sources[key] = f"checkpoint {handle.name}"
     resolved = validate_tree(tree)
-    return RunSettings(resolved, handle, {key: sources[key] for key in SHOWN_KEYS if key in sources}, notes)
+    if params is not None:
+        check_tuned_method(params, resolved)
+    return RunSettings(resolved, handle, sources, notes)
+
+
+def _shown_path(path: Path) -> str:
+    """A file as a message shows it: relative to the working folder when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def check_tuned_for(params, handle: Checkpoint | None) -> None:
+    """Refuse a parameters file that ``nisbflow tune`` wrote for another checkpoint (its ``_tuned_`` record)."""
+    tuned = tuned_record(params)
+    if not tuned or handle is None or not tuned.get("checkpoint_sha256"):
+        return
+    if tuned["checkpoint_sha256"] != handle.sha256:
+        raise ConfigError(f"--params {params} was tuned for checkpoint {tuned.get('checkpoint')} (sha256 "
+                          f"{tuned['checkpoint_sha256']}), not for {handle.name} (sha256 {handle.sha256}): its "
+                          "threshold belongs to that model; tune this checkpoint (nisbflow tune), or pass the "
+                          "checkpoint it was tuned for")
+
+
+def check_tuned_method(params, config: Config) -> None:
+    """Refuse a parameters file tuned for another decoding method than the run decodes with."""
+    tuned = tuned_record(params)
+    if tuned and tuned.get("method") and tuned["method"] != config.decoding.method:
+        raise ConfigError(f"--params {params} holds a threshold tuned for decoding.method {tuned['method']}, but "
+                          f"this run decodes with {config.decoding.method}; tune with decoding.method="
+                          f"{config.decoding.method}, or drop the override")
 
 
 def as_run_settings(config=None, checkpoint=None) -> RunSettings:

@@ -13,6 +13,7 @@ import zarr
 from typer.testing import CliRunner
 
 from nisbflow.data.volumes import array_url
+from nisbflow.model import Checkpoint
 from nisbflow.config import load_config, load_yaml_tree
 from nisbflow.errors import ConfigError
 from nisbflow.model import SHIPPED_DIR, ARCHITECTURES, Checkpoint, save_random_checkpoint
@@ -78,6 +79,54 @@ def test_the_checkpoint_keeps_its_network_and_a_config_naming_another_is_noted()
     assert any("note: model.init_filters" in line for line in run.describe())
     assert run.config.decoding.threshold == 0.75  # an explicit setting of the file does win
     assert run.sources["decoding.threshold"] == "--config configs/base_banis.yaml"
+
+
+def test_inherited_defaults_never_replace_what_the_checkpoint_records_and_each_value_names_its_file(tmp_path):
+    """configs/tiny.yaml's decoding.threshold 0.75 comes from its _base_ and used to replace the shipped model's
+    tuned 0.7, printed as coming from tiny.yaml. Now an inherited value sits under the checkpoint, names the file
+    that set it, and a value the named file sets itself wins with a note."""
+    run = resolve_settings("nisb-tiny-synthetic", config="configs/tiny.yaml", overrides=["decoding.method=waterz"])
+    assert run.config.decoding.threshold == 0.7 and run.sources["decoding.threshold"] == "checkpoint nisb-tiny-synthetic"
+    assert run.sources["decoding.backend"] == "_base_ configs/base_banis.yaml (via --config configs/tiny.yaml)"
+    assert run.sources["data.patch_size"] == "--config configs/tiny.yaml"
+    assert run.config.decoding.method == "waterz" and run.sources["decoding.method"] == "KEY=VALUE"
+    printed = "\n".join(run.describe("decode"))
+    assert "decoding.method              waterz           KEY=VALUE" in printed
+    assert "decoding.waterz.scoring" in printed and "decoding.threshold           0.7 " in printed
+    assert not run.notes  # tiny.yaml's own inference keys agree with the checkpoint's
+    # three levels: a base of a base, the named file over the checkpoint with a note
+    (tmp_path / "lab.yaml").write_text("decoding: {threshold: 0.8, backend: numba}\ninference: {sw_batch_size: 5}\n")
+    (tmp_path / "project.yaml").write_text("_base_: lab.yaml\nexperiment_name: mouse\n")
+    (tmp_path / "run.yaml").write_text("_base_: project.yaml\ninference: {overlap: 0.25}\n")
+    run = resolve_settings("nisb-tiny-synthetic", config=tmp_path / "run.yaml")
+    assert run.config.decoding.threshold == 0.7 and run.config.inference.sw_batch_size == 2  # the checkpoint's
+    assert run.config.experiment_name == "mouse"
+    assert run.sources["experiment_name"] == f"_base_ {tmp_path / 'project.yaml'} (via --config {tmp_path / 'run.yaml'})"
+    assert run.config.inference.overlap == 0.25 and run.sources["inference.overlap"] == f"--config {tmp_path / 'run.yaml'}"
+    assert run.notes == [f"inference.overlap 0.25 from --config {tmp_path / 'run.yaml'} replaces 0.5 recorded by "
+                         "checkpoint nisb-tiny-synthetic"]
+    # without a checkpoint the base's values apply, named by their file
+    plain = resolve_settings(None, config=tmp_path / "run.yaml")
+    assert plain.config.decoding.threshold == 0.8
+    assert plain.sources["decoding.threshold"] == f"_base_ {tmp_path / 'lab.yaml'} (via --config {tmp_path / 'run.yaml'})"
+
+
+def test_every_command_prints_the_settings_it_uses(tmp_path):
+    run = resolve_settings("nisb-tiny-synthetic")
+    for command, present, absent in (("train", "optimization.max_steps", "tune.sampler"),
+                                     ("tune", "tune.sampler", "optimization.max_steps"),
+                                     ("decode", "decoding.waterz.context", "inference.window_size"),
+                                     ("infer", "inference.compile", "tune.sampler"),
+                                     ("test", "evaluation.merge_threshold", "tune.sampler")):
+        printed = "\n".join(run.describe(command))
+        assert present in printed and absent not in printed, command
+    values = np.full((3, 16, 16, 8), 0.9, dtype=np.float16)
+    zarr.create_array(str(tmp_path / "aff.zarr"), data=values, chunks=(3, 8, 8, 8))
+    result = CliRunner().invoke(app, ["decode", str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"), "--method",
+                                      "waterz", "-t", "0.3", "--cluster", "sync"])
+    assert result.exit_code == 0, result.output
+    assert "decoding.method              waterz           KEY=VALUE" in result.output  # once left out
+    assert "decoding.waterz.scoring      aff85_his256     default" in result.output
 
 
 def test_checkpoints_without_a_recorded_configuration_and_training_checkpoints(tmp_path):
@@ -221,5 +270,7 @@ def test_one_checkpoint_gives_the_same_outputs_through_infer_decode_test_tune_an
     cached = zarr.open_array(array_url(str(tmp_path / "runs" / "tune" / "val-affinities.zarr")), mode="r")[...]
     np.testing.assert_array_equal(cached, demo_affinities)
     study = tmp_path / "runs" / "tune"
-    assert yaml.safe_load((study / "best.yaml").read_text()) == {"decoding": {"threshold": threshold}}
+    best = yaml.safe_load((study / "best.yaml").read_text())
+    assert best.pop("_tuned_")["checkpoint_sha256"] == Checkpoint.open("nisb-tiny-synthetic").sha256
+    assert best == {"decoding": {"threshold": threshold}}
     assert f"{threshold:g}" in tuned.output and f"{metrics['nerl']:.4f}" in tuned.output

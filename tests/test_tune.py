@@ -37,7 +37,7 @@ def test_tpe_reaches_the_best_point_of_the_exhaustive_grid_and_the_study_resumes
     import optuna
     from optuna.trial import TrialState
 
-    from nisbflow.tune import ThresholdScorer, open_study, threshold_grid, tune
+    from nisbflow.tune import ThresholdScorer, threshold_grid, tune
 
     config = tune_config(seeds, tmp_path, "tune.n_trials=8")
     result = tune(config, "nisb-tiny-synthetic", progress=False)
@@ -47,15 +47,21 @@ def test_tpe_reaches_the_best_point_of_the_exhaustive_grid_and_the_study_resumes
     assert best_of_grid > 0.2  # the shipped model segments something at some threshold
     assert result.best_value == pytest.approx(best_of_grid)
     assert all(result.curve[t] == pytest.approx(exhaustive[t].nerl) for t in result.curve)
-    assert yaml.safe_load(result.params_path.read_text()) == {"decoding": {"threshold": result.best_threshold}}
+    params = yaml.safe_load(result.params_path.read_text())
+    assert params.pop("_tuned_") == {"checkpoint": "nisb-tiny-synthetic", "checkpoint_sha256": "3667c0460e39fb58",
+                                     "method": "cc", "study": result.study_name, "storage": config.tune.storage,
+                                     "validation": str(seeds / "val" / "seed100"),
+                                     "identity": result.study_name.rsplit("-", 1)[1]}
+    assert params == {"decoding": {"threshold": result.best_threshold}}
+    assert result.study_name.startswith("test-") and len(result.study_name) == len("test-") + 12
     assert result.plot_path.stat().st_size > 0
 
     # an interrupted run leaves a RUNNING trial; the next run marks it failed and appends its own trials
-    study = open_study(config.tune, grid)
+    study = optuna.load_study(study_name=result.study_name, storage=config.tune.storage)
     study.ask()
     again = tune(config, "nisb-tiny-synthetic", progress=False)
     assert again.n_failed_marked == 1
-    study = optuna.load_study(study_name="test", storage=config.tune.storage)
+    study = optuna.load_study(study_name=result.study_name, storage=config.tune.storage)
     states = [t.state for t in study.get_trials()]
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.COMPLETE) == 16
     assert again.best_value == pytest.approx(best_of_grid)
@@ -129,7 +135,8 @@ def test_a_grid_after_tpe_scores_exactly_the_missing_grid_points_with_exact_valu
     grid = threshold_grid(0.4, 0.9, 0.1)
     missing = [t for t in grid if t not in tpe_points]
     assert f"grid: scoring {len(missing)} thresholds not yet in the study from one decoding pass" in lines
-    study = optuna.load_study(study_name="test", storage=grid_config.tune.storage)
+    assert result.study_name == first.study_name  # the same question: TPE's trials count for the grid
+    study = optuna.load_study(study_name=result.study_name, storage=grid_config.tune.storage)
     completed = study.get_trials(states=(TrialState.COMPLETE,))
     added = [t.params["threshold"] for t in completed[len(completed) - len(missing):]]
     assert added == missing  # exactly the grid points not scored yet, as exact grid values
@@ -199,12 +206,14 @@ def test_waterz_threshold_tuned_on_a_grid_then_tested_from_best_yaml(seeds, tmp_
                 for t, s in zip((0.1, 0.3, 0.5), decode_affinity_waterz(affinities, (0.1, 0.3, 0.5)))}
     import optuna
 
-    study = optuna.load_study(study_name="waterz", storage=f"sqlite:///{tmp_path}/tune.sqlite3")
+    [name] = [n for n in optuna.get_all_study_names(f"sqlite:///{tmp_path}/tune.sqlite3") if n.startswith("waterz-")]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/tune.sqlite3")
     study_curve = {t.params["threshold"]: t.value for t in study.get_trials()}
     best = max(expected, key=expected.get)
     for threshold, value in expected.items():
         assert study_curve[threshold] == pytest.approx(value, abs=5e-5), (threshold, study_curve)
     params = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())
+    assert params.pop("_tuned_")["method"] == "waterz"
     assert params == {"decoding": {"method": "waterz", "waterz": {"thresholds": [best]}}}
     tested = runner.invoke(app, ["test", *base, "--params", str(tmp_path / "tune" / "best.yaml"),
                                  f"data.test.path={seeds / 'test' / 'seed101'}", f"save_path={tmp_path / 'test'}"])
@@ -216,3 +225,80 @@ def test_waterz_threshold_tuned_on_a_grid_then_tested_from_best_yaml(seeds, tmp_
     [segmentation] = decode_affinity_waterz(zarr.open_array(array_url(folder / "affinities.zarr"))[...], [best])
     assert metrics["nerl"] == pytest.approx(nerl(segmentation, seeds / "test" / "seed101" / "skeleton.pkl",
                                                  voxel_size=(9, 9, 20)).nerl)
+
+
+def test_two_checkpoints_and_both_methods_in_one_project_get_the_results_of_runs_alone(seeds, tmp_path):
+    """One project folder, one study name (as every config inheriting one base once shared): the shipped model, a
+    second checkpoint and the waterz method each get a study of their own whose curve equals a run alone; before,
+    the second checkpoint reported the first one's NERLs and waterz took the cc trials' scores."""
+    from nisbflow.model import Checkpoint, save_random_checkpoint
+    from nisbflow.tune import tune
+
+    other = tmp_path / "other.pt"
+    save_random_checkpoint(other, Checkpoint.open("nisb-tiny-synthetic").model, seed=1)
+    grid = ["tune.sampler=grid", "tune.threshold.low=0.5", "tune.threshold.high=0.7"]
+    waterz = ["decoding.method=waterz", "tune.waterz_threshold.low=0.1", "tune.waterz_threshold.high=0.3",
+              "tune.waterz_threshold.step=0.2"]
+
+    def run(folder, checkpoint, *more):
+        return tune(tune_config(seeds, tmp_path / folder, *grid, *more), checkpoint, progress=False,
+                    log=lambda *_: None)
+
+    shipped = run("project", "nisb-tiny-synthetic")
+    second = run("project", str(other))
+    agglomerated = run("project", "nisb-tiny-synthetic", *waterz)
+    assert len({shipped.study_name, second.study_name, agglomerated.study_name}) == 3
+    assert all(r.study_name.startswith("test-") for r in (shipped, second, agglomerated))
+    assert second.curve == run("alone-second", str(other)).curve
+    assert agglomerated.curve == run("alone-waterz", "nisb-tiny-synthetic", *waterz).curve
+    assert set(agglomerated.curve) == {0.1, 0.3} and set(second.curve) == {0.5, 0.6, 0.7}
+    assert second.curve != shipped.curve  # another model scores otherwise
+    again = run("project", "nisb-tiny-synthetic")  # the shipped model's study is found again, complete
+    assert again.study_name == shipped.study_name and again.curve == shipped.curve
+
+    # best.yaml names what it was tuned for: test refuses it for another checkpoint or method
+    runner = CliRunner()
+    data = [f"data.test.path={seeds / 'test' / 'seed101'}", f"save_path={tmp_path / 'tested'}"]
+    refused = runner.invoke(app, ["test", "--checkpoint", str(other), "--params", str(shipped.params_path),
+                                  "--cluster", "sync", *data])
+    assert refused.exit_code == 2
+    assert f"was tuned for checkpoint nisb-tiny-synthetic (sha256 {Checkpoint.open('nisb-tiny-synthetic').sha256})" \
+        in " ".join(refused.output.split())
+    refused = runner.invoke(app, ["test", "--checkpoint", "nisb-tiny-synthetic", "--params",
+                                  str(shipped.params_path), "decoding.method=waterz", "--cluster", "sync", *data])
+    assert refused.exit_code == 2 and "tuned for decoding.method cc" in " ".join(refused.output.split())
+    assert not (tmp_path / "tested").exists()
+
+
+def test_a_second_tuner_on_a_study_is_refused_and_the_first_finishes(seeds, tmp_path):
+    """Two nisbflow tune on one study: the second once marked the first's running trial FAIL, and the first died
+    with 'Cannot tell a FAIL trial' and lost best.yaml. Now one tuner per study: the second is refused in one
+    line naming the first, which finishes with all its trials."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import optuna
+
+    nisbflow = str(Path(sys.executable).with_name("nisbflow"))
+    arguments = [nisbflow, "tune", "--checkpoint", "nisb-tiny-synthetic", "--cluster", "sync",
+                 f"data.val.path={seeds / 'val' / 'seed100'}", f"save_path={tmp_path}", "tune.n_trials=4",
+                 "tune.n_startup_trials=4"]
+    first = subprocess.Popen(arguments, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    locks = tmp_path / "tune.sqlite3.locks"
+    deadline = time.monotonic() + 120
+    while not (locks.exists() and any(locks.iterdir())) and time.monotonic() < deadline:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr
+    assert "is being tuned by another run" in second.stderr and f"pid {first.pid}" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert (tmp_path / "tune" / "best.yaml").exists() and not any(locks.iterdir())
+    [name] = optuna.get_all_study_names(f"sqlite:///{tmp_path}/tune.sqlite3")
+    states = [t.state.name for t in optuna.load_study(study_name=name,
+                                                      storage=f"sqlite:///{tmp_path}/tune.sqlite3").trials]
+    assert states == ["COMPLETE"] * 4

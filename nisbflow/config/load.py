@@ -18,6 +18,9 @@ from ..errors import ConfigError
 from .schema import Config
 
 BASE_KEY = "_base_"
+TUNED_KEY = "_tuned_"
+"""What ``nisbflow tune`` tuned a parameters file (``best.yaml``) for: checkpoint, its sha256, decoding method,
+study. Not a setting: :func:`load_yaml_tree` drops it, :func:`tuned_record` reads it."""
 
 
 def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -71,11 +74,10 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_yaml_tree(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
-    """Read one YAML file and the ``_base_`` files it names (a string or a list, relative to the file).
-
-    Bases are merged first, in list order; the file's own keys win. A cycle raises :class:`ConfigError`.
-    """
+def load_yaml_layers(path: str | Path, _stack: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """One YAML file and the ``_base_`` files it names (a string or a list, relative to the file), as
+    ``[(file, its own keys), …]`` in merge order: bases first (depth first, in list order), the named file last.
+    A cycle raises :class:`ConfigError`."""
     path = Path(path).expanduser().resolve()
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
@@ -89,16 +91,36 @@ def load_yaml_tree(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path} is not valid YAML: {error}") from error
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping of configuration keys, got {type(tree).__name__}")
+    tree.pop(TUNED_KEY, None)
     bases = tree.pop(BASE_KEY, None) or []
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{BASE_KEY} in {path} must be a path or a list of paths, got {bases!r}")
     _check_keys(tree, str(path))
-    merged: dict = {}
+    layers: list[tuple[Path, dict]] = []
     for base in bases:
-        merged = deep_merge(merged, load_yaml_tree(path.parent / base, (*_stack, path)))
-    return deep_merge(merged, tree)
+        layers += load_yaml_layers(path.parent / base, (*_stack, path))
+    return layers + [(path, tree)]
+
+
+def load_yaml_tree(path: str | Path) -> dict:
+    """Read one YAML file and the ``_base_`` files it names (:func:`load_yaml_layers`), merged: bases first, in list
+    order; the file's own keys win."""
+    merged: dict = {}
+    for _, tree in load_yaml_layers(path):
+        merged = deep_merge(merged, tree)
+    return merged
+
+
+def tuned_record(path: str | Path) -> dict | None:
+    """The ``_tuned_`` record of a parameters file written by ``nisbflow tune`` (None when it has none)."""
+    try:
+        tree = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None  # load_yaml_tree reports these
+    record = tree.get(TUNED_KEY) if isinstance(tree, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -6,12 +6,21 @@ checkpoint and inference settings are the same). Each trial decodes them block-w
 ``tune.metric`` (NERL by default) against ``data.val.skeleton``; ``tune.sampler=grid`` scores the whole grid from
 one multi-threshold decoding pass. The study lives in ``tune.storage`` (sqlite under ``save_path``) with
 ``load_if_exists``: a later run appends ``tune.n_trials`` trials, and trials an interrupted run left RUNNING are
-marked FAIL first (one tuner per study at a time). The best parameters go to ``<out>/best.yaml``, a configuration
-fragment that ``nisbflow test --params`` layers over the configuration.
+marked FAIL first. The best parameters go to ``<out>/best.yaml``, a configuration fragment that
+``nisbflow test --params`` layers over the configuration.
+
+A study answers one question: its *identity* (:func:`study_identity`) is the checkpoint's hash, the decoding
+method and scoring, the validation seed's fingerprint (image and skeleton), the inference geometry, the search space
+and what is scored. The study used is ``<tune.study_name>-<12 hex digits of the identity>``, which records the
+identity as a user attribute, so trials of another checkpoint, method or seed are never reused. One tuner works on
+a study at a time (a lock file beside the storage). ``best.yaml`` records the identity under ``_tuned_``, and
+``nisbflow test --params`` refuses a ``best.yaml`` tuned for another checkpoint or decoding method.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +29,8 @@ import yaml
 from nisbflow.errors import ConfigError
 
 from .scoring import ThresholdScorer, threshold_grid, threshold_key
+
+from nisbflow.config.load import TUNED_KEY
 
 __all__ = ["ThresholdScorer", "TuneResult", "load_params", "mark_interrupted_trials_failed", "open_study",
            "plot_threshold_curve", "threshold_grid", "tune", "tune_and_test"]
@@ -60,18 +71,87 @@ def _storage_url(url: str) -> str:
     return url
 
 
-def open_study(tune_config, grid: list[float]):
-    """The study named ``tune.study_name`` in ``tune.storage`` (created, or loaded with ``load_if_exists``)."""
+IDENTITY_ATTRIBUTE = "nisbflow_identity"
+"""The study user attribute that records what the study's trials score (:func:`study_identity`)."""
+
+
+def study_identity(run, seed_path: str, skeleton: str) -> dict:
+    """What decides a trial's score, JSON-ready: the checkpoint (sha256), the decoding method (and waterz's
+    scoring), the validation seed (fingerprints of its image and skeleton), the inference geometry that made the
+    affinities, the affinity mask, the search space and the metric with its evaluation settings."""
+    from nisbflow.blocks import fingerprint
+    from nisbflow.infer.blockwise import WindowSettings
+
+    config = run.config
+    geometry = WindowSettings.from_config(config.inference).record()
+    for key in ("sw_batch_size", "compile"):  # how it runs, not what it computes
+        geometry.pop(key)
+    search = _search_range(config)
+    identity = {
+        "checkpoint_sha256": run.checkpoint.sha256,
+        "method": config.decoding.method,
+        "scoring": config.decoding.waterz.scoring if config.decoding.method == "waterz" else None,
+        "validation": {"image": fingerprint(f"{seed_path}/data.zarr/img"), "skeleton": fingerprint(skeleton)},
+        "inference": geometry,
+        "affinity_mask": None if config.decoding.affinity_mask_path is None else
+        fingerprint(config.decoding.affinity_mask_path),
+        "search": {"low": search.low, "high": search.high, "step": search.step},
+        "metric": config.tune.metric, "direction": config.tune.direction,
+        "merge_threshold": config.evaluation.merge_threshold, "voxel_size": list(config.data.voxel_size),
+    }
+    return json.loads(json.dumps(identity, default=str))
+
+
+def identity_digest(identity: dict) -> str:
+    """12 hex digits naming a study identity."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def open_study(tune_config, grid: list[float], identity: dict | None = None):
+    """The study of ``identity`` in ``tune.storage``: ``<tune.study_name>-<identity digest>`` (just
+    ``tune.study_name`` without an identity), created, or loaded with ``load_if_exists``. A loaded study must
+    record the same identity."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = tune_config.study_name if identity is None else f"{tune_config.study_name}-{identity_digest(identity)}"
     try:
-        return optuna.create_study(storage=_storage_url(tune_config.storage), study_name=tune_config.study_name,
-                                   sampler=_sampler(tune_config, grid), direction=tune_config.direction,
-                                   load_if_exists=tune_config.load_if_exists)
+        study = optuna.create_study(storage=_storage_url(tune_config.storage), study_name=name,
+                                    sampler=_sampler(tune_config, grid), direction=tune_config.direction,
+                                    load_if_exists=tune_config.load_if_exists)
     except optuna.exceptions.DuplicatedStudyError:
-        raise ConfigError(f"study {tune_config.study_name!r} already exists in {tune_config.storage}; set "
+        raise ConfigError(f"study {name!r} already exists in {tune_config.storage}; set "
                           f"tune.load_if_exists=true to append to it, or choose another tune.study_name") from None
+    if identity is not None:
+        recorded = study.user_attrs.get(IDENTITY_ATTRIBUTE)
+        if recorded is None and not study.trials:
+            study.set_user_attr(IDENTITY_ATTRIBUTE, identity)
+        elif recorded != identity:
+            raise ConfigError(f"study {name!r} in {tune_config.storage} records another question than this run's "
+                              "(checkpoint, method, validation seed or search space); choose another "
+                              "tune.study_name")
+    return study
+
+
+def study_lock(config, study_name: str, log=None):
+    """The lock that keeps a second tuner off a study: ``<sqlite file>.locks/<study>.json`` beside a sqlite storage,
+    else ``<save_path>/tune-locks/<study>.json``."""
+    from nisbflow.locks import RunLock
+
+    storage = config.tune.storage
+    folder = Path(storage.removeprefix("sqlite:///") + ".locks") if storage.startswith("sqlite:///") \
+        else Path(config.save_path) / "tune-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def locked(holder, url):
+        if not holder.get("pid"):
+            return ConfigError(f"study {study_name!r}: its lock {url} is unreadable; if no other nisbflow tune "
+                               f"works on it, delete {url}")
+        return ConfigError(f"study {study_name!r} in {storage} is being tuned by another run (pid "
+                           f"{holder.get('pid')} on {holder.get('host', '?')} since {holder.get('started', '?')}); "
+                           f"run one tuner per study: wait for it, or if that run is gone delete {url}")
+
+    return RunLock(folder / f"{study_name}.json", locked=locked, log=log, what=f"study {study_name}")
 
 
 def mark_interrupted_trials_failed(study) -> int:
@@ -169,7 +249,6 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     sampler) are decoded in one pass and added as trials with their exact grid values.
     """
     from nisbflow.data import open_seed
-    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
@@ -185,7 +264,24 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     out.mkdir(parents=True, exist_ok=True)
     search = _search_range(config)
     grid = threshold_grid(search.low, search.high, search.step)
-    study = open_study(tune_config, grid)
+    identity = study_identity(run, str(seed.path), str(skeleton))
+    study = open_study(tune_config, grid, identity)
+    log(f"study {study.study_name!r} in {tune_config.storage}: checkpoint {run.checkpoint.name} (sha256 "
+        f"{run.checkpoint.sha256}), {config.decoding.method} decoding, validation seed {config.data.val.path}, "
+        f"thresholds {search.low:g}–{search.high:g} step {search.step:g}")
+    lock = study_lock(config, study.study_name, log=log)
+    lock.acquire()
+    try:
+        return _tune_study(run, study, identity, seed, skeleton, search, grid, out, block, progress, log)
+    finally:
+        lock.release()
+
+
+def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, block, progress, log) -> TuneResult:
+    """:func:`tune` once its study is open and locked."""
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+
+    config, tune_config = run.config, run.config.tune
     marked = mark_interrupted_trials_failed(study)
     if marked:
         log(f"marked {marked} trial(s) left RUNNING by an interrupted run as FAIL")
@@ -222,24 +318,29 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
             study.optimize(objective, n_trials=tune_config.n_trials, callbacks=[lambda *_: bar.advance(task)])
     completed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "threshold" in t.params]
     if not completed:
-        raise ConfigError(f"study {tune_config.study_name!r} has no completed trials")
+        raise ConfigError(f"study {study.study_name!r} has no completed trials")
     curve = {threshold_key(t.params["threshold"]): float(t.value) for t in completed}
     best = study.best_trial
     best_threshold = threshold_key(best.params["threshold"])
     params_path = out / "best.yaml"
     header = (f"# nisbflow tune: best {tune_config.metric} {best.value:.4f} on {config.data.val.path} "
-              f"(study {tune_config.study_name}, {len(completed)} completed trials, checkpoint {run.checkpoint.name}, "
+              f"(study {study.study_name}, {len(completed)} completed trials, checkpoint {run.checkpoint.name}, "
               f"sha256 {run.checkpoint.sha256})\n")
+    tuned = {TUNED_KEY: {"checkpoint": run.checkpoint.name, "checkpoint_sha256": run.checkpoint.sha256,
+                         "method": config.decoding.method, "study": study.study_name,
+                         "storage": tune_config.storage, "validation": str(config.data.val.path),
+                         "identity": identity_digest(identity)}}
     best_params = ({"decoding": {"method": "waterz", "waterz": {"thresholds": [best_threshold]}}}
                    if config.decoding.method == "waterz" else {"decoding": {"threshold": best_threshold}})
-    params_path.write_text(header + yaml.safe_dump(best_params, sort_keys=False))
+    params_path.write_text(header + yaml.safe_dump(tuned, sort_keys=False)
+                           + yaml.safe_dump(best_params, sort_keys=False))
     plot_path = out / "threshold_curve.png"
     plot_threshold_curve(plot_path, curve, best_threshold, tune_config.metric,
                          title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold",
                          **({"xlabel": f"agglomeration threshold ({config.decoding.waterz.scoring})"}
                             if config.decoding.method == "waterz" else {}))
     return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
-                      tune_config.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
+                      study.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
                       affinities, details=dict(best.user_attrs))
 
 
