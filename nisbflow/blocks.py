@@ -514,10 +514,13 @@ class StagedRun:
         if self._fs.exists(path):
             try:
                 manifest = json.loads(self._fs.cat_file(path))
+                if not (isinstance(manifest, dict) and isinstance(manifest.get("run_id"), str)
+                        and isinstance(manifest.get("identity"), dict)):
+                    raise ValueError("not a run manifest")
             except Exception:
-                manifest, reason = None, "its manifest is unreadable"
+                manifest, reason = None, f"its manifest {self._url(path)} is unreadable or malformed"
             if manifest is not None:
-                changed = _differences(manifest.get("identity", {}), identity)
+                changed = _differences(manifest["identity"], identity)
                 if not changed:
                     self.run_id, self.resumed = manifest["run_id"], True
                     return
@@ -544,6 +547,26 @@ class StagedRun:
         prefix = self.run_id.encode() + b"\n"
         return {p.rstrip("/").rsplit("/", 1)[-1]: content[len(prefix):]
                 for p, content in contents.items() if content.startswith(prefix)}
+
+    def trusted(self, stage: str, finished: dict, array: str, regions: dict) -> dict:
+        """The markers of ``finished`` whose block's chunks in the zarr array ``array`` are all there and whole
+        (:func:`nisbflow.data.chunks.damaged_chunks`; ``regions``: block key → its region of the array). A block
+        whose data was lost or damaged after its marker was written loses its marker and is computed again."""
+        if not finished:
+            return finished
+        from nisbflow.data.chunks import damaged_chunks
+
+        damaged = damaged_chunks(array, {key: regions[key] for key in finished})
+        if damaged:
+            key, reason = next(iter(sorted(damaged.items())))
+            self.log(f"{len(damaged)} finished block(s) of {self.output} lost or damaged their data since (block "
+                     f"{key}: {reason}); computing them again")
+            fs = self._fs
+            for key in damaged:
+                marker = f"{self._staging}/done/{stage}/{key}"
+                if fs.exists(marker):
+                    fs.rm(marker)
+        return {key: payload for key, payload in finished.items() if key not in damaged}
 
     def report_resume(self, n_done: int, n_total: int, what: str = "blocks already done") -> None:
         """Say that this run resumes an interrupted one (nothing when nothing was done)."""
@@ -613,9 +636,9 @@ def write_marker(url: str, run_id: str, payload: bytes = b"") -> None:
 
 def store_block(values: np.ndarray, target: str, region, marker: str, run_id: str, payload: bytes = b"") -> None:
     """Task body: write one block's values into the zarr array ``target`` at ``region`` (slices), then its marker."""
-    import zarr
+    from nisbflow.data.chunks import open_for_writing
 
-    zarr.open_array(target, mode="r+")[tuple(region)] = values
+    open_for_writing(target)[tuple(region)] = values
     write_marker(marker, run_id, payload)
 
 

@@ -10,7 +10,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from nisbflow.data.volumes import array_url
+from nisbflow.data.volumes import open_segmentation
 from nisbflow.errors import ConfigError
 
 
@@ -27,8 +27,6 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the
     resolved settings (None: not printed).
     """
-    import zarr
-
     from nisbflow.data import open_seed
     from nisbflow.decode import decode_to_zarr, threshold_array_name
     from nisbflow.decode.agglomerate_blockwise import WaterzOptions
@@ -66,7 +64,7 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     results = {}
     for value in thresholds:
         array = segmentation if len(thresholds) == 1 else segmentation / threshold_array_name(value)
-        results[value] = nerl(zarr.open_array(array_url(array), mode="r"), skeleton,
+        results[value] = nerl(open_segmentation(array), skeleton,
                               voxel_size=config.data.voxel_size, merge_threshold=config.evaluation.merge_threshold,
                               progress=progress)
     first = results[thresholds[0]]

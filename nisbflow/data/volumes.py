@@ -87,7 +87,9 @@ def open_volume(
     except Exception as error:  # corrupt metadata and the like
         raise VolumeError(f"{role}: cannot open zarr array {path}: {error}") from error
     check_volume(array.shape, array.dtype, path, role=role, ndims=ndims, dtype_kinds=dtype_kinds, dtypes=dtypes)
-    return array
+    from .chunks import open_checked
+
+    return open_checked(array, f"{role} {path}")
 
 
 def array_url(path: str | Path) -> str:
@@ -327,6 +329,7 @@ def output_attrs(description: str, voxel_size, axis_order: str, config=None, **e
         "voxel_size_unit": "nm",
         "axis_order": axis_order,
         "nisbflow_version": __version__,
+        "nisbflow_chunks": "all",  # every chunk is stored: a missing one is an error (nisbflow.data.chunks)
         "command": shlex.join(sys.argv),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

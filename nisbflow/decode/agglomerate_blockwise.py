@@ -27,10 +27,10 @@ from pathlib import Path
 
 import dask
 import numpy as np
-import zarr
 from dask.base import tokenize
 
 from nisbflow.blocks import BlockGrid, task_priority, write_marker
+from nisbflow.data.chunks import open_checked
 from nisbflow.data.volumes import array_url
 from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFAULT_SCORING, EdgeStatistics,
                                          agglomerate_graph, check_watershed_thresholds, clean_affinities,
@@ -130,8 +130,8 @@ def fragment_block(affinities: np.ndarray, mask: np.ndarray | None, write_in_rea
 def _fragment_task(source: str, mask: str | None, read_region, write_in_read, volume_shape, options: WaterzOptions,
                    scratch: FragmentScratch, block_id: int, marker: str, run_id: str) -> int:
     """Task: pass 1 for one block (reads zarr, writes the scratch, then the marker); returns its fragment count."""
-    affinities = zarr.open_array(source, mode="r")[(slice(0, 3),) + tuple(read_region)]
-    mask_values = None if mask is None else zarr.open_array(mask, mode="r")[tuple(read_region)]
+    affinities = open_checked(source, f"affinities {source}")[(slice(0, 3),) + tuple(read_region)]
+    mask_values = None if mask is None else open_checked(mask, f"affinity mask {mask}")[tuple(read_region)]
     origin = [r.start + w.start for r, w in zip(read_region, write_in_read)]
     fragments, n, arrays = fragment_block(affinities, mask_values, write_in_read, options, origin, volume_shape)
     scratch.write_block(block_id, fragments, arrays)

@@ -31,6 +31,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 
 from nisbflow.blocks import BlockGrid, task_priority, write_marker
+from nisbflow.data.chunks import open_for_writing
 from nisbflow.data.ngff import create_image, level_url
 from nisbflow.data.volumes import (fast_compressors, open_affinities, open_volume, output_attrs,
                                    voxel_size_of)
@@ -138,7 +139,7 @@ def _opened(path: str, run_id: str) -> zarr.Array:
     staging path is the same for every run on one output, so the run id is part of the key).
 
     Only used for the arrays a decoding run creates itself, which no one else resizes while it runs."""
-    return zarr.open_array(path, mode="r+")
+    return open_for_writing(path)
 
 
 class LocalIdScratch:
@@ -202,12 +203,20 @@ class LocalIdScratch:
             return {key: data[key] for key in data.files}
 
     def blocks_present(self) -> set[int]:
-        """Linear ids of blocks whose files (every threshold's local ids and the faces) are all in the scratch."""
+        """Linear ids of blocks whose files (every threshold's local ids and the faces) are all in the scratch and
+        whole: each file's blosc header names its own size (a file cut by a crash or a full disk does not)."""
         fs, path = fsspec.core.url_to_fs(self.root)
         present = None
         for folder, suffix in [*((str(t), ".lz4") for t in range(self.n_thresholds)), ("faces", ".npz.lz4")]:
-            names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{path}/{folder}", detail=False)}
-            ids = {int(n[:-len(suffix)]) for n in names if n.endswith(suffix) and n[:-len(suffix)].isdigit()}
+            listing = fs.ls(f"{path}/{folder}", detail=True)
+            ids = set()
+            for entry in listing:
+                name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+                if not (name.endswith(suffix) and name[:-len(suffix)].isdigit()):
+                    continue
+                header = fs.cat_file(entry["name"], start=0, end=16)
+                if len(header) == 16 and int.from_bytes(header[12:16], "little") == entry.get("size"):
+                    ids.add(int(name[:-len(suffix)]))
             present = ids if present is None else present & ids
         return present or set()
 
@@ -499,6 +508,8 @@ def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: 
                      shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype,
                      compressors=fast_compressors(zarr_format, shuffle=False))
     target = level
+    finished = staged.trusted(stage, finished, level, {grid.key(block): grid.write_region(block)
+                                                       for block in grid.indices()})
     staged.report_resume(len(finished), grid.n_blocks, "blocks already relabelled")
     shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
     tasks = [dask.delayed(_relabel_in_zarr, pure=True)(

@@ -20,6 +20,7 @@ import dask.array as da
 import numpy as np
 
 from nisbflow.blocks import BlockGrid, store_block
+from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import blending_weight, read_region, window_grid, windows_for_region
 from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
 from nisbflow.progress import compute_tasks
@@ -454,6 +455,8 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
                          zarr_format=zarr_format, name="affinities", shape=(n_channels,) + grid.shape,
                          chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
                          dtype=settings.output_dtype, compressors=fast_compressors(zarr_format))
+        finished = staged.trusted("predict", finished, staged.image,
+                                  {grid.key(index): (slice(None),) + entry.write for index, entry in plan.items()})
         staged.report_resume(len(finished), grid.n_blocks)
         model_ref = (handle.worker_reference, handle.sha256)
         token = dask.base.tokenize(staged.run_id, settings, grid, split)
@@ -483,8 +486,6 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
     (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
     attributes. For checking block-wise results on volumes that fit in memory."""
-    import zarr
-
     from nisbflow.blocks import StagedRun, default_log
     from nisbflow.data.ngff import create_image
     from nisbflow.data.volumes import fast_compressors, open_image
@@ -511,7 +512,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
                              zarr_format=fmt, name="affinities", shape=values.shape,
                              chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
                              compressors=fast_compressors(fmt))
-        zarr.open_array(level, mode="r+")[...] = values
+        open_for_writing(level)[...] = values
     grid = window_grid(values.shape[1:], settings.window, settings.stride)
     n_windows = int(np.prod([len(g) for g in grid]))
     return InferSummary(str(output), tuple(values.shape[1:]), seconds, int(values[0].size), n_windows, n_windows,

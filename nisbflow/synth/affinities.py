@@ -14,9 +14,9 @@ from pathlib import Path
 import dask
 import dask.array as da
 import numpy as np
-import zarr
 
 from nisbflow.blocks import BlockGrid, StagedRun, default_log, storage_url, store_block
+from nisbflow.data.chunks import open_checked
 from nisbflow.data.ngff import create_image
 from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, array_url, fast_compressors, open_segmentation, output_attrs,
                                    voxel_size_of)
@@ -59,7 +59,7 @@ def _write_noisy_block(segmentation: str, read_region, write_region, index, nois
     """Task: one block's noisy affinities from its read region (write region plus one voxel above on each axis, the
     +1 neighbours its edges reach), written to ``target`` with its marker. Noise is seeded by ``(seed, 0, i, j, k)``,
     as :func:`noisy_affinities` seeds the same block of a dask array."""
-    values = zarr.open_array(segmentation, mode="r")[tuple(read_region)]
+    values = open_checked(segmentation, f"segmentation {segmentation}")[tuple(read_region)]
     targets = np.stack([_same_neuron(values, axis) for axis in range(3)])
     inside = (slice(None),) + tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(write_region, read_region))
     store_block(_add_noise(targets[inside], noise, seed, (0,) + tuple(index)), target,
@@ -94,6 +94,9 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
             create_image(staged.data, attributes=attributes, zarr_format=zarr_format, name="affinities",
                          shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape, dtype="float16",
                          compressors=fast_compressors(zarr_format))
+        finished = staged.trusted("synth", finished, staged.image, {grid.key(index): (slice(None),)
+                                                                    + grid.write_region(index)
+                                                                    for index in grid.indices()})
         staged.report_resume(len(finished), grid.n_blocks)
         segmentation_url = array_url(storage_url(segmentation_path))
         tasks = [dask.delayed(_write_noisy_block, pure=True)(

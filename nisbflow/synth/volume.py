@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 import zarr
 
+from ..data.chunks import open_for_writing
 from ..data.skeleton import save_skeleton, summarize_skeleton
 from ..blocks import BlockGrid, StagedRun, default_log, write_marker
 from ..data.volumes import named_axes, output_attrs, staged_output
@@ -68,8 +69,8 @@ def _write_block(forest: ForestRegion, params, store: str, origin, shape, node_v
     (labels under the given nodes and image statistics) so a resumed run need not render it again."""
     image, segmentation = render_block(forest, params, origin, shape)
     region = tuple(slice(o, o + n) for o, n in zip(origin, shape))
-    zarr.open_array(f"{store}/img", mode="r+")[region + (slice(0, 1),)] = image[..., None]
-    zarr.open_array(f"{store}/seg", mode="r+")[region] = segmentation
+    open_for_writing(f"{store}/img")[region + (slice(0, 1),)] = image[..., None]
+    open_for_writing(f"{store}/seg")[region] = segmentation
     local = node_voxels - np.asarray(origin)
     background = segmentation == 0
     result = {
@@ -166,6 +167,9 @@ def synthesize_seed(
                                **named_axes(output_attrs("neuron ids; 0 = membrane / extracellular space",
                                                          params.voxel_size, "xyz", nisbflow_output="segmentation"),
                                             zarr_format))
+        written = {grid.key(index): grid.write_region(index) for index in grid.indices()}
+        for name in ("img", "seg"):
+            finished = staged.trusted("synth", finished, f"{store}/{name}", written)
         staged.report_resume(len(finished), grid.n_blocks)
         # each block task carries only the capsules and organelles near it, not the whole forest (168 MB at
         # 1536³), so a worker's memory does not grow with the volume

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nisbflow.data.volumes import array_url
+from nisbflow.data.volumes import open_segmentation
 from nisbflow.evaluate import NerlResult
 
 
@@ -57,8 +57,6 @@ class ThresholdScorer:
 
     def score_many(self, thresholds) -> dict[float, NerlResult]:
         """Metrics for each threshold; the ones not yet scored are decoded together from one affinity read."""
-        import zarr
-
         from nisbflow.decode import decode_to_zarr, threshold_array_name
         from nisbflow.evaluate import nerl
 
@@ -77,7 +75,7 @@ class ThresholdScorer:
                                         waterz=self.waterz)
                 for value in missing:
                     array = output if len(missing) == 1 else output / threshold_array_name(value)
-                    self.results[value] = nerl(zarr.open_array(array_url(array), mode="r"), self.skeleton,
+                    self.results[value] = nerl(open_segmentation(array), self.skeleton,
                                                voxel_size=self.voxel_size, merge_threshold=self.merge_threshold)
                     self.segments[value] = int(counts[value])
             finally:
