@@ -113,7 +113,13 @@ def one_line(error: BaseException) -> str:
         extra = OPTIONAL_EXTRAS.get(name)
         return f"missing optional package {name}" + (f": pip install 'nisbflow[{extra}]'" if extra else f" ({error})")
     if isinstance(error, OSError):
+        import errno
+
         reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+        staging = getattr(error, "nisbflow_staging", None)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) and staging:
+            return (f"{reason} while writing {error.filename or staging}; the finished blocks are kept in {staging}: "
+                    "free space (or raise the quota) and re-run the same command to resume, or delete that folder")
         return f"{error.filename}: {reason}" if error.filename else reason
     return f"{type(error).__name__}: {error}"
 
@@ -264,6 +270,26 @@ def print_settings(run, command: str) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+def check_seeds(config, *splits: str) -> None:
+    """Before any cluster starts: each of ``splits`` (``val``, ``test``) names a seed folder that opens, with a
+    skeleton (``data.<split>.skeleton`` or one inside the folder)."""
+    from pathlib import Path
+
+    from nisbflow.data import open_seed
+    from nisbflow.errors import ConfigError
+
+    for split in splits:
+        section = getattr(config.data, split)
+        use = "tuning needs the validation seed" if split == "val" else "testing needs the test seed"
+        if not section.path:
+            raise ConfigError(f"data.{split}.path is not set: {use} folder (holding data.zarr), e.g. "
+                              f"data.{split}.path=outputs/synthetic/{split}/seed{100 if split == 'val' else 101}")
+        seed = open_seed(section.path)
+        skeleton = section.skeleton or seed.skeleton_path
+        if not skeleton or "://" not in str(skeleton) and not Path(skeleton).exists():
+            raise ConfigError(f"no skeleton for the {split} seed {section.path}: set data.{split}.skeleton")
+
+
 PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."
 
 
@@ -288,7 +314,7 @@ def _summary_table(summaries) -> Table:
     rows = [
         ("shape (X,Y,Z)", lambda s: "×".join(str(n) for n in s.shape)),
         ("neurons", lambda s: str(s.n_neurons)),
-        ("skeletons", lambda s: str(s.n_skeletons)),
+        ("skeletons (with edges)", lambda s: f"{s.n_skeletons} ({s.n_scored_skeletons})"),
         ("skeleton nodes", lambda s: str(s.n_skeleton_nodes)),
         ("path length", lambda s: f"{s.path_length_nm / 1000:.1f} µm"),
         ("background voxels", lambda s: f"{100 * s.background_fraction:.1f} %"),
@@ -377,7 +403,8 @@ def skeleton_convert(
 
     graph = convert_skeleton(source, destination)
     summary = summarize_skeleton(graph)
-    console.print(f"wrote {destination}: {summary.n_nodes} nodes, {summary.n_neurons} skeletons, "
+    console.print(f"wrote {destination}: {summary.n_nodes} nodes, {summary.n_neurons} skeletons "
+                  f"({summary.n_scored} with edges, which NERL scores), "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")
 
 
@@ -426,11 +453,15 @@ def decode(
     """
     from nisbflow.data.volumes import open_affinities, open_volume
     from nisbflow.decode import decode_to_zarr, threshold_array_name
+    from nisbflow.blocks import check_block_count
     from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+    from nisbflow.decode.blockwise import open_decoding_inputs
     from nisbflow.decode.kernel import check_backend, check_thresholds
+    from nisbflow.errors import VolumeError
     from nisbflow.settings import recorded_settings, resolve_settings
 
-    attrs = dict(open_affinities(affinities, log=console.print).attrs)
+    opened = open_affinities(affinities, log=console.print)
+    attrs = dict(opened.attrs)
     extra = [f"decoding.method={method}"] if method else []
     extra += [f"decoding.waterz.scoring={scoring}"] if scoring else []
     run = resolve_settings(None, config=config, params=params, overrides=(overrides or []) + extra,
@@ -454,8 +485,14 @@ def decode(
     backend = check_backend(backend or settings.decoding.backend)
     block = parse_triple(chunks, "--chunks") if chunks else None
     mask = mask or settings.decoding.affinity_mask_path
+    check_block_count(opened.shape[1:], block or opened.chunks[1:], "--chunks" if block else "the affinities' chunks")
+    if mask is not None:  # the mask's shape, before any cluster starts
+        open_decoding_inputs(affinities, mask, console.print, check_values=False)
     preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
     ground_truth = open_volume(gt, role="ground truth", ndims=(3,)) if gt else None  # fails before any decoding
+    if ground_truth is not None and tuple(ground_truth.shape) != tuple(opened.shape[1:]):
+        raise VolumeError(f"ground truth {gt}: shape {tuple(ground_truth.shape)} differs from the affinities' "
+                          f"spatial shape {tuple(opened.shape[1:])} (X, Y, Z)")
     options = WaterzOptions.from_config(settings.decoding)
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
         counts = decode_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=block, backend=backend,
@@ -603,7 +640,8 @@ def skeletonize(
     save_skeleton(graph, temporary)
     temporary.replace(output)
     summary = summarize_skeleton(graph)
-    console.print(f"wrote {output}: {summary.n_neurons} skeletons, {summary.n_nodes} nodes, "
+    console.print(f"wrote {output}: {summary.n_neurons} skeletons ({summary.n_scored} with edges, which NERL "
+                  f"scores), {summary.n_nodes} nodes, "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")
 
 
@@ -771,7 +809,10 @@ def infer(
     run = resolve_settings(checkpoint, config=config, params=params, overrides=list(overrides or []) + extra)
     print_settings(run, "infer")
     block = parse_triple(chunks, "--chunks") if chunks else DEFAULT_BLOCK
-    open_image(image)
+    source = open_image(image)
+    from nisbflow.blocks import check_block_count
+
+    check_block_count(source.shape[:3], block)
     check_channels(WindowSettings.from_config(run.config.inference), run.checkpoint.model.out_channels,
                    f"checkpoint {run.checkpoint.name}")
     preflight(output, "affinities", {"image": image}, overwrite, force)
@@ -814,6 +855,7 @@ def test_command(
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
     print_settings(run, "test")
+    check_seeds(run.config, "test")
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
@@ -855,6 +897,7 @@ def tune(
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
     print_settings(run, "tune")
+    check_seeds(run.config, "val")
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_for(run.config, cluster, workers, memory_limit, dashboard_address):
         result = run_tune(run, run.checkpoint, out_dir=out, block=block, log=console.print)
@@ -896,6 +939,7 @@ def tune_test(
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
     print_settings(run, "tune-test")
+    check_seeds(run.config, "val", "test")
     settings = run.config
     block = parse_triple(chunks, "--chunks") if chunks else None
     with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):

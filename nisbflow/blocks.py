@@ -55,6 +55,23 @@ class InputChangedError(NisbflowError):
 # ----------------------------------------------------------------------------------------------------------------
 # the grid
 
+MAX_BLOCKS = 100_000
+"""The most blocks a run builds: each is a few tasks, a marker and a chunk file; beyond this the graph alone takes
+gigabytes and minutes before any block runs (``--chunks 1,1,1`` on 256³ asked for 2.46 million)."""
+
+
+def check_block_count(shape, block, what: str = "--chunks") -> None:
+    """Raise :class:`VolumeError` when blocks of ``block`` voxels (X, Y, Z) over ``shape`` would number more than
+    :data:`MAX_BLOCKS`, naming a block size that stays under it."""
+    shape = [int(s) for s in shape]
+    block = [max(1, min(int(b), s)) for b, s in zip(block, shape)]
+    count = int(np.prod([-(-s // b) for s, b in zip(shape, block)]))
+    if count > MAX_BLOCKS:
+        side = int(np.ceil((np.prod(shape) / MAX_BLOCKS) ** (1 / 3)))
+        raise VolumeError(f"{what} {','.join(map(str, block))}: {count:,} blocks over a volume of "
+                          f"{'×'.join(map(str, shape))} voxels, more than {MAX_BLOCKS:,}; use larger blocks, e.g. "
+                          f"{what} {side},{side},{side} or more")
+
 
 @dataclass(frozen=True)
 class BlockGrid:
@@ -74,6 +91,7 @@ class BlockGrid:
         if any(s <= 0 for s in shape):
             raise VolumeError(f"volume shape {shape} (X, Y, Z) is empty: every axis needs at least one voxel")
         block = tuple(max(1, min(int(b), s)) for b, s in zip(block, shape))
+        check_block_count(shape, block)
         return cls(tuple(tuple(min(b, s - lo) for lo in range(0, s, b)) for b, s in zip(block, shape)))
 
     @property
@@ -99,7 +117,10 @@ class BlockGrid:
         return largest_read_region.bit_length()
 
     def check_fits(self) -> None:
-        """Raise unless block index and local label fit together in 64 bits."""
+        """Raise unless block index and local label fit together in 64 bits, and the blocks are not too many
+        (:data:`MAX_BLOCKS`)."""
+        if self.n_blocks > MAX_BLOCKS:
+            check_block_count(self.shape, self.block_shape, "chunks")
         bits = self.label_bits + max(self.n_blocks - 1, 1).bit_length()
         if bits > 64:
             raise VolumeError(f"{self.n_blocks} blocks of up to {[max(c) for c in self.chunks]} voxels need {bits}-bit "
@@ -444,9 +465,11 @@ class StagedRun:
         try:
             if error_type is None:
                 self.publish()
-            elif issubclass(error_type, KeyboardInterrupt) and error is not None and \
-                    not hasattr(error, "nisbflow_staging"):
-                error.nisbflow_staging = self.staging  # for the one line the CLI prints
+            elif error is not None and not hasattr(error, "nisbflow_staging"):
+                try:  # for the one line the CLI prints: where the finished blocks are kept
+                    error.nisbflow_staging = self.staging
+                except AttributeError:
+                    pass
         finally:
             self._release_lock()
         return False
@@ -455,6 +478,8 @@ class StagedRun:
         """Raise unless the output's folder exists or can be made (on a local disk: its nearest existing ancestor is
         a writable folder); with ``create``, make it."""
         if self._parent in (".", "") or self._fs.exists(self._parent):
+            if "://" not in storage_url(self.output) and not os.access(self._parent, os.W_OK):
+                raise NisbflowError(f"output {self.output}: its folder {self._parent} is not writable")
             return
         if not create:
             if "://" in storage_url(self.output):

@@ -157,8 +157,11 @@ def cluster_client(
     finished = False
     try:
         with made, Client(made) as client:
-            yield client
-            finished = True
+            try:
+                yield client
+                finished = True
+            finally:
+                _quiet_closing()
     except (TimeoutError, asyncio.TimeoutError) as error:
         if not finished:
             raise
@@ -166,6 +169,17 @@ def cluster_client(
         # dask-cuda worker) must not turn a finished command into a failed one
         print(f"warning: the Dask cluster did not close in time ({type(error).__name__}); the command's work had "
               "finished and its output is complete", file=sys.stderr)
+
+
+def _quiet_closing() -> None:
+    """While a cluster nisbflow started closes: its nannies warn "Worker process still alive after 4.0 seconds,
+    killing" for workers that take a moment to exit (torch's threads, zarr's event loop); the work is done and
+    written by then, so only errors are shown."""
+    import logging
+
+    for name in ("distributed.nanny", "distributed.process"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.level, logging.ERROR))
 
 
 def cluster_device(client=None) -> str | None:

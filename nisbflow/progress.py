@@ -8,6 +8,8 @@ from typing import Sequence
 import dask
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from nisbflow.errors import NisbflowError
+
 
 def progress_bar(enabled: bool = True) -> Progress:
     """nisbflow's Rich progress bar (description, bar, done/total, elapsed, remaining); disabled when not enabled."""
@@ -25,6 +27,27 @@ def current_client():
         return get_client()
     except (ImportError, ValueError):
         return None
+
+
+class WorkerDiedError(NisbflowError):
+    """Dask gave up on a task after the workers running it died (``distributed.KilledWorker``)."""
+
+
+def killed_worker_message(error, description: str) -> str:
+    """One line for a ``KilledWorker``: which task, how often, and the memory limit of the last worker that died
+    running it (dying over the memory limit is the usual cause)."""
+    from dask.utils import format_bytes
+
+    worker = getattr(error, "last_worker", None)
+    limit = getattr(worker, "memory_limit", None)
+    address = getattr(worker, "address", "?")
+    key = getattr(error, "task", "?")
+    name = key[0] if isinstance(key, tuple) else str(key)
+    limit_text = f"memory limit {format_bytes(limit)}" if limit else "no memory limit"
+    return (f"{description}: Dask workers died {getattr(error, 'allowed_failures', '?')}+ times running task "
+            f"{name} (last on {address}, {limit_text}); a worker that dies inside a task was usually killed for "
+            "going over its memory: give workers more memory (--memory-limit, system.memory_limit) or make blocks "
+            "smaller (--chunks; for infer also inference.sw_batch_size); finished blocks are kept: re-run to resume")
 
 
 DRAIN_SECONDS = 5.0
@@ -116,6 +139,10 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
             except KeyboardInterrupt:
                 bar.stop()
                 stop_and_drain(client, futures)
+                raise
+            except Exception as error:
+                if type(error).__name__ == "KilledWorker":
+                    raise WorkerDiedError(killed_worker_message(error, description)) from None
                 raise
 
         from dask.callbacks import Callback

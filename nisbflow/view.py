@@ -152,6 +152,13 @@ def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, sk
         from nisbflow.errors import ConfigError
 
         raise ConfigError("nisbflow view: give at least one volume (an image, affinities or a segmentation)")
+    spatial_shapes = {name: tuple(a.shape[1:] if name == "affinities" else a.shape[:3]) for name, a in arrays.items()}
+    if len(set(spatial_shapes.values())) > 1:
+        from nisbflow.errors import VolumeError
+
+        shown = ", ".join(f"{name} {'×'.join(map(str, shape))}" for name, shape in spatial_shapes.items())
+        raise VolumeError(f"nisbflow view: the volumes are not of one shape (X, Y, Z): {shown}; each layer would "
+                          "cover another extent and nothing would line up (crop them to one region first)")
     first = next(iter(arrays.values()))
     voxel_size = tuple(float(v) for v in voxel_size) if voxel_size is not None \
         else voxel_size_of(first) if hasattr(first, "attrs") else DEFAULT_VOXEL_SIZE

@@ -283,8 +283,8 @@ def test_a_second_tuner_on_a_study_is_refused_and_the_first_finishes(seeds, tmp_
 
     nisbflow = str(Path(sys.executable).with_name("nisbflow"))
     arguments = [nisbflow, "tune", "--checkpoint", "nisb-tiny-synthetic", "--cluster", "sync",
-                 f"data.val.path={seeds / 'val' / 'seed100'}", f"save_path={tmp_path}", "tune.n_trials=4",
-                 "tune.n_startup_trials=4"]
+                 f"data.val.path={seeds / 'val' / 'seed100'}", f"save_path={tmp_path}", "tune.n_trials=30",
+                 "tune.sampler=random", "tune.threshold.step=0.001"]  # 30 distinct decodings: the first runs a while
     first = subprocess.Popen(arguments, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     locks = tmp_path / "tune.sqlite3.locks"
     deadline = time.monotonic() + 120
@@ -292,6 +292,7 @@ def test_a_second_tuner_on_a_study_is_refused_and_the_first_finishes(seeds, tmp_
         assert first.poll() is None, first.communicate()
         time.sleep(0.05)
     second = subprocess.run(arguments, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first tuner should still be running"
     assert second.returncode == 2, second.stderr
     assert "is being tuned by another run" in second.stderr and f"pid {first.pid}" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
@@ -301,4 +302,4 @@ def test_a_second_tuner_on_a_study_is_refused_and_the_first_finishes(seeds, tmp_
     [name] = optuna.get_all_study_names(f"sqlite:///{tmp_path}/tune.sqlite3")
     states = [t.state.name for t in optuna.load_study(study_name=name,
                                                       storage=f"sqlite:///{tmp_path}/tune.sqlite3").trials]
-    assert states == ["COMPLETE"] * 4
+    assert states == ["COMPLETE"] * 30

@@ -130,8 +130,9 @@ def open_for_writing(url: str):
 
 def chunk_keys(array, region) -> list[tuple[int, ...]]:
     """The chunk coordinates of ``array`` that ``region`` (slices over all its axes, or its leading ones) touches."""
-    region = tuple(region) + tuple(slice(0, n) for n in array.shape[len(tuple(region)):])
-    ranges = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, array.chunks)]
+    region = tuple(region) + tuple(slice(None) for _ in array.shape[len(tuple(region)):])
+    bounds = [r.indices(n)[:2] for r, n in zip(region, array.shape)]
+    ranges = [range(start // c, -(-stop // c)) for (start, stop), c in zip(bounds, array.chunks)]
     return [tuple(r[i] for r, i in zip(ranges, index)) for index in np.ndindex(*[len(r) for r in ranges])]
 
 

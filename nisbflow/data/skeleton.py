@@ -154,20 +154,39 @@ def load_skeleton(path: str | Path, *, validate: bool = True) -> nx.Graph:
         raise SkeletonError(
             f"unknown skeleton format '{suffix or path}' for {path}: expected one of {', '.join(SKELETON_SUFFIXES)}"
         )
-    graph = readers[suffix](path)
+    graph = undirected(readers[suffix](path))
     if validate:
         validate_skeleton(graph, path)
     return graph
 
 
+def undirected(graph: nx.Graph) -> nx.Graph:
+    """A skeleton as the undirected simple graph NISB's metrics read: a directed graph (``nx.DiGraph``, whose edges
+    may be stored in both directions) or a multigraph gives each pair of joined nodes one edge, with the first
+    edge's attributes. Counting both directions once doubled ERL."""
+    if not graph.is_directed() and not graph.is_multigraph():
+        return graph
+    simple = nx.Graph()
+    simple.graph.update(graph.graph)
+    simple.add_nodes_from(graph.nodes(data=True))
+    for u, v, data in graph.edges(data=True):
+        if not simple.has_edge(u, v):
+            simple.add_edge(u, v, **data)
+    return simple
+
+
 def validate_skeleton(graph: nx.Graph, where: str = "<skeleton>") -> None:
-    """Raise :class:`SkeletonError` unless every node has ``id`` and a 3-element ``index_position``."""
+    """Raise :class:`SkeletonError` unless every node has an integer ``id`` and a 3-element ``index_position``."""
     if graph.number_of_nodes() == 0:
         raise SkeletonError(f"skeleton {where} has no nodes")
     for node, attrs in graph.nodes(data=True):
         for key in ("id", "index_position"):
             if key not in attrs:
                 raise SkeletonError(f"skeleton {where}: node {node!r} has no '{key}' attribute (NISB nodes carry id, index_position, nm_position)")
+        neuron = attrs["id"]
+        if isinstance(neuron, (bool, np.bool_)) or not isinstance(neuron, (int, np.integer)):
+            raise SkeletonError(f"skeleton {where}: node {node!r} has id {neuron!r} ({type(neuron).__name__}); "
+                                "ids must be integers naming the ground-truth neuron (convert them, e.g. int(id))")
         if np.asarray(attrs["index_position"]).shape != (3,):
             raise SkeletonError(
                 f"skeleton {where}: node {node!r} index_position must be (x, y, z), found {attrs['index_position']!r}"
@@ -218,6 +237,9 @@ def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> Skele
     if Path(path.split("?")[0]).suffix.lower() != ".npz":
         return skeleton_arrays(load_skeleton(path), voxel_size)
     stored = _read_npz(path)
+    if stored["id"].dtype.kind not in "iu":
+        raise SkeletonError(f"skeleton {path}: its ids are {stored['id'].dtype} values; ids must be integers naming "
+                            "the ground-truth neuron")
     nodes, ids, index, edge_names = stored["nodes"], stored["id"].astype(np.int64), stored["index_position"], \
         stored["edges"]
     nm = None if stored["nm_position"] is None else stored["nm_position"].astype(np.float64)
@@ -330,12 +352,15 @@ def convert_skeleton(source: str | Path, destination: str | Path) -> nx.Graph:
 
 @dataclass
 class SkeletonSummary:
-    """Node, neuron and edge counts and the total path length in nm of a skeleton."""
+    """Node, neuron and edge counts and the total path length in nm of a skeleton. ``n_neurons``: skeletons (ids)
+    with at least one node; ``n_scored``: those with at least one edge, the skeletons NERL scores
+    (``NerlResult.n_skeletons``)."""
 
     n_nodes: int
     n_neurons: int
     n_edges: int
     path_length_nm: float
+    n_scored: int = 0
 
 
 def summarize_skeleton(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0)) -> SkeletonSummary:
@@ -347,4 +372,5 @@ def summarize_skeleton(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0)) -> Skeleton
         n_neurons=int(len(np.unique(arrays.id))),
         n_edges=int(same.sum()),
         path_length_nm=float(arrays.edge_length[same].sum()),
+        n_scored=int(len(np.unique(arrays.id[arrays.edges[same, 0]]))) if len(arrays.edges) else 0,
     )

@@ -209,9 +209,10 @@ def decode_affinity_waterz(affinities, thresholds=(0.3,), mask=None, *, scoring:
     values = check_thresholds(thresholds)
     check_watershed_thresholds(aff_low, aff_high)
     chosen = scoring_function(scoring)
-    nan = int(np.isnan(affinities[:3]).sum())
+    nan = int((~np.isfinite(affinities[:3])).sum())
     if nan:
-        warnings.warn(f"affinities: {nan} NaN affinities; treated as 0 (no edge)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"affinities: {nan} NaN or infinite affinities (not probabilities: NaN counts as 0, no edge; "
+                      "±inf as the largest or smallest value)", RuntimeWarning, stacklevel=2)
     ascending = sorted(set(values))
     results = run_waterz(to_waterz_affinities(clean_affinities(affinities, mask)), ascending, chosen, aff_low,
                          aff_high)

@@ -35,7 +35,8 @@ from nisbflow.data.chunks import open_for_writing
 from nisbflow.data.ngff import create_image, level_url
 from nisbflow.data.volumes import (fast_compressors, open_affinities, open_volume, output_attrs,
                                    voxel_size_of)
-from nisbflow.decode.kernel import check_affinities, check_backend, check_mask, check_thresholds, decode_in_memory
+from nisbflow.decode.kernel import (NON_FINITE, check_affinities, check_backend, check_mask, check_thresholds,
+                                   decode_in_memory)
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
@@ -302,7 +303,7 @@ def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, st
     counts = np.stack([counts_of[b] for b in range(grid.n_blocks)])
     n_nan = int(counts[:, -1].sum())
     if n_nan:
-        warnings.warn(f"affinities: {n_nan} NaN affinities; treated as no edge", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"affinities: {n_nan} {NON_FINITE}", RuntimeWarning, stacklevel=4)
     return [number_segments(counts[:, t], equivalences[t], grid.label_bits) for t in range(len(thresholds))]
 
 

@@ -53,8 +53,10 @@ def check_thresholds(thresholds) -> tuple[float, ...]:
     except (TypeError, ValueError):
         raise ConfigError(f"decoding threshold / -t: expected numbers in [0, 1], got {raw}") from None
     if not values or any(not 0.0 <= t <= 1.0 for t in values):  # NaN fails both comparisons
+        percent = [t for t in values if 1.0 < t <= 100.0]
+        hint = f"; did you mean {', '.join(f'{t / 100:g}' for t in percent)}?" if percent else ""
         raise ConfigError(f"decoding threshold / -t: every threshold must be a number in [0, 1], got "
-                          f"{', '.join(f'{t:g}' for t in values) or 'none'}")
+                          f"{', '.join(f'{t:g}' for t in values) or 'none'}{hint}")
     return values
 
 
@@ -117,13 +119,14 @@ def threshold_bits(dtype, threshold: float) -> tuple:
 def _count_nan_bits(bits, magnitude, infinity):
     count = 0
     for value in bits.ravel():
-        if value & magnitude > infinity:  # sign bit cleared: NaN lies above +inf
+        if value & magnitude >= infinity:  # sign bit cleared: ±inf is infinity itself, NaN lies above it
             count += 1
     return count
 
 
 def count_nan(affinities: np.ndarray) -> int:
-    """Number of NaN values in a float array (any shape)."""
+    """Number of values that are not finite (NaN, +inf, -inf) in a float array (any shape): none is a
+    probability."""
     unsigned = _UNSIGNED[affinities.dtype.itemsize]
     magnitude = unsigned((1 << (8 * affinities.dtype.itemsize - 1)) - 1)
     infinity = threshold_bits(affinities.dtype, 0.0)[1]
@@ -131,10 +134,14 @@ def count_nan(affinities: np.ndarray) -> int:
 
 
 def warn_nan(affinities: np.ndarray, where: str = "affinities") -> None:
-    """Warn (once per call) when ``affinities[0:3]`` hold NaN, which decodes as 'no edge'."""
+    """Warn (once per call) when ``affinities[0:3]`` hold NaN or infinite values (NaN and -inf decode as 'no
+    edge', +inf as an edge)."""
     n_nan = count_nan(affinities[:3])
     if n_nan:
-        warnings.warn(f"{where}: {n_nan} NaN affinities; treated as no edge", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{where}: {n_nan} {NON_FINITE}", RuntimeWarning, stacklevel=3)
+
+
+NON_FINITE = "NaN or infinite affinities (not probabilities: NaN and -inf count as no edge, +inf as an edge)"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from nisbflow.data.skeleton import SkeletonArrays, load_skeleton_arrays, skeleton_arrays, validate_skeleton
+from nisbflow.data.skeleton import (SkeletonArrays, load_skeleton_arrays, skeleton_arrays, undirected,
+                                    validate_skeleton)
 from nisbflow.errors import SkeletonError
 from nisbflow.paths import check_arrays_on_workers
 from nisbflow.evaluate.gather import dense_contingency, node_labels
@@ -78,6 +79,7 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
     elif isinstance(skeleton, SkeletonArrays):
         arrays = skeleton
     elif isinstance(skeleton, nx.Graph):
+        skeleton = undirected(skeleton)
         validate_skeleton(skeleton, where)
         arrays = skeleton_arrays(skeleton, voxel_size)
     else:

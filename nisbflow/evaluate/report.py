@@ -26,9 +26,10 @@ def metrics_table(result: NerlResult, dense: DenseMetrics | None = None, title: 
          f"{result.nerl_5:.4f} / {result.nerl_20:.4f} / {result.nerl_100:.4f} / {result.nerl_inf:.4f}"),
         ("VOI split / merge / sum (bits, nodes)",
          f"{result.voi_split:.4f} / {result.voi_merge:.4f} / {result.voi_sum:.4f}"),
-        ("mergers (not with background)", f"{result.n_mergers} ({result.n_non0_mergers})"),
+        ("mergers between neurons / with background", f"{result.n_non0_mergers} / "
+                                                       f"{result.n_mergers - result.n_non0_mergers}"),
         ("split edges / omitted edges / merged edges", f"{result.n_splits} / {result.n_omitted} / {result.n_merged_edges}"),
-        ("skeletons / nodes", f"{result.n_skeletons} / {result.n_nodes}"),
+        ("skeletons with edges (scored) / nodes", f"{result.n_skeletons} / {result.n_nodes}"),
         ("merge threshold (nodes)", f"{result.merge_threshold:g}"),
     ]
     if dense is not None:
@@ -67,6 +68,9 @@ def plot_run_lengths(path: str | Path, result: NerlResult, title: str = "") -> N
             continue
         axes.bar([i for i, _ in chosen], [result.per_skeleton_erl[s] / 1000 for _, s in chosen], color=colour,
                  width=1.0, label=f"run length: {LABELS[kind]}")
+        if kind == "merged":  # a merged skeleton's run is often 0: mark it where its grey bar ends, so it shows
+            axes.scatter([i for i, _ in chosen], [result.skeleton_length[s] / 1000 for _, s in chosen],
+                         color=colour, marker="v", s=12, zorder=3, label="merged skeleton")
     axes.set_xlabel("skeleton (sorted by length)")
     axes.set_ylabel("µm")
     axes.set_title(title or f"NERL {result.nerl:.3f}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +115,7 @@ class Checkpoint:
             return checkpoint
         path = resolve_checkpoint(checkpoint).expanduser().absolute()  # the same file on every worker
         payload, digest = _read(path)
-        model, _ = _model_and_state(payload, path)
+        _, model = _network(payload, path)  # weights that do not fit the network fail here, on the client
         metadata = dict(payload.get("metadata") or {}) if payload.get("format") == CHECKPOINT_FORMAT else {}
         shipped = _shipped_yaml(path)
         if shipped is not None:
@@ -197,9 +198,18 @@ def checkpoint_payload(model: torch.nn.Module, config: ModelConfig, metadata: di
 def write_checkpoint(path: str | Path, payload: dict) -> None:
     """``torch.save`` a checkpoint payload to a temporary name next to ``path``, then rename it into place."""
     path = Path(path)
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CheckpointError(f"cannot write checkpoint {path}: folder {folder} is not writable")
     temporary = path.with_name(f".{path.name}.partial")
-    torch.save(payload, temporary)
-    temporary.replace(path)
+    try:
+        torch.save(payload, temporary)
+        temporary.replace(path)
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
+        temporary.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {error}") from None
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfig, /, **metadata) -> None:
@@ -235,7 +245,13 @@ def _network(payload, path, expected: ModelConfig | None = None) -> tuple[torch.
                 raise CheckpointError(f"checkpoint {path} holds model.{key}={getattr(config, key)!r}, but "
                                       f"model.{key}={getattr(expected, key)!r} was asked for")
     model = build(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of other shapes: another network under the same configuration
+        mismatch = str(error).split("size mismatch for ", 1)[-1].split("\n")[0].strip()
+        raise CheckpointError(f"checkpoint {path} does not fit {config.arch}-{config.size} (init_filters "
+                              f"{config.init_filters}, kernel {config.kernel_size}): its weights have other shapes "
+                              f"({mismatch})") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit {config.arch}-{config.size} "
                               f"(init_filters {config.init_filters}): {len(missing)} missing keys "

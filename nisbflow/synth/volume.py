@@ -42,6 +42,8 @@ class SeedSummary:
     background_fraction: float
     membrane_mean: float
     cytoplasm_mean: float
+    n_scored_skeletons: int = 0
+    """Skeletons with at least one edge: the ones NERL scores (``NerlResult.n_skeletons``)."""
 
 
 def make_params(shape, seed: int = 0, presets=(), **overrides) -> SynthParams:
@@ -219,6 +221,7 @@ def synthesize_seed(
         background_fraction=n_background / n_voxels,
         membrane_mean=sum(r["sum_background"] for r in results) / max(n_background, 1),
         cytoplasm_mean=sum(r["sum_foreground"] for r in results) / max(n_voxels - n_background, 1),
+        n_scored_skeletons=skeleton.n_scored,
     )
     if preview is not None:
         write_preview(store_path, preview, title=f"{out_dir} (seed {seed})")
