@@ -44,7 +44,9 @@ def killed_worker_message(error, description: str) -> str:
     key = getattr(error, "task", "?")
     name = key[0] if isinstance(key, tuple) else str(key)
     limit_text = f"memory limit {format_bytes(limit)}" if limit else "no memory limit"
-    return (f"{description}: Dask workers died {getattr(error, 'allowed_failures', '?')}+ times running task "
+    failures = getattr(error, "allowed_failures", None)
+    times = f"{failures + 1} times" if isinstance(failures, int) else "repeatedly"
+    return (f"{description}: Dask workers died {times} running task "
             f"{name} (last on {address}, {limit_text}); a worker that dies inside a task was usually killed for "
             "going over its memory: give workers more memory (--memory-limit, system.memory_limit) or make blocks "
             "smaller (--chunks; for infer also inference.sw_batch_size); finished blocks are kept: re-run to resume")

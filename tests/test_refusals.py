@@ -209,3 +209,28 @@ def test_skeleton_counts_agree_between_synth_convert_and_evaluate(made, tmp_path
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert "mergers between neurons / with background │ "\
         f"{metrics['n_non0_mergers']} / {metrics['n_mergers'] - metrics['n_non0_mergers']}" in text
+
+
+def _die():
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer or the nanny's memory limit does
+
+
+def test_workers_dying_inside_a_task_end_in_one_line_naming_the_memory_limit(tmp_path):
+    """A task whose worker dies every time (as one over its memory limit does) once ended in a KilledWorker
+    traceback several screens long."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from nisbflow.progress import WorkerDiedError, compute_tasks
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="700MiB", dashboard_address=None,
+                      local_directory=str(tmp_path)) as cluster, Client(cluster):
+        with pytest.raises(WorkerDiedError) as raised:
+            compute_tasks([dask.delayed(_die)(dask_key_name="decode-label-block-x")], "decode: label blocks",
+                          progress=False)
+    message = str(raised.value)
+    assert message.startswith("decode: label blocks: Dask workers died 4 times running task decode-label-block-x")
+    assert "memory limit 700.00 MiB" in message and "--memory-limit" in message and "\n" not in message
