@@ -112,3 +112,56 @@ def test_checkpoints_are_written_at_validations_and_every_n_steps_not_every_step
     steps_with_last = [step for name, step in written if name == "last.pt"]
     assert steps_with_last == [3, 4, 5]  # every_n (3), validation (4), the final step (5); not 1 or 2
     assert ("step-3.pt", 3) in written and not any(name == "step-4.pt" for name, _ in written)
+
+
+def _learning_rates(run) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("learning_rate")}
+
+
+def test_a_run_resumed_after_an_interruption_equals_an_uninterrupted_one(data, tmp_path, monkeypatch):
+    """Interrupted after the checkpoint at step 2 of 4 and resumed: the same weights, optimiser state and losses as
+    a run never interrupted (the data of each step and the RNG state are restored; once the resumed run drew other
+    crops, seeded by 1 + step)."""
+    from nisbflow.train import loop
+
+    config = tiny_config(data, tmp_path, **{"optimization.max_steps": 4})
+    _, straight = loop.train(config, run_dir=tmp_path / "straight", workers=0)
+    original = loop._save
+
+    def save_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after last.pt was written at step 2
+    monkeypatch.setattr(loop, "_save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(config, run_dir=tmp_path / "resumed", workers=0)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["metadata"]["step"] == 2
+    _, resumed = loop.train(config, run_dir=tmp_path / "resumed", workers=0)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last = [torch.load(tmp_path / f"{run}/checkpoints/last.pt", weights_only=True) for run in ("straight", "resumed")]
+    assert last[0]["metadata"]["val_loss"] == last[1]["metadata"]["val_loss"]
+    assert str(last[0]["optimizer"]["state"]) == str(last[1]["optimizer"]["state"])
+
+
+def test_resuming_with_a_larger_max_steps_continues_the_schedule_of_the_new_length(data, tmp_path, capsys):
+    """A 3-step run resumed to 8 steps: steps 4..8 use the learning rates of an uninterrupted 8-step run (once the
+    old 3-step cosine kept cycling 1e-3 → 0 → 1e-3), and the resume says so."""
+    from nisbflow.train import loop
+
+    short = tiny_config(data, tmp_path, **{"optimization.max_steps": 3})
+    long = tiny_config(data, tmp_path, **{"optimization.max_steps": 8})
+    loop.train(short, run_dir=tmp_path / "resumed", workers=0)
+    loop.train(long, run_dir=tmp_path / "resumed", workers=0)
+    assert "with optimization.max_steps 8 (it was trained for 3)" in capsys.readouterr().out
+    loop.train(long, run_dir=tmp_path / "straight", workers=0)
+    resumed, straight = _learning_rates(tmp_path / "resumed"), _learning_rates(tmp_path / "straight")
+    assert sorted(straight) == list(range(1, 9))
+    for step in range(4, 9):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
+    assert straight[1] == pytest.approx(1e-3) and straight[8] < straight[5] < straight[2]  # one decay, no cycle
+    assert resumed[3] == pytest.approx(loop.learning_rate(2, short.optimization))

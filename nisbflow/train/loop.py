@@ -3,7 +3,8 @@
 Why plain DDP and not Lightning: the loop is short (AdamW, cosine schedule, clipping, masked BCE), the launch is the
 standard ``torchrun``/SLURM one every cluster team knows, and nothing outside torch is needed to run, resume or debug
 it. Checkpoints are nisbflow checkpoints (model configuration + weights, readable by ``nisbflow infer``) that also
-carry the optimiser, scheduler, scaler and step for resuming.
+carry the optimiser and scaler state, the RNG state and the step for resuming (the learning rate is a function of the
+step).
 
 Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process, the affinity loss
 (:func:`~nisbflow.train.loss.affinity_loss`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
@@ -53,11 +54,30 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _loader(dataset, batch_size: int, rank: int, world: int, workers: int):
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) \
-        if world > 1 else None
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+def _loader(dataset, batch_size: int, rank: int, world: int, workers: int, start_step: int = 0):
+    """Batches of ``dataset`` for one rank, from training step ``start_step`` on: step ``s`` of rank ``r`` reads
+    samples ``(s · world + r) · batch_size …`` + ``batch_size``, so a run resumed at step ``s`` reads exactly what
+    an uninterrupted run reads from there."""
+    steps = len(dataset) // (batch_size * world)
+    order = [(step * world + rank) * batch_size + j for step in range(start_step, steps) for j in range(batch_size)]
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
                                        persistent_workers=workers > 0)
+
+
+def learning_rate(step: int, optimization) -> float:
+    """The learning rate of the update after ``step`` finished steps: cosine annealing from
+    ``optimizer.lr`` to ``scheduler.min_lr`` over ``max_steps``, a pure function of the step, so a run resumed with
+    another ``max_steps`` continues the schedule of that length (what an uninterrupted run of it would use)."""
+    import math
+
+    base, low = optimization.optimizer.lr, optimization.scheduler.min_lr
+    progress = min(max(step, 0), optimization.max_steps) / optimization.max_steps
+    return low + (base - low) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def _set_learning_rate(optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
 
 
 def train(config, *, run_dir: str | Path | None = None, workers: int | None = None,
@@ -89,8 +109,6 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
                                   weight_decay=optimization.optimizer.weight_decay,
                                   betas=tuple(optimization.optimizer.betas))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optimization.max_steps,
-                                                           eta_min=optimization.scheduler.min_lr)
     mixed = use_cuda and optimization.precision == "16-mixed"
     scaler = torch.amp.GradScaler("cuda", enabled=mixed)
     step, best = 0, []
@@ -100,13 +118,22 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
             state = torch.load(last, map_location=device, weights_only=True)
             model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
+            if "rng" in state:  # whatever in the step draws from torch's generators draws as it would have
+                torch.set_rng_state(state["rng"]["cpu"].cpu())
+                if use_cuda and state["rng"].get("cuda") is not None:
+                    torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
         except Exception as error:  # truncated, not a checkpoint, or another model's
             raise ConfigError(f"cannot resume from {last}: {type(error).__name__}: {str(error).split('. ')[0][:160]}"
                               "; it is damaged or from another model: move it away to start from step 0, or "
                               "resume from a step-N.pt copied to last.pt") from error
+    if last.exists() and rank == 0:
+        trained_for = (state["metadata"].get("config") or {}).get("optimization", {}).get("max_steps")
+        if trained_for is not None and trained_for != optimization.max_steps:
+            print(f"resuming {last} at step {step} with optimization.max_steps {optimization.max_steps} (it was "
+                  f"trained for {trained_for}): the learning rate continues the {optimization.max_steps}-step cosine "
+                  f"schedule at step {step} ({learning_rate(step, optimization):.3g})", flush=True)
     offsets = [parse_offset(o) for o in config.model.affinity_offsets]
     workers = (min(4, os.cpu_count() or 1) if config.system.num_workers < 0 else config.system.num_workers) \
         if workers is None else workers
@@ -114,7 +141,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     remaining = optimization.max_steps - step
     train_set = AffinityCrops(seed_folders(config.data.train.path), config.data.patch_size,
                               config.data.target_context, offsets, config.data.erosion,
-                              length=max(remaining, 0) * batch * world, seed=1 + step,
+                              length=optimization.max_steps * batch * world, seed=1,
                               augmentations=Augmentations())
     val_loader = None
     if config.data.val.path and optimization.val_steps_per_epoch > 0:
@@ -127,7 +154,8 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     bar = progress_bar(rank == 0 and progress)
     task = bar.add_task("train", total=optimization.max_steps, completed=step)
     bar.start()
-    for sample in _loader(train_set, batch, rank, world, workers) if remaining > 0 else []:
+    for sample in _loader(train_set, batch, rank, world, workers, start_step=step) if remaining > 0 else []:
+        _set_learning_rate(optimizer, learning_rate(step, optimization))
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
         with torch.autocast(device.type, dtype=torch.float16, enabled=mixed):
             loss = affinity_loss(net(image), target, mask)
@@ -138,11 +166,10 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
             torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.gradient_clip_val)
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
         step += 1
         if writer is not None:
             writer.add_scalar("train_loss", float(loss.detach()), step)
-            writer.add_scalar("learning_rate", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("learning_rate", optimizer.param_groups[0]["lr"], step)
         validate = step % optimization.val_check_interval == 0 or step == optimization.max_steps
         val_loss = _validation_loss(net, val_loader, device, mixed, world) if validate and val_loader else None
         if rank == 0:
@@ -152,7 +179,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
             if validate or step % optimization.checkpoint.every_n_train_steps == 0:
                 # last.pt with the optimizer state is tens of MB for MedNeXt-S: written with the other
                 # checkpoints (every validation, every every_n_train_steps and the final step), not every step
-                best = _save(model, config, optimizer, scheduler, scaler, step, val_loss, best, checkpoints)
+                best = _save(model, config, optimizer, scaler, step, val_loss, best, checkpoints)
         bar.update(task, completed=step, description=f"train (loss {float(loss.detach()):.4f})")
         if step >= optimization.max_steps:
             break
@@ -196,7 +223,7 @@ def _log_slices(writer, image, target, net, step: int) -> None:
     writer.add_image("prediction", prediction[0, :3, :, :, middle], step)
 
 
-def _save(model, config, optimizer, scheduler, scaler, step: int, val_loss, best: list, folder: Path) -> list:
+def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, folder: Path) -> list:
     """Write last.pt (always), step-N.pt (every_n_train_steps) and the top-k by validation loss."""
     settings = config.optimization.checkpoint
     if val_loss is not None and settings.save_top_k != 0:
@@ -207,8 +234,9 @@ def _save(model, config, optimizer, scheduler, scaler, step: int, val_loss, best
         best = keep
     state = checkpoint_payload(model, config.model, {"step": step, "val_loss": val_loss, "best": best,
                                                      "config": config.model_dump(mode="json")},
-                               optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                               scaler=scaler.state_dict())
+                               optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                               rng={"cpu": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None})
     targets = [folder / "last.pt"] if settings.save_last else []
     if step % settings.every_n_train_steps == 0:
         targets.append(folder / f"step-{step}.pt")
