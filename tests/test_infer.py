@@ -384,3 +384,50 @@ def test_compiled_warm_up_runs_on_every_worker_and_blocks_equal_eager(tiny_model
         assert all(n >= 1 for n in client.run(graphs).values())  # each worker process compiled
         assert warm_up_workers((str(tmp_path / "tiny.pt"), checkpoint_hash(tmp_path / "tiny.pt")), settings, None) > 0
     np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-5)
+
+
+def test_on_a_cpu_the_window_batch_is_fitted_to_the_workers_memory_or_refused(tmp_path):
+    """MedNeXt-S at the default sw_batch_size=8 took 22.9 GB on a CPU and was killed; now the batch is lowered to
+    what a task can hold (said in one line, recorded in the output), and a worker too small for one window is
+    refused with the numbers before anything is written."""
+    from nisbflow.cluster import cluster_client
+    from nisbflow.infer.blockwise import infer_to_zarr
+    from nisbflow.infer.memory import InferenceMemoryError, task_peak
+    from nisbflow.model import Checkpoint
+    from nisbflow.synth import synthesize_seed
+
+    synthesize_seed(tmp_path / "seed", (96, 96, 48), seed=2, chunks=(48, 48, 48), progress=False)
+    image = str(tmp_path / "seed/data.zarr/img")
+    model = Checkpoint.open("nisb-tiny-synthetic").model
+    import zarr
+
+    one, two = (task_peak(model, (64, 64, 64), (96, 96, 48), 3, batch) for batch in (1, 2))
+    assert two.network == 2 * one.network > 2 * 4 * 64 ** 3  # activations counted per window, above the input
+    assert one.block_sums == 4 * 96 * 96 * 48 * 4  # three channels and the weights, float32
+    said = []
+    with cluster_client("local", n_workers=1, memory_limit="1GiB", dashboard_address=":0"):
+        infer_to_zarr(image, tmp_path / "fitted.zarr", "nisb-tiny-synthetic", progress=False, log=said.append,
+                      config=_shipped_run(["inference.sw_batch_size=8"]))
+        [line] = [s for s in said if "inference.sw_batch_size 8 →" in s]
+        fitted = int(line.split("→ ")[1].split()[0])
+        assert 1 <= fitted < 8 and "on the CPU, so a task fits worker tcp://" in line and "1.00 GiB" in line
+        budget = 0.75 * 2**30
+        assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted).total <= budget
+        assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted + 1).total > budget
+        recorded = zarr.open_array(array_url(tmp_path / "fitted.zarr"), mode="r").attrs["nisbflow_settings"]
+        infer_to_zarr(image, tmp_path / "explicit.zarr", "nisb-tiny-synthetic", progress=False,
+                      config=_shipped_run([f"inference.sw_batch_size={fitted}"]))
+    assert np.array_equal(zarr.open_array(array_url(tmp_path / "fitted.zarr"))[...],
+                          zarr.open_array(array_url(tmp_path / "explicit.zarr"))[...])
+    assert recorded["checkpoint"] == "nisb-tiny-synthetic"
+    with cluster_client("local", n_workers=1, memory_limit="700MiB", dashboard_address=":0"):
+        with pytest.raises(InferenceMemoryError, match="needs about .* even one window at a time .* but worker "
+                                                       "tcp://.* has 700.00 MiB per task"):
+            infer_to_zarr(image, tmp_path / "refused.zarr", "nisb-tiny-synthetic", progress=False)
+    assert not (tmp_path / ".refused.zarr.nisbflow-run").exists()
+
+
+def _shipped_run(overrides):
+    from nisbflow.settings import resolve_settings
+
+    return resolve_settings("nisb-tiny-synthetic", overrides=overrides)

@@ -184,6 +184,49 @@ def warm_up(model, settings: WindowSettings, device: str | None = None) -> float
     return time.perf_counter() - start
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def runs_on_cpu(device: str | None) -> bool:
+    """Whether prediction tasks will run on a CPU: ``device`` when given, else whether no worker of the current
+    client (or, without one, this process) sees a GPU."""
+    if device is not None:
+        return not device.startswith("cuda")
+    from nisbflow.progress import current_client
+
+    client = current_client()
+    if client is None:
+        return not _cuda_available()
+    return not any(client.run(_cuda_available).values())
+
+
+def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channels: int, device: str | None,
+                  log, threads: int | None = None) -> WindowSettings:
+    """On a CPU: ``settings`` with the largest ``sw_batch_size`` (at most the configured one) whose task fits the
+    workers' memory (:mod:`nisbflow.infer.memory`), saying so through ``log`` when it is lowered; refused with the
+    numbers when one window does not fit. On a GPU: ``settings`` as they are."""
+    if not runs_on_cpu(device):
+        return settings
+    from dataclasses import replace
+
+    from dask.utils import format_bytes
+
+    from nisbflow.infer.memory import fit_batch, memory_per_task
+    from nisbflow.progress import current_client
+
+    limit, where = memory_per_task(current_client(), threads)
+    estimate = fit_batch(model_config, settings.window, block_shape, n_channels, settings.sw_batch_size, limit, where)
+    if estimate.batch == settings.sw_batch_size:
+        return settings
+    log(f"inference.sw_batch_size {settings.sw_batch_size} → {estimate.batch} on the CPU, so a task fits {where}'s "
+        f"{format_bytes(limit)}: about {format_bytes(estimate.total)} (network {format_bytes(estimate.network)} for "
+        f"{estimate.batch} window(s), weighted sums {format_bytes(estimate.block_sums)})")
+    return replace(settings, sw_batch_size=estimate.batch)
+
+
 def warm_up_workers(model, settings: WindowSettings, device: str | None, log=None) -> float | None:
     """Run :func:`warm_up` once on every worker of the current Dask client when the network is compiled
     (``inference.compile``), so compilation is neither inside a block's task nor in the measured throughput.
@@ -438,8 +481,9 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     device = device or cluster_device()
     image = _spatial(da.from_zarr(source))
     grid = BlockGrid.regular(image.shape, block)
-    plan = block_plan(grid, settings)
     n_channels = len(settings.channels) if settings.channels is not None else handle.model.out_channels
+    settings = fit_to_memory(settings, handle.model, grid.block_shape, n_channels, device, log or default_log)
+    plan = block_plan(grid, settings)
     identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), block=list(grid.block_shape))
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
                    force=force, log=log or default_log, checkpoint=handle) as staged:
@@ -496,6 +540,9 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     settings = WindowSettings.from_config(run.config.inference)
     check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
+    n_channels = len(settings.channels) if settings.channels is not None else handle.model.out_channels
+    settings = fit_to_memory(settings, handle.model, source.shape[:3], n_channels, device or default_device(),
+                             log or default_log, threads=1)
     identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), whole=True)
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:

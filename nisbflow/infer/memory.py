@@ -1,0 +1,162 @@
+"""Memory of one inference task, estimated before the run, and the window batch that fits a CPU worker.
+
+On a CPU the network's activations dominate: MedNeXt-S holds about 2.8 GiB per 128³ window at its peak, so the
+default ``inference.sw_batch_size=8`` needs about 23 GB and a worker with less is killed mid-block (measured:
+22.9 GB at 8, 4.4 GB at 1). A block also keeps its weighted sums, ``(C + 1) × block voxels × 4`` bytes (7.2 GB for
+three channels of a 768³ block). :func:`task_peak` adds these up; :func:`fit_batch` picks the largest batch, at most
+the configured one, whose task fits the worker's memory, or refuses with the numbers.
+
+The activation peak comes from running the network once on PyTorch's ``meta`` device (shapes only, no memory, no
+arithmetic) while counting the bytes of live tensors (:func:`activation_bytes`): exact for the eager forward pass,
+whatever the architecture.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass
+
+from nisbflow.errors import NisbflowError
+
+RUNTIME_BYTES = 600 * 2**20
+"""A worker process with torch and the model loaded, before any block (measured about 0.45 GiB; a margin added)."""
+
+MEMORY_FRACTION = 0.75
+"""Share of a worker's memory limit a task may plan to use: Dask pauses a worker at 80 % and restarts it at 95 %."""
+
+
+class InferenceMemoryError(NisbflowError):
+    """An inference task cannot fit the workers' memory even one window at a time."""
+
+
+def activation_bytes(model_config, window: tuple[int, int, int]) -> int:
+    """Peak bytes of live tensors in one eager forward pass of ``model_config``'s network on one ``window``
+    (X, Y, Z voxels), counted on the ``meta`` device (once per architecture and window in a process)."""
+    import json
+
+    return _activation_bytes(json.dumps(model_config.model_dump(mode="json"), sort_keys=True),
+                             tuple(int(w) for w in window))
+
+
+@functools.lru_cache(maxsize=16)
+def _activation_bytes(model_json: str, window: tuple[int, int, int]) -> int:
+    import json
+
+    from nisbflow.config.schema import ModelConfig
+
+    model_config = ModelConfig.model_validate(json.loads(model_json))
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from nisbflow.model import build
+
+    class _LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+            self.seen: set[int] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for tensor in result if isinstance(result, (tuple, list)) else (result,):
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                storage = tensor.untyped_storage()
+                if id(storage) in self.seen:
+                    continue
+                self.seen.add(id(storage))
+                size = storage.nbytes()
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._freed, id(storage), size)
+            return result
+
+        def _freed(self, key, size):
+            self.live -= size
+            self.seen.discard(key)
+
+    network = build(model_config).to("meta").eval()
+    counter = _LiveBytes()
+    with torch.no_grad(), counter:
+        network(torch.empty((1, model_config.in_channels) + tuple(window), device="meta"))
+    return int(counter.peak)
+
+
+@dataclass(frozen=True)
+class TaskMemory:
+    """Estimated peak bytes of one prediction task and its parts."""
+
+    batch: int
+    runtime: int
+    network: int
+    block_sums: int
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.network + self.block_sums
+
+
+def task_peak(model_config, window, block_shape, n_channels: int, batch: int) -> TaskMemory:
+    """The peak of one block's prediction task: the worker's runtime, ``batch`` windows through the network (their
+    activations and float32 inputs) and the block's weighted sums (``n_channels`` + 1 float32 arrays of the block)."""
+    import math
+
+    voxels = math.prod(window)
+    network = batch * (activation_bytes(model_config, tuple(int(w) for w in window)) + 4 * voxels)
+    sums = (n_channels + 1) * math.prod(int(b) for b in block_shape) * 4
+    return TaskMemory(batch, RUNTIME_BYTES, network, sums)
+
+
+def fit_batch(model_config, window, block_shape, n_channels: int, batch: int, memory_per_task: int,
+              where: str = "each worker") -> TaskMemory:
+    """The estimate at the largest batch from ``batch`` down to 1 whose task fits
+    :data:`MEMORY_FRACTION` × ``memory_per_task`` bytes; raise :class:`InferenceMemoryError` with the numbers when
+    not even one window fits."""
+    from dask.utils import format_bytes
+
+    budget = int(MEMORY_FRACTION * memory_per_task)
+    for size in range(int(batch), 0, -1):
+        estimate = task_peak(model_config, window, block_shape, n_channels, size)
+        if estimate.total <= budget:
+            return estimate
+    one = task_peak(model_config, window, block_shape, n_channels, 1)
+    raise InferenceMemoryError(
+        f"inference: a task needs about {format_bytes(one.total)} even one window at a time (runtime "
+        f"{format_bytes(one.runtime)}, network {format_bytes(one.network)} for a "
+        f"{'×'.join(map(str, window))} window, weighted sums {format_bytes(one.block_sums)} for a "
+        f"{'×'.join(map(str, block_shape))} block), but {where} has {format_bytes(memory_per_task)} per task "
+        f"(plans use {int(MEMORY_FRACTION * 100)} %): give workers more memory (--memory-limit), or use smaller blocks "
+        "(--chunks)")
+
+
+def _host_memory() -> dict:
+    """Run on a worker: this host's total memory and the worker's memory limit and threads."""
+    import psutil
+
+    return {"total": int(psutil.virtual_memory().total)}
+
+
+def memory_per_task(client=None, threads: int | None = None) -> tuple[int, str]:
+    """Bytes one prediction task may use, and where that limit comes from: the smallest worker memory limit divided
+    by its threads (on a client; a worker without a limit: its host's memory shared by the host's workers), else this
+    machine's memory divided by ``threads`` (the local threaded scheduler)."""
+    import psutil
+
+    if client is None:
+        share = max(int(threads or 1), 1)
+        return int(psutil.virtual_memory().total) // share, f"this machine ({share} thread(s))"
+    workers = client.scheduler_info().get("workers", {})
+    if not workers:
+        return int(psutil.virtual_memory().total), "this machine"
+    unlimited = [address for address, w in workers.items() if not w.get("memory_limit")]
+    totals = client.run(_host_memory, workers=unlimited) if unlimited else {}
+    per_host: dict[str, int] = {}
+    for w in workers.values():
+        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + 1
+    shares = []
+    for address, w in workers.items():
+        limit = w.get("memory_limit") or totals[address]["total"] // per_host[w.get("host")]
+        shares.append((limit // max(int(w.get("nthreads") or 1), 1), address))
+    smallest, address = min(shares)
+    return smallest, f"worker {address}"
