@@ -79,7 +79,7 @@ errors = Console(stderr=True)
 
 
 OPTIONAL_EXTRAS = {"cupy": "gpu", "cupy_backends": "gpu", "dask_cuda": "gpu", "dask_jobqueue": "slurm",
-                   "kimimaro": "skeleton"}
+                   "kimimaro": "skeleton", "s3fs": "cloud", "gcsfs": "cloud"}
 """Optional packages and the nisbflow extra that installs each."""
 
 OPTIONS = {"debug": False}

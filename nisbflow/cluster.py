@@ -126,7 +126,7 @@ def cluster_client(
                               "set distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's "
                               "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem; docs/cluster.md)"
                               ) from error
-        with client:
+        with _one_line_client_logs(), client:
             yield client
         return
     if cluster == "local":
@@ -156,7 +156,7 @@ def cluster_client(
         made.scale(jobs=n_workers or slurm.jobs)
     finished = False
     try:
-        with made, Client(made) as client:
+        with _one_line_client_logs(), made, Client(made) as client:
             try:
                 yield client
                 finished = True
@@ -169,6 +169,30 @@ def cluster_client(
         # dask-cuda worker) must not turn a finished command into a failed one
         print(f"warning: the Dask cluster did not close in time ({type(error).__name__}); the command's work had "
               "finished and its output is complete", file=sys.stderr)
+
+
+class _OneLine:
+    """A logging filter: ``distributed.client``'s records without their tracebacks, and none without a message
+    (when the scheduler goes away the client logs the refused reconnections as bare tracebacks; the command then
+    says in one line what was lost and how to resume)."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return bool(str(record.getMessage()).strip())
+
+
+@contextlib.contextmanager
+def _one_line_client_logs() -> Iterator[None]:
+    """Keep ``distributed.client``'s log records to one line while a command holds its client."""
+    import logging
+
+    logger = logging.getLogger("distributed.client")
+    logger.addFilter(_OneLine)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_OneLine)
 
 
 def _quiet_closing() -> None:

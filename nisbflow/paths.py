@@ -23,7 +23,8 @@ from nisbflow.errors import NisbflowError
 
 
 class NotVisibleOnWorkerError(NisbflowError):
-    """An input, checkpoint or output folder is not the same on a Dask worker as on the client."""
+    """An input, checkpoint or output folder is not the same on a Dask worker as on the client, or cannot be
+    reached at all (an unknown storage scheme)."""
 
 
 def storage_url(path) -> str:
@@ -35,6 +36,11 @@ def storage_url(path) -> str:
     protocol, rest = path.split("://", 1)
     if protocol in ("file", "local"):
         return os.path.abspath("/" + rest.lstrip("/"))
+    try:
+        fsspec.get_filesystem_class(protocol.split("::")[0])
+    except ValueError:
+        raise NotVisibleOnWorkerError(f"{path}: unknown storage scheme '{protocol}://'; use a local path or an fsspec "
+                                      "URL such as s3://bucket/…, gs://bucket/… or memory://…") from None
     return path
 
 

@@ -113,6 +113,23 @@ def stop_and_drain(client, futures, timeout: float = DRAIN_SECONDS) -> bool:
     return False
 
 
+def lost_scheduler(error: BaseException, client) -> bool:
+    """Whether ``error`` means the client lost its scheduler (stopped, killed, network gone), not a task failure."""
+    from concurrent.futures import CancelledError
+
+    if type(error).__name__ in ("ClosedClientError", "FutureCancelledError", "CommClosedError"):
+        return True
+    return isinstance(error, (CancelledError, OSError, TimeoutError)) and client.status != "running"
+
+
+def lost_scheduler_message(client, description: str) -> str:
+    """One line for a lost scheduler: which one, and that a re-run resumes."""
+    address = getattr(client, "_start_arg", None)
+    where = f" at {address}" if isinstance(address, str) else ""
+    return (f"{description}: lost the Dask scheduler{where} (it stopped or the network failed); finished blocks "
+            "are kept: re-run the same command once the scheduler is back to resume")
+
+
 def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, num_workers: int | None = None,
                   track: Sequence | None = None) -> list:
     """Compute ``tasks`` (dask delayed objects) and return their results in order.
@@ -130,9 +147,10 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
         if client is not None:
             from distributed import as_completed
 
-            futures = client.compute(tasks if track is None else tasks + tracked)
-            results = futures[:len(tasks)]
+            futures = []
             try:
+                futures = client.compute(tasks if track is None else tasks + tracked)
+                results = futures[:len(tasks)]
                 for _ in as_completed(futures if track is None else futures[len(tasks):]):
                     if INTERRUPTED.is_set():  # an interrupt whose KeyboardInterrupt a finalizer swallowed
                         raise KeyboardInterrupt
@@ -145,6 +163,8 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
             except Exception as error:
                 if type(error).__name__ == "KilledWorker":
                     raise WorkerDiedError(killed_worker_message(error, description)) from None
+                if lost_scheduler(error, client):
+                    raise WorkerDiedError(lost_scheduler_message(client, description)) from None
                 raise
 
         from dask.callbacks import Callback

@@ -66,6 +66,16 @@ def test_a_mask_of_another_shape_is_refused_before_the_cluster(made, tmp_path):
                  "1"], tmp_path), "affinity mask", "(64, 64, 16)", "(64, 64, 32)")
 
 
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_an_unknown_storage_scheme_is_refused_in_one_line(which, made, tmp_path):
+    affinities, output = (("foo://aff.zarr", "seg.zarr") if which == "input" else
+                          (str(made / "aff.zarr"), "foo://bucket/seg.zarr"))
+    result = run(["decode", affinities, output, "--workers", "1"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "unknown storage scheme 'foo://'" in result.stderr and "Dask dashboard" not in result.stdout
+
+
 def test_chunks_making_too_many_blocks_are_refused_at_once(made, tmp_path):
     start = time.monotonic()
     line = refused(run(["decode", str(made / "aff.zarr"), "seg.zarr", "--chunks", "1,1,1"], tmp_path), "131,072 blocks",

@@ -171,3 +171,45 @@ def test_a_notebook_evaluating_on_a_shared_cluster_is_refused_a_segmentation_wor
         with pytest.raises(NotVisibleOnWorkerError, match="segmentation .*private/seed/data.zarr/seg: it does not "
                                                           "exist there on worker"):
             nerl(segmentation, private / "skeleton.pkl")
+
+
+def test_a_killed_scheduler_ends_decode_in_one_line_and_a_rerun_resumes_to_the_same_output(project, tmp_path):
+    """The scheduler killed (-9) while decode runs: one line naming the scheduler, exit 2, no traceback; the staged
+    blocks are kept, and the same command against a new scheduler finishes with the output of a clean local run."""
+    from nisbflow.decode import decode_to_zarr
+
+    client = tmp_path / "client"
+    client.mkdir()
+    synthesize_seed(client / "seed", (128, 128, 64), seed=8, chunks=(32, 32, 32), progress=False)
+    write_noisy_affinities(client / "seed/data.zarr/seg", client / "aff.zarr", chunks=(16, 16, 16), progress=False)
+    expected = tmp_path / "expected.zarr"
+    decode_to_zarr(str(client / "aff.zarr"), str(expected), chunks=(16, 16, 16), progress=False)
+    arguments = ["decode", "aff.zarr", "seg.zarr", "--chunks", "16,16,16"]
+
+    address, processes = start_cluster(tmp_path / "first", [[]])
+    run = subprocess.Popen([NISBFLOW, *arguments, "--cluster", address], cwd=client, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    done = client / ".seg.zarr.nisbflow-run" / "done"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        if done.exists() and sum(len(files) for _, _, files in os.walk(done)) >= 5:
+            break
+        time.sleep(0.05)
+    processes[0].kill()  # the scheduler
+    try:
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        stop(processes)
+    assert run.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert f"lost the Dask scheduler at {address}" in stderr
+    assert "re-run the same command" in stderr
+    assert (client / ".seg.zarr.nisbflow-run").is_dir() and not (client / "seg.zarr").exists()
+
+    address, processes = start_cluster(tmp_path / "second", [[]])
+    try:
+        result = nisbflow([*arguments, "--cluster", address], client)
+    finally:
+        stop(processes)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(read(client / "seg.zarr"), read(expected))
