@@ -182,17 +182,37 @@ class _OneLine:
         return bool(str(record.getMessage()).strip())
 
 
+class _ClosedTab:
+    """A logging filter: drops what the dashboard's web server logs when a browser tab closes while an update is
+    being pushed to it (tornado's ``WebSocketClosedError`` / ``StreamClosedError``, bokeh's "Failed sending message
+    as connection was closed"): a closed tab is not a fault of the command."""
+
+    CLOSED = ("WebSocketClosedError", "StreamClosedError")
+
+    @classmethod
+    def filter(cls, record) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and type(error).__name__ in cls.CLOSED:
+            return False
+        return "connection was closed" not in str(record.msg)
+
+
 @contextlib.contextmanager
 def _one_line_client_logs() -> Iterator[None]:
-    """Keep ``distributed.client``'s log records to one line while a command holds its client."""
+    """Keep ``distributed.client``'s log records to one line while a command holds its client, and the dashboard
+    quiet about closed browser tabs."""
     import logging
 
-    logger = logging.getLogger("distributed.client")
-    logger.addFilter(_OneLine)
+    filters = [(logging.getLogger("distributed.client"), _OneLine)] + [
+        (logging.getLogger(name), _ClosedTab) for name in ("tornado.application", "tornado.general",
+                                                           "bokeh.server.views.ws", "bokeh.server.protocol_handler")]
+    for logger, kind in filters:
+        logger.addFilter(kind)
     try:
         yield
     finally:
-        logger.removeFilter(_OneLine)
+        for logger, kind in filters:
+            logger.removeFilter(kind)
 
 
 def _quiet_closing() -> None:

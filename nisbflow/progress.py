@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import Sequence
 
 import dask
@@ -52,6 +54,29 @@ def killed_worker_message(error, description: str) -> str:
             "smaller (--chunks; for infer also inference.sw_batch_size); finished blocks are kept: re-run to resume")
 
 
+def worker_memory_limit(client, address: str) -> str:
+    """"memory limit 300.00 MiB" for the worker at ``address`` from the scheduler, or, once it is gone (died and
+    restarted under another address), the largest limit of the workers there are."""
+    from dask.utils import format_bytes
+
+    try:
+        workers = client.scheduler_info()["workers"]
+        limit = (workers.get(address) or {}).get("memory_limit") or max(
+            (w.get("memory_limit") or 0 for w in workers.values()), default=0)
+    except Exception:
+        limit = None
+    if not limit:  # none left to ask: the limit the cluster starts its workers with (a LocalCluster's spec)
+        from dask.utils import parse_bytes
+
+        specs = getattr(getattr(client, "cluster", None), "worker_spec", None) or {}
+        given = [spec.get("options", {}).get("memory_limit") for spec in specs.values()]
+        try:
+            limit = max((parse_bytes(g) if isinstance(g, str) else int(g or 0) for g in given), default=0)
+        except (TypeError, ValueError):  # "auto"
+            limit = None
+    return f"memory limit {format_bytes(limit)}" if limit else "no memory limit known"
+
+
 DRAIN_SECONDS = 5.0
 """How long an interrupted computation waits for tasks already running on workers (their writes) to end."""
 
@@ -82,13 +107,14 @@ def quiet_shutdown_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
-def stop_and_drain(client, futures, timeout: float = DRAIN_SECONDS) -> bool:
+def stop_and_drain(client, futures, timeout: float = DRAIN_SECONDS, quiet: bool = True) -> bool:
     """After an interrupt: release ``futures`` (nothing new starts), then wait up to ``timeout`` seconds for tasks
     already executing on the workers to finish, so a block is either written with its marker or not at all.
-    Returns whether the workers went idle in time. Called with SIGINT/SIGTERM already received: it must not hang."""
-    import time
-
-    quiet_shutdown_logs()
+    Returns whether the workers went idle in time. Called with SIGINT/SIGTERM already received: it must not hang.
+    ``quiet``: silence Dask's shutdown logs for the rest of the process (after an interrupt; not after a failed task,
+    where a notebook goes on using its client)."""
+    if quiet:
+        quiet_shutdown_logs()
     try:  # releasing (not Client.cancel, whose recursion over dependents trips an assertion in the scheduler)
         for future in futures:
             future.release()
@@ -111,6 +137,66 @@ def stop_and_drain(client, futures, timeout: float = DRAIN_SECONDS) -> bool:
                 return False
             time.sleep(0.1)
     return False
+
+
+STALLED_SECONDS = float(os.environ.get("NISBFLOW_STALLED_SECONDS", 90))
+"""How long every worker may stay paused over memory with no task finishing
+before a computation is ended with :class:`WorkerDiedError` instead of waiting for ever; the environment variable
+``NISBFLOW_STALLED_SECONDS`` changes it."""
+
+
+class MemoryStall:
+    """Watches a running computation for the stall Dask cannot end by itself: every worker paused because its
+    process memory is above ``distributed.worker.memory.pause`` of its limit (a paused worker starts no task, and a
+    worker whose memory is held by Python, numba or torch with nothing to spill never resumes).
+    :meth:`check` raises :class:`WorkerDiedError` once that has lasted :data:`STALLED_SECONDS` with no task done."""
+
+    POLL_SECONDS = 2.0
+
+    def __init__(self, client, description: str, seconds: float | None = None):
+        self.client, self.description = client, description
+        self.seconds = STALLED_SECONDS if seconds is None else seconds
+        self.since: float | None = None
+        self.polled = 0.0
+
+    def progressed(self) -> None:
+        self.since = None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self.polled < self.POLL_SECONDS:
+            return
+        self.polled = now
+        try:
+            workers = list(self.client.scheduler_info().get("workers", {}).values())
+        except Exception:
+            return
+        # no worker at all is not a stall of this kind: SLURM jobs may wait in the queue for hours
+        stuck = bool(workers) and all(w.get("status") == "paused" for w in workers)
+        if not stuck:
+            self.since = None
+            return
+        if self.since is None:
+            self.since = now
+        elif now - self.since >= self.seconds:
+            raise WorkerDiedError(stalled_message(workers, self.description, now - self.since))
+
+
+def stalled_message(workers: list[dict], description: str, seconds: float) -> str:
+    """One line for a stall: the workers' memory against their limit, and what to change."""
+    from dask.utils import format_bytes
+
+    used = sorted(int((w.get("metrics") or {}).get("memory") or 0) for w in workers)
+    limit = max(int(w.get("memory_limit") or 0) for w in workers)
+    pause = dask.config.get("distributed.worker.memory.pause", 0.8)
+    share = f"{pause:.0%} of " if isinstance(pause, float) else ""
+    who = "the Dask worker" if len(workers) == 1 else f"all {len(workers)} Dask workers"
+    memory = format_bytes(used[0]) + ("" if used[0] == used[-1] else f"–{format_bytes(used[-1])}")
+    return (f"{description}: {who} paused for {seconds:.0f} s, over {share}the {format_bytes(limit)} memory limit "
+            f"(process memory {memory}), "
+            "so no task can start; give workers more memory (--memory-limit, system.memory_limit) or fewer, larger "
+            "workers, or make blocks smaller (--chunks; for infer also inference.sw_batch_size); finished blocks "
+            "are kept: re-run to resume")
 
 
 def lost_scheduler(error: BaseException, client) -> bool:
@@ -151,14 +237,30 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
             try:
                 futures = client.compute(tasks if track is None else tasks + tracked)
                 results = futures[:len(tasks)]
-                for _ in as_completed(futures if track is None else futures[len(tasks):]):
+                stall = MemoryStall(client, description)
+                finished = as_completed(futures if track is None else futures[len(tasks):])
+                while not finished.is_empty():
                     if INTERRUPTED.is_set():  # an interrupt whose KeyboardInterrupt a finalizer swallowed
                         raise KeyboardInterrupt
-                    bar.advance(task)
+                    done = finished.next_batch(block=False)
+                    if not done:
+                        stall.check()
+                        time.sleep(0.05)
+                        continue
+                    stall.progressed()
+                    bar.advance(task, len(done))
+                    for future in done:
+                        if future.status == "error":  # fail at once, not after every other block has run
+                            failure = future.exception()
+                            stop_and_drain(client, futures, quiet=False)
+                            raise failure
                 return client.gather(results)
             except KeyboardInterrupt:
                 bar.stop()
                 stop_and_drain(client, futures)
+                raise
+            except WorkerDiedError:
+                stop_and_drain(client, futures, quiet=False)
                 raise
             except Exception as error:
                 if type(error).__name__ == "KilledWorker":

@@ -153,3 +153,47 @@ def test_a_tls_scheduler_from_dask_configuration(tmp_path):
                                  "--cluster", address], capture_output=True, text=True, env=with_tls, timeout=120)
         assert result.returncode == 0, result.stderr
     assert zarr.open_array(array_url(str(tmp_path / "seg.zarr")))[...].max() == 1
+
+
+def test_a_closed_dashboard_tab_logs_nothing_while_a_command_holds_its_cluster():
+    """What the dashboard's web server logs when a browser tab closes mid-update (tornado's WebSocketClosedError,
+    bokeh's "connection was closed") is dropped while nisbflow holds the cluster; other errors are kept."""
+    import logging
+
+    from tornado.websocket import WebSocketClosedError
+
+    from nisbflow.cluster import cluster_client
+
+    class Kept(logging.Handler):
+        messages: list = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    loggers = [logging.getLogger("tornado.application"), logging.getLogger("bokeh.server.views.ws")]
+    handler = Kept()
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+    def closed_tab():
+        try:
+            raise WebSocketClosedError()
+        except WebSocketClosedError:
+            loggers[0].exception("Uncaught exception in /status/ws")
+        loggers[1].warning("Failed sending message as connection was closed")
+        loggers[0].error("a real error")
+
+    try:
+        with cluster_client("local", n_workers=1, processes=False, dashboard_address=None):
+            closed_tab()
+        assert handler.messages == ["a real error"]
+        handler.messages.clear()
+        closed_tab()  # outside a command's cluster, logging is left as it was
+        assert handler.messages == ["Uncaught exception in /status/ws",
+                                    "Failed sending message as connection was closed", "a real error"]
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)

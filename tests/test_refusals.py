@@ -244,3 +244,39 @@ def test_workers_dying_inside_a_task_end_in_one_line_naming_the_memory_limit(tmp
     message = str(raised.value)
     assert message.startswith("decode: label blocks: Dask workers died 4 times running task decode-label-block-x")
     assert "memory limit 700.00 MiB" in message and "--memory-limit" in message and "\n" not in message
+
+
+def last_line(result) -> str:
+    lines = [line for line in result.stderr.strip().splitlines() if " - distributed." not in line]
+    return " ".join(lines[-1].split()) if lines else ""
+
+
+def test_workers_paused_over_memory_end_the_run_in_one_line_instead_of_a_hang(made, tmp_path):
+    """Every worker paused by Dask's memory monitor (here: pausing at 5 % of the limit, so a worker pauses as soon as
+    it starts, as a 200 MiB worker holding numba and zarr does at 80 %) once left decode waiting for ever."""
+    import os
+
+    environment = dict(os.environ, COLUMNS="200", DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE="0.05",
+                       NISBFLOW_STALLED_SECONDS="3")
+    start = time.monotonic()
+    result = subprocess.run([NISBFLOW, "decode", str(made / "aff.zarr"), "seg.zarr", "--workers", "1",
+                             "--memory-limit", "2GiB"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=environment)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = last_line(result)
+    assert line.startswith("error: decode: label blocks: the Dask worker paused for"), line
+    assert "over 5% of the 2.00 GiB memory limit" in line and "--memory-limit" in line
+    assert time.monotonic() - start < 120
+    assert not (tmp_path / "seg.zarr").exists()
+
+
+def test_infer_on_workers_too_small_for_torch_ends_in_one_line_naming_the_memory_limit(made, tmp_path):
+    """300 MiB workers die importing torch; the run once ended in a CommClosedError ("Stream is closed")."""
+    subprocess.run([NISBFLOW, "model", "init", "m.pt", "--arch", "tiny"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    result = run(["infer", str(made / "seed/data.zarr/img"), "aff.zarr", "--checkpoint", "m.pt", "--workers", "1",
+                  "--memory-limit", "300MiB"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = last_line(result)
+    assert "importing torch" in line and "memory limit 300.00 MiB" in line and "--memory-limit" in line, line
+    assert "interrupted" not in result.stderr  # the nanny stopping its worker is not an interrupt of the command

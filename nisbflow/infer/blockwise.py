@@ -200,7 +200,16 @@ def runs_on_cpu(device: str | None) -> bool:
     client = current_client()
     if client is None:
         return not _cuda_available()
-    return not any(client.run(_cuda_available).values())
+    answers = client.run(_cuda_available, on_error="return")
+    for address, answer in answers.items():
+        if isinstance(answer, BaseException):
+            from nisbflow.progress import WorkerDiedError, worker_memory_limit
+
+            raise WorkerDiedError(f"Dask worker {address} failed while importing torch to look for a GPU "
+                                  f"({type(answer).__name__}: {answer}); with {worker_memory_limit(client, address)} "
+                                  "this is usually its memory: torch alone needs about 0.45 GiB per worker before "
+                                  "any block, so give workers more memory (--memory-limit, system.memory_limit)")
+    return not any(answers.values())
 
 
 def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channels: int, device: str | None,
