@@ -1,7 +1,7 @@
 """Memory of one inference task, estimated before the run, and the window batch that fits a CPU worker.
 
-On a CPU the network's activations dominate: MedNeXt-S holds about 2.8 GiB per 128³ window at its peak, so the
-default ``inference.sw_batch_size=8`` needs about 23 GB and a worker with less is killed mid-block (measured:
+On a CPU the network's activations dominate: MedNeXt-S holds about 2.8 GiB per 128³ window at its peak (3.6 GiB
+with the convolutions' scratch buffers), so the default ``inference.sw_batch_size=8`` needs about 23 GB and a worker with less is killed mid-block (measured:
 22.9 GB at 8, 4.4 GB at 1). A block also keeps its weighted sums, ``(C + 1) × block voxels × 4`` bytes (7.2 GB for
 three channels of a 768³ block). :func:`task_peak` adds these up; :func:`fit_batch` picks the largest batch, at most
 the configured one, whose task fits the worker's memory, or refuses with the numbers.
@@ -21,6 +21,12 @@ from nisbflow.errors import NisbflowError
 
 RUNTIME_BYTES = 600 * 2**20
 """A worker process with torch and the model loaded, before any block (measured about 0.45 GiB; a margin added)."""
+
+WORKSPACE_FACTOR = 1.3
+"""The counted activation peak times this is what a CPU forward pass takes: the count sees only the tensors the
+network keeps, not the convolutions' scratch buffers (oneDNN) or the allocator's slack. Measured with MedNeXt-S on
+128³ windows (benchmarks/infer_memory.py, docs/BENCHMARKS.md): 3.78 GiB above the loaded process at batch 1 and
+7.04 GiB at batch 2, against 2.85 and 5.70 GiB counted plus 0.18 GiB of sums (1.25× and 1.20× the count)."""
 
 MEMORY_FRACTION = 0.75
 """Share of a worker's memory limit a task may plan to use: Dask pauses a worker at 80 % and restarts it at 95 %."""
@@ -99,11 +105,12 @@ class TaskMemory:
 
 def task_peak(model_config, window, block_shape, n_channels: int, batch: int) -> TaskMemory:
     """The peak of one block's prediction task: the worker's runtime, ``batch`` windows through the network (their
-    activations and float32 inputs) and the block's weighted sums (``n_channels`` + 1 float32 arrays of the block)."""
+    activations with :data:`WORKSPACE_FACTOR`, and float32 inputs) and the block's weighted sums (``n_channels`` + 1 float32 arrays of the block)."""
     import math
 
     voxels = math.prod(window)
-    network = batch * (activation_bytes(model_config, tuple(int(w) for w in window)) + 4 * voxels)
+    activations = int(WORKSPACE_FACTOR * activation_bytes(model_config, tuple(int(w) for w in window)))
+    network = batch * (activations + 4 * voxels)
     sums = (n_channels + 1) * math.prod(int(b) for b in block_shape) * 4
     return TaskMemory(batch, RUNTIME_BYTES, network, sums)
 
