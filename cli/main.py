@@ -5,7 +5,6 @@ Configuration keys and modes follow PyTorch Connectomics' ``scripts/main.py`` so
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import List, Optional
 
@@ -182,42 +181,17 @@ def friendly_errors(command):
     return wrapper
 
 
-@contextlib.contextmanager
+def say(line: str) -> None:
+    """A library entry's ``log``: one plain line on the console (no Rich markup read into it)."""
+    console.print(line, highlight=False, markup=False)
+
+
 def cluster_for(settings, cluster: str | None, workers: int | None = None, memory_limit: str | None = None,
                 dashboard_address: str | None = None):
-    """The one place commands open their Dask cluster (``system.*`` settings, overridden by the options; the cluster
-    from ``--cluster``, else ``DASK_SCHEDULER_ADDRESS``, else ``system.cluster``) and print the dashboard link;
-    closed when the block ends."""
-    from nisbflow.cluster import cluster_from_config
+    """:func:`nisbflow.jobs.cluster_session` for the commands' cluster options."""
+    from nisbflow.jobs import ClusterSpec, cluster_session
 
-    with cluster_from_config(settings, cluster, n_workers=workers, memory_limit=memory_limit,
-                             dashboard_address=dashboard_address) as client:
-        if client is not None:
-            from nisbflow.cluster import dashboard_link
-
-            link = dashboard_link(client, dashboard_address or settings.system.dashboard_address)
-            console.print(f"Dask dashboard: [link={link}]{link}[/link]")
-        try:
-            yield client
-        except KeyboardInterrupt:  # the cluster closes mid-computation next: keep its logs from burying the one line
-            from nisbflow.cluster import chosen_cluster
-            from nisbflow.progress import quiet_shutdown_logs
-
-            quiet_shutdown_logs()
-            if client is not None and chosen_cluster(cluster, settings) in ("local", "dask-cuda"):
-                try:  # workers this command started (never a shared cluster's) go quietly too
-                    client.run(quiet_shutdown_logs)
-                except Exception:
-                    pass
-            raise
-
-
-def preflight(output: str, kind: str, inputs: dict, overwrite: bool, force: bool) -> None:
-    """Refuse a run's output before any cluster starts: overlapping an input, existing without --overwrite (or not
-    nisbflow's without --force), or locked by a live run (:meth:`nisbflow.blocks.StagedRun.preflight`)."""
-    from nisbflow.blocks import StagedRun
-
-    StagedRun(output, kind=kind, inputs=inputs, overwrite=overwrite, force=force).preflight()
+    return cluster_session(settings, ClusterSpec(cluster, workers, memory_limit, dashboard_address), say)
 
 
 def check_writable(path: str, option: str) -> None:
@@ -251,6 +225,17 @@ def parse_thresholds(values: list[str]) -> list[float]:
                 raise typer.BadParameter(f"-t / --threshold takes numbers in [0, 1] (several: -t 0.3,0.5), got "
                                          f"'{text}'") from None
     return numbers
+
+
+def parse_channels(text: str) -> list[int]:
+    """``--channels 0,1,2`` as channel indices."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values):
+        raise typer.BadParameter(f"--channels takes channel numbers separated by commas, e.g. 0,1,2, got '{text}'")
+    return values
 
 
 def parse_triple(text: str, name: str, kind=int) -> tuple:
@@ -451,67 +436,20 @@ def decode(
     summed over blocks, one agglomeration for every threshold (-t, repeatable; default decoding.waterz.thresholds),
     then a relabel pass. The output is written under a temporary name and renamed when done; a re-run resumes.
     """
-    from nisbflow.data.volumes import open_affinities, open_volume
-    from nisbflow.decode import decode_to_zarr, threshold_array_name
-    from nisbflow.blocks import check_block_count
-    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
-    from nisbflow.decode.blockwise import open_decoding_inputs
-    from nisbflow.decode.kernel import check_backend, check_thresholds
-    from nisbflow.errors import VolumeError
-    from nisbflow.settings import recorded_settings, resolve_settings
+    from nisbflow.jobs import ClusterSpec, decode as decode_job
 
-    opened = open_affinities(affinities, log=console.print)
-    attrs = dict(opened.attrs)
-    extra = [f"decoding.method={method}"] if method else []
-    extra += [f"decoding.waterz.scoring={scoring}"] if scoring else []
-    run = resolve_settings(None, config=config, params=params, overrides=(overrides or []) + extra,
-                           recorded=recorded_settings(attrs), recorded_from=f"the attributes of {affinities}")
-    print_settings(run, "decode")
-    settings = run.config
-    waterz = settings.decoding.method == "waterz"
-    what = f"waterz ({settings.decoding.waterz.scoring}) " if waterz else ""
-    if threshold:
-        thresholds = parse_thresholds(threshold)
-        console.print(f"decoding {what}thresholds {', '.join(f'{t:g}' for t in thresholds)} (-t)")
-    elif waterz:
-        thresholds = settings.decoding.thresholds()
-        console.print(f"decoding {what}thresholds {', '.join(f'{t:g}' for t in thresholds)} from "
-                      f"decoding.waterz.thresholds", highlight=False)
-    else:
-        thresholds = [settings.decoding.threshold]
-        source = run.sources.get("decoding.threshold", "the default")
-        console.print(f"decoding threshold {thresholds[0]:g} from {source}", highlight=False)
-    check_thresholds(thresholds)
-    backend = check_backend(backend or settings.decoding.backend)
-    block = parse_triple(chunks, "--chunks") if chunks else None
-    mask = mask or settings.decoding.affinity_mask_path
-    check_block_count(opened.shape[1:], block or opened.chunks[1:], "--chunks" if block else "the affinities' chunks")
-    if mask is not None:  # the mask's shape, before any cluster starts
-        open_decoding_inputs(affinities, mask, console.print, check_values=False)
-    preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
-    ground_truth = open_volume(gt, role="ground truth", ndims=(3,)) if gt else None  # fails before any decoding
-    if ground_truth is not None and tuple(ground_truth.shape) != tuple(opened.shape[1:]):
-        raise VolumeError(f"ground truth {gt}: shape {tuple(ground_truth.shape)} differs from the affinities' "
-                          f"spatial shape {tuple(opened.shape[1:])} (X, Y, Z)")
-    options = WaterzOptions.from_config(settings.decoding)
-    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
-        counts = decode_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=block, backend=backend,
-                                overwrite=overwrite, force=force, config=run, log=console.print, check_values=False,
-                                method=settings.decoding.method, waterz=options)
-        graph = counts.pop("graph", None)
-        if graph:
-            console.print(f"region adjacency graph: {graph['fragments']:,} fragments, {graph['edges']:,} edges")
-        rows = []
-        for value, n in counts.items():
-            where = output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
-            console.print(f"threshold {value:g}: {n} segments → {where}")
-            if ground_truth is not None:
-                from nisbflow.evaluate import dense_metrics
-
-                rows.append((value, n, dense_metrics(ground_truth, open_volume(where, role="segmentation", ndims=(3,)),
-                                                     progress=True)))
-    if rows:
-        console.print(_dense_table(rows, gt))
+    report = decode_job(affinities, output, thresholds=parse_thresholds(threshold) if threshold else None,
+                        method=method, scoring=scoring, chunks=parse_triple(chunks, "--chunks") if chunks else None,
+                        mask=mask, backend=backend, gt=gt, overwrite=overwrite, force=force, config=config,
+                        params=params, overrides=overrides or [], log=say, thresholds_given_as="(-t)",
+                        cluster=ClusterSpec(cluster, workers, memory_limit, dashboard_address))
+    if report.graph:
+        say(f"region adjacency graph: {report.graph['fragments']:,} fragments, {report.graph['edges']:,} edges")
+    for value, n in report.counts.items():
+        say(f"threshold {value:g}: {n} segments → {report.outputs[value]}")
+    if report.dense:
+        console.print(_dense_table([(value, report.counts[value], dense) for value, dense in report.dense.items()],
+                                   gt))
 
 
 def _dense_table(rows, gt: str) -> Table:
@@ -748,7 +686,7 @@ def demo(
     """
     from nisbflow.config import load_config
     from nisbflow.evaluate.report import metrics_table
-    from nisbflow.pipeline import run_demo
+    from nisbflow.jobs import run_demo
 
     size = parse_triple(shape, "--shape")
     settings = load_config(None, [])
@@ -800,36 +738,22 @@ def infer(
     runs exactly the windows of the global grid that touch it, so the result equals --whole for any block size.
     Finished blocks are recorded: re-running after an interruption resumes where it stopped.
     """
-    from nisbflow.data.volumes import open_image
-    from nisbflow.infer.blockwise import (DEFAULT_BLOCK, WindowSettings, check_channels, infer_to_zarr,
-                                          infer_whole_to_zarr)
-    from nisbflow.settings import resolve_settings
+    from nisbflow.jobs import ClusterSpec, infer as infer_job
 
-    extra = [f"inference.select_channel=[{channels}]"] if channels else []
-    run = resolve_settings(checkpoint, config=config, params=params, overrides=list(overrides or []) + extra)
-    print_settings(run, "infer")
-    block = parse_triple(chunks, "--chunks") if chunks else DEFAULT_BLOCK
-    source = open_image(image)
-    from nisbflow.blocks import check_block_count
-
-    check_block_count(source.shape[:3], block)
-    check_channels(WindowSettings.from_config(run.config.inference), run.checkpoint.model.out_channels,
-                   f"checkpoint {run.checkpoint.name}")
-    preflight(output, "affinities", {"image": image}, overwrite, force)
-    if whole:
-        summary = infer_whole_to_zarr(image, output, run.checkpoint, config=run, overwrite=overwrite, force=force,
-                                      log=console.print)
-        console.print(f"wrote {output}: {summary.shape} {run.config.inference.output_dtype}, "
-                      f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s (whole volume, one process)")
+    report = infer_job(image, output, checkpoint, chunks=parse_triple(chunks, "--chunks") if chunks else None,
+                       split=split, whole=whole, channels=parse_channels(channels) if channels else None,
+                       overwrite=overwrite, force=force, config=config, params=params, overrides=overrides or [],
+                       cluster=ClusterSpec(cluster, workers, memory_limit, dashboard_address), log=say)
+    summary = report.summary
+    if report.whole:
+        say(f"wrote {output}: {summary.shape} {report.settings.config.inference.output_dtype}, "
+            f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s (whole volume, one process)")
         return
-    with cluster_for(run.config, cluster, workers, memory_limit, dashboard_address):
-        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, split=split,
-                                overwrite=overwrite, force=force, log=console.print)
-    console.print(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
-                  f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
-                  f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})"
-                  + (f"; compiled in {summary.warm_up_seconds:.0f} s before the blocks"
-                     if summary.warm_up_seconds is not None else ""))
+    say(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
+        f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
+        f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})"
+        + (f"; compiled in {summary.warm_up_seconds:.0f} s before the blocks"
+           if summary.warm_up_seconds is not None else ""))
 
 
 @app.command("test")
@@ -850,7 +774,7 @@ def test_command(
     segmentation.zarr and metrics.json under <save_path>/<timestamp>/. Decodes with decoding.method: cc at
     decoding.threshold, or waterz at each of decoding.waterz.thresholds (one table each)."""
     from nisbflow.evaluate.report import metrics_table
-    from nisbflow.pipeline import run_test
+    from nisbflow.jobs import run_test
     from nisbflow.settings import resolve_settings
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])

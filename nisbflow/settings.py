@@ -22,6 +22,7 @@ configuration, the :class:`~nisbflow.model.Checkpoint` handle (read once), and w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,8 +137,9 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
 
     ``checkpoint``: a path, a shipped model's name or a :class:`Checkpoint` (opened once here; None for runs
     without a model). ``config``: a YAML file; ``params``: a parameters YAML; ``overrides``: ``key.path=value``
-    strings. ``recorded`` / ``recorded_from``: a settings tree recorded by an earlier stage (see
-    :func:`recorded_settings`) and its label, layered where a checkpoint's would be.
+    strings, or a mapping of key to value (``{"decoding.method": "waterz"}``, values as data). ``recorded`` /
+    ``recorded_from``: a settings tree recorded by an earlier stage (see :func:`recorded_settings`) and its label,
+    layered where a checkpoint's would be.
 
     >>> resolve_settings("nisb-tiny-synthetic").config.inference.window_size
     (64, 64, 64)
@@ -160,7 +162,7 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     if params is not None:
         check_tuned_for(params, handle)
         layers.append((f"--params {params}", load_yaml_tree(params)))  # a configuration fragment, keys checked
-    overrides = list(overrides or [])
+    overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides or [])
     if overrides:
         layers.append(("KEY=VALUE", apply_overrides({}, overrides)))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import yaml
@@ -140,11 +141,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(tree: dict, overrides: Iterable[str]) -> dict:
-    """Return a copy of ``tree`` with each ``key.path=value`` override set."""
+def override_items(overrides) -> list[tuple[list[str], Any]]:
+    """Overrides as ``(key path, value)`` pairs, from ``key.path=value`` strings (values typed as YAML) or from a
+    mapping ``{"decoding.threshold": 0.8}`` (values as given: data, not text to parse); keys checked either way."""
+    if isinstance(overrides, Mapping):
+        items = []
+        for key, value in overrides.items():
+            if key not in set(valid_keys()):
+                raise _unknown_key_error(key, "the overrides")
+            items.append((key.split("."), value))
+        return items
+    return [parse_override(text) for text in overrides]
+
+
+def apply_overrides(tree: dict, overrides) -> dict:
+    """Return a copy of ``tree`` with each override set (``key.path=value`` strings or a mapping of key to value,
+    :func:`override_items`)."""
     tree = copy.deepcopy(tree)
-    for text in overrides:
-        parts, value = parse_override(text)
+    for parts, value in override_items(overrides):
         node = tree
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):

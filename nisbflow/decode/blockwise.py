@@ -368,11 +368,30 @@ def threshold_array_name(threshold: float) -> str:
     return f"threshold-{threshold:g}"
 
 
+def recorded_thresholds(affinities, config, method: str, log) -> tuple[float, ...]:
+    """The thresholds a decode without given ones uses (see :func:`decode_to_zarr`), said through ``log``."""
+    from nisbflow.data.volumes import open_affinities
+    from nisbflow.decode.thresholds import choose_thresholds
+    from nisbflow.settings import RunSettings, recorded_settings, resolve_settings
+
+    if isinstance(config, RunSettings):
+        run = config
+    elif config is not None:  # a resolved Config: its own values
+        run = RunSettings(config, None, {"decoding.threshold": "the configuration"}, [])
+    else:
+        attrs = dict(open_affinities(affinities).attrs)
+        run = resolve_settings(None, overrides={"decoding.method": method}, recorded=recorded_settings(attrs),
+                               recorded_from=f"the attributes of {affinities}")
+    choice = choose_thresholds(run)
+    log(choice.describe())
+    return choice.values
+
+
 def decode_to_zarr(
     affinities: str | Path,
     output: str | Path,
     *,
-    thresholds=(0.75,),
+    thresholds=None,
     mask: str | Path | None = None,
     chunks: tuple[int, int, int] | None = None,
     backend: str = "numba",
@@ -400,6 +419,10 @@ def decode_to_zarr(
     output's attributes. Returns ``{threshold: number of segments}``. ``check_values``: sample the values for
     logits and NaN first (the CLI has done so already).
 
+    ``thresholds`` None chooses them as ``nisbflow decode`` without ``-t`` does
+    (:func:`~nisbflow.decode.thresholds.choose_thresholds`): ``config``'s when it is the run's settings, else the
+    threshold the affinities record (the model's tuned value), else 0.75; for waterz ``decoding.waterz.thresholds``.
+
     The output is a :class:`~nisbflow.blocks.StagedRun` (staged, locked, published when complete; ``overwrite``
     replaces a segmentation nisbflow wrote, ``force`` anything else; an output overlapping an input is refused).
     Both passes resume: a re-run after an interruption keeps the label pass's finished blocks (their local ids and
@@ -408,6 +431,8 @@ def decode_to_zarr(
     """
     from nisbflow.blocks import StagedRun, default_log
 
+    if thresholds is None:
+        thresholds = recorded_thresholds(affinities, config, method, log or default_log)
     if method == "waterz":
         from nisbflow.decode.agglomerate_blockwise import WaterzOptions, agglomerate_to_zarr
 

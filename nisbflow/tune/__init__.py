@@ -372,7 +372,7 @@ def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, bloc
                   log=print):
     """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold.
     Returns ``(TuneResult, test output folder, test NerlResult)``."""
-    from nisbflow.pipeline import run_test
+    from nisbflow.jobs import run_test
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)

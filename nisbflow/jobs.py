@@ -1,0 +1,346 @@
+"""One library entry per command: what ``nisbflow infer``, ``decode``, ``test`` and ``demo`` do, callable from a
+notebook with the same result.
+
+Each entry takes typed options, the settings' sources (``config`` YAML, ``params`` YAML, ``overrides`` as a mapping
+of key to value or ``key.path=value`` strings) and a :class:`ClusterSpec`, and runs the same steps in the same
+order: resolve the settings → check the inputs → refuse a bad output (:func:`preflight`) → open the cluster → run
+the stage → return a typed report. Everything it would print goes through ``log`` (one line per call, plain text);
+the command line passes its console and prints the report, a notebook reads the report.
+
+Axes are XYZ throughout, as NISB stores them: images ``(X, Y, Z)`` uint8, affinities ``(C, X, Y, Z)``,
+segmentations ``(X, Y, Z)`` uint32/uint64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from nisbflow.errors import ConfigError
+
+
+def _print(line: str) -> None:
+    print(line)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where a command's Dask work runs. ``cluster``: ``local``, ``dask-cuda``, ``slurm``, ``sync`` or a scheduler
+    address (``tcp://host:8786``); None: ``$DASK_SCHEDULER_ADDRESS`` if set, else ``system.cluster``. ``workers``:
+    local workers or SLURM jobs; ``memory_limit``: per local worker (``"4GiB"``); ``dashboard_address``: where a
+    cluster nisbflow starts serves its dashboard. Each None takes the ``system.*`` setting."""
+
+    cluster: str | None = None
+    workers: int | None = None
+    memory_limit: str | None = None
+    dashboard_address: str | None = None
+
+
+@contextlib.contextmanager
+def cluster_session(settings, spec: ClusterSpec | None = None, log=_print) -> Iterator:
+    """The one place a command opens its Dask cluster (``settings.system`` overridden by ``spec``) and says where
+    its dashboard is; yields the ``distributed.Client`` (None for ``sync``) and closes what it started. An interrupt
+    keeps the logs of a cluster torn down mid-computation from burying the command's one line."""
+    from nisbflow.cluster import chosen_cluster, cluster_from_config, dashboard_link
+    from nisbflow.progress import quiet_shutdown_logs
+
+    spec = spec or ClusterSpec()
+    config = getattr(settings, "config", settings)
+    with cluster_from_config(config, spec.cluster, n_workers=spec.workers, memory_limit=spec.memory_limit,
+                             dashboard_address=spec.dashboard_address) as client:
+        if client is not None:
+            link = dashboard_link(client, spec.dashboard_address or config.system.dashboard_address)
+            log(f"Dask dashboard: {link}")
+        try:
+            yield client
+        except KeyboardInterrupt:
+            quiet_shutdown_logs()
+            if client is not None and chosen_cluster(spec.cluster, config) in ("local", "dask-cuda"):
+                try:  # workers this command started (never a shared cluster's) go quietly too
+                    client.run(quiet_shutdown_logs)
+                except Exception:
+                    pass
+            raise
+
+
+def preflight(output: str, kind: str, inputs: dict, overwrite: bool, force: bool) -> None:
+    """Refuse a run's output before any cluster starts: overlapping an input, existing without ``overwrite`` (or
+    not nisbflow's without ``force``), or locked by a live run (:meth:`nisbflow.blocks.StagedRun.preflight`)."""
+    from nisbflow.blocks import StagedRun
+
+    StagedRun(output, kind=kind, inputs=inputs, overwrite=overwrite, force=force).preflight()
+
+
+def _say_settings(run, command: str, log) -> None:
+    for line in run.describe(command):
+        log(line)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decode
+
+
+@dataclass
+class DecodeReport:
+    """What a decode did. ``settings``: the run's :class:`~nisbflow.settings.RunSettings`; ``thresholds``: the
+    :class:`~nisbflow.decode.thresholds.ThresholdChoice`; ``counts``: threshold → segments; ``outputs``: threshold
+    → the segmentation array written; ``graph``: waterz's region adjacency graph size (``fragments``, ``edges``),
+    None for cc; ``dense``: threshold → :class:`~nisbflow.evaluate.DenseMetrics` against ``gt`` when given."""
+
+    settings: object
+    thresholds: object
+    counts: dict[float, int]
+    outputs: dict[float, str]
+    graph: dict | None = None
+    dense: dict = field(default_factory=dict)
+
+
+def decode(affinities: str, output: str, *, thresholds=None, method: str | None = None, scoring: str | None = None,
+           chunks: tuple[int, int, int] | None = None, mask: str | None = None, backend: str | None = None,
+           gt: str | None = None, overwrite: bool = False, force: bool = False, config: str | None = None,
+           params: str | None = None, overrides=None, cluster: ClusterSpec | None = None, log=_print,
+           progress: bool = True, thresholds_given_as: str = "(given)") -> DecodeReport:
+    """``nisbflow decode``: affinities ``(C, X, Y, Z)`` → segmentation ``(X, Y, Z)`` at each threshold.
+
+    Settings resolve as defaults ← ``config``'s ``_base_`` files ← what the affinities record (the model's tuned
+    threshold) ← ``config`` ← ``params`` ← ``overrides``; ``method`` and ``scoring`` set ``decoding.method`` and
+    ``decoding.waterz.scoring``. ``thresholds`` None: :func:`~nisbflow.decode.thresholds.choose_thresholds`.
+    ``chunks``: block and output chunk size (X, Y, Z voxels; default the affinities' chunks). ``gt``: a dense
+    ground truth ``(X, Y, Z)`` scored at every threshold (adapted Rand error, VOI).
+    """
+    from nisbflow.blocks import check_block_count
+    from nisbflow.data.volumes import open_affinities, open_volume
+    from nisbflow.decode import decode_to_zarr, threshold_array_name
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+    from nisbflow.decode.blockwise import open_decoding_inputs
+    from nisbflow.decode.kernel import check_backend
+    from nisbflow.decode.thresholds import choose_thresholds
+    from nisbflow.errors import VolumeError
+    from nisbflow.settings import recorded_settings, resolve_settings
+
+    opened = open_affinities(affinities, log=log)
+    given = {"decoding.method": method} if method else {}
+    given.update({"decoding.waterz.scoring": scoring} if scoring else {})
+    run = resolve_settings(None, config=config, params=params, overrides=_with(overrides, given),
+                           recorded=recorded_settings(dict(opened.attrs)),
+                           recorded_from=f"the attributes of {affinities}")
+    _say_settings(run, "decode", log)
+    settings = run.config
+    choice = choose_thresholds(run, thresholds, thresholds_given_as)
+    log(choice.describe())
+    backend = check_backend(backend or settings.decoding.backend)
+    mask = mask or settings.decoding.affinity_mask_path
+    check_block_count(opened.shape[1:], chunks or opened.chunks[1:], "--chunks" if chunks else "the affinities' chunks")
+    if mask is not None:  # the mask's shape, before any cluster starts
+        open_decoding_inputs(affinities, mask, log, check_values=False)
+    preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
+    ground_truth = open_volume(gt, role="ground truth", ndims=(3,)) if gt else None  # fails before any decoding
+    if ground_truth is not None and tuple(ground_truth.shape) != tuple(opened.shape[1:]):
+        raise VolumeError(f"ground truth {gt}: shape {tuple(ground_truth.shape)} differs from the affinities' "
+                          f"spatial shape {tuple(opened.shape[1:])} (X, Y, Z)")
+    with cluster_session(run, cluster, log):
+        counts = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
+                                backend=backend, overwrite=overwrite, force=force, config=run, log=log,
+                                check_values=False, method=settings.decoding.method, progress=progress,
+                                waterz=WaterzOptions.from_config(settings.decoding))
+        graph = counts.pop("graph", None)
+        outputs = {value: output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
+                   for value in counts}
+        dense = {}
+        if ground_truth is not None:
+            from nisbflow.evaluate import dense_metrics
+
+            for value, where in outputs.items():
+                dense[value] = dense_metrics(ground_truth, open_volume(where, role="segmentation", ndims=(3,)),
+                                             progress=progress)
+    return DecodeReport(run, choice, dict(counts), outputs, graph, dense)
+
+
+def _with(overrides, given: dict):
+    """``overrides`` (a mapping or ``key=value`` strings) with ``given`` (a mapping) after them."""
+    if not given:
+        return overrides or ()
+    if overrides is None or isinstance(overrides, dict):
+        return {**(overrides or {}), **given}
+    return list(overrides) + [f"{key}={value}" for key, value in given.items()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# infer
+
+
+@dataclass
+class InferReport:
+    """What an inference did: ``settings`` (the run's :class:`~nisbflow.settings.RunSettings`, checkpoint
+    included), ``summary`` (:class:`~nisbflow.infer.blockwise.InferSummary`: blocks, windows, throughput) and
+    whether it ran ``whole`` (one process, the whole volume in memory)."""
+
+    settings: object
+    summary: object
+    whole: bool = False
+
+
+def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] | None = None, split: int = 1,
+          whole: bool = False, channels=None, overwrite: bool = False, force: bool = False,
+          config: str | None = None, params: str | None = None, overrides=None,
+          cluster: ClusterSpec | None = None, log=_print, progress: bool = True) -> InferReport:
+    """``nisbflow infer``: an EM image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8 → affinities ``(C, X, Y, Z)``
+    (float16 by default) with the BANIS sliding-window geometry, block by block.
+
+    ``checkpoint``: a ``.pt`` path or a shipped model's name. Settings resolve as defaults ← the checkpoint's ←
+    ``config`` ← ``params`` ← ``overrides``; ``channels`` (e.g. ``[0, 1, 2]``) sets ``inference.select_channel``.
+    ``chunks``: the block (write region) size, X, Y, Z voxels (default 768³); ``split``: tasks per block;
+    ``whole``: one process over the whole volume (the reference).
+    """
+    from nisbflow.blocks import check_block_count
+    from nisbflow.data.volumes import open_image
+    from nisbflow.infer.blockwise import (DEFAULT_BLOCK, WindowSettings, check_channels, infer_to_zarr,
+                                          infer_whole_to_zarr)
+    from nisbflow.settings import resolve_settings
+
+    given = {"inference.select_channel": [int(c) for c in channels]} if channels is not None else {}
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=_with(overrides, given))
+    _say_settings(run, "infer", log)
+    block = tuple(chunks) if chunks else DEFAULT_BLOCK
+    source = open_image(image)
+    check_block_count(source.shape[:3], block)
+    check_channels(WindowSettings.from_config(run.config.inference), run.checkpoint.model.out_channels,
+                   f"checkpoint {run.checkpoint.name}")
+    preflight(output, "affinities", {"image": image}, overwrite, force)
+    if whole:
+        summary = infer_whole_to_zarr(image, output, run.checkpoint, config=run, overwrite=overwrite, force=force,
+                                      log=log)
+        return InferReport(run, summary, whole=True)
+    with cluster_session(run, cluster, log):
+        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, split=split,
+                                overwrite=overwrite, force=force, log=log, progress=progress)
+    return InferReport(run, summary)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# test and demo: the whole job back to back
+
+
+def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
+             threshold: float | None = None, overwrite: bool = False, log=None) -> tuple[Path, object]:
+    """Run the pipeline on ``data.test``: infer → decode → NERL, writing ``affinities.zarr``, ``segmentation.zarr``
+    and ``metrics.json`` into one folder; returns ``(output folder, NerlResult)``. Uses the current Dask client.
+
+    Decodes with ``decoding.method``; agglomeration (``waterz``) decodes every one of ``decoding.waterz.thresholds``
+    from one pass, and with several the result is ``{threshold: NerlResult}`` (metrics.json: the first threshold's
+    metrics, and all of them under ``by_threshold``).
+
+    ``config``: the run's :class:`~nisbflow.settings.RunSettings` (from :func:`~nisbflow.settings.resolve_settings`),
+    a resolved :class:`~nisbflow.config.Config`, or None for the checkpoint's own settings. ``threshold`` overrides
+    the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the
+    resolved settings (None: not printed).
+    """
+    from nisbflow.data import open_seed
+    from nisbflow.data.volumes import open_segmentation
+    from nisbflow.decode import decode_to_zarr, threshold_array_name
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+    from nisbflow.evaluate import nerl
+    from nisbflow.evaluate.report import write_json
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr
+    from nisbflow.settings import as_run_settings
+
+    run = as_run_settings(config, checkpoint)
+    config = run.config
+    if not config.data.test.path:
+        raise ConfigError("data.test.path is not set: give the test seed folder (holding data.zarr)")
+    seed = open_seed(config.data.test.path)
+    skeleton = config.data.test.skeleton or seed.skeleton_path
+    if not skeleton:
+        raise ConfigError(f"no skeleton for {config.data.test.path}: set data.test.skeleton")
+    if threshold is not None:
+        config = config.model_copy(update={"decoding": config.decoding.with_threshold(threshold)})
+        key = "decoding.waterz.thresholds" if config.decoding.method == "waterz" else "decoding.threshold"
+        run = type(run)(config, run.checkpoint, dict(run.sources, **{key: "tuned on data.val"}), run.notes)
+    if log is not None:
+        for line in run.describe():
+            log(line)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path(out_dir) if out_dir else Path(config.save_path) / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    affinities = folder / "affinities.zarr"
+    infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, run.checkpoint, config=run, block=block or DEFAULT_BLOCK,
+                  progress=progress, overwrite=overwrite)
+    segmentation = folder / "segmentation.zarr"
+    thresholds = config.decoding.thresholds()
+    decode_to_zarr(affinities, segmentation, thresholds=thresholds, mask=config.decoding.affinity_mask_path,
+                   backend=config.decoding.backend, progress=progress, config=run, overwrite=overwrite,
+                   method=config.decoding.method, waterz=WaterzOptions.from_config(config.decoding))
+    results = {}
+    for value in thresholds:
+        array = segmentation if len(thresholds) == 1 else segmentation / threshold_array_name(value)
+        results[value] = nerl(open_segmentation(array), skeleton,
+                              voxel_size=config.data.voxel_size, merge_threshold=config.evaluation.merge_threshold,
+                              progress=progress)
+    first = results[thresholds[0]]
+    extra = {"by_threshold": {f"{t:g}": r.to_dict() for t, r in results.items()}} if len(results) > 1 else {}
+    write_json(folder / "metrics.json", first, checkpoint=run.checkpoint.name,
+               checkpoint_sha256=run.checkpoint.sha256, method=config.decoding.method, threshold=thresholds[0],
+               test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record(), **extra)
+    return (folder, first) if len(results) == 1 else (folder, results)
+
+
+@dataclass
+class DemoRun:
+    """One model's result in the demo: ``label``, its checkpoint, output folder and :class:`NerlResult`."""
+
+    label: str
+    checkpoint: str
+    folder: Path
+    result: object
+
+
+def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, checkpoint: str | None = None,
+             threshold: float | None = None, baseline: bool = True, block=None, overwrite: bool = False,
+             progress: bool = True, log=print) -> list[DemoRun]:
+    """The main job on built-in data: synthesize seed ``seed`` → infer → decode → NERL, with the shipped model.
+
+    ``checkpoint`` defaults to the shipped model (:data:`nisbflow.model.DEFAULT_SHIPPED`). It runs with the settings
+    :func:`nisbflow.settings.resolve_settings` gives it (the shipped model's YAML holds its window geometry and tuned
+    threshold), exactly as ``nisbflow infer`` / ``decode`` / ``test`` would run it. With ``baseline`` the same
+    architecture with random weights (torch seed 0) runs too, with the same settings, so the printout shows what
+    training bought. Uses the current Dask client. Writes ``out_dir/seed<seed>/`` (the synthetic seed) and
+    ``out_dir/<label>/`` per model.
+    """
+    from nisbflow.errors import OutputExistsError
+    from nisbflow.model import DEFAULT_SHIPPED, save_random_checkpoint
+    from nisbflow.settings import as_run_settings, resolve_settings
+    from nisbflow.synth import synthesize_seed
+
+    out_dir = Path(out_dir)
+    if (out_dir / "trained").exists() and not overwrite:
+        raise OutputExistsError(f"demo output {out_dir / 'trained'} already exists; pass --overwrite to replace it")
+    checkpoint = checkpoint or DEFAULT_SHIPPED
+    seed_dir = out_dir / f"seed{seed}"
+    if overwrite or not (seed_dir / "skeleton.pkl").exists():
+        log(f"synthesizing test seed {seed} ({'×'.join(map(str, shape))} voxels) → {seed_dir}")
+        synthesize_seed(seed_dir, shape, seed, overwrite=True, progress=progress)
+    else:
+        log(f"using the existing synthetic seed {seed_dir}")
+    overrides = {"data.test.path": str(seed_dir), "data.test.skeleton": str(seed_dir / "skeleton.pkl")}
+    if threshold is not None:
+        overrides["decoding.threshold"] = threshold
+    trained = resolve_settings(checkpoint, overrides=overrides)
+    for line in trained.describe():
+        log(line)
+    runs = [("trained", trained)]
+    if baseline:
+        untrained = out_dir / "untrained.pt"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_random_checkpoint(untrained, trained.checkpoint.model, seed=0)
+        runs.append(("untrained", as_run_settings(trained, str(untrained))))
+    results = []
+    for label, run in runs:
+        log(f"{label} model ({run.checkpoint.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "
+            "→ NERL")
+        folder, result = run_test(run, run.checkpoint, block=block, progress=progress, out_dir=out_dir / label,
+                                  overwrite=True)
+        results.append(DemoRun(label, run.checkpoint.name, folder, result))
+    return results

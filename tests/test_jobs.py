@@ -1,0 +1,116 @@
+"""One library entry per command: ``nisbflow.jobs.infer`` / ``decode`` and the commands give the same outputs and
+the same numbers, and a notebook's ``decode_to_zarr`` without thresholds decodes at the threshold the affinities
+record, as ``nisbflow decode`` without ``-t`` does."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from nisbflow.data.volumes import array_url
+from nisbflow.synth import synthesize_seed
+
+NISBFLOW = str(Path(sys.executable).with_name("nisbflow"))
+SHIPPED = "nisb-tiny-synthetic"
+
+
+def read(path) -> np.ndarray:
+    return zarr.open_array(array_url(str(path)), mode="r")[...]
+
+
+def cli(arguments, cwd) -> subprocess.CompletedProcess:
+    import os
+
+    result = subprocess.run([NISBFLOW, *arguments], cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, COLUMNS="200"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+    synthesize_seed(root / "seed", (96, 96, 64), seed=4, chunks=(48, 48, 32), progress=False)
+    return root, str(root / "seed/data.zarr/img")
+
+
+@pytest.fixture(scope="module")
+def affinities(image):
+    """The shipped model's affinities through the library entry and through the command."""
+    from nisbflow.jobs import ClusterSpec, infer
+
+    root, img = image
+    said = []
+    report = infer(img, str(root / "lib-aff.zarr"), SHIPPED, chunks=(48, 48, 64), cluster=ClusterSpec("sync"),
+                   log=said.append, progress=False)
+    result = cli(["infer", img, "cli-aff.zarr", "--checkpoint", SHIPPED, "--chunks", "48,48,64", "--cluster",
+                  "sync"], root)
+    return root, report, said, result
+
+
+def test_infer_entry_and_command_write_the_same_affinities_and_report_the_same_grid(affinities):
+    root, report, said, result = affinities
+    assert np.array_equal(read(root / "lib-aff.zarr"), read(root / "cli-aff.zarr"))
+    summary = report.summary
+    assert (summary.blocks, summary.windows_in_grid) == (4, 4) and summary.windows_computed >= 4  # 64³ windows, stride 32
+    printed = " ".join(result.stdout.split())
+    assert (f"{summary.blocks} blocks (0 already done)" in printed
+            and f"{summary.windows_computed} windows for a grid of {summary.windows_in_grid}" in printed), printed
+    assert report.settings.checkpoint.name == SHIPPED
+    assert said[:3] == [line for line in result.stdout.splitlines()][:3]  # the same settings, said alike
+
+
+def test_decode_without_thresholds_uses_the_recorded_one_in_the_entry_the_command_and_decode_to_zarr(affinities):
+    from nisbflow.decode import decode_to_zarr
+    from nisbflow.jobs import ClusterSpec, decode
+    from nisbflow.settings import resolve_settings
+
+    root, *_ = affinities
+    aff = str(root / "lib-aff.zarr")
+    tuned = resolve_settings(SHIPPED).config.decoding.threshold
+    recorded = zarr.open_array(array_url(aff), mode="r").attrs["nisbflow_settings"]["decoding"]["threshold"]
+    assert recorded == tuned != 0.75  # the model's tuned value, not the default
+
+    said = []
+    report = decode(aff, str(root / "lib-seg.zarr"), cluster=ClusterSpec("sync"), log=said.append, progress=False)
+    assert report.thresholds.values == (tuned,)
+    assert f"decoding threshold {tuned:g} from the attributes of {aff}" in said
+    result = cli(["decode", aff, "cli-seg.zarr", "--cluster", "sync"], root)
+    found = re.search(r"threshold ([0-9.]+): (\d+) segments", result.stdout)
+    assert found and float(found.group(1)) == tuned and int(found.group(2)) == report.counts[tuned]
+    assert f"decoding threshold {tuned:g} from the attributes of {aff}" in " ".join(result.stdout.split())
+
+    logged = []
+    counts = decode_to_zarr(aff, root / "notebook-seg.zarr", progress=False, log=logged.append)
+    assert counts == {tuned: report.counts[tuned]}
+    assert f"decoding threshold {tuned:g} from the attributes of {aff}" in logged
+    segmentation = read(root / "lib-seg.zarr")
+    assert segmentation.max() > 1
+    assert np.array_equal(segmentation, read(root / "cli-seg.zarr"))
+    assert np.array_equal(segmentation, read(root / "notebook-seg.zarr"))
+
+
+def test_decode_entry_with_thresholds_overrides_as_data_and_dense_metrics_equals_the_command(affinities):
+    from nisbflow.jobs import ClusterSpec, decode
+
+    root, *_ = affinities
+    aff, gt = str(root / "lib-aff.zarr"), str(root / "seed/data.zarr/seg")
+    report = decode(aff, str(root / "lib-two.zarr"), thresholds=[0.5, 0.8], gt=gt, cluster=ClusterSpec("sync"),
+                    overrides={"decoding.backend": "numba"}, log=lambda line: None, progress=False)
+    assert report.settings.sources["decoding.backend"] == "KEY=VALUE"
+    assert set(report.outputs) == {0.5, 0.8} and report.outputs[0.5] == f"{root / 'lib-two.zarr'}/threshold-0.5"
+    result = cli(["decode", aff, "cli-two.zarr", "-t", "0.5,0.8", "--gt", gt, "--cluster", "sync",
+                  "decoding.backend=numba"], root)
+    for value in (0.5, 0.8):
+        name = f"threshold-{value:g}"
+        assert np.array_equal(read(root / "lib-two.zarr" / name), read(root / "cli-two.zarr" / name))
+        assert f"threshold {value:g}: {report.counts[value]} segments" in result.stdout
+        row = " ".join(line for line in result.stdout.splitlines()
+                       if line.replace("│", " ").split()[:1] == [f"{value:g}"])
+        assert f"{report.dense[value].adapted_rand_error:.4f}" in row, result.stdout
