@@ -56,7 +56,12 @@ def affinities(image):
 
 def test_infer_entry_and_command_write_the_same_affinities_and_report_the_same_grid(affinities):
     root, report, said, result = affinities
-    assert np.array_equal(read(root / "lib-aff.zarr"), read(root / "cli-aff.zarr"))
+    # the same windows and weights; the float32 network may round differently in this test process (torch's CPU
+    # kernels depend on its thread count and what earlier tests set) than in the command's, so the float16
+    # affinities agree to one float16 step (2⁻¹⁰ in [0.5, 1)) and are almost all identical
+    library, command = read(root / "lib-aff.zarr").astype(np.float32), read(root / "cli-aff.zarr").astype(np.float32)
+    assert np.abs(library - command).max() <= 2.0 ** -10
+    assert np.mean(library == command) > 0.99
     summary = report.summary
     assert (summary.blocks, summary.windows_in_grid) == (4, 4) and summary.windows_computed >= 4  # 64³ windows, stride 32
     printed = " ".join(result.stdout.split())
