@@ -257,22 +257,11 @@ def print_settings(run, command: str) -> None:
 
 def check_seeds(config, *splits: str) -> None:
     """Before any cluster starts: each of ``splits`` (``val``, ``test``) names a seed folder that opens, with a
-    skeleton (``data.<split>.skeleton`` or one inside the folder)."""
-    from pathlib import Path
-
-    from nisbflow.data import open_seed
-    from nisbflow.errors import ConfigError
+    skeleton (:func:`nisbflow.data.volumes.seed_of`)."""
+    from nisbflow.data.volumes import seed_of
 
     for split in splits:
-        section = getattr(config.data, split)
-        use = "tuning needs the validation seed" if split == "val" else "testing needs the test seed"
-        if not section.path:
-            raise ConfigError(f"data.{split}.path is not set: {use} folder (holding data.zarr), e.g. "
-                              f"data.{split}.path=outputs/synthetic/{split}/seed{100 if split == 'val' else 101}")
-        seed = open_seed(section.path)
-        skeleton = section.skeleton or seed.skeleton_path
-        if not skeleton or "://" not in str(skeleton) and not Path(skeleton).exists():
-            raise ConfigError(f"no skeleton for the {split} seed {section.path}: set data.{split}.skeleton")
+        seed_of(config, split)
 
 
 PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."

@@ -25,7 +25,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -436,30 +435,11 @@ class StagedRun:
         self._acquire_lock()
         try:
             self._open_manifest()
-            self._remove_legacy_leftovers()
             self._check_workers()
         except BaseException:
             self._release_lock()
             raise
         return self
-
-    def _remove_legacy_leftovers(self) -> None:
-        """Partial outputs that nisbflow versions before the staging folder left beside this output when killed
-        (``.<name>.partial``, its ``.done`` markers, ``.<stem>.partial-<token><suffix>`` and its ``.local-ids``
-        scratch, ``.<name>.replaced-<token>``): nothing could resume from them, so they go, and the log says so."""
-        stem, dot, suffix = self._name.rpartition(".")
-        stem, suffix = (stem, dot + suffix) if stem else (self._name, "")
-        patterns = (rf"\.{re.escape(self._name)}\.partial(\.done)?", rf"\.{re.escape(self._name)}\.replaced-[0-9a-f]{{8}}",
-                    rf"\.{re.escape(stem)}\.partial-[0-9a-f]{{8}}{re.escape(suffix)}(\.local-ids)?")
-        try:
-            siblings = self._fs.ls(self._parent, detail=False)
-        except Exception:
-            return
-        for path in siblings:
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if any(re.fullmatch(pattern, name) for pattern in patterns):
-                self.log(f"removing {self._url(path)}, left by an interrupted run of an earlier nisbflow version")
-                _remove_tree(self._fs, path)
 
     def __exit__(self, error_type, error, traceback) -> bool:
         try:

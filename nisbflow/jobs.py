@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from nisbflow.errors import ConfigError
-
 
 def _print(line: str) -> None:
     print(line)
@@ -238,8 +236,7 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the
     resolved settings (None: not printed).
     """
-    from nisbflow.data import open_seed
-    from nisbflow.data.volumes import open_segmentation
+    from nisbflow.data.volumes import open_segmentation, seed_of
     from nisbflow.decode import decode_to_zarr, threshold_array_name
     from nisbflow.decode.agglomerate_blockwise import WaterzOptions
     from nisbflow.evaluate import nerl
@@ -249,12 +246,7 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
 
     run = as_run_settings(config, checkpoint)
     config = run.config
-    if not config.data.test.path:
-        raise ConfigError("data.test.path is not set: give the test seed folder (holding data.zarr)")
-    seed = open_seed(config.data.test.path)
-    skeleton = config.data.test.skeleton or seed.skeleton_path
-    if not skeleton:
-        raise ConfigError(f"no skeleton for {config.data.test.path}: set data.test.skeleton")
+    seed, skeleton = seed_of(config, "test")
     if threshold is not None:
         config = config.model_copy(update={"decoding": config.decoding.with_threshold(threshold)})
         key = "decoding.waterz.thresholds" if config.decoding.method == "waterz" else "decoding.threshold"

@@ -576,17 +576,6 @@ def test_memory_url_outputs_publish_equal_to_local_ones(data, tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls("/faults", detail=False)] == ["seg.zarr"]
 
 
-def test_leftovers_of_earlier_versions_are_removed(tmp_path):
-    for name in (".seg.zarr.partial", ".seg.zarr.partial.done", ".seg.partial-0123abcd.zarr.local-ids",
-                 ".seg.zarr.replaced-89abcdef", ".other.zarr.partial"):
-        (tmp_path / name).mkdir()
-    said = []
-    with StagedRun(tmp_path / "seg.zarr", kind="segmentation", log=said.append) as staged:
-        zarr.create_array(staged.data, shape=(2,), dtype="uint8")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.zarr.partial", "seg.zarr"]
-    assert len(said) == 4 and all("earlier nisbflow version" in s for s in said)
-
-
 def test_ctrl_c_to_the_whole_process_group_prints_one_line(data, tmp_path):
     """A terminal's Ctrl-C reaches the client and its local workers: the workers ignore it (their preload), the client
     drains and exits 130 with one line and no worker tracebacks."""

@@ -89,17 +89,18 @@ def test_grid_sampler_scores_the_whole_grid_in_one_pass_and_test_uses_best_yaml(
 
 def test_params_files_and_bad_values(tmp_path):
     from nisbflow.errors import ConfigError
-    from nisbflow.tune import load_params
+    from nisbflow.settings import resolve_settings
 
     path = tmp_path / "best.yaml"
     path.write_text("# comment\ndecoding: {threshold: 0.7}\ntune: {threshold: {low: 0.5}}\n")
-    assert load_params(path) == ["decoding.threshold=0.7", "tune.threshold.low=0.5"]
-    assert load_config(None, load_params(path)).decoding.threshold == 0.7
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_params(tmp_path / "missing.yaml")
+    run = resolve_settings(params=path)
+    assert (run.config.decoding.threshold, run.config.tune.threshold.low) == (0.7, 0.5)
+    assert run.sources["decoding.threshold"] == f"--params {path}"
+    with pytest.raises(ConfigError, match="not found: .*missing.yaml"):
+        resolve_settings(params=tmp_path / "missing.yaml")
     path.write_text("decoding: {treshold: 0.7}\n")
     with pytest.raises(ConfigError, match="decoding.treshold"):
-        load_config(None, load_params(path))
+        resolve_settings(params=path)
     with pytest.raises(ConfigError, match="tune.threshold.low"):
         load_config(None, ["tune.threshold.low=0.9", "tune.threshold.high=0.5"])
 

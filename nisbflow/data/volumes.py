@@ -24,7 +24,7 @@ import zarr
 import zarr.codecs
 
 from .. import __version__
-from ..errors import OutputExistsError, VolumeError
+from ..errors import ConfigError, OutputExistsError, VolumeError
 
 DEFAULT_VOXEL_SIZE = (9.0, 9.0, 20.0)
 """NISB voxel size in nm, (x, y, z)."""
@@ -307,6 +307,25 @@ def open_seed(path: str | Path, *, require_segmentation: bool = True) -> NisbSee
             skeleton = f"{path}/{name}"
             break
     return NisbSeed(path=path, img=img, seg=seg, skeleton_path=skeleton, voxel_size=voxel_size_of(img))
+
+
+SPLIT_USE = {"val": "tuning needs the validation seed", "test": "testing needs the test seed"}
+
+
+def seed_of(config, split: str) -> tuple[NisbSeed, str]:
+    """A configuration's seed ``data.<split>.path`` (``val`` for tuning, ``test`` for testing) opened, and its
+    skeleton (``data.<split>.skeleton``, else the one inside the folder); a :class:`~nisbflow.errors.ConfigError`
+    naming the key when either is missing."""
+    section = getattr(config.data, split)
+    if not section.path:
+        example = f"outputs/synthetic/{split}/seed{100 if split == 'val' else 101}"
+        raise ConfigError(f"data.{split}.path is not set: {SPLIT_USE.get(split, 'this needs the seed')} folder "
+                          f"(holding data.zarr), e.g. data.{split}.path={example}")
+    seed = open_seed(section.path)
+    skeleton = section.skeleton or seed.skeleton_path
+    if not skeleton or "://" not in str(skeleton) and not Path(skeleton).exists():
+        raise ConfigError(f"no skeleton for the {split} seed {section.path}: set data.{split}.skeleton")
+    return seed, str(skeleton)
 
 
 def fast_compressors(zarr_format: int, shuffle: bool = True):

@@ -32,7 +32,7 @@ from .scoring import ThresholdScorer, threshold_grid, threshold_key
 
 from nisbflow.config.load import TUNED_KEY
 
-__all__ = ["ThresholdScorer", "TuneResult", "load_params", "mark_interrupted_trials_failed", "open_study",
+__all__ = ["ThresholdScorer", "TuneResult", "mark_interrupted_trials_failed", "open_study",
            "plot_threshold_curve", "threshold_grid", "tune", "tune_and_test"]
 
 
@@ -248,17 +248,12 @@ def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, p
     ``<save_path>/tune``. With ``tune.sampler=grid`` the grid points that the study has not scored yet (by any
     sampler) are decoded in one pass and added as trials with their exact grid values.
     """
-    from nisbflow.data import open_seed
+    from nisbflow.data.volumes import seed_of
     from nisbflow.settings import as_run_settings
 
     run = as_run_settings(config, checkpoint)
     config = run.config
-    if not config.data.val.path:
-        raise ConfigError("data.val.path is not set: tuning needs the validation seed folder (holding data.zarr)")
-    seed = open_seed(config.data.val.path)
-    skeleton = config.data.val.skeleton or seed.skeleton_path
-    if not skeleton or not Path(skeleton).exists():
-        raise ConfigError(f"no skeleton for the validation seed {config.data.val.path}: set data.val.skeleton")
+    seed, skeleton = seed_of(config, "val")
     tune_config = config.tune
     out = Path(out_dir) if out_dir else Path(config.save_path) / "tune"
     out.mkdir(parents=True, exist_ok=True)
@@ -342,30 +337,6 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
     return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
                       study.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
                       affinities, details=dict(best.user_attrs))
-
-
-def load_params(path: str | Path) -> list[str]:
-    """A parameters YAML (``best.yaml`` from ``nisbflow tune``, any configuration fragment) as ``key.path=value``
-    overrides, to layer over a configuration file and under the command line's own overrides."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"parameters file {path} does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"parameters file {path} is not valid YAML: {error}") from error
-    if not isinstance(tree, dict):
-        raise ConfigError(f"parameters file {path} must hold a mapping such as 'decoding: {{threshold: 0.7}}'")
-
-    def flatten(node, prefix=""):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                yield from flatten(value, f"{name}.")
-            else:
-                yield f"{name}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-
-    return list(flatten(tree))
 
 
 def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
