@@ -194,20 +194,6 @@ def cluster_for(settings, cluster: str | None, workers: int | None = None, memor
     return cluster_session(settings, ClusterSpec(cluster, workers, memory_limit, dashboard_address), say)
 
 
-def check_writable(path: str, option: str) -> None:
-    """Raise unless a result file can be written at ``path`` (its folder exists and is writable), before the work."""
-    import os
-    from pathlib import Path
-
-    from nisbflow.errors import OutputExistsError
-
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise OutputExistsError(f"{option} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputExistsError(f"{option} {path}: folder {folder} is not writable")
-
-
 DASHBOARD_HELP = ("Dashboard of a cluster nisbflow starts: ':8787' a fixed port, '127.0.0.1:8787' this machine "
                   "only (then ssh -L 8787:localhost:8787); default system.dashboard_address, any free port.")
 FORCE_HELP = "Replace an existing output that nisbflow did not write (never an input)."
@@ -470,24 +456,16 @@ def evaluate(
 ):
     """NERL, ERL and skeleton VOI of a segmentation against NISB skeletons (BANIS metrics.py semantics); dense
     adapted Rand error and VOI with --gt. Segment ids are read only in the chunks that hold skeleton nodes."""
-    from nisbflow.data.volumes import open_volume
-    from nisbflow.evaluate import dense_metrics, nerl
-    from nisbflow.evaluate.report import metrics_table, plot_run_lengths, write_json
+    from nisbflow.evaluate.report import metrics_table
+    from nisbflow.jobs import evaluate as evaluate_job
 
-    for path, option in ((json_path, "--json"), (plot, "--plot")):
-        if path:
-            check_writable(path, option)
-    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
-    result = nerl(volume, skeleton, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
-                  merge_threshold=merge_threshold, progress=True)
-    dense = dense_metrics(open_volume(gt, role="ground truth", ndims=(3,)), volume, progress=True) if gt else None
-    console.print(metrics_table(result, dense, title=f"{segmentation} against {skeleton}"))
-    if json_path:
-        write_json(json_path, result, dense, segmentation=segmentation, skeleton=skeleton)
-        console.print(f"wrote {json_path}")
-    if plot:
-        plot_run_lengths(plot, result, title=f"{segmentation}: NERL {result.nerl:.3f}")
-        console.print(f"wrote {plot}")
+    report = evaluate_job(segmentation, skeleton, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
+                          merge_threshold=merge_threshold, gt=gt, json_path=json_path, plot=plot)
+    result = report.result
+    console.print(metrics_table(result, report.dense, title=f"{segmentation} against {skeleton}"))
+    for written in (report.json_path, report.plot):
+        if written:
+            console.print(f"wrote {written}")
     if view:
         from nisbflow.view import view as start_view
 
@@ -547,26 +525,10 @@ def skeletonize(
 ):
     """Skeletons in the NISB format (nodes with id, index_position, nm_position; edge_length in nm) from a dense
     segmentation, with kimimaro's TEASAR. The volume is loaded whole: use it on seeds and crops."""
-    from pathlib import Path
+    from nisbflow.jobs import skeletonize as skeletonize_job
 
-    from nisbflow.data import save_skeleton, summarize_skeleton
-    from nisbflow.data.volumes import open_volume
-    from nisbflow.errors import OutputExistsError
-    from nisbflow.evaluate.skeletonize import skeletonize as run
-
-    from nisbflow.blocks import check_not_input
-
-    check_not_input(output, {"segmentation": segmentation})
-    if Path(output).exists() and not overwrite:
-        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
-    check_writable(output, "OUTPUT")
-    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
-    graph = run(volume, parse_triple(voxel_size, "--voxel-size", float), dust_threshold=dust_threshold,
-                parallel=parallel)
-    temporary = Path(output).with_name(f".{Path(output).name}.partial{Path(output).suffix}")
-    save_skeleton(graph, temporary)
-    temporary.replace(output)
-    summary = summarize_skeleton(graph)
+    summary = skeletonize_job(segmentation, output, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
+                              dust_threshold=dust_threshold, parallel=parallel, overwrite=overwrite)
     console.print(f"wrote {output}: {summary.n_neurons} skeletons ({summary.n_scored} with edges, which NERL "
                   f"scores), {summary.n_nodes} nodes, "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")

@@ -77,6 +77,19 @@ def _say_settings(run, command: str, log) -> None:
         log(line)
 
 
+def check_writable(path: str, option: str) -> None:
+    """Raise unless a result file can be written at ``path`` (its folder exists and is writable), before the work."""
+    import os
+
+    from nisbflow.errors import OutputExistsError
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise OutputExistsError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputExistsError(f"{option} {path}: folder {folder} is not writable")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # decode
 
@@ -216,6 +229,69 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
         summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, split=split,
                                 overwrite=overwrite, force=force, log=log, progress=progress)
     return InferReport(run, summary)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate and skeletonize
+
+
+@dataclass
+class EvaluateReport:
+    """What an evaluation found: ``result`` (:class:`~nisbflow.evaluate.NerlResult`: NERL, ERL, merges, splits,
+    per skeleton), ``dense`` (:class:`~nisbflow.evaluate.DenseMetrics` against ``gt``, or None) and the files
+    written (``json_path``, ``plot``; None when not asked for)."""
+
+    result: object
+    dense: object = None
+    json_path: str | None = None
+    plot: str | None = None
+
+
+def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), merge_threshold: int = 1,
+             gt: str | None = None, json_path: str | None = None, plot: str | None = None,
+             progress: bool = True) -> EvaluateReport:
+    """``nisbflow evaluate``: NERL, ERL and skeleton VOI of a segmentation ``(X, Y, Z)`` against NISB skeletons
+    (BANIS metrics.py semantics; ``voxel_size`` in nm, X, Y, Z), and adapted Rand error and VOI against a dense
+    ground truth ``gt``. ``json_path`` / ``plot``: also write every metric as JSON / a PNG of the run lengths (their
+    folders are checked before any work). Runs on the current Dask client, if any."""
+    from nisbflow.data.volumes import open_volume
+    from nisbflow.evaluate import dense_metrics, nerl
+    from nisbflow.evaluate.report import plot_run_lengths, write_json
+
+    for path, option in ((json_path, "--json"), (plot, "--plot")):
+        if path:
+            check_writable(path, option)
+    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
+    result = nerl(volume, skeleton, voxel_size=tuple(voxel_size), merge_threshold=merge_threshold, progress=progress)
+    dense = dense_metrics(open_volume(gt, role="ground truth", ndims=(3,)), volume, progress=progress) if gt else None
+    if json_path:
+        write_json(json_path, result, dense, segmentation=segmentation, skeleton=skeleton)
+    if plot:
+        plot_run_lengths(plot, result, title=f"{segmentation}: NERL {result.nerl:.3f}")
+    return EvaluateReport(result, dense, json_path, plot)
+
+
+def skeletonize(segmentation: str, output: str, *, voxel_size=(9.0, 9.0, 20.0), dust_threshold: int = 1000,
+                parallel: int = 1, overwrite: bool = False):
+    """``nisbflow skeletonize``: NISB-format skeletons (kimimaro's TEASAR) of a dense segmentation ``(X, Y, Z)``
+    (``voxel_size`` in nm), written to ``output`` (.pkl, .json or .npz) under a temporary name and renamed when
+    complete; returns the skeleton graph's :class:`~nisbflow.data.SkeletonSummary`. The volume is loaded whole."""
+    from nisbflow.blocks import check_not_input
+    from nisbflow.data import save_skeleton, summarize_skeleton
+    from nisbflow.data.volumes import open_volume
+    from nisbflow.errors import OutputExistsError
+    from nisbflow.evaluate.skeletonize import skeletonize as skeletons_of
+
+    check_not_input(output, {"segmentation": segmentation})
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    check_writable(output, "OUTPUT")
+    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
+    graph = skeletons_of(volume, tuple(voxel_size), dust_threshold=dust_threshold, parallel=parallel)
+    temporary = Path(output).with_name(f".{Path(output).name}.partial{Path(output).suffix}")
+    save_skeleton(graph, temporary)
+    temporary.replace(output)
+    return summarize_skeleton(graph)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -119,3 +119,19 @@ def test_decode_entry_with_thresholds_overrides_as_data_and_dense_metrics_equals
         row = " ".join(line for line in result.stdout.splitlines()
                        if line.replace("│", " ").split()[:1] == [f"{value:g}"])
         assert f"{report.dense[value].adapted_rand_error:.4f}" in row, result.stdout
+
+
+def test_evaluate_entry_and_command_report_the_same_metrics_and_write_the_same_json(affinities):
+    import json
+
+    from nisbflow.jobs import evaluate
+
+    root, *_ = affinities
+    segmentation, skeleton = str(root / "lib-seg.zarr"), str(root / "seed/skeleton.pkl")
+    gt = str(root / "seed/data.zarr/seg")
+    report = evaluate(segmentation, skeleton, gt=gt, json_path=str(root / "lib.json"), progress=False)
+    assert 0.0 < report.result.nerl < 1.0 and report.dense is not None
+    result = cli(["evaluate", segmentation, "--skeleton", skeleton, "--gt", gt, "--json", "cli.json"], root)
+    assert f"{report.result.nerl:.4f}" in result.stdout
+    library, command = (json.loads((root / name).read_text()) for name in ("lib.json", "cli.json"))
+    assert library == command and library["nerl"] == pytest.approx(report.result.nerl)
