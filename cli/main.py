@@ -241,15 +241,6 @@ def print_settings(run, command: str) -> None:
         console.print(line, highlight=False, markup=False)
 
 
-def check_seeds(config, *splits: str) -> None:
-    """Before any cluster starts: each of ``splits`` (``val``, ``test``) names a seed folder that opens, with a
-    skeleton (:func:`nisbflow.data.volumes.seed_of`)."""
-    from nisbflow.data.volumes import seed_of
-
-    for split in splits:
-        seed_of(config, split)
-
-
 PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."
 
 
@@ -635,15 +626,13 @@ def demo(
     Runs the model shipped inside nisbflow (a small MedNeXt trained on synthetic seeds, see `nisbflow model list`)
     and, for comparison, the same architecture untrained. Watch the Dask dashboard at the printed link.
     """
-    from nisbflow.config import load_config
     from nisbflow.evaluate.report import metrics_table
-    from nisbflow.jobs import run_demo
+    from nisbflow.jobs import ClusterSpec, demo as demo_job
 
     size = parse_triple(shape, "--shape")
-    settings = load_config(None, [])
-    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
-        runs = run_demo(out, shape=size, seed=seed, checkpoint=checkpoint, threshold=threshold, baseline=baseline,
-                        overwrite=overwrite, log=console.print)
+    runs = demo_job(out, shape=size, seed=seed, checkpoint=checkpoint, threshold=threshold, baseline=baseline,
+                    overwrite=overwrite, cluster=ClusterSpec(cluster, workers, memory_limit, dashboard_address),
+                    log=say)
     for run in runs:
         console.print(metrics_table(run.result, title=f"{run.label} model: {run.checkpoint}"))
     summary = Table(title=f"demo: synthetic seed {seed}, {'×'.join(map(str, size))} voxels")
@@ -725,19 +714,14 @@ def test_command(
     segmentation.zarr and metrics.json under <save_path>/<timestamp>/. Decodes with decoding.method: cc at
     decoding.threshold, or waterz at each of decoding.waterz.thresholds (one table each)."""
     from nisbflow.evaluate.report import metrics_table
-    from nisbflow.jobs import run_test
-    from nisbflow.settings import resolve_settings
+    from nisbflow.jobs import ClusterSpec, test as test_job
 
-    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
-    print_settings(run, "test")
-    check_seeds(run.config, "test")
-    settings = run.config
-    block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
-        folder, result = run_test(run, run.checkpoint, block=block)
+    report = test_job(checkpoint, chunks=parse_triple(chunks, "--chunks") if chunks else None, config=config,
+                      params=params, overrides=overrides or [], log=say,
+                      cluster=ClusterSpec(cluster, workers, memory_limit, dashboard_address))
+    settings, folder = report.settings.config, report.folder
     method = "waterz threshold" if settings.decoding.method == "waterz" else "threshold"
-    results = result if isinstance(result, dict) else {settings.decoding.thresholds()[0]: result}
-    for value, one in results.items():
+    for value, one in report.results.items():
         console.print(metrics_table(one, title=f"{settings.data.test.path}: {method} {value:g}"))
     console.print(f"wrote {folder}/affinities.zarr, segmentation.zarr, metrics.json")
 
@@ -767,15 +751,11 @@ def tune(
     in one decoding pass. The study is kept in tune.storage (sqlite under save_path): re-running appends trials.
     Writes best.yaml (use it with nisbflow test --params) and threshold_curve.png.
     """
-    from nisbflow.settings import resolve_settings
-    from nisbflow.tune import tune as run_tune
+    from nisbflow.jobs import ClusterSpec, tune as tune_job
 
-    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
-    print_settings(run, "tune")
-    check_seeds(run.config, "val")
-    block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_for(run.config, cluster, workers, memory_limit, dashboard_address):
-        result = run_tune(run, run.checkpoint, out_dir=out, block=block, log=console.print)
+    result = tune_job(checkpoint, out=out, chunks=parse_triple(chunks, "--chunks") if chunks else None,
+                      config=config, params=params, overrides=overrides or [], log=say,
+                      cluster=ClusterSpec(cluster, workers, memory_limit, dashboard_address))
     console.print(_curve_table(result))
     console.print(f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
                   f"({result.n_trials} completed trials in study {result.study_name!r}, {result.storage})")
@@ -809,17 +789,12 @@ def tune_test(
 ):
     """Tune decoding.threshold on data.val, then infer → decode → evaluate data.test with the best threshold."""
     from nisbflow.evaluate.report import metrics_table
-    from nisbflow.settings import resolve_settings
-    from nisbflow.tune import tune_and_test
+    from nisbflow.jobs import ClusterSpec, tune_test as tune_test_job
 
-    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or [])
-    print_settings(run, "tune-test")
-    check_seeds(run.config, "val", "test")
-    settings = run.config
-    block = parse_triple(chunks, "--chunks") if chunks else None
-    with cluster_for(settings, cluster, workers, memory_limit, dashboard_address):
-        result, folder, test_result = tune_and_test(run, run.checkpoint, out_dir=out, block=block,
-                                                    log=console.print)
+    report = tune_test_job(checkpoint, out=out, chunks=parse_triple(chunks, "--chunks") if chunks else None,
+                           config=config, params=params, overrides=overrides or [], log=say,
+                           cluster=ClusterSpec(cluster, workers, memory_limit, dashboard_address))
+    settings, result, folder, test_result = report.settings.config, report.tuning, report.folder, report.test
     console.print(_curve_table(result))
     console.print(metrics_table(test_result, title=f"test {settings.data.test.path}: threshold "
                                                    f"{result.best_threshold:g} (tuned on {settings.data.val.path})"))

@@ -298,6 +298,83 @@ def skeletonize(segmentation: str, output: str, *, voxel_size=(9.0, 9.0, 20.0), 
 # test and demo: the whole job back to back
 
 
+@dataclass
+class TestReport:
+    """What ``nisbflow test`` did: ``settings`` (the run's :class:`~nisbflow.settings.RunSettings`), the output
+    ``folder`` (affinities.zarr, segmentation.zarr, metrics.json) and ``results``: threshold →
+    :class:`~nisbflow.evaluate.NerlResult` (one for cc, one per ``decoding.waterz.thresholds`` for waterz)."""
+
+    __test__ = False  # not a pytest test class
+
+    settings: object
+    folder: Path
+    results: dict
+
+
+def _resolved(checkpoint, config, params, overrides, command: str, splits: tuple[str, ...], log):
+    """A model command's settings, said through ``log``, with its seeds checked before any cluster starts."""
+    from nisbflow.data.volumes import seed_of
+    from nisbflow.settings import resolve_settings
+
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or ())
+    _say_settings(run, command, log)
+    for split in splits:
+        seed_of(run.config, split)
+    return run
+
+
+def test(checkpoint, *, chunks: tuple[int, int, int] | None = None, config: str | None = None,
+         params: str | None = None, overrides=None, cluster: ClusterSpec | None = None, log=_print) -> TestReport:
+    """``nisbflow test``: infer → decode → NERL on the configuration's test seed (``data.test.path``), with the
+    checkpoint's settings under ``config`` ← ``params`` (best.yaml) ← ``overrides``; ``chunks``: the inference
+    block, X, Y, Z voxels."""
+    run = _resolved(checkpoint, config, params, overrides, "test", ("test",), log)
+    with cluster_session(run, cluster, log):
+        folder, result = run_test(run, run.checkpoint, block=chunks)
+    results = result if isinstance(result, dict) else {run.config.decoding.thresholds()[0]: result}
+    return TestReport(run, folder, results)
+
+
+test.__test__ = False  # a library entry named after its command, not a pytest test
+
+
+def tune(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int] | None = None,
+         config: str | None = None, params: str | None = None, overrides=None, cluster: ClusterSpec | None = None,
+         log=_print):
+    """``nisbflow tune``: the decoding threshold tuned on the validation seed (``data.val.path``); returns the
+    :class:`~nisbflow.tune.TuneResult` (best threshold, curve, best.yaml and threshold_curve.png written)."""
+    from nisbflow.tune import tune as tune_study
+
+    run = _resolved(checkpoint, config, params, overrides, "tune", ("val",), log)
+    with cluster_session(run, cluster, log):
+        return tune_study(run, run.checkpoint, out_dir=out, block=chunks, log=log)
+
+
+@dataclass
+class TuneTestReport:
+    """What ``nisbflow tune-test`` did: ``settings``, ``tuning`` (:class:`~nisbflow.tune.TuneResult` on
+    ``data.val``), the test output ``folder`` and ``test`` (:class:`~nisbflow.evaluate.NerlResult` on ``data.test``
+    at the tuned threshold)."""
+
+    settings: object
+    tuning: object
+    folder: Path
+    test: object
+
+
+def tune_test(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int] | None = None,
+              config: str | None = None, params: str | None = None, overrides=None,
+              cluster: ClusterSpec | None = None, log=_print) -> TuneTestReport:
+    """``nisbflow tune-test``: :func:`tune` on ``data.val``, then :func:`test` on ``data.test`` at the best
+    threshold."""
+    from nisbflow.tune import tune_and_test
+
+    run = _resolved(checkpoint, config, params, overrides, "tune-test", ("val", "test"), log)
+    with cluster_session(run, cluster, log):
+        tuning, folder, tested = tune_and_test(run, run.checkpoint, out_dir=out, block=chunks, log=log)
+    return TuneTestReport(run, tuning, folder, tested)
+
+
 def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
              threshold: float | None = None, overwrite: bool = False, log=None) -> tuple[Path, object]:
     """Run the pipeline on ``data.test``: infer → decode → NERL, writing ``affinities.zarr``, ``segmentation.zarr``
@@ -363,6 +440,17 @@ class DemoRun:
     checkpoint: str
     folder: Path
     result: object
+
+
+def demo(out: str | Path = "outputs/demo", *, shape=(256, 256, 128), seed: int = 101, checkpoint: str | None = None,
+         threshold: float | None = None, baseline: bool = True, overwrite: bool = False,
+         cluster: ClusterSpec | None = None, log=_print) -> list[DemoRun]:
+    """``nisbflow demo``: :func:`run_demo` on the cluster ``cluster`` describes (default settings' ``system.*``)."""
+    from nisbflow.config import load_config
+
+    with cluster_session(load_config(None, []), cluster, log):
+        return run_demo(out, shape=shape, seed=seed, checkpoint=checkpoint, threshold=threshold, baseline=baseline,
+                        overwrite=overwrite, log=log)
 
 
 def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, checkpoint: str | None = None,
