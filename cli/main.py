@@ -186,14 +186,6 @@ def say(line: str) -> None:
     console.print(line, highlight=False, markup=False)
 
 
-def cluster_for(settings, cluster: str | None, workers: int | None = None, memory_limit: str | None = None,
-                dashboard_address: str | None = None):
-    """:func:`nisbflow.jobs.cluster_session` for the commands' cluster options."""
-    from nisbflow.jobs import ClusterSpec, cluster_session
-
-    return cluster_session(settings, ClusterSpec(cluster, workers, memory_limit, dashboard_address), say)
-
-
 DASHBOARD_HELP = ("Dashboard of a cluster nisbflow starts: ':8787' a fixed port, '127.0.0.1:8787' this machine "
                   "only (then ssh -L 8787:localhost:8787); default system.dashboard_address, any free port.")
 FORCE_HELP = "Replace an existing output that nisbflow did not write (never an input)."
@@ -238,7 +230,7 @@ def parse_triple(text: str, name: str, kind=int) -> tuple:
 def print_settings(run, command: str) -> None:
     """Print the resolved settings ``command`` uses (each value and the layer it came from) before it starts."""
     for line in run.describe(command):
-        console.print(line, highlight=False, markup=False)
+        say(line)
 
 
 PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."

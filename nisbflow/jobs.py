@@ -278,19 +278,18 @@ def skeletonize(segmentation: str, output: str, *, voxel_size=(9.0, 9.0, 20.0), 
     complete; returns the skeleton graph's :class:`~nisbflow.data.SkeletonSummary`. The volume is loaded whole."""
     from nisbflow.blocks import check_not_input
     from nisbflow.data import save_skeleton, summarize_skeleton
-    from nisbflow.data.volumes import open_volume
+    from nisbflow.data.volumes import open_volume, staged_output
     from nisbflow.errors import OutputExistsError
     from nisbflow.evaluate.skeletonize import skeletonize as skeletons_of
 
     check_not_input(output, {"segmentation": segmentation})
-    if Path(output).exists() and not overwrite:
+    if Path(output).exists() and not overwrite:  # before the work, not after it (staged_output checks again)
         raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
     check_writable(output, "OUTPUT")
     volume = open_volume(segmentation, role="segmentation", ndims=(3,))
     graph = skeletons_of(volume, tuple(voxel_size), dust_threshold=dust_threshold, parallel=parallel)
-    temporary = Path(output).with_name(f".{Path(output).name}.partial{Path(output).suffix}")
-    save_skeleton(graph, temporary)
-    temporary.replace(output)
+    with staged_output(output, overwrite=overwrite) as temporary:
+        save_skeleton(graph, temporary)
     return summarize_skeleton(graph)
 
 
