@@ -66,8 +66,8 @@ def cluster_session(settings, spec: ClusterSpec | None = None, log=_print) -> It
 
 def preflight(output: str, kind: str, inputs: dict, overwrite: bool, force: bool) -> None:
     """Refuse a run's output before any cluster starts: overlapping an input, existing without ``overwrite`` (or
-    not nisbflow's without ``force``), or locked by a live run (:meth:`nisbflow.blocks.StagedRun.preflight`)."""
-    from nisbflow.blocks import StagedRun
+    not nisbflow's without ``force``), or locked by a live run (:meth:`nisbflow.staging.StagedRun.preflight`)."""
+    from nisbflow.staging import StagedRun
 
     StagedRun(output, kind=kind, inputs=inputs, overwrite=overwrite, force=force).preflight()
 
@@ -276,9 +276,10 @@ def skeletonize(segmentation: str, output: str, *, voxel_size=(9.0, 9.0, 20.0), 
     """``nisbflow skeletonize``: NISB-format skeletons (kimimaro's TEASAR) of a dense segmentation ``(X, Y, Z)``
     (``voxel_size`` in nm), written to ``output`` (.pkl, .json or .npz) under a temporary name and renamed when
     complete; returns the skeleton graph's :class:`~nisbflow.data.SkeletonSummary`. The volume is loaded whole."""
-    from nisbflow.blocks import check_not_input
+    from nisbflow.staging import check_not_input
     from nisbflow.data import save_skeleton, summarize_skeleton
-    from nisbflow.data.volumes import open_volume, staged_output
+    from nisbflow.data.volumes import open_volume
+    from nisbflow.staging import staged_output
     from nisbflow.errors import OutputExistsError
     from nisbflow.evaluate.skeletonize import skeletonize as skeletons_of
 

@@ -1,4 +1,4 @@
-"""One writer at a time: an exclusive lock file, for a staged output (:class:`nisbflow.blocks.StagedRun`) or a tuning
+"""One writer at a time: an exclusive lock file, for a staged output (:class:`nisbflow.staging.StagedRun`) or a tuning
 study (:func:`nisbflow.tune.tune`).
 
 The lock file holds the holder's host, pid, start time and a random token. A second run finds it and is refused

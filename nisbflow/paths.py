@@ -84,7 +84,7 @@ def _probe(files: dict, checkpoint: tuple | None, staging: tuple | None) -> dict
     """Run on one worker: the fingerprint of each of ``files`` ({role: path}), the hash of ``checkpoint``
     ``(reference, name)`` and whether ``staging`` ``(folder, lock file, token)`` is the client's (the lock file holds
     the client's token) and writable. Returns what it found, compared on the client."""
-    from nisbflow.blocks import fingerprint
+    from nisbflow.staging import fingerprint
 
     found = {"cwd": os.getcwd(), "files": {}, "checkpoint": None, "staging": None}
     for role, path in files.items():
@@ -125,7 +125,7 @@ def check_on_workers(client, files: dict, *, checkpoint=None, staging: tuple | N
     """Refuse a run, in one line, unless every worker of ``client`` sees what the client sees.
 
     ``files``: ``{role: path or URL}`` of the run's inputs (None values skipped); ``fingerprints``: the client's
-    :func:`~nisbflow.blocks.fingerprint` of each, when already computed (e.g. for a run manifest).
+    :func:`~nisbflow.staging.fingerprint` of each, when already computed (e.g. for a run manifest).
     ``checkpoint``: a :class:`~nisbflow.model.Checkpoint` whose file must have the client's hash on every worker.
     ``staging``: ``(staging folder, lock file, lock token)`` of the output: every worker must see the lock the
     client took there and be able to write beside it. Does nothing without a client, or on a cluster whose workers
@@ -133,7 +133,7 @@ def check_on_workers(client, files: dict, *, checkpoint=None, staging: tuple | N
     """
     if client is None or cluster_shares_files(client):
         return
-    from nisbflow.blocks import fingerprint
+    from nisbflow.staging import fingerprint
 
     files = {role: storage_url(path) for role, path in files.items() if path is not None}
     expected = {role: (fingerprints or {}).get(role) or fingerprint(path) for role, path in files.items()}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zarr
 
-from nisbflow.blocks import InputChangedError, OutputLockedError, StagedRun
+from nisbflow.staging import InputChangedError, OutputLockedError, StagedRun
 from nisbflow.data.volumes import array_url
 from nisbflow.synth import synthesize_seed
 from nisbflow.synth.affinities import write_noisy_affinities

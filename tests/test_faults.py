@@ -18,7 +18,7 @@ import pytest
 import zarr
 
 from nisbflow.data.volumes import array_url
-from nisbflow.blocks import OutputLockedError, OutputOverlapsInputError, StagedRun, fingerprint
+from nisbflow.staging import OutputLockedError, OutputOverlapsInputError, StagedRun, fingerprint
 from nisbflow.synth import synthesize_seed
 from nisbflow.synth.affinities import noisy_affinities
 
@@ -298,7 +298,7 @@ def test_worker_killed_mid_synth_affinities(data, tmp_path, cluster):
 
     segmentation = data / "seed/data.zarr/seg"
     write_noisy_affinities(segmentation, tmp_path / "expected.zarr", chunks=(32, 32, 16), progress=False)
-    cluster.run(_slowed, "nisbflow.blocks", "store_block", 0.2)
+    cluster.run(_slowed, "nisbflow.synth.affinities", "store_block", 0.2)
     output = tmp_path / "aff.zarr"
     kill = kill_a_worker_when(cluster, output, "synth", 3)
     write_noisy_affinities(segmentation, output, chunks=(32, 32, 16), progress=False)
@@ -458,7 +458,7 @@ def test_an_output_overlapping_an_input_is_refused_whatever_the_flags(arguments,
 
 
 def test_check_not_input_relations(tmp_path):
-    from nisbflow.blocks import check_not_input
+    from nisbflow.staging import check_not_input
 
     check_not_input(tmp_path / "a.zarr2", {"x": tmp_path / "a.zarr"})  # a shared prefix is not containment
     for output, relation in ((tmp_path / "a.zarr", "is"), (tmp_path, "contains"), (tmp_path / "a.zarr/b", "lies inside"),

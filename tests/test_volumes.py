@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import zarr
 
-from nisbflow.data import open_image, open_seed, open_segmentation, staged_output
+from nisbflow.data import open_image, open_seed, open_segmentation
+from nisbflow.staging import staged_output
 from nisbflow.errors import OutputExistsError, VolumeError
 
 

@@ -19,12 +19,11 @@ from .volumes import (
     open_segmentation,
     open_volume,
     output_attrs,
-    staged_output,
 )
 
 __all__ = [
     "BANIS_OFFSETS", "NisbSeed", "RestrictedUnpickler", "affinities", "check_skeleton_in_volume", "convert_skeleton",
     "crop_skeleton", "load_skeleton", "load_skeleton_arrays", "open_image", "open_seed", "open_segmentation", "open_volume", "output_attrs",
     "save_skeleton",
-    "skeleton_arrays", "staged_output", "summarize_skeleton", "widen_instance_borders",
+    "skeleton_arrays", "summarize_skeleton", "widen_instance_borders",
 ]

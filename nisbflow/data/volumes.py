@@ -387,36 +387,3 @@ def named_axes(attributes: dict, zarr_format: int) -> dict:
     return {"attributes": attributes, "dimension_names": names, "fill_value": 0}
 
 
-def _remove(fs, path: str) -> None:
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-@contextlib.contextmanager
-def staged_output(path: str | Path, *, overwrite: bool = False) -> Iterator[str]:
-    """Write an output under a temporary sibling name and move it to ``path`` only when complete.
-
-    Yields the temporary path. An exception inside the block removes the temporary output and leaves any
-    existing ``path`` untouched; an existing ``path`` is refused unless ``overwrite`` is true.
-    """
-    path = str(path).rstrip("/")
-    fs, final = fsspec.core.url_to_fs(path)
-    if fs.exists(final) and not overwrite:
-        raise OutputExistsError(f"output {path} already exists; pass --overwrite to replace it")
-    parent, name = final.rsplit("/", 1) if "/" in final else (".", final)
-    token = uuid.uuid4().hex[:8]
-    stem, dot, suffix = name.rpartition(".")
-    stem, suffix = (stem, dot + suffix) if stem else (name, "")
-    temporary = f"{parent}/.{stem}.partial-{token}{suffix}"  # keeps the suffix, which names the format
-    fs.makedirs(parent, exist_ok=True)
-    protocol = path[: -len(final)] if path.endswith(final) and path != final else ""
-    try:
-        yield protocol + temporary
-    except BaseException:
-        _remove(fs, temporary)
-        raise
-    retired = f"{parent}/.{name}.replaced-{token}"
-    if fs.exists(final):
-        fs.mv(final, retired, recursive=True)
-    fs.mv(temporary, final, recursive=True)
-    _remove(fs, retired)

@@ -29,7 +29,8 @@ import dask
 import numpy as np
 from dask.base import tokenize
 
-from nisbflow.blocks import BlockGrid, task_priority, write_marker
+from nisbflow.blocks import BlockGrid, task_priority
+from nisbflow.staging import write_marker
 from nisbflow.data.chunks import open_checked
 from nisbflow.data.volumes import array_url
 from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFAULT_SCORING, EdgeStatistics,
@@ -213,7 +214,7 @@ def agglomerate_to_zarr(
     :func:`~nisbflow.decode.blockwise.decode_to_zarr`: the fragment pass and the relabel pass keep finished blocks.
     Returns ``{threshold: number of segments}`` and, under ``"graph"``, the region adjacency graph's size.
     """
-    from nisbflow.blocks import StagedRun, default_log
+    from nisbflow.staging import StagedRun, default_log
 
     log = log or default_log
     thresholds = check_thresholds(thresholds)
@@ -248,25 +249,20 @@ def agglomerate_to_zarr(
 def _fragment_pass(staged, scratch: FragmentScratch, source: str, mask: str | None, grid: BlockGrid,
                    options: WaterzOptions, token: str, progress: bool) -> np.ndarray:
     """Pass 1 over every block not yet done; returns ``(B,) int64`` fragments per block (C order)."""
-    finished = staged.finished("fragments")
-    present = scratch.blocks_present() if finished else set()
-    done = {key: int(json.loads(payload)) for key, payload in finished.items()
-            if grid.linear(tuple(int(i) for i in key.split("."))) in present}
-    staged.report_resume(len(done), grid.n_blocks, "blocks already cut into fragments")
+    work = staged.pending("fragments", grid, what="blocks already cut into fragments",
+                          scratch_blocks=scratch.blocks_present)
     counts = np.zeros(grid.n_blocks, dtype=np.int64)
+    for block, payload in work.done.items():
+        counts[grid.linear(block)] = int(json.loads(payload))
     tasks, order = [], []
     with dask.annotate(priority=task_priority):
-        for block in grid.indices():
-            key = grid.key(block)
-            if key in done:
-                counts[grid.linear(block)] = done[key]
-                continue
+        for block in work.pending:
             read = grid.read_region(block, options.context, options.context)
             write = grid.write_region(block)
             write_in_read = tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(write, read))
             tasks.append(dask.delayed(_fragment_task, pure=True)(
                 source, mask, read, write_in_read, grid.shape, options, scratch, grid.linear(block),
-                staged.marker("fragments", key), staged.run_id,
+                staged.marker("fragments", grid.key(block)), staged.run_id,
                 dask_key_name=(f"waterz-fragments-{token}",) + block))
             order.append(grid.linear(block))
     if tasks:

@@ -30,7 +30,8 @@ import zarr
 from dask.base import tokenize
 from dask.delayed import Delayed
 
-from nisbflow.blocks import BlockGrid, task_priority, write_marker
+from nisbflow.blocks import BlockGrid, task_priority, tree_reduce
+from nisbflow.staging import write_marker
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.data.ngff import create_image, level_url
 from nisbflow.data.volumes import (fast_compressors, open_affinities, open_volume, output_attrs,
@@ -269,20 +270,20 @@ def _merge_summaries(*parts) -> tuple:
 def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, staged=None) -> list[SegmentNumbering]:
     """Pass 1: label every block, merge equivalences in a tree, and number the segments (per threshold).
 
-    With ``staged`` (a :class:`~nisbflow.blocks.StagedRun`), blocks whose ``label`` marker and scratch files exist
+    With ``staged`` (a :class:`~nisbflow.staging.StagedRun`), blocks whose ``label`` marker and scratch files exist
     are not labelled again: their summaries come from the markers and their faces from the scratch."""
     grid, token = inputs.grid, inputs.token
-    finished = _resumable_labels(staged, scratch, grid) if staged is not None else {}
-    labelled, summaries = {}, []
+    done = {} if staged is None else staged.pending("label", grid, what="blocks already labelled",
+                                                     scratch_blocks=scratch.blocks_present).done
+    labelled = {index: _summary_from_marker(payload) for index, payload in done.items()}
+    summaries = []
     with dask.annotate(priority=task_priority):
         for block in grid.indices():
-            key = grid.key(block)
-            if key in finished:
-                labelled[block] = _summary_from_marker(finished[key])
+            if block in labelled:
                 continue
             labelled[block] = dask.delayed(_label_and_store, pure=True)(
                 **inputs.of(block), thresholds=thresholds, backend=backend, scratch=scratch,
-                block_id=grid.linear(block), marker=None if staged is None else staged.marker("label", key),
+                block_id=grid.linear(block), marker=None if staged is None else staged.marker("label", grid.key(block)),
                 run_id=None if staged is None else staged.run_id,
                 dask_key_name=(f"decode-label-block-{token}",) + block)
         for block in grid.indices():
@@ -291,34 +292,15 @@ def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, st
                 labelled[block], grid.linear(block), [None if n is None else labelled[n] for n in lower],
                 [None if n is None else grid.linear(n) for n in lower], grid.label_bits, scratch,
                 dask_key_name=(f"decode-face-pairs-{token}",) + block))
-    level = 0
-    while len(summaries) > 1 or level == 0:
-        summaries = [dask.delayed(_merge_summaries, pure=True)(
-            *summaries[i:i + MERGE_FAN_IN],
-            dask_key_name=(f"decode-merge-equivalences-{token}", level, i // MERGE_FAN_IN))
-            for i in range(0, len(summaries), MERGE_FAN_IN)]
-        level += 1
-    track = [task for task in labelled.values() if isinstance(task, Delayed)] or summaries
-    [(equivalences, counts_of)] = compute_tasks(summaries, "decode: label blocks", progress=progress, track=track)
+    merged = tree_reduce(summaries, _merge_summaries, f"decode-merge-equivalences-{token}", fan_in=MERGE_FAN_IN,
+                         at_least_once=True)
+    track = [task for task in labelled.values() if isinstance(task, Delayed)] or [merged]
+    [(equivalences, counts_of)] = compute_tasks([merged], "decode: label blocks", progress=progress, track=track)
     counts = np.stack([counts_of[b] for b in range(grid.n_blocks)])
     n_nan = int(counts[:, -1].sum())
     if n_nan:
         warnings.warn(f"affinities: {n_nan} {NON_FINITE}", RuntimeWarning, stacklevel=4)
     return [number_segments(counts[:, t], equivalences[t], grid.label_bits) for t in range(len(thresholds))]
-
-
-def _resumable_labels(staged, scratch: LocalIdScratch, grid) -> dict[str, bytes]:
-    """``label`` markers of ``staged`` whose scratch files (local ids at every threshold, faces) are all there."""
-    finished = staged.finished("label")
-    if not finished:
-        return {}
-    present = scratch.blocks_present()
-    kept = {key: payload for key, payload in finished.items()
-            if grid.linear(tuple(int(i) for i in key.split("."))) in present}
-    if len(kept) < len(finished):
-        staged.log(f"{len(finished) - len(kept)} label markers without their scratch files; relabelling those blocks")
-    staged.report_resume(len(kept), grid.n_blocks, "blocks already labelled")
-    return kept
 
 
 def _relabel_recomputed(affinities, halo_affinities, threshold, backend, numbering, block_id, mask=None,
@@ -423,13 +405,13 @@ def decode_to_zarr(
     (:func:`~nisbflow.decode.thresholds.choose_thresholds`): ``config``'s when it is the run's settings, else the
     threshold the affinities record (the model's tuned value), else 0.75; for waterz ``decoding.waterz.thresholds``.
 
-    The output is a :class:`~nisbflow.blocks.StagedRun` (staged, locked, published when complete; ``overwrite``
+    The output is a :class:`~nisbflow.staging.StagedRun` (staged, locked, published when complete; ``overwrite``
     replaces a segmentation nisbflow wrote, ``force`` anything else; an output overlapping an input is refused).
     Both passes resume: a re-run after an interruption keeps the label pass's finished blocks (their local ids and
     faces are in the staging folder's scratch) and the relabel pass's written blocks when the affinities, mask,
     thresholds and chunks are unchanged; the result is identical to an uninterrupted run.
     """
-    from nisbflow.blocks import StagedRun, default_log
+    from nisbflow.staging import StagedRun, default_log
 
     if thresholds is None:
         thresholds = recorded_thresholds(affinities, config, method, log or default_log)
@@ -525,23 +507,18 @@ def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: 
                   numbering: SegmentNumbering, zarr_format: int, token: str, progress: bool) -> None:
     """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
     (created as an OME-NGFF image group, and its markers dropped, unless this run created it)."""
-    finished = staged.finished(stage)
     level = level_url(target)
-    if not staged.owns(level):
-        staged.forget(stage)
-        finished = {}
-        create_image(target, attributes=attrs, zarr_format=zarr_format, name=target.rstrip("/").rsplit("/", 1)[-1],
-                     shape=grid.shape, chunks=grid.block_shape, dtype=numbering.dtype,
-                     compressors=fast_compressors(zarr_format, shuffle=False))
+    work = staged.pending(stage, grid, what="blocks already relabelled", owner=level, arrays=(level,),
+                          create=lambda: create_image(
+                              target, attributes=attrs, zarr_format=zarr_format,
+                              name=target.rstrip("/").rsplit("/", 1)[-1], shape=grid.shape, chunks=grid.block_shape,
+                              dtype=numbering.dtype, compressors=fast_compressors(zarr_format, shuffle=False)))
     target = level
-    finished = staged.trusted(stage, finished, level, {grid.key(block): grid.write_region(block)
-                                                       for block in grid.indices()})
-    staged.report_resume(len(finished), grid.n_blocks, "blocks already relabelled")
     shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
     tasks = [dask.delayed(_relabel_in_zarr, pure=True)(
         scratch, threshold_index, target, grid.write_region(block), shared, grid.linear(block),
         staged.marker(stage, grid.key(block)), staged.run_id, dask_key_name=(f"decode-relabel-block-{token}",) + block)
-        for block in grid.indices() if grid.key(block) not in finished]
+        for block in work.pending]
     if tasks:
         compute_tasks(tasks, f"decode: relabel (threshold {attrs['threshold']:g})",
                       progress=progress)

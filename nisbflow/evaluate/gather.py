@@ -7,7 +7,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from nisbflow.blocks import BlockGrid
+from nisbflow.blocks import BlockGrid, tree_reduce
 from nisbflow.evaluate.kernel import contingency, sum_contingencies
 from nisbflow.progress import compute_tasks
 
@@ -68,11 +68,6 @@ def dense_contingency(true, test, *, progress: bool = False):
     token = dask.base.tokenize(true.name, test.name)
     parts = [dask.delayed(contingency, pure=True)(t, p, dask_key_name=(f"evaluate-contingency-{token}", i))
              for i, (t, p) in enumerate(zip(true.to_delayed().ravel(), test.to_delayed().ravel()))]
-    blocks, level = list(parts), 0
-    while len(parts) > 1:
-        parts = [dask.delayed(sum_contingencies, pure=True)(
-            *parts[i:i + CONTINGENCY_FAN_IN], dask_key_name=(f"evaluate-sum-contingency-{token}", level, i))
-            for i in range(0, len(parts), CONTINGENCY_FAN_IN)]
-        level += 1
-    [table] = compute_tasks(parts, "evaluate: contingency", progress=progress, track=blocks)
+    table = tree_reduce(parts, sum_contingencies, f"evaluate-sum-contingency-{token}", fan_in=CONTINGENCY_FAN_IN)
+    [table] = compute_tasks([table], "evaluate: contingency", progress=progress, track=parts)
     return table

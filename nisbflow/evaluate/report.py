@@ -47,7 +47,9 @@ def write_json(path: str | Path, result: NerlResult, dense: DenseMetrics | None 
         data.update(adapted_rand_error=dense.adapted_rand_error, rand_precision=dense.rand_precision,
                     rand_recall=dense.rand_recall, dense_voi_split=dense.voi_split, dense_voi_merge=dense.voi_merge)
     data.update(extra)
-    Path(path).write_text(json.dumps(data, indent=2))
+    from nisbflow.staging import write_file
+
+    write_file(path, json.dumps(data, indent=2))
 
 
 def plot_run_lengths(path: str | Path, result: NerlResult, title: str = "") -> None:

@@ -19,7 +19,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from nisbflow.blocks import BlockGrid, store_block
+from nisbflow.blocks import BlockGrid
+from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import blending_weight, read_region, window_grid, windows_for_region
 from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
@@ -424,7 +425,7 @@ def output_chunks(block, shape) -> tuple[int, ...]:
 
 def _store_block(values: np.ndarray, target: str, write_region, marker: str, run_id: str, n_windows: int) -> int:
     """Task (``infer-store-block``): write one predicted block into the staged output, then its marker
-    (:func:`nisbflow.blocks.store_block`). A separate task from the prediction, so a GPU worker predicts the next
+    (:func:`nisbflow.staging.store_block`). A separate task from the prediction, so a GPU worker predicts the next
     block while this one is compressed and written. Returns the block's window count."""
     store_block(values, target, (slice(None),) + tuple(write_region), marker, run_id)
     return n_windows
@@ -462,7 +463,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     geometry for experiments. The output's attributes record the settings (``nisbflow_settings``, with the
     checkpoint's hash and the decoding threshold that ``decode`` reads back).
 
-    The output is a :class:`~nisbflow.blocks.StagedRun`: written in a staging folder next to ``output`` under a lock,
+    The output is a :class:`~nisbflow.staging.StagedRun`: written in a staging folder next to ``output`` under a lock,
     each finished block leaving a marker, published when every block is done. A re-run after an interruption
     skips finished blocks when the image (content fingerprint), checkpoint, settings and block size are those of
     the interrupted run, and starts fresh (saying why, through ``log``) otherwise. ``overwrite`` replaces an
@@ -476,7 +477,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     if int(split) < 1:
         raise ConfigError(f"--split {split}: the number of tasks per block must be at least 1")
 
-    from nisbflow.blocks import StagedRun, default_log
+    from nisbflow.staging import StagedRun, default_log
     from nisbflow.cluster import cluster_device
     from nisbflow.data.ngff import create_image
     from nisbflow.data.volumes import fast_compressors, open_image
@@ -496,28 +497,20 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), block=list(grid.block_shape))
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
                    force=force, log=log or default_log, checkpoint=handle) as staged:
-        finished = staged.finished("predict")
-        if not staged.owns(staged.image):  # markers vouch only for an array this run created
-            if finished:
-                (log or default_log)(f"{len(finished)} block markers in {staged.staging} have no array of this "
-                                     "run behind them; recomputing every block")
-            staged.forget("predict")
-            finished = {}
-            zarr_format = source.metadata.zarr_format
-            create_image(staged.data, attributes=affinity_attrs(run, settings, source, nisbflow_run=staged.run_id),
-                         zarr_format=zarr_format, name="affinities", shape=(n_channels,) + grid.shape,
-                         chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
-                         dtype=settings.output_dtype, compressors=fast_compressors(zarr_format))
-        finished = staged.trusted("predict", finished, staged.image,
-                                  {grid.key(index): (slice(None),) + entry.write for index, entry in plan.items()})
-        staged.report_resume(len(finished), grid.n_blocks)
+        zarr_format = source.metadata.zarr_format
+        work = staged.pending(
+            "predict", grid, owner=staged.image, arrays=(staged.image,),
+            region=lambda index: (slice(None),) + plan[index].write,
+            create=lambda: create_image(
+                staged.data, attributes=affinity_attrs(run, settings, source, nisbflow_run=staged.run_id),
+                zarr_format=zarr_format, name="affinities", shape=(n_channels,) + grid.shape,
+                chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape), dtype=settings.output_dtype,
+                compressors=fast_compressors(zarr_format)))
         model_ref = (handle.worker_reference, handle.sha256)
         token = dask.base.tokenize(staged.run_id, settings, grid, split)
         tasks, voxels = [], 0
-        for index, entry in plan.items():
-            key = grid.key(index)
-            if key in finished:
-                continue
+        for index in work.pending:
+            entry, key = plan[index], grid.key(index)
             voxels += int(np.prod([w.stop - w.start for w in entry.write]))
             predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token,
                                     split=split)
@@ -539,7 +532,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
     (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
     attributes. For checking block-wise results on volumes that fit in memory."""
-    from nisbflow.blocks import StagedRun, default_log
+    from nisbflow.staging import StagedRun, default_log
     from nisbflow.data.ngff import create_image
     from nisbflow.data.volumes import fast_compressors, open_image
     from nisbflow.settings import as_run_settings

@@ -196,19 +196,20 @@ def checkpoint_payload(model: torch.nn.Module, config: ModelConfig, metadata: di
 
 
 def write_checkpoint(path: str | Path, payload: dict) -> None:
-    """``torch.save`` a checkpoint payload to a temporary name next to ``path``, then rename it into place."""
+    """``torch.save`` a checkpoint payload to a temporary name next to ``path``, then rename it into place
+    (:func:`nisbflow.staging.staged_output`)."""
     path = Path(path)
     folder = path.absolute().parent
     if not folder.is_dir():
         raise CheckpointError(f"cannot write checkpoint {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise CheckpointError(f"cannot write checkpoint {path}: folder {folder} is not writable")
-    temporary = path.with_name(f".{path.name}.partial")
+    from nisbflow.staging import staged_output
+
     try:
-        torch.save(payload, temporary)
-        temporary.replace(path)
+        with staged_output(path, overwrite=True) as temporary:
+            torch.save(payload, temporary)
     except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
-        temporary.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {error}") from None
 
 

@@ -15,7 +15,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from nisbflow.blocks import BlockGrid, StagedRun, default_log, storage_url, store_block
+from nisbflow.blocks import BlockGrid
+from nisbflow.paths import storage_url
+from nisbflow.staging import StagedRun, default_log, store_block
 from nisbflow.data.chunks import open_checked
 from nisbflow.data.ngff import create_image
 from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, array_url, fast_compressors, open_segmentation, output_attrs,
@@ -73,7 +75,7 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
     it for the same chunking (``chunks``, default the segmentation's).
 
     One task per block of a :class:`~nisbflow.blocks.BlockGrid` reads its read region from the zarr store; the output
-    is a :class:`~nisbflow.blocks.StagedRun`: staged, locked, refused over its input, and resumed block for block
+    is a :class:`~nisbflow.staging.StagedRun`: staged, locked, refused over its input, and resumed block for block
     after an interruption (a block's noise depends only on its index)."""
     if not np.isfinite(noise) or noise < 0:
         raise ConfigError(f"--noise: the noise standard deviation must be a finite number >= 0, got {noise}")
@@ -82,27 +84,22 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
     identity = dict(noise=float(noise), seed=int(seed), chunks=[list(c) for c in grid.chunks])
     with StagedRun(output, kind="affinities", inputs={"segmentation": segmentation_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:
-        finished = staged.finished("synth")
-        if not staged.owns(staged.image):
-            staged.forget("synth")
-            finished = {}
-            zarr_format = source.metadata.zarr_format
-            attributes = output_attrs(
-                "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
-                "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
-                offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
-            create_image(staged.data, attributes=attributes, zarr_format=zarr_format, name="affinities",
-                         shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape, dtype="float16",
-                         compressors=fast_compressors(zarr_format))
-        finished = staged.trusted("synth", finished, staged.image, {grid.key(index): (slice(None),)
-                                                                    + grid.write_region(index)
-                                                                    for index in grid.indices()})
-        staged.report_resume(len(finished), grid.n_blocks)
+        zarr_format = source.metadata.zarr_format
+        attributes = output_attrs(
+            "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
+            "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
+            offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
+        work = staged.pending(
+            "synth", grid, owner=staged.image, arrays=(staged.image,),
+            region=lambda index: (slice(None),) + grid.write_region(index),
+            create=lambda: create_image(staged.data, attributes=attributes, zarr_format=zarr_format,
+                                        name="affinities", shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape,
+                                        dtype="float16", compressors=fast_compressors(zarr_format)))
         segmentation_url = array_url(storage_url(segmentation_path))
         tasks = [dask.delayed(_write_noisy_block, pure=True)(
             segmentation_url, grid.read_region(index, upper=1), grid.write_region(index), index, noise, seed,
             staged.image, staged.marker("synth", grid.key(index)), staged.run_id,
             dask_key_name=("synth-noisy-affinities-" + staged.run_id,) + tuple(index))
-            for index in grid.indices() if grid.key(index) not in finished]
+            for index in work.pending]
         compute_tasks(tasks, "synth: affinities", progress=progress)
     return str(output)

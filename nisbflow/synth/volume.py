@@ -20,8 +20,9 @@ import zarr
 
 from ..data.chunks import open_for_writing
 from ..data.skeleton import save_skeleton, summarize_skeleton
-from ..blocks import BlockGrid, StagedRun, default_log, write_marker
-from ..data.volumes import named_axes, output_attrs, staged_output
+from ..blocks import BlockGrid
+from ..staging import StagedRun, default_log, staged_output, write_marker
+from ..data.volumes import named_axes, output_attrs
 from ..errors import OutputExistsError
 from ..progress import compute_tasks
 from .kernel import PRESETS, ForestRegion, NeuriteForest, SynthParams, forest_regions, grow_forest, render_block
@@ -137,7 +138,7 @@ def synthesize_seed(
 ) -> SeedSummary:
     """Write one synthetic NISB-like seed: ``out_dir/data.zarr`` (``img``, ``seg``) and ``out_dir/skeleton.pkl``.
 
-    Deterministic for ``seed`` and independent of ``chunks``. ``data.zarr`` is a :class:`~nisbflow.blocks.StagedRun`
+    Deterministic for ``seed`` and independent of ``chunks``. ``data.zarr`` is a :class:`~nisbflow.staging.StagedRun`
     (staged, locked, resumed block by block after an interruption); an existing seed is replaced only with
     ``overwrite`` (a seed nisbflow wrote) or ``force``.
     """
@@ -155,10 +156,8 @@ def synthesize_seed(
         forest = grow_forest(params)
         node_index, node_voxels = _node_voxels(forest, params)
         store = staged.data
-        finished = staged.finished("synth")
-        if not staged.owns(store):
-            staged.forget("synth")
-            finished = {}
+
+        def create() -> None:
             group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
             group.attrs.update(output_attrs(description, params.voxel_size, "xyz", synth=settings,
                                             nisbflow_output="seed", nisbflow_run=staged.run_id))
@@ -169,10 +168,9 @@ def synthesize_seed(
                                **named_axes(output_attrs("neuron ids; 0 = membrane / extracellular space",
                                                          params.voxel_size, "xyz", nisbflow_output="segmentation"),
                                             zarr_format))
-        written = {grid.key(index): grid.write_region(index) for index in grid.indices()}
-        for name in ("img", "seg"):
-            finished = staged.trusted("synth", finished, f"{store}/{name}", written)
-        staged.report_resume(len(finished), grid.n_blocks)
+
+        work = staged.pending("synth", grid, owner=store, create=create, arrays=(f"{store}/img", f"{store}/seg"),
+                              region=lambda index: grid.write_region(index))
         # each block task carries only the capsules and organelles near it, not the whole forest (168 MB at
         # 1536³), so a worker's memory does not grow with the volume
         bounds = [list(range(0, size, step)) + [size] for size, step in zip(grid.shape, grid.block_shape)]
@@ -191,8 +189,8 @@ def synthesize_seed(
             rows = by_block[bounds[linear]:bounds[linear + 1]]
             block_nodes.append(rows)
             key = grid.key(index)
-            if key in finished:
-                results[key] = _block_result(finished[key])
+            if index in work.done:
+                results[key] = _block_result(work.done[index])
                 continue
             tasks[key] = dask.delayed(_write_block, pure=False)(
                 regions[tuple(int(i) for i in index)], params, store, corner, size, node_voxels[rows], staged.marker("synth", key),

@@ -31,6 +31,7 @@ from nisbflow.errors import ConfigError
 from .scoring import ThresholdScorer, threshold_grid, threshold_key
 
 from nisbflow.config.load import TUNED_KEY
+from nisbflow.staging import write_file
 
 __all__ = ["ThresholdScorer", "TuneResult", "mark_interrupted_trials_failed", "open_study",
            "plot_threshold_curve", "threshold_grid", "tune", "tune_and_test"]
@@ -79,7 +80,7 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
     """What decides a trial's score, JSON-ready: the checkpoint (sha256), the decoding method (and waterz's
     scoring), the validation seed (fingerprints of its image and skeleton), the inference geometry that made the
     affinities, the affinity mask, the search space and the metric with its evaluation settings."""
-    from nisbflow.blocks import fingerprint
+    from nisbflow.staging import fingerprint
     from nisbflow.infer.blockwise import WindowSettings
 
     config = run.config
@@ -327,8 +328,7 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
                          "identity": identity_digest(identity)}}
     best_params = ({"decoding": {"method": "waterz", "waterz": {"thresholds": [best_threshold]}}}
                    if config.decoding.method == "waterz" else {"decoding": {"threshold": best_threshold}})
-    params_path.write_text(header + yaml.safe_dump(tuned, sort_keys=False)
-                           + yaml.safe_dump(best_params, sort_keys=False))
+    write_file(params_path, header + yaml.safe_dump(tuned, sort_keys=False) + yaml.safe_dump(best_params, sort_keys=False))
     plot_path = out / "threshold_curve.png"
     plot_threshold_curve(plot_path, curve, best_threshold, tune_config.metric,
                          title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold",

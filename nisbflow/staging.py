@@ -1,0 +1,625 @@
+"""Staged, exclusive, resumable outputs: how every stage writes (the grid of blocks is :mod:`nisbflow.blocks`).
+
+A :class:`StagedRun` gives a stage one output path with these guarantees:
+
+* **never over an input**: an output that equals, contains or lies inside any input is refused, whatever the flags;
+* **never over foreign data**: ``overwrite`` replaces only an output nisbflow wrote (its zarr attributes say so);
+  anything else needs ``force``;
+* **exclusive**: a lock file (host, pid, start time) in the staging folder is held for the run; a second run on the
+  same output fails at once, a lock left by a dead process on this host is reported and taken over;
+* **resumable**: blocks finish by writing a marker; markers count only under a run manifest that matches this run's
+  inputs (path, shape, dtype, chunking and a content fingerprint), checkpoint hash and settings. Anything else
+  starts fresh and says why. :meth:`StagedRun.pending` is the one place a pass asks which of its blocks are done;
+* **atomic publish**: the result is written in ``.<name>.nisbflow-run/`` next to the output and moved into place
+  when complete, on local paths and fsspec URLs alike. An interrupted or failed run keeps the staging folder, which
+  the next run on the same output resumes from or removes.
+
+Single files (a skeleton, a checkpoint, ``best.yaml``) are replaced whole through :func:`staged_output`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import fsspec
+import numpy as np
+
+from nisbflow.errors import NisbflowError, OutputExistsError
+from nisbflow.locks import RunLock
+from nisbflow.paths import join_protocol as _join_protocol
+from nisbflow.paths import location as _location
+from nisbflow.paths import protocol_of, storage_url
+
+
+class OutputLockedError(NisbflowError):
+    """Another run holds the output's lock."""
+
+
+class OutputOverlapsInputError(NisbflowError):
+    """An output would equal, contain or lie inside one of the run's inputs."""
+
+
+class InputChangedError(NisbflowError):
+    """An input's fingerprint changed between the start and the end of a run."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paths and identities
+
+
+def check_not_input(output, inputs: dict) -> None:
+    """Raise :class:`OutputOverlapsInputError` if ``output`` equals, contains or lies inside any of ``inputs``
+    (``{role: path}``; None values are skipped). No flag lifts this."""
+    out_protocol, out_path = _location(output)
+    for role, path in inputs.items():
+        if path is None:
+            continue
+        protocol, where = _location(path)
+        if protocol != out_protocol:
+            continue
+        if where == out_path:
+            relation = "is"
+        elif where.startswith(out_path + "/"):
+            relation = "contains"
+        elif out_path.startswith(where + "/"):
+            relation = "lies inside"
+        else:
+            continue
+        raise OutputOverlapsInputError(
+            f"output {output} {relation} the {role} {path}{' ' if relation == 'is' else ''}"
+            f"{'(the input itself)' if relation == 'is' else ''}: writing it would destroy an input; "
+            "choose another output path (no flag overrides this)")
+
+
+def _array_metadata(fs, root: str) -> dict | None:
+    """Shape, dtype and chunks of a zarr array at ``root`` (format 2 or 3), or None if it is not one."""
+    try:
+        import zarr
+
+        from nisbflow.data.volumes import array_url
+
+        array = zarr.open_array(array_url(storage_url(_join_protocol(fs, root))), mode="r")
+    except Exception:
+        return None
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
+
+
+FINGERPRINT_SAMPLES = 4
+"""Chunk files whose bytes a fingerprint hashes, spread evenly over the sorted keys."""
+
+
+def fingerprint(path) -> dict:
+    """Identity of an input, cheap for terabyte arrays: location, shape, dtype and chunks of a zarr array, a hash of
+    every stored file's key, size and modification stamp (one listing, no data read), and a hash of the bytes of
+    :data:`FINGERPRINT_SAMPLES` chunk files. A file (a skeleton) is hashed whole up to 64 MiB, else by size and
+    stamp. Rewriting an input in place, even with equal sizes, changes it."""
+    url = storage_url(path)
+    fs, root = fsspec.core.url_to_fs(url)
+    identity: dict = {"path": url}
+    if not fs.exists(root):
+        identity["missing"] = True
+        return identity
+    if fs.isfile(root):
+        info = fs.info(root)
+        identity.update(size=info.get("size"), modified=str(info.get("mtime", info.get("LastModified", ""))))
+        if (info.get("size") or 0) <= 64 * 2**20:
+            identity["sha256"] = hashlib.sha256(fs.cat_file(root)).hexdigest()
+        return identity
+    metadata = _array_metadata(fs, root)
+    if metadata:
+        identity.update(metadata)
+    listing = fs.find(root, detail=True)
+    stamps = hashlib.sha256()
+    keys = sorted(listing)
+    for key in keys:
+        info = listing[key]
+        stamp = info.get("mtime", info.get("LastModified", info.get("created", "")))
+        stamps.update(f"{key[len(root):]}\0{info.get('size')}\0{stamp}\n".encode())
+    identity["files"] = len(keys)
+    identity["listing_sha256"] = stamps.hexdigest()
+    chunks = [k for k in keys if not k.rsplit("/", 1)[-1].startswith((".z", "zarr.json"))]
+    picks = [chunks[int(i)] for i in np.unique(np.linspace(0, len(chunks) - 1, FINGERPRINT_SAMPLES).round())] \
+        if chunks else []
+    sampled = hashlib.sha256()
+    for key in picks:
+        sampled.update(fs.cat_file(key))
+    identity["sampled_sha256"] = sampled.hexdigest()
+    return identity
+
+
+def written_by_nisbflow(path, kind: str) -> bool:
+    """Whether an existing output is a ``kind`` output nisbflow wrote: a zarr array or group whose attributes carry
+    ``nisbflow_version`` and ``nisbflow_output == kind`` (outputs from before ``nisbflow_output`` was recorded count
+    by ``nisbflow_version`` alone), or, for ``kind="seed"``, a folder holding only a seed that nisbflow wrote."""
+    import zarr
+
+    url = storage_url(path)
+    candidates = [(url, kind)] + ([(f"{url}/data.zarr", "seed")] if kind == "seed" else [])
+    for candidate, expected in candidates:
+        try:
+            node = zarr.open(candidate, mode="r")
+        except Exception:
+            continue
+        attrs = node.attrs
+        if "nisbflow_version" not in attrs or attrs.get("nisbflow_output", expected) != expected:
+            continue
+        if candidate == url:
+            return True
+        fs, root = fsspec.core.url_to_fs(url)  # a seed folder: nothing there but what synth writes
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+        return names <= {"data.zarr", "skeleton.pkl", "skeleton.json", "skeleton.npz"}
+    return False
+
+
+def check_replaceable(output, kind: str, *, overwrite: bool, force: bool) -> bool:
+    """Whether ``output`` exists; raise :class:`OutputExistsError` unless it may be replaced: ``overwrite`` for a
+    ``kind`` output nisbflow wrote, ``force`` for anything else."""
+    url = storage_url(output)
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root):
+        return False
+    if force:
+        return True
+    if not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    if not written_by_nisbflow(url, kind):
+        raise OutputExistsError(f"output {output} exists and is not a {kind} output written by nisbflow (its "
+                                "attributes do not say so); --overwrite replaces only those, pass --force to "
+                                "replace it anyway")
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# staged runs
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two manifests' identities."""
+    keys = sorted(set(old) | set(new))
+    changed = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def _plain(value):
+    """JSON round trip, so a fresh identity compares equal to one read back from a manifest."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class StagedRun:
+    """One stage's output, staged, locked and resumable (see the module docstring).
+
+    ``output``: the final path or URL. ``inputs``: ``{role: path}`` (zarr arrays, files or folders) the run reads;
+    each is fingerprinted into the manifest and none may overlap the output. ``identity``: whatever else decides the
+    result (checkpoint hash, settings, block size); JSON-ready. ``log``: where to say that a run resumes or starts
+    fresh and why (a ``print``-like function).
+
+    Use as a context manager; inside, write the result to :attr:`data` (a path or URL with the output's suffix),
+    per-run scratch under :meth:`scratch`, and block markers with :meth:`marker`. Leaving the block normally
+    publishes :attr:`data` to ``output`` and removes the staging folder; an exception keeps it for a resume.
+    """
+
+    MANIFEST = "manifest.json"
+    LOCK = "lock.json"
+
+    def __init__(self, output, *, kind: str, inputs: dict | None = None, identity: dict | None = None,
+                 overwrite: bool = False, force: bool = False, log: Callable[[str], None] | None = None,
+                 checkpoint=None):
+        self.output = str(output).rstrip("/")
+        self.checkpoint = checkpoint
+        self.input_fingerprints: dict = {}
+        self.kind = kind
+        self.inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
+        self.overwrite, self.force = overwrite, force
+        self.log = log or (lambda message: None)
+        url = storage_url(self.output)
+        self._fs, final = fsspec.core.url_to_fs(url)
+        self._final = final
+        parent, name = final.rsplit("/", 1) if "/" in final else (".", final)
+        self._parent, self._name = parent, name
+        self._staging = f"{parent}/.{name}.nisbflow-run"
+        self._identity = identity or {}
+        self.run_id: str | None = None
+        self.resumed = False
+        self._lock_token: str | None = None
+        self._run_lock: RunLock | None = None
+        self.published = False
+
+    # -- paths
+    def _url(self, path: str) -> str:
+        return _join_protocol(self._fs, path)
+
+    @property
+    def staging(self) -> str:
+        """The staging folder (path or URL)."""
+        return self._url(self._staging)
+
+    @property
+    def data(self) -> str:
+        """Where the result is written before it is published."""
+        return self._url(f"{self._staging}/{self._name}")
+
+    @property
+    def image(self) -> str:
+        """The array inside :attr:`data` when the output is an OME-NGFF image group
+        (:func:`nisbflow.data.ngff.create_image`): where blocks are written."""
+        from nisbflow.data.ngff import level_url
+
+        return level_url(self.data)
+
+    def scratch(self, name: str) -> str:
+        """A per-run scratch folder that survives interruption with the staging folder."""
+        return self._url(f"{self._staging}/scratch/{name}")
+
+    def marker(self, stage: str, key: str) -> str:
+        """URL of one block's marker for ``stage``; write it with :func:`write_marker` after the block's data."""
+        return self._url(f"{self._staging}/done/{stage}/{key}")
+
+    # -- lifecycle
+    def preflight(self) -> "StagedRun":
+        """Every refusal :meth:`__enter__` would give (input overlap, existing output, missing folder, a lock held by
+        a live run), without taking the lock or writing anything: for commands to call before a cluster starts."""
+        check_not_input(self.output, self.inputs)
+        self._check_parent(create=False)
+        check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+        self._lock().check()
+        return self
+
+    def _lock(self) -> RunLock:
+        if self._run_lock is None:
+            self._run_lock = RunLock(self._url(f"{self._staging}/{self.LOCK}"), locked=self._locked, log=self.log,
+                                     what=self.output)
+        return self._run_lock
+
+    def _locked(self, holder: dict, lock: str) -> OutputLockedError:
+        if not holder.get("pid"):
+            return OutputLockedError(f"output {self.output}: its lock {lock} is unreadable; if no other run is "
+                                     f"writing this output, delete {lock}")
+        return OutputLockedError(
+            f"output {self.output} is being written by another run (pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')} since {holder.get('started', '?')}); wait for it to finish, or if that "
+            f"run is gone delete {lock}")
+
+    def __enter__(self) -> "StagedRun":
+        self.preflight()
+        self._check_parent(create=True)
+        self._fs.makedirs(self._staging, exist_ok=True)
+        self._acquire_lock()
+        try:
+            self._open_manifest()
+            self._check_workers()
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        try:
+            if error_type is None:
+                self.publish()
+            elif error is not None and not hasattr(error, "nisbflow_staging"):
+                try:  # for the one line the CLI prints: where the finished blocks are kept
+                    error.nisbflow_staging = self.staging
+                except AttributeError:
+                    pass
+        finally:
+            self._release_lock()
+        return False
+
+    def _check_parent(self, create: bool) -> None:
+        """Raise unless the output's folder exists or can be made (on a local disk: its nearest existing ancestor is
+        a writable folder); with ``create``, make it."""
+        if self._parent in (".", "") or self._fs.exists(self._parent):
+            if "://" not in storage_url(self.output) and not os.access(self._parent, os.W_OK):
+                raise NisbflowError(f"output {self.output}: its folder {self._parent} is not writable")
+            return
+        if not create:
+            if "://" in storage_url(self.output):
+                return  # object stores have no folders to check
+            ancestor = self._parent
+            while not os.path.exists(ancestor):
+                ancestor = os.path.dirname(ancestor)
+            if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+                raise NisbflowError(f"output {self.output}: cannot create its folder {self._parent} "
+                                    f"({ancestor} is not a writable folder)")
+            return
+        try:
+            self._fs.makedirs(self._parent, exist_ok=True)
+        except OSError as error:
+            raise NisbflowError(f"output {self.output}: cannot create its folder {self._parent}: "
+                                f"{error.strerror or error}") from None
+
+    def _acquire_lock(self) -> None:
+        self._lock_token = self._lock().acquire()
+
+    def _release_lock(self) -> None:
+        if self._lock_token is None:
+            return
+        if self.published:  # the staging folder goes, lock included, while this run still holds it
+            _remove_tree(self._fs, self._staging)
+        else:
+            self._lock().release()
+        self._lock_token = None
+
+    def _check_workers(self) -> None:
+        """On a cluster that may not share this machine's files, refuse unless every worker sees the inputs and the
+        checkpoint as the client does and sees this run's staging folder (:func:`nisbflow.paths.check_on_workers`)."""
+        from nisbflow.paths import check_on_workers
+        from nisbflow.progress import current_client
+
+        check_on_workers(current_client(), self.inputs, checkpoint=self.checkpoint,
+                         staging=(self.staging, self._url(f"{self._staging}/{self.LOCK}"), self._lock_token),
+                         fingerprints=self.input_fingerprints)
+
+    def check_inputs_unchanged(self) -> None:
+        """Raise unless every input still has the fingerprint it had when the run started: an input replaced or
+        rewritten while the run read it gives a result that matches neither version."""
+        for role, path in self.inputs.items():
+            now = _plain(fingerprint(path))
+            if now != self.input_fingerprints.get(role):
+                raise InputChangedError(
+                    f"{role} {path} changed while this run read it (another process rewrote or replaced it: "
+                    f"{', '.join(_differences(self.input_fingerprints.get(role, {}), now)) or 'its files'} differ); "
+                    f"nothing was published to {self.output}: re-run once the {role} no longer change")
+
+    def _open_manifest(self) -> None:
+        path = f"{self._staging}/{self.MANIFEST}"
+        self.input_fingerprints = _plain({role: fingerprint(p) for role, p in self.inputs.items()})
+        identity = _plain(dict(kind=self.kind, output=storage_url(self.output), inputs=self.input_fingerprints,
+                               **self._identity))
+        reason = None
+        if self._fs.exists(path):
+            try:
+                manifest = json.loads(self._fs.cat_file(path))
+                if not (isinstance(manifest, dict) and isinstance(manifest.get("run_id"), str)
+                        and isinstance(manifest.get("identity"), dict)):
+                    raise ValueError("not a run manifest")
+            except Exception:
+                manifest, reason = None, f"its manifest {self._url(path)} is unreadable or malformed"
+            if manifest is not None:
+                changed = _differences(manifest["identity"], identity)
+                if not changed:
+                    self.run_id, self.resumed = manifest["run_id"], True
+                    return
+                reason = "it was made with different " + ", ".join(changed)
+        elif any(p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK for p in self._fs.ls(self._staging, detail=False)):
+            reason = "it has no manifest"
+        if reason:
+            self.log(f"discarding the unfinished run in {self.staging}: {reason}; starting fresh")
+        for entry in self._fs.ls(self._staging, detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1] != self.LOCK:
+                _remove_tree(self._fs, entry)
+        self.run_id = uuid.uuid4().hex
+        self._fs.pipe_file(path, json.dumps({"run_id": self.run_id, "created": _now(), "identity": identity},
+                                            indent=1).encode())
+
+    # -- blocks
+    def finished(self, stage: str) -> dict[str, bytes]:
+        """Markers of ``stage`` written by this run (content starting with the run id): ``{block key: payload}``."""
+        folder = f"{self._staging}/done/{stage}"
+        if not self._fs.exists(folder):
+            return {}
+        paths = self._fs.ls(folder, detail=False)
+        contents = self._fs.cat(paths) if paths else {}
+        prefix = self.run_id.encode() + b"\n"
+        return {p.rstrip("/").rsplit("/", 1)[-1]: content[len(prefix):]
+                for p, content in contents.items() if content.startswith(prefix)}
+
+    def trusted(self, stage: str, finished: dict, array: str, regions: dict) -> dict:
+        """The markers of ``finished`` whose block's chunks in the zarr array ``array`` are all there and whole
+        (:func:`nisbflow.data.chunks.damaged_chunks`; ``regions``: block key → its region of the array). A block
+        whose data was lost or damaged after its marker was written loses its marker and is computed again."""
+        if not finished:
+            return finished
+        from nisbflow.data.chunks import damaged_chunks
+
+        damaged = damaged_chunks(array, {key: regions[key] for key in finished})
+        if damaged:
+            key, reason = next(iter(sorted(damaged.items())))
+            self.log(f"{len(damaged)} finished block(s) of {self.output} lost or damaged their data since (block "
+                     f"{key}: {reason}); computing them again")
+            fs = self._fs
+            for key in damaged:
+                marker = f"{self._staging}/done/{stage}/{key}"
+                if fs.exists(marker):
+                    fs.rm(marker)
+        return {key: payload for key, payload in finished.items() if key not in damaged}
+
+    def report_resume(self, n_done: int, n_total: int, what: str = "blocks already done") -> None:
+        """Say that this run resumes an interrupted one (nothing when nothing was done)."""
+        if n_done:
+            self.log(f"resuming {self.output}: {n_done} of {n_total} {what}")
+
+    def pending(self, stage: str, grid, *, what: str = "blocks already done", owner: str | None = None,
+                create: Callable[[], None] | None = None, arrays: tuple[str, ...] = (),
+                region: Callable | None = None, scratch_blocks: Callable[[], set[int]] | None = None) -> "BlockPass":
+        """Which blocks of ``grid`` (a :class:`~nisbflow.blocks.BlockGrid`) this pass ``stage`` still has to compute,
+        and the marker payloads of those it finished before an interruption. The one place every pass asks.
+
+        A marker counts only when its evidence is there: with ``owner`` (the zarr array or group the pass writes),
+        only if this run created it, else every marker of the stage is dropped and ``create()`` makes it afresh;
+        with ``arrays``, only if the block's chunks in each are all there and whole (``region(index)``: the block's
+        region of those arrays, default its write region); with ``scratch_blocks`` (called only when there are
+        markers), only if the block's linear id is among the blocks whose scratch files it says exist. Says through ``log`` how many blocks a resume keeps."""
+        finished = self.finished(stage)
+        if owner is not None and not self.owns(owner):  # markers vouch only for an output this run created
+            if finished:
+                self.log(f"{len(finished)} block markers in {self.staging} have no array of this run behind them; "
+                         "recomputing every block")
+            self.forget(stage)
+            finished = {}
+            if create is not None:
+                create()
+        if scratch_blocks is not None and finished:
+            present = scratch_blocks()
+            kept = {key: payload for key, payload in finished.items() if grid.linear(_index_of(key)) in present}
+            if len(kept) < len(finished):
+                self.log(f"{len(finished) - len(kept)} {stage} markers without their scratch files; computing those "
+                         "blocks again")
+            finished = kept
+        region = region or grid.write_region
+        for array in arrays:
+            finished = self.trusted(stage, finished, array, {grid.key(index): region(index)
+                                                             for index in grid.indices()})
+        self.report_resume(len(finished), grid.n_blocks, what)
+        done = {_index_of(key): payload for key, payload in finished.items()}
+        return BlockPass(stage, done, [tuple(int(i) for i in index) for index in grid.indices()
+                                       if tuple(int(i) for i in index) not in done])
+
+    def owns(self, url: str) -> bool:
+        """Whether the zarr array or group at ``url`` was created by this run (its ``nisbflow_run`` attribute)."""
+        import zarr
+
+        try:
+            return zarr.open(url, mode="r").attrs.get("nisbflow_run") == self.run_id
+        except Exception:
+            return False
+
+    def forget(self, stage: str) -> None:
+        """Drop every marker of ``stage`` (its evidence is gone)."""
+        folder = f"{self._staging}/done/{stage}"
+        if self._fs.exists(folder):
+            _remove_tree(self._fs, folder)
+
+    def publish(self) -> None:
+        """Move :attr:`data` to the output (replacing it when allowed) and remove the staging folder."""
+        fs, staged, final = self._fs, f"{self._staging}/{self._name}", self._final
+        if not fs.exists(staged):
+            raise NisbflowError(f"output {self.output}: the run finished without writing {self.data}")
+        self.check_inputs_unchanged()
+        check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+        retired = f"{self._staging}/replaced"
+        if fs.exists(final):
+            _move(fs, final, retired)
+        _move(fs, staged, final)
+        self.published = True
+
+
+def _index_of(key: str) -> tuple[int, ...]:
+    """A block index from its marker key ``"i.j.k"``."""
+    return tuple(int(i) for i in key.split("."))
+
+
+@dataclass(frozen=True)
+class BlockPass:
+    """What :meth:`StagedRun.pending` found for one pass: ``done`` maps each finished block index ``(i, j, k)`` to
+    its marker's payload; ``pending`` lists the block indices still to compute, in C order."""
+
+    stage: str
+    done: dict = field(default_factory=dict)
+    pending: list = field(default_factory=list)
+
+
+def _move(fs, source: str, destination: str) -> None:
+    """Rename on a local disk (atomic), copy then delete elsewhere (fsspec's ``mv``)."""
+    protocol = protocol_of(fs)
+    if protocol in ("file", "local"):
+        os.replace(source, destination)
+        return
+    # object stores: copy every stored key, then delete them (fsspec's recursive mv also copies the folder
+    # placeholders it lists, which S3 does not store, and fails on them)
+    files = fs.find(source)
+    fs.copy(files, [destination + path[len(source):] for path in files])
+    _remove_tree(fs, source, files)
+
+
+def _remove_tree(fs, root: str, files=None) -> None:
+    """Delete every key under ``root`` (and the folder itself where the store keeps folders)."""
+    files = fs.find(root) if files is None else files
+    if files:
+        fs.rm(files)
+    try:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def write_marker(url: str, run_id: str, payload: bytes = b"") -> None:
+    """Record a finished block (call after its data is written): the run id, a newline, then ``payload``."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, run_id.encode() + b"\n" + payload)
+
+
+def store_block(values: np.ndarray, target: str, region, marker: str, run_id: str, payload: bytes = b"") -> None:
+    """Task body: write one block's values into the zarr array ``target`` at ``region`` (slices), then its marker."""
+    from nisbflow.data.chunks import open_for_writing
+
+    open_for_writing(target)[tuple(region)] = values
+    write_marker(marker, run_id, payload)
+
+
+def default_log(message: str) -> None:
+    """Where library calls report resumes, stale locks and discarded runs when no ``log`` is given: stderr."""
+    import sys
+
+    print(message, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# single files
+
+def _remove_path(fs, path: str) -> None:
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@contextlib.contextmanager
+def staged_output(path: str | Path, *, overwrite: bool = False) -> Iterator[str]:
+    """Write an output under a temporary sibling name and move it to ``path`` only when complete (a single file on a
+    local disk by an atomic rename).
+
+    Yields the temporary path. An exception inside the block removes the temporary output and leaves any
+    existing ``path`` untouched; an existing ``path`` is refused unless ``overwrite`` is true.
+    """
+    path = str(path).rstrip("/")
+    fs, final = fsspec.core.url_to_fs(path)
+    if fs.exists(final) and not overwrite:
+        raise OutputExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    parent, name = final.rsplit("/", 1) if "/" in final else (".", final)
+    token = uuid.uuid4().hex[:8]
+    stem, dot, suffix = name.rpartition(".")
+    stem, suffix = (stem, dot + suffix) if stem else (name, "")
+    temporary = f"{parent}/.{stem}.partial-{token}{suffix}"  # keeps the suffix, which names the format
+    fs.makedirs(parent, exist_ok=True)
+    protocol = path[: -len(final)] if path.endswith(final) and path != final else ""
+    try:
+        yield protocol + temporary
+    except BaseException:
+        _remove_path(fs, temporary)
+        raise
+    if protocol_of(fs) in ("file", "local") and os.path.isfile(temporary) and not os.path.isdir(final):
+        os.replace(temporary, final)  # one file on a local disk: atomic, the old one is there until the new one is
+        return
+    retired = f"{parent}/.{name}.replaced-{token}"
+    if fs.exists(final):
+        fs.mv(final, retired, recursive=True)
+    fs.mv(temporary, final, recursive=True)
+    _remove_path(fs, retired)
+
+
+def write_file(path: str | Path, content: bytes | str) -> None:
+    """Replace the file ``path`` with ``content`` whole (through :func:`staged_output`): a reader never sees half of
+    it, and a failed write leaves the old file."""
+    with staged_output(path, overwrite=True) as temporary:
+        fs, where = fsspec.core.url_to_fs(temporary)
+        fs.pipe_file(where, content.encode() if isinstance(content, str) else content)
