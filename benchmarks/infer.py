@@ -91,7 +91,7 @@ def child(spec: dict) -> dict:
     with cluster_client("local", n_workers=spec["workers"], memory_limit="6GiB") as client:
         client.run(reset_peak)
         split = spec["method"] == "split"
-        summary = infer_to_zarr(image_path, out, checkpoint, settings=WindowSettings(WINDOW, (64, 64, 64), 8),
+        summary = infer_to_zarr(image_path, out, checkpoint, window=WindowSettings(WINDOW, (64, 64, 64), 8),
                                 block=tuple(spec["split_block"] if split else spec["block"]),
                                 split=spec["split"] if split else 1, progress=False, device="cpu")
         peaks = client.run(peak_gib)

@@ -99,7 +99,7 @@ def main() -> None:
         before = set(client.scheduler_info()["workers"])
         client.run(reset_peak)
         start = time.perf_counter()
-        summary = infer_to_zarr(image, f"{tmp}/affinities.zarr", checkpoint, settings=settings, block=block,
+        summary = infer_to_zarr(image, f"{tmp}/affinities.zarr", checkpoint, window=settings, block=block,
                                 progress=True, device="cpu")
         seconds = time.perf_counter() - start
         peaks = client.run(peak_gib)

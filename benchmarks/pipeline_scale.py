@@ -112,7 +112,7 @@ def run_shape(shape, root: Path, args, record: dict, save) -> None:
                         rendered_mvoxel_per_second=rendered / seconds / 1e6)
 
         def infer():
-            summary = infer_to_zarr(f"{seed}/data.zarr/img", affinities, MODEL, settings=settings, block=block,
+            summary = infer_to_zarr(f"{seed}/data.zarr/img", affinities, MODEL, window=settings, block=block,
                                     overwrite=True, progress=True, device="cpu")
             return dict(windows=summary.windows_computed, redundancy=summary.redundancy)
 

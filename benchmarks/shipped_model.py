@@ -83,7 +83,7 @@ def main() -> None:
             for label, model_run in models.items():
                 start = time.perf_counter()
                 affinities = out / f"seed{seed}-{label}.zarr"
-                infer_to_zarr(str(folder / "data.zarr" / "img"), affinities, model_run.checkpoint, config=model_run,
+                infer_to_zarr(str(folder / "data.zarr" / "img"), affinities, model_run,
                               overwrite=True, progress=False)
                 seconds[f"{label} infer seed{seed}"] = time.perf_counter() - start
                 table[label][seed] = nerl_per_threshold(affinities, skeleton)

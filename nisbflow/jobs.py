@@ -222,11 +222,11 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
                    f"checkpoint {run.checkpoint.name}")
     preflight(output, "affinities", {"image": image}, overwrite, force)
     if whole:
-        summary = infer_whole_to_zarr(image, output, run.checkpoint, config=run, overwrite=overwrite, force=force,
+        summary = infer_whole_to_zarr(image, output, run, overwrite=overwrite, force=force,
                                       log=log)
         return InferReport(run, summary, whole=True)
     with cluster_session(run, cluster, log):
-        summary = infer_to_zarr(image, output, run.checkpoint, config=run, block=block, split=split,
+        summary = infer_to_zarr(image, output, run, block=block, split=split,
                                 overwrite=overwrite, force=force, log=log, progress=progress)
     return InferReport(run, summary)
 
@@ -411,7 +411,7 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     folder = Path(out_dir) if out_dir else Path(config.save_path) / stamp
     folder.mkdir(parents=True, exist_ok=True)
     affinities = folder / "affinities.zarr"
-    infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, run.checkpoint, config=run, block=block or DEFAULT_BLOCK,
+    infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, run, block=block or DEFAULT_BLOCK,
                   progress=progress, overwrite=overwrite)
     segmentation = folder / "segmentation.zarr"
     thresholds = config.decoding.thresholds()

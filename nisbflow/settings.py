@@ -222,6 +222,12 @@ def check_tuned_method(params, config: Config) -> None:
                           f"{config.decoding.method}, or drop the override")
 
 
+def run_settings_of(run) -> RunSettings:
+    """The one settings argument of a stage driver that runs a model: a :class:`RunSettings` as given; a checkpoint
+    (a :class:`Checkpoint`, a path or a shipped model's name) → the settings it records (:func:`resolve_settings`)."""
+    return run if isinstance(run, RunSettings) else resolve_settings(run)
+
+
 def as_run_settings(config=None, checkpoint=None) -> RunSettings:
     """The settings of a library call that takes a checkpoint: a :class:`RunSettings` as given (its handle
     swapped for ``checkpoint`` when that names another file); a resolved :class:`Config` used as it is; None →

@@ -11,7 +11,7 @@ from nisbflow.data.volumes import array_url
 from nisbflow.config.schema import ModelConfig
 from nisbflow.errors import VolumeError
 from nisbflow.infer.predict import predict_whole
-from nisbflow.model import ARCHITECTURES, CheckpointError, build, checkpoint_hash, load_checkpoint, save_checkpoint
+from nisbflow.model import ARCHITECTURES, Checkpoint, CheckpointError, build, load_checkpoint, save_checkpoint
 from nisbflow_cli.main import app
 
 TINY = ARCHITECTURES["tiny"]
@@ -148,7 +148,7 @@ def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monke
     settings = blockwise.WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=4)
     with dask.config.set(scheduler="synchronous"):
         reference = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "ref.zarr", tmp_path / "tiny.pt",
-                                            settings=settings, block=(32, 24, 32), progress=False)
+                                            window=settings, block=(32, 24, 32), progress=False)
         assert reference.blocks == 4 and reference.blocks_skipped == 0 and reference.redundancy > 1
         expected = zarr.open_array(array_url(str(tmp_path / "ref.zarr")))[...]
         np.testing.assert_allclose(expected.astype(np.float32),
@@ -166,17 +166,17 @@ def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monke
         monkeypatch.setattr(blockwise, "predict_block", crashing)
         with pytest.raises(KeyboardInterrupt):
             blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
-                                    settings=settings, block=(32, 24, 32), progress=False)
+                                    window=settings, block=(32, 24, 32), progress=False)
         assert not (tmp_path / "out.zarr").exists()
         monkeypatch.setattr(blockwise, "predict_block", original)
         resumed = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
-                                          settings=settings, block=(32, 24, 32), progress=False)
+                                          window=settings, block=(32, 24, 32), progress=False)
         assert resumed.blocks_skipped == 2 and resumed.blocks == 4
         assert np.array_equal(zarr.open_array(array_url(str(tmp_path / "out.zarr")))[...], expected)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["img.zarr", "out.zarr", "ref.zarr", "tiny.pt"]
         with pytest.raises(OutputExistsError):
             blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
-                                    settings=settings, progress=False)
+                                    window=settings, progress=False)
 
 
 def test_cli_infer_blockwise_and_whole_agree(tiny_model, tmp_path):
@@ -249,8 +249,8 @@ def test_only_prediction_tasks_ask_for_the_gpu():
     from nisbflow.infer.blockwise import WindowSettings, predict_affinities
 
     image = da.zeros((96, 64, 64), chunks=32, dtype=np.uint8)
-    lazy = predict_affinities(image, ("ckpt", "id"), WindowSettings(window=(32, 32, 32), stride=(16, 16, 16),
-                                                                    channels=(0, 1, 2)),
+    lazy = predict_affinities(image, Checkpoint.open("nisb-tiny-synthetic"),
+                              WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), channels=(0, 1, 2)),
                               block=(48, 64, 64), device="cuda")
     layers = {(name[0] if isinstance(name, tuple) else name, index): (layer.annotations or {}).get("resources")
               for index, (name, layer) in enumerate(lazy.__dask_graph__().layers.items())}
@@ -344,7 +344,7 @@ def test_warm_up_compiles_only_when_the_network_is_compiled(tiny_model, tmp_path
     from nisbflow.infer.blockwise import WindowSettings, warm_up, warm_up_workers
 
     save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
-    model = (str(tmp_path / "tiny.pt"), checkpoint_hash(tmp_path / "tiny.pt"))
+    model = Checkpoint.open(tmp_path / "tiny.pt")
     settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=2, compile="auto")
     assert warm_up_workers(model, settings, None) is None  # no client
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
@@ -372,7 +372,7 @@ def test_compiled_warm_up_runs_on_every_worker_and_blocks_equal_eager(tiny_model
             settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=2, channels=(0, 1, 2),
                                       output_dtype="float32", compile=compiled)
             summary = infer_to_zarr(tmp_path / "img.zarr", tmp_path / f"aff-{compiled}.zarr", str(tmp_path / "tiny.pt"),
-                                    settings=settings, block=(32, 32, 40), progress=False)
+                                    window=settings, block=(32, 32, 40), progress=False)
             assert (summary.warm_up_seconds is not None) == compiled
             outputs[compiled] = zarr.open_array(array_url(tmp_path / f"aff-{compiled}.zarr"), mode="r")[...]
 
@@ -382,7 +382,7 @@ def test_compiled_warm_up_runs_on_every_worker_and_blocks_equal_eager(tiny_model
             return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
         assert all(n >= 1 for n in client.run(graphs).values())  # each worker process compiled
-        assert warm_up_workers((str(tmp_path / "tiny.pt"), checkpoint_hash(tmp_path / "tiny.pt")), settings, None) > 0
+        assert warm_up_workers(Checkpoint.open(tmp_path / "tiny.pt"), settings, None) > 0
     np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-5)
 
 
@@ -406,8 +406,8 @@ def test_on_a_cpu_the_window_batch_is_fitted_to_the_workers_memory_or_refused(tm
     assert one.block_sums == 4 * 96 * 96 * 48 * 4  # three channels and the weights, float32
     said = []
     with cluster_client("local", n_workers=1, memory_limit="1GiB", dashboard_address=":0"):
-        infer_to_zarr(image, tmp_path / "fitted.zarr", "nisb-tiny-synthetic", progress=False, log=said.append,
-                      config=_shipped_run(["inference.sw_batch_size=8"]))
+        infer_to_zarr(image, tmp_path / "fitted.zarr", _shipped_run(["inference.sw_batch_size=8"]), progress=False,
+                      log=said.append)
         [line] = [s for s in said if "inference.sw_batch_size 8 →" in s]
         fitted = int(line.split("→ ")[1].split()[0])
         assert 1 <= fitted < 8 and "on the CPU, so a task fits worker tcp://" in line and "1.00 GiB" in line
@@ -415,8 +415,8 @@ def test_on_a_cpu_the_window_batch_is_fitted_to_the_workers_memory_or_refused(tm
         assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted).total <= budget
         assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted + 1).total > budget
         recorded = zarr.open_array(array_url(tmp_path / "fitted.zarr"), mode="r").attrs["nisbflow_settings"]
-        infer_to_zarr(image, tmp_path / "explicit.zarr", "nisb-tiny-synthetic", progress=False,
-                      config=_shipped_run([f"inference.sw_batch_size={fitted}"]))
+        infer_to_zarr(image, tmp_path / "explicit.zarr", _shipped_run([f"inference.sw_batch_size={fitted}"]),
+                      progress=False)
     assert np.array_equal(zarr.open_array(array_url(tmp_path / "fitted.zarr"))[...],
                           zarr.open_array(array_url(tmp_path / "explicit.zarr"))[...])
     assert recorded["checkpoint"] == "nisb-tiny-synthetic"
@@ -431,3 +431,54 @@ def _shipped_run(overrides):
     from nisbflow.settings import resolve_settings
 
     return resolve_settings("nisb-tiny-synthetic", overrides=overrides)
+
+
+def test_a_checkpoint_rewritten_after_the_client_read_it_is_refused_by_the_workers(tiny_model, tmp_path, monkeypatch):
+    """The client resolves the checkpoint once (its sha256 goes into the run's identity and the output's
+    attributes); workers load the file themselves. A file replaced in between (a training run saving over it) must
+    not be predicted with: the tasks fail with one line naming both hashes, and nothing is published. Through the
+    library entry on worker processes, and through ``nisbflow infer`` (exit 2, one line)."""
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from nisbflow.infer.blockwise import infer_to_zarr
+    from nisbflow.settings import resolve_settings
+
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    zarr.create_array(str(tmp_path / "img.zarr"), data=np.random.default_rng(5).integers(0, 256, (48, 40, 40),
+                                                                                          dtype=np.uint8),
+                      chunks=(32, 32, 32))
+    run = resolve_settings(str(tmp_path / "tiny.pt"), overrides={"data.patch_size": [32, 32, 32]})
+    client_sha = run.checkpoint.sha256
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "tiny.pt", build(TINY), TINY)  # rewritten after the client read it
+    worker_sha = Checkpoint.open(tmp_path / "tiny.pt").sha256
+    assert worker_sha != client_sha
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster):
+        with pytest.raises(CheckpointError) as refused:
+            infer_to_zarr(tmp_path / "img.zarr", tmp_path / "aff.zarr", run, block=(32, 32, 40), progress=False)
+    message = str(refused.value)
+    assert "\n" not in message and f"has sha256 {worker_sha}, not {client_sha}" in message
+    assert "replaced or rewritten during the run" in message
+    assert not (tmp_path / "aff.zarr").exists()
+
+    # the command: the file changes right after the client's one read of it
+    import nisbflow.model.checkpoint as checkpoint_module
+
+    original = checkpoint_module.Checkpoint.open.__func__
+
+    def open_then_rewrite(cls, checkpoint):
+        handle = original(cls, checkpoint)
+        if str(checkpoint).endswith("tiny.pt"):
+            torch.manual_seed(2)
+            save_checkpoint(tmp_path / "tiny.pt", build(TINY), TINY)
+        return handle
+
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "open", classmethod(open_then_rewrite))
+    result = CliRunner().invoke(app, ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "cli.zarr"),
+                                      "--checkpoint", str(tmp_path / "tiny.pt"), "--chunks", "32,32,40",
+                                      "--workers", "1", "data.patch_size=[32,32,32]"])
+    assert result.exit_code == 2, result.output
+    [line] = [s for s in result.output.splitlines() if s.startswith("error:")]
+    assert "replaced or rewritten during the run" in " ".join(result.output.split())
+    assert not (tmp_path / "cli.zarr").exists()

@@ -4,9 +4,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nisbflow.model import SHIPPED_DIR, SHIPPED_MODELS, CheckpointError, load_checkpoint, resolve_checkpoint, \
-    shipped_config
+from nisbflow.config import Config, apply_overrides
+from nisbflow.model import SHIPPED_DIR, SHIPPED_MODELS, Checkpoint, CheckpointError, load_checkpoint, \
+    resolve_checkpoint
 from nisbflow_cli.main import app
+
+
+def recorded_config(checkpoint, overrides=()):
+    """The whole configuration a checkpoint records (:attr:`Checkpoint.recorded`) with ``overrides``, validated;
+    None when it records none."""
+    handle = Checkpoint.open(checkpoint)
+    return None if handle.recorded is None else Config.model_validate(apply_overrides(handle.recorded, overrides))
 
 
 def test_the_shipped_model_is_small_loads_by_name_and_carries_its_configuration():
@@ -14,15 +22,15 @@ def test_the_shipped_model_is_small_loads_by_name_and_carries_its_configuration(
     assert path == SHIPPED_DIR / f"{SHIPPED_MODELS['nisb-tiny-synthetic']}.pt" and path.exists()
     assert path.stat().st_size < 5 * 2**20
     model, config = load_checkpoint("nisb-tiny-synthetic")
-    settings = shipped_config("nisb-tiny-synthetic")
+    settings = recorded_config("nisb-tiny-synthetic")
     assert config == settings.model  # the YAML it ships with is the one it was trained with
     payload = torch.load(path, weights_only=True)
     assert "optimizer" not in payload and "nisbflow train --config configs/tiny.yaml" in payload["metadata"]["command"]
     assert payload["metadata"]["step"] == settings.optimization.max_steps
-    moved = shipped_config("nisb-tiny-synthetic", ["save_path=/elsewhere"])
+    moved = recorded_config("nisb-tiny-synthetic", ["save_path=/elsewhere"])
     assert moved.tune.storage == "sqlite:////elsewhere/tune.sqlite3"  # the study follows save_path
-    with pytest.raises(CheckpointError, match="no shipped model named"):
-        shipped_config("nisb-huge")
+    with pytest.raises(CheckpointError, match="shipped model name: nisb-tiny-synthetic"):
+        Checkpoint.open("nisb-huge")
 
 
 def test_export_drops_training_state_and_keeps_weights(tmp_path):
@@ -49,12 +57,14 @@ def test_export_drops_training_state_and_keeps_weights(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.state_dict().items())
     again = CliRunner().invoke(app, ["model", "export", str(last), str(tmp_path / "small.pt")])
     assert again.exit_code == 2 and "already exists" in " ".join(again.output.split())
-    from nisbflow.model import ARCHITECTURES, checkpoint_config, save_random_checkpoint
+    from nisbflow.config import load_config
+    from nisbflow.model import ARCHITECTURES, save_random_checkpoint
 
-    assert list(checkpoint_config(last).data.patch_size) == [32, 32, 32]  # the demo runs a model as trained
-    assert checkpoint_config("nisb-tiny-synthetic").decoding.threshold == shipped_config().decoding.threshold
+    assert list(recorded_config(last).data.patch_size) == [32, 32, 32]  # the demo runs a model as trained
+    shipped_yaml = SHIPPED_DIR / f"{SHIPPED_MODELS['nisb-tiny-synthetic']}.yaml"
+    assert recorded_config("nisb-tiny-synthetic").decoding.threshold == load_config(shipped_yaml).decoding.threshold
     save_random_checkpoint(tmp_path / "random.pt", ARCHITECTURES["tiny"], seed=1)
-    assert checkpoint_config(tmp_path / "random.pt") is None
+    assert recorded_config(tmp_path / "random.pt") is None
     exported = CliRunner().invoke(app, ["model", "export", str(last), str(tmp_path / "again.pt"), "--config-yaml",
                                         str(tmp_path / "again.yaml"), f"save_path={tmp_path / 'moved'}"])
     assert exported.exit_code == 0, exported.output

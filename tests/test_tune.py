@@ -162,11 +162,11 @@ def test_tune_test_reads_the_checkpoint_once_on_the_client(seeds, tmp_path, monk
     """One handle for the whole run: the client reads the file once; the (synchronous) worker loads the weights
     once more. Before the handle, tune-test read it up to six times."""
     import nisbflow.model.checkpoint as checkpoint_module
-    from nisbflow.infer.blockwise import cached_model
+    from nisbflow.model.checkpoint import _cached_network
     from nisbflow.settings import resolve_settings
     from nisbflow.tune import tune_and_test
 
-    cached_model.cache_clear()
+    _cached_network.cache_clear()
     reads = []
     original = checkpoint_module._read
     monkeypatch.setattr(checkpoint_module, "_read", lambda path, *a: reads.append(str(path)) or original(path, *a))

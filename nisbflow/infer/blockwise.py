@@ -62,23 +62,6 @@ class WindowSettings:
         return device.startswith("cuda") if self.compile == "auto" else bool(self.compile)
 
 
-@functools.lru_cache(maxsize=4)
-def cached_model(checkpoint: str, checkpoint_id: str, device: str, compiled: bool = False):
-    """A checkpoint's model, loaded once per worker process and device (``checkpoint_id`` keys re-writes);
-    ``compiled``: wrapped in ``torch.compile`` (static shapes; a graph that cannot compile runs eagerly)."""
-    from nisbflow.model.checkpoint import load_verified
-
-    model, _ = load_verified(checkpoint, checkpoint_id, map_location=device)
-    model = model.to(device)
-    if compiled:
-        import torch
-        import torch._dynamo
-
-        torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a block
-        model = torch.compile(model, dynamic=False)
-    return model
-
-
 def default_device() -> str:
     import torch
 
@@ -90,7 +73,8 @@ def predict_block(piece: np.ndarray, model, read_start, write_region, windows, s
     """Task: blend the given windows into one write region, on the model's device.
 
     ``piece``: the (padded-frame) input of the read region starting at ``read_start``, uint8; ``model``: a torch
-    module or ``(checkpoint path, checkpoint id)`` loaded through :func:`cached_model`; ``write_region``: slices in
+    module or a :class:`~nisbflow.model.Checkpoint` (:meth:`~nisbflow.model.Checkpoint.network`: loaded once per
+    process, its sha256 checked against the client's); ``write_region``: slices in
     the padded frame; ``windows``: their starts. The read region goes to the device once; windows are cut, run in
     batches of ``sw_batch_size`` (float16 autocast on CUDA), weighted and summed there in float32, and only the
     blended block comes back. Returns ``(C, x, y, z)`` in ``settings.output_dtype``.
@@ -137,8 +121,8 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
     import torch
 
     compiled = settings.compiled_on(device)
-    if isinstance(model, tuple):
-        model = cached_model(*model, device, compiled)
+    if _is_checkpoint(model):  # loaded once per process, its sha256 checked against the client's
+        model = model.network(device, compiled)
     else:
         model = model.to(device).eval()
     image = torch.from_numpy(np.ascontiguousarray(piece)).to(device)
@@ -169,7 +153,7 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
 
 
 def warm_up(model, settings: WindowSettings, device: str | None = None) -> float:
-    """Task (``infer-warm-up``): load the model on this worker (:func:`cached_model`) and run one batch of
+    """Task (``infer-warm-up``): load the model on this worker (:meth:`~nisbflow.model.Checkpoint.network`) and run one batch of
     ``sw_batch_size`` empty windows through :func:`_weighted_sum`, so ``torch.compile``'s compilation (59 s
     for MedNeXt-S on an H200) and cuDNN's set-up are done before the first block. Returns the seconds it took."""
     import torch
@@ -341,7 +325,7 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
 
     A numpy image gives the whole-volume reference (numpy); a dask image gives a lazy dask array chunked by
     ``block`` whose blocks are computed as described in the module docstring (``infer-predict-block`` tasks, with a
-    ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or ``(checkpoint path, id)``.
+    ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or a :class:`~nisbflow.model.Checkpoint`.
     ``split``: tasks per block, each predicting a share of its windows (see :func:`_block_task`).
     """
     check_image(image)
@@ -350,8 +334,8 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
 
         device = cluster_device()
     if not isinstance(image, da.Array):
-        if isinstance(model, tuple):
-            model = cached_model(*model, device or default_device())
+        if _is_checkpoint(model):
+            model = model.network(device or default_device())
         return predict_whole(image, model, window=settings.window, stride=settings.stride,
                              sw_batch_size=settings.sw_batch_size, activation=settings.activation,
                              channels=settings.channels, output_dtype=settings.output_dtype,
@@ -361,8 +345,8 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     plan = block_plan(grid, settings)
     n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
     token = dask.base.tokenize(spatial.name, settings, block, split,
-                               model if isinstance(model, tuple) else id(model))
-    shared_model = model if isinstance(model, tuple) else dask.delayed(model, name=f"infer-model-{token}")
+                               (model.path, model.sha256) if _is_checkpoint(model) else id(model))
+    shared_model = model if _is_checkpoint(model) else dask.delayed(model, name=f"infer-model-{token}")
     blocks = np.empty(grid.blocks_per_axis, dtype=object)
     for index, entry in plan.items():
         task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token, split=split)
@@ -381,11 +365,17 @@ def check_channels(settings: WindowSettings, out_channels: int, where: str) -> N
                           f"{out_channels} channels (0 to {out_channels - 1})")
 
 
-def _out_channels(model) -> int:
-    if isinstance(model, tuple):
-        from nisbflow.model import load_checkpoint
+def _is_checkpoint(model) -> bool:
+    """Whether ``model`` is a :class:`~nisbflow.model.Checkpoint` handle rather than a torch module (imported here:
+    torch loads only where a network runs)."""
+    from nisbflow.model.checkpoint import Checkpoint
 
-        return load_checkpoint(model[0])[1].out_channels
+    return isinstance(model, Checkpoint)
+
+
+def _out_channels(model) -> int:
+    if _is_checkpoint(model):
+        return model.model.out_channels
     if hasattr(model, "out_0"):  # MONAI MedNeXt's output block
         return int(model.out_0.conv_out.out_channels)
     raise ValueError("cannot tell the model's output channels; pass WindowSettings(channels=...)")
@@ -450,17 +440,18 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
                         nisbflow_settings=dict(run.record(), inference=settings.record()), **extra)
 
 
-def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
-                  settings: WindowSettings | None = None, block=DEFAULT_BLOCK, split: int = 1,
+def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: WindowSettings | None = None,
+                  block=DEFAULT_BLOCK, split: int = 1,
                   overwrite: bool = False, force: bool = False, progress: bool = True, device: str | None = None,
                   log=None) -> InferSummary:
     """Predict affinities of a zarr image into a zarr array ``(C, X, Y, Z)``, block by block, resumably.
 
-    ``checkpoint``: a path, a shipped model's name or a :class:`~nisbflow.model.Checkpoint`. ``config``: the
-    run's :class:`~nisbflow.settings.RunSettings` (or a resolved :class:`~nisbflow.config.Config`); by default the
-    checkpoint's own settings (:func:`nisbflow.settings.resolve_settings`), so a checkpoint runs with the window
-    geometry, channels and threshold it records wherever it is called from. ``settings`` overrides the window
-    geometry for experiments. The output's attributes record the settings (``nisbflow_settings``, with the
+    ``run``: the run's :class:`~nisbflow.settings.RunSettings` (its checkpoint handle included), or a checkpoint (a
+    path, a shipped model's name or a :class:`~nisbflow.model.Checkpoint`) to run with the settings it records
+    (:func:`nisbflow.settings.resolve_settings`), so a checkpoint runs with the window geometry, channels and
+    threshold it records wherever it is called from. ``window`` overrides the window settings (geometry, batch,
+    channels, dtype) for experiments. Tasks receive the checkpoint handle and load it once per worker process,
+    checking its sha256 against the client's (:meth:`~nisbflow.model.Checkpoint.network`). The output's attributes record the settings (``nisbflow_settings``, with the
     checkpoint's hash and the decoding threshold that ``decode`` reads back).
 
     The output is a :class:`~nisbflow.staging.StagedRun`: written in a staging folder next to ``output`` under a lock,
@@ -481,11 +472,11 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
     from nisbflow.cluster import cluster_device
     from nisbflow.data.ngff import create_image
     from nisbflow.data.volumes import fast_compressors, open_image
-    from nisbflow.settings import as_run_settings
+    from nisbflow.settings import run_settings_of
 
-    run = as_run_settings(config, checkpoint)
+    run = run_settings_of(run)
     handle = run.checkpoint
-    settings = settings or WindowSettings.from_config(run.config.inference)
+    settings = window or WindowSettings.from_config(run.config.inference)
     check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     device = device or cluster_device()
@@ -506,18 +497,17 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
                 zarr_format=zarr_format, name="affinities", shape=(n_channels,) + grid.shape,
                 chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape), dtype=settings.output_dtype,
                 compressors=fast_compressors(zarr_format)))
-        model_ref = (handle.worker_reference, handle.sha256)
         token = dask.base.tokenize(staged.run_id, settings, grid, split)
         tasks, voxels = [], 0
         for index in work.pending:
             entry, key = plan[index], grid.key(index)
             voxels += int(np.prod([w.stop - w.start for w in entry.write]))
-            predicted = _block_task(predict_block, image, index, entry, settings, model_ref, device, token,
+            predicted = _block_task(predict_block, image, index, entry, settings, handle, device, token,
                                     split=split)
             tasks.append(dask.delayed(_store_block, pure=True)(
                 predicted, staged.image, entry.write, staged.marker("predict", key), staged.run_id,
                 len(entry.windows), dask_key_name=(f"infer-store-block-{token}",) + index))
-        warm = warm_up_workers(model_ref, settings, device, log=log or default_log) if tasks else None
+        warm = warm_up_workers(handle, settings, device, log=log or default_log) if tasks else None
         start = time.perf_counter()
         computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
         seconds = time.perf_counter() - start
@@ -526,18 +516,18 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, con
                         int(np.prod([len(g) for g in windows_grid])), grid.n_blocks, grid.n_blocks - len(tasks), warm)
 
 
-def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, *, config=None,
-                        overwrite: bool = False, force: bool = False, device: str | None = None,
+def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, overwrite: bool = False, force: bool = False, device: str | None = None,
                         log=None) -> InferSummary:
     """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
     (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
-    attributes. For checking block-wise results on volumes that fit in memory."""
+    attributes. For checking block-wise results on volumes that fit in memory. ``run``: as for
+    :func:`infer_to_zarr`."""
     from nisbflow.staging import StagedRun, default_log
     from nisbflow.data.ngff import create_image
     from nisbflow.data.volumes import fast_compressors, open_image
-    from nisbflow.settings import as_run_settings
+    from nisbflow.settings import run_settings_of
 
-    run = as_run_settings(config, checkpoint)
+    run = run_settings_of(run)
     handle = run.checkpoint
     settings = WindowSettings.from_config(run.config.inference)
     check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
@@ -548,7 +538,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, checkpoint, 
     identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), whole=True)
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:
-        model = cached_model(handle.worker_reference, handle.sha256, device or default_device())
+        model = handle.network(device or default_device())
         start = time.perf_counter()
         values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
                                sw_batch_size=settings.sw_batch_size, activation=settings.activation,

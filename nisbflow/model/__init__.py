@@ -2,13 +2,12 @@
 (:mod:`.checkpoint`: the file format, shipped models, and the :class:`Checkpoint` handle)."""
 
 from .checkpoint import (CHECKPOINT_FORMAT, DEFAULT_SHIPPED, SHIPPED_DIR, SHIPPED_MODELS, Checkpoint, CheckpointError,
-                         checkpoint_config, checkpoint_hash, checkpoint_payload, export_checkpoint, load_checkpoint,
-                         resolve_checkpoint, save_checkpoint, save_random_checkpoint, shipped_config, write_checkpoint)
+                         checkpoint_payload, export_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint,
+                         save_random_checkpoint, write_checkpoint)
 from .network import ARCHITECTURES, build
 
 __all__ = [
     "ARCHITECTURES", "CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "DEFAULT_SHIPPED", "SHIPPED_DIR",
-    "SHIPPED_MODELS", "build", "checkpoint_config", "checkpoint_hash", "checkpoint_payload", "export_checkpoint",
-    "load_checkpoint", "resolve_checkpoint", "save_checkpoint", "save_random_checkpoint", "shipped_config",
-    "write_checkpoint",
+    "SHIPPED_MODELS", "build", "checkpoint_payload", "export_checkpoint", "load_checkpoint", "resolve_checkpoint",
+    "save_checkpoint", "save_random_checkpoint", "write_checkpoint",
 ]

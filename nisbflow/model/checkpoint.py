@@ -9,6 +9,7 @@ records its whole configuration in ``metadata["config"]``. Lightning checkpoints
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -97,7 +98,8 @@ class Checkpoint:
     16 hex digits of the file's SHA-256 (recorded in every output and used as the workers' cache key);
     ``model``: its :class:`ModelConfig`; ``recorded``: the configuration tree it records — a shipped model's YAML,
     or the training configuration in ``metadata["config"]`` — or None (``nisbflow model init``). The handle is small
-    and picklable: Dask workers receive it and load the weights once per process (:func:`nisbflow.infer.blockwise.cached_model`).
+    and picklable: Dask tasks receive it and load the weights once per process (:meth:`network`), after checking
+    that the file they read still has :attr:`sha256`.
     """
 
     source: str
@@ -138,9 +140,16 @@ class Checkpoint:
     def worker_reference(self) -> str:
         """What workers load: a shipped model by its name (each machine resolves it inside its own nisbflow
         install), any other checkpoint by its absolute path. Workers check the file's hash against :attr:`sha256`
-        (:func:`load_verified`)."""
+        (:meth:`network`)."""
         return self.source if _shipped_yaml(Path(self.path)) is not None and self.source in SHIPPED_MODELS \
             else self.path
+
+    def network(self, device: str = "cpu", compiled: bool = False) -> torch.nn.Module:
+        """The network on ``device`` in eval mode, loaded once per process (cached by file, sha256, device and
+        ``compiled``: wrapped in ``torch.compile``, static shapes, eager where a graph cannot compile). The file read
+        must still have :attr:`sha256`, the hash the client resolved: a checkpoint replaced or rewritten during the
+        run, or another file at the same path on a worker, is a :class:`CheckpointError` naming both hashes."""
+        return _cached_network(self.worker_reference, self.sha256, device, bool(compiled))
 
     def load(self, map_location="cpu") -> torch.nn.Module:
         """The network with its weights, in eval mode (reads the file)."""
@@ -157,27 +166,6 @@ class Checkpoint:
         if threshold is not None:
             tree["decoding"] = {"threshold": threshold}
         return tree
-
-
-def shipped_config(name: str = DEFAULT_SHIPPED, overrides=()):
-    """The resolved configuration a shipped model was trained with (``inference.*`` and ``decoding.threshold``
-    are the settings to run it with), as a :class:`nisbflow.config.Config`."""
-    from nisbflow.config import load_config
-
-    if name not in SHIPPED_MODELS:
-        raise CheckpointError(f"no shipped model named {name!r}; shipped: {', '.join(SHIPPED_MODELS)}")
-    return load_config(SHIPPED_DIR / f"{SHIPPED_MODELS[name]}.yaml", overrides)
-
-
-def checkpoint_config(checkpoint, overrides=()):
-    """The full configuration a checkpoint records (a shipped model's YAML, or the training configuration of a
-    nisbflow training checkpoint), with ``overrides``; None when it records none (e.g. ``nisbflow model init``)."""
-    from nisbflow.config import Config, apply_overrides
-
-    handle = Checkpoint.open(checkpoint)
-    if handle.recorded is None:
-        return None
-    return Config.model_validate(apply_overrides(handle.recorded, overrides))
 
 
 def save_random_checkpoint(path: str | Path, config: ModelConfig, seed: int = 0) -> torch.nn.Module:
@@ -218,23 +206,30 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
     write_checkpoint(path, checkpoint_payload(model, config, metadata))
 
 
-def checkpoint_hash(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file (first 16 hex digits), recorded in the outputs it produces."""
-    if isinstance(path, Checkpoint):
-        return path.sha256
-    return file_sha256(resolve_checkpoint(path))
-
-
-def load_verified(reference: str, sha256: str, map_location="cpu") -> tuple[torch.nn.Module, ModelConfig]:
+def _load_verified(reference: str, sha256: str, map_location="cpu") -> torch.nn.Module:
     """Load the checkpoint ``reference`` (a path or shipped name, as a worker receives it) and check that the file
-    read has the hash the client resolved: a worker that sees another file at the same path fails its task with one
-    line instead of predicting with other weights."""
+    read has the hash the client resolved: a worker that sees another file at the same path, or a file rewritten
+    since the client read it, fails its task with one line instead of predicting with other weights."""
     path = resolve_checkpoint(reference)
     payload, digest = _read(path, map_location)
     if digest != sha256:
-        raise CheckpointError(f"checkpoint {reference}: the file this worker reads ({path}) has sha256 {digest}, "
-                              f"not {sha256} as on the client; every worker must load the same checkpoint file")
-    return _network(payload, path)
+        raise CheckpointError(f"checkpoint {reference}: the file this process reads ({path}) has sha256 {digest}, "
+                              f"not {sha256} as when the run started: it was replaced or rewritten during the run, "
+                              "or this worker sees another file at that path; every task must load the same "
+                              "checkpoint: re-run once it no longer changes")
+    return _network(payload, path)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_network(reference: str, sha256: str, device: str, compiled: bool) -> torch.nn.Module:
+    """:meth:`Checkpoint.network`'s per-process cache (``sha256`` keys a re-written file)."""
+    model = _load_verified(reference, sha256, map_location=device).to(device)
+    if compiled:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a block
+        model = torch.compile(model, dynamic=False)
+    return model
 
 
 def _network(payload, path, expected: ModelConfig | None = None) -> tuple[torch.nn.Module, ModelConfig]:

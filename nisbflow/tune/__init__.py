@@ -183,7 +183,7 @@ def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: 
             attrs = {}
         if attrs.get("nisbflow_tune_cache") == key:
             return path
-    infer_to_zarr(key["image"], path, run.checkpoint, config=run, block=block or DEFAULT_BLOCK, overwrite=True,
+    infer_to_zarr(key["image"], path, run, block=block or DEFAULT_BLOCK, overwrite=True,
                   progress=progress)
     zarr.open_array(array_url(path), mode="r+").attrs["nisbflow_tune_cache"] = key
     return path
