@@ -231,7 +231,7 @@ def cluster_device(client=None) -> str | None:
     started by nisbflow, docker-compose or ``dask cuda worker --resources GPU=1`` — else None (each worker then
     picks CUDA if it sees a GPU, the CPU otherwise, and prediction tasks carry no resource restriction)."""
     if client is None:
-        from nisbflow.progress import current_client
+        from nisbflow.tasks import current_client
 
         client = current_client()
     if client is None:

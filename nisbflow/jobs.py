@@ -43,7 +43,7 @@ def cluster_session(settings, spec: ClusterSpec | None = None, log=_print) -> It
     its dashboard is; yields the ``distributed.Client`` (None for ``sync``) and closes what it started. An interrupt
     keeps the logs of a cluster torn down mid-computation from burying the command's one line."""
     from nisbflow.cluster import chosen_cluster, cluster_from_config, dashboard_link
-    from nisbflow.progress import quiet_shutdown_logs
+    from nisbflow.tasks import quiet_shutdown_logs
 
     spec = spec or ClusterSpec()
     config = getattr(settings, "config", settings)
@@ -126,13 +126,13 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     from nisbflow.data.volumes import open_affinities, open_volume
     from nisbflow.decode import decode_to_zarr, threshold_array_name
     from nisbflow.decode.agglomerate_blockwise import WaterzOptions
-    from nisbflow.decode.blockwise import open_decoding_inputs
-    from nisbflow.decode.kernel import check_backend
+    from nisbflow.decode.outputs import open_affinity_mask
+    from nisbflow.decode.backends import check_backend
     from nisbflow.decode.thresholds import choose_thresholds
     from nisbflow.errors import VolumeError
     from nisbflow.settings import recorded_settings, resolve_settings
 
-    opened = open_affinities(affinities, log=log)
+    opened = open_affinities(affinities, sample=False)  # its values are sampled once, by decode_to_zarr
     given = {"decoding.method": method} if method else {}
     given.update({"decoding.waterz.scoring": scoring} if scoring else {})
     run = resolve_settings(None, config=config, params=params, overrides=_with(overrides, given),
@@ -146,7 +146,7 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     mask = mask or settings.decoding.affinity_mask_path
     check_block_count(opened.shape[1:], chunks or opened.chunks[1:], "--chunks" if chunks else "the affinities' chunks")
     if mask is not None:  # the mask's shape, before any cluster starts
-        open_decoding_inputs(affinities, mask, log, check_values=False)
+        open_affinity_mask(mask, opened.shape[1:])
     preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
     ground_truth = open_volume(gt, role="ground truth", ndims=(3,)) if gt else None  # fails before any decoding
     if ground_truth is not None and tuple(ground_truth.shape) != tuple(opened.shape[1:]):
@@ -155,7 +155,7 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     with cluster_session(run, cluster, log):
         counts = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
                                 backend=backend, overwrite=overwrite, force=force, config=run, log=log,
-                                check_values=False, method=settings.decoding.method, progress=progress,
+                                method=settings.decoding.method, progress=progress,
                                 waterz=WaterzOptions.from_config(settings.decoding))
         graph = counts.pop("graph", None)
         outputs = {value: output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
@@ -281,7 +281,7 @@ def skeletonize(segmentation: str, output: str, *, voxel_size=(9.0, 9.0, 20.0), 
     from nisbflow.data.volumes import open_volume
     from nisbflow.staging import staged_output
     from nisbflow.errors import OutputExistsError
-    from nisbflow.evaluate.skeletonize import skeletonize as skeletons_of
+    from nisbflow.evaluate.ground_truth import skeletonize as skeletons_of
 
     check_not_input(output, {"segmentation": segmentation})
     if Path(output).exists() and not overwrite:  # before the work, not after it (staged_output checks again)
@@ -367,7 +367,6 @@ def tune_test(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int
               cluster: ClusterSpec | None = None, log=_print) -> TuneTestReport:
     """``nisbflow tune-test``: :func:`tune` on ``data.val``, then :func:`test` on ``data.test`` at the best
     threshold."""
-    from nisbflow.tune import tune_and_test
 
     run = _resolved(checkpoint, config, params, overrides, "tune-test", ("val", "test"), log)
     with cluster_session(run, cluster, log):
@@ -500,3 +499,214 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
                                   overwrite=True)
         results.append(DemoRun(label, run.checkpoint.name, folder, result))
     return results
+
+
+def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
+                  log=print):
+    """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold.
+    Returns ``(TuneResult, test output folder, test NerlResult)``."""
+    from nisbflow.settings import as_run_settings
+    from nisbflow.tune import tune
+
+    run = as_run_settings(config, checkpoint)
+    result = tune(run, run.checkpoint, out_dir=out_dir, block=block, progress=progress, log=log)
+    log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
+    folder, test_result = run_test(run, run.checkpoint, block=block, progress=progress,
+                                   out_dir=result.params_path.parent / "test",
+                                   threshold=result.best_threshold, overwrite=True)
+    return result, folder, test_result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data: synth, skeleton convert; configuration; models; training
+
+
+def show_config(config: str | None = None, overrides=None) -> str:
+    """``nisbflow config show``: the resolved configuration (defaults ← ``config`` ← ``overrides``) as YAML."""
+    from nisbflow.config import config_to_yaml, load_config
+
+    return config_to_yaml(load_config(config, overrides or []))
+
+
+SYNTH_LAYOUTS = ("seed", "nisb")
+
+
+def synth(out: str, *, shape=(256, 256, 128), seed: int = 0, layout: str = "seed", train_seeds: int = 2,
+          chunks=(128, 128, 128), presets=(), zarr_format: int = 2, workers: int | None = None,
+          preview: str | None = None, overwrite: bool = False, force: bool = False, log=_print) -> list:
+    """``nisbflow synth``: synthetic NISB-like data (``data.zarr`` with ``img (X, Y, Z, 1) uint8`` and ``seg (X, Y,
+    Z) uint32``, and ``skeleton.pkl``) in one seed folder (``layout="seed"``) or a NISB tree (``"nisb"``:
+    ``train/seed0..K-1``, ``val/seed100``, ``test/seed101``; the preview shows the test seed). ``presets``: any of
+    ``thin``, ``slice_defects``, ``low_contrast``. Returns the :class:`~nisbflow.synth.SeedSummary` of each seed."""
+    from nisbflow.errors import ConfigError
+    from nisbflow.synth import synthesize_layout, synthesize_seed
+
+    if zarr_format not in (2, 3):
+        raise ConfigError(f"--zarr-format must be 2 or 3, got {zarr_format}")
+    if layout not in SYNTH_LAYOUTS:
+        raise ConfigError(f"--layout must be 'seed' or 'nisb', got '{layout}'")
+    options = dict(presets=list(presets), chunks=tuple(chunks), zarr_format=zarr_format, overwrite=overwrite,
+                   force=force, num_workers=workers, log=log)
+    if layout == "seed":
+        return [synthesize_seed(out, tuple(shape), seed, preview=preview, **options)]
+    summaries = synthesize_layout(out, tuple(shape), train_seeds=train_seeds, **options)
+    if preview:
+        from nisbflow.synth.volume import write_preview
+
+        write_preview(f"{str(out).rstrip('/')}/test/seed101/data.zarr", preview, title=f"{out} test/seed101")
+    return summaries
+
+
+def synth_affinities(segmentation: str, output: str, *, noise: float = 0.15, seed: int = 0, chunks=None,
+                     overwrite: bool = False, force: bool = False, log=_print) -> str:
+    """``nisbflow synth-affinities``: stand-in predictions, noisy short-range affinities ``(3, X, Y, Z) float16``
+    of a ground-truth segmentation (:func:`nisbflow.synth.affinities.write_noisy_affinities`); returns the output."""
+    from nisbflow.synth.affinities import write_noisy_affinities
+
+    return write_noisy_affinities(segmentation, output, noise=noise, seed=seed, chunks=chunks, overwrite=overwrite,
+                                  force=force, log=log)
+
+
+def skeleton_convert(source: str, destination: str):
+    """``nisbflow skeleton convert``: a skeleton in another format (``.json`` node-link or ``.npz``, by the
+    destination's suffix; pickles read with a restricted unpickler); returns its
+    :class:`~nisbflow.data.skeleton.SkeletonSummary`."""
+    from nisbflow.data.skeleton import convert_skeleton, summarize_skeleton
+
+    return summarize_skeleton(convert_skeleton(source, destination))
+
+
+@dataclass
+class ModelInitReport:
+    """``nisbflow model init``: the file written, its architecture, parameter count and seed."""
+
+    output: str
+    arch: str
+    parameters: int
+    seed: int
+
+
+def model_init(output: str, *, arch: str = "mednext-s", seed: int = 0, overwrite: bool = False) -> ModelInitReport:
+    """``nisbflow model init``: a randomly initialised checkpoint of ``arch`` (``mednext-s`` or ``tiny``) with
+    weights from ``torch.manual_seed(seed)``."""
+    from nisbflow.errors import ConfigError, OutputExistsError
+    from nisbflow.model import ARCHITECTURES, save_random_checkpoint
+
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    model = save_random_checkpoint(output, ARCHITECTURES[arch], seed=seed)
+    return ModelInitReport(str(output), arch, sum(p.numel() for p in model.parameters()), seed)
+
+
+@dataclass
+class ModelExportReport:
+    """``nisbflow model export``: the weights-only file, its size in MiB, the metadata it records, and the
+    configuration YAML written beside it (or None)."""
+
+    output: str
+    mebibytes: float
+    metadata: dict
+    config_yaml: str | None = None
+
+
+def model_export(checkpoint: str, output: str, *, command: str | None = None, config_yaml: str | None = None,
+                 overrides=None, overwrite: bool = False) -> ModelExportReport:
+    """``nisbflow model export``: a copy of ``checkpoint`` without its training state, ``overrides`` applied to the
+    configuration it records (e.g. a tuned ``decoding.threshold``); with ``config_yaml`` that configuration is also
+    written as YAML usable with ``--config``. Both files are checked before either is written."""
+    from nisbflow.config import config_to_yaml
+    from nisbflow.errors import ConfigError, OutputExistsError
+    from nisbflow.model import Checkpoint, export_checkpoint
+    from nisbflow.staging import write_file
+
+    for path in (output, config_yaml):
+        if path and Path(path).exists() and not overwrite:
+            raise OutputExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    if config_yaml and Checkpoint.open(checkpoint).recorded is None:
+        raise ConfigError(f"checkpoint {checkpoint} records no training configuration; --config-yaml needs one")
+    metadata = export_checkpoint(checkpoint, output, overrides or [], **({"command": command} if command else {}))
+    if config_yaml:
+        from nisbflow.config import Config
+
+        if "config" not in metadata:
+            raise ConfigError(f"checkpoint {checkpoint} records no training configuration; --config-yaml needs one")
+        write_file(config_yaml, f"# configuration of {output} (nisbflow model export)\n"
+                   + config_to_yaml(Config.model_validate(metadata["config"])))
+    return ModelExportReport(str(output), Path(output).stat().st_size / 2**20, metadata, config_yaml)
+
+
+@dataclass
+class ShippedModel:
+    """One model inside the package (``nisbflow model list``)."""
+
+    name: str
+    size: str
+    init_filters: int
+    parameters: int
+    path: str
+
+
+def model_list() -> list[ShippedModel]:
+    """``nisbflow model list``: the models shipped inside nisbflow, usable by name as ``--checkpoint``."""
+    from nisbflow.model import SHIPPED_DIR, SHIPPED_MODELS, load_checkpoint
+
+    shipped = []
+    for name, stem in SHIPPED_MODELS.items():
+        model, config = load_checkpoint(name)
+        shipped.append(ShippedModel(name, config.size, config.init_filters,
+                                    sum(p.numel() for p in model.parameters()), str(SHIPPED_DIR / f"{stem}.pt")))
+    return shipped
+
+
+@dataclass
+class TrainReport:
+    """``nisbflow train``: the run folder, the steps trained to, and whether this process is rank 0 (the one that
+    reports)."""
+
+    run: Path
+    steps: int
+    rank0: bool = True
+
+
+def train(*, config: str | None = None, run_dir: str | None = None, overrides=None, log=_print) -> TrainReport:
+    """``nisbflow train``: the affinity model trained with PyTorch DDP (:func:`nisbflow.train.loop.train`).
+
+    With ``system.num_gpus`` above 1 (or -1 on a machine with several GPUs) and outside torchrun, this process is
+    replaced by ``torchrun --standalone --nproc_per_node=<GPUs> -m nisbflow_cli.main train …`` with the same
+    configuration and a fixed ``--run-dir``, one process per GPU (the function does not return then). Rank 0 says
+    the settings first."""
+    import os
+    import sys
+
+    import torch
+
+    from nisbflow.settings import resolve_settings
+    from nisbflow.train.loop import train as run_training
+
+    resolved = resolve_settings(None, config=config, overrides=overrides or [])
+    settings = resolved.config
+    gpus = torch.cuda.device_count() if settings.system.num_gpus < 0 else settings.system.num_gpus
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:  # pragma: no cover - needs several GPUs
+        folder = run_dir or f"{settings.save_path}/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        arguments = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                     "-m", "nisbflow_cli.main", "train", "--run-dir", folder]
+        arguments += (["--config", config] if config else []) + _override_strings(overrides)
+        os.execv(sys.executable, arguments)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        _say_settings(resolved, "train", log)
+    run, _ = run_training(settings, run_dir=run_dir)
+    return TrainReport(Path(run), settings.optimization.max_steps, rank0)
+
+
+def _override_strings(overrides) -> list[str]:
+    """Overrides (a mapping or ``key=value`` strings) as ``key=value`` command-line arguments."""
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        import json
+
+        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return list(overrides)

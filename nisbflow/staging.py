@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import uuid
@@ -33,6 +32,7 @@ import fsspec
 import numpy as np
 
 from nisbflow.errors import NisbflowError, OutputExistsError
+from nisbflow.fingerprints import fingerprint, plain
 from nisbflow.locks import RunLock
 from nisbflow.paths import join_protocol as _join_protocol
 from nisbflow.paths import location as _location
@@ -79,66 +79,10 @@ def check_not_input(output, inputs: dict) -> None:
             "choose another output path (no flag overrides this)")
 
 
-def _array_metadata(fs, root: str) -> dict | None:
-    """Shape, dtype and chunks of a zarr array at ``root`` (format 2 or 3), or None if it is not one."""
-    try:
-        import zarr
-
-        from nisbflow.data.volumes import array_url
-
-        array = zarr.open_array(array_url(storage_url(_join_protocol(fs, root))), mode="r")
-    except Exception:
-        return None
-    return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
-
-
-FINGERPRINT_SAMPLES = 4
-"""Chunk files whose bytes a fingerprint hashes, spread evenly over the sorted keys."""
-
-
-def fingerprint(path) -> dict:
-    """Identity of an input, cheap for terabyte arrays: location, shape, dtype and chunks of a zarr array, a hash of
-    every stored file's key, size and modification stamp (one listing, no data read), and a hash of the bytes of
-    :data:`FINGERPRINT_SAMPLES` chunk files. A file (a skeleton) is hashed whole up to 64 MiB, else by size and
-    stamp. Rewriting an input in place, even with equal sizes, changes it."""
-    url = storage_url(path)
-    fs, root = fsspec.core.url_to_fs(url)
-    identity: dict = {"path": url}
-    if not fs.exists(root):
-        identity["missing"] = True
-        return identity
-    if fs.isfile(root):
-        info = fs.info(root)
-        identity.update(size=info.get("size"), modified=str(info.get("mtime", info.get("LastModified", ""))))
-        if (info.get("size") or 0) <= 64 * 2**20:
-            identity["sha256"] = hashlib.sha256(fs.cat_file(root)).hexdigest()
-        return identity
-    metadata = _array_metadata(fs, root)
-    if metadata:
-        identity.update(metadata)
-    listing = fs.find(root, detail=True)
-    stamps = hashlib.sha256()
-    keys = sorted(listing)
-    for key in keys:
-        info = listing[key]
-        stamp = info.get("mtime", info.get("LastModified", info.get("created", "")))
-        stamps.update(f"{key[len(root):]}\0{info.get('size')}\0{stamp}\n".encode())
-    identity["files"] = len(keys)
-    identity["listing_sha256"] = stamps.hexdigest()
-    chunks = [k for k in keys if not k.rsplit("/", 1)[-1].startswith((".z", "zarr.json"))]
-    picks = [chunks[int(i)] for i in np.unique(np.linspace(0, len(chunks) - 1, FINGERPRINT_SAMPLES).round())] \
-        if chunks else []
-    sampled = hashlib.sha256()
-    for key in picks:
-        sampled.update(fs.cat_file(key))
-    identity["sampled_sha256"] = sampled.hexdigest()
-    return identity
-
-
 def written_by_nisbflow(path, kind: str) -> bool:
     """Whether an existing output is a ``kind`` output nisbflow wrote: a zarr array or group whose attributes carry
-    ``nisbflow_version`` and ``nisbflow_output == kind`` (outputs from before ``nisbflow_output`` was recorded count
-    by ``nisbflow_version`` alone), or, for ``kind="seed"``, a folder holding only a seed that nisbflow wrote."""
+    ``nisbflow_version`` and ``nisbflow_output == kind``, or, for ``kind="seed"``, a folder holding only a seed that
+    nisbflow wrote."""
     import zarr
 
     url = storage_url(path)
@@ -149,7 +93,7 @@ def written_by_nisbflow(path, kind: str) -> bool:
         except Exception:
             continue
         attrs = node.attrs
-        if "nisbflow_version" not in attrs or attrs.get("nisbflow_output", expected) != expected:
+        if "nisbflow_version" not in attrs or attrs.get("nisbflow_output") != expected:
             continue
         if candidate == url:
             return True
@@ -197,11 +141,6 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             changed.append(f"{prefix}{key}")
     return changed
-
-
-def _plain(value):
-    """JSON round trip, so a fresh identity compares equal to one read back from a manifest."""
-    return json.loads(json.dumps(value, default=str))
 
 
 class StagedRun:
@@ -361,9 +300,9 @@ class StagedRun:
 
     def _check_workers(self) -> None:
         """On a cluster that may not share this machine's files, refuse unless every worker sees the inputs and the
-        checkpoint as the client does and sees this run's staging folder (:func:`nisbflow.paths.check_on_workers`)."""
-        from nisbflow.paths import check_on_workers
-        from nisbflow.progress import current_client
+        checkpoint as the client does and sees this run's staging folder (:func:`nisbflow.visibility.check_on_workers`)."""
+        from nisbflow.visibility import check_on_workers
+        from nisbflow.tasks import current_client
 
         check_on_workers(current_client(), self.inputs, checkpoint=self.checkpoint,
                          staging=(self.staging, self._url(f"{self._staging}/{self.LOCK}"), self._lock_token),
@@ -373,7 +312,7 @@ class StagedRun:
         """Raise unless every input still has the fingerprint it had when the run started: an input replaced or
         rewritten while the run read it gives a result that matches neither version."""
         for role, path in self.inputs.items():
-            now = _plain(fingerprint(path))
+            now = plain(fingerprint(path))
             if now != self.input_fingerprints.get(role):
                 raise InputChangedError(
                     f"{role} {path} changed while this run read it (another process rewrote or replaced it: "
@@ -382,8 +321,8 @@ class StagedRun:
 
     def _open_manifest(self) -> None:
         path = f"{self._staging}/{self.MANIFEST}"
-        self.input_fingerprints = _plain({role: fingerprint(p) for role, p in self.inputs.items()})
-        identity = _plain(dict(kind=self.kind, output=storage_url(self.output), inputs=self.input_fingerprints,
+        self.input_fingerprints = plain({role: fingerprint(p) for role, p in self.inputs.items()})
+        identity = plain(dict(kind=self.kind, output=storage_url(self.output), inputs=self.input_fingerprints,
                                **self._identity))
         reason = None
         if self._fs.exists(path):

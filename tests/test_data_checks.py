@@ -130,12 +130,13 @@ def test_staged_blocks_whose_data_was_lost_or_cut_are_computed_again(made, tmp_p
     an uninterrupted run (once: 'N of M blocks already relabelled', zeros published, exit 0)."""
     import dask
 
-    import nisbflow.decode.blockwise as blockwise
+    import nisbflow.decode.outputs as outputs
+    from nisbflow.decode import decode_to_zarr
 
     output = tmp_path / "seg.zarr"
-    monkeypatch.setattr(blockwise, "_relabel_in_zarr", Interrupt(blockwise._relabel_in_zarr, 12))
+    monkeypatch.setattr(outputs, "_relabel_in_zarr", Interrupt(outputs._relabel_in_zarr, 12))
     with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
-        blockwise.decode_to_zarr(str(made / "aff.zarr"), str(output), progress=False)
+        decode_to_zarr(str(made / "aff.zarr"), str(output), progress=False)
     monkeypatch.undo()
     staging = tmp_path / ".seg.zarr.nisbflow-run"
     done = sorted((staging / "done" / "relabel-0").iterdir())
@@ -147,7 +148,7 @@ def test_staged_blocks_whose_data_was_lost_or_cut_are_computed_again(made, tmp_p
     damage(scratch[-1], "cut")  # a block the relabel pass had not reached
     said = []
     with dask.config.set(scheduler="synchronous"):
-        counts = blockwise.decode_to_zarr(str(made / "aff.zarr"), str(output), progress=False, log=said.append)
+        counts = decode_to_zarr(str(made / "aff.zarr"), str(output), progress=False, log=said.append)
     assert any("2 finished block(s)" in s and "lost or damaged" in s for s in said), said
     assert any("label markers without their scratch files" in s for s in said), said
     assert any("10 of 32 blocks already relabelled" in s for s in said), said
@@ -160,7 +161,8 @@ def test_an_input_rewritten_during_a_run_fails_it_before_publishing(made, tmp_pa
     the inputs' fingerprints are compared again before publishing."""
     import dask
 
-    import nisbflow.decode.blockwise as blockwise
+    import nisbflow.decode.cc_blockwise as blockwise
+    from nisbflow.decode import decode_to_zarr
 
     copy = tmp_path / "aff.zarr"
     shutil.copytree(made / "aff.zarr", copy)
@@ -173,16 +175,16 @@ def test_an_input_rewritten_during_a_run_fails_it_before_publishing(made, tmp_pa
     monkeypatch.setattr(blockwise, "_label_and_store", Interrupt(blockwise._label_and_store, None, rewrite))
     with dask.config.set(scheduler="synchronous"), pytest.raises(InputChangedError,
                                                                  match=f"affinities {copy} changed while"):
-        blockwise.decode_to_zarr(str(copy), str(tmp_path / "seg.zarr"), progress=False)
+        decode_to_zarr(str(copy), str(tmp_path / "seg.zarr"), progress=False)
     monkeypatch.undo()
     assert not (tmp_path / "seg.zarr").exists()
     said = []
     with dask.config.set(scheduler="synchronous"):
-        blockwise.decode_to_zarr(str(copy), str(tmp_path / "seg.zarr"), progress=False, log=said.append)
+        decode_to_zarr(str(copy), str(tmp_path / "seg.zarr"), progress=False, log=said.append)
     assert any("discarding the unfinished run" in s and "inputs.affinities" in s for s in said), said
     expected = tmp_path / "expected.zarr"
     with dask.config.set(scheduler="synchronous"):
-        blockwise.decode_to_zarr(str(copy), str(expected), progress=False)
+        decode_to_zarr(str(copy), str(expected), progress=False)
     assert np.array_equal(read(tmp_path / "seg.zarr"), read(expected))
 
 

@@ -340,12 +340,12 @@ def test_cli_decode(affinity_store, tmp_path, monkeypatch):
     assert refused.exit_code == 2 and "--overwrite" in refused.output
     # an interrupted run leaves the finished output as it was and no partial files
     before = zarr.open_array(array_url(output))[...]
-    import nisbflow.decode.blockwise as blockwise
+    import nisbflow.decode.outputs as outputs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(blockwise, "_relabel_in_zarr", interrupted)
+    monkeypatch.setattr(outputs, "_relabel_in_zarr", interrupted)
     crashed = runner.invoke(app, ["decode", path, output, "--cluster", "sync", "-t", "0.5", "--overwrite"])
     assert crashed.exit_code == 130 and "re-run the same command to resume" in crashed.output
     assert np.array_equal(zarr.open_array(array_url(output))[...], before)
@@ -379,7 +379,7 @@ def test_cli_synth_affinities_then_decode_recovers_ground_truth(tmp_path):
 
 
 def test_compute_tasks_tracks_other_tasks_but_returns_only_its_own():
-    from nisbflow.progress import compute_tasks
+    from nisbflow.tasks import compute_tasks
 
     leaves = [dask.delayed(lambda i: i * i, pure=True)(i, dask_key_name=f"leaf-{i}") for i in range(5)]
     root = dask.delayed(sum, pure=True)(leaves, dask_key_name="root")

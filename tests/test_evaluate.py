@@ -357,7 +357,7 @@ def test_skeletonize_gives_nisb_skeletons_inside_their_segments(tmp_path):
     from typer.testing import CliRunner
 
     from nisbflow.data import load_skeleton
-    from nisbflow.evaluate.skeletonize import skeletonize
+    from nisbflow.evaluate.ground_truth import skeletonize
     from nisbflow_cli.main import app
 
     segmentation = np.zeros((40, 30, 12), dtype=np.uint32)

@@ -18,7 +18,8 @@ import pytest
 import zarr
 
 from nisbflow.data.volumes import array_url
-from nisbflow.staging import OutputLockedError, OutputOverlapsInputError, StagedRun, fingerprint
+from nisbflow.fingerprints import fingerprint
+from nisbflow.staging import OutputLockedError, OutputOverlapsInputError, StagedRun
 from nisbflow.synth import synthesize_seed
 from nisbflow.synth.affinities import noisy_affinities
 
@@ -234,7 +235,8 @@ def test_worker_killed_mid_decode(stage, function, data, tmp_path, cluster):
 
     expected = tmp_path / "expected.zarr"
     decode_to_zarr(str(data / "aff.zarr"), str(expected), chunks=(16, 16, 16), progress=False)
-    cluster.run(_slowed, "nisbflow.decode.blockwise", function, 0.05)
+    cluster.run(_slowed, "nisbflow.decode.cc_blockwise" if function == "_label_and_store" else "nisbflow.decode.outputs",
+                function, 0.05)
     output = tmp_path / "seg.zarr"
     kill = kill_a_worker_when(cluster, output, stage, 5)
     decode_to_zarr(str(data / "aff.zarr"), str(output), chunks=(16, 16, 16), progress=False)
@@ -255,7 +257,7 @@ def test_worker_killed_mid_waterz_decode(stage, function, data, tmp_path, cluste
 
     expected = tmp_path / "expected.zarr"
     decode(expected)
-    module = "nisbflow.decode.blockwise" if function == "_relabel_in_zarr" else "nisbflow.decode.agglomerate_blockwise"
+    module = "nisbflow.decode.outputs" if function == "_relabel_in_zarr" else "nisbflow.decode.agglomerate_blockwise"
     cluster.run(_slowed, module, function, 0.05)
     output = tmp_path / "seg.zarr"
     kill = kill_a_worker_when(cluster, output, stage, 5)

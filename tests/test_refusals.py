@@ -193,7 +193,7 @@ def test_infinite_affinities_are_counted_like_nan(tmp_path):
     values[1, 5, 5, 5] = np.nan
     zarr.create_array(str(tmp_path / "aff.zarr"), data=values, chunks=(3, 16, 16, 8))
     with dask.config.set(scheduler="synchronous"), pytest.warns(RuntimeWarning, match="2 NaN or infinite"):
-        decode_to_zarr(str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"), progress=False, check_values=False)
+        decode_to_zarr(str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"), progress=False)
 
 
 def test_skeleton_counts_agree_between_synth_convert_and_evaluate(made, tmp_path):
@@ -234,7 +234,7 @@ def test_workers_dying_inside_a_task_end_in_one_line_naming_the_memory_limit(tmp
     import dask
     from distributed import Client, LocalCluster
 
-    from nisbflow.progress import WorkerDiedError, compute_tasks
+    from nisbflow.tasks import WorkerDiedError, compute_tasks
 
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="700MiB", dashboard_address=None,
                       local_directory=str(tmp_path)) as cluster, Client(cluster):

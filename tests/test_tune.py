@@ -164,7 +164,7 @@ def test_tune_test_reads_the_checkpoint_once_on_the_client(seeds, tmp_path, monk
     import nisbflow.model.checkpoint as checkpoint_module
     from nisbflow.model.checkpoint import _cached_network
     from nisbflow.settings import resolve_settings
-    from nisbflow.tune import tune_and_test
+    from nisbflow.jobs import tune_and_test
 
     _cached_network.cache_clear()
     reads = []

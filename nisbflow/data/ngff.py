@@ -72,10 +72,8 @@ def create_image(target: str, *, attributes: dict, zarr_format: int, name: str =
 
     ``attributes`` are nisbflow's output attributes (:func:`~nisbflow.data.volumes.output_attrs`: they give the
     ``axis_order`` and ``voxel_size``); they go on the group and on the array, whose axes are also named for xarray
-    (:func:`~nisbflow.data.volumes.named_axes`). ``array_options`` go to :func:`zarr.create_array` (shape, chunks,
+    (:func:`named_axes`). ``array_options`` go to :func:`zarr.create_array` (shape, chunks,
     dtype, compressors)."""
-    from .volumes import named_axes
-
     ngff = multiscales_attributes(attributes["axis_order"], attributes["voxel_size"], zarr_format, name)
     group = zarr.open_group(target, mode="w", zarr_format=zarr_format)
     group.attrs.update({**attributes, **ngff})
@@ -83,3 +81,14 @@ def create_image(target: str, *, attributes: dict, zarr_format: int, name: str =
     zarr.create_array(array, zarr_format=zarr_format, overwrite=True, **named_axes(attributes, zarr_format),
                       **array_options)
     return array
+
+
+def named_axes(attributes: dict, zarr_format: int) -> dict:
+    """Keyword arguments for ``zarr.create_array`` that store ``attributes`` and name the array's axes from their
+    ``axis_order`` (e.g. ``"cxyz"`` → c, x, y, z) where xarray looks for them: ``_ARRAY_DIMENSIONS`` in the
+    attributes of a format-2 array, ``dimension_names`` in a format-3 array's metadata. Unwritten chunks read as 0
+    either way."""
+    names = list(attributes["axis_order"])
+    if zarr_format == 2:  # no fill value: xarray would read a format-2 fill value of 0 as missing (background → NaN)
+        return {"attributes": {**attributes, "_ARRAY_DIMENSIONS": names}, "fill_value": None}
+    return {"attributes": attributes, "dimension_names": names, "fill_value": 0}

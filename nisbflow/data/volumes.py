@@ -6,14 +6,11 @@ Axis order is positional XYZ as NISB stores it: images are ``(X, Y, Z, C) uint8`
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import shlex
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import dask.array as da
 import fsspec
@@ -24,7 +21,7 @@ import zarr
 import zarr.codecs
 
 from .. import __version__
-from ..errors import ConfigError, OutputExistsError, VolumeError
+from ..errors import ConfigError, VolumeError
 
 DEFAULT_VOXEL_SIZE = (9.0, 9.0, 20.0)
 """NISB voxel size in nm, (x, y, z)."""
@@ -374,16 +371,3 @@ def open_dataarray(path: str | Path) -> xr.DataArray:
     coords = {name: np.arange(n) * voxel_size[name] for name, n in zip(names, array.shape) if name in voxel_size}
     return xr.DataArray(da.from_zarr(array), dims=list(names), coords=coords, attrs=attrs,
                         name=str(path).rstrip("/").rsplit("/", 1)[-1])
-
-
-def named_axes(attributes: dict, zarr_format: int) -> dict:
-    """Keyword arguments for ``zarr.create_array`` that store ``attributes`` and name the array's axes from their
-    ``axis_order`` (e.g. ``"cxyz"`` → c, x, y, z) where xarray looks for them: ``_ARRAY_DIMENSIONS`` in the
-    attributes of a format-2 array, ``dimension_names`` in a format-3 array's metadata. Unwritten chunks read as 0
-    either way."""
-    names = list(attributes["axis_order"])
-    if zarr_format == 2:  # no fill value: xarray would read a format-2 fill value of 0 as missing (background → NaN)
-        return {"attributes": {**attributes, "_ARRAY_DIMENSIONS": names}, "fill_value": None}
-    return {"attributes": attributes, "dimension_names": names, "fill_value": 0}
-
-

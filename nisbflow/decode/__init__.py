@@ -2,7 +2,9 @@
 agglomeration (waterz, ``decode_affinity_waterz``); ``decode_to_zarr`` runs either block-wise."""
 
 from nisbflow.decode.agglomerate import decode_affinity_waterz
-from nisbflow.decode.blockwise import decode_affinity_cc, decode_to_zarr, threshold_array_name
+from nisbflow.decode.cc_blockwise import decode_affinity_cc
+from nisbflow.decode.outputs import threshold_array_name
+from nisbflow.decode.to_zarr import decode_to_zarr
 from nisbflow.decode.kernel import hard_edges, label_hard_edges, segmentation_dtype
 
 __all__ = ["decode_affinity_cc", "decode_affinity_waterz", "decode_to_zarr", "hard_edges", "label_hard_edges",

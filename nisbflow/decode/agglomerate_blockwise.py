@@ -37,11 +37,11 @@ from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFA
                                          agglomerate_graph, check_watershed_thresholds, clean_affinities,
                                          face_contacts, first_voxels, fragment_order_relabel, number_regions,
                                          region_graph, scoring_function, watershed_fragments)
-from nisbflow.decode.blockwise import (LocalIdScratch, _segmentation_attrs, open_decoding_inputs, relabel_outputs,
-                                       split_run_settings)
+from nisbflow.decode.outputs import (LocalIdScratch, open_decoding_inputs, relabel_outputs, segmentation_attrs,
+                                     split_run_settings)
 from nisbflow.decode.kernel import check_thresholds, segmentation_dtype
 from nisbflow.decode.stitch import SPATIAL_AXES
-from nisbflow.progress import compute_tasks
+from nisbflow.tasks import compute_tasks
 
 DEFAULT_CONTEXT = 8
 """Voxels of context around each block's watershed. Without it a fragment ends at the block face, and a single
@@ -68,7 +68,7 @@ class WaterzOptions:
     @classmethod
     def from_config(cls, decoding) -> "WaterzOptions | None":
         """The options of a :class:`~nisbflow.config.schema.DecodingConfig`'s ``waterz`` section, or None when its
-        ``method`` is not ``waterz`` (what :func:`~nisbflow.decode.blockwise.decode_to_zarr`'s ``waterz`` takes)."""
+        ``method`` is not ``waterz`` (what :func:`~nisbflow.decode.to_zarr.decode_to_zarr`'s ``waterz`` takes)."""
         if decoding.method != "waterz":
             return None
         section = decoding.waterz
@@ -169,7 +169,7 @@ def _agglomerate_task(n_regions: int, thresholds, scoring: str, *tables) -> tupl
 @dataclass(frozen=True)
 class FragmentNumbering:
     """Segment ids of every block's fragments at one threshold (what the relabel pass of
-    :mod:`nisbflow.decode.blockwise` needs of a numbering). ``segment_of (F + 1,)``: the segment of global fragment
+    :mod:`nisbflow.decode.outputs` needs of a numbering). ``segment_of (F + 1,)``: the segment of global fragment
     f (0 → 0); ``offsets (B,)``: global id of each block's fragment 0; ``counts (B,)``: fragments per block."""
 
     segment_of: np.ndarray
@@ -202,16 +202,15 @@ def agglomerate_to_zarr(
     progress: bool = True,
     config=None,
     log=None,
-    check_values: bool = True,
 ) -> dict:
     """Decode a zarr array of affinities by watershed and agglomeration (waterz), block by block.
 
     ``affinities``: path or URL of a ``(C, X, Y, Z)`` float16/float32 zarr array or NGFF image (C = 3 or 6; channels
     0..2 are read). ``output``: one threshold writes an OME-NGFF image; several a group with one image per
-    threshold (:func:`~nisbflow.decode.blockwise.threshold_array_name`), all from one agglomeration. ``chunks``
+    threshold (:func:`~nisbflow.decode.outputs.threshold_array_name`), all from one agglomeration. ``chunks``
     (voxels, X, Y, Z): block size and output chunks (default: the affinities' spatial chunks). ``options``: the
     scoring function, watershed thresholds and context (:class:`WaterzOptions`). Staged, locked and resumable like
-    :func:`~nisbflow.decode.blockwise.decode_to_zarr`: the fragment pass and the relabel pass keep finished blocks.
+    :func:`~nisbflow.decode.to_zarr.decode_to_zarr`: the fragment pass and the relabel pass keep finished blocks.
     Returns ``{threshold: number of segments}`` and, under ``"graph"``, the region adjacency graph's size.
     """
     from nisbflow.staging import StagedRun, default_log
@@ -219,7 +218,7 @@ def agglomerate_to_zarr(
     log = log or default_log
     thresholds = check_thresholds(thresholds)
     options = options.check()
-    source, _ = open_decoding_inputs(affinities, mask, log, check_values)
+    source, _ = open_decoding_inputs(affinities, mask, log)
     mask_url = None if mask is None else array_url(mask)
     spatial_chunks = tuple(chunks) if chunks is not None else source.chunks[1:]
     grid = BlockGrid.regular(source.shape[1:], spatial_chunks)
@@ -238,7 +237,7 @@ def agglomerate_to_zarr(
                       for segment_of, n_segments in numbered]
         settings = dict(method="waterz", waterz=dict(scoring=options.scoring, aff_low=options.aff_low,
                                                      aff_high=options.aff_high, context=int(options.context)))
-        attributes = functools.partial(_segmentation_attrs, source, affinities, mask, config, recorded,
+        attributes = functools.partial(segmentation_attrs, source, affinities, mask, config, recorded,
                                        run_id=staged.run_id, region_graph=size, decoding=settings,
                                        description=AGGLOMERATION_DESCRIPTION.format(scoring=options.scoring))
         result = relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token, progress,

@@ -60,23 +60,6 @@ def check_thresholds(thresholds) -> tuple[float, ...]:
     return values
 
 
-BACKENDS = ("numba", "cupy")
-
-
-def check_backend(backend: str) -> str:
-    """Return ``backend`` if it is a decoding backend that can run here, else raise
-    :class:`~nisbflow.errors.ConfigError` (``cupy`` needs cupy and a GPU: the ``gpu`` extra)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"decoding.backend / --backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "cupy":
-        import importlib.util
-
-        if importlib.util.find_spec("cupy") is None:
-            raise ConfigError("--backend cupy needs cupy and a CUDA GPU: pip install 'nisbflow[gpu]' "
-                              "(or use --backend numba)")
-    return backend
-
-
 def hard_edges(affinities: np.ndarray, threshold: float, mask: np.ndarray | None = None) -> np.ndarray:
     """Hard edges ``affinities[0:3] > threshold`` as ``(3, X, Y, Z) bool``.
 
@@ -275,18 +258,3 @@ def masked_bits(affinities: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     if mask is None:
         return bits
     return np.where((mask != 0)[None], bits, bits.dtype.type(0))
-
-
-def decode_in_memory(affinities: np.ndarray, thresholds: tuple[float, ...], mask: np.ndarray | None,
-                     backend: str = "numba") -> list[np.ndarray]:
-    """One segmentation per threshold for an in-memory ``(C >= 3, X, Y, Z)`` float array."""
-    check_affinities(affinities.shape, affinities.dtype)
-    if mask is not None:
-        check_mask(mask.shape, affinities.shape[1:])
-    warn_nan(affinities)
-    if check_backend(backend) == "cupy":
-        from nisbflow.decode.gpu import decode_on_gpu
-
-        return decode_on_gpu(affinities, thresholds, mask)
-    bits = masked_bits(affinities, mask)
-    return [label_affinities(bits, t, affinities.dtype)[0] for t in thresholds]

@@ -17,7 +17,8 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from nisbflow.decode.kernel import count_nan, label_affinities, masked_bits, segmentation_dtype, threshold_bits
+from nisbflow.decode.backends import label_bits
+from nisbflow.decode.kernel import count_nan, masked_bits, segmentation_dtype
 
 SPATIAL_AXES = (0, 1, 2)
 
@@ -63,13 +64,7 @@ def label_block(affinities, halo_affinities, thresholds, mask=None, halo_mask=(N
     nan_count = count_nan(affinities[:3])
     results = []
     for threshold in thresholds:
-        if backend == "cupy":
-            from nisbflow.decode.gpu import label_hard_edges_on_gpu
-
-            threshold_value, infinity = threshold_bits(affinities.dtype, threshold)
-            labels, count = label_hard_edges_on_gpu((region > threshold_value) & (region <= infinity), dtype=np.uint32)
-        else:
-            labels, count = label_affinities(region, threshold, affinities.dtype, labels_dtype=np.uint32)
+        labels, count = label_bits(region, threshold, affinities.dtype, backend)
         write = labels[halo[0]:, halo[1]:, halo[2]:]
         halo_faces = tuple(_halo_plane(labels, halo, axis) for axis in SPATIAL_AXES)
         upper_faces = (np.ascontiguousarray(write[-1]), np.ascontiguousarray(write[:, -1]),

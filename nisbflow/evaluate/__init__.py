@@ -16,7 +16,7 @@ import numpy as np
 from nisbflow.data.skeleton import (SkeletonArrays, load_skeleton_arrays, skeleton_arrays, undirected,
                                     validate_skeleton)
 from nisbflow.errors import SkeletonError
-from nisbflow.paths import check_arrays_on_workers
+from nisbflow.visibility import check_arrays_on_workers
 from nisbflow.evaluate.gather import dense_contingency, node_labels
 from nisbflow.evaluate.kernel import (NERL_VARIANTS, DenseMetrics, RunLength, dense_metrics_from_contingency,
                                       expected_run_length, node_voi)

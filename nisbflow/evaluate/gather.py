@@ -9,7 +9,7 @@ import numpy as np
 
 from nisbflow.blocks import BlockGrid, tree_reduce
 from nisbflow.evaluate.kernel import contingency, sum_contingencies
-from nisbflow.progress import compute_tasks
+from nisbflow.tasks import compute_tasks
 
 CONTINGENCY_FAN_IN = 16
 

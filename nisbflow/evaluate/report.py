@@ -1,44 +1,16 @@
-"""Readable reports of evaluation results: a Rich table, JSON, and a plot of per-skeleton run lengths."""
+"""Reports of evaluation results written to files: JSON, and a plot of per-skeleton run lengths (the Rich table
+the command line prints is :func:`nisbflow_cli.tables.metrics_table`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from rich.table import Table
-
 from nisbflow.evaluate import NerlResult
 from nisbflow.evaluate.kernel import DenseMetrics
 
 COLOURS = {"correct": "tab:green", "split": "tab:orange", "merged": "tab:red"}
 LABELS = {"correct": "no error", "split": "split or omitted edges", "merged": "merged"}
-
-
-def metrics_table(result: NerlResult, dense: DenseMetrics | None = None, title: str = "evaluation") -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
-        ("NERL", f"{result.nerl:.4f}"),
-        ("ERL (µm)", f"{result.erl / 1000:.2f}"),
-        ("max ERL, ground truth (µm)", f"{result.max_erl / 1000:.2f}"),
-        ("NERL ignoring mergers ≤5 / ≤20 / ≤100 / all nodes",
-         f"{result.nerl_5:.4f} / {result.nerl_20:.4f} / {result.nerl_100:.4f} / {result.nerl_inf:.4f}"),
-        ("VOI split / merge / sum (bits, nodes)",
-         f"{result.voi_split:.4f} / {result.voi_merge:.4f} / {result.voi_sum:.4f}"),
-        ("mergers between neurons / with background", f"{result.n_non0_mergers} / "
-                                                       f"{result.n_mergers - result.n_non0_mergers}"),
-        ("split edges / omitted edges / merged edges", f"{result.n_splits} / {result.n_omitted} / {result.n_merged_edges}"),
-        ("skeletons with edges (scored) / nodes", f"{result.n_skeletons} / {result.n_nodes}"),
-        ("merge threshold (nodes)", f"{result.merge_threshold:g}"),
-    ]
-    if dense is not None:
-        rows += [("adapted Rand error (precision, recall)",
-                  f"{dense.adapted_rand_error:.4f} ({dense.rand_precision:.4f}, {dense.rand_recall:.4f})"),
-                 ("dense VOI split / merge (bits)", f"{dense.voi_split:.4f} / {dense.voi_merge:.4f}")]
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
 
 
 def write_json(path: str | Path, result: NerlResult, dense: DenseMetrics | None = None, **extra) -> None:

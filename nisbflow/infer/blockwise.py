@@ -9,7 +9,6 @@ run in both (:func:`nisbflow.infer.geometry.redundancy`).
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import blending_weight, read_region, window_grid, windows_for_region
 from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
-from nisbflow.progress import compute_tasks
+from nisbflow.tasks import compute_tasks
 from nisbflow.worker_setup import release_compile_workers
 
 DEFAULT_BLOCK = (768, 768, 768)
@@ -180,7 +179,7 @@ def runs_on_cpu(device: str | None) -> bool:
     client (or, without one, this process) sees a GPU."""
     if device is not None:
         return not device.startswith("cuda")
-    from nisbflow.progress import current_client
+    from nisbflow.tasks import current_client
 
     client = current_client()
     if client is None:
@@ -188,7 +187,7 @@ def runs_on_cpu(device: str | None) -> bool:
     answers = client.run(_cuda_available, on_error="return")
     for address, answer in answers.items():
         if isinstance(answer, BaseException):
-            from nisbflow.progress import WorkerDiedError, worker_memory_limit
+            from nisbflow.tasks import WorkerDiedError, worker_memory_limit
 
             raise WorkerDiedError(f"Dask worker {address} failed while importing torch to look for a GPU "
                                   f"({type(answer).__name__}: {answer}); with {worker_memory_limit(client, address)} "
@@ -209,7 +208,7 @@ def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channel
     from dask.utils import format_bytes
 
     from nisbflow.infer.memory import fit_batch, memory_per_task
-    from nisbflow.progress import current_client
+    from nisbflow.tasks import current_client
 
     limit, where = memory_per_task(current_client(), threads)
     estimate = fit_batch(model_config, settings.window, block_shape, n_channels, settings.sw_batch_size, limit, where)
@@ -225,7 +224,7 @@ def warm_up_workers(model, settings: WindowSettings, device: str | None, log=Non
     """Run :func:`warm_up` once on every worker of the current Dask client when the network is compiled
     (``inference.compile``), so compilation is neither inside a block's task nor in the measured throughput.
     Returns the slowest worker's seconds, or None when nothing was compiled or there is no client."""
-    from nisbflow.progress import current_client
+    from nisbflow.tasks import current_client
 
     client = current_client()
     if client is None or not settings.compiled_on(device or ""):

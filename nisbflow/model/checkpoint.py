@@ -144,6 +144,12 @@ class Checkpoint:
         return self.source if _shipped_yaml(Path(self.path)) is not None and self.source in SHIPPED_MODELS \
             else self.path
 
+    def sha256_here(self) -> str | None:
+        """The hash of the file this process finds at :attr:`worker_reference` (None when there is none): what a
+        worker's probe compares with :attr:`sha256` (:func:`nisbflow.visibility.check_on_workers`)."""
+        path = resolve_checkpoint(self.worker_reference)
+        return file_sha256(path) if path.is_file() else None
+
     def network(self, device: str = "cpu", compiled: bool = False) -> torch.nn.Module:
         """The network on ``device`` in eval mode, loaded once per process (cached by file, sha256, device and
         ``compiled``: wrapped in ``torch.compile``, static shapes, eager where a graph cannot compile). The file read

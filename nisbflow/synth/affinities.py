@@ -23,7 +23,7 @@ from nisbflow.data.ngff import create_image
 from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, array_url, fast_compressors, open_segmentation, output_attrs,
                                    voxel_size_of)
 from nisbflow.errors import ConfigError
-from nisbflow.progress import compute_tasks
+from nisbflow.tasks import compute_tasks
 
 
 def _same_neuron(segmentation, axis: int):

@@ -22,9 +22,10 @@ from ..data.chunks import open_for_writing
 from ..data.skeleton import save_skeleton, summarize_skeleton
 from ..blocks import BlockGrid
 from ..staging import StagedRun, default_log, staged_output, write_marker
-from ..data.volumes import named_axes, output_attrs
+from ..data.ngff import named_axes
+from ..data.volumes import output_attrs
 from ..errors import OutputExistsError
-from ..progress import compute_tasks
+from ..tasks import compute_tasks
 from .kernel import PRESETS, ForestRegion, NeuriteForest, SynthParams, forest_regions, grow_forest, render_block
 
 DEFAULT_CHUNKS = (128, 128, 128)

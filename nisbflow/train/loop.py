@@ -28,7 +28,7 @@ import torch.distributed as dist
 from nisbflow.config.schema import parse_offset
 from nisbflow.errors import ConfigError
 from nisbflow.model import build, checkpoint_payload, write_checkpoint
-from nisbflow.progress import progress_bar
+from nisbflow.tasks import progress_bar
 from nisbflow.train.augment import Augmentations
 from nisbflow.train.dataset import AffinityCrops
 from nisbflow.train.loss import affinity_loss

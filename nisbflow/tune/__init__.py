@@ -34,7 +34,7 @@ from nisbflow.config.load import TUNED_KEY
 from nisbflow.staging import write_file
 
 __all__ = ["ThresholdScorer", "TuneResult", "mark_interrupted_trials_failed", "open_study",
-           "plot_threshold_curve", "threshold_grid", "tune", "tune_and_test"]
+           "plot_threshold_curve", "threshold_grid", "tune"]
 
 
 @dataclass
@@ -80,7 +80,7 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
     """What decides a trial's score, JSON-ready: the checkpoint (sha256), the decoding method (and waterz's
     scoring), the validation seed (fingerprints of its image and skeleton), the inference geometry that made the
     affinities, the affinity mask, the search space and the metric with its evaluation settings."""
-    from nisbflow.staging import fingerprint
+    from nisbflow.fingerprints import fingerprint
     from nisbflow.infer.blockwise import WindowSettings
 
     config = run.config
@@ -307,7 +307,7 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
                 trial.set_user_attr(name, value)
             return _metric(result, tune_config.metric)
 
-        from nisbflow.progress import progress_bar
+        from nisbflow.tasks import progress_bar
 
         with progress_bar(progress) as bar:
             task = bar.add_task(f"tune: {tune_config.sampler} trials", total=tune_config.n_trials)
@@ -337,19 +337,3 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
     return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
                       study.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
                       affinities, details=dict(best.user_attrs))
-
-
-def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
-                  log=print):
-    """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold.
-    Returns ``(TuneResult, test output folder, test NerlResult)``."""
-    from nisbflow.jobs import run_test
-    from nisbflow.settings import as_run_settings
-
-    run = as_run_settings(config, checkpoint)
-    result = tune(run, run.checkpoint, out_dir=out_dir, block=block, progress=progress, log=log)
-    log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
-    folder, test_result = run_test(run, run.checkpoint, block=block, progress=progress,
-                                   out_dir=result.params_path.parent / "test",
-                                   threshold=result.best_threshold, overwrite=True)
-    return result, folder, test_result

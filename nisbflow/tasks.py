@@ -1,4 +1,6 @@
-"""Run a list of Dask tasks with a Rich progress bar, on the current distributed client or locally."""
+"""Running Dask tasks: a list of tasks on the current distributed client (or locally) with a Rich progress bar, the
+first failure ending the computation, interrupts (Ctrl-C, SIGTERM) letting in-flight block writes finish, and a lost
+scheduler or workers stalled over memory reported in one line."""
 
 from __future__ import annotations
 

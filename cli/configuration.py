@@ -1,0 +1,18 @@
+"""``nisbflow config show``: the resolved configuration."""
+
+from __future__ import annotations
+
+import typer
+
+from nisbflow_cli.app import config_app
+from nisbflow_cli.errors import friendly_errors
+from nisbflow_cli.options import ConfigFile, Overrides
+
+
+@config_app.command("show")
+@friendly_errors
+def config_show(overrides: Overrides = None, config: ConfigFile = None):
+    """Print the resolved configuration as YAML: defaults ← --config file ← KEY=VALUE overrides."""
+    from nisbflow.jobs import show_config
+
+    typer.echo(show_config(config, overrides or []), nl=False)

@@ -1,0 +1,79 @@
+"""Options several commands share, declared once (Annotated types), and the parsers of option values."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+DASHBOARD_HELP = ("Dashboard of a cluster nisbflow starts: ':8787' a fixed port, '127.0.0.1:8787' this machine "
+                  "only (then ssh -L 8787:localhost:8787); default system.dashboard_address, any free port.")
+CLUSTER_HELP = ("local | dask-cuda | slurm | sync | tcp://scheduler:8786 (default: $DASK_SCHEDULER_ADDRESS if set, "
+                "else system.cluster).")
+PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."
+
+Cluster = Annotated[Optional[str], typer.Option("--cluster", help=CLUSTER_HELP)]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Local workers or SLURM jobs (default: one per "
+                                                                  "core, or per GPU).")]
+MemoryLimit = Annotated[Optional[str], typer.Option("--memory-limit", help="Memory per local worker, e.g. 8GiB.")]
+DashboardAddress = Annotated[Optional[str], typer.Option("--dashboard-address", help=DASHBOARD_HELP)]
+ConfigFile = Annotated[Optional[str], typer.Option("--config", "--config-file", "-c",
+                                                   help="YAML configuration (may use _base_ inheritance).")]
+Params = Annotated[Optional[str], typer.Option("--params", help=PARAMS_HELP)]
+Overrides = Annotated[Optional[List[str]], typer.Argument(help="key.path=value configuration overrides, e.g. "
+                                                               "decoding.threshold=0.8.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output of the same kind that "
+                                                             "nisbflow wrote.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output that nisbflow did not write "
+                                                     "(never an input).")]
+Checkpoint = Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (.pt from training or nisbflow "
+                                                              "model init), or a shipped model's name (nisbflow "
+                                                              "model list).")]
+InferenceChunks = Annotated[Optional[str], typer.Option("--chunks", help="Inference block (write region) size X,Y,Z "
+                                                                         "(default 768,768,768).")]
+TuneOut = Annotated[Optional[str], typer.Option("--out", help="Folder for cached affinities, best.yaml and the curve "
+                                                              "(default <save_path>/tune).")]
+
+
+def cluster_spec(cluster, workers, memory_limit, dashboard_address):
+    """The shared cluster options as a :class:`nisbflow.jobs.ClusterSpec`."""
+    from nisbflow.jobs import ClusterSpec
+
+    return ClusterSpec(cluster, workers, memory_limit, dashboard_address)
+
+
+def parse_thresholds(values: list[str]) -> list[float]:
+    """``-t`` values, each one number or several separated by commas, as floats (range-checked by the caller)."""
+    numbers = []
+    for text in values:
+        for part in text.split(","):
+            try:
+                numbers.append(float(part))
+            except ValueError:
+                raise typer.BadParameter(f"-t / --threshold takes numbers in [0, 1] (several: -t 0.3,0.5), got "
+                                         f"'{text}'") from None
+    return numbers
+
+
+def parse_channels(text: str) -> list[int]:
+    """``--channels 0,1,2`` as channel indices."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values):
+        raise typer.BadParameter(f"--channels takes channel numbers separated by commas, e.g. 0,1,2, got '{text}'")
+    return values
+
+
+def parse_triple(text: str | None, name: str, kind=int) -> tuple | None:
+    """Parse ``"X,Y,Z"`` into three numbers, with an error that names the option; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise typer.BadParameter(f"{name} must be three positive numbers X,Y,Z, got '{text}'")
+    return values

@@ -1,0 +1,91 @@
+"""The layering docs/architecture.md describes, checked on the source: no import cycle among nisbflow's modules, a
+command line that only parses, calls one library entry and prints, and no command body over ~20 lines."""
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"nisbflow": ROOT / "nisbflow", "nisbflow_cli": ROOT / "cli"}
+CLI_MAY_IMPORT = {"nisbflow", "nisbflow.jobs", "nisbflow.errors", "nisbflow.view", "nisbflow.tasks"}
+"""What the command line may import from the library: its version, the entries, the error base class, the viewer it
+serves, and the interrupt flag its signal handler sets (nisbflow.tasks: INTERRUPTED, nothing that computes)."""
+LONGEST_COMMAND_BODY = 22
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = (package,) + path.relative_to(folder).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def imports(name: str, path: Path, known) -> set[str]:
+    """Every module of ours that ``name`` imports, at the top or inside a function."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            candidates = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for candidate in candidates:
+            while candidate and candidate not in known:
+                candidate = candidate.rpartition(".")[0]
+            if candidate and candidate != name and not name.startswith(candidate + "."):
+                targets.add(candidate)  # a package importing its own parent runs no code twice
+    return targets
+
+
+def test_no_import_cycle():
+    known = modules()
+    graph = nx.DiGraph()
+    for name, path in known.items():
+        graph.add_node(name)
+        graph.add_edges_from((name, target) for target in imports(name, path, known))
+    assert graph.number_of_edges() > 100  # the walk found the imports
+    cycles = list(nx.simple_cycles(graph))
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_the_command_line_only_calls_library_entries():
+    """cli/ creates no cluster, stages no output, resolves no settings and computes no metric: it imports only the
+    library entries (nisbflow.jobs) and the few things named in CLI_MAY_IMPORT."""
+    known = modules()
+    used = {target for name, path in known.items() if name.startswith("nisbflow_cli")
+            for target in imports(name, path, known) if not target.startswith("nisbflow_cli")}
+    assert "nisbflow.jobs" in used
+    assert used <= CLI_MAY_IMPORT, f"the CLI reaches past the library entries: {sorted(used - CLI_MAY_IMPORT)}"
+    for path in PACKAGES["nisbflow_cli"].glob("*.py"):
+        text = path.read_text()
+        for word in ("LocalCluster", "Client(", "StagedRun", "resolve_settings", "compute_tasks", "cluster_client"):
+            assert word not in text, f"{path.name} uses {word}"
+
+
+def test_no_command_body_is_long():
+    """Each command (a function under @app.command / @…_app.command) is parsing, one call and printing: its body,
+    docstring left out, at most LONGEST_COMMAND_BODY lines."""
+    commands = 0
+    for path in PACKAGES["nisbflow_cli"].glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            decorated = [ast.unparse(d) for d in node.decorator_list]
+            if not any(".command(" in d or d.endswith(".command()") for d in decorated):
+                continue
+            commands += 1
+            body = node.body[1:] if isinstance(node.body[0], ast.Expr) and isinstance(
+                getattr(node.body[0], "value", None), ast.Constant) else node.body
+            lines = body[-1].end_lineno - body[0].lineno + 1
+            assert lines <= LONGEST_COMMAND_BODY, f"{path.name}: {node.name} has a {lines}-line body"
+    assert commands == 17  # every command was looked at
