@@ -164,7 +164,7 @@ def test_synth_synth_affinities_and_skeleton_convert_entries_equal_their_command
     assert sorted(library.nodes) == sorted(command.nodes) and sorted(library.edges) == sorted(command.edges)
 
 
-def test_model_and_config_entries_equal_their_commands(tmp_path):
+def test_model_and_config_entries_equal_their_commands(tmp_path, one_step_run):
     """model init writes the same weights for the same seed; model list and config show print what the entries
     return; model export's YAML is the one the entry writes."""
     import torch
@@ -184,17 +184,7 @@ def test_model_and_config_entries_equal_their_commands(tmp_path):
     overrides = ["decoding.threshold=0.6"]
     assert show_config(None, overrides) == cli(["config", "show", *overrides], tmp_path).stdout
 
-    from nisbflow.synth import synthesize_seed
-    from nisbflow.train.loop import train
-    from nisbflow.config import load_config
-
-    for name, seed in (("train/seed0", 40), ("val/seed100", 41)):
-        synthesize_seed(str(tmp_path / name), (48, 48, 48), seed=seed, chunks=(48, 48, 48), progress=False)
-    config = load_config("configs/tiny.yaml", [f"data.train.path={tmp_path / 'train'}",
-                                               f"data.val.path={tmp_path / 'val' / 'seed100'}",
-                                               "data.patch_size=[32,32,32]", "optimization.max_steps=1",
-                                               f"save_path={tmp_path}"])
-    run, _ = train(config, run_dir=tmp_path / "run", workers=0)
+    run, _ = one_step_run
     last = str(run / "checkpoints" / "last.pt")
     exported = model_export(last, str(tmp_path / "lib-small.pt"), config_yaml=str(tmp_path / "lib.yaml"),
                             overrides=["decoding.threshold=0.7"])

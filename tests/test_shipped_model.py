@@ -33,18 +33,8 @@ def test_the_shipped_model_is_small_loads_by_name_and_carries_its_configuration(
         Checkpoint.open("nisb-huge")
 
 
-def test_export_drops_training_state_and_keeps_weights(tmp_path):
-    from nisbflow.synth import synthesize_seed
-    from nisbflow.train.loop import train
-    from nisbflow.config import load_config
-
-    for name, seed in (("train/seed0", 40), ("val/seed100", 41)):
-        synthesize_seed(str(tmp_path / name), (48, 48, 48), seed=seed, chunks=(48, 48, 48), progress=False)
-    config = load_config("configs/tiny.yaml", [f"data.train.path={tmp_path / 'train'}",
-                                               f"data.val.path={tmp_path / 'val' / 'seed100'}",
-                                               "data.patch_size=[32,32,32]", "optimization.max_steps=1",
-                                               f"save_path={tmp_path}"])
-    run, trained = train(config, run_dir=tmp_path / "run", workers=0)
+def test_export_drops_training_state_and_keeps_weights(tmp_path, one_step_run):
+    run, trained = one_step_run
     last = run / "checkpoints" / "last.pt"
     result = CliRunner().invoke(app, ["model", "export", str(last), str(tmp_path / "small.pt"),
                                       "--command", "nisbflow train --config configs/tiny.yaml"])
