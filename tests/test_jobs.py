@@ -218,3 +218,75 @@ def test_test_entry_and_command_score_the_same_nerl(image, tmp_path):
     assert np.mean(segmentation == other) > 0.999
     assert library["nerl"] == pytest.approx(command["nerl"], abs=0.01)
     assert library["threshold"] == command["threshold"] == threshold and library.keys() == command.keys()
+
+
+def test_skeletonize_and_tune_entries_equal_their_commands(image, tmp_path):
+    """skeletonize: the same skeleton file from the entry and the command; tune (a one-point grid on the
+    validation seed): the same curve, best threshold and best.yaml parameters."""
+    import yaml
+
+    from nisbflow.data.skeleton import load_skeleton
+    from nisbflow.jobs import ClusterSpec, skeletonize, tune
+
+    root, _ = image
+    seg = str(root / "seed/data.zarr/seg")
+    summary = skeletonize(seg, str(tmp_path / "lib.json"), dust_threshold=200)
+    result = cli(["skeletonize", seg, "cli.json", "--dust-threshold", "200"], tmp_path)
+    assert summary.n_neurons > 1 and f"{summary.n_neurons} skeletons" in result.stdout
+    library, command = load_skeleton(tmp_path / "lib.json"), load_skeleton(tmp_path / "cli.json")
+    assert sorted(library.edges) == sorted(command.edges)
+    assert {n: list(np.asarray(library.nodes[n]["index_position"]).tolist()) for n in library.nodes} == \
+        {n: list(np.asarray(command.nodes[n]["index_position"]).tolist()) for n in command.nodes}
+
+    overrides = [f"data.val.path={root / 'seed'}", f"data.val.skeleton={root / 'seed' / 'skeleton.pkl'}",
+                 "tune.sampler=grid", "tune.threshold.low=0.6", "tune.threshold.high=0.6", "tune.study_name=jobs"]
+    tuned = tune(SHIPPED, out=str(tmp_path / "lib-tune"), chunks=(48, 48, 64), overrides=overrides,
+                 cluster=ClusterSpec("sync"), log=lambda line: None)
+    result = cli(["tune", "--checkpoint", SHIPPED, "--out", "cli-tune", "--chunks", "48,48,64", "--cluster", "sync",
+                  *overrides], tmp_path)
+    assert list(tuned.curve) == [0.6] and tuned.best_threshold == 0.6
+    assert f"best threshold 0.6: nerl {tuned.best_value:.4f}" in " ".join(result.stdout.split())
+    best = {name: yaml.safe_load((tmp_path / name / "best.yaml").read_text()) for name in ("lib-tune", "cli-tune")}
+    assert best["lib-tune"]["decoding"] == best["cli-tune"]["decoding"] == {"threshold": 0.6}
+
+
+@pytest.mark.slow
+def test_demo_tune_test_and_train_entries_equal_their_commands(image, tmp_path):
+    """The three longest commands (make test-slow): demo on a small seed, tune-test with a one-point grid, and one
+    training step: the same NERLs, the same tuned threshold, the same trained step."""
+    import torch
+
+    from nisbflow.jobs import ClusterSpec, demo, train, tune_test
+
+    [run] = demo(str(tmp_path / "lib-demo"), shape=(96, 96, 64), baseline=False, cluster=ClusterSpec("sync"),
+                 log=lambda line: None)
+    result = cli(["demo", "cli-demo", "--shape", "96,96,64", "--no-baseline", "--cluster", "sync"], tmp_path)
+    assert f"{run.result.nerl:.3f}" in result.stdout and run.label == "trained"
+
+    root, _ = image
+    overrides = [f"data.val.path={root / 'seed'}", f"data.val.skeleton={root / 'seed' / 'skeleton.pkl'}",
+                 f"data.test.path={root / 'seed'}", f"data.test.skeleton={root / 'seed' / 'skeleton.pkl'}",
+                 "tune.sampler=grid", "tune.threshold.low=0.6", "tune.threshold.high=0.6", "tune.study_name=jobs"]
+    report = tune_test(SHIPPED, out=str(tmp_path / "lib-tt"), chunks=(48, 48, 64), overrides=overrides,
+                       cluster=ClusterSpec("sync"), log=lambda line: None)
+    result = cli(["tune-test", "--checkpoint", SHIPPED, "--out", "cli-tt", "--chunks", "48,48,64", "--cluster",
+                  "sync", *overrides], tmp_path)
+    assert report.tuning.best_threshold == 0.6 and "threshold 0.6" in result.stdout
+    assert f"{report.test.nerl:.4f}" in result.stdout
+
+    from nisbflow.synth import synthesize_seed
+
+    for name, seed in (("train/seed0", 40), ("val/seed100", 41)):
+        synthesize_seed(str(tmp_path / name), (48, 48, 48), seed=seed, chunks=(48, 48, 48), progress=False)
+    settings = [f"data.train.path={tmp_path / 'train'}", f"data.val.path={tmp_path / 'val' / 'seed100'}",
+                "data.patch_size=[32,32,32]", "optimization.max_steps=1", f"save_path={tmp_path}",
+                "system.num_gpus=0"]
+    trained = train(config="configs/tiny.yaml", run_dir=str(tmp_path / "lib-run"), overrides=settings,
+                    log=lambda line: None)
+    result = cli(["train", "--config", str(Path.cwd() / "configs/tiny.yaml"), "--run-dir", "cli-run", *settings],
+                 tmp_path)
+    assert trained.steps == 1 and "trained 1 steps" in result.stdout
+    library, command = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)
+                        for name in ("lib-run", "cli-run"))
+    assert library["metadata"]["step"] == command["metadata"]["step"] == 1
+    assert library["state_dict"].keys() == command["state_dict"].keys()
