@@ -152,9 +152,10 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
 
 
 def warm_up(model, settings: WindowSettings, device: str | None = None) -> float:
-    """Task (``infer-warm-up``): load the model on this worker (:meth:`~nisbflow.model.Checkpoint.network`) and run one batch of
-    ``sw_batch_size`` empty windows through :func:`_weighted_sum`, so ``torch.compile``'s compilation (59 s
-    for MedNeXt-S on an H200) and cuDNN's set-up are done before the first block. Returns the seconds it took."""
+    """Task (``infer-warm-up``): load the model on this worker (:meth:`~nisbflow.model.Checkpoint.network`) and run
+    one batch of ``sw_batch_size`` empty windows through :func:`_weighted_sum`, so ``torch.compile``'s compilation
+    (59 s for MedNeXt-S on an H200) and cuDNN's set-up are done before the first block. Returns the seconds it
+    took."""
     import torch
 
     device = device or default_device()
@@ -324,7 +325,8 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
 
     A numpy image gives the whole-volume reference (numpy); a dask image gives a lazy dask array chunked by
     ``block`` whose blocks are computed as described in the module docstring (``infer-predict-block`` tasks, with a
-    ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or a :class:`~nisbflow.model.Checkpoint`.
+    ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or a
+    :class:`~nisbflow.model.Checkpoint`.
     ``split``: tasks per block, each predicting a share of its windows (see :func:`_block_task`).
     """
     check_image(image)
@@ -450,7 +452,8 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
     (:func:`nisbflow.settings.resolve_settings`), so a checkpoint runs with the window geometry, channels and
     threshold it records wherever it is called from. ``window`` overrides the window settings (geometry, batch,
     channels, dtype) for experiments. Tasks receive the checkpoint handle and load it once per worker process,
-    checking its sha256 against the client's (:meth:`~nisbflow.model.Checkpoint.network`). The output's attributes record the settings (``nisbflow_settings``, with the
+    checking its sha256 against the client's (:meth:`~nisbflow.model.Checkpoint.network`). The output's attributes
+    record the settings (``nisbflow_settings``, with the
     checkpoint's hash and the decoding threshold that ``decode`` reads back).
 
     The output is a :class:`~nisbflow.staging.StagedRun`: written in a staging folder next to ``output`` under a lock,
@@ -475,16 +478,18 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
 
     run = run_settings_of(run)
     handle = run.checkpoint
-    settings = window or WindowSettings.from_config(run.config.inference)
-    check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
+    window_settings = window or WindowSettings.from_config(run.config.inference)
+    check_channels(window_settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     device = device or cluster_device()
     image = _spatial(da.from_zarr(source))
     grid = BlockGrid.regular(image.shape, block)
-    n_channels = len(settings.channels) if settings.channels is not None else handle.model.out_channels
-    settings = fit_to_memory(settings, handle.model, grid.block_shape, n_channels, device, log or default_log)
-    plan = block_plan(grid, settings)
-    identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), block=list(grid.block_shape))
+    n_channels = handle.model.out_channels if window_settings.channels is None else len(window_settings.channels)
+    window_settings = fit_to_memory(window_settings, handle.model, grid.block_shape, n_channels, device,
+                                    log or default_log)
+    plan = block_plan(grid, window_settings)
+    identity = dict(checkpoint_sha256=handle.sha256, settings=window_settings.record(),
+                    block=list(grid.block_shape))
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
                    force=force, log=log or default_log, checkpoint=handle) as staged:
         zarr_format = source.metadata.zarr_format
@@ -492,30 +497,31 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
             "predict", grid, owner=staged.image, arrays=(staged.image,),
             region=lambda index: (slice(None),) + plan[index].write,
             create=lambda: create_image(
-                staged.data, attributes=affinity_attrs(run, settings, source, nisbflow_run=staged.run_id),
+                staged.data, attributes=affinity_attrs(run, window_settings, source, nisbflow_run=staged.run_id),
                 zarr_format=zarr_format, name="affinities", shape=(n_channels,) + grid.shape,
-                chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape), dtype=settings.output_dtype,
-                compressors=fast_compressors(zarr_format)))
-        token = dask.base.tokenize(staged.run_id, settings, grid, split)
+                chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
+                dtype=window_settings.output_dtype, compressors=fast_compressors(zarr_format)))
+        token = dask.base.tokenize(staged.run_id, window_settings, grid, split)
         tasks, voxels = [], 0
         for index in work.pending:
             entry, key = plan[index], grid.key(index)
             voxels += int(np.prod([w.stop - w.start for w in entry.write]))
-            predicted = _block_task(predict_block, image, index, entry, settings, handle, device, token,
+            predicted = _block_task(predict_block, image, index, entry, window_settings, handle, device, token,
                                     split=split)
             tasks.append(dask.delayed(_store_block, pure=True)(
                 predicted, staged.image, entry.write, staged.marker("predict", key), staged.run_id,
                 len(entry.windows), dask_key_name=(f"infer-store-block-{token}",) + index))
-        warm = warm_up_workers(handle, settings, device, log=log or default_log) if tasks else None
+        warm = warm_up_workers(handle, window_settings, device, log=log or default_log) if tasks else None
         start = time.perf_counter()
         computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
         seconds = time.perf_counter() - start
-    windows_grid = window_grid(grid.shape, settings.window, settings.stride)
+    windows_grid = window_grid(grid.shape, window_settings.window, window_settings.stride)
     return InferSummary(str(output), grid.shape, seconds, voxels, computed,
                         int(np.prod([len(g) for g in windows_grid])), grid.n_blocks, grid.n_blocks - len(tasks), warm)
 
 
-def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, overwrite: bool = False, force: bool = False, device: str | None = None,
+def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, overwrite: bool = False,
+                        force: bool = False, device: str | None = None,
                         log=None) -> InferSummary:
     """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
     (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
@@ -528,30 +534,30 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, over
 
     run = run_settings_of(run)
     handle = run.checkpoint
-    settings = WindowSettings.from_config(run.config.inference)
-    check_channels(settings, handle.model.out_channels, f"checkpoint {handle.name}")
+    window_settings = WindowSettings.from_config(run.config.inference)
+    check_channels(window_settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
-    n_channels = len(settings.channels) if settings.channels is not None else handle.model.out_channels
-    settings = fit_to_memory(settings, handle.model, source.shape[:3], n_channels, device or default_device(),
-                             log or default_log, threads=1)
-    identity = dict(checkpoint_sha256=handle.sha256, settings=settings.record(), whole=True)
+    n_channels = handle.model.out_channels if window_settings.channels is None else len(window_settings.channels)
+    window_settings = fit_to_memory(window_settings, handle.model, source.shape[:3], n_channels,
+                                    device or default_device(), log or default_log, threads=1)
+    identity = dict(checkpoint_sha256=handle.sha256, settings=window_settings.record(), whole=True)
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log) as staged:
         model = handle.network(device or default_device())
         start = time.perf_counter()
-        values = predict_whole(source[...], model, window=settings.window, stride=settings.stride,
-                               sw_batch_size=settings.sw_batch_size, activation=settings.activation,
-                               channels=settings.channels, output_dtype=settings.output_dtype,
+        values = predict_whole(source[...], model, window=window_settings.window, stride=window_settings.stride,
+                               sw_batch_size=window_settings.sw_batch_size, activation=window_settings.activation,
+                               channels=window_settings.channels, output_dtype=window_settings.output_dtype,
                                device=device or default_device())
         seconds = time.perf_counter() - start
         fmt = source.metadata.zarr_format
-        level = create_image(staged.data, attributes=affinity_attrs(run, settings, source,
+        level = create_image(staged.data, attributes=affinity_attrs(run, window_settings, source,
                                                                     AFFINITY_DESCRIPTION + " (whole-volume reference)"),
                              zarr_format=fmt, name="affinities", shape=values.shape,
                              chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
                              compressors=fast_compressors(fmt))
         open_for_writing(level)[...] = values
-    grid = window_grid(values.shape[1:], settings.window, settings.stride)
+    grid = window_grid(values.shape[1:], window_settings.window, window_settings.stride)
     n_windows = int(np.prod([len(g) for g in grid]))
     return InferSummary(str(output), tuple(values.shape[1:]), seconds, int(values[0].size), n_windows, n_windows,
                         1, 0)
