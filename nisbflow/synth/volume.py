@@ -156,61 +156,81 @@ def synthesize_seed(
                    log=log or default_log) as staged:
         forest = grow_forest(params)
         node_index, node_voxels = _node_voxels(forest, params)
-        store = staged.data
-
-        def create() -> None:
-            group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
-            group.attrs.update(output_attrs(description, params.voxel_size, "xyz", synth=settings,
-                                            nisbflow_output="seed", nisbflow_run=staged.run_id))
-            group.create_array("img", shape=params.shape + (1,), chunks=grid.block_shape + (1,), dtype="uint8",
-                               **named_axes(output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size,
-                                                         "xyzc", nisbflow_output="image"), zarr_format))
-            group.create_array("seg", shape=params.shape, chunks=grid.block_shape, dtype="uint32",
-                               **named_axes(output_attrs("neuron ids; 0 = membrane / extracellular space",
-                                                         params.voxel_size, "xyz", nisbflow_output="segmentation"),
-                                            zarr_format))
-
-        work = staged.pending("synth", grid, owner=store, create=create, arrays=(f"{store}/img", f"{store}/seg"),
-                              region=lambda index: grid.write_region(index))
-        # each block task carries only the capsules and organelles near it, not the whole forest (168 MB at
-        # 1536³), so a worker's memory does not grow with the volume
-        bounds = [list(range(0, size, step)) + [size] for size, step in zip(grid.shape, grid.block_shape)]
-        regions = forest_regions(forest, params, bounds)
-        block_nodes, results, tasks = [], {}, {}
-        # the skeleton nodes of each block, grouped in one sort (a scan of every node per block grew as
-        # blocks × nodes); within a block they stay in node order
-        node_block = np.ravel_multi_index(grid.block_of(node_voxels).T, grid.blocks_per_axis) \
-            if len(node_voxels) else np.zeros(0, dtype=np.int64)
-        by_block = np.argsort(node_block, kind="stable")
-        bounds = np.searchsorted(node_block[by_block], np.arange(grid.n_blocks + 1))
-        for index in grid.indices():
-            corner = tuple(int(o) for o in grid.origin(index))
-            size = tuple(w.stop - w.start for w in grid.write_region(index))
-            linear = grid.linear(index)
-            rows = by_block[bounds[linear]:bounds[linear + 1]]
-            block_nodes.append(rows)
-            key = grid.key(index)
-            if index in work.done:
-                results[key] = _block_result(work.done[index])
-                continue
-            tasks[key] = dask.delayed(_write_block, pure=False)(
-                regions[tuple(int(i) for i in index)], params, store, corner, size, node_voxels[rows], staged.marker("synth", key),
-                staged.run_id, dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}")
-        computed = compute_tasks(list(tasks.values()), f"synth seed {seed}", progress=progress,
-                                 num_workers=num_workers)
-        results.update(zip(tasks, computed))
-        results = [results[grid.key(index)] for index in grid.indices()]
+        work = staged.pending(
+            "synth", grid, owner=staged.data, arrays=(f"{staged.data}/img", f"{staged.data}/seg"),
+            create=lambda: _create_seed_store(staged.data, params, grid, zarr_format, description, settings,
+                                              staged.run_id))
+        block_nodes = _nodes_by_block(grid, node_voxels)
+        results = _render_blocks(staged, work, grid, forest, params, node_voxels, block_nodes, seed, progress,
+                                 num_workers)
         node_labels = np.zeros(len(node_index), dtype=np.uint32)
         for rows, result in zip(block_nodes, results):
             node_labels[rows] = result["node_labels"]
         graph = build_skeleton(forest, params, node_index, node_voxels, node_labels)
         with staged_output(skeleton_path, overwrite=True) as skeleton_tmp:
             save_skeleton(graph, skeleton_tmp)
+    summary = _seed_summary(out_dir, params, results, summarize_skeleton(graph, params.voxel_size))
+    if preview is not None:
+        write_preview(store_path, preview, title=f"{out_dir} (seed {seed})")
+    return summary
+
+
+def _create_seed_store(store: str, params, grid: BlockGrid, zarr_format: int, description: str, settings: dict,
+                       run_id: str) -> None:
+    """The seed's empty zarr group: ``img (X, Y, Z, 1) uint8`` and ``seg (X, Y, Z) uint32``, chunked by the grid,
+    with the attributes that say what they are and which run made them."""
+    group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+    group.attrs.update(output_attrs(description, params.voxel_size, "xyz", synth=settings, nisbflow_output="seed",
+                                    nisbflow_run=run_id))
+    group.create_array("img", shape=params.shape + (1,), chunks=grid.block_shape + (1,), dtype="uint8",
+                       **named_axes(output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size,
+                                                 "xyzc", nisbflow_output="image"), zarr_format))
+    group.create_array("seg", shape=params.shape, chunks=grid.block_shape, dtype="uint32",
+                       **named_axes(output_attrs("neuron ids; 0 = membrane / extracellular space",
+                                                 params.voxel_size, "xyz", nisbflow_output="segmentation"),
+                                    zarr_format))
+
+
+def _nodes_by_block(grid: BlockGrid, node_voxels: np.ndarray) -> list[np.ndarray]:
+    """Per block (C order), the rows of ``node_voxels (N, 3)`` inside it, in node order: grouped in one sort (a scan
+    of every node per block grew as blocks × nodes)."""
+    node_block = np.ravel_multi_index(grid.block_of(node_voxels).T, grid.blocks_per_axis) \
+        if len(node_voxels) else np.zeros(0, dtype=np.int64)
+    by_block = np.argsort(node_block, kind="stable")
+    bounds = np.searchsorted(node_block[by_block], np.arange(grid.n_blocks + 1))
+    return [by_block[bounds[i]:bounds[i + 1]] for i in range(grid.n_blocks)]
+
+
+def _render_blocks(staged, work, grid: BlockGrid, forest, params, node_voxels, block_nodes, seed: int,
+                   progress: bool, num_workers) -> list[dict]:
+    """Render every block not done yet (one task each, ``synth-block-i-j-k-<seed>``) and return every block's
+    result in C order, the finished ones from their markers. Each task carries only the capsules and organelles near
+    its block, not the whole forest (168 MB at 1536³), so a worker's memory does not grow with the volume."""
+    bounds = [list(range(0, size, step)) + [size] for size, step in zip(grid.shape, grid.block_shape)]
+    regions = forest_regions(forest, params, bounds)
+    results, tasks = {}, {}
+    for index in grid.indices():
+        key = grid.key(index)
+        if index in work.done:
+            results[key] = _block_result(work.done[index])
+            continue
+        corner = tuple(int(o) for o in grid.origin(index))
+        size = tuple(w.stop - w.start for w in grid.write_region(index))
+        tasks[key] = dask.delayed(_write_block, pure=False)(
+            regions[tuple(int(i) for i in index)], params, staged.data, corner, size,
+            node_voxels[block_nodes[grid.linear(index)]], staged.marker("synth", key), staged.run_id,
+            dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}")
+    computed = compute_tasks(list(tasks.values()), f"synth seed {seed}", progress=progress, num_workers=num_workers)
+    results.update(zip(tasks, computed))
+    return [results[grid.key(index)] for index in grid.indices()]
+
+
+def _seed_summary(out_dir: str, params, results: list[dict], skeleton) -> SeedSummary:
+    """What a seed holds, from its blocks' results and its skeleton's summary."""
     n_voxels = sum(r["n_voxels"] for r in results)
     n_background = sum(r["n_background"] for r in results)
     labels = np.unique(np.concatenate([r["labels"] for r in results])) if results else np.zeros(0)
-    skeleton = summarize_skeleton(graph, params.voxel_size)
-    summary = SeedSummary(
+    return SeedSummary(
         path=out_dir,
         shape=params.shape,
         n_neurons=int(len(labels)),
@@ -222,9 +242,6 @@ def synthesize_seed(
         cytoplasm_mean=sum(r["sum_foreground"] for r in results) / max(n_voxels - n_background, 1),
         n_scored_skeletons=skeleton.n_scored,
     )
-    if preview is not None:
-        write_preview(store_path, preview, title=f"{out_dir} (seed {seed})")
-    return summary
 
 
 def write_preview(store_path: str, png: str | Path, title: str = "", max_side: int = 256) -> None:
