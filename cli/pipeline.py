@@ -179,10 +179,10 @@ def test_command(
     report = test_job(checkpoint, chunks=parse_triple(chunks, "--chunks"), config=config, params=params,
                       overrides=overrides or [], log=say,
                       cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
-    settings = report.settings.config
-    method = "waterz threshold" if settings.decoding.method == "waterz" else "threshold"
+    configuration = report.settings.config
+    method = "waterz threshold" if configuration.decoding.method == "waterz" else "threshold"
     for value, one in report.results.items():
-        console.print(metrics_table(one, title=f"{settings.data.test.path}: {method} {value:g}"))
+        console.print(metrics_table(one, title=f"{configuration.data.test.path}: {method} {value:g}"))
     console.print(f"wrote {report.folder}/affinities.zarr, segmentation.zarr, metrics.json")
 
 

@@ -64,8 +64,8 @@ def tune_test(
     report = tune_test_job(checkpoint, out=out, chunks=parse_triple(chunks, "--chunks"), config=config,
                            params=params, overrides=overrides or [], log=say,
                            cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
-    settings, result = report.settings.config, report.tuning
+    configuration, result = report.settings.config, report.tuning
     console.print(curve_table(result))
-    console.print(metrics_table(report.test, title=f"test {settings.data.test.path}: threshold "
-                                                   f"{result.best_threshold:g} (tuned on {settings.data.val.path})"))
+    console.print(metrics_table(report.test, title=f"test {configuration.data.test.path}: threshold "
+                                                   f"{result.best_threshold:g} (tuned on {configuration.data.val.path})"))
     console.print(f"wrote {result.params_path}, {result.plot_path} and {report.folder}/metrics.json")

@@ -139,11 +139,11 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
                            recorded=recorded_settings(dict(opened.attrs)),
                            recorded_from=f"the attributes of {affinities}")
     _say_settings(run, "decode", log)
-    settings = run.config
+    configuration = run.config
     choice = choose_thresholds(run, thresholds, thresholds_given_as)
     log(choice.describe())
-    backend = check_backend(backend or settings.decoding.backend)
-    mask = mask or settings.decoding.affinity_mask_path
+    backend = check_backend(backend or configuration.decoding.backend)
+    mask = mask or configuration.decoding.affinity_mask_path
     check_block_count(opened.shape[1:], chunks or opened.chunks[1:], "--chunks" if chunks else "the affinities' chunks")
     if mask is not None:  # the mask's shape, before any cluster starts
         open_affinity_mask(mask, opened.shape[1:])
@@ -155,8 +155,8 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     with cluster_session(run, cluster, log):
         counts = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
                                 backend=backend, overwrite=overwrite, force=force, config=run, log=log,
-                                method=settings.decoding.method, progress=progress,
-                                waterz=WaterzOptions.from_config(settings.decoding))
+                                method=configuration.decoding.method, progress=progress,
+                                waterz=WaterzOptions.from_config(configuration.decoding))
         graph = counts.pop("graph", None)
         outputs = {value: output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
                    for value in counts}
@@ -330,7 +330,7 @@ def test(checkpoint, *, chunks: tuple[int, int, int] | None = None, config: str 
     block, X, Y, Z voxels."""
     run = _resolved(checkpoint, config, params, overrides, "test", ("test",), log)
     with cluster_session(run, cluster, log):
-        folder, result = run_test(run, run.checkpoint, block=chunks)
+        folder, result = run_test(run, block=chunks)
     results = result if isinstance(result, dict) else {run.config.decoding.thresholds()[0]: result}
     return TestReport(run, folder, results)
 
@@ -347,7 +347,7 @@ def tune(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int] | N
 
     run = _resolved(checkpoint, config, params, overrides, "tune", ("val",), log)
     with cluster_session(run, cluster, log):
-        return tune_study(run, run.checkpoint, out_dir=out, block=chunks, log=log)
+        return tune_study(run, out_dir=out, block=chunks, log=log)
 
 
 @dataclass
@@ -370,11 +370,11 @@ def tune_test(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int
 
     run = _resolved(checkpoint, config, params, overrides, "tune-test", ("val", "test"), log)
     with cluster_session(run, cluster, log):
-        tuning, folder, tested = tune_and_test(run, run.checkpoint, out_dir=out, block=chunks, log=log)
+        tuning, folder, tested = tune_and_test(run, out_dir=out, block=chunks, log=log)
     return TuneTestReport(run, tuning, folder, tested)
 
 
-def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
+def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
              threshold: float | None = None, overwrite: bool = False, log=None) -> tuple[Path, object]:
     """Run the pipeline on ``data.test``: infer → decode → NERL, writing ``affinities.zarr``, ``segmentation.zarr``
     and ``metrics.json`` into one folder; returns ``(output folder, NerlResult)``. Uses the current Dask client.
@@ -383,8 +383,8 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     from one pass, and with several the result is ``{threshold: NerlResult}`` (metrics.json: the first threshold's
     metrics, and all of them under ``by_threshold``).
 
-    ``config``: the run's :class:`~nisbflow.settings.RunSettings` (from :func:`~nisbflow.settings.resolve_settings`),
-    a resolved :class:`~nisbflow.config.Config`, or None for the checkpoint's own settings. ``threshold`` overrides
+    ``run``: the run's :class:`~nisbflow.settings.RunSettings` (from :func:`~nisbflow.settings.resolve_settings`),
+    or a checkpoint to run with the settings it records. ``threshold`` overrides
     the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the
     resolved settings (None: not printed).
     """
@@ -394,9 +394,9 @@ def run_test(config, checkpoint, *, block=None, progress: bool = True, out_dir: 
     from nisbflow.evaluate import nerl
     from nisbflow.evaluate.report import write_json
     from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr
-    from nisbflow.settings import as_run_settings
+    from nisbflow.settings import run_settings_of
 
-    run = as_run_settings(config, checkpoint)
+    run = run_settings_of(run)
     config = run.config
     seed, skeleton = seed_of(config, "test")
     if threshold is not None:
@@ -495,23 +495,23 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
     for label, run in runs:
         log(f"{label} model ({run.checkpoint.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "
             "→ NERL")
-        folder, result = run_test(run, run.checkpoint, block=block, progress=progress, out_dir=out_dir / label,
+        folder, result = run_test(run, block=block, progress=progress, out_dir=out_dir / label,
                                   overwrite=True)
         results.append(DemoRun(label, run.checkpoint.name, folder, result))
     return results
 
 
-def tune_and_test(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
-                  log=print):
-    """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold.
+def tune_and_test(run, *, out_dir: str | Path | None = None, block=None, progress: bool = True, log=print):
+    """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold. ``run``:
+    the run's :class:`~nisbflow.settings.RunSettings` (or a checkpoint, with its own settings).
     Returns ``(TuneResult, test output folder, test NerlResult)``."""
-    from nisbflow.settings import as_run_settings
+    from nisbflow.settings import run_settings_of
     from nisbflow.tune import tune
 
-    run = as_run_settings(config, checkpoint)
-    result = tune(run, run.checkpoint, out_dir=out_dir, block=block, progress=progress, log=log)
+    run = run_settings_of(run)
+    result = tune(run, out_dir=out_dir, block=block, progress=progress, log=log)
     log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
-    folder, test_result = run_test(run, run.checkpoint, block=block, progress=progress,
+    folder, test_result = run_test(run, block=block, progress=progress,
                                    out_dir=result.params_path.parent / "test",
                                    threshold=result.best_threshold, overwrite=True)
     return result, folder, test_result
@@ -686,10 +686,10 @@ def train(*, config: str | None = None, run_dir: str | None = None, overrides=No
     from nisbflow.train.loop import train as run_training
 
     resolved = resolve_settings(None, config=config, overrides=overrides or [])
-    settings = resolved.config
-    gpus = torch.cuda.device_count() if settings.system.num_gpus < 0 else settings.system.num_gpus
+    configuration = resolved.config
+    gpus = torch.cuda.device_count() if configuration.system.num_gpus < 0 else configuration.system.num_gpus
     if gpus > 1 and "WORLD_SIZE" not in os.environ:  # pragma: no cover - needs several GPUs
-        folder = run_dir or f"{settings.save_path}/{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        folder = run_dir or f"{configuration.save_path}/{datetime.datetime.now():%Y%m%d-%H%M%S}"
         arguments = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                      "-m", "nisbflow_cli.main", "train", "--run-dir", folder]
         arguments += (["--config", config] if config else []) + _override_strings(overrides)
@@ -697,8 +697,8 @@ def train(*, config: str | None = None, run_dir: str | None = None, overrides=No
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
         _say_settings(resolved, "train", log)
-    run, _ = run_training(settings, run_dir=run_dir)
-    return TrainReport(Path(run), settings.optimization.max_steps, rank0)
+    run, _ = run_training(configuration, run_dir=run_dir)
+    return TrainReport(Path(run), configuration.optimization.max_steps, rank0)
 
 
 def _override_strings(overrides) -> list[str]:

@@ -229,9 +229,10 @@ def run_settings_of(run) -> RunSettings:
 
 
 def as_run_settings(config=None, checkpoint=None) -> RunSettings:
-    """The settings of a library call that takes a checkpoint: a :class:`RunSettings` as given (its handle
-    swapped for ``checkpoint`` when that names another file); a resolved :class:`Config` used as it is; None →
-    the checkpoint's own settings (:func:`resolve_settings`)."""
+    """A run's settings from a configuration and a checkpoint given apart (a notebook's resolved configuration, the
+    demo's untrained twin of a model): a :class:`RunSettings` as given (its handle swapped for ``checkpoint`` when
+    that names another file); a resolved :class:`Config` used as it is; None → the checkpoint's own settings
+    (:func:`resolve_settings`). Stage drivers take the result (:func:`run_settings_of`)."""
     if config is None:
         return resolve_settings(checkpoint)
     if isinstance(config, RunSettings):

@@ -5,6 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nisbflow.config import load_config
+from nisbflow.settings import as_run_settings
 from nisbflow_cli.main import app
 
 
@@ -40,7 +41,7 @@ def test_tpe_reaches_the_best_point_of_the_exhaustive_grid_and_the_study_resumes
     from nisbflow.tune import ThresholdScorer, threshold_grid, tune
 
     config = tune_config(seeds, tmp_path, "tune.n_trials=8")
-    result = tune(config, "nisb-tiny-synthetic", progress=False)
+    result = tune(as_run_settings(config, "nisb-tiny-synthetic"), progress=False)
     grid = threshold_grid(0.4, 0.9, 0.1)
     exhaustive = ThresholdScorer(result.affinities, seeds / "val" / "seed100" / "skeleton.pkl").score_many(grid)
     best_of_grid = max(r.nerl for r in exhaustive.values())
@@ -59,7 +60,7 @@ def test_tpe_reaches_the_best_point_of_the_exhaustive_grid_and_the_study_resumes
     # an interrupted run leaves a RUNNING trial; the next run marks it failed and appends its own trials
     study = optuna.load_study(study_name=result.study_name, storage=config.tune.storage)
     study.ask()
-    again = tune(config, "nisb-tiny-synthetic", progress=False)
+    again = tune(as_run_settings(config, "nisb-tiny-synthetic"), progress=False)
     assert again.n_failed_marked == 1
     study = optuna.load_study(study_name=result.study_name, storage=config.tune.storage)
     states = [t.state for t in study.get_trials()]
@@ -127,12 +128,12 @@ def test_a_grid_after_tpe_scores_exactly_the_missing_grid_points_with_exact_valu
     from nisbflow.tune import threshold_grid, tune
 
     config = tune_config(seeds, tmp_path, "tune.n_trials=2", "tune.n_startup_trials=2", "tune.seed=3")
-    first = tune(config, "nisb-tiny-synthetic", progress=False)
+    first = tune(as_run_settings(config, "nisb-tiny-synthetic"), progress=False)
     tpe_points = set(first.curve)
     assert len(tpe_points) >= 1
     grid_config = tune_config(seeds, tmp_path, "tune.sampler=grid")
     lines = []
-    result = tune(grid_config, "nisb-tiny-synthetic", progress=False, log=lines.append)
+    result = tune(as_run_settings(grid_config, "nisb-tiny-synthetic"), progress=False, log=lines.append)
     grid = threshold_grid(0.4, 0.9, 0.1)
     missing = [t for t in grid if t not in tpe_points]
     assert f"grid: scoring {len(missing)} thresholds not yet in the study from one decoding pass" in lines
@@ -176,7 +177,7 @@ def test_tune_test_reads_the_checkpoint_once_on_the_client(seeds, tmp_path, monk
     import dask
 
     with dask.config.set(scheduler="synchronous"):
-        tune_and_test(run, run.checkpoint, progress=False, log=lambda *_: None)
+        tune_and_test(run, progress=False, log=lambda *_: None)
     assert len(reads) == 2, reads  # the handle, then the worker's one load of the weights
 
 
@@ -242,8 +243,8 @@ def test_two_checkpoints_and_both_methods_in_one_project_get_the_results_of_runs
               "tune.waterz_threshold.step=0.2"]
 
     def run(folder, checkpoint, *more):
-        return tune(tune_config(seeds, tmp_path / folder, *grid, *more), checkpoint, progress=False,
-                    log=lambda *_: None)
+        return tune(as_run_settings(tune_config(seeds, tmp_path / folder, *grid, *more), checkpoint),
+                    progress=False, log=lambda *_: None)
 
     shipped = run("project", "nisb-tiny-synthetic")
     second = run("project", str(other))

@@ -93,14 +93,8 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    folder = [str(run_dir) if run_dir else str(Path(config.save_path)
-                                               / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))]
-    if world > 1:
-        dist.broadcast_object_list(folder, src=0)  # one run folder for all ranks
-    run = Path(folder[0])
+    run = _run_folder(config, run_dir, rank, world)
     checkpoints = run / "checkpoints"
-    if rank == 0:
-        checkpoints.mkdir(parents=True, exist_ok=True)
     optimization = config.optimization
     torch.manual_seed(0)
     model = build(config.model).to(device)
@@ -111,44 +105,13 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
                                   betas=tuple(optimization.optimizer.betas))
     mixed = use_cuda and optimization.precision == "16-mixed"
     scaler = torch.amp.GradScaler("cuda", enabled=mixed)
-    step, best = 0, []
-    last = checkpoints / "last.pt"
-    if last.exists():
-        try:
-            state = torch.load(last, map_location=device, weights_only=True)
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
-            if "rng" in state:  # whatever in the step draws from torch's generators draws as it would have
-                torch.set_rng_state(state["rng"]["cpu"].cpu())
-                if use_cuda and state["rng"].get("cuda") is not None:
-                    torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
-        except Exception as error:  # truncated, not a checkpoint, or another model's
-            raise ConfigError(f"cannot resume from {last}: {type(error).__name__}: {str(error).split('. ')[0][:160]}"
-                              "; it is damaged or from another model: move it away to start from step 0, or "
-                              "resume from a step-N.pt copied to last.pt") from error
-    if last.exists() and rank == 0:
-        trained_for = (state["metadata"].get("config") or {}).get("optimization", {}).get("max_steps")
-        if trained_for is not None and trained_for != optimization.max_steps:
-            print(f"resuming {last} at step {step} with optimization.max_steps {optimization.max_steps} (it was "
-                  f"trained for {trained_for}): the learning rate continues the {optimization.max_steps}-step cosine "
-                  f"schedule at step {step} ({learning_rate(step, optimization):.3g})", flush=True)
-    offsets = [parse_offset(o) for o in config.model.affinity_offsets]
+    step, best = _resume(checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda, optimization,
+                         say=rank == 0)
+    remaining = optimization.max_steps - step
+    batch = config.data.dataloader.batch_size
+    train_set, val_loader = _data(config, rank, world)
     workers = (min(4, os.cpu_count() or 1) if config.system.num_workers < 0 else config.system.num_workers) \
         if workers is None else workers
-    batch = config.data.dataloader.batch_size
-    remaining = optimization.max_steps - step
-    train_set = AffinityCrops(seed_folders(config.data.train.path), config.data.patch_size,
-                              config.data.target_context, offsets, config.data.erosion,
-                              length=optimization.max_steps * batch * world, seed=1,
-                              augmentations=Augmentations())
-    val_loader = None
-    if config.data.val.path and optimization.val_steps_per_epoch > 0:
-        val_set = AffinityCrops(seed_folders(config.data.val.path), config.data.patch_size,
-                                config.data.target_context, offsets, config.data.erosion,
-                                length=optimization.val_steps_per_epoch * batch * world, seed=10**6)
-        val_loader = _loader(val_set, batch, rank, world, 0)
     writer = _writer(run) if rank == 0 else None
     net.train()
     bar = progress_bar(rank == 0 and progress)
@@ -189,6 +152,64 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     if world > 1:
         dist.barrier()
     return run, model
+
+
+def _run_folder(config, run_dir, rank: int, world: int) -> Path:
+    """The run folder (``run_dir``, else ``<save_path>/<timestamp>``), the same on every rank; rank 0 creates its
+    ``checkpoints`` folder."""
+    folder = [str(run_dir) if run_dir else str(Path(config.save_path)
+                                               / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))]
+    if world > 1:
+        dist.broadcast_object_list(folder, src=0)  # one run folder for all ranks
+    run = Path(folder[0])
+    if rank == 0:
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimization, say: bool):
+    """``(step, best checkpoints)`` to continue from: ``last`` (weights, optimizer, scaler and random state loaded
+    in place) or ``(0, [])`` when there is none. A damaged or foreign ``last`` is a one-line error; with ``say``, a
+    ``max_steps`` other than the one it was trained for is said in one line (the schedule changes)."""
+    if not last.exists():
+        return 0, []
+    try:
+        state = torch.load(last, map_location=device, weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
+        if "rng" in state:  # whatever in the step draws from torch's generators draws as it would have
+            torch.set_rng_state(state["rng"]["cpu"].cpu())
+            if use_cuda and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+    except Exception as error:  # truncated, not a checkpoint, or another model's
+        raise ConfigError(f"cannot resume from {last}: {type(error).__name__}: {str(error).split('. ')[0][:160]}"
+                          "; it is damaged or from another model: move it away to start from step 0, or "
+                          "resume from a step-N.pt copied to last.pt") from error
+    trained_for = (state["metadata"].get("config") or {}).get("optimization", {}).get("max_steps")
+    if say and trained_for is not None and trained_for != optimization.max_steps:
+        print(f"resuming {last} at step {step} with optimization.max_steps {optimization.max_steps} (it was "
+              f"trained for {trained_for}): the learning rate continues the {optimization.max_steps}-step cosine "
+              f"schedule at step {step} ({learning_rate(step, optimization):.3g})", flush=True)
+    return step, best
+
+
+def _data(config, rank: int, world: int):
+    """The training crops (every step's, seeded, so a resumed run draws what it would have) and the validation
+    loader (None without ``data.val.path`` or validation steps)."""
+    optimization, batch = config.optimization, config.data.dataloader.batch_size
+    offsets = [parse_offset(o) for o in config.model.affinity_offsets]
+    train_set = AffinityCrops(seed_folders(config.data.train.path), config.data.patch_size,
+                              config.data.target_context, offsets, config.data.erosion,
+                              length=optimization.max_steps * batch * world, seed=1,
+                              augmentations=Augmentations())
+    if not (config.data.val.path and optimization.val_steps_per_epoch > 0):
+        return train_set, None
+    val_set = AffinityCrops(seed_folders(config.data.val.path), config.data.patch_size,
+                            config.data.target_context, offsets, config.data.erosion,
+                            length=optimization.val_steps_per_epoch * batch * world, seed=10**6)
+    return train_set, _loader(val_set, batch, rank, world, 0)
 
 
 def _writer(run: Path):

@@ -237,22 +237,22 @@ def _trial_attrs(result, segments: int) -> dict:
             "n_splits": result.n_splits, "segments": segments}
 
 
-def tune(config, checkpoint, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
+def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
          log=print) -> TuneResult:
     """Search ``decoding.threshold`` on ``data.val`` with Optuna; write ``best.yaml`` and a threshold curve PNG.
 
     With ``decoding.method: waterz`` the agglomeration threshold is searched instead (``tune.waterz_threshold``;
     best.yaml then sets ``decoding.waterz.thresholds``), each trial decoding with ``decoding.waterz``'s scoring.
 
-    ``config``: the run's :class:`~nisbflow.settings.RunSettings` (or a resolved Config; None: the checkpoint's
-    own settings). Uses the current Dask client for inference and decoding. ``out_dir`` defaults to
+    ``run``: the run's :class:`~nisbflow.settings.RunSettings` (its checkpoint included; a checkpoint alone runs
+    with its own settings). Uses the current Dask client for inference and decoding. ``out_dir`` defaults to
     ``<save_path>/tune``. With ``tune.sampler=grid`` the grid points that the study has not scored yet (by any
     sampler) are decoded in one pass and added as trials with their exact grid values.
     """
     from nisbflow.data.volumes import seed_of
-    from nisbflow.settings import as_run_settings
+    from nisbflow.settings import run_settings_of
 
-    run = as_run_settings(config, checkpoint)
+    run = run_settings_of(run)
     config = run.config
     seed, skeleton = seed_of(config, "val")
     tune_config = config.tune
