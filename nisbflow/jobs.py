@@ -616,22 +616,17 @@ def model_export(checkpoint: str, output: str, *, command: str | None = None, co
     """``nisbflow model export``: a copy of ``checkpoint`` without its training state, ``overrides`` applied to the
     configuration it records (e.g. a tuned ``decoding.threshold``); with ``config_yaml`` that configuration is also
     written as YAML usable with ``--config``. Both files are checked before either is written."""
-    from nisbflow.config import config_to_yaml
-    from nisbflow.errors import ConfigError, OutputExistsError
-    from nisbflow.model import Checkpoint, export_checkpoint
+    from nisbflow.config import Config, config_to_yaml
+    from nisbflow.errors import OutputExistsError
+    from nisbflow.model import export_checkpoint
     from nisbflow.staging import write_file
 
     for path in (output, config_yaml):
         if path and Path(path).exists() and not overwrite:
             raise OutputExistsError(f"output {path} already exists; pass --overwrite to replace it")
-    if config_yaml and Checkpoint.open(checkpoint).recorded is None:
-        raise ConfigError(f"checkpoint {checkpoint} records no training configuration; --config-yaml needs one")
-    metadata = export_checkpoint(checkpoint, output, overrides or [], **({"command": command} if command else {}))
+    metadata = export_checkpoint(checkpoint, output, overrides or [], require_config=bool(config_yaml),
+                                 **({"command": command} if command else {}))
     if config_yaml:
-        from nisbflow.config import Config
-
-        if "config" not in metadata:
-            raise ConfigError(f"checkpoint {checkpoint} records no training configuration; --config-yaml needs one")
         write_file(config_yaml, f"# configuration of {output} (nisbflow model export)\n"
                    + config_to_yaml(Config.model_validate(metadata["config"])))
     return ModelExportReport(str(output), Path(output).stat().st_size / 2**20, metadata, config_yaml)

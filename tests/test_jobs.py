@@ -184,6 +184,12 @@ def test_model_and_config_entries_equal_their_commands(tmp_path, one_step_run):
     overrides = ["decoding.threshold=0.6"]
     assert show_config(None, overrides) == cli(["config", "show", *overrides], tmp_path).stdout
 
+    from nisbflow.model import CheckpointError
+
+    with pytest.raises(CheckpointError, match="records no training configuration"):  # a random init records none
+        model_export(str(tmp_path / "lib.pt"), str(tmp_path / "none.pt"), config_yaml=str(tmp_path / "none.yaml"))
+    assert not (tmp_path / "none.pt").exists() and not (tmp_path / "none.yaml").exists()  # refused before writing
+
     run, _ = one_step_run
     last = str(run / "checkpoints" / "last.pt")
     exported = model_export(last, str(tmp_path / "lib-small.pt"), config_yaml=str(tmp_path / "lib.yaml"),

@@ -273,13 +273,15 @@ def load_checkpoint(path, expected: ModelConfig | None = None,
     return _network(payload, path, expected)
 
 
-def export_checkpoint(source: str | Path, output: str | Path, overrides=(), **metadata) -> dict:
+def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, require_config: bool = False,
+                      **metadata) -> dict:
     """Weights-only copy of a checkpoint (training state dropped), keeping its model configuration and metadata.
 
     The result is what ships inside the package or goes to collaborators: a training ``last.pt`` with AdamW
     state is about three times larger. ``metadata`` entries are added (e.g. the command that trained it);
     ``overrides`` (``key.path=value``) change the configuration it records (e.g. a tuned ``decoding.threshold``),
-    so the file and a ``--config-yaml`` written beside it agree. Returns the metadata written.
+    so the file and a ``--config-yaml`` written beside it agree. ``require_config``: refuse, before writing
+    anything, a checkpoint that records no training configuration. Returns the metadata written.
     """
     from nisbflow.config import Config, apply_overrides, without_derived_paths
 
@@ -287,6 +289,8 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), **me
     payload, digest = _read(path)
     model, config = _network(payload, path)
     kept = dict(payload.get("metadata", {})) if payload.get("format") == CHECKPOINT_FORMAT else {}
+    if require_config and kept.get("config") is None:
+        raise CheckpointError(f"checkpoint {source} records no training configuration; --config-yaml needs one")
     if "exported_from" in kept:  # exporting an export: keep the chain back to the training run
         kept.setdefault("export_history", []).append({"exported_from": kept["exported_from"],
                                                       "source_sha256": kept.get("source_sha256")})
