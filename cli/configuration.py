@@ -6,13 +6,15 @@ import typer
 
 from nisbflow_cli.app import config_app
 from nisbflow_cli.errors import friendly_errors
-from nisbflow_cli.options import ConfigFile, Overrides
+from nisbflow_cli.options import Cluster, ConfigFile, Overrides
 
 
 @config_app.command("show")
 @friendly_errors
-def config_show(overrides: Overrides = None, config: ConfigFile = None):
-    """Print the resolved configuration as YAML: defaults ← --config file ← KEY=VALUE overrides."""
+def config_show(overrides: Overrides = None, config: ConfigFile = None, cluster: Cluster = None):
+    """Print the resolved configuration as YAML: defaults ← --config file ← KEY=VALUE overrides. On SLURM
+    (--cluster slurm or system.cluster: slurm) it ends with each worker job setting, where it came from, and the
+    job script dask-jobqueue would submit."""
     from nisbflow.jobs import show_config
 
-    typer.echo(show_config(config, overrides or []), nl=False)
+    typer.echo(show_config(config, overrides or [], cluster), nl=False)

@@ -48,6 +48,42 @@ def _import(module: str, extra: str, kind: str):
         raise ConfigError(f"--cluster {kind} needs {module.replace('_', '-')}: pip install 'nisbflow[{extra}]'") from error
 
 
+def visible_gpus() -> tuple[int, str]:
+    """NVIDIA GPUs this process can use and how that was found: NVML (``pynvml``, which dask-cuda itself asks)
+    where it is installed, else torch. ``CUDA_VISIBLE_DEVICES`` is honoured as dask-cuda honours it."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and not [d for d in hidden.split(",") if d.strip()]:
+        return 0, "CUDA_VISIBLE_DEVICES is empty"
+    try:
+        import pynvml
+    except ImportError:
+        pynvml = None
+    if pynvml is not None:
+        try:
+            pynvml.nvmlInit()
+            count = int(pynvml.nvmlDeviceGetCount())
+        except Exception as error:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...: no usable driver here
+            return 0, f"NVML: {str(error) or type(error).__name__}"
+        if hidden is not None:
+            count = min(count, len([d for d in hidden.split(",") if d.strip()]))
+        return count, "NVML"
+    import torch
+
+    if torch.version.cuda is None:
+        return 0, f"torch {torch.__version__} is a CPU build and NVML (pynvml) is not installed"
+    return int(torch.cuda.device_count()), "torch.cuda"
+
+
+def check_gpus_visible() -> int:
+    """The number of visible GPUs for ``--cluster dask-cuda``; raise :class:`ConfigError` in one line when there are
+    none (dask-cuda itself would end in a long NVML traceback), before any cluster starts."""
+    count, how = visible_gpus()
+    if count < 1:
+        raise ConfigError(f"--cluster dask-cuda: no NVIDIA GPU is visible on this machine ({how}); use --cluster "
+                          "local on CPUs, or run on a GPU node (nvidia-smi lists its GPUs)")
+    return count
+
+
 TRIM_BELOW_BYTES = 2 * 2**30
 """Workers with a memory limit below this keep distributed's ``MALLOC_TRIM_THRESHOLD_`` (see
 :func:`_allocator_environment`)."""
@@ -135,6 +171,7 @@ def cluster_client(
                                 memory_limit=memory_limit, processes=processes,
                                 dashboard_address=dashboard_address)
     elif cluster == "dask-cuda":
+        check_gpus_visible()
         dask_cuda = _import("dask_cuda", "gpu", cluster)
         with dask.config.set({**_allocator_environment(memory_limit), **_worker_preload()}):
             # one worker per GPU, each declaring a GPU resource: prediction tasks ask for one unit of it
@@ -144,15 +181,17 @@ def cluster_client(
                                               resources={"GPU": tasks_per_gpu},
                                               threads_per_worker=max(threads_per_worker, 3 + tasks_per_gpu))
     else:  # slurm
-        dask_jobqueue = _import("dask_jobqueue", "slurm", cluster)
+        from nisbflow.slurm import import_jobqueue, resolve_slurm_job
+
+        dask_jobqueue = import_jobqueue()
+
         if slurm is None:
             from nisbflow.config.schema import SlurmConfig
 
             slurm = SlurmConfig()
-        made = dask_jobqueue.SLURMCluster(
-            queue=slurm.queue, account=slurm.account, cores=slurm.cores, memory=slurm.memory, processes=1,
-            walltime=slurm.walltime, job_extra_directives=list(slurm.job_extra_directives),
-            local_directory=slurm.local_directory)
+        job = resolve_slurm_job(slurm, tasks_per_gpu)
+        made = dask_jobqueue.SLURMCluster(**job.job_kwargs(),
+                                          scheduler_options={"dashboard_address": dashboard_address})
         made.scale(jobs=n_workers or slurm.jobs)
     finished = False
     try:
@@ -228,8 +267,12 @@ def _quiet_closing() -> None:
 
 def cluster_device(client=None) -> str | None:
     """``"cuda"`` when every worker of the (current) Dask client declares a ``GPU`` resource — dask-cuda workers
-    started by nisbflow, docker-compose or ``dask cuda worker --resources GPU=1`` — else None (each worker then
-    picks CUDA if it sees a GPU, the CPU otherwise, and prediction tasks carry no resource restriction)."""
+    started by nisbflow, SLURM jobs with a GPU (:mod:`nisbflow.slurm`), docker-compose or ``dask cuda worker
+    --resources GPU=1`` — else None (each worker then picks CUDA if it sees a GPU, the CPU otherwise, and prediction
+    tasks carry no resource restriction).
+
+    A cluster with no worker yet (SLURM jobs still queued or starting) is waited on until its first worker joins: the
+    answer is never read off an empty cluster."""
     if client is None:
         from nisbflow.tasks import current_client
 
@@ -237,6 +280,9 @@ def cluster_device(client=None) -> str | None:
     if client is None:
         return None
     workers = list(client.scheduler_info().get("workers", {}).values())
+    if not workers:
+        client.wait_for_workers(1)
+        workers = list(client.scheduler_info().get("workers", {}).values())
     if workers and all((w.get("resources") or {}).get("GPU") for w in workers):
         return "cuda"
     return None

@@ -521,11 +521,27 @@ def tune_and_test(run, *, out_dir: str | Path | None = None, block=None, progres
 # data: synth, skeleton convert; configuration; models; training
 
 
-def show_config(config: str | None = None, overrides=None) -> str:
-    """``nisbflow config show``: the resolved configuration (defaults ← ``config`` ← ``overrides``) as YAML."""
+def show_config(config: str | None = None, overrides=None, cluster: str | None = None) -> str:
+    """``nisbflow config show``: the resolved configuration (defaults ← ``config`` ← ``overrides``) as YAML. When the
+    command would run on SLURM (``cluster`` or ``system.cluster`` is ``slurm``), YAML comments follow with each worker
+    job setting, where it came from (``system.slurm``, dask-jobqueue's configuration, nisbflow's fallback) and the job
+    script dask-jobqueue submits (:mod:`nisbflow.slurm`)."""
+    from nisbflow.cluster import chosen_cluster
     from nisbflow.config import config_to_yaml, load_config
 
-    return config_to_yaml(load_config(config, overrides or []))
+    resolved = load_config(config, overrides or [])
+    text = config_to_yaml(resolved)
+    if chosen_cluster(cluster, resolved) != "slurm":
+        return text
+    from nisbflow.slurm import render_job_script, resolve_slurm_job
+
+    system = resolved.system
+    job = resolve_slurm_job(system.slurm, system.tasks_per_gpu)
+    lines = ["", "# --cluster slurm: each worker job (system.slurm over dask-jobqueue's configuration)"]
+    lines += [f"#   {line}" for line in job.describe()]
+    lines += ["# its job script:"] + [f"#   {line}" if line else "#" for line in
+                                      render_job_script(system.slurm, system.tasks_per_gpu).rstrip().splitlines()]
+    return text + "\n".join(lines) + "\n"
 
 
 SYNTH_LAYOUTS = ("seed", "nisb")

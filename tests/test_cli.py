@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import zarr
 from typer.testing import CliRunner
 
@@ -75,11 +78,38 @@ def test_messages_keep_the_extra_in_brackets(tmp_path):
 
     import numpy as np
 
-    if importlib.util.find_spec("dask_cuda") is not None:  # a GPU machine: the extra is installed
+    if importlib.util.find_spec("cupy") is not None:  # a GPU machine: the extra is installed
         return
     zarr.create_array(str(tmp_path / "aff.zarr"), shape=(3, 8, 8, 8), chunks=(3, 8, 8, 8),
                       dtype="float32")[...] = np.full((3, 8, 8, 8), 0.9, dtype=np.float32)
     result = CliRunner().invoke(app, ["decode", str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"),
-                                      "--cluster", "dask-cuda"])
+                                      "--backend", "cupy"])
     assert result.exit_code == 2
     assert "pip install 'nisbflow[gpu]'" in " ".join(result.output.split())
+
+
+def test_dask_cuda_without_a_gpu_is_one_line_before_any_cluster(tmp_path):
+    """Where no GPU is visible (asked of NVML, as dask-cuda asks it), ``--cluster dask-cuda`` ends in one line, not
+    dask-cuda's NVML traceback, and nothing is written."""
+    import numpy as np
+
+    from nisbflow.cluster import visible_gpus
+
+    if visible_gpus()[0] > 0:  # a GPU machine
+        return
+    zarr.create_array(str(tmp_path / "aff.zarr"), shape=(3, 8, 8, 8), chunks=(3, 8, 8, 8),
+                      dtype="float32")[...] = np.full((3, 8, 8, 8), 0.9, dtype=np.float32)
+    zarr.create_array(str(tmp_path / "img.zarr"), shape=(64, 64, 64), chunks=(64, 64, 64),
+                      dtype="uint8")[...] = np.full((64, 64, 64), 128, dtype=np.uint8)
+    for command in (["decode", str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr")],
+                    ["infer", str(tmp_path / "img.zarr"), str(tmp_path / "out.zarr"), "--checkpoint",
+                     "nisb-tiny-synthetic"]):
+        result = subprocess.run([sys.executable, "-m", "nisbflow_cli.main", *command, "--cluster", "dask-cuda"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: --cluster dask-cuda: no NVIDIA GPU is visible on this machine (NVML: ")
+        assert "--cluster local" in line
+    assert not (tmp_path / "seg.zarr").exists() and not (tmp_path / "out.zarr").exists()
+
+

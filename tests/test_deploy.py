@@ -74,7 +74,11 @@ def test_the_image_installs_with_the_script_ci_runs():
 def test_slurm_scripts():
     sbatch = (ROOT / "deploy" / "slurm" / "train.sbatch").read_text()
     assert subprocess.run(["bash", "-n", str(ROOT / "deploy" / "slurm" / "train.sbatch")]).returncode == 0
-    assert re.search(r"^#SBATCH --nodes=\d+", sbatch, re.M) and "#SBATCH --gpus-per-node" in sbatch
+    assert re.search(r"^#SBATCH --nodes=\d+", sbatch, re.M)
+    # GPUs come from the sbatch command line, so the script also runs where no GPU gres exists (tests/test_slurm.py
+    # submits it to a CPU node); ranks follow the GPUs given, else CPU ranks with at least one OpenMP thread each
+    assert not re.search(r"^#SBATCH --(gpus|gres)", sbatch, re.M)
+    assert "SLURM_GPUS_ON_NODE" in sbatch and "CPU_RANKS" in sbatch and '[ "$THREADS" -ge 1 ] || THREADS=1' in sbatch
     assert "torchrun" in sbatch and "-m nisbflow_cli.main train" in sbatch and "--rdzv-endpoint" in sbatch
     jobqueue = yaml.safe_load((ROOT / "deploy" / "slurm" / "jobqueue.yaml").read_text())["jobqueue"]["slurm"]
     assert jobqueue["worker-extra-args"] == ["--resources", "GPU=1"]

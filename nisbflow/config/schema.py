@@ -33,16 +33,26 @@ class _Section(BaseModel):
 
 
 class SlurmConfig(_Section):
-    """dask-jobqueue ``SLURMCluster`` settings for ``system.cluster: slurm`` (one Dask worker process per job)."""
+    """dask-jobqueue ``SLURMCluster`` settings for ``system.cluster: slurm`` (one Dask worker process per job).
+
+    A setting left unset (None) comes from dask-jobqueue's configuration (``jobqueue.slurm.*``, e.g.
+    ``DASK_CONFIG=deploy/slurm``), else from nisbflow's fallback (8 cores, 32GiB, 04:00:00); ``nisbflow config show``
+    prints the result and the job script (:mod:`nisbflow.slurm`)."""
 
     queue: str | None = Field(None, description="Partition (sbatch -p).")
     account: str | None = Field(None, description="Account to charge (sbatch -A).")
-    cores: int = Field(8, gt=0, description="Cores per job.")
-    memory: str = Field("32GiB", description="Memory per job; also the Dask worker's memory limit.")
-    walltime: str = Field("04:00:00", description="Time limit per job.")
-    jobs: int = Field(4, gt=0, description="Jobs (workers) to start.")
-    job_extra_directives: list[str] = Field(default_factory=list, description="Extra #SBATCH lines, e.g. '--gres=gpu:1'.")
-    local_directory: str | None = Field(None, description="Worker scratch space on the compute node.")
+    cores: int | None = Field(None, gt=0, description="Cores per job (None: jobqueue.slurm.cores, else 8).")
+    memory: str | None = Field(None, description="Memory per job, also the Dask worker's memory limit (None: "
+                               "jobqueue.slurm.memory, else 32GiB).")
+    walltime: str | None = Field(None, description="Time limit per job (None: jobqueue.slurm.walltime, else "
+                                 "04:00:00).")
+    jobs: int = Field(4, gt=0, description="Jobs (workers) to start; --workers overrides.")
+    gpus: int | None = Field(None, ge=0, description="GPUs per job, 0 or 1 (one Dask worker per job): 1 adds "
+                             "--gres=gpu:1 and the worker's GPU resource; None: what the directives request.")
+    job_extra_directives: list[str] | None = Field(None, description="Extra #SBATCH lines, e.g. '--gres=gpu:1' "
+                                                   "(None: jobqueue.slurm.job-extra-directives).")
+    local_directory: str | None = Field(None, description="Worker scratch space on the compute node (None: "
+                                        "jobqueue.slurm.local-directory).")
 
 
 class SystemConfig(_Section):
