@@ -153,6 +153,10 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
         raise VolumeError(f"ground truth {gt}: shape {tuple(ground_truth.shape)} differs from the affinities' "
                           f"spatial shape {tuple(opened.shape[1:])} (X, Y, Z)")
     with cluster_session(run, cluster, log):
+        if configuration.decoding.method == "cc":
+            from nisbflow.decode.memory import check_label_memory
+
+            check_label_memory(chunks or opened.chunks[1:], opened.dtype.itemsize, len(choice.values), log)
         counts = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
                                 backend=backend, overwrite=overwrite, force=force, config=run, log=log,
                                 method=configuration.decoding.method, progress=progress,

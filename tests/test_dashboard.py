@@ -50,6 +50,22 @@ def test_workers_declaring_a_gpu_resource_make_prediction_tasks_ask_for_it():
         assert _gpu_annotations(cluster_device(client)) == {"resources": {"GPU": 1}}
 
 
+def test_the_device_is_decided_once_the_first_worker_joined():
+    """A cluster with no worker yet (SLURM jobs in the queue) once answered "no GPU" at once, so prediction tasks on
+    GPU workers joining later carried no GPU resource and ran a block per thread on one GPU."""
+    import threading
+
+    from dask.distributed import Client, LocalCluster
+
+    from nisbflow.cluster import cluster_device
+
+    with LocalCluster(n_workers=0, threads_per_worker=4, processes=False, dashboard_address=None,
+                      resources={"GPU": 1}) as later, Client(later) as client:
+        assert not client.scheduler_info()["workers"]
+        threading.Timer(1.0, later.scale, args=(1,)).start()
+        assert cluster_device(client) == "cuda"
+
+
 def test_small_workers_keep_memory_trimming(monkeypatch):
     from nisbflow.cluster import _allocator_environment
 

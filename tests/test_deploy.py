@@ -123,3 +123,75 @@ def test_install_script_deps_only_lists_what_pyproject_asks_for(tmp_path):
     listed = (venv / "requirements-deps.txt").read_text().splitlines()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert listed == project["dependencies"] + project["optional-dependencies"]["dev"]
+
+
+@pytest.fixture(scope="module")
+def docker_compose():
+    """Debian's docker-compose (1.29, the Compose Specification without a version key), installed where missing."""
+    import os
+    import shutil
+
+    if shutil.which("docker-compose") is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("docker-compose is not installed and cannot be (needs root and apt-get)")
+        installed = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                                   "--no-install-recommends docker-compose", shell=True, capture_output=True,
+                                   text=True, timeout=900)
+        if installed.returncode != 0 or shutil.which("docker-compose") is None:
+            pytest.skip(f"apt-get install docker-compose failed: {installed.stderr.strip()[-200:]}")
+    return shutil.which("docker-compose")
+
+
+def test_compose_file_validates_with_docker_compose_and_limits_worker_memory(docker_compose):
+    import os
+
+    def rendered(**environment):
+        result = subprocess.run([docker_compose, "-f", str(ROOT / "docker-compose.yml"), "config"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, **environment})
+        assert result.returncode == 0, result.stderr
+        return yaml.safe_load(result.stdout)["services"]
+
+    for memory, environment in (("32GiB", {}), ("8GiB", {"NISBFLOW_WORKER_MEMORY": "8GiB"})):
+        services = rendered(**environment)
+        workers = [s for name, s in services.items() if name.startswith("worker")]
+        assert workers
+        for worker in workers:  # not 'auto': every worker of the host would size itself to the whole host
+            command = worker["command"]
+            assert command[command.index("--memory-limit") + 1] == memory
+    assert {"scheduler", "jupyter", "nisbflow"} <= set(services)
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    import fnmatch
+
+    parts = path.split("/")
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(parts[0], p) or
+               (p.startswith("**/") and any(fnmatch.fnmatch(part, p[3:]) for part in parts)) for p in patterns)
+
+
+def test_the_build_context_leaves_out_the_venv_and_keeps_what_the_image_installs():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for heavy in (".venv", ".git", "outputs", "data"):
+        assert _ignored(heavy, patterns), heavy
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = [source for line in dockerfile.splitlines() if line.startswith("COPY ")
+              for source in line.split()[1:-1]]
+    for source in copied:
+        assert not _ignored(source, patterns), f"{source} is copied but .dockerignore leaves it out"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # every package folder, the readme and the shipped model (package data) reach the image
+    for folder in project["tool"]["setuptools"]["package-dir"].values():
+        assert folder in copied, folder
+    assert project["project"]["readme"] in copied
+    for data in project["tool"]["setuptools"]["package-data"]["nisbflow.model"]:
+        assert not _ignored(f"nisbflow/model/{data}", patterns)
+        assert list((ROOT / "nisbflow" / "model").glob(data)), data
+    # Ubuntu 24.04's python3 is 3.12
+    assert "ubuntu24.04" in dockerfile
+    minimum = tuple(int(p) for p in project["project"]["requires-python"].lstrip(">=").split("."))
+    assert minimum <= (3, 12)
+    # the working folder resolves the shipped configurations as a checkout does
+    work = dockerfile.index("WORKDIR /work")
+    assert dockerfile.index("ln -s /opt/nisbflow/configs /work/configs") > work

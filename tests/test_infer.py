@@ -415,8 +415,16 @@ def test_on_a_cpu_the_window_batch_is_fitted_to_the_workers_memory_or_refused(tm
         assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted).total <= budget
         assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted + 1).total > budget
         recorded = zarr.open_array(array_url(tmp_path / "fitted.zarr"), mode="r").attrs["nisbflow_settings"]
+        kept = []
         infer_to_zarr(image, tmp_path / "explicit.zarr", _shipped_run([f"inference.sw_batch_size={fitted}"]),
-                      progress=False)
+                      progress=False, log=kept.append)
+        # a batch that fits is kept and its estimate said before the run
+        [estimate] = [s for s in kept if s.startswith("inference: about ")]
+        expected = task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted)
+        from dask.utils import format_bytes
+
+        assert f"about {format_bytes(expected.total)} per prediction task" in estimate
+        assert f"{fitted} window(s) at once" in estimate and "has 1.00 GiB per task" in estimate
     assert np.array_equal(zarr.open_array(array_url(tmp_path / "fitted.zarr"))[...],
                           zarr.open_array(array_url(tmp_path / "explicit.zarr"))[...])
     assert recorded["checkpoint"] == "nisb-tiny-synthetic"

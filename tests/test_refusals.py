@@ -246,6 +246,35 @@ def test_workers_dying_inside_a_task_end_in_one_line_naming_the_memory_limit(tmp
     assert "memory limit 700.00 MiB" in message and "--memory-limit" in message and "\n" not in message
 
 
+def test_decode_says_its_memory_per_task_and_refuses_a_block_that_cannot_fit(tmp_path):
+    """Before any block: the label task's estimate against the workers' memory per task, in one line; a 256³ block
+    at 500 MiB per worker is refused (it would be killed and retried until Dask gives up), nothing written."""
+    from nisbflow.decode.memory import label_task_bytes
+
+    zarr.create_array(str(tmp_path / "big.zarr"), shape=(3, 256, 256, 256), chunks=(3, 256, 256, 256),
+                      dtype="float16", fill_value=0.9)
+    result = run(["decode", str(tmp_path / "big.zarr"), str(tmp_path / "seg.zarr"), "--workers", "1",
+                       "--memory-limit", "500MiB"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = last_line(result)
+    assert line.startswith("error: decode: about 596.00 MiB per label task (256×256×256 block, 1 threshold(s)); "
+                           "worker tcp://")
+    assert "has 500.00 MiB per task: a task would not fit" in line and "--chunks" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "seg.zarr").exists() and not (tmp_path / ".seg.zarr.nisbflow-run").exists()
+    # an independent count of the same estimate: 3 float16 channels read and copied as bits, uint32 labels, runtime
+    assert label_task_bytes((256, 256, 256), 2, 1) == 300 * 2**20 + int(256**3 * (2 * 3 * 2 + 4.5 + 2.0))
+    fits = run(["decode", str(tmp_path / "big.zarr"), str(tmp_path / "seg.zarr"), "--workers", "1",
+                    "--memory-limit", "500MiB", "--chunks", "128,128,128", "-t", "0.5"], tmp_path)
+    assert fits.returncode == 0, fits.stderr
+    said = " ".join(fits.stdout.split())
+    assert "decode: about 337.00 MiB per label task (128×128×128 block, 1 threshold(s)); worker tcp://" in said
+    assert "has 500.00 MiB per task" in said
+    from nisbflow.data.volumes import array_url
+
+    assert np.unique(zarr.open_array(array_url(str(tmp_path / "seg.zarr")), mode="r")[...]).tolist() == [1]
+
+
 def last_line(result) -> str:
     lines = [line for line in result.stderr.strip().splitlines() if " - distributed." not in line]
     return " ".join(lines[-1].split()) if lines else ""

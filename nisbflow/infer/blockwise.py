@@ -208,12 +208,16 @@ def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channel
 
     from dask.utils import format_bytes
 
-    from nisbflow.infer.memory import fit_batch, memory_per_task
-    from nisbflow.tasks import current_client
+    from nisbflow.infer.memory import fit_batch
+    from nisbflow.tasks import current_client, memory_per_task
 
     limit, where = memory_per_task(current_client(), threads)
     estimate = fit_batch(model_config, settings.window, block_shape, n_channels, settings.sw_batch_size, limit, where)
     if estimate.batch == settings.sw_batch_size:
+        log(f"inference: about {format_bytes(estimate.total)} per prediction task on the CPU (network "
+            f"{format_bytes(estimate.network)} for {estimate.batch} window(s) at once, weighted sums "
+            f"{format_bytes(estimate.block_sums)} for a {'×'.join(map(str, block_shape))} block); {where} has "
+            f"{format_bytes(limit)} per task")
         return settings
     log(f"inference.sw_batch_size {settings.sw_batch_size} → {estimate.batch} on the CPU, so a task fits {where}'s "
         f"{format_bytes(limit)}: about {format_bytes(estimate.total)} (network {format_bytes(estimate.network)} for "

@@ -135,35 +135,3 @@ def fit_batch(model_config, window, block_shape, n_channels: int, batch: int, me
         f"{'×'.join(map(str, block_shape))} block), but {where} has {format_bytes(memory_per_task)} per task "
         f"(plans use {int(MEMORY_FRACTION * 100)} %): give workers more memory (--memory-limit), or use smaller blocks "
         "(--chunks)")
-
-
-def _host_memory() -> dict:
-    """Run on a worker: this host's total memory and the worker's memory limit and threads."""
-    import psutil
-
-    return {"total": int(psutil.virtual_memory().total)}
-
-
-def memory_per_task(client=None, threads: int | None = None) -> tuple[int, str]:
-    """Bytes one prediction task may use, and where that limit comes from: the smallest worker memory limit divided
-    by its threads (on a client; a worker without a limit: its host's memory shared by the host's workers), else this
-    machine's memory divided by ``threads`` (the local threaded scheduler)."""
-    import psutil
-
-    if client is None:
-        share = max(int(threads or 1), 1)
-        return int(psutil.virtual_memory().total) // share, f"this machine ({share} thread(s))"
-    workers = client.scheduler_info().get("workers", {})
-    if not workers:
-        return int(psutil.virtual_memory().total), "this machine"
-    unlimited = [address for address, w in workers.items() if not w.get("memory_limit")]
-    totals = client.run(_host_memory, workers=unlimited) if unlimited else {}
-    per_host: dict[str, int] = {}
-    for w in workers.values():
-        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + 1
-    shares = []
-    for address, w in workers.items():
-        limit = w.get("memory_limit") or totals[address]["total"] // per_host[w.get("host")]
-        shares.append((limit // max(int(w.get("nthreads") or 1), 1), address))
-    smallest, address = min(shares)
-    return smallest, f"worker {address}"
