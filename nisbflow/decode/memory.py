@@ -2,10 +2,10 @@
 
 A label task holds its block of affinities (the three short-range channels it reads, at their own item size), a copy
 of them as bit patterns with the halo planes (:func:`~nisbflow.decode.stitch.read_region_bits`), and per threshold
-the block's labels (uint32 during labelling) with their faces. Measured with ``tracemalloc`` on a 128³ block
-(docs/BENCHMARKS.md, "decode memory per task"): 18.2 bytes per voxel for float16 at one threshold, 26.7 at three,
-30.3 for float32 at one; :func:`label_task_bytes` gives 18.5, 27.5 and 30.5. A worker also holds numba's compiled
-kernels and zarr (:data:`RUNTIME_BYTES`).
+the block's labels (uint32 during labelling) with their faces: 2 × 3 × item size + 4.5 bytes per threshold + 2 bytes
+per voxel. Measured on 128³ and 256³ blocks of float16 and float32 at one and three thresholds
+(``benchmarks/decode_memory.py``, docs/BENCHMARKS.md): within −1 % to +4 % of the peak. A worker also holds numba's
+compiled kernels and zarr (:data:`RUNTIME_BYTES`).
 """
 
 from __future__ import annotations
