@@ -138,13 +138,19 @@ def evaluate(
     view: bool = typer.Option(False, "--view", help="Then open the result in neuroglancer (nisbflow view) with the "
                                                     "skeleton coloured by error type; serves until Ctrl-C."),
     port: int = typer.Option(0, "--port", help="With --view: the viewer's port (0: any free port)."),
+    metric: List[str] = typer.Option(["nerl"], "--metric", help="nerl (BANIS's metrics.py, the NISB leaderboard's; "
+                                     "always computed) and/or em_erl (PyTorch Connectomics' NERL, em_erl's rules)."),
+    em_erl_merge_threshold: int = typer.Option(50, "--em-erl-merge-threshold", help="With --metric em_erl: nodes a "
+                                               "skeleton needs in a segment to merge there (PyTC's NISB tutorial: 50)."),
 ):
     """NERL, ERL and skeleton VOI of a segmentation against NISB skeletons (BANIS metrics.py semantics); dense
-    adapted Rand error and VOI with --gt. Segment ids are read only in the chunks that hold skeleton nodes."""
+    adapted Rand error and VOI with --gt; PyTorch Connectomics' NERL too with --metric em_erl. Segment ids are read
+    only in the chunks that hold skeleton nodes."""
     from nisbflow.jobs import evaluate as evaluate_job
 
     report = evaluate_job(segmentation, skeleton, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
-                          merge_threshold=merge_threshold, gt=gt, json_path=json_path, plot=plot)
+                          merge_threshold=merge_threshold, gt=gt, json_path=json_path, plot=plot,
+                          metrics=tuple(metric), em_erl_merge_threshold=em_erl_merge_threshold, log=say)
     console.print(metrics_table(report.result, report.dense, title=f"{segmentation} against {skeleton}"))
     for written in (report.json_path, report.plot):
         if written:

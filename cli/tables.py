@@ -33,6 +33,10 @@ def metrics_table(result, dense=None, title: str = "evaluation") -> Table:
         ("skeletons with edges (scored) / nodes", f"{result.n_skeletons} / {result.n_nodes}"),
         ("merge threshold (nodes)", f"{result.merge_threshold:g}"),
     ]
+    if getattr(result, "em_erl", None) is not None:
+        pytc = result.em_erl
+        rows += [(f"NERL, PyTorch Connectomics (em_erl, merge threshold {pytc.merge_threshold})", f"{pytc.nerl:.4f}"),
+                 ("  ERL / max ERL (PyTC's lengths)", f"{pytc.erl:.6g} / {pytc.max_erl:.6g}")]
     if dense is not None:
         rows += [("adapted Rand error (precision, recall)",
                   f"{dense.adapted_rand_error:.4f} ({dense.rand_precision:.4f}, {dense.rand_recall:.4f})"),

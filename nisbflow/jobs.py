@@ -253,11 +253,15 @@ class EvaluateReport:
 
 def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), merge_threshold: int = 1,
              gt: str | None = None, json_path: str | None = None, plot: str | None = None,
-             progress: bool = True) -> EvaluateReport:
+             progress: bool = True, metrics=("nerl",), em_erl_merge_threshold: int | None = None,
+             log=_print) -> EvaluateReport:
     """``nisbflow evaluate``: NERL, ERL and skeleton VOI of a segmentation ``(X, Y, Z)`` against NISB skeletons
     (BANIS metrics.py semantics; ``voxel_size`` in nm, X, Y, Z), and adapted Rand error and VOI against a dense
-    ground truth ``gt``. ``json_path`` / ``plot``: also write every metric as JSON / a PNG of the run lengths (their
-    folders are checked before any work). Runs on the current Dask client, if any."""
+    ground truth ``gt``. ``metrics`` with ``"em_erl"``: also PyTorch Connectomics' NERL (em_erl's rules) at
+    ``em_erl_merge_threshold`` (default 50, PyTC's NISB tutorial). ``json_path`` / ``plot``: also write every
+    metric as JSON / a PNG of the run lengths (their folders are checked before any work). What the skeleton file
+    says that nisbflow does not use (stored edge lengths that disagree with ``nm_position``) goes through ``log``.
+    Runs on the current Dask client, if any."""
     from nisbflow.data.volumes import open_volume
     from nisbflow.evaluate import dense_metrics, nerl
     from nisbflow.evaluate.report import plot_run_lengths, write_json
@@ -266,7 +270,12 @@ def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), m
         if path:
             check_writable(path, option)
     volume = open_volume(segmentation, role="segmentation", ndims=(3,))
-    result = nerl(volume, skeleton, voxel_size=tuple(voxel_size), merge_threshold=merge_threshold, progress=progress)
+    from nisbflow.evaluate import EM_ERL_MERGE_THRESHOLD
+
+    result = nerl(volume, skeleton, voxel_size=tuple(voxel_size), merge_threshold=merge_threshold, progress=progress,
+                  metrics=tuple(metrics), em_erl_merge_threshold=em_erl_merge_threshold or EM_ERL_MERGE_THRESHOLD)
+    for note in result.notes:
+        log(note)
     dense = dense_metrics(open_volume(gt, role="ground truth", ndims=(3,)), volume, progress=progress) if gt else None
     if json_path:
         write_json(json_path, result, dense, segmentation=segmentation, skeleton=skeleton)
@@ -426,7 +435,8 @@ def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | No
         array = segmentation if len(thresholds) == 1 else segmentation / threshold_array_name(value)
         results[value] = nerl(open_segmentation(array), skeleton,
                               voxel_size=config.data.voxel_size, merge_threshold=config.evaluation.merge_threshold,
-                              progress=progress)
+                              progress=progress, metrics=tuple(config.evaluation.metrics),
+                              em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
     first = results[thresholds[0]]
     extra = {"by_threshold": {f"{t:g}": r.to_dict() for t, r in results.items()}} if len(results) > 1 else {}
     write_json(folder / "metrics.json", first, checkpoint=run.checkpoint.name,

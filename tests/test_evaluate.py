@@ -160,6 +160,11 @@ def skeletons_and_labels(draw):
             if i:
                 edges.append((first + draw(st.integers(0, i - 1)), first + i))
                 lengths.append(draw(st.floats(0.5, 50.0)))
+    for _ in range(draw(st.integers(0, 3))):  # edges joining two neurons: funlib counts them in u's skeleton
+        u, v = draw(st.integers(0, len(ids) - 1)), draw(st.integers(0, len(ids) - 1))
+        if ids[u] != ids[v] and (u, v) not in edges and (v, u) not in edges:
+            edges.append((u, v))
+            lengths.append(draw(st.floats(0.5, 50.0)))
     labels = draw(st.lists(st.integers(0, 4), min_size=len(ids), max_size=len(ids)))
     return ids, edges, lengths, labels
 
@@ -175,8 +180,8 @@ def test_nerl_and_variants_equal_a_plain_per_edge_loop(case):
         graph.add_edge(u, v, edge_length=length)
     segmentation = np.array(labels, dtype=np.uint32).reshape(-1, 1, 1)
     result = nerl(segmentation, graph)
-    # networkx may store an edge as (v, u); both ends carry the same skeleton, so the reference's choice of u only
-    # matters for rule 3's seg(u), which equals seg(v) whenever rule 3 is reached
+    # networkx may store an edge as (v, u): the reference takes the graph's own orientation, as funlib.evaluate does
+    # (an edge joining two neurons belongs to its first node's skeleton)
     stored = [(u, v) for u, v in graph.edges]
     stored_lengths = [graph.edges[e]["edge_length"] for e in stored]
     best = reference_erl(ids, stored, stored_lengths, ids, 0)
@@ -195,13 +200,16 @@ def test_edge_lengths_from_positions_and_voxel_size():
     graph.add_edge("a", "b")
     graph.add_edge("b", "c")
     graph.add_node("d", id=2, index_position=(1, 0, 0))
-    graph.add_edge("c", "d")  # between neurons: ignored
+    graph.add_edge("c", "d")  # between neurons: counted in c's skeleton, as funlib.evaluate counts it
     segmentation = np.zeros((2, 4, 3), dtype=np.uint8)
     segmentation[0] = 5
     segmentation[1] = 6
     result = nerl(segmentation, graph, voxel_size=(9, 9, 20))
-    assert result.skeleton_length == {1: pytest.approx(40 + 27)}
-    assert result.nerl == 1.0 and result.n_splits == 0
+    between = float(np.sqrt(9 ** 2 + 27 ** 2 + 40 ** 2))
+    assert result.skeleton_length == {1: pytest.approx(40 + 27 + between)}
+    # the edge c-d joins two ids: split in the ground truth and here, so ERL = max ERL = 67² / L
+    assert result.max_erl == pytest.approx(67 ** 2 / (67 + between))
+    assert result.nerl == pytest.approx(1.0) and result.n_splits == 1
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +422,129 @@ def test_a_background_slab_costs_only_the_edges_it_touches(seed):
     assert result.n_omitted > 0
     assert result.nerl == pytest.approx(expected, rel=1e-9)
     assert 0.3 < result.nerl < 1.0
+
+
+# --- PyTorch Connectomics' NERL (em_erl's rules) and BANIS's length rule --------------------------------------------
+
+
+def em_erl_reference(graph: nx.Graph, labels: dict, threshold: int) -> float:
+    """PyTC's NERL written as plain loops from em_erl's compute_erl_score and PyTC's NISB graph conversion: edges
+    between two ids dropped, an edge's length its stored edge_length else the voxel distance of index_position;
+    big pairs have >= threshold nodes; a merging segment has big pairs of two skeletons; a merged skeleton has any
+    node in one; correct edges lie in one non-zero segment, not a merging one of a merged skeleton."""
+    ids = {n: graph.nodes[n]["id"] for n in graph}
+    length = {s: 0.0 for s in ids.values()}
+    edges = []
+    for u, v, data in graph.edges(data=True):
+        if ids[u] != ids[v]:
+            continue
+        a, b = (np.asarray(graph.nodes[n]["index_position"], dtype=float) for n in (u, v))
+        edge = data["edge_length"] if "edge_length" in data else math.dist(a, b)
+        edges.append((u, v, edge))
+        length[ids[u]] += edge
+    count = {}
+    for node in graph:
+        count[(ids[node], labels[node])] = count.get((ids[node], labels[node]), 0) + 1
+    present = {}
+    for (skeleton, segment), n in count.items():
+        if n >= threshold:
+            present.setdefault(segment, set()).add(skeleton)
+    merging = {segment for segment, skeletons in present.items() if len(skeletons) > 1}
+    merged = {skeleton for (skeleton, segment) in count if segment in merging}
+    correct = {}
+    for u, v, edge in edges:
+        if labels[u] != labels[v] or labels[u] == 0:
+            continue
+        if ids[u] in merged and labels[u] in merging:
+            continue
+        correct[(ids[u], labels[u])] = correct.get((ids[u], labels[u]), 0.0) + edge
+    total = sum(length.values())
+    return (sum(c * c for c in correct.values()) / total) / (sum(x * x for x in length.values()) / total)
+
+
+def test_em_erl_equals_a_plain_loop_of_its_rules():
+    rng = np.random.default_rng(3)
+    for case in range(150):
+        n = int(rng.integers(6, 30))
+        graph = nx.Graph()
+        positions = rng.permutation(4 * 4 * 4)[:n]
+        for node, flat in enumerate(positions):
+            graph.add_node(node, id=int(rng.integers(1, 4)), index_position=np.unravel_index(flat, (4, 4, 4)))
+        for _ in range(int(rng.integers(n // 2, 2 * n))):
+            u, v = (int(x) for x in rng.integers(0, n, 2))
+            if u == v:
+                continue
+            if rng.random() < 0.5:
+                graph.add_edge(u, v, edge_length=float(rng.uniform(1, 50)))
+            else:
+                graph.add_edge(u, v)
+        if not any(graph.nodes[u]["id"] == graph.nodes[v]["id"] for u, v in graph.edges):
+            continue
+        labels = {node: int(rng.integers(0, 4)) for node in graph}
+        segmentation = np.zeros((4, 4, 4), dtype=np.uint32)
+        for node, label in labels.items():
+            segmentation[tuple(graph.nodes[node]["index_position"])] = label
+        for threshold in (1, 2, 3):
+            result = nerl(segmentation, graph, metrics=("nerl", "em_erl"), em_erl_merge_threshold=threshold)
+            expected = em_erl_reference(graph, labels, threshold)
+            assert result.em_erl.nerl == pytest.approx(expected, rel=1e-9, abs=1e-12), (case, threshold)
+            assert result.em_erl.merge_threshold == threshold
+
+
+def test_em_erl_tolerates_small_mergers_that_banis_counts(seed):
+    """A few voxels of one neuron relabelled as another at a skeleton node: a merger for BANIS's NERL (any node),
+    none for PyTC's at its threshold of 50 nodes, which then still reads the ground truth's 1.0."""
+    opened, graph = seed
+    segmentation = np.asarray(opened.seg[...]).copy()
+    by_id = {}
+    for node, data in graph.nodes(data=True):
+        by_id.setdefault(int(data["id"]), []).append(tuple(int(c) for c in data["index_position"]))
+    first, second = sorted(by_id, key=lambda i: -len(by_id[i]))[:2]
+    for position in by_id[first][:3]:  # three nodes of the largest skeleton moved into the second's segment
+        segmentation[position] = segmentation[by_id[second][0]]
+    result = nerl(segmentation, graph, metrics=("nerl", "em_erl"))
+    assert result.n_non0_mergers >= 2 and result.nerl < 0.9
+    assert result.em_erl.merge_threshold == 50 and result.em_erl.n_merging_segments == 0
+    labels = {node: int(segmentation[tuple(data["index_position"])]) for node, data in graph.nodes(data=True)}
+    assert result.em_erl.nerl == pytest.approx(em_erl_reference(graph, labels, 50), rel=1e-9)
+    assert result.em_erl.nerl > result.nerl + 0.05  # only the moved nodes' split edges cost it
+    strict = nerl(segmentation, graph, metrics=("em_erl",), em_erl_merge_threshold=1).em_erl
+    assert strict.n_merging_segments >= 1 and strict.nerl < result.em_erl.nerl
+
+
+def test_lengths_come_from_nm_position_and_a_disagreeing_stored_length_is_reported(tmp_path):
+    """BANIS recomputes every edge length from nm_position (funlib.evaluate with skeleton_position_attributes); a
+    file whose edge_length is in voxels once gave an ERL ten times too small without a word."""
+    from typer.testing import CliRunner
+
+    from nisbflow.data import save_skeleton
+    from nisbflow_cli.main import app
+
+    graph = nx.Graph()
+    for node in range(4):
+        graph.add_node(node, id=1, index_position=(node, 0, 0), nm_position=(9.0 * node, 0.0, 0.0))
+    for u in range(3):
+        graph.add_edge(u, u + 1, edge_length=1.0)  # voxels, not nm
+    segmentation = np.ones((4, 1, 1), dtype=np.uint32)
+    segmentation[3] = 2
+    result = nerl(segmentation, graph)
+    assert result.skeleton_length == {1: pytest.approx(27.0)}
+    assert result.erl == pytest.approx(18.0 ** 2 / 27.0) and result.nerl == pytest.approx(18.0 ** 2 / 27.0 ** 2)
+    (note,) = result.notes
+    assert "3 of 3 stored edge_length values differ from their nodes' nm_position distance" in note
+    # the command prints the note and writes both NERLs when asked
+    zarr.create_array(str(tmp_path / "seg.zarr"), shape=(4, 1, 1), chunks=(4, 1, 1), dtype="uint32")[...] = segmentation
+    save_skeleton(graph, tmp_path / "skeleton.pkl")
+    shown = CliRunner().invoke(app, ["evaluate", str(tmp_path / "seg.zarr"), "-s", str(tmp_path / "skeleton.pkl"),
+                                     "--metric", "nerl", "--metric", "em_erl", "--json", str(tmp_path / "m.json")],
+                               terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "differ from their nodes' nm_position distance" in text
+    assert "NERL, PyTorch Connectomics (em_erl," in text
+    import json
+
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["nerl"] == pytest.approx(result.nerl)
+    # PyTC takes the stored lengths (1 each): ERL 2² / 3, max 3² / 3
+    assert written["em_erl"]["nerl"] == pytest.approx(4 / 9) and written["em_erl"]["merge_threshold"] == 50

@@ -110,9 +110,10 @@ def test_crop_skeleton_keeps_nodes_inside_in_crop_coordinates_and_scores_a_crop(
 
 
 def test_npz_skeleton_loads_into_arrays_without_a_graph(tmp_path):
-    """``load_skeleton_arrays``: an .npz straight into arrays. Node names (not in row order) map edges to rows, a
-    stored edge length is kept and a missing one is the nm distance (here 9 · √3 ≈ 15.59 between nodes 10 and 30,
-    whose nm positions are one voxel apart along each axis)."""
+    """``load_skeleton_arrays``: an .npz straight into arrays. Node names (not in row order) map edges to rows;
+    lengths are the nm distance, as BANIS takes them (here 9 · √3 ≈ 15.59 between nodes 10 and 30, whose nm
+    positions are one voxel apart along each axis); a stored length that disagrees (4.5 on 10–20, whose nodes are
+    √(54² + 9² + 51²) nm apart) is kept aside and reported."""
     from nisbflow.data import load_skeleton_arrays
 
     graph = nx.Graph()
@@ -130,8 +131,10 @@ def test_npz_skeleton_loads_into_arrays_without_a_graph(tmp_path):
     lengths = {frozenset((int(arrays.nodes[a]), int(arrays.nodes[b]))): length
                for (a, b), length in zip(arrays.edges, arrays.edge_length)}
     assert lengths.keys() == {frozenset((10, 30)), frozenset((10, 20))}
-    assert lengths[frozenset((10, 20))] == 4.5
+    assert lengths[frozenset((10, 20))] == pytest.approx((54 ** 2 + 9 ** 2 + 51 ** 2) ** 0.5)
     assert lengths[frozenset((10, 30))] == pytest.approx(9 * 3 ** 0.5)
+    assert sorted(arrays.stored_edge_length[np.isfinite(arrays.stored_edge_length)].tolist()) == [4.5]
+    assert "1 of 1 stored edge_length values differ from their nodes' nm_position distance" in arrays.length_note
 
     broken = dict(np.load(tmp_path / "s.npz"))
     broken["edges"] = np.array([[10, 99]])

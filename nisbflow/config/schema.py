@@ -290,8 +290,14 @@ class DecodingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    metrics: list[Literal["nerl", "voi", "adapted_rand"]] = Field(default_factory=lambda: ["nerl"])
+    metrics: list[Literal["nerl", "em_erl"]] = Field(
+        default_factory=lambda: ["nerl"],
+        description="Skeleton metrics of `nisbflow test`'s metrics.json: nerl (BANIS's metrics.py over funlib.evaluate, "
+                    "the NISB leaderboard's; always computed, with skeleton VOI) and em_erl (PyTorch Connectomics' "
+                    "NERL, em_erl's rules).")
     merge_threshold: int = Field(1, ge=1, description="Skeleton nodes in a segment that make it a merger (BANIS: 1).")
+    em_erl_merge_threshold: int = Field(50, ge=1, description="em_erl's merge threshold (PyTorch Connectomics' NISB "
+                                        "tutorial, evaluation.nerl_merge_threshold: 50).")
 
 
 class ThresholdSearchConfig(_Section):

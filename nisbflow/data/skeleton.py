@@ -196,7 +196,10 @@ def validate_skeleton(graph: nx.Graph, where: str = "<skeleton>") -> None:
 @dataclass
 class SkeletonArrays:
     """A skeleton as flat arrays: ``index_position (N, 3) int64`` voxels (x, y, z), ``id (N,)`` neuron per node,
-    ``edges (E, 2)`` row indices into the node arrays, ``edge_length (E,) float64`` nm."""
+    ``nm_position (N, 3) float64`` nm, ``edges (E, 2)`` row indices into the node arrays (in the graph's edge
+    order, first node first), ``edge_length (E,) float64`` nm as BANIS's metrics.py takes it (see
+    :func:`edge_lengths`), ``stored_edge_length (E,) float64`` what the file stored (NaN where an edge had none),
+    ``length_note``: one line when stored lengths disagree with ``nm_position`` (else None)."""
 
     nodes: np.ndarray
     id: np.ndarray
@@ -204,38 +207,71 @@ class SkeletonArrays:
     nm_position: np.ndarray
     edges: np.ndarray
     edge_length: np.ndarray
+    stored_edge_length: np.ndarray | None = None
+    length_note: str | None = None
 
 
-def skeleton_arrays(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0)) -> SkeletonArrays:
-    """Flatten a skeleton graph; edge length from ``edge_length``, else ``nm_position``, else voxels × voxel size."""
+LENGTH_TOLERANCE = 1e-3
+"""Relative difference above which a stored ``edge_length`` counts as disagreeing with ``nm_position``."""
+
+
+def edge_lengths(nm: np.ndarray | None, index: np.ndarray, rows: np.ndarray, stored: np.ndarray | None, voxel_size,
+                 where: str) -> tuple[np.ndarray, str | None]:
+    """Edge lengths (nm) by BANIS's rule and a note when the file says otherwise.
+
+    BANIS's ``metrics.py`` calls funlib.evaluate's ``expected_run_length`` with ``skeleton_position_attributes=
+    ["nm_position"]``, which recomputes every edge's length from its nodes' ``nm_position`` and overwrites a stored
+    ``edge_length``. So: with ``nm_position`` (``(N, 3)``, or None), lengths are ``|nm(u) − nm(v)|`` and a stored
+    ``edge_length`` that differs by more than :data:`LENGTH_TOLERANCE` is reported, not used. Without it (files
+    BANIS could not score), a stored ``edge_length`` is used, else ``|index(u) − index(v)| × voxel_size``."""
+    rows = rows.reshape(-1, 2)
+    if nm is None:
+        scaled = index * np.asarray(voxel_size, dtype=np.float64)
+        computed = np.linalg.norm(scaled[rows[:, 0]] - scaled[rows[:, 1]], axis=1) if len(rows) else np.zeros(0)
+        if stored is None:
+            return computed, None
+        return np.where(np.isfinite(stored), stored, computed), None
+    computed = np.linalg.norm(nm[rows[:, 0]] - nm[rows[:, 1]], axis=1) if len(rows) else np.zeros(0)
+    if stored is None:
+        return computed, None
+    given = np.isfinite(stored)
+    differs = given & (np.abs(stored - computed) > LENGTH_TOLERANCE * np.maximum(computed, 1e-9))
+    if not differs.any():
+        return computed, None
+    first = int(np.flatnonzero(differs)[0])
+    note = (f"skeleton {where}: {int(differs.sum())} of {int(given.sum())} stored edge_length values differ from "
+            f"their nodes' nm_position distance (edge {first}: {stored[first]:.6g} stored, {computed[first]:.6g} nm "
+            "from nm_position); lengths are taken from nm_position, as BANIS's metrics.py (funlib.evaluate) does")
+    return computed, note
+
+
+def skeleton_arrays(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0), where: str = "<graph>") -> SkeletonArrays:
+    """Flatten a skeleton graph; edge lengths by :func:`edge_lengths` (from ``nm_position`` when every node has
+    one)."""
     nodes = list(graph.nodes)
     row = {node: i for i, node in enumerate(nodes)}
     ids = np.array([graph.nodes[n]["id"] for n in nodes], dtype=np.int64)
     index = np.array([np.asarray(graph.nodes[n]["index_position"]) for n in nodes], dtype=np.int64).reshape(-1, 3)
-    scale = np.asarray(voxel_size, dtype=np.float64)
-    nm = np.array(
-        [np.asarray(graph.nodes[n].get("nm_position", np.asarray(graph.nodes[n]["index_position"]) * scale)) for n in nodes],
-        dtype=np.float64,
-    ).reshape(-1, 3)
+    with_nm = all("nm_position" in graph.nodes[n] for n in nodes)
+    nm = np.array([np.asarray(graph.nodes[n]["nm_position"]) for n in nodes], dtype=np.float64).reshape(-1, 3) \
+        if with_nm else None
     edges = np.array([(row[u], row[v]) for u, v in graph.edges], dtype=np.int64).reshape(-1, 2)
-    lengths = np.array(
-        [
-            data["edge_length"] if "edge_length" in data else float(np.linalg.norm(nm[row[u]] - nm[row[v]]))
-            for u, v, data in graph.edges(data=True)
-        ],
-        dtype=np.float64,
-    )
-    return SkeletonArrays(np.array(nodes), ids, index, nm, edges, lengths)
+    stored = np.array([data.get("edge_length", np.nan) for _, _, data in graph.edges(data=True)], dtype=np.float64)
+    has_stored = bool(np.isfinite(stored).any())
+    lengths, note = edge_lengths(nm, index, edges, stored if has_stored else None, voxel_size, where)
+    if nm is None:
+        nm = index * np.asarray(voxel_size, dtype=np.float64)
+    return SkeletonArrays(np.array(nodes), ids, index, nm, edges, lengths, stored if has_stored else None, note)
 
 
 def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> SkeletonArrays:
     """A skeleton file as :class:`SkeletonArrays`. ``.npz`` is read straight into arrays, with no networkx graph:
     about 100 bytes per node where a graph holds about 1.6 KB (a 1536³ synthetic seed's 2.5 million nodes: 0.25
-    against 4 GB). Other formats go through :func:`load_skeleton` and :func:`skeleton_arrays`. Edge lengths missing
-    from the file come from ``nm_position``, else voxels × ``voxel_size`` (nm)."""
+    against 4 GB). Other formats go through :func:`load_skeleton` and :func:`skeleton_arrays`. Edge lengths by
+    :func:`edge_lengths`."""
     path = str(path)
     if Path(path.split("?")[0]).suffix.lower() != ".npz":
-        return skeleton_arrays(load_skeleton(path), voxel_size)
+        return skeleton_arrays(load_skeleton(path), voxel_size, where=path)
     stored = _read_npz(path)
     if stored["id"].dtype.kind not in "iu":
         raise SkeletonError(f"skeleton {path}: its ids are {stored['id'].dtype} values; ids must be integers naming "
@@ -257,14 +293,11 @@ def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> Skele
         raise SkeletonError(f"skeleton {path}: edge {edge_names[bad[0]].tolist()} names node "
                             f"{edge_names[tuple(bad)]!r}, which is not among its nodes")
     index = index.astype(np.int64)
+    rows = rows.astype(np.int64).reshape(-1, 2)
+    computed, note = edge_lengths(nm, index, rows, lengths, voxel_size, path)
     if nm is None:
         nm = index * np.asarray(voxel_size, dtype=np.float64)
-    length_from_nm = np.linalg.norm(nm[rows[:, 0]] - nm[rows[:, 1]], axis=1) if len(rows) else np.zeros(0)
-    if lengths is None:
-        lengths = length_from_nm
-    else:
-        lengths = np.where(np.isfinite(lengths), lengths, length_from_nm)
-    return SkeletonArrays(nodes, ids, index, nm, rows.astype(np.int64), lengths)
+    return SkeletonArrays(nodes, ids, index, nm, rows, computed, lengths, note)
 
 
 def check_skeleton_in_volume(graph: nx.Graph, shape, where: str = "<skeleton>", volume: str = "the volume") -> None:

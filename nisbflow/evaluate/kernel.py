@@ -194,3 +194,65 @@ def node_voi(skeleton_id: np.ndarray, labels: np.ndarray) -> tuple[float, float]
     true, test, counts = contingency(skeleton_id, labels)
     metrics = dense_metrics_from_contingency(true, test, counts, ignore_true=(0,))
     return metrics.voi_split, metrics.voi_merge
+
+
+@dataclass
+class EmErl:
+    """PyTorch Connectomics' NERL (em_erl's ``compute_erl_score`` on the graph PyTC builds from a NISB skeleton):
+    ``nerl`` = ``erl`` / ``max_erl`` (NaN when the skeletons have no length), lengths in the skeleton's own units
+    (nm for NISB's stored ``edge_length``), ``merge_threshold`` its nodes-per-segment threshold (PyTC's NISB
+    tutorial: 50)."""
+
+    nerl: float
+    erl: float
+    max_erl: float
+    merge_threshold: int
+    n_skeletons: int
+    n_merging_segments: int
+    n_merged_skeletons: int
+
+
+def em_erl_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray,
+                      merge_threshold: int = 50) -> EmErl:
+    """ERL by em_erl's rules, which differ from funlib's (:func:`expected_run_length`) in three ways:
+
+    - a (skeleton, segment) pair is *big* when at least ``merge_threshold`` of the skeleton's nodes lie in the
+      segment; a *merging segment* is one with big pairs of two or more skeletons (segment 0 included);
+    - a *merged skeleton* is any skeleton with a node in a merging segment, big pair or not (funlib: only
+      skeletons present there);
+    - an edge (u, v) is *correct* when ``seg(u) == seg(v) != 0`` and not (its skeleton is merged and ``seg(u)`` is
+      a merging segment); its length adds to (skeleton, seg(u)). Edges must join nodes of one skeleton (PyTC drops
+      the others before scoring: :func:`pytc_graph`).
+
+    ERL = Σ c² / Σ L and max ERL = Σ L² / Σ L over the skeletons (every id among the nodes, with or without edges).
+    ``skeleton_id (N,)``, ``edges (E, 2)`` node rows, ``edge_length (E,)``, ``labels (N,)`` segment per node."""
+    skeleton_id = np.asarray(skeleton_id)
+    labels = np.asarray(labels).astype(np.int64)
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    edge_length = np.asarray(edge_length, dtype=np.float64)
+    skeletons, node_skeleton = np.unique(skeleton_id, return_inverse=True)
+    node_skeleton = node_skeleton.ravel()
+    edge_skeleton = node_skeleton[edges[:, 0]]
+    length = np.bincount(edge_skeleton, weights=edge_length, minlength=len(skeletons))
+    total = float(length.sum())
+
+    pairs, counts = np.unique(np.stack([node_skeleton, labels], axis=1).reshape(-1, 2), axis=0, return_counts=True)
+    big = pairs[counts >= merge_threshold]
+    segments, n_skeletons = np.unique(big[:, 1], return_counts=True)
+    merging = segments[n_skeletons > 1]
+    merged = np.zeros(len(skeletons), dtype=bool)
+    merged[np.unique(pairs[np.isin(pairs[:, 1], merging), 0])] = True
+
+    seg_u, seg_v = labels[edges[:, 0]], labels[edges[:, 1]]
+    correct = (seg_u == seg_v) & (seg_u != 0) & ~(merged[edge_skeleton] & np.isin(seg_u, merging))
+    squares = 0.0
+    if correct.any():
+        groups, row = np.unique(np.stack([edge_skeleton[correct], seg_u[correct]], axis=1), axis=0,
+                                return_inverse=True)
+        sums = np.bincount(row.ravel(), weights=edge_length[correct], minlength=len(groups))
+        squares = float((sums ** 2).sum())
+    erl = squares / total if total > 0 else 0.0
+    max_erl = float((length ** 2).sum() / total) if total > 0 else 0.0
+    return EmErl(nerl=erl / max_erl if max_erl > 0 else float("nan"), erl=erl, max_erl=max_erl,
+                 merge_threshold=int(merge_threshold), n_skeletons=len(skeletons), n_merging_segments=len(merging),
+                 n_merged_skeletons=int(merged.sum()))
