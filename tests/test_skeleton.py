@@ -141,3 +141,32 @@ def test_npz_skeleton_loads_into_arrays_without_a_graph(tmp_path):
     np.savez(tmp_path / "broken.npz", **broken)
     with pytest.raises(SkeletonError, match=r"broken\.npz.*99"):
         load_skeleton_arrays(tmp_path / "broken.npz")
+
+
+def test_skeleton_pickles_name_no_numpy_module_so_numpy_1_and_2_both_load_them(tmp_path):
+    """nisbflow's pickles once held numpy 2 arrays (``numpy._core.multiarray``), which numpy 1.x cannot import:
+    BANIS's and PyTorch Connectomics' environments failed with ModuleNotFoundError. Now no global but networkx's
+    graph class is referenced, and the values read back are plain Python values in the graph's order."""
+    import pickle
+    import pickletools
+
+    from nisbflow.synth import synthesize_seed
+
+    summary = synthesize_seed(tmp_path / "seed", (48, 48, 24), seed=2, chunks=(24, 24, 24), progress=False)
+    assert summary.n_skeleton_nodes > 0
+    for path in (tmp_path / "seed" / "skeleton.pkl", tmp_path / "copy.pkl"):
+        if path.name == "copy.pkl":
+            save_skeleton(load_skeleton(tmp_path / "seed" / "skeleton.pkl"), path)
+        raw = path.read_bytes()
+        strings = [str(arg) for op, arg, _ in pickletools.genops(raw) if isinstance(arg, str)]
+        assert not [s for s in strings if "numpy" in s], path
+        assert raw[1] == 4, "protocol 4"  # PROTO opcode, then the protocol number
+        graph = pickle.loads(raw)  # a plain, unrestricted load finds every class it names
+        assert type(graph) is nx.Graph
+        assert {s.split(".")[0] for s in strings if s.startswith(("networkx", "builtins", "numpy"))} == {"networkx"}
+        node, data = next(iter(graph.nodes(data=True)))
+        assert type(data["index_position"]) is list and all(type(c) is int for c in data["index_position"])
+        assert type(data["nm_position"]) is list and all(type(c) is float for c in data["nm_position"])
+        assert type(data["id"]) is int
+        original = load_skeleton(tmp_path / "seed" / "skeleton.pkl")
+        assert list(graph.nodes) == list(original.nodes) and list(graph.edges) == list(original.edges)

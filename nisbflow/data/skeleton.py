@@ -347,12 +347,44 @@ def _jsonable(value):
     return value
 
 
+PICKLE_PROTOCOL = 4
+"""Skeleton pickles use protocol 4 (Python 3.4 and later) with plain Python values only (:func:`portable`), so
+numpy 1.x and 2.x, with any networkx 2.x or 3.x, load them: a pickle holding numpy arrays names numpy 2's
+``numpy._core`` module, which numpy 1.x (allowed by PyTorch Connectomics and BANIS) cannot import."""
+
+
+def _plain(value):
+    """``value`` with numpy scalars and arrays (also inside lists, tuples and dicts) as Python ints, floats, bools and
+    lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def portable(graph: nx.Graph) -> nx.Graph:
+    """A copy of ``graph`` (same class, node and edge order) whose node names and attributes are plain Python values:
+    ``index_position`` and ``nm_position`` become lists, ids ints, lengths floats. BANIS's ``metrics.py`` unpacks
+    ``x, y, z = index_position`` and funlib.evaluate builds arrays from ``nm_position``, which lists serve as well."""
+    copy = graph.__class__()
+    copy.graph.update(_plain(dict(graph.graph)))
+    copy.add_nodes_from((_plain(n), _plain(dict(a))) for n, a in graph.nodes(data=True))
+    copy.add_edges_from((_plain(u), _plain(v), _plain(dict(a))) for u, v, a in graph.edges(data=True))
+    return copy
+
+
 def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
-    """Write a skeleton as ``.pkl`` (NISB's format), ``.json`` (node-link) or ``.npz``, by the suffix of ``path``."""
+    """Write a skeleton as ``.pkl`` (NISB's format, numpy-free: :func:`portable`, :data:`PICKLE_PROTOCOL`), ``.json``
+    (node-link) or ``.npz``, by the suffix of ``path``."""
     path = str(path)
     suffix = Path(path).suffix.lower()
     if suffix in (".pkl", ".pickle"):
-        payload = pickle.dumps(graph, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(portable(graph), protocol=PICKLE_PROTOCOL)
     elif suffix == ".json":
         payload = json.dumps(_jsonable(nx.node_link_data(graph, edges="edges", name="node"))).encode()
     elif suffix == ".npz":
