@@ -1,4 +1,4 @@
-"""Data commands: ``synth``, ``synth-affinities``, ``skeleton convert``, ``skeletonize`` and ``view``."""
+"""Data commands: ``synth``, ``synth-affinities``, ``convert``, ``skeleton convert``, ``skeletonize`` and ``view``."""
 
 from __future__ import annotations
 
@@ -80,6 +80,33 @@ def skeleton_convert(
     console.print(f"wrote {destination}: {summary.n_nodes} nodes, {summary.n_neurons} skeletons "
                   f"({summary.n_scored} with edges, which NERL scores), "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")
+
+
+@app.command()
+@friendly_errors
+def convert(
+    source: str = typer.Argument(..., help="Volume to read: zarr (seg.zarr, data.zarr/img), HDF5 (pred.h5:/main, or "
+                                           "pred.h5 for its main or only dataset) or a TIFF stack (stack.tif)."),
+    output: str = typer.Argument(..., help="Volume to write, format by suffix: .zarr, .h5 (file.h5:/dataset; "
+                                           "PyTorch Connectomics' ZYX layout) or .tif."),
+    axes: Optional[str] = typer.Option(None, "--axes", help="The source's axis order, e.g. zyx or czyx (default: "
+                                       "zyx / czyx for HDF5 and TIFF, as PyTorch Connectomics writes them; the "
+                                       "recorded order for zarr)."),
+    layout: str = typer.Option("ngff", "--layout", help="zarr output: ngff (an OME-NGFF image group, what nisbflow "
+                               "writes) or plain (the array at the store's root, which BANIS's metrics.py reads)."),
+    chunks: Optional[str] = typer.Option(None, "--chunks", help="Output chunks X,Y,Z (default 128,128,128)."),
+    voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel X,Y,Z to record (default: "
+                                             "the source's, else 9,9,20)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+):
+    """Convert a volume between zarr, HDF5 and TIFF block by block, to nisbflow's XYZ order from the source's
+    (--axes) and back to ZYX for HDF5 and TIFF outputs."""
+    from nisbflow.jobs import convert as convert_job
+
+    report = convert_job(source, output, axes=axes, layout=layout, chunks=parse_triple(chunks, "--chunks"),
+                         voxel_size=parse_triple(voxel_size, "--voxel-size", float), overwrite=overwrite)
+    console.print(f"wrote {report.output}: {report.dtype} {report.axes.upper()} "
+                  f"{'×'.join(map(str, report.shape))} (source axes {report.source_axes.upper()})")
 
 
 @app.command()

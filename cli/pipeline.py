@@ -142,6 +142,8 @@ def evaluate(
                                      "always computed) and/or em_erl (PyTorch Connectomics' NERL, em_erl's rules)."),
     em_erl_merge_threshold: int = typer.Option(50, "--em-erl-merge-threshold", help="With --metric em_erl: nodes a "
                                                "skeleton needs in a segment to merge there (PyTC's NISB tutorial: 50)."),
+    axes: Optional[str] = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default zyx, "
+                                       "as PyTorch Connectomics writes it)."),
 ):
     """NERL, ERL and skeleton VOI of a segmentation against NISB skeletons (BANIS metrics.py semantics); dense
     adapted Rand error and VOI with --gt; PyTorch Connectomics' NERL too with --metric em_erl. Segment ids are read
@@ -150,7 +152,8 @@ def evaluate(
 
     report = evaluate_job(segmentation, skeleton, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
                           merge_threshold=merge_threshold, gt=gt, json_path=json_path, plot=plot,
-                          metrics=tuple(metric), em_erl_merge_threshold=em_erl_merge_threshold, log=say)
+                          metrics=tuple(metric), em_erl_merge_threshold=em_erl_merge_threshold, axes=axes,
+                          log=say)
     console.print(metrics_table(report.result, report.dense, title=f"{segmentation} against {skeleton}"))
     for written in (report.json_path, report.plot):
         if written:

@@ -254,11 +254,13 @@ class EvaluateReport:
 def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), merge_threshold: int = 1,
              gt: str | None = None, json_path: str | None = None, plot: str | None = None,
              progress: bool = True, metrics=("nerl",), em_erl_merge_threshold: int | None = None,
-             log=_print) -> EvaluateReport:
+             axes: str | None = None, log=_print) -> EvaluateReport:
     """``nisbflow evaluate``: NERL, ERL and skeleton VOI of a segmentation ``(X, Y, Z)`` against NISB skeletons
     (BANIS metrics.py semantics; ``voxel_size`` in nm, X, Y, Z), and adapted Rand error and VOI against a dense
     ground truth ``gt``. ``metrics`` with ``"em_erl"``: also PyTorch Connectomics' NERL (em_erl's rules) at
-    ``em_erl_merge_threshold`` (default 50, PyTC's NISB tutorial). ``json_path`` / ``plot``: also write every
+    ``em_erl_merge_threshold`` (default 50, PyTC's NISB tutorial). ``segmentation`` may also be an HDF5 dataset
+    (``pred.h5:/main``) or a TIFF stack, read lazily in the source's axis order ``axes`` (default ZYX, as PyTorch
+    Connectomics writes them; :mod:`nisbflow.data.formats`). ``json_path`` / ``plot``: also write every
     metric as JSON / a PNG of the run lengths (their folders are checked before any work). What the skeleton file
     says that nisbflow does not use (stored edge lengths that disagree with ``nm_position``) goes through ``log``.
     Runs on the current Dask client, if any."""
@@ -269,8 +271,18 @@ def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), m
     for path, option in ((json_path, "--json"), (plot, "--plot")):
         if path:
             check_writable(path, option)
-    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
+    from nisbflow.data.formats import locate, open_lazy
     from nisbflow.evaluate import EM_ERL_MERGE_THRESHOLD
+
+    if locate(segmentation).kind == "zarr":
+        volume = open_volume(segmentation, role="segmentation", ndims=(3,))
+    else:  # HDF5 or TIFF, read lazily (h5py / tifffile's zarr store) in nisbflow's XYZ order
+        volume = open_lazy(segmentation, axes).data
+        if volume.ndim != 3:
+            from nisbflow.errors import VolumeError
+
+            raise VolumeError(f"segmentation {segmentation}: expected 3 dimensions (X, Y, Z), found shape "
+                              f"{tuple(volume.shape)}")
 
     result = nerl(volume, skeleton, voxel_size=tuple(voxel_size), merge_threshold=merge_threshold, progress=progress,
                   metrics=tuple(metrics), em_erl_merge_threshold=em_erl_merge_threshold or EM_ERL_MERGE_THRESHOLD)
@@ -604,6 +616,37 @@ def skeleton_convert(source: str, destination: str):
     from nisbflow.data.skeleton import convert_skeleton, summarize_skeleton
 
     return summarize_skeleton(convert_skeleton(source, destination))
+
+
+@dataclass
+class ConvertReport:
+    """``nisbflow convert``: what was written (``output``: its :class:`~nisbflow.data.formats.VolumeLocation`), its
+    shape and axis order as stored (XYZ for zarr, ZYX for HDF5 and TIFF), and the source's axis order."""
+
+    output: object
+    shape: tuple
+    axes: str
+    source_axes: str
+    dtype: str
+
+
+def convert(source: str, output: str, *, axes: str | None = None, layout: str = "ngff", chunks=None,
+            voxel_size=None, overwrite: bool = False, progress: bool = True) -> ConvertReport:
+    """``nisbflow convert``: a volume between zarr (OME-NGFF or ``layout="plain"``), HDF5 (``file.h5:/dataset``,
+    PyTorch Connectomics' ZYX layout) and TIFF stacks, block by block (:mod:`nisbflow.data.formats`). ``axes``: the
+    source's axis order (default by format: ``zyx`` / ``czyx`` for HDF5 and TIFF, the recorded one for zarr);
+    ``voxel_size`` (nm, X, Y, Z) recorded on a zarr output (default: the source's, else NISB's 9 × 9 × 20)."""
+    from nisbflow.data.formats import open_lazy, write_volume
+
+    volume = open_lazy(source, axes)
+    recorded = {k: v for k, v in volume.attrs.items() if k in ("voxel_size", "description", "nisbflow_output")}
+    if voxel_size is not None:
+        recorded["voxel_size"] = [float(v) for v in voxel_size]
+    location = write_volume(volume, output, layout=layout, chunks=chunks, overwrite=overwrite, attributes=recorded,
+                            source=source, progress=progress)
+    written = volume.axes if location.kind == "zarr" else ("czyx" if "c" in volume.axes else "zyx")
+    shape = tuple(volume.data.shape[volume.axes.index(a)] for a in written)
+    return ConvertReport(location, shape, written, volume.source_axes, str(volume.data.dtype))
 
 
 @dataclass

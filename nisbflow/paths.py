@@ -16,6 +16,9 @@ So:
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import fsspec
 
@@ -62,3 +65,32 @@ def location(path) -> tuple[str, str]:
         return "file", os.path.realpath(url)
     fs, root = fsspec.core.url_to_fs(url)
     return protocol_of(fs), root.rstrip("/")
+
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class VolumeLocation:
+    """Where a volume is: ``kind`` (``zarr``, ``hdf5``, ``tiff``), the ``file`` (store) and, for HDF5, the
+    ``dataset`` inside it (None: ``main``, else the only one)."""
+
+    kind: str
+    file: str
+    dataset: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:/{self.dataset}" if self.kind == "hdf5" and self.dataset else self.file
+
+
+def locate(path: str | Path) -> VolumeLocation:
+    """The :class:`VolumeLocation` a volume path names (``file.h5:/dataset``, ``stack.tif``, zarr otherwise)."""
+    path = str(path)
+    for suffix in HDF5_SUFFIXES:
+        found = re.match(rf"^(.*{re.escape(suffix)})(?::/?(.*))?$", path, re.IGNORECASE)
+        if found:
+            return VolumeLocation("hdf5", found.group(1), found.group(2) or None)
+    if path.lower().endswith(TIFF_SUFFIXES):
+        return VolumeLocation("tiff", path)
+    return VolumeLocation("zarr", path)

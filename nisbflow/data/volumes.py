@@ -73,6 +73,14 @@ def open_volume(
         :class:`~nisbflow.errors.VolumeError` naming the path, the expected and the found value.
     """
     path = str(path)
+    from ..paths import locate
+
+    where = locate(path)
+    if where.kind != "zarr":
+        stem = Path(where.file).stem
+        raise VolumeError(f"{role}: {path} is {where.kind.upper()}; this command reads zarr arrays: convert it first "
+                          f"with `nisbflow convert {path} {stem}.zarr` (add --axes if it is not "
+                          f"{'ZYX / CZYX' if where.kind == 'hdf5' else 'ZYX'}, as PyTorch Connectomics writes)")
     try:
         array = zarr.open_array(array_url(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeTypeValidationError):
