@@ -52,6 +52,27 @@ def model_export(
                   f"source sha256 {report.metadata['source_sha256']}")
 
 
+@model_app.command("import")
+@friendly_errors
+def model_import(
+    checkpoint: str = typer.Argument(..., help="A BANIS Lightning .ckpt (last.ckpt) or a PyTorch Connectomics "
+                                               "checkpoint of MIC-DKFZ's MedNeXt."),
+    output: str = typer.Argument(..., help="nisbflow checkpoint to write (.pt)."),
+    weights: str = typer.Option("auto", "--weights", help="auto (the EMA weights when the checkpoint keeps them, as "
+                                "PyTorch Connectomics validates with them), ema, or raw (the training weights)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+):
+    """Convert a BANIS or PyTorch Connectomics checkpoint into a nisbflow .pt, with the architecture read off its
+    tensors and the window and threshold it records. --checkpoint also takes such files directly."""
+    from nisbflow.jobs import model_import as model_import_job
+
+    report = model_import_job(checkpoint, output, weights=weights, overwrite=overwrite)
+    for note in report.notes:
+        console.print(note)
+    console.print(f"wrote {report.output}: MedNeXt-{report.model.size}, kernel {report.model.kernel_size}, "
+                  f"width {report.model.init_filters}, {report.weights} weights")
+
+
 @model_app.command("list")
 @friendly_errors
 def model_list():

@@ -706,6 +706,28 @@ def model_export(checkpoint: str, output: str, *, command: str | None = None, co
 
 
 @dataclass
+class ModelImportReport:
+    """``nisbflow model import``: the file written, its model and what was taken from where."""
+
+    output: str
+    model: object
+    weights: str
+    notes: list
+
+
+def model_import(checkpoint: str, output: str, *, weights: str = "auto", overwrite: bool = False) -> ModelImportReport:
+    """``nisbflow model import``: a BANIS or PyTorch Connectomics checkpoint as a nisbflow ``.pt``
+    (:func:`~nisbflow.model.import_checkpoint`); ``weights``: ``auto`` (EMA when present), ``ema`` or ``raw``."""
+    from nisbflow.errors import OutputExistsError
+    from nisbflow.model import Checkpoint, import_checkpoint
+
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    metadata = import_checkpoint(checkpoint, output, weights=weights)
+    return ModelImportReport(str(output), Checkpoint.open(output).model, metadata["weights"], metadata["notes"])
+
+
+@dataclass
 class ShippedModel:
     """One model inside the package (``nisbflow model list``)."""
 

@@ -190,6 +190,8 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     resolved = validate_tree(tree)
     if params is not None:
         check_tuned_method(params, resolved)
+    if handle is not None:  # what importing a peer's checkpoint took from where (nisbflow.model.peers)
+        notes = list((handle.metadata or {}).get("notes") or []) + notes
     return RunSettings(resolved, handle, sources, notes)
 
 

@@ -1,13 +1,14 @@
-"""The BANIS network (:mod:`.network`: MONAI's MedNeXt) and checkpoints that carry their own configuration
-(:mod:`.checkpoint`: the file format, shipped models, and the :class:`Checkpoint` handle)."""
+"""The BANIS network (:mod:`.network`: MedNeXt as MIC-DKFZ defines it, on MONAI's) and checkpoints that carry their
+own configuration (:mod:`.checkpoint`: the file format, shipped models, the :class:`Checkpoint` handle; BANIS's and
+PyTorch Connectomics' checkpoints through :mod:`.peers`)."""
 
 from .checkpoint import (CHECKPOINT_FORMAT, DEFAULT_SHIPPED, SHIPPED_DIR, SHIPPED_MODELS, Checkpoint, CheckpointError,
-                         checkpoint_payload, export_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint,
+                         checkpoint_payload, export_checkpoint, import_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint,
                          save_random_checkpoint, write_checkpoint)
 from .network import ARCHITECTURES, build
 
 __all__ = [
     "ARCHITECTURES", "CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "DEFAULT_SHIPPED", "SHIPPED_DIR",
-    "SHIPPED_MODELS", "build", "checkpoint_payload", "export_checkpoint", "load_checkpoint", "resolve_checkpoint",
+    "SHIPPED_MODELS", "build", "checkpoint_payload", "export_checkpoint", "import_checkpoint", "load_checkpoint", "resolve_checkpoint",
     "save_checkpoint", "save_random_checkpoint", "write_checkpoint",
 ]

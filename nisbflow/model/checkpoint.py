@@ -2,8 +2,10 @@
 
 A checkpoint is a ``torch.save`` dict ``{"format": "nisbflow-checkpoint", "version": 1, "model": <ModelConfig as a
 dict>, "state_dict": ..., "metadata": {...}}``, loaded with ``weights_only=True`` (no code runs on load). Training
-records its whole configuration in ``metadata["config"]``. Lightning checkpoints (``state_dict`` keys prefixed
-``model.``, configuration under ``hyper_parameters``) load too. Shipped models (``nisb-tiny-synthetic``) live in
+records its whole configuration in ``metadata["config"]``; an imported checkpoint the settings it came with in
+``metadata["recorded"]``. BANIS's and PyTorch Connectomics' Lightning checkpoints (MIC-DKFZ MedNeXt tensors) load
+too, through :mod:`nisbflow.model.peers`, as do Lightning checkpoints with a nisbflow model configuration under
+``hyper_parameters``. Shipped models (``nisb-tiny-synthetic``) live in
 :data:`SHIPPED_DIR` as ``<stem>.pt`` beside ``<stem>.yaml``, the configuration to run them with.
 """
 
@@ -50,17 +52,37 @@ def _shipped_yaml(path: Path) -> Path | None:
     return None
 
 
+def peer_of(payload, path, weights: str = "auto"):
+    """The :class:`~nisbflow.model.peers.PeerCheckpoint` of a BANIS or PyTorch Connectomics checkpoint payload
+    (MIC-DKFZ MedNeXt tensors), else None."""
+    from nisbflow.model.peers import PeerCheckpointError, is_mic_dkfz, read_peer
+
+    if not isinstance(payload, dict) or payload.get("format") == CHECKPOINT_FORMAT \
+            or not is_mic_dkfz(payload.get("state_dict") or {}):
+        return None
+    try:
+        return read_peer(payload, Path(path), weights)
+    except PeerCheckpointError as error:
+        raise CheckpointError(f"checkpoint {path}: {error}") from None
+
+
 def _model_and_state(payload, path) -> tuple[ModelConfig, dict]:
-    """The model configuration and weights of a loaded checkpoint payload (nisbflow or Lightning layout)."""
+    """The model configuration and weights of a loaded checkpoint payload (nisbflow, BANIS, PyTorch Connectomics
+    or nisbflow-Lightning layout)."""
     if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise CheckpointError(f"checkpoint {path} has no state_dict; expected a nisbflow or Lightning checkpoint")
+        raise CheckpointError(f"checkpoint {path} has no state_dict; expected a nisbflow, BANIS, PyTorch "
+                              "Connectomics or Lightning checkpoint")
     if payload.get("format") == CHECKPOINT_FORMAT:
         config_dict, state = payload["model"], payload["state_dict"]
+    elif (peer := peer_of(payload, path)) is not None:
+        return peer.model, peer.state
     else:  # Lightning: the module stores the model under "model." and its configuration in hyper_parameters
         hyper = payload.get("hyper_parameters", {})
         config_dict = hyper.get("model") or hyper.get("config", {}).get("model")
         if config_dict is None:
-            raise CheckpointError(f"checkpoint {path} carries no model configuration (hyper_parameters.model)")
+            raise CheckpointError(f"checkpoint {path} carries no model configuration (hyper_parameters.model) and "
+                                  "no MIC-DKFZ MedNeXt tensors (enc_block_0.…) as BANIS and PyTorch Connectomics "
+                                  "save them")
         state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
     return ModelConfig.model_validate(config_dict), state
 
@@ -82,8 +104,11 @@ def _read(path: Path, map_location="cpu") -> tuple[dict, str]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file inside it")
     data = path.read_bytes()
-    try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    from nisbflow.model.peers import READ_AS
+
+    try:  # weights only: no code in the file runs; Lightning's defaultdicts read as dicts
+        with torch.serialization.safe_globals(READ_AS):
+            payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for foreign or corrupt files
         raise CheckpointError(f"checkpoint {path} cannot be read as a torch checkpoint with weights_only=True: "
                               f"{error}") from error
@@ -125,7 +150,9 @@ class Checkpoint:
 
             recorded = load_yaml_tree(shipped)
         elif payload.get("format") == CHECKPOINT_FORMAT:
-            recorded = metadata.get("config")
+            recorded = metadata.get("config") or metadata.get("recorded")
+        elif (peer := peer_of(payload, path)) is not None:
+            recorded, metadata = peer.recorded, {"notes": peer.notes, "weights": peer.weights}
         else:
             recorded = (payload.get("hyper_parameters") or {}).get("config")
         metadata.pop("config", None)
@@ -301,3 +328,24 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, r
     save_checkpoint(output, model, config, **kept)
     return kept
 
+
+def import_checkpoint(source: str | Path, output: str | Path, *, weights: str = "auto") -> dict:
+    """A nisbflow checkpoint of a BANIS or PyTorch Connectomics checkpoint (:mod:`nisbflow.model.peers`): the chosen
+    weights (``auto``: EMA when present, ``ema``, ``raw``) in nisbflow's names, the model read off the tensors, and
+    the settings it records (window, threshold) under ``metadata["recorded"]``. Returns the metadata written."""
+    path = resolve_checkpoint(source)
+    payload, digest = _read(path)
+    peer = peer_of(payload, path, weights)
+    if peer is None:
+        raise CheckpointError(f"checkpoint {source} is not a BANIS or PyTorch Connectomics checkpoint (no MIC-DKFZ "
+                              "MedNeXt tensors, enc_block_0.…); nisbflow checkpoints need no import")
+    model = build(peer.model)
+    try:
+        model.load_state_dict(peer.state, strict=True)
+    except RuntimeError as error:
+        mismatch = str(error).split("size mismatch for ", 1)[-1].split("\n")[0].strip()
+        raise CheckpointError(f"checkpoint {source} does not fit MedNeXt-{peer.model.size}: {mismatch}") from None
+    metadata = dict(imported_from=str(source), source_sha256=digest, source_format=peer.layout,
+                    weights=peer.weights, recorded=peer.recorded, notes=peer.notes)
+    save_checkpoint(output, model.eval(), peer.model, **metadata)
+    return metadata

@@ -1,4 +1,13 @@
-"""The BANIS network: MONAI's MedNeXt, built from a :class:`~nisbflow.config.schema.ModelConfig`."""
+"""The BANIS network: MedNeXt as MIC-DKFZ defines it, built on MONAI's, from a
+:class:`~nisbflow.config.schema.ModelConfig`.
+
+MONAI's ``MedNeXt`` and MIC-DKFZ's (``nnunet_mednext``, the code BANIS and PyTorch Connectomics train) differ in one
+rule: MIC-DKFZ's down block into stage i + 1 expands by that stage's ratio, MONAI's by stage i's. For MedNeXt-S
+(ratio 2 everywhere) the two are the same network; for B, M and L six tensors have other shapes (MedNeXt-L:
+61.78 M parameters in MONAI's against MIC-DKFZ's 61.73 M). nisbflow builds MONAI's network and replaces its down
+blocks by MIC-DKFZ's rule, so the field's checkpoints load (:mod:`nisbflow.model.peers`) and give MIC-DKFZ's
+logits (tests/test_peers.py, on fixtures made with MIC-DKFZ's own code).
+"""
 
 from __future__ import annotations
 
@@ -22,11 +31,46 @@ ARCHITECTURES = {"mednext-s": ModelConfig(), "tiny": ModelConfig(init_filters=4)
 """Named model configurations for ``nisbflow model init --arch``."""
 
 
+def mic_dkfz_variant(block_counts, expansion_ratios) -> str | None:
+    """The variant (S, B, M, L) with these nine block counts and expansion ratios (encoder stages 0-3, bottleneck,
+    decoder stages 3-0, as MIC-DKFZ lists them), or None."""
+    for size, v in _VARIANTS.items():
+        ratios = _expanded(v["encoder_expansion_ratio"]) + [v["bottleneck_expansion_ratio"]] + \
+            _expanded(v["decoder_expansion_ratio"])
+        counts = list(v["blocks_down"]) + [v["blocks_bottleneck"]] + list(v["blocks_up"])
+        if counts == list(block_counts) and ratios == list(expansion_ratios):
+            return size
+    return None
+
+
+def _expanded(ratio) -> list[int]:
+    return [ratio] * 4 if isinstance(ratio, int) else list(ratio)
+
+
+def _with_mic_dkfz_down_blocks(network: torch.nn.Module, config: ModelConfig) -> torch.nn.Module:
+    """``network`` (MONAI's MedNeXt) with each down block rebuilt to expand by the ratio of the stage it leads into
+    (the bottleneck's for the last), MIC-DKFZ's rule; unchanged where the ratios agree (MedNeXt-S)."""
+    from monai.networks.blocks.mednext_block import MedNeXtDownBlock
+
+    variant = _VARIANTS[config.size]
+    ratios = _expanded(variant["encoder_expansion_ratio"])
+    following = ratios[1:] + [variant["bottleneck_expansion_ratio"]]
+    for i, block in enumerate(network.down_blocks):
+        if following[i] == ratios[i]:
+            continue
+        network.down_blocks[i] = MedNeXtDownBlock(
+            in_channels=config.init_filters * 2 ** i, out_channels=config.init_filters * 2 ** (i + 1),
+            expansion_ratio=following[i], kernel_size=config.kernel_size, use_residual_connection=True,
+            norm_type="group", dim="3d")
+    return network
+
+
 def build(config: ModelConfig | None = None) -> torch.nn.Module:
     """MedNeXt for a model configuration (default: BANIS's MedNeXt-S, kernel 3, 1 → 6 channels, no deep supervision).
 
-    With the canonical 32 initial filters this is ``monai.networks.nets.mednext.create_mednext`` itself; other
-    ``init_filters`` (e.g. 4 for CPU tests) build MONAI's ``MedNeXt`` with the same variant settings. Input
+    With the canonical 32 initial filters this starts from ``monai.networks.nets.mednext.create_mednext``; other
+    ``init_filters`` (e.g. 4 for CPU tests) build MONAI's ``MedNeXt`` with the same variant settings; either way the
+    down blocks follow MIC-DKFZ's rule (module docstring). Input
     ``(N, in_channels, X, Y, Z)`` float with each spatial size a multiple of 16 (four 2× downsamplings); output
     ``(N, out_channels, X, Y, Z)`` logits.
     """
@@ -34,10 +78,12 @@ def build(config: ModelConfig | None = None) -> torch.nn.Module:
 
     config = config or ModelConfig()
     if config.init_filters == 32:
-        return create_mednext(config.size, spatial_dims=3, in_channels=config.in_channels,
-                              out_channels=config.out_channels, kernel_size=config.kernel_size,
-                              deep_supervision=config.deep_supervision)
-    return MedNeXt(spatial_dims=3, init_filters=config.init_filters, in_channels=config.in_channels,
-                   out_channels=config.out_channels, kernel_size=config.kernel_size,
-                   deep_supervision=config.deep_supervision, use_residual_connection=True, norm_type="group",
-                   global_resp_norm=False, **_VARIANTS[config.size])
+        network = create_mednext(config.size, spatial_dims=3, in_channels=config.in_channels,
+                                 out_channels=config.out_channels, kernel_size=config.kernel_size,
+                                 deep_supervision=config.deep_supervision)
+    else:
+        network = MedNeXt(spatial_dims=3, init_filters=config.init_filters, in_channels=config.in_channels,
+                          out_channels=config.out_channels, kernel_size=config.kernel_size,
+                          deep_supervision=config.deep_supervision, use_residual_connection=True, norm_type="group",
+                          global_resp_norm=False, **_VARIANTS[config.size])
+    return _with_mic_dkfz_down_blocks(network, config)
