@@ -176,10 +176,17 @@ def test_train_sbatch_trains_on_cpu_ranks_and_a_resubmission_resumes(slurm, tmp_
     env = {**_env(), "CONFIG": "configs/tiny.yaml", "RUN_DIR": "run", "CPU_RANKS": "2"}
     outputs = []
     for steps in (1, 2):
-        submitted = subprocess.run(["sbatch", "--wait", "--cpus-per-task", "2", "--mem", "4G", "--time", "00:10:00",
-                                    "--output", f"train-{steps}.out", str(ROOT / "deploy" / "slurm" / "train.sbatch"),
-                                    *overrides, f"optimization.max_steps={steps}"],
-                                   cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        try:
+            submitted = subprocess.run(["sbatch", "--wait", "--job-name", "nisbflow-train-test", "--cpus-per-task",
+                                        "2", "--mem", "4G", "--time", "00:10:00", "--output", f"train-{steps}.out",
+                                        str(ROOT / "deploy" / "slurm" / "train.sbatch"), *overrides,
+                                        f"optimization.max_steps={steps}"],
+                                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            reason = subprocess.run(["squeue", "-h", "-n", "nisbflow-train-test", "-o", "%T %r"], capture_output=True,
+                                    text=True).stdout.strip()
+            subprocess.run(["scancel", "-n", "nisbflow-train-test"], capture_output=True)
+            raise AssertionError(f"train.sbatch did not finish within 300 s (squeue: {reason or 'gone'})") from None
         outputs.append(" ".join((tmp_path / f"train-{steps}.out").read_text().split()))
         assert submitted.returncode == 0, outputs[-1][-3000:]
     assert "no GPU: 2 CPU rank(s), gloo, 1 OpenMP thread(s) per rank" in outputs[0]

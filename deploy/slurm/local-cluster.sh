@@ -8,7 +8,7 @@
 #   deploy/slurm/local-cluster.sh status   # exit 0 when the node answers idle/mixed/allocated
 #   deploy/slurm/local-cluster.sh stop     # stop the three daemons by their pid files
 #
-# The node is this host (`hostname`, `nproc` CPUs, 90 % of its memory), in one partition `debug`; daemons run as
+# The node is this host (`hostname`, its online CPUs, 90 % of its memory), in one partition `debug`; daemons run as
 # root (SlurmUser=root), processes are tracked without cgroups (proctrack/linuxproc, task/none), CPUs are the
 # consumable resource (select/cons_tres with CR_CPU). No GPUs are configured: GPU jobs are tested as rendered job
 # scripts, not submitted. Everything the cluster writes lives under $NISBFLOW_SLURM_STATE (default
@@ -48,7 +48,7 @@ write_config() {
     fi
     local host cpus memory_mb
     host=$(hostname)
-    cpus=$(nproc)
+    cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it answers OMP_NUM_THREADS when that is set
     memory_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
     mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d" "$STATE/log"
     cat > "$CONF" <<EOF
@@ -116,7 +116,7 @@ start() {
     for _ in $(seq 1 60); do
         state=$(node_state)
         case "$state" in
-            idle*|mixed*|allocated*) echo "slurm: node $(hostname) $state ($(nproc) CPUs), partition debug" >&2
+            idle*|mixed*|allocated*) echo "slurm: node $(hostname) $state ($(getconf _NPROCESSORS_ONLN) CPUs), partition debug" >&2
                                      return 0 ;;
             down*|drain*) scontrol update nodename="$(hostname)" state=resume > /dev/null 2>&1 || true ;;
         esac
