@@ -118,3 +118,31 @@ def test_config_show_reports_bad_key_without_traceback():
     result = CliRunner().invoke(app, ["config", "show", "decoding.treshold=0.8"])
     assert result.exit_code == 2
     assert "did you mean 'decoding.threshold'" in result.output and "Traceback" not in result.output
+
+
+def test_a_pytorch_connectomics_configuration_is_refused_in_one_line(tmp_path):
+    """PyTC's NISB tutorial files (sections default/train/test/tune, _base_ into its profile library) once
+    stopped at "unknown configuration key 'description'"; until nisbflow reads them, one line says what they are."""
+    import re
+    from typer.testing import CliRunner
+
+    from nisbflow.config import load_config
+    from nisbflow.errors import ConfigError
+    from nisbflow_cli.main import app
+
+    (tmp_path / "recipe.yaml").write_text("_base_:\n- ../connectomics/config/all_profiles.yaml\n"
+                                          "description: a recipe\ndefault:\n  system: {num_gpus: -1}\n")
+    (tmp_path / "dataset.yaml").write_text("train:\n  data:\n    train: {path: /data/nisb/train}\n"
+                                           "tune:\n  n_trials: 21\n")
+    for name, what in (("recipe.yaml", "its default: section(s)"), ("dataset.yaml", "its train: section(s)")):
+        with pytest.raises(ConfigError, match=re.escape(f"is a PyTorch Connectomics configuration ({what})")):
+            load_config(str(tmp_path / name), [])
+    # the tutorial's own file has neither: its _base_ files do
+    (tmp_path / "tutorial").mkdir()
+    (tmp_path / "tutorial" / "base.yaml").write_text("_base_:\n- ../recipe.yaml\n- ../dataset.yaml\n"
+                                                     "experiment_name: nisb_base_banis\ndescription: BANIS\n")
+    with pytest.raises(ConfigError, match=re.escape("(recipe.yaml has default: section(s))")):
+        load_config(str(tmp_path / "tutorial" / "base.yaml"), [])
+    shown = CliRunner().invoke(app, ["config", "show", "--config", str(tmp_path / "recipe.yaml")])
+    assert shown.exit_code == 2
+    assert "docs/coming-from-pytc-banis.md" in " ".join(shown.output.split())

@@ -208,7 +208,8 @@ def test_test_entry_and_command_score_the_same_nerl(image, tmp_path):
     from nisbflow.jobs import ClusterSpec, test
 
     root, _ = image
-    overrides = [f"data.test.path={root / 'seed'}", f"data.test.skeleton={root / 'seed' / 'skeleton.pkl'}"]
+    overrides = [f"data.test.path={root / 'seed'}", f"data.test.skeleton={root / 'seed' / 'skeleton.pkl'}",
+                 "evaluation.metrics=[nerl,em_erl]"]  # both NERLs: BANIS's and PyTorch Connectomics'
     report = test(SHIPPED, chunks=(48, 48, 64), overrides=overrides + [f"save_path={tmp_path / 'lib'}"],
                   cluster=ClusterSpec("sync"), log=lambda line: None)
     result = cli(["test", "--checkpoint", SHIPPED, "--chunks", "48,48,64", "--cluster", "sync", *overrides,
@@ -224,6 +225,12 @@ def test_test_entry_and_command_score_the_same_nerl(image, tmp_path):
     assert np.mean(segmentation == other) > 0.999
     assert library["nerl"] == pytest.approx(command["nerl"], abs=0.01)
     assert library["threshold"] == command["threshold"] == threshold and library.keys() == command.keys()
+    from nisbflow.evaluate import nerl as score
+
+    pytc = score(segmentation, root / "seed" / "skeleton.pkl", metrics=("em_erl",)).em_erl
+    assert library["em_erl"]["merge_threshold"] == 50 and library["em_erl"]["nerl"] == pytest.approx(pytc.nerl)
+    assert command["em_erl"]["nerl"] == pytest.approx(pytc.nerl, abs=0.01)
+    assert "NERL, PyTorch Connectomics (em_erl," in " ".join(result.stdout.split())
 
 
 def test_skeletonize_and_tune_entries_equal_their_commands(image, tmp_path):

@@ -65,6 +65,44 @@ def _check_keys(tree: dict, where: str, prefix: str = "") -> None:
             _check_keys(value, where, dotted + ".")
 
 
+PYTC_SECTIONS = ("default", "train", "test")
+"""Top-level sections of PyTorch Connectomics' configuration files (with ``tune``, which nisbflow also has)."""
+
+
+def _pytorch_connectomics_sign(tree: dict, bases: list, path: Path, depth: int = 0) -> str | None:
+    """What marks ``tree`` (from ``path``) or a ``_base_`` file it names as a PyTorch Connectomics configuration:
+    ``default:``/``train:``/``test:`` sections, or a ``_base_`` into its ``connectomics/config`` profiles."""
+    sectioned = [k for k in PYTC_SECTIONS if isinstance(tree.get(k), dict)]
+    if sectioned:
+        return f"{'its' if depth == 0 else path.name + ' has'} {', '.join(s + ':' for s in sectioned)} section(s)"
+    profiles = [b for b in bases if "connectomics/config" in b.replace("\\", "/")]
+    if profiles:
+        return f"_base_ {profiles[0]}" + ("" if depth == 0 else f" in {path.name}")
+    if depth >= 8:
+        return None
+    for base in bases:
+        try:
+            below = yaml.safe_load((path.parent / base).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # load_yaml_layers reports a missing or broken base
+        if isinstance(below, dict):
+            nested = below.get(BASE_KEY) or []
+            sign = _pytorch_connectomics_sign(below, [nested] if isinstance(nested, str) else list(nested),
+                                              path.parent / base, depth + 1)
+            if sign:
+                return sign
+    return None
+
+
+def _refuse_pytorch_connectomics(tree: dict, bases: list, path: Path) -> None:
+    """One line for a PyTorch Connectomics configuration, which would otherwise stop at its first key."""
+    sign = _pytorch_connectomics_sign(tree, bases, path)
+    if sign:
+        raise ConfigError(f"{path} is a PyTorch Connectomics configuration ({sign}), which nisbflow does not read "
+                          "yet: start from configs/base_banis.yaml (BANIS's values) and give your data paths as "
+                          "KEY=VALUE, e.g. data.train.path=…; docs/coming-from-pytc-banis.md maps the steps")
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in override.items():
@@ -98,6 +136,7 @@ def load_yaml_layers(path: str | Path, _stack: tuple[Path, ...] = ()) -> list[tu
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{BASE_KEY} in {path} must be a path or a list of paths, got {bases!r}")
+    _refuse_pytorch_connectomics(tree, bases, path)
     _check_keys(tree, str(path))
     layers: list[tuple[Path, dict]] = []
     for base in bases:
