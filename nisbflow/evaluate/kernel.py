@@ -57,6 +57,15 @@ class RunLength:
     error_type: dict = field(repr=False, default_factory=dict)
 
 
+def _merging_segments(node_skeleton: np.ndarray, labels: np.ndarray, merge_threshold: float):
+    """``(pairs, present, merging)``: every (skeleton, segment) pair of the nodes, those with at least
+    ``merge_threshold`` nodes, and the segments present in two or more skeletons (segment 0 included)."""
+    pairs, counts = np.unique(np.stack([node_skeleton, labels], axis=1).reshape(-1, 2), axis=0, return_counts=True)
+    present = pairs[counts >= merge_threshold]
+    segments, n_skeletons = np.unique(present[:, 1], return_counts=True)
+    return pairs, present, segments[n_skeletons > 1]
+
+
 def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray,
                         merge_threshold: float = 1) -> RunLength:
     """ERL and error counts by the rules of the module docstring.
@@ -82,10 +91,7 @@ def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length:
     total = float(length.sum())
 
     # present (skeleton, segment) pairs, merging segments, merged skeletons
-    pairs, counts = np.unique(np.stack([skeleton_id, labels], axis=1).reshape(-1, 2), axis=0, return_counts=True)
-    pairs = pairs[counts >= merge_threshold]
-    segments, n_skeletons = np.unique(pairs[:, 1], return_counts=True)
-    merging_segments = segments[n_skeletons > 1]
+    _, pairs, merging_segments = _merging_segments(skeleton_id, labels, merge_threshold)
     in_merging = np.isin(pairs[:, 1], merging_segments)
     merge_stats: dict = {}
     for skeleton, segment in pairs[in_merging]:
@@ -236,10 +242,7 @@ def em_erl_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: n
     length = np.bincount(edge_skeleton, weights=edge_length, minlength=len(skeletons))
     total = float(length.sum())
 
-    pairs, counts = np.unique(np.stack([node_skeleton, labels], axis=1).reshape(-1, 2), axis=0, return_counts=True)
-    big = pairs[counts >= merge_threshold]
-    segments, n_skeletons = np.unique(big[:, 1], return_counts=True)
-    merging = segments[n_skeletons > 1]
+    pairs, _, merging = _merging_segments(node_skeleton, labels, merge_threshold)
     merged = np.zeros(len(skeletons), dtype=bool)
     merged[np.unique(pairs[np.isin(pairs[:, 1], merging), 0])] = True
 
