@@ -1,8 +1,9 @@
 """The one typed configuration schema of nisbflow.
 
-Defaults are the BANIS ``train_base_long`` reproduction as PyTorch Connectomics' NISB tutorial
-(``tutorials/neuron_nisb/base_banis.yaml``) configures it; key names follow that tutorial so users can
-copy overrides such as ``system.num_gpus=4 data.dataloader.batch_size=2`` unchanged.
+Defaults are the BANIS ``train_base_long`` reproduction as the NISB tutorial nisbflow's users come from describes
+it (MedNeXt-S/k3, 200 k steps; ``configs/base_banis.yaml`` spells the values out and says where PyTorch
+Connectomics' current files differ); key names follow that tutorial so users can copy overrides such as
+``system.num_gpus=4 data.dataloader.batch_size=2`` unchanged.
 YAML files and ``a.b.c=value`` overrides only *set* values of this schema (see :mod:`nisbflow.config.load`).
 """
 
