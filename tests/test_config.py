@@ -146,3 +146,18 @@ def test_a_pytorch_connectomics_configuration_is_refused_in_one_line(tmp_path):
     shown = CliRunner().invoke(app, ["config", "show", "--config", str(tmp_path / "recipe.yaml")])
     assert shown.exit_code == 2
     assert "docs/coming-from-pytc-banis.md" in " ".join(shown.output.split())
+
+
+@pytest.mark.parametrize("override, words", [
+    ("inference.snap_to_edge=false", "window grid always ends at the volume's edge"),
+    ("model.activation_checkpointing=true", "activation checkpointing is not implemented"),
+])
+def test_settings_nothing_would_read_are_refused_not_ignored(override, words):
+    """inference.snap_to_edge=false was accepted and silently changed nothing; now such a value is refused."""
+    from nisbflow.config import load_config
+    from nisbflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, [override])
+    assert load_config(None, [override.replace("false", "true") if "snap" in override
+                              else override.replace("true", "false")])  # the value nisbflow runs is accepted

@@ -113,10 +113,20 @@ class ModelConfig(_Section):
     in_channels: int = Field(1, gt=0)
     out_channels: int = Field(6, gt=0)
     deep_supervision: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = Field(False, description="Only false: nisbflow trains without activation "
+                                           "checkpointing (MIC-DKFZ's checkpoint_style); true is refused, not "
+                                           "ignored.")
     loss: Literal["WeightedBCEWithLogitsLoss"] = "WeightedBCEWithLogitsLoss"
     affinity_mode: Literal["banis"] = "banis"
     affinity_offsets: list[str] = Field(default_factory=lambda: list(BANIS_AFFINITY_OFFSETS))
+
+    @field_validator("activation_checkpointing")
+    @classmethod
+    def _no_activation_checkpointing(cls, value):
+        if value:
+            raise ValueError("activation checkpointing is not implemented in nisbflow's training; it saves GPU memory "
+                             "but does not change the result: lower data.dataloader.batch_size instead")
+        return value
 
     @field_validator("affinity_offsets")
     @classmethod
@@ -181,7 +191,8 @@ class InferenceConfig(_Section):
                                               "multiples of 16 for MedNeXt.")
     overlap: float = Field(0.5, ge=0, lt=1, description="Window overlap; stride = window × (1 − overlap).")
     blending: Literal["distance_transform"] = "distance_transform"
-    snap_to_edge: bool = True
+    snap_to_edge: bool = Field(True, description="Only true: the last window of each axis ends at the volume's edge, "
+                               "as BANIS's patched_inference places it; false is refused, not ignored.")
     sw_batch_size: int = Field(8, gt=0)
     output_dtype: Literal["float16", "float32"] = "float16"
     activation: Literal["scale_sigmoid", "sigmoid"] = "scale_sigmoid"
@@ -191,6 +202,14 @@ class InferenceConfig(_Section):
                                             "Compiled once per worker before the blocks (about a minute for "
                                             "MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
                                             "(docs/BENCHMARKS.md); false for small volumes.")
+
+    @field_validator("snap_to_edge")
+    @classmethod
+    def _snapped(cls, value):
+        if not value:
+            raise ValueError("nisbflow's window grid always ends at the volume's edge, as BANIS's patched_inference "
+                             "does (docs/inference.md); a grid that pads past the edge is not implemented")
+        return value
 
     @field_validator("window_size")
     @classmethod
