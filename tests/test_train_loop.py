@@ -165,3 +165,22 @@ def test_resuming_with_a_larger_max_steps_continues_the_schedule_of_the_new_leng
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6), step
     assert straight[1] == pytest.approx(1e-3) and straight[8] < straight[5] < straight[2]  # one decay, no cycle
     assert resumed[3] == pytest.approx(loop.learning_rate(2, short.optimization))
+
+
+def test_the_epoch_loss_is_the_mean_of_each_n_steps_per_epoch(data, tmp_path):
+    """optimization.n_steps_per_epoch was accepted and read by nothing; it now sets the epochs whose mean training
+    loss TensorBoard shows as train_loss_total_epoch (the name PyTorch Connectomics' tutorial watches)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nisbflow.train import loop
+
+    run = tmp_path / "r"
+    loop.train(tiny_config(data, tmp_path, **{"optimization.max_steps": 5, "optimization.n_steps_per_epoch": 2}),
+               run_dir=run, workers=0)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = {e.step: e.value for e in events.Scalars("train_loss")}
+    epochs = {e.step: e.value for e in events.Scalars(loop.EPOCH_LOSS)}
+    assert sorted(epochs) == [2, 4]  # step 5 closes no epoch
+    for end, mean in epochs.items():
+        assert mean == pytest.approx((losses[end - 1] + losses[end]) / 2, rel=1e-6)

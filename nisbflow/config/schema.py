@@ -173,7 +173,8 @@ class OptimizationConfig(_Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     max_steps: int = Field(200000, gt=0)
-    n_steps_per_epoch: int = Field(5000, gt=0)
+    n_steps_per_epoch: int = Field(5000, gt=0, description="Steps per 'epoch': TensorBoard's train_loss_total_epoch "
+                                   "is the mean training loss of each (PyTorch Connectomics' name).")
     val_check_interval: int = Field(5000, gt=0)
     val_steps_per_epoch: int = Field(100, ge=0)
     precision: Literal["16-mixed", "bf16-mixed", "32", "32-true"] = "16-mixed"

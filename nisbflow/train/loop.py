@@ -34,6 +34,11 @@ from nisbflow.train.dataset import AffinityCrops
 from nisbflow.train.loss import affinity_loss
 
 
+EPOCH_LOSS = "train_loss_total_epoch"
+"""TensorBoard scalar: the mean training loss of each ``optimization.n_steps_per_epoch`` steps (rank 0's), under the
+name PyTorch Connectomics' NISB tutorial tells users to watch."""
+
+
 def seed_folders(spec) -> list[str]:
     """NISB seed folders from ``data.train.path``: a seed folder, a folder of seed folders, a glob, or a list."""
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
@@ -117,6 +122,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     bar = progress_bar(rank == 0 and progress)
     task = bar.add_task("train", total=optimization.max_steps, completed=step)
     bar.start()
+    epoch_losses: list[float] = []  # this rank's losses since the last epoch boundary (a resumed run starts afresh)
     for sample in _loader(train_set, batch, rank, world, workers, start_step=step) if remaining > 0 else []:
         _set_learning_rate(optimizer, learning_rate(step, optimization))
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
@@ -131,8 +137,13 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
         scaler.update()
         step += 1
         if writer is not None:
-            writer.add_scalar("train_loss", float(loss.detach()), step)
+            value = float(loss.detach())
+            writer.add_scalar("train_loss", value, step)
             writer.add_scalar("learning_rate", optimizer.param_groups[0]["lr"], step)
+            epoch_losses.append(value)
+            if step % optimization.n_steps_per_epoch == 0:  # PyTC's "epoch": n_steps_per_epoch steps
+                writer.add_scalar(EPOCH_LOSS, sum(epoch_losses) / len(epoch_losses), step)
+                epoch_losses.clear()
         validate = step % optimization.val_check_interval == 0 or step == optimization.max_steps
         val_loss = _validation_loss(net, val_loader, device, mixed, world) if validate and val_loader else None
         if rank == 0:
