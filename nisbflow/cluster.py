@@ -52,7 +52,8 @@ def visible_gpus() -> tuple[int, str]:
     """NVIDIA GPUs this process can use and how that was found: NVML (``pynvml``, which dask-cuda itself asks)
     where it is installed, else torch. ``CUDA_VISIBLE_DEVICES`` is honoured as dask-cuda honours it."""
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if hidden is not None and not [d for d in hidden.split(",") if d.strip()]:
+    listed = None if hidden is None else [d for d in hidden.split(",") if d.strip()]
+    if listed is not None and not listed:
         return 0, "CUDA_VISIBLE_DEVICES is empty"
     try:
         import pynvml
@@ -64,8 +65,8 @@ def visible_gpus() -> tuple[int, str]:
             count = int(pynvml.nvmlDeviceGetCount())
         except Exception as error:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...: no usable driver here
             return 0, f"NVML: {str(error) or type(error).__name__}"
-        if hidden is not None:
-            count = min(count, len([d for d in hidden.split(",") if d.strip()]))
+        if listed is not None:
+            count = min(count, len(listed))
         return count, "NVML"
     import torch
 

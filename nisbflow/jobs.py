@@ -636,7 +636,7 @@ def convert(source: str, output: str, *, axes: str | None = None, layout: str = 
     PyTorch Connectomics' ZYX layout) and TIFF stacks, block by block (:mod:`nisbflow.data.formats`). ``axes``: the
     source's axis order (default by format: ``zyx`` / ``czyx`` for HDF5 and TIFF, the recorded one for zarr);
     ``voxel_size`` (nm, X, Y, Z) recorded on a zarr output (default: the source's, else NISB's 9 × 9 × 20)."""
-    from nisbflow.data.formats import open_lazy, write_volume
+    from nisbflow.data.formats import open_lazy, stored_axes, write_volume
 
     volume = open_lazy(source, axes)
     recorded = {k: v for k, v in volume.attrs.items() if k in ("voxel_size", "description", "nisbflow_output")}
@@ -644,7 +644,7 @@ def convert(source: str, output: str, *, axes: str | None = None, layout: str = 
         recorded["voxel_size"] = [float(v) for v in voxel_size]
     location = write_volume(volume, output, layout=layout, chunks=chunks, overwrite=overwrite, attributes=recorded,
                             source=source, progress=progress)
-    written = volume.axes if location.kind == "zarr" else ("czyx" if "c" in volume.axes else "zyx")
+    written = stored_axes(location.kind, volume.axes)
     shape = tuple(volume.data.shape[volume.axes.index(a)] for a in written)
     return ConvertReport(location, shape, written, volume.source_axes, str(volume.data.dtype))
 

@@ -61,10 +61,6 @@ class SlurmJobSettings:
     sources: dict = field(default_factory=dict)
     gpus: int = 0
 
-    @property
-    def directives(self) -> list[str]:
-        return list(self.values["job_extra_directives"])
-
     def job_kwargs(self) -> dict:
         """Keyword arguments of ``dask_jobqueue.SLURMCluster`` / ``SLURMJob`` (one worker process per job)."""
         return {**self.values, "processes": 1}

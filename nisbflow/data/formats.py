@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ConfigError, OutputExistsError, VolumeError
 from ..paths import VolumeLocation, locate
 
-__all__ = ["LazyVolume", "VolumeLocation", "locate", "open_lazy", "write_volume"]
+__all__ = ["LazyVolume", "VolumeLocation", "locate", "open_lazy", "stored_axes", "write_volume"]
 
 HDF5_DATASET = "main"
 """PyTorch Connectomics' HDF5 dataset name (``write_hdf5(..., dataset="main")``)."""
@@ -213,9 +213,15 @@ def _create_zarr(target: str, data: da.Array, block, axes: str, attrs: dict, lay
     return zarr.open_array(create_image(target, attributes=attributes, zarr_format=2, **options), mode="r+")
 
 
+def stored_axes(kind: str, axes: str) -> str:
+    """The axis order a volume in nisbflow's ``axes`` is written in: ``axes`` for zarr, PyTorch Connectomics'
+    ``zyx`` / ``czyx`` (channels first) for HDF5 and TIFF."""
+    return axes if kind == "zarr" else ("czyx" if "c" in axes else "zyx")
+
+
 def _zyx_order(axes: str) -> list[int]:
     """Axis permutation from nisbflow's ``axes`` to PyTorch Connectomics' ``zyx`` / ``czyx``."""
-    return [axes.index(a) for a in ("czyx" if "c" in axes else "zyx")]
+    return [axes.index(a) for a in stored_axes("hdf5", axes)]
 
 
 def _write_hdf5(target: str, dataset: str, volume: LazyVolume, block, attrs: dict, location, progress: bool) -> None:
@@ -227,7 +233,7 @@ def _write_hdf5(target: str, dataset: str, volume: LazyVolume, block, attrs: dic
         written = handle.create_dataset(dataset, shape=shape, dtype=volume.data.dtype,
                                         chunks=tuple(block[i] for i in order), compression="gzip",
                                         compression_opts=4)
-        for key, value in dict(attrs, axis_order="czyx" if "c" in volume.axes else "zyx").items():
+        for key, value in dict(attrs, axis_order=stored_axes("hdf5", volume.axes)).items():
             if value is not None:
                 written.attrs[key] = value if isinstance(value, (str, int, float)) else str(value)
 

@@ -215,26 +215,23 @@ LENGTH_TOLERANCE = 1e-3
 """Relative difference above which a stored ``edge_length`` counts as disagreeing with ``nm_position``."""
 
 
-def edge_lengths(nm: np.ndarray | None, index: np.ndarray, rows: np.ndarray, stored: np.ndarray | None, voxel_size,
+def edge_lengths(nm: np.ndarray, rows: np.ndarray, stored: np.ndarray | None, from_positions: bool,
                  where: str) -> tuple[np.ndarray, str | None]:
     """Edge lengths (nm) by BANIS's rule and a note when the file says otherwise.
 
     BANIS's ``metrics.py`` calls funlib.evaluate's ``expected_run_length`` with ``skeleton_position_attributes=
     ["nm_position"]``, which recomputes every edge's length from its nodes' ``nm_position`` and overwrites a stored
-    ``edge_length``. So: with ``nm_position`` (``(N, 3)``, or None), lengths are ``|nm(u) − nm(v)|`` and a stored
-    ``edge_length`` that differs by more than :data:`LENGTH_TOLERANCE` is reported, not used. Without it (files
-    BANIS could not score), a stored ``edge_length`` is used, else ``|index(u) − index(v)| × voxel_size``."""
+    ``edge_length``. So, ``from_positions`` (the file has ``nm_position``; ``nm (N, 3)`` holds it): lengths are
+    ``|nm(u) − nm(v)|`` and a stored ``edge_length`` that differs by more than :data:`LENGTH_TOLERANCE` is reported,
+    not used. Otherwise (files BANIS could not score; ``nm`` is ``index_position`` × voxel size) a stored
+    ``edge_length`` is used where there is one, else ``|nm(u) − nm(v)|``."""
     rows = rows.reshape(-1, 2)
-    if nm is None:
-        scaled = index * np.asarray(voxel_size, dtype=np.float64)
-        computed = np.linalg.norm(scaled[rows[:, 0]] - scaled[rows[:, 1]], axis=1) if len(rows) else np.zeros(0)
-        if stored is None:
-            return computed, None
-        return np.where(np.isfinite(stored), stored, computed), None
     computed = np.linalg.norm(nm[rows[:, 0]] - nm[rows[:, 1]], axis=1) if len(rows) else np.zeros(0)
     if stored is None:
         return computed, None
     given = np.isfinite(stored)
+    if not from_positions:
+        return np.where(given, stored, computed), None
     differs = given & (np.abs(stored - computed) > LENGTH_TOLERANCE * np.maximum(computed, 1e-9))
     if not differs.any():
         return computed, None
@@ -254,13 +251,11 @@ def skeleton_arrays(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0), where: str = "
     index = np.array([np.asarray(graph.nodes[n]["index_position"]) for n in nodes], dtype=np.int64).reshape(-1, 3)
     with_nm = all("nm_position" in graph.nodes[n] for n in nodes)
     nm = np.array([np.asarray(graph.nodes[n]["nm_position"]) for n in nodes], dtype=np.float64).reshape(-1, 3) \
-        if with_nm else None
+        if with_nm else index * np.asarray(voxel_size, dtype=np.float64)
     edges = np.array([(row[u], row[v]) for u, v in graph.edges], dtype=np.int64).reshape(-1, 2)
     stored = np.array([data.get("edge_length", np.nan) for _, _, data in graph.edges(data=True)], dtype=np.float64)
     has_stored = bool(np.isfinite(stored).any())
-    lengths, note = edge_lengths(nm, index, edges, stored if has_stored else None, voxel_size, where)
-    if nm is None:
-        nm = index * np.asarray(voxel_size, dtype=np.float64)
+    lengths, note = edge_lengths(nm, edges, stored if has_stored else None, with_nm, where)
     return SkeletonArrays(np.array(nodes), ids, index, nm, edges, lengths, stored if has_stored else None, note)
 
 
@@ -294,9 +289,10 @@ def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> Skele
                             f"{edge_names[tuple(bad)]!r}, which is not among its nodes")
     index = index.astype(np.int64)
     rows = rows.astype(np.int64).reshape(-1, 2)
-    computed, note = edge_lengths(nm, index, rows, lengths, voxel_size, path)
-    if nm is None:
+    with_nm = nm is not None
+    if not with_nm:
         nm = index * np.asarray(voxel_size, dtype=np.float64)
+    computed, note = edge_lengths(nm, rows, lengths, with_nm, path)
     return SkeletonArrays(nodes, ids, index, nm, rows, computed, lengths, note)
 
 

@@ -66,7 +66,7 @@ def peer_of(payload, path, weights: str = "auto"):
         raise CheckpointError(f"checkpoint {path}: {error}") from None
 
 
-def _model_and_state(payload, path) -> tuple[ModelConfig, dict]:
+def _model_and_state(payload, path, weights: str = "auto") -> tuple[ModelConfig, dict]:
     """The model configuration and weights of a loaded checkpoint payload (nisbflow, BANIS, PyTorch Connectomics
     or nisbflow-Lightning layout)."""
     if not isinstance(payload, dict) or "state_dict" not in payload:
@@ -74,7 +74,7 @@ def _model_and_state(payload, path) -> tuple[ModelConfig, dict]:
                               "Connectomics or Lightning checkpoint")
     if payload.get("format") == CHECKPOINT_FORMAT:
         config_dict, state = payload["model"], payload["state_dict"]
-    elif (peer := peer_of(payload, path)) is not None:
+    elif (peer := peer_of(payload, path, weights)) is not None:
         return peer.model, peer.state
     else:  # Lightning: the module stores the model under "model." and its configuration in hyper_parameters
         hyper = payload.get("hyper_parameters", {})
@@ -265,9 +265,11 @@ def _cached_network(reference: str, sha256: str, device: str, compiled: bool) ->
     return model
 
 
-def _network(payload, path, expected: ModelConfig | None = None) -> tuple[torch.nn.Module, ModelConfig]:
-    """The network of a loaded checkpoint payload, its weights in place, in eval mode."""
-    config, state = _model_and_state(payload, path)
+def _network(payload, path, expected: ModelConfig | None = None,
+             weights: str = "auto") -> tuple[torch.nn.Module, ModelConfig]:
+    """The network of a loaded checkpoint payload, its weights in place, in eval mode (``weights``: which of a peer
+    checkpoint's, :func:`peer_of`)."""
+    config, state = _model_and_state(payload, path, weights)
     if expected is not None:
         for key in ("arch", "size", "init_filters", "kernel_size", "in_channels", "out_channels"):
             if getattr(config, key) != getattr(expected, key):
@@ -339,13 +341,8 @@ def import_checkpoint(source: str | Path, output: str | Path, *, weights: str = 
     if peer is None:
         raise CheckpointError(f"checkpoint {source} is not a BANIS or PyTorch Connectomics checkpoint (no MIC-DKFZ "
                               "MedNeXt tensors, enc_block_0.…); nisbflow checkpoints need no import")
-    model = build(peer.model)
-    try:
-        model.load_state_dict(peer.state, strict=True)
-    except RuntimeError as error:
-        mismatch = str(error).split("size mismatch for ", 1)[-1].split("\n")[0].strip()
-        raise CheckpointError(f"checkpoint {source} does not fit MedNeXt-{peer.model.size}: {mismatch}") from None
+    model, config = _network(payload, path, weights=weights)  # the weights must fit, as for any checkpoint
     metadata = dict(imported_from=str(source), source_sha256=digest, source_format=peer.layout,
                     weights=peer.weights, recorded=peer.recorded, notes=peer.notes)
-    save_checkpoint(output, model.eval(), peer.model, **metadata)
+    save_checkpoint(output, model, config, **metadata)
     return metadata
