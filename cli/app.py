@@ -24,6 +24,21 @@ class ReadableGroup(TyperGroup):
         return super().format_help(ctx, formatter)
 
 
+class RootGroup(ReadableGroup):
+    """The ``nisbflow`` group: PyTorch Connectomics' command line ``--config FILE --mode MODE [--checkpoint C]
+    [KEY=VALUE …]`` (``python scripts/main.py`` replaced by ``nisbflow``) runs the ``run`` command."""
+
+    MODE_FORM = ("--config", "--config-file", "-c", "--mode", "--checkpoint")
+
+    def parse_args(self, ctx, args):
+        index = 0
+        while index < len(args) and args[index] == "--debug":
+            index += 1
+        if index < len(args) and args[index].split("=")[0] in self.MODE_FORM:
+            args = [*args[:index], "run", *args[index:]]
+        return super().parse_args(ctx, args)
+
+
 READABLE_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": ""}
 
 
@@ -51,10 +66,12 @@ HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="nisbflow",
     help="Dense neuron segmentation of EM volumes at scale: the NISB BANIS baseline as Dask graphs over zarr.\n\n"
-    "Axes are XYZ as NISB stores them; volumes are zarr arrays named by path or URL, e.g. run/seed101/data.zarr/img.",
+    "Axes are XYZ as NISB stores them; volumes are zarr arrays named by path or URL, e.g. run/seed101/data.zarr/img.\n\n"
+    "PyTorch Connectomics' command lines work with nisbflow for python scripts/main.py: nisbflow --config FILE "
+    "--mode train|test|tune|tune-test [--checkpoint C] [KEY=VALUE ...] (see nisbflow run --help).",
     no_args_is_help=True,
     add_completion=False,
-    cls=ReadableGroup,
+    cls=RootGroup,
     context_settings=HELP_OPTIONS,
 )
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True, cls=ReadableGroup,

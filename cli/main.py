@@ -11,7 +11,7 @@ and modes follow PyTorch Connectomics' ``scripts/main.py`` so NISB tutorial user
 
 from __future__ import annotations
 
-from nisbflow_cli import configuration, data, models, pipeline, tuning  # noqa: F401 - they register the commands
+from nisbflow_cli import configuration, data, models, modes, pipeline, tuning  # noqa: F401 - they register the commands
 from nisbflow_cli.app import app
 
 __all__ = ["app", "main"]

@@ -19,6 +19,18 @@ MemoryLimit = Annotated[Optional[str], typer.Option("--memory-limit", help="Memo
 DashboardAddress = Annotated[Optional[str], typer.Option("--dashboard-address", help=DASHBOARD_HELP)]
 ConfigFile = Annotated[Optional[str], typer.Option("--config", "--config-file", "-c",
                                                    help="YAML configuration (may use _base_ inheritance).")]
+MODES = ("train", "test", "tune", "tune-test")
+
+
+def _mode(value: str) -> str:
+    if value not in MODES:
+        raise typer.BadParameter(f"--mode takes {', '.join(MODES)}, got '{value}'")
+    return value
+
+
+Mode = Annotated[str, typer.Option("--mode", callback=_mode, help="PyTorch Connectomics' mode a --config file of "
+                                   "its is read for: train, test, tune or tune-test (its train:, test: or tune: "
+                                   "section over default:).")]
 Params = Annotated[Optional[str], typer.Option("--params", help=PARAMS_HELP)]
 Overrides = Annotated[Optional[List[str]], typer.Argument(help="key.path=value configuration overrides, e.g. "
                                                                "decoding.threshold=0.8.")]

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from nisbflow.errors import ConfigError
+
 
 def _print(line: str) -> None:
     print(line)
@@ -135,7 +137,7 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     opened = open_affinities(affinities, sample=False)  # its values are sampled once, by decode_to_zarr
     given = {"decoding.method": method} if method else {}
     given.update({"decoding.waterz.scoring": scoring} if scoring else {})
-    run = resolve_settings(None, config=config, params=params, overrides=_with(overrides, given),
+    run = resolve_settings(None, config=config, params=params, overrides=_with(overrides, given), mode="test",
                            recorded=recorded_settings(dict(opened.attrs)),
                            recorded_from=f"the attributes of {affinities}")
     _say_settings(run, "decode", log)
@@ -217,7 +219,7 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
     from nisbflow.settings import resolve_settings
 
     given = {"inference.select_channel": [int(c) for c in channels]} if channels is not None else {}
-    run = resolve_settings(checkpoint, config=config, params=params, overrides=_with(overrides, given))
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=_with(overrides, given), mode="test")
     _say_settings(run, "infer", log)
     block = tuple(chunks) if chunks else DEFAULT_BLOCK
     source = open_image(image)
@@ -341,7 +343,7 @@ def _resolved(checkpoint, config, params, overrides, command: str, splits: tuple
     from nisbflow.data.volumes import seed_of
     from nisbflow.settings import resolve_settings
 
-    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or ())
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or (), mode=command)
     _say_settings(run, command, log)
     for split in splits:
         seed_of(run.config, split)
@@ -547,16 +549,36 @@ def tune_and_test(run, *, out_dir: str | Path | None = None, block=None, progres
 # data: synth, skeleton convert; configuration; models; training
 
 
-def show_config(config: str | None = None, overrides=None, cluster: str | None = None) -> str:
-    """``nisbflow config show``: the resolved configuration (defaults ← ``config`` ← ``overrides``) as YAML. When the
-    command would run on SLURM (``cluster`` or ``system.cluster`` is ``slurm``), YAML comments follow with each worker
-    job setting, where it came from (``system.slurm``, dask-jobqueue's configuration, nisbflow's fallback) and the job
-    script dask-jobqueue submits (:mod:`nisbflow.slurm`)."""
+class ConfigRefused(ConfigError):
+    """A PyTorch Connectomics file with refused keys; ``listing`` is the whole mapping ``config show`` prints
+    before the one-line error."""
+
+    def __init__(self, message: str, listing: str):
+        super().__init__(message)
+        self.listing = listing
+
+
+def show_config(config: str | None = None, overrides=None, cluster: str | None = None, mode: str = "train") -> str:
+    """``nisbflow config show``: the resolved configuration (defaults ← ``config`` ← ``overrides``) as YAML. A PyTorch
+    Connectomics file is read for ``mode`` and the YAML starts with the mapping of each of its keys (set, matches,
+    ignored, refused) as comments; refused keys raise :class:`ConfigRefused`. When the command would run on SLURM
+    (``cluster`` or ``system.cluster`` is ``slurm``), YAML comments follow with each worker job setting, where it
+    came from (``system.slurm``, dask-jobqueue's configuration, nisbflow's fallback) and the job script
+    dask-jobqueue submits (:mod:`nisbflow.slurm`)."""
     from nisbflow.cluster import chosen_cluster
     from nisbflow.config import config_to_yaml, load_config
+    from nisbflow.config.pytc import is_pytorch_connectomics, load_pytc
 
-    resolved = load_config(config, overrides or [])
-    text = config_to_yaml(resolved)
+    header = ""
+    if config is not None and is_pytorch_connectomics(config):
+        pytc = load_pytc(config, mode, overrides or [])
+        header = "".join(f"# {line}\n" for line in pytc.describe())
+        try:
+            pytc.check()
+        except ConfigError as error:
+            raise ConfigRefused(str(error), header) from None
+    resolved = load_config(config, overrides or [], mode=mode)
+    text = header + config_to_yaml(resolved)
     if chosen_cluster(cluster, resolved) != "slurm":
         return text
     from nisbflow.slurm import render_job_script, resolve_slurm_job
@@ -775,7 +797,7 @@ def train(*, config: str | None = None, run_dir: str | None = None, overrides=No
     from nisbflow.settings import resolve_settings
     from nisbflow.train.loop import train as run_training
 
-    resolved = resolve_settings(None, config=config, overrides=overrides or [])
+    resolved = resolve_settings(None, config=config, overrides=overrides or [], mode="train")
     configuration = resolved.config
     gpus = torch.cuda.device_count() if configuration.system.num_gpus < 0 else configuration.system.num_gpus
     if gpus > 1 and "WORLD_SIZE" not in os.environ:  # pragma: no cover - needs several GPUs

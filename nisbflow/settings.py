@@ -28,6 +28,7 @@ from pathlib import Path
 
 from nisbflow.config import Config, apply_overrides, deep_merge, load_yaml_tree, validate_tree
 from nisbflow.config.load import load_yaml_layers, tuned_record
+from nisbflow.config.pytc import is_pytorch_connectomics, load_pytc
 from nisbflow.errors import ConfigError
 from nisbflow.model.checkpoint import Checkpoint
 
@@ -132,14 +133,17 @@ def recorded_settings(attributes) -> dict:
 
 
 def resolve_settings(checkpoint=None, *, config: str | Path | None = None, params: str | Path | None = None,
-                     overrides=(), recorded: dict | None = None, recorded_from: str = "recorded") -> RunSettings:
+                     overrides=(), recorded: dict | None = None, recorded_from: str = "recorded",
+                     mode: str | None = None) -> RunSettings:
     """Resolve a run's settings by the layers of the module docstring.
 
     ``checkpoint``: a path, a shipped model's name or a :class:`Checkpoint` (opened once here; None for runs
     without a model). ``config``: a YAML file; ``params``: a parameters YAML; ``overrides``: ``key.path=value``
     strings, or a mapping of key to value (``{"decoding.method": "waterz"}``, values as data). ``recorded`` /
     ``recorded_from``: a settings tree recorded by an earlier stage (see :func:`recorded_settings`) and its label,
-    layered where a checkpoint's would be.
+    layered where a checkpoint's would be. ``mode``: which of a PyTorch Connectomics file's modes to read (train,
+    test, tune, tune-test; default train): such a file is the ``--config`` layer as one tree of nisbflow keys
+    (:func:`nisbflow.config.pytc.load_pytc`), its own overrides applied as PyTC applies them.
 
     >>> resolve_settings("nisb-tiny-synthetic").config.inference.window_size
     (64, 64, 64)
@@ -147,7 +151,16 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     handle = Checkpoint.open(checkpoint) if checkpoint is not None else None
     layers: list[tuple[str, dict]] = []
     own: tuple[str, dict] | None = None
-    if config is not None:
+    pytc_notes = []
+    if config is not None and is_pytorch_connectomics(config):
+        mode = mode or "train"
+        pytc = load_pytc(config, mode, () if isinstance(overrides, Mapping) else list(overrides or []))
+        pytc.check()
+        if not isinstance(overrides, Mapping):
+            overrides = pytc.nisbflow_overrides
+        own = (f"--config {config} (PyTorch Connectomics, --mode {mode})", pytc.tree)
+        pytc_notes.append(pytc.summary())
+    elif config is not None:
         *inherited, (named, own_tree) = load_yaml_layers(config)
         layers += [(f"_base_ {_shown_path(path)} (via --config {config})", tree) for path, tree in inherited]
         own = (f"--config {config}", own_tree)
@@ -192,7 +205,7 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
         check_tuned_method(params, resolved)
     if handle is not None:  # what importing a peer's checkpoint took from where (nisbflow.model.peers)
         notes = list((handle.metadata or {}).get("notes") or []) + notes
-    return RunSettings(resolved, handle, sources, notes)
+    return RunSettings(resolved, handle, sources, pytc_notes + notes)
 
 
 def _shown_path(path: Path) -> str:

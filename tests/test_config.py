@@ -64,10 +64,15 @@ def test_base_cycle_is_detected(tmp_path):
 
 def test_overrides_are_typed():
     config = load_config(overrides=["data.voxel_size=[8,8,30]", "decoding.affinity_mask_path=null",
-                                    "system.num_gpus=4", "model.deep_supervision=true"])
+                                    "system.num_gpus=4", "model.activation_checkpointing=true"])
     assert config.data.voxel_size == (8.0, 8.0, 30.0)
     assert config.decoding.affinity_mask_path is None
-    assert config.system.num_gpus == 4 and config.model.deep_supervision is True
+    assert config.system.num_gpus == 4 and config.model.activation_checkpointing is True
+
+
+def test_deep_supervision_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match="deep supervision is not implemented"):
+        load_config(overrides=["model.deep_supervision=true"])
 
 
 @pytest.mark.parametrize(
@@ -120,44 +125,30 @@ def test_config_show_reports_bad_key_without_traceback():
     assert "did you mean 'decoding.threshold'" in result.output and "Traceback" not in result.output
 
 
-def test_a_pytorch_connectomics_configuration_is_refused_in_one_line(tmp_path):
-    """PyTC's NISB tutorial files (sections default/train/test/tune, _base_ into its profile library) once
-    stopped at "unknown configuration key 'description'"; until nisbflow reads them, one line says what they are."""
+def test_a_pytorch_connectomics_file_is_read_as_the_config_not_inherited(tmp_path):
+    """PyTC's NISB tutorial files (sections default/train/test/tune, _base_ into its profile library) once stopped
+    at "unknown configuration key 'description'"; now they are read as --config (tests/test_pytc_config.py), and a
+    nisbflow file that inherits one is refused in one line instead of mixing the two schemas."""
     import re
-    from typer.testing import CliRunner
 
     from nisbflow.config import load_config
     from nisbflow.errors import ConfigError
-    from nisbflow_cli.main import app
 
-    (tmp_path / "recipe.yaml").write_text("_base_:\n- ../connectomics/config/all_profiles.yaml\n"
-                                          "description: a recipe\ndefault:\n  system: {num_gpus: -1}\n")
     (tmp_path / "dataset.yaml").write_text("train:\n  data:\n    train: {path: /data/nisb/train}\n"
                                            "tune:\n  n_trials: 21\n")
-    for name, what in (("recipe.yaml", "its default: section(s)"), ("dataset.yaml", "its train: section(s)")):
-        with pytest.raises(ConfigError, match=re.escape(f"is a PyTorch Connectomics configuration ({what})")):
-            load_config(str(tmp_path / name), [])
-    # the tutorial's own file has neither: its _base_ files do
-    (tmp_path / "tutorial").mkdir()
-    (tmp_path / "tutorial" / "base.yaml").write_text("_base_:\n- ../recipe.yaml\n- ../dataset.yaml\n"
-                                                     "experiment_name: nisb_base_banis\ndescription: BANIS\n")
-    with pytest.raises(ConfigError, match=re.escape("(recipe.yaml has default: section(s))")):
-        load_config(str(tmp_path / "tutorial" / "base.yaml"), [])
-    shown = CliRunner().invoke(app, ["config", "show", "--config", str(tmp_path / "recipe.yaml")])
-    assert shown.exit_code == 2
-    assert "docs/coming-from-pytc-banis.md" in " ".join(shown.output.split())
-
-
-@pytest.mark.parametrize("override, words", [
-    ("inference.snap_to_edge=false", "window grid always ends at the volume's edge"),
-    ("model.activation_checkpointing=true", "activation checkpointing is not implemented"),
-])
-def test_settings_nothing_would_read_are_refused_not_ignored(override, words):
-    """inference.snap_to_edge=false was accepted and silently changed nothing; now such a value is refused."""
-    from nisbflow.config import load_config
-    from nisbflow.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=words):
-        load_config(None, [override])
-    assert load_config(None, [override.replace("false", "true") if "snap" in override
-                              else override.replace("true", "false")])  # the value nisbflow runs is accepted
+    config = load_config(str(tmp_path / "dataset.yaml"), [], mode="tune")
+    assert config.tune.n_trials == 21 and config.data.train.path is None  # train: is train mode's
+    assert load_config(str(tmp_path / "dataset.yaml"), [], mode="train").data.train.path == "/data/nisb/train"
+    (tmp_path / "mine.yaml").write_text("_base_: dataset.yaml\ndecoding: {threshold: 0.7}\n")
+    with pytest.raises(ConfigError, match=re.escape("decoding.threshold = 0.7 is refused: decoding.threshold is "
+                                                    "nisbflow's key, not PyTorch Connectomics'")):
+        load_config(str(tmp_path / "mine.yaml"), [])  # a file inheriting a PyTC file is one
+    assert load_config(str(tmp_path / "dataset.yaml"), ["decoding.threshold=0.7"]).decoding.threshold == 0.7
+    from nisbflow.config import load_yaml_tree
+    with pytest.raises(ConfigError, match=re.escape("is a PyTorch Connectomics configuration (its train: "
+                                                    "section(s)) given where a nisbflow YAML is read")):
+        load_yaml_tree(tmp_path / "dataset.yaml")  # e.g. as --params
+    (tmp_path / "recipe.yaml").write_text("_base_:\n- ../connectomics/config/all_profiles.yaml\n"
+                                          "description: a recipe\ndefault:\n  system: {num_gpus: -1}\n")
+    with pytest.raises(ConfigError, match="configuration file not found: .*all_profiles.yaml \\(named as _base_"):
+        load_config(str(tmp_path / "recipe.yaml"), [])

@@ -42,6 +42,56 @@ def test_crops_have_banis_targets_of_the_relabelled_crop(seeds):
     assert sample["mask"][3, -1].all()
 
 
+def test_relabelling_follows_data_relabel_settings(seeds):
+    """PyTC's relabel_connected_components: false keeps the stored ids; relabel_connectivity 26 joins diagonal
+    touches that 6-connectivity keeps apart."""
+    kept = AffinityCrops(seeds, patch_size=(24, 20, 16), context=10, length=3, seed=3, relabel=None)
+    banis = AffinityCrops(seeds, patch_size=(24, 20, 16), context=10, length=3, seed=3)
+    for index in range(3):
+        sample = kept[index]
+        seed = open_seed(str(seeds[sample["seed_index"]]))
+        x, y, z = sample["position"].tolist()
+        stored = np.asarray(seed.seg[x:x + 24, y:y + 20, z:z + 16]).astype(np.int64)
+        assert np.array_equal(sample["segmentation"].numpy(), stored)
+        assert np.array_equal(sample["target"].numpy(), affinities(np.asarray(seed.seg[x:x + 34, y:y + 30,
+                                                                                       z:z + 26]))[0][:, :24, :20,
+                                                                                                      :16])
+        assert banis[index]["position"].tolist() == [x, y, z]
+    crop = np.zeros((8, 8, 8), np.uint32)
+    crop[1, 1, 1] = crop[2, 2, 2] = 5  # one id, touching only at a corner
+    assert cc3d.connected_components(crop, connectivity=26).max() == 1
+    assert cc3d.connected_components(crop, connectivity=6).max() == 2
+
+
+def test_the_relabel_settings_reach_training():
+    from nisbflow.config import load_config
+
+    config = load_config(overrides=["data.relabel_connected_components=false", "data.relabel_connectivity=26"])
+    assert (config.data.relabel_connected_components, config.data.relabel_connectivity) == (False, 26)
+    with pytest.raises(Exception, match="relabel_connectivity"):
+        load_config(overrides=["data.relabel_connectivity=8"])
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from nisbflow.config.schema import ModelConfig
+    from nisbflow.model.network import build, checkpoint_activations
+
+    torch.manual_seed(0)
+    plain = build(ModelConfig(init_filters=4))
+    recomputed = build(ModelConfig(init_filters=4))
+    recomputed.load_state_dict(plain.state_dict())
+    assert checkpoint_activations(recomputed) is recomputed
+    assert list(recomputed.state_dict()) == list(plain.state_dict())
+    assert sum("forward" in vars(m) for m in recomputed.modules()) == 26  # 18 stage blocks, 4 down, 4 up
+    image = torch.randn(1, 1, 32, 32, 32)
+    for network in (plain, recomputed):
+        network(image).square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(image), recomputed.eval()(image))
+
+
 def test_samples_are_deterministic_and_the_dataset_pickles_without_zarr_handles(seeds):
     dataset = AffinityCrops(seeds, patch_size=(16, 16, 16), length=4, seed=1)
     first = dataset[2]

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
+from .pytc import is_pytorch_connectomics, load_pytc, pytorch_connectomics_sign
 from .schema import Config
 
 BASE_KEY = "_base_"
@@ -65,42 +66,15 @@ def _check_keys(tree: dict, where: str, prefix: str = "") -> None:
             _check_keys(value, where, dotted + ".")
 
 
-PYTC_SECTIONS = ("default", "train", "test")
-"""Top-level sections of PyTorch Connectomics' configuration files (with ``tune``, which nisbflow also has)."""
-
-
-def _pytorch_connectomics_sign(tree: dict, bases: list, path: Path, depth: int = 0) -> str | None:
-    """What marks ``tree`` (from ``path``) or a ``_base_`` file it names as a PyTorch Connectomics configuration:
-    ``default:``/``train:``/``test:`` sections, or a ``_base_`` into its ``connectomics/config`` profiles."""
-    sectioned = [k for k in PYTC_SECTIONS if isinstance(tree.get(k), dict)]
-    if sectioned:
-        return f"{'its' if depth == 0 else path.name + ' has'} {', '.join(s + ':' for s in sectioned)} section(s)"
-    profiles = [b for b in bases if "connectomics/config" in b.replace("\\", "/")]
-    if profiles:
-        return f"_base_ {profiles[0]}" + ("" if depth == 0 else f" in {path.name}")
-    if depth >= 8:
-        return None
-    for base in bases:
-        try:
-            below = yaml.safe_load((path.parent / base).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue  # load_yaml_layers reports a missing or broken base
-        if isinstance(below, dict):
-            nested = below.get(BASE_KEY) or []
-            sign = _pytorch_connectomics_sign(below, [nested] if isinstance(nested, str) else list(nested),
-                                              path.parent / base, depth + 1)
-            if sign:
-                return sign
-    return None
-
-
-def _refuse_pytorch_connectomics(tree: dict, bases: list, path: Path) -> None:
-    """One line for a PyTorch Connectomics configuration, which would otherwise stop at its first key."""
-    sign = _pytorch_connectomics_sign(tree, bases, path)
+def _refuse_pytorch_connectomics(tree: dict, bases: list, path: Path, inherited: bool) -> None:
+    """A PyTorch Connectomics file reached through a nisbflow file's ``_base_`` (or by a reader of nisbflow files
+    only) is refused in one line; :func:`load_config` and ``resolve_settings`` read one given as ``--config``."""
+    sign = pytorch_connectomics_sign(tree, bases, path)
     if sign:
-        raise ConfigError(f"{path} is a PyTorch Connectomics configuration ({sign}), which nisbflow does not read "
-                          "yet: start from configs/base_banis.yaml (BANIS's values) and give your data paths as "
-                          "KEY=VALUE, e.g. data.train.path=…; docs/coming-from-pytc-banis.md maps the steps")
+        where = "named as _base_ of a nisbflow file" if inherited else "given where a nisbflow YAML is read"
+        raise ConfigError(f"{path} is a PyTorch Connectomics configuration ({sign}) {where}; nisbflow reads such "
+                          "a file as the --config itself (nisbflow --config FILE --mode train|test|tune), not "
+                          "mixed with nisbflow's own files")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -136,7 +110,7 @@ def load_yaml_layers(path: str | Path, _stack: tuple[Path, ...] = ()) -> list[tu
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{BASE_KEY} in {path} must be a path or a list of paths, got {bases!r}")
-    _refuse_pytorch_connectomics(tree, bases, path)
+    _refuse_pytorch_connectomics(tree, bases, path, inherited=bool(_stack))
     _check_keys(tree, str(path))
     layers: list[tuple[Path, dict]] = []
     for base in bases:
@@ -217,14 +191,22 @@ def _format_validation_error(error: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), mode: str = "train") -> Config:
     """Resolve a configuration: schema defaults ← YAML file (with bases) ← ``key=value`` overrides.
+
+    A PyTorch Connectomics file is read for ``mode`` (train, test, tune, tune-test) onto nisbflow's keys
+    (:func:`nisbflow.config.pytc.load_pytc`); its refused keys raise one :class:`ConfigError`.
 
     >>> load_config(overrides=["decoding.threshold=0.8"]).decoding.threshold
     0.8
     """
+    overrides = list(overrides)
+    if path is not None and is_pytorch_connectomics(path):
+        pytc = load_pytc(path, mode, overrides)
+        pytc.check()
+        return validate_tree(apply_overrides(pytc.tree, pytc.nisbflow_overrides))
     tree = load_yaml_tree(path) if path is not None else {}
-    return validate_tree(apply_overrides(tree, list(overrides)))
+    return validate_tree(apply_overrides(tree, overrides))
 
 
 def validate_tree(tree: dict) -> Config:

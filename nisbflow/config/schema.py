@@ -89,6 +89,10 @@ class DataConfig(_Section):
     test: SplitConfig = SplitConfig()
     dataloader: DataLoaderConfig = DataLoaderConfig()
     erosion: int = Field(0, ge=0, description="Widen instance borders by this many voxels in-plane (0 = off).")
+    relabel_connected_components: bool = Field(True, description="Relabel each training crop's segmentation into "
+                                               "connected components (BANIS: true; PyTorch Connectomics' current "
+                                               "NISB recipe: false).")
+    relabel_connectivity: Literal[6, 18, 26] = Field(6, description="Connectivity of that relabelling (BANIS: 6).")
 
     @field_validator("voxel_size")
     @classmethod
@@ -112,20 +116,20 @@ class ModelConfig(_Section):
     kernel_size: Literal[3, 5] = 3
     in_channels: int = Field(1, gt=0)
     out_channels: int = Field(6, gt=0)
-    deep_supervision: bool = False
-    activation_checkpointing: bool = Field(False, description="Only false: nisbflow trains without activation "
-                                           "checkpointing (MIC-DKFZ's checkpoint_style); true is refused, not "
-                                           "ignored.")
+    deep_supervision: bool = Field(False, description="Only false: nisbflow trains without deep supervision, as "
+                                   "BANIS; true is refused, not ignored.")
+    activation_checkpointing: bool = Field(False, description="Recompute each MedNeXt block's activations in the "
+                                           "backward pass (MIC-DKFZ's checkpoint_style: outside_block): less GPU "
+                                           "memory, the same gradients, about a third more time per step.")
     loss: Literal["WeightedBCEWithLogitsLoss"] = "WeightedBCEWithLogitsLoss"
     affinity_mode: Literal["banis"] = "banis"
     affinity_offsets: list[str] = Field(default_factory=lambda: list(BANIS_AFFINITY_OFFSETS))
 
-    @field_validator("activation_checkpointing")
+    @field_validator("deep_supervision")
     @classmethod
-    def _no_activation_checkpointing(cls, value):
+    def _no_deep_supervision(cls, value):
         if value:
-            raise ValueError("activation checkpointing is not implemented in nisbflow's training; it saves GPU memory "
-                             "but does not change the result: lower data.dataloader.batch_size instead")
+            raise ValueError("deep supervision is not implemented in nisbflow's training (BANIS trains without it)")
         return value
 
     @field_validator("affinity_offsets")
@@ -342,7 +346,9 @@ class TuneConfig(_Section):
     waterz_threshold: ThresholdSearchConfig = Field(
         ThresholdSearchConfig(low=0.1, high=0.7, step=0.1),
         description="decoding.waterz.thresholds' search range (decoding.method: waterz).")
-    metric: Literal["nerl", "erl", "voi_sum"] = "nerl"
+    metric: Literal["nerl", "erl", "voi_sum", "em_erl"] = Field(
+        "nerl", description="What a trial scores: nerl (BANIS's NERL), erl, voi_sum, or em_erl (PyTorch "
+                            "Connectomics' NERL at evaluation.em_erl_merge_threshold).")
     direction: Literal["maximize", "minimize"] = "maximize"
     study_name: str | None = Field(None, description="Optuna study; default <experiment_name>_<decoding.method>_tuning.")
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite under save_path.")

@@ -87,3 +87,29 @@ def build(config: ModelConfig | None = None) -> torch.nn.Module:
                           deep_supervision=config.deep_supervision, use_residual_connection=True, norm_type="group",
                           global_resp_norm=False, **_VARIANTS[config.size])
     return _with_mic_dkfz_down_blocks(network, config)
+
+
+CHECKPOINTED_STAGES = ("enc_stages", "down_blocks", "bottleneck", "up_blocks", "dec_stages")
+
+
+def checkpoint_activations(network: torch.nn.Module) -> torch.nn.Module:
+    """Recompute the activations of every MedNeXt block in the backward pass instead of keeping them (MIC-DKFZ's
+    ``checkpoint_style="outside_block"``): same outputs and gradients, less memory. Changes ``network`` in place
+    (each block's ``forward``; parameters and state-dict keys stay) and returns it; only while training with
+    gradients."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    def checkpointed(block, forward, *inputs):
+        if block.training and torch.is_grad_enabled():
+            return checkpoint(forward, *inputs, use_reentrant=False)
+        return forward(*inputs)
+
+    for stage in CHECKPOINTED_STAGES:
+        for block in getattr(network, stage).modules():
+            if block is not getattr(network, stage) and not isinstance(block, (torch.nn.Sequential,
+                                                                                torch.nn.ModuleList)) \
+                    and block.__class__.__name__.startswith("MedNeXt"):
+                block.forward = partial(checkpointed, block, block.forward)
+    return network

@@ -2,7 +2,8 @@
 
 Each sample is a random crop of ``patch_size + context`` voxels (the trailing context lets the 10-voxel long-range
 targets near the patch's upper faces be computed), its segmentation relabelled into connected components inside the
-crop (6-connectivity, as BANIS does: a neuron that leaves the crop and comes back becomes two), the targets and loss
+crop (6-connectivity by default, as BANIS does: a neuron that leaves the crop and comes back becomes two; PyTorch
+Connectomics' ``relabel_connected_components: false`` keeps the ids as stored), the targets and loss
 mask of :func:`nisbflow.data.affinities` on the crop (after the BANIS augmentations of
 :mod:`nisbflow.train.augment` when given), then everything cut back to ``patch_size``.
 """
@@ -20,7 +21,8 @@ from nisbflow.train.augment import Augmentations, augment
 class AffinityCrops(torch.utils.data.Dataset):
     """Map-style dataset of random crops; sample ``i`` is a pure function of ``(seed, i)``, whatever the worker.
 
-    ``seeds``: NISB seed folders (each holding ``data.zarr`` with ``img`` and ``seg``). zarr handles are opened
+    ``relabel``: the connectivity (6, 18 or 26) of each crop's connected-component relabelling, None to keep the
+    stored ids. ``seeds``: NISB seed folders (each holding ``data.zarr`` with ``img`` and ``seg``). zarr handles are opened
     lazily in each data-loader process and never pickled. Items are dicts of torch tensors: ``image (1, X, Y, Z)``
     float32 in [0, 1], ``target`` and ``mask`` ``(C, X, Y, Z)`` float32, ``segmentation (X, Y, Z)`` int64 (the
     relabelled, augmented labels the targets come from), plus ``seed_index`` and ``position``
@@ -28,7 +30,8 @@ class AffinityCrops(torch.utils.data.Dataset):
     """
 
     def __init__(self, seeds, patch_size=(128, 128, 128), context: int = 10, offsets=BANIS_OFFSETS,
-                 erosion: int = 0, length: int = 1000, seed: int = 0, augmentations: Augmentations | None = None):
+                 erosion: int = 0, length: int = 1000, seed: int = 0, augmentations: Augmentations | None = None,
+                 relabel: int | None = 6):
         from nisbflow.data import open_seed
 
         self.seeds = [str(s) for s in seeds]
@@ -41,6 +44,7 @@ class AffinityCrops(torch.utils.data.Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.augmentations = augmentations
+        self.relabel = relabel  # connectivity of the crop's relabelling (6, 18, 26), None: ids as stored
         crop = np.array(self.patch_size) + self.context
         self.shapes = []
         for path in self.seeds:
@@ -83,7 +87,9 @@ class AffinityCrops(torch.utils.data.Dataset):
         crop = tuple(slice(p, p + s + self.context) for p, s in zip(position, self.patch_size))
         image = np.asarray(volume.img[crop])
         image = (image[..., 0] if image.ndim == 4 else image).astype(np.float32) / 255.0
-        segmentation = cc3d.connected_components(np.asarray(volume.seg[crop]), connectivity=6)
+        segmentation = np.asarray(volume.seg[crop])
+        if self.relabel is not None:
+            segmentation = cc3d.connected_components(segmentation, connectivity=self.relabel)
         if self.augmentations is not None:
             image, segmentation = augment(image, segmentation, np.random.default_rng([self.seed, index, 1]),
                                           self.augmentations)

@@ -8,7 +8,7 @@ step).
 
 Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process, the affinity loss
 (:func:`~nisbflow.train.loss.affinity_loss`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
-``max_steps``; float16 autocast on CUDA with ``precision=16-mixed``. Every ``val_check_interval`` steps the mean
+``max_steps``; float16 autocast on CUDA with ``precision=16-mixed`` (bfloat16 with ``bf16-mixed``). Every ``val_check_interval`` steps the mean
 validation loss over ``val_steps_per_epoch`` batches (all ranks) decides the top-k checkpoints; ``last.pt`` is
 rewritten at every validation, every ``every_n_train_steps`` (which also keeps ``step-N.pt``) and at the last step, so
 a resumed run repeats at most ``min(val_check_interval, every_n_train_steps)`` steps. TensorBoard logs go to the run
@@ -28,11 +28,15 @@ import torch.distributed as dist
 from nisbflow.config.schema import parse_offset
 from nisbflow.errors import ConfigError
 from nisbflow.model import build, checkpoint_payload, write_checkpoint
+from nisbflow.model.network import checkpoint_activations
 from nisbflow.tasks import progress_bar
 from nisbflow.train.augment import Augmentations
 from nisbflow.train.dataset import AffinityCrops
 from nisbflow.train.loss import affinity_loss
 
+
+AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+"""``optimization.precision`` → the autocast dtype on CUDA (``32``/``32-true``: none)."""
 
 EPOCH_LOSS = "train_loss_total_epoch"
 """TensorBoard scalar: the mean training loss of each ``optimization.n_steps_per_epoch`` steps (rank 0's), under the
@@ -103,13 +107,15 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     optimization = config.optimization
     torch.manual_seed(0)
     model = build(config.model).to(device)
+    if config.model.activation_checkpointing:
+        checkpoint_activations(model)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
         if world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
                                   weight_decay=optimization.optimizer.weight_decay,
                                   betas=tuple(optimization.optimizer.betas))
-    mixed = use_cuda and optimization.precision == "16-mixed"
-    scaler = torch.amp.GradScaler("cuda", enabled=mixed)
+    mixed = AUTOCAST.get(optimization.precision) if use_cuda else None
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed is torch.float16)  # bfloat16 needs no loss scaling
     step, best = _resume(checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda, optimization,
                          say=rank == 0)
     remaining = optimization.max_steps - step
@@ -126,7 +132,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     for sample in _loader(train_set, batch, rank, world, workers, start_step=step) if remaining > 0 else []:
         _set_learning_rate(optimizer, learning_rate(step, optimization))
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
-        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed):
+        with torch.autocast(device.type, dtype=mixed or torch.float32, enabled=mixed is not None):
             loss = affinity_loss(net(image), target, mask)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -211,15 +217,16 @@ def _data(config, rank: int, world: int):
     loader (None without ``data.val.path`` or validation steps)."""
     optimization, batch = config.optimization, config.data.dataloader.batch_size
     offsets = [parse_offset(o) for o in config.model.affinity_offsets]
+    relabel = config.data.relabel_connectivity if config.data.relabel_connected_components else None
     train_set = AffinityCrops(seed_folders(config.data.train.path), config.data.patch_size,
                               config.data.target_context, offsets, config.data.erosion,
                               length=optimization.max_steps * batch * world, seed=1,
-                              augmentations=Augmentations())
+                              augmentations=Augmentations(), relabel=relabel)
     if not (config.data.val.path and optimization.val_steps_per_epoch > 0):
         return train_set, None
     val_set = AffinityCrops(seed_folders(config.data.val.path), config.data.patch_size,
                             config.data.target_context, offsets, config.data.erosion,
-                            length=optimization.val_steps_per_epoch * batch * world, seed=10**6)
+                            length=optimization.val_steps_per_epoch * batch * world, seed=10**6, relabel=relabel)
     return train_set, _loader(val_set, batch, rank, world, 0)
 
 
@@ -232,12 +239,12 @@ def _writer(run: Path):
 
 
 @torch.no_grad()
-def _validation_loss(net, loader, device, mixed: bool, world: int) -> float:
+def _validation_loss(net, loader, device, mixed, world: int) -> float:
     net.eval()
     total = torch.zeros(2, device=device)
     for sample in loader:
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
-        with torch.autocast(device.type, dtype=torch.float16, enabled=mixed):
+        with torch.autocast(device.type, dtype=mixed or torch.float32, enabled=mixed is not None):
             total += torch.stack([affinity_loss(net(image), target, mask).float(), torch.ones((), device=device)])
     if world > 1:
         dist.all_reduce(total)

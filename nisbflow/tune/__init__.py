@@ -99,6 +99,8 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
         "search": {"low": search.low, "high": search.high, "step": search.step},
         "metric": config.tune.metric, "direction": config.tune.direction,
         "merge_threshold": config.evaluation.merge_threshold, "voxel_size": list(config.data.voxel_size),
+        **({"em_erl_merge_threshold": config.evaluation.em_erl_merge_threshold}
+           if config.tune.metric == "em_erl" else {}),
     }
     return json.loads(json.dumps(identity, default=str))
 
@@ -190,7 +192,8 @@ def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: 
 
 
 def _metric(result, name: str) -> float:
-    return float(getattr(result, name))
+    """A trial's score: a field of the :class:`~nisbflow.evaluate.NerlResult`, or em_erl's NERL."""
+    return float(result.em_erl.nerl if name == "em_erl" else getattr(result, name))
 
 
 def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: float, metric: str, title: str = "",
@@ -206,7 +209,8 @@ def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: floa
     axis.plot(thresholds, [curve[t] for t in thresholds], "o-")
     axis.axvline(best, color="grey", linewidth=0.8, label=f"best {best:g}")
     axis.set_xlabel(xlabel)
-    axis.set_ylabel(metric.upper() if metric != "voi_sum" else "VOI sum (bits)")
+    axis.set_ylabel({"voi_sum": "VOI sum (bits)", "em_erl": "NERL (em_erl, PyTorch Connectomics')"}.get(
+        metric, metric.upper()))
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
@@ -286,7 +290,9 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
                              merge_threshold=config.evaluation.merge_threshold,
                              mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
                              scratch=out / "scratch", progress=False, method=config.decoding.method,
-                             waterz=WaterzOptions.from_config(config.decoding))
+                             waterz=WaterzOptions.from_config(config.decoding),
+                             metrics=("nerl", "em_erl") if config.tune.metric == "em_erl" else ("nerl",),
+                             em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
     from optuna.trial import TrialState
 
     done = {threshold_key(t.params["threshold"]) for t in study.get_trials(states=(TrialState.COMPLETE,))

@@ -42,11 +42,12 @@ class ThresholdScorer:
 
     def __init__(self, affinities: str | Path, skeleton: str | Path, *, voxel_size=(9, 9, 20), merge_threshold=1,
                  mask=None, backend: str = "numba", scratch: str | Path | None = None, progress: bool = False,
-                 method: str = "cc", waterz=None):
+                 method: str = "cc", waterz=None, metrics=("nerl",), em_erl_merge_threshold: int = 50):
         self.affinities, self.skeleton = str(affinities), str(skeleton)
         self.voxel_size, self.merge_threshold = tuple(voxel_size), merge_threshold
         self.mask, self.backend, self.progress = mask, backend, progress
         self.method, self.waterz = method, waterz
+        self.metrics, self.em_erl_merge_threshold = tuple(metrics), int(em_erl_merge_threshold)
         self.scratch = Path(scratch) if scratch else None
         self.results: dict[float, NerlResult] = {}
         self.segments: dict[float, int] = {}
@@ -76,7 +77,9 @@ class ThresholdScorer:
                 for value in missing:
                     array = output if len(missing) == 1 else output / threshold_array_name(value)
                     self.results[value] = nerl(open_segmentation(array), self.skeleton,
-                                               voxel_size=self.voxel_size, merge_threshold=self.merge_threshold)
+                                               voxel_size=self.voxel_size, merge_threshold=self.merge_threshold,
+                                               metrics=self.metrics,
+                                               em_erl_merge_threshold=self.em_erl_merge_threshold)
                     self.segments[value] = int(counts[value])
             finally:
                 shutil.rmtree(folder, ignore_errors=True)

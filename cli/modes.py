@@ -1,0 +1,73 @@
+"""``nisbflow run``: PyTorch Connectomics' ``scripts/main.py --config FILE --mode MODE [--checkpoint C]`` with
+nisbflow's stages; ``nisbflow --config FILE --mode MODE …`` lands here too (:class:`nisbflow_cli.app.RootGroup`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nisbflow_cli.app import app
+from nisbflow_cli.errors import friendly_errors
+from nisbflow_cli.options import (Cluster, ConfigFile, DashboardAddress, InferenceChunks, MemoryLimit, Mode,
+                                  Overrides, Workers)
+
+
+def train_run_dir(checkpoint: str | None) -> str | None:
+    """The run folder a train-mode ``--checkpoint`` resumes: ``<run>/checkpoints/last.pt`` → ``<run>``."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    if path.name != "last.pt" or path.parent.name != "checkpoints":
+        raise typer.BadParameter(f"--mode train resumes a nisbflow run from its <run>/checkpoints/last.pt, not "
+                                 f"{checkpoint}; to start from other weights, import them (nisbflow model import)",
+                                 param_hint="--checkpoint")
+    return str(path.parent.parent)
+
+
+@app.command("run")
+@friendly_errors
+def run(
+    config: ConfigFile = None,
+    mode: Mode = "train",
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="test/tune/tune-test: the model (a nisbflow "
+                                             ".pt, a BANIS or PyTorch Connectomics .ckpt, or a shipped model's "
+                                             "name); train: <run>/checkpoints/last.pt to resume."),
+    chunks: InferenceChunks = None,
+    cluster: Cluster = None,
+    workers: Workers = None,
+    memory_limit: MemoryLimit = None,
+    dashboard_address: DashboardAddress = None,
+    overrides: Overrides = None,
+):
+    """PyTorch Connectomics' command line: nisbflow --config FILE --mode train|test|tune|tune-test [--checkpoint C]
+    [KEY=VALUE ...], as python scripts/main.py takes it.
+
+    FILE may be a PyTorch Connectomics configuration (its default:/train:/test:/tune: sections, _base_ recipes and
+    profile libraries, read for --mode; nisbflow config show --config FILE --mode MODE lists what each key becomes)
+    or a nisbflow one. train runs nisbflow train; test runs nisbflow test (infer → decode → NERL and em_erl on
+    data.test); tune runs nisbflow tune on data.val; tune-test tunes, then tests at the best threshold. Overrides
+    use PyTC's keys (train.data.train.path=…, system.num_gpus=4, data.dataloader.batch_size=2,
+    decoding.affinity_mask_path=null) or nisbflow's own.
+    """
+    from nisbflow_cli.models import train
+    from nisbflow_cli.pipeline import test_command
+    from nisbflow_cli.tuning import tune, tune_test
+
+    if config is None:
+        raise typer.BadParameter("nisbflow run (nisbflow --mode …) needs --config FILE", param_hint="--config")
+    overrides = overrides or []
+    if mode == "train":
+        train(config=config, run_dir=train_run_dir(checkpoint), overrides=overrides)
+        return
+    if checkpoint is None:
+        raise typer.BadParameter(f"--mode {mode} needs --checkpoint: the model to run", param_hint="--checkpoint")
+    shared = dict(checkpoint=checkpoint, config=config, chunks=chunks, cluster=cluster, workers=workers,
+                  memory_limit=memory_limit, dashboard_address=dashboard_address, params=None, overrides=overrides)
+    if mode == "test":
+        test_command(**shared)
+    elif mode == "tune":
+        tune(out=None, **shared)
+    else:
+        tune_test(out=None, **shared)
