@@ -13,28 +13,16 @@ from collections.abc import Mapping
 from typing import Any, Iterable
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ..errors import ConfigError
 from .pytc import is_pytorch_connectomics, load_pytc, pytorch_connectomics_sign
-from .schema import Config
+from .schema import Config, valid_keys
 
 BASE_KEY = "_base_"
 TUNED_KEY = "_tuned_"
 """What ``nisbflow tune`` tuned a parameters file (``best.yaml``) for: checkpoint, its sha256, decoding method,
 study. Not a setting: :func:`load_yaml_tree` drops it, :func:`tuned_record` reads it."""
-
-
-def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    """Every dotted key of the schema, sections included (``data``, ``data.train``, ``data.train.path``, …)."""
-    keys = []
-    for name, field in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        keys.append(dotted)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.extend(valid_keys(annotation, dotted + "."))
-    return keys
 
 
 def _section_keys() -> set[str]:

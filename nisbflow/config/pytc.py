@@ -478,7 +478,7 @@ def _is_pytc_key(key: str) -> bool:
         return True
     if plain in LEAF_RULES or any(plain == p or plain.startswith(p + ".") for p in SUBTREE_RULES):
         return True
-    from .load import valid_keys
+    from .schema import valid_keys
 
     return plain not in valid_keys()  # neither's: PyTC's rules refuse it with the reason
 

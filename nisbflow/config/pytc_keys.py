@@ -703,7 +703,7 @@ def _walk(out: Translation, node: dict, prefix: str, skip: set) -> None:
         elif isinstance(value, dict):
             continue  # an empty section
         else:
-            from .load import valid_keys
+            from .schema import valid_keys
 
             reason = (f"{key} is nisbflow's key, not PyTorch Connectomics': a PyTC file holds PyTC's keys (nisbflow "
                       "config show lists them); give nisbflow's as KEY=VALUE") if key in valid_keys() else (

@@ -382,3 +382,16 @@ class Config(_Section):
                 f"{self.model.out_channels}-channel model output (0 to {self.model.out_channels - 1})"
             )
         return self
+
+
+def valid_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included (``data``, ``data.train``, ``data.train.path``, …)."""
+    model = Config if model is None else model
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(valid_keys(annotation, dotted + "."))
+    return keys
