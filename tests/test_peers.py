@@ -150,3 +150,58 @@ def test_model_import_writes_a_nisbflow_checkpoint_of_the_chosen_weights(tmp_pat
     refused = subprocess.run([NISBFLOW, "model", "import", str(FIXTURES / "banis_S_k3/last.ckpt"), str(banis)],
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "already exists" in refused.stderr
+
+
+def _pytc_run(tmp_path, config: dict | None, tuned: dict) -> Path:
+    """A PyTorch Connectomics run folder as its training and tuning write it: <run>/checkpoints/last.ckpt, the
+    merged configuration <run>/config.yaml and tuning results best_params*.yaml."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "outputs" / "20261206_101500"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(FIXTURES / MANIFEST["pytc_L_k3_ema"]["checkpoint"], run / "checkpoints" / "last.ckpt")
+    if config is not None:
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    for name, threshold in tuned.items():
+        (run / name).write_text(yaml.safe_dump({
+            "best_trial": 7, "best_value": 0.61, "best_precision": 0.0, "best_recall": 0.0, "metric": "nerl",
+            "decoding_function": "decode_affinity_cc", "decoding_params": {"threshold": threshold}}))
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_pytc_window_and_threshold_come_from_the_run_folder(tmp_path):
+    from nisbflow.settings import resolve_settings
+
+    config = {"model": {"arch": {"type": "mednext"}, "mednext": {"size": "L", "kernel_size": 3}},
+              "data": {"dataloader": {"patch_size": [48, 64, 32]}},
+              "inference": {"window": {"window_size": None, "overlap": 0.5}},
+              "decoding": {"steps": [{"name": "decode_affinity_cc", "kwargs": {"threshold": 0.8}}]}}
+    checkpoint = _pytc_run(tmp_path, config, {})
+    run = resolve_settings(checkpoint)
+    said = "\n".join(run.describe("infer"))
+    assert run.config.inference.window_size == (48, 64, 32)  # window_size null: PyTC falls back on patch_size
+    assert run.config.decoding.threshold == pytest.approx(0.8)
+    folder = checkpoint.parent.parent
+    assert f"inference.window_size [48, 64, 32] from {folder / 'config.yaml'} (data.dataloader.patch_size)" in said
+    assert f"decoding.threshold 0.8 from {folder / 'config.yaml'} (decoding.steps decode_affinity_cc)" in said
+    # a tuning result wins over the configuration's decoding step, as PyTC's test mode applies it
+    config["inference"]["window"]["window_size"] = [32, 32, 32]
+    tuned = _pytc_run(tmp_path / "b", config, {"best_params_raw_x1.yaml": 0.72})
+    run = resolve_settings(tuned)
+    assert run.config.decoding.threshold == pytest.approx(0.72) and run.config.inference.window_size == (32,) * 3
+    assert "best_params_raw_x1.yaml (decoding_params, tuned by PyTorch Connectomics)" in "\n".join(
+        run.describe("infer"))
+    assert resolve_settings(tuned, overrides=["decoding.threshold=0.9"]).config.decoding.threshold == pytest.approx(0.9)
+    # two tuning results that disagree, or a configuration of another network: refused in one line
+    two = _pytc_run(tmp_path / "c", None, {"best_params_raw_x1.yaml": 0.72, "best_params.yaml": 0.85})
+    with pytest.raises(CheckpointError, match=r"tuning results beside the checkpoint disagree .*0\.85.*0\.72.*move the others out"):
+        Checkpoint.open(two)
+    other = _pytc_run(tmp_path / "d", dict(config, model={"mednext": {"size": "S"}}), {})
+    with pytest.raises(CheckpointError, match=r"config.yaml: model.mednext.size is 'S', but the checkpoint's tensors "
+                                              r"are a MedNeXt-L with kernel 3; this configuration is another run's"):
+        Checkpoint.open(other)
+    bare = Checkpoint.open(_pytc_run(tmp_path / "e", None, {}))
+    assert bare.recorded == {} and any(n.startswith("window and threshold: not found beside the checkpoint")
+                                       for n in bare.metadata["notes"])

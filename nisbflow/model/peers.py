@@ -10,8 +10,9 @@ names differ only in layout (``enc_block_i`` â†’ ``enc_stages.i``, ``down_i`` â†
 helper, has no counterpart). The architecture is read off the tensors themselves (width, kernel, block counts and
 expansion ratios, matched against the S/B/M/L variants) and checked against what the checkpoint says
 (BANIS's ``model_id`` and ``kernel_size``). BANIS records its training window (``small_size``) and its threshold
-tuned on the validation seed (``best_thr_so_far["val"]``, or ``best_thr_val.txt`` beside the file); each value taken
-is reported with its source.
+tuned on the validation seed (``best_thr_so_far["val"]``, or ``best_thr_val.txt`` beside the file); PyTorch
+Connectomics keeps both in its run folder (``config.yaml`` above ``checkpoints/``, a tuning result
+``best_params*.yaml``). Each value taken is reported with its source.
 
 Lightning writes non-tensor entries (BANIS's ``best_thr_so_far`` is a ``collections.defaultdict``) that
 ``torch.load(weights_only=True)`` refuses; :data:`READ_AS` lets the weights-only unpickler read such a defaultdict as
@@ -173,9 +174,118 @@ def read_peer(payload: dict, path: Path, weights: str = "auto") -> PeerCheckpoin
         recorded["decoding"] = {"threshold": threshold}
         notes.append(f"decoding.threshold {threshold:g} from {where}")
     elif layout == "pytc":
-        notes.append("window and threshold: PyTorch Connectomics keeps them in the run's configuration, not in the "
-                     "checkpoint; give them with --config or KEY=VALUE")
+        _pytc_run_settings(Path(path), model, recorded, notes)
     return PeerCheckpoint(layout, model, mapped, recorded, notes, chosen)
+
+
+PYTC_RUN_CONFIG = "config.yaml"
+"""The merged configuration PyTorch Connectomics saves in a training run's folder (``<save_path>/<timestamp>/``,
+its checkpoints in the ``checkpoints`` folder inside)."""
+
+
+def _run_folders(path: Path) -> list[Path]:
+    """Where a PyTorch Connectomics run keeps its files for the checkpoint at ``path``: the checkpoint's folder and,
+    when that is the run's ``checkpoints`` folder, the run folder above it and its ``tuning`` folder."""
+    folder = path.absolute().parent
+    folders = [folder]
+    if folder.name == "checkpoints":
+        folders += [folder.parent, folder.parent / "tuning"]
+    return [f for f in folders if f.is_dir()]
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise PeerCheckpointError(f"{path}: cannot be read as YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise PeerCheckpointError(f"{path}: expected a YAML mapping")
+    return tree
+
+
+def _select(tree: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
+def _cc_threshold(steps, where: str):
+    """``decode_affinity_cc``'s threshold among PyTorch Connectomics' ``decoding.steps`` (None when absent)."""
+    for step in steps if isinstance(steps, list) else []:
+        if isinstance(step, dict) and step.get("name") == "decode_affinity_cc":
+            threshold = (step.get("kwargs") or {}).get("threshold")
+            if threshold is not None and not isinstance(threshold, (int, float)):
+                raise PeerCheckpointError(f"{where}: decoding threshold {threshold!r} is not a number")
+            return threshold
+    return None
+
+
+def _pytc_run_settings(path: Path, model: ModelConfig, recorded: dict, notes: list) -> None:
+    """The window and threshold a PyTorch Connectomics run keeps beside its checkpoint, each noted with its file:
+    the window from the run's ``config.yaml`` (``inference.window.window_size``, else ``data.dataloader.patch_size``
+    as PyTorch Connectomics falls back; stored in the volume's axis order, X, Y, Z for NISB's zarr), the threshold
+    from ``decode_affinity_cc`` in a tuning result ``best_params*.yaml`` (what PyTorch Connectomics' test mode applies
+    over the configuration) or else in ``config.yaml``'s ``decoding.steps``. A ``config.yaml`` that describes
+    another network (``model.mednext.size``/``kernel_size`` against the tensors) is refused; tuning results that
+    disagree are refused rather than one picked."""
+    folders = _run_folders(path)
+    configs = [f / PYTC_RUN_CONFIG for f in folders if (f / PYTC_RUN_CONFIG).is_file()]
+    threshold, source = None, ""
+    if configs:
+        where = configs[0]
+        config = _read_yaml(where)
+        arch = _select(config, "model.arch.type")
+        if arch is not None and arch != "mednext":
+            raise PeerCheckpointError(f"{where}: model.arch.type is {arch!r}, but the checkpoint holds a MedNeXt; "
+                                      "this configuration is another run's")
+        for key, ours in (("model.mednext.size", model.size), ("model.mednext.kernel_size", model.kernel_size)):
+            theirs = _select(config, key)
+            if theirs is not None and theirs != ours:
+                raise PeerCheckpointError(f"{where}: {key} is {theirs!r}, but the checkpoint's tensors are a "
+                                          f"MedNeXt-{model.size} with kernel {model.kernel_size}; this configuration "
+                                          "is another run's")
+        for key in ("inference.window.window_size", "data.dataloader.patch_size"):
+            window = _select(config, key)
+            if window is not None:
+                break
+        if window is not None:
+            if not (isinstance(window, list) and len(window) == 3 and all(isinstance(v, int) and v > 0
+                                                                          for v in window)):
+                raise PeerCheckpointError(f"{where}: {key} is {window!r}; expected three positive voxel counts")
+            recorded["inference"] = {"window_size": list(window)}
+            notes.append(f"inference.window_size {window} from {where} ({key})")
+        threshold = _cc_threshold(_select(config, "decoding.steps"), str(where))
+        source = f"{where} (decoding.steps decode_affinity_cc)"
+    tuned = {}
+    for folder in folders:
+        for candidate in sorted(folder.glob("best_params*.yaml")):
+            result = _read_yaml(candidate)
+            if result.get("decoding_function") not in (None, "decode_affinity_cc"):
+                notes.append(f"{candidate}: tuned {result.get('decoding_function')}, not decode_affinity_cc; "
+                             "its parameters are not taken")
+                continue
+            value = (result.get("decoding_params") or {}).get("threshold")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                tuned[candidate] = float(value)
+    if len(set(tuned.values())) > 1:
+        found = ", ".join(f"{file} {value:g}" for file, value in tuned.items())
+        raise PeerCheckpointError(f"the tuning results beside the checkpoint disagree ({found}); which one is "
+                                  "this checkpoint's cannot be told: move the others out of the run folder")
+    if tuned:
+        file, threshold = next(iter(tuned.items()))
+        source = f"{file} (decoding_params, tuned by PyTorch Connectomics)"
+    if threshold is not None:
+        recorded["decoding"] = {"threshold": float(threshold)}
+        notes.append(f"decoding.threshold {float(threshold):g} from {source}")
+    missing = [what for what, found in (("window", "inference" in recorded), ("threshold", threshold is not None))
+               if not found]
+    if missing:
+        notes.append(f"{' and '.join(missing)}: not found beside the checkpoint (PyTorch Connectomics keeps them "
+                     f"in the run's {PYTC_RUN_CONFIG} and best_params*.yaml); give them with --config or KEY=VALUE")
 
 
 def _threshold(payload: dict, path: Path) -> tuple[float | None, str]:
