@@ -38,6 +38,12 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
                                                              "nisbflow wrote.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output that nisbflow did not write "
                                                      "(never an input).")]
+Layout = Annotated[str, typer.Option("--layout", help="ngff: an OME-NGFF image group (napari, neuroglancer); "
+                                                     "plain: the zarr array itself at the output path, which "
+                                                     "BANIS's metrics.py reads (zarr.open(path)[:]).")]
+InputAxes = Annotated[Optional[str], typer.Option("--axes", help="An HDF5 or TIFF input's axis order (default zyx, "
+                                                  "czyx for affinities, as PyTorch Connectomics writes them); it "
+                                                  "is copied to zarr in X, Y, Z order beside the output, once.")]
 Checkpoint = Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (.pt from training or nisbflow "
                                                               "model init), or a shipped model's name (nisbflow "
                                                               "model list).")]

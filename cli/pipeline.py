@@ -10,15 +10,17 @@ import typer
 from nisbflow_cli.app import app
 from nisbflow_cli.errors import friendly_errors
 from nisbflow_cli.options import (Checkpoint, Cluster, ConfigFile, DashboardAddress, Force, InferenceChunks,
-                                  MemoryLimit, Overrides, Overwrite, Params, Workers, cluster_spec, parse_channels,
-                                  parse_thresholds, parse_triple)
+                                  InputAxes, Layout, MemoryLimit, Overrides, Overwrite, Params, Workers, cluster_spec,
+                                  parse_channels, parse_thresholds, parse_triple)
 from nisbflow_cli.tables import console, demo_table, dense_table, metrics_table, say
 
 
 @app.command()
 @friendly_errors
 def infer(
-    image: str = typer.Argument(..., help="EM image zarr array, (X, Y, Z) or (X, Y, Z, 1) uint8, e.g. seed/data.zarr/img."),
+    image: str = typer.Argument(..., help="EM image zarr array, (X, Y, Z) or (X, Y, Z, 1) uint8, e.g. "
+                                          "seed/data.zarr/img; or an HDF5 dataset (im.h5:/main) or TIFF stack "
+                                          "(see --axes)."),
     output: str = typer.Argument(..., help="Affinities zarr array to write, (C, X, Y, Z) float16."),
     checkpoint: Checkpoint = ...,
     chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768: "
@@ -34,6 +36,8 @@ def infer(
     channels: Optional[str] = typer.Option(None, help="Output channels to keep, e.g. 0,1,2,3,4,5 (sets "
                                                       "inference.select_channel; default: the checkpoint's, else "
                                                       "0,1,2, the short-range affinities decoding reads)."),
+    axes: InputAxes = None,
+    layout: Layout = "ngff",
     overwrite: Overwrite = False,
     force: Force = False,
     config: ConfigFile = None,
@@ -51,7 +55,7 @@ def infer(
 
     report = infer_job(image, output, checkpoint, chunks=parse_triple(chunks, "--chunks"), split=split, whole=whole,
                        channels=parse_channels(channels) if channels else None, overwrite=overwrite, force=force,
-                       config=config, params=params, overrides=overrides or [], log=say,
+                       config=config, params=params, overrides=overrides or [], log=say, axes=axes, layout=layout,
                        cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     summary = report.summary
     if report.whole:
@@ -68,7 +72,9 @@ def infer(
 @app.command()
 @friendly_errors
 def decode(
-    affinities: str = typer.Argument(..., help="Affinities zarr array, (C, X, Y, Z) float16/float32 with C = 3 or 6, e.g. pred.zarr/affinities."),
+    affinities: str = typer.Argument(..., help="Affinities zarr array, (C, X, Y, Z) float16/float32 with C = 3 or "
+                                               "6, e.g. pred.zarr; or PyTorch Connectomics' HDF5 prediction "
+                                               "(test_im_prediction.h5, CZYX) or a TIFF stack (see --axes)."),
     output: str = typer.Argument(..., help="Segmentation zarr to write: an (X, Y, Z) array, or a group of "
                                            "threshold-T arrays when several thresholds are given."),
     threshold: Optional[List[str]] = typer.Option(None, "--threshold", "-t", metavar="FLOAT[,FLOAT...]",
@@ -93,6 +99,8 @@ def decode(
                                           "mean_aff or affQ_his256 (default decoding.waterz.scoring, aff85_his256)."),
     gt: Optional[str] = typer.Option(None, "--gt", help="Dense ground truth zarr array (X, Y, Z): report adapted "
                                                         "Rand error and VOI for every threshold."),
+    axes: InputAxes = None,
+    layout: Layout = "ngff",
     overwrite: Overwrite = False,
     force: Force = False,
     config: ConfigFile = None,
@@ -112,7 +120,7 @@ def decode(
     report = decode_job(affinities, output, thresholds=parse_thresholds(threshold) if threshold else None,
                         method=method, scoring=scoring, chunks=parse_triple(chunks, "--chunks"), mask=mask,
                         backend=backend, gt=gt, overwrite=overwrite, force=force, config=config, params=params,
-                        overrides=overrides or [], log=say, thresholds_given_as="(-t)",
+                        overrides=overrides or [], log=say, thresholds_given_as="(-t)", axes=axes, layout=layout,
                         cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     if report.graph:
         say(f"region adjacency graph: {report.graph['fragments']:,} fragments, {report.graph['edges']:,} edges")

@@ -115,7 +115,8 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
            chunks: tuple[int, int, int] | None = None, mask: str | None = None, backend: str | None = None,
            gt: str | None = None, overwrite: bool = False, force: bool = False, config: str | None = None,
            params: str | None = None, overrides=None, cluster: ClusterSpec | None = None, log=_print,
-           progress: bool = True, thresholds_given_as: str = "(given)") -> DecodeReport:
+           progress: bool = True, thresholds_given_as: str = "(given)", axes: str | None = None,
+           layout: str = "ngff") -> DecodeReport:
     """``nisbflow decode``: affinities ``(C, X, Y, Z)`` → segmentation ``(X, Y, Z)`` at each threshold.
 
     Settings resolve as defaults ← ``config``'s ``_base_`` files ← what the affinities record (the model's tuned
@@ -123,8 +124,16 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     ``decoding.waterz.scoring``. ``thresholds`` None: :func:`~nisbflow.decode.thresholds.choose_thresholds`.
     ``chunks``: block and output chunk size (X, Y, Z voxels; default the affinities' chunks). ``gt``: a dense
     ground truth ``(X, Y, Z)`` scored at every threshold (adapted Rand error, VOI).
+
+    ``affinities`` and ``mask`` may be HDF5 datasets (``pred.h5:/main``, PyTorch Connectomics' prediction) or TIFF
+    stacks, in the source's axis order ``axes`` (default ``czyx`` / ``zyx``, as PyTorch Connectomics writes them):
+    staged as zarr beside the output (:func:`~nisbflow.data.formats.zarr_input`); ``gt`` too, read lazily.
+    ``layout``: each segmentation an OME-NGFF image group (``ngff``) or the array itself (``plain``, which BANIS's
+    ``metrics.py`` reads).
     """
     from nisbflow.blocks import check_block_count
+    from nisbflow.data.formats import locate, open_labels, zarr_input
+    from nisbflow.data.ngff import check_layout
     from nisbflow.data.volumes import open_affinities, open_volume
     from nisbflow.decode import decode_to_zarr, threshold_array_name
     from nisbflow.decode.agglomerate_blockwise import WaterzOptions
@@ -134,6 +143,10 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     from nisbflow.errors import VolumeError
     from nisbflow.settings import recorded_settings, resolve_settings
 
+    check_layout(layout)
+    preflight(output, "segmentation", {"affinities": locate(affinities).file,
+                                       "affinity mask": mask and locate(mask).file}, overwrite, force)
+    affinities = zarr_input(affinities, role="affinities", near=output, axes=axes, log=log, progress=progress)
     opened = open_affinities(affinities, sample=False)  # its values are sampled once, by decode_to_zarr
     given = {"decoding.method": method} if method else {}
     given.update({"decoding.waterz.scoring": scoring} if scoring else {})
@@ -146,11 +159,13 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     log(choice.describe())
     backend = check_backend(backend or configuration.decoding.backend)
     mask = mask or configuration.decoding.affinity_mask_path
+    if mask is not None:
+        mask = zarr_input(mask, role="affinity mask", near=output, log=log, progress=progress)
     check_block_count(opened.shape[1:], chunks or opened.chunks[1:], "--chunks" if chunks else "the affinities' chunks")
     if mask is not None:  # the mask's shape, before any cluster starts
         open_affinity_mask(mask, opened.shape[1:])
     preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
-    ground_truth = open_volume(gt, role="ground truth", ndims=(3,)) if gt else None  # fails before any decoding
+    ground_truth = open_labels(gt, role="ground truth") if gt else None  # fails before any decoding
     if ground_truth is not None and tuple(ground_truth.shape) != tuple(opened.shape[1:]):
         raise VolumeError(f"ground truth {gt}: shape {tuple(ground_truth.shape)} differs from the affinities' "
                           f"spatial shape {tuple(opened.shape[1:])} (X, Y, Z)")
@@ -161,7 +176,7 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
             check_label_memory(chunks or opened.chunks[1:], opened.dtype.itemsize, len(choice.values), log)
         counts = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
                                 backend=backend, overwrite=overwrite, force=force, config=run, log=log,
-                                method=configuration.decoding.method, progress=progress,
+                                method=configuration.decoding.method, progress=progress, layout=layout,
                                 waterz=WaterzOptions.from_config(configuration.decoding))
         graph = counts.pop("graph", None)
         outputs = {value: output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
@@ -203,16 +218,22 @@ class InferReport:
 def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] | None = None, split: int = 1,
           whole: bool = False, channels=None, overwrite: bool = False, force: bool = False,
           config: str | None = None, params: str | None = None, overrides=None,
-          cluster: ClusterSpec | None = None, log=_print, progress: bool = True) -> InferReport:
+          cluster: ClusterSpec | None = None, log=_print, progress: bool = True, axes: str | None = None,
+          layout: str = "ngff") -> InferReport:
     """``nisbflow infer``: an EM image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8 → affinities ``(C, X, Y, Z)``
     (float16 by default) with the BANIS sliding-window geometry, block by block.
 
     ``checkpoint``: a ``.pt`` path or a shipped model's name. Settings resolve as defaults ← the checkpoint's ←
     ``config`` ← ``params`` ← ``overrides``; ``channels`` (e.g. ``[0, 1, 2]``) sets ``inference.select_channel``.
     ``chunks``: the block (write region) size, X, Y, Z voxels (default 768³); ``split``: tasks per block;
-    ``whole``: one process over the whole volume (the reference).
+    ``whole``: one process over the whole volume (the reference). ``image`` may be an HDF5 dataset or a TIFF stack
+    in the source's axis order ``axes`` (default ``zyx``, as PyTorch Connectomics writes), staged as zarr beside
+    the output (:func:`~nisbflow.data.formats.zarr_input`); ``layout``: the affinities as an OME-NGFF image group
+    (``ngff``) or the array itself (``plain``).
     """
     from nisbflow.blocks import check_block_count
+    from nisbflow.data.formats import locate, zarr_input
+    from nisbflow.data.ngff import check_layout
     from nisbflow.data.volumes import open_image
     from nisbflow.infer.blockwise import (DEFAULT_BLOCK, WindowSettings, check_channels, infer_to_zarr,
                                           infer_whole_to_zarr)
@@ -222,18 +243,19 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
     run = resolve_settings(checkpoint, config=config, params=params, overrides=_with(overrides, given), mode="test")
     _say_settings(run, "infer", log)
     block = tuple(chunks) if chunks else DEFAULT_BLOCK
+    check_layout(layout)
+    preflight(output, "affinities", {"image": locate(image).file}, overwrite, force)
+    image = zarr_input(image, role="image", near=output, axes=axes, log=log, progress=progress)
     source = open_image(image)
     check_block_count(source.shape[:3], block)
     check_channels(WindowSettings.from_config(run.config.inference), run.checkpoint.model.out_channels,
                    f"checkpoint {run.checkpoint.name}")
-    preflight(output, "affinities", {"image": image}, overwrite, force)
     if whole:
-        summary = infer_whole_to_zarr(image, output, run, overwrite=overwrite, force=force,
-                                      log=log)
+        summary = infer_whole_to_zarr(image, output, run, overwrite=overwrite, force=force, log=log, layout=layout)
         return InferReport(run, summary, whole=True)
     with cluster_session(run, cluster, log):
         summary = infer_to_zarr(image, output, run, block=block, split=split,
-                                overwrite=overwrite, force=force, log=log, progress=progress)
+                                overwrite=overwrite, force=force, log=log, progress=progress, layout=layout)
     return InferReport(run, summary)
 
 
@@ -266,31 +288,22 @@ def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), m
     metric as JSON / a PNG of the run lengths (their folders are checked before any work). What the skeleton file
     says that nisbflow does not use (stored edge lengths that disagree with ``nm_position``) goes through ``log``.
     Runs on the current Dask client, if any."""
-    from nisbflow.data.volumes import open_volume
     from nisbflow.evaluate import dense_metrics, nerl
     from nisbflow.evaluate.report import plot_run_lengths, write_json
 
     for path, option in ((json_path, "--json"), (plot, "--plot")):
         if path:
             check_writable(path, option)
-    from nisbflow.data.formats import locate, open_lazy
+    from nisbflow.data.formats import open_labels
     from nisbflow.evaluate import EM_ERL_MERGE_THRESHOLD
 
-    if locate(segmentation).kind == "zarr":
-        volume = open_volume(segmentation, role="segmentation", ndims=(3,))
-    else:  # HDF5 or TIFF, read lazily (h5py / tifffile's zarr store) in nisbflow's XYZ order
-        volume = open_lazy(segmentation, axes).data
-        if volume.ndim != 3:
-            from nisbflow.errors import VolumeError
-
-            raise VolumeError(f"segmentation {segmentation}: expected 3 dimensions (X, Y, Z), found shape "
-                              f"{tuple(volume.shape)}")
-
+    volume = open_labels(segmentation, role="segmentation", axes=axes)  # HDF5 / TIFF read lazily, XYZ
+    truth = open_labels(gt, role="ground truth") if gt else None  # fails before any scoring
     result = nerl(volume, skeleton, voxel_size=tuple(voxel_size), merge_threshold=merge_threshold, progress=progress,
                   metrics=tuple(metrics), em_erl_merge_threshold=em_erl_merge_threshold or EM_ERL_MERGE_THRESHOLD)
     for note in result.notes:
         log(note)
-    dense = dense_metrics(open_volume(gt, role="ground truth", ndims=(3,)), volume, progress=progress) if gt else None
+    dense = dense_metrics(truth, volume, progress=progress) if gt else None
     if json_path:
         write_json(json_path, result, dense, segmentation=segmentation, skeleton=skeleton)
     if plot:

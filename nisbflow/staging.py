@@ -161,8 +161,11 @@ class StagedRun:
 
     def __init__(self, output, *, kind: str, inputs: dict | None = None, identity: dict | None = None,
                  overwrite: bool = False, force: bool = False, log: Callable[[str], None] | None = None,
-                 checkpoint=None):
+                 checkpoint=None, layout: str = "ngff"):
+        from nisbflow.data.ngff import check_layout
+
         self.output = str(output).rstrip("/")
+        self.layout = check_layout(layout)
         self.checkpoint = checkpoint
         self.input_fingerprints: dict = {}
         self.kind = kind
@@ -175,7 +178,7 @@ class StagedRun:
         parent, name = final.rsplit("/", 1) if "/" in final else (".", final)
         self._parent, self._name = parent, name
         self._staging = f"{parent}/.{name}.nisbflow-run"
-        self._identity = identity or {}
+        self._identity = dict(identity or {}, **({"layout": layout} if layout != "ngff" else {}))
         self.run_id: str | None = None
         self.resumed = False
         self._lock_token: str | None = None
@@ -198,11 +201,11 @@ class StagedRun:
 
     @property
     def image(self) -> str:
-        """The array inside :attr:`data` when the output is an OME-NGFF image group
-        (:func:`nisbflow.data.ngff.create_image`): where blocks are written."""
-        from nisbflow.data.ngff import level_url
+        """Where blocks are written: the array inside :attr:`data` when the output is an OME-NGFF image group
+        (:func:`nisbflow.data.ngff.create_image`), :attr:`data` itself for the ``plain`` :attr:`layout`."""
+        from nisbflow.data.ngff import output_array
 
-        return level_url(self.data)
+        return output_array(self.data, self.layout)
 
     def scratch(self, name: str) -> str:
         """A per-run scratch folder that survives interruption with the staging folder."""

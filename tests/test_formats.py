@@ -1,6 +1,6 @@
 """HDF5 and TIFF volumes: `nisbflow convert` between zarr (NGFF and plain), HDF5 (PyTorch Connectomics' ZYX layout)
-and TIFF stacks, in both axis orders; evaluate reading HDF5 / TIFF lazily; commands that read zarr refusing them
-in one line; an interrupted or doubled conversion."""
+and TIFF stacks, in both axis orders; evaluate reading HDF5 / TIFF lazily; infer and decode reading them through a
+zarr copy staged beside the output; the plain layout BANIS reads; an interrupted or doubled conversion."""
 
 from __future__ import annotations
 
@@ -113,15 +113,102 @@ def test_evaluate_reads_an_hdf5_or_tiff_segmentation_lazily_as_it_reads_zarr(tmp
     assert shown.returncode == 0 and f"{reference.nerl:.4f}" in shown.stdout
 
 
-def test_commands_that_read_zarr_refuse_hdf5_and_tiff_in_one_line_naming_convert(files):
+def test_infer_and_decode_read_pytc_hdf5_and_tiff_as_their_zarr_equivalents(tmp_path):
+    """An image stack (Z, Y, X) as TIFF or HDF5 infers to the affinities of the same image as XYZ zarr; PyTC's
+    prediction (C, Z, Y, X) HDF5 decodes to the segmentation of the same affinities as zarr. The copy staged beside
+    the output is reused while the file is unchanged, a changed file gets a new one, and the outputs record the
+    source and its axis order."""
+    import os
+
+    from nisbflow.jobs import ClusterSpec, decode, infer
+    from nisbflow.synth import synthesize_seed
+
+    synthesize_seed(tmp_path / "seed", (64, 64, 32), seed=3, chunks=(32, 32, 32), progress=False)
+    image = read(tmp_path / "seed/data.zarr/img")[..., 0]  # (X, Y, Z) uint8
+    tifffile.imwrite(tmp_path / "im.tif", image.transpose(2, 1, 0))
+    with h5py.File(tmp_path / "im.h5", "w") as handle:
+        handle.create_dataset("main", data=image.transpose(2, 1, 0), chunks=(8, 16, 16))
+    with h5py.File(tmp_path / "xyz.h5", "w") as handle:
+        handle.create_dataset("raw", data=image)
+    sync = ClusterSpec(cluster="sync")
+    said = []
+    options = dict(chunks=(32, 32, 32), cluster=sync, progress=False, log=said.append)
+    infer(str(tmp_path / "seed/data.zarr/img"), str(tmp_path / "aff.zarr"), "nisb-tiny-synthetic", **options)
+    expected = read(tmp_path / "aff.zarr")
+    for name, axes in (("im.tif", None), ("im.h5", None), ("im.h5:/main", "zyx"), ("xyz.h5:/raw", "xyz")):
+        output = tmp_path / f"aff-{name.replace(':/', '-')}.zarr"
+        infer(str(tmp_path / name), str(output), "nisb-tiny-synthetic", axes=axes, **options)
+        assert np.array_equal(read(output), expected), name
+        source = zarr.open_array(array_url(str(output)), mode="r").attrs["input_source"]
+        assert source["file"] == str(tmp_path / name.split(":")[0]) and source["axes"] == (axes or "zyx")
+    staged = sorted(p.name for p in (tmp_path / ".nisbflow-inputs").iterdir() if p.suffix == ".zarr")
+    assert len(staged) == 4 and [s for s in said if "read from its zarr copy" in s] == [
+        s for s in said if "im.h5:/main" in s and "read from its zarr copy" in s]  # im.h5 and im.h5:/main: one copy
+    os.utime(tmp_path / "im.tif", ns=(1, 1))  # the file changed: a new copy, not the old one
+    infer(str(tmp_path / "im.tif"), str(tmp_path / "again.zarr"), "nisb-tiny-synthetic", **options)
+    assert len([p for p in (tmp_path / ".nisbflow-inputs").iterdir() if p.suffix == ".zarr"]) == 5
+
+    affinities = read(tmp_path / "aff.zarr")  # (C, X, Y, Z)
+    with h5py.File(tmp_path / "test_im_prediction.h5", "w") as handle:  # PyTC's layout: (C, Z, Y, X), dataset main
+        handle.create_dataset("main", data=affinities.transpose(0, 3, 2, 1).astype(np.float32))
+    decoding = dict(thresholds=[0.5], chunks=(32, 32, 32), cluster=sync, progress=False, log=said.append)
+    decode(str(tmp_path / "aff.zarr"), str(tmp_path / "seg.zarr"), **decoding)
+    decode(str(tmp_path / "test_im_prediction.h5"), str(tmp_path / "seg-h5.zarr"), layout="plain", **decoding)
+    plain = zarr.open(str(tmp_path / "seg-h5.zarr"), mode="r")  # BANIS's metrics.py: zarr.open(path)[:]
+    assert isinstance(plain, zarr.Array) and np.array_equal(plain[:], read(tmp_path / "seg.zarr"))
+    assert plain.attrs["input_source"]["axes"] == "czyx" and plain.attrs["nisbflow_output"] == "segmentation"
+    # the command line: a TIFF stack on a real local cluster's workers, affinities as a plain array
+    done = run(["infer", "im.tif", "plain-aff.zarr", "--checkpoint", "nisb-tiny-synthetic", "--chunks", "32,32,32",
+                "--layout", "plain", "--workers", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "read from its zarr copy" in done.stdout
+    on_workers = zarr.open(str(tmp_path / "plain-aff.zarr"), mode="r")[:]  # another process: float16 rounding
+    np.testing.assert_allclose(on_workers.astype(np.float32), expected.astype(np.float32), atol=1e-3)
+
+
+def test_input_axes_and_layouts_that_cannot_be_right_are_refused_in_one_line(files):
     folder = files[0]
-    for arguments, role in ((["decode", "pred.h5", "seg.zarr"], "affinities"),
-                            (["infer", "stack.tif", "aff.zarr", "--checkpoint", "nisb-tiny-synthetic"], "image")):
+    for arguments, line in (
+            (["decode", "pred.h5", "seg.zarr", "--axes", "zyx"], "--axes 'zyx' for "),
+            (["infer", "stack.tif", "aff.zarr", "--checkpoint", "nisb-tiny-synthetic", "--layout", "flat"],
+             "--layout 'flat': expected ngff"),
+            (["decode", "pred.h5", "pred.h5"], "")):
         refused = run(arguments, folder)
         assert refused.returncode == 2, refused.stderr
-        (line,) = refused.stderr.strip().splitlines()
-        assert line.startswith(f"error: {role}: {arguments[1]} is ") and "nisbflow convert" in line
+        (said,) = refused.stderr.strip().splitlines()
+        assert said.startswith("error: ") and line in said
+    from nisbflow.data.formats import zarr_input
+
+    zarr.create_array(str(folder / "xyz.zarr"), shape=(4, 5, 6), dtype="uint8")
+    with pytest.raises(ConfigError, match=r"--axes zyx: image .*xyz.zarr is zarr in XYZ order"):
+        zarr_input(str(folder / "xyz.zarr"), role="image", near=str(folder / "out.zarr"), axes="zyx")
     assert not (folder / "seg.zarr").exists() and not (folder / "aff.zarr").exists()
+    assert not (folder / ".nisbflow-inputs").exists()
+
+
+def test_two_runs_staging_one_input_at_once_write_one_copy_or_are_refused(files):
+    from nisbflow.data.formats import zarr_input
+    from nisbflow.locks import LockedError
+
+    folder, affinities, _, _ = files
+    results, errors = [], []
+
+    def stage():
+        try:
+            results.append(zarr_input(str(folder / "pred.h5"), role="affinities", near=str(folder / "seg.zarr"),
+                                      progress=False))
+        except LockedError as error:
+            errors.append(str(error))
+
+    writers = [threading.Thread(target=stage) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert len(results) + len(errors) == 2 and results and len(set(results)) == 1
+    assert all("is staging" in e and "re-run when it is done" in e for e in errors)
+    assert np.array_equal(read(results[0]), affinities.transpose(0, 3, 2, 1))
+    assert not [p for p in (folder / ".nisbflow-inputs").iterdir() if ".partial-" in p.name or p.suffix == ".lock"]
 
 
 def test_bad_axes_datasets_and_outputs_are_one_line_errors(files):

@@ -27,12 +27,12 @@ import numpy as np
 
 from ..errors import ConfigError, OutputExistsError, VolumeError
 from ..paths import VolumeLocation, locate
+from .ngff import check_layout
 
 __all__ = ["LazyVolume", "VolumeLocation", "locate", "open_lazy", "stored_axes", "write_volume"]
 
 HDF5_DATASET = "main"
 """PyTorch Connectomics' HDF5 dataset name (``write_hdf5(..., dataset="main")``)."""
-LAYOUTS = ("ngff", "plain")
 
 
 def target_axes(ndim: int, source_axes: str) -> str:
@@ -158,8 +158,7 @@ def write_volume(volume: LazyVolume, output: str, *, layout: str = "ngff", chunk
     is refused unless ``overwrite``; an interrupted write leaves no output."""
     from ..staging import staged_output
 
-    if layout not in LAYOUTS:
-        raise ConfigError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    check_layout(layout)
     location = _check_output(output, overwrite, {"source": source} if source else {})
     if layout == "plain" and location.kind != "zarr":
         raise ConfigError(f"--layout plain applies to zarr outputs; {location.file} is {location.kind.upper()}")
@@ -201,16 +200,15 @@ def _copy_blocks(volume: LazyVolume, block, write, location, progress: bool, sha
 def _create_zarr(target: str, data: da.Array, block, axes: str, attrs: dict, layout: str):
     import zarr
 
-    from .ngff import create_image, named_axes
+    from .ngff import create_image
     from .volumes import DEFAULT_VOXEL_SIZE, output_attrs
 
     attributes = output_attrs(attrs.pop("description", f"converted from {attrs.get('source')}"),
                               attrs.pop("voxel_size", DEFAULT_VOXEL_SIZE), axes,
                               **{k: v for k, v in attrs.items() if k not in ("axis_order", "multiscales")})
     options = dict(shape=data.shape, chunks=block, dtype=data.dtype)
-    if layout == "plain":
-        return zarr.create_array(target, zarr_format=2, overwrite=True, **named_axes(attributes, 2), **options)
-    return zarr.open_array(create_image(target, attributes=attributes, zarr_format=2, **options), mode="r+")
+    return zarr.open_array(create_image(target, attributes=attributes, zarr_format=2, layout=layout, **options),
+                           mode="r+")
 
 
 def stored_axes(kind: str, axes: str) -> str:
@@ -255,3 +253,103 @@ def _write_tiff(target: str, volume: LazyVolume, block, location, progress: bool
                 writer.write(plane, contiguous=True)
 
         _copy_blocks(volume, block, write, location, progress, shape_block=slab)
+
+
+STAGED_INPUTS = ".nisbflow-inputs"
+"""The folder, beside a run's output, where HDF5 and TIFF inputs are staged as zarr (:func:`zarr_input`)."""
+
+
+def _source_identity(location: VolumeLocation, axes: str) -> dict:
+    """What makes a staged copy of ``location`` current: the file (absolute), dataset, axis order, size and mtime."""
+    import os
+
+    stat = os.stat(location.file)
+    return {"file": os.path.abspath(location.file), "dataset": location.dataset, "axes": axes,
+            "size": int(stat.st_size), "mtime_ns": int(stat.st_mtime_ns)}
+
+
+def zarr_input(path: str | Path, *, role: str, near: str | Path, axes: str | None = None, log=None,
+               progress: bool = True) -> str:
+    """The zarr array a command reads for the volume ``path``: ``path`` itself when it is zarr; for an HDF5 dataset
+    or TIFF stack, a copy in nisbflow's XYZ order (the source read lazily through h5py / tifffile's zarr store, one
+    128³ block at a time, :func:`write_volume`), staged in :data:`STAGED_INPUTS` beside the output ``near``.
+
+    Dask workers then read zarr chunks as for any input: every block-wise stage, its resume fingerprints and its
+    checks stay as they are. The copy records the source (``staged_from``: file, dataset, axis order, size and
+    mtime) and is reused while the file is unchanged; a changed file gets a new copy. ``axes``: the source's axis
+    order (default ``zyx`` / ``czyx``, as PyTorch Connectomics writes; :func:`open_lazy`); for a zarr input it must
+    be its own order (transpose with ``nisbflow convert``). One process stages a given copy at a time: a second is
+    refused, naming the lock, instead of racing the first."""
+    import hashlib
+    import json
+
+    import zarr
+
+    from ..locks import LockedError, RunLock
+
+    location = locate(path)
+    say = log or (lambda message: None)
+    if location.kind == "zarr":
+        if axes is not None:
+            from .volumes import open_volume
+
+            array = open_volume(str(path), role=role)
+            own = str(array.attrs.get("axis_order") or {3: "xyz", 4: "cxyz"}.get(array.ndim, "")).lower()
+            if str(axes).lower() != own:
+                raise ConfigError(f"--axes {axes}: {role} {path} is zarr in {own.upper() or 'its stored'} order, which "
+                                  "nisbflow reads as it is; --axes applies to HDF5 and TIFF inputs (transpose a zarr "
+                                  "array with nisbflow convert --axes)")
+        return str(path)
+    volume = open_lazy(path, axes)
+    identity = _source_identity(location, volume.source_axes)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(str(near)).absolute().parent / STAGED_INPUTS
+    staged = folder / f"{Path(location.file).stem}-{digest}.zarr"
+    if staged.exists():
+        try:
+            if dict(zarr.open_array(str(staged), mode="r").attrs).get("staged_from") == identity:
+                say(f"{role}: {location} ({volume.source_axes.upper()}) read from its zarr copy {staged}")
+                return str(staged)
+        except Exception:
+            pass
+        raise VolumeError(f"{role}: {staged}, the zarr copy of {location}, is not one nisbflow staged from this file "
+                          "as it is now; delete it and re-run")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def locked(holder: dict, url: str) -> Exception:
+        return LockedError(f"{role}: another run (pid {holder.get('pid', '?')} on {holder.get('host', '?')}) is "
+                           f"staging {location} as {staged}; re-run when it is done (or, if that run is gone, delete "
+                           f"{url})")
+
+    lock = RunLock(str(staged) + ".lock", locked=locked, log=say, what=f"the zarr copy of {location}")
+    lock.acquire()
+    try:
+        if not staged.exists():  # another run may have finished it while this one waited for the lock
+            say(f"{role}: {location} is {location.kind.upper()} ({volume.source_axes.upper()}); copying it block by "
+                f"block to {staged} (nisbflow's {volume.axes.upper()} order) for the workers to read")
+            recorded = {k: v for k, v in volume.attrs.items() if k == "voxel_size"}
+            write_volume(volume, str(staged), layout="plain", attributes=dict(recorded, staged_from=identity),
+                         source=str(path), progress=progress)
+    finally:
+        lock.release()
+    return str(staged)
+
+
+def staged_source(attrs) -> dict:
+    """``{"input_source": ...}`` for an output whose input was staged from HDF5 or TIFF (its ``staged_from``
+    record: file, dataset, axis order), else ``{}``: what an output records of where its input came from."""
+    staged = dict(attrs).get("staged_from")
+    return {"input_source": staged} if staged else {}
+
+
+def open_labels(path: str | Path, *, role: str, axes: str | None = None):
+    """A label volume ``(X, Y, Z)`` read in this process (scoring): a zarr array, or an HDF5 dataset / TIFF stack
+    as a lazy dask array in nisbflow's order (``axes``: the source's, default ``zyx``; :func:`open_lazy`)."""
+    from .volumes import open_volume
+
+    if locate(path).kind == "zarr":
+        return open_volume(str(path), role=role, ndims=(3,))
+    volume = open_lazy(path, axes).data
+    if volume.ndim != 3:
+        raise VolumeError(f"{role} {path}: expected 3 dimensions (X, Y, Z), found shape {tuple(volume.shape)}")
+    return volume

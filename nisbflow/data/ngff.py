@@ -51,9 +51,29 @@ def multiscales_attributes(axis_order: str, voxel_size, zarr_format: int, name: 
     return {"ome": {"version": version, "multiscales": [multiscale]}}
 
 
+LAYOUTS = ("ngff", "plain")
+"""How an output volume is stored: ``ngff``, an OME-NGFF image group holding the array at ``0`` (the default), or
+``plain``, the array itself at the output path, which ``zarr.open(path)[:]`` reads (BANIS's ``metrics.py``)."""
+
+
+def check_layout(layout: str) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else a one-line :class:`~nisbflow.errors.ConfigError`."""
+    if layout not in LAYOUTS:
+        from nisbflow.errors import ConfigError
+
+        raise ConfigError(f"--layout {layout!r}: expected ngff (an OME-NGFF image group) or plain (the array at the "
+                          "output path, as BANIS's metrics.py reads it)")
+    return layout
+
+
 def level_url(group: str) -> str:
     """The URL of the full-resolution array inside the NGFF image group at ``group``."""
     return f"{str(group).rstrip('/')}/{IMAGE_LEVEL}"
+
+
+def output_array(target: str, layout: str = "ngff") -> str:
+    """Where the array of an output created at ``target`` with ``layout`` lies: its NGFF level, or ``target``."""
+    return target if layout == "plain" else level_url(target)
 
 
 def image_level_path(attributes) -> str | None:
@@ -66,14 +86,20 @@ def image_level_path(attributes) -> str | None:
         return None
 
 
-def create_image(target: str, *, attributes: dict, zarr_format: int, name: str = "", **array_options) -> str:
+def create_image(target: str, *, attributes: dict, zarr_format: int, name: str = "", layout: str = "ngff",
+                 **array_options) -> str:
     """Create (replacing whatever is there) an NGFF image group at ``target`` holding one empty array, and return
-    the URL of that array for block writes.
+    the URL of that array for block writes; ``layout="plain"``: the array itself at ``target``, with the same
+    attributes and named axes but no NGFF ``multiscales``.
 
     ``attributes`` are nisbflow's output attributes (:func:`~nisbflow.data.volumes.output_attrs`: they give the
     ``axis_order`` and ``voxel_size``); they go on the group and on the array, whose axes are also named for xarray
     (:func:`named_axes`). ``array_options`` go to :func:`zarr.create_array` (shape, chunks,
     dtype, compressors)."""
+    if check_layout(layout) == "plain":
+        zarr.create_array(target, zarr_format=zarr_format, overwrite=True, **named_axes(attributes, zarr_format),
+                          **array_options)
+        return target
     ngff = multiscales_attributes(attributes["axis_order"], attributes["voxel_size"], zarr_format, name)
     group = zarr.open_group(target, mode="w", zarr_format=zarr_format)
     group.attrs.update({**attributes, **ngff})

@@ -202,6 +202,7 @@ def agglomerate_to_zarr(
     progress: bool = True,
     config=None,
     log=None,
+    layout: str = "ngff",
 ) -> dict:
     """Decode a zarr array of affinities by watershed and agglomeration (waterz), block by block.
 
@@ -227,7 +228,7 @@ def agglomerate_to_zarr(
                     scoring=options.scoring, aff_low=options.aff_low, aff_high=options.aff_high,
                     context=int(options.context))
     with StagedRun(output, kind="segmentation", inputs={"affinities": affinities, "affinity mask": mask},
-                   identity=identity, overwrite=overwrite, force=force, log=log) as staged:
+                   identity=identity, overwrite=overwrite, force=force, log=log, layout=layout) as staged:
         scratch = FragmentScratch(staged.scratch("fragments"))
         token = tokenize(staged.run_id, identity)
         counts = _fragment_pass(staged, scratch, array_url(affinities), mask_url, grid, options, token, progress)

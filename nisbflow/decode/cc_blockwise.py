@@ -241,7 +241,8 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
 
 
 def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backend: str = "numba",
-               overwrite: bool = False, force: bool = False, progress: bool = True, config=None, log=None) -> dict:
+               overwrite: bool = False, force: bool = False, progress: bool = True, config=None, log=None,
+               layout: str = "ngff") -> dict:
     """Connected components of a zarr array of affinities at each of ``thresholds``, block by block, into a staged
     zarr segmentation: the ``cc`` method of :func:`~nisbflow.decode.to_zarr.decode_to_zarr` (see there for the
     arguments, the output and how it resumes). Returns ``{threshold: number of segments}``."""
@@ -258,7 +259,7 @@ def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backen
     config, recorded = split_run_settings(config)
     identity = dict(thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks])
     with StagedRun(output, kind="segmentation", inputs={"affinities": affinities, "affinity mask": mask},
-                   identity=identity, overwrite=overwrite, force=force, log=log) as staged:
+                   identity=identity, overwrite=overwrite, force=force, log=log, layout=layout) as staged:
         scratch = LocalIdScratch(staged.scratch("local-ids"), len(thresholds))
         token = tokenize(staged.run_id, thresholds, grid)
         numberings = _label_pass(_BlockInputs(array, mask_array, grid, token), thresholds, backend, scratch,

@@ -17,7 +17,8 @@ import zarr
 from dask.base import tokenize
 
 from nisbflow.data.chunks import open_for_writing
-from nisbflow.data.ngff import create_image, level_url
+from nisbflow.data.formats import staged_source
+from nisbflow.data.ngff import create_image, output_array
 from nisbflow.data.volumes import fast_compressors, open_affinities, open_volume, output_attrs, voxel_size_of
 from nisbflow.decode.kernel import check_mask
 from nisbflow.decode.stitch import SPATIAL_AXES, BlockLabels, SegmentNumbering, relabel_block
@@ -189,17 +190,17 @@ def segmentation_attrs(source, affinities, mask, config, recorded, thresholds, r
     return output_attrs(description, voxel_size_of(source), "xyz", config,
                         nisbflow_output="segmentation", nisbflow_run=run_id, affinities=str(affinities),
                         affinity_mask=None if mask is None else str(mask), thresholds=list(thresholds), **extra,
-                        **settings)
+                        **staged_source(source.attrs), **settings)
 
 
 def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: int, target: str, attrs: dict, grid,
                   numbering: SegmentNumbering, zarr_format: int, token: str, progress: bool) -> None:
     """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
     (created as an OME-NGFF image group, and its markers dropped, unless this run created it)."""
-    level = level_url(target)
+    level = output_array(target, staged.layout)
     work = staged.pending(stage, grid, what="blocks already relabelled", owner=level, arrays=(level,),
                           create=lambda: create_image(
-                              target, attributes=attrs, zarr_format=zarr_format,
+                              target, attributes=attrs, zarr_format=zarr_format, layout=staged.layout,
                               name=target.rstrip("/").rsplit("/", 1)[-1], shape=grid.shape, chunks=grid.block_shape,
                               dtype=numbering.dtype, compressors=fast_compressors(zarr_format, shuffle=False)))
     target = level

@@ -25,6 +25,7 @@ def decode_to_zarr(
     log=None,
     method: str = "cc",
     waterz=None,
+    layout: str = "ngff",
 ) -> dict:
     """Decode a zarr array of affinities into a zarr segmentation, block by block, reading affinities once.
 
@@ -39,7 +40,8 @@ def decode_to_zarr(
     (default: the affinities' spatial chunks). Runs on the current Dask client if one is set up. ``config``: a
     :class:`~nisbflow.config.Config` or the run's :class:`~nisbflow.settings.RunSettings`, recorded in the
     output's attributes. Returns ``{threshold: number of segments}``. A sample of the values is checked for logits
-    and NaN first (said through ``log``).
+    and NaN first (said through ``log``). ``layout``: each segmentation an OME-NGFF image group (``ngff``) or the
+    array itself (``plain``: ``zarr.open(output)[:]``, as BANIS's ``metrics.py`` reads it).
 
     ``thresholds`` None chooses them as ``nisbflow decode`` without ``-t`` does
     (:func:`~nisbflow.decode.thresholds.choose_thresholds`): ``config``'s when it is the run's settings, else the
@@ -63,8 +65,8 @@ def decode_to_zarr(
 
         return agglomerate_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=chunks,
                                    options=waterz or WaterzOptions(), overwrite=overwrite, force=force,
-                                   progress=progress, config=config, log=log)
+                                   progress=progress, config=config, log=log, layout=layout)
     from nisbflow.decode.cc_blockwise import cc_to_zarr
 
     return cc_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=chunks, backend=backend,
-                      overwrite=overwrite, force=force, progress=progress, config=config, log=log)
+                      overwrite=overwrite, force=force, progress=progress, config=config, log=log, layout=layout)

@@ -434,6 +434,7 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
     """What an affinities array records: provenance (:func:`~nisbflow.data.volumes.output_attrs`), the checkpoint's
     name and hash, each channel's offset, and ``nisbflow_settings`` (the run's settings with the window geometry
     that actually ran), which ``decode`` reads its threshold back from."""
+    from nisbflow.data.formats import staged_source
     from nisbflow.data.volumes import output_attrs, voxel_size_of
 
     handle = run.checkpoint
@@ -442,13 +443,14 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
                         checkpoint=handle.name,
                         checkpoint_sha256=handle.sha256,
                         offsets=offsets if settings.channels is None else [offsets[c] for c in settings.channels],
-                        nisbflow_settings=dict(run.record(), inference=settings.record()), **extra)
+                        nisbflow_settings=dict(run.record(), inference=settings.record()),
+                        **staged_source(source.attrs), **extra)
 
 
 def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: WindowSettings | None = None,
                   block=DEFAULT_BLOCK, split: int = 1,
                   overwrite: bool = False, force: bool = False, progress: bool = True, device: str | None = None,
-                  log=None) -> InferSummary:
+                  log=None, layout: str = "ngff") -> InferSummary:
     """Predict affinities of a zarr image into a zarr array ``(C, X, Y, Z)``, block by block, resumably.
 
     ``run``: the run's :class:`~nisbflow.settings.RunSettings` (its checkpoint handle included), or a checkpoint (a
@@ -468,6 +470,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
 
     ``split``: tasks per block, each predicting a share of the block's windows, their weighted sums added (no window
     runs twice): with few large blocks it keeps every worker busy at redundancy 1 (``nisbflow infer --split``).
+    ``layout``: ``ngff`` (an OME-NGFF image group) or ``plain`` (the array at ``output``, as BANIS's tools read it).
     """
     from nisbflow.errors import ConfigError
 
@@ -495,14 +498,14 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
     identity = dict(checkpoint_sha256=handle.sha256, settings=window_settings.record(),
                     block=list(grid.block_shape))
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
-                   force=force, log=log or default_log, checkpoint=handle) as staged:
+                   force=force, log=log or default_log, checkpoint=handle, layout=layout) as staged:
         zarr_format = source.metadata.zarr_format
         work = staged.pending(
             "predict", grid, owner=staged.image, arrays=(staged.image,),
             region=lambda index: (slice(None),) + plan[index].write,
             create=lambda: create_image(
                 staged.data, attributes=affinity_attrs(run, window_settings, source, nisbflow_run=staged.run_id),
-                zarr_format=zarr_format, name="affinities", shape=(n_channels,) + grid.shape,
+                zarr_format=zarr_format, name="affinities", layout=layout, shape=(n_channels,) + grid.shape,
                 chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
                 dtype=window_settings.output_dtype, compressors=fast_compressors(zarr_format)))
         token = dask.base.tokenize(staged.run_id, window_settings, grid, split)
@@ -526,7 +529,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
 
 def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, overwrite: bool = False,
                         force: bool = False, device: str | None = None,
-                        log=None) -> InferSummary:
+                        log=None, layout: str = "ngff") -> InferSummary:
     """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
     (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
     attributes. For checking block-wise results on volumes that fit in memory. ``run``: as for
@@ -546,7 +549,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, over
                                     device or default_device(), log or default_log, threads=1)
     identity = dict(checkpoint_sha256=handle.sha256, settings=window_settings.record(), whole=True)
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
-                   overwrite=overwrite, force=force, log=log or default_log) as staged:
+                   overwrite=overwrite, force=force, log=log or default_log, layout=layout) as staged:
         model = handle.network(device or default_device())
         start = time.perf_counter()
         values = predict_whole(source[...], model, window=window_settings.window, stride=window_settings.stride,
@@ -557,7 +560,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, over
         fmt = source.metadata.zarr_format
         level = create_image(staged.data, attributes=affinity_attrs(run, window_settings, source,
                                                                     AFFINITY_DESCRIPTION + " (whole-volume reference)"),
-                             zarr_format=fmt, name="affinities", shape=values.shape,
+                             zarr_format=fmt, name="affinities", layout=layout, shape=values.shape,
                              chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
                              compressors=fast_compressors(fmt))
         open_for_writing(level)[...] = values
