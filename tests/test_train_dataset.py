@@ -107,6 +107,16 @@ def test_samples_are_deterministic_and_the_dataset_pickles_without_zarr_handles(
     assert torch.equal(batch["image"][0], dataset[0]["image"])
 
 
+def test_crop_starts_cover_every_position_with_its_full_context_and_no_more(seeds):
+    """nisbflow's choice (docs/coming-from-pytc-banis.md): starts over [0, S - patch - context] on every axis, both
+    ends reached, so every crop holds its 10 trailing context voxels (BANIS draws over [0, S - patch] and cuts)."""
+    crops = AffinityCrops(seeds[:1], patch_size=(32, 24, 16), context=10, length=4000)
+    starts = np.array([crops.crop_of(i)[1] for i in range(4000)])
+    assert starts.min(axis=0).tolist() == [0, 0, 0]
+    assert starts.max(axis=0).tolist() == [48 - 42, 40 - 34, 36 - 26]
+    assert tuple(crops[0]["image"].shape) == (1, 32, 24, 16)
+
+
 def test_a_seed_smaller_than_a_crop_is_refused(seeds):
     with pytest.raises(ValueError, match=r"seed0.*smaller than a crop of \(138, 138, 138\)"):
         AffinityCrops(seeds[:1])
