@@ -8,7 +8,7 @@ import typer
 
 from nisbflow_cli.app import app, skeleton_app
 from nisbflow_cli.errors import friendly_errors
-from nisbflow_cli.options import Force, parse_triple
+from nisbflow_cli.options import Force, InputAxes, parse_triple
 from nisbflow_cli.tables import console, say, synth_table
 
 
@@ -48,7 +48,8 @@ def synth(
 @app.command("synth-affinities")
 @friendly_errors
 def synth_affinities(
-    segmentation: str = typer.Argument(..., help="Ground-truth segmentation zarr array (X, Y, Z), e.g. seed/data.zarr/seg."),
+    segmentation: str = typer.Argument(..., help="Ground-truth segmentation zarr array (X, Y, Z), e.g. "
+                                                 "seed/data.zarr/seg; or an HDF5 dataset or TIFF stack (--axes)."),
     output: str = typer.Argument(..., help="Affinities zarr array to write, (3, X, Y, Z) float16."),
     noise: float = typer.Option(0.15, help="Standard deviation of the Gaussian noise added to 0.9 / 0.1."),
     seed: int = typer.Option(0, help="Random seed of the noise."),
@@ -57,13 +58,14 @@ def synth_affinities(
                                                                 "nisbflow wrote."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output that nisbflow "
                                                          "did not write (never an input)."),
+    axes: InputAxes = None,
 ):
     """Stand-in predictions: noisy short-range affinities of a ground truth (0.9 inside a neuron, 0.1 across a
     boundary, plus noise), for trying decoding and evaluation without a trained model."""
     from nisbflow.jobs import synth_affinities as synth_affinities_job
 
     synth_affinities_job(segmentation, output, noise=noise, seed=seed, chunks=parse_triple(chunks, "--chunks"),
-                         overwrite=overwrite, force=force, log=say)
+                         overwrite=overwrite, force=force, log=say, axes=axes)
     console.print(f"wrote {output}: (3, X, Y, Z) float16 affinities, noise {noise:g}")
 
 
@@ -112,19 +114,22 @@ def convert(
 @app.command()
 @friendly_errors
 def skeletonize(
-    segmentation: str = typer.Argument(..., help="Dense ground-truth segmentation zarr array (X, Y, Z)."),
+    segmentation: str = typer.Argument(..., help="Dense ground-truth segmentation zarr array (X, Y, Z), or an HDF5 "
+                                                 "dataset or TIFF stack (--axes)."),
     output: str = typer.Argument(..., help="Skeleton file to write: .pkl (NISB), .json or .npz."),
     voxel_size: str = typer.Option("9,9,20", "--voxel-size", help="nm per voxel, X,Y,Z."),
     dust_threshold: int = typer.Option(1000, "--dust-threshold", help="Skip segments with fewer voxels."),
     parallel: int = typer.Option(1, help="kimimaro processes (0: all cores)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    axes: Optional[str] = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default "
+                                       "zyx, as PyTorch Connectomics writes it)."),
 ):
     """Skeletons in the NISB format (nodes with id, index_position, nm_position; edge_length in nm) from a dense
     segmentation, with kimimaro's TEASAR. The volume is loaded whole: use it on seeds and crops."""
     from nisbflow.jobs import skeletonize as skeletonize_job
 
     summary = skeletonize_job(segmentation, output, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
-                              dust_threshold=dust_threshold, parallel=parallel, overwrite=overwrite)
+                              dust_threshold=dust_threshold, parallel=parallel, overwrite=overwrite, axes=axes)
     console.print(f"wrote {output}: {summary.n_neurons} skeletons ({summary.n_scored} with edges, which NERL "
                   f"scores), {summary.n_nodes} nodes, "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")

@@ -312,22 +312,23 @@ def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), m
 
 
 def skeletonize(segmentation: str, output: str, *, voxel_size=(9.0, 9.0, 20.0), dust_threshold: int = 1000,
-                parallel: int = 1, overwrite: bool = False):
+                parallel: int = 1, overwrite: bool = False, axes: str | None = None):
     """``nisbflow skeletonize``: NISB-format skeletons (kimimaro's TEASAR) of a dense segmentation ``(X, Y, Z)``
     (``voxel_size`` in nm), written to ``output`` (.pkl, .json or .npz) under a temporary name and renamed when
-    complete; returns the skeleton graph's :class:`~nisbflow.data.SkeletonSummary`. The volume is loaded whole."""
+    complete; returns the skeleton graph's :class:`~nisbflow.data.SkeletonSummary`. The volume is loaded whole.
+    ``segmentation`` may be an HDF5 dataset or a TIFF stack in the source's axis order ``axes`` (default ZYX)."""
     from nisbflow.staging import check_not_input
     from nisbflow.data import save_skeleton, summarize_skeleton
-    from nisbflow.data.volumes import open_volume
+    from nisbflow.data.formats import locate, open_labels
     from nisbflow.staging import staged_output
     from nisbflow.errors import OutputExistsError
     from nisbflow.evaluate.ground_truth import skeletonize as skeletons_of
 
-    check_not_input(output, {"segmentation": segmentation})
+    check_not_input(output, {"segmentation": locate(segmentation).file})
     if Path(output).exists() and not overwrite:  # before the work, not after it (staged_output checks again)
         raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
     check_writable(output, "OUTPUT")
-    volume = open_volume(segmentation, role="segmentation", ndims=(3,))
+    volume = open_labels(segmentation, role="segmentation", axes=axes)
     graph = skeletons_of(volume, tuple(voxel_size), dust_threshold=dust_threshold, parallel=parallel)
     with staged_output(output, overwrite=overwrite) as temporary:
         save_skeleton(graph, temporary)
@@ -635,10 +636,16 @@ def synth(out: str, *, shape=(256, 256, 128), seed: int = 0, layout: str = "seed
 
 
 def synth_affinities(segmentation: str, output: str, *, noise: float = 0.15, seed: int = 0, chunks=None,
-                     overwrite: bool = False, force: bool = False, log=_print) -> str:
+                     overwrite: bool = False, force: bool = False, log=_print, axes: str | None = None) -> str:
     """``nisbflow synth-affinities``: stand-in predictions, noisy short-range affinities ``(3, X, Y, Z) float16``
-    of a ground-truth segmentation (:func:`nisbflow.synth.affinities.write_noisy_affinities`); returns the output."""
+    of a ground-truth segmentation (:func:`nisbflow.synth.affinities.write_noisy_affinities`); returns the output.
+    ``segmentation`` may be an HDF5 dataset or TIFF stack (``axes``, default ZYX), staged as zarr beside the output
+    (:func:`~nisbflow.data.formats.zarr_input`)."""
+    from nisbflow.data.formats import locate, zarr_input
     from nisbflow.synth.affinities import write_noisy_affinities
+
+    preflight(output, "affinities", {"segmentation": locate(segmentation).file}, overwrite, force)
+    segmentation = zarr_input(segmentation, role="segmentation", near=output, axes=axes, log=log)
 
     return write_noisy_affinities(segmentation, output, noise=noise, seed=seed, chunks=chunks, overwrite=overwrite,
                                   force=force, log=log)

@@ -111,6 +111,19 @@ def test_evaluate_reads_an_hdf5_or_tiff_segmentation_lazily_as_it_reads_zarr(tmp
         evaluate(str(tmp_path / "split.h5"), skeleton, progress=False, axes="xyz")
     shown = run(["evaluate", str(tmp_path / "split.h5"), "-s", skeleton], tmp_path)
     assert shown.returncode == 0 and f"{reference.nerl:.4f}" in shown.stdout
+    # skeletonize and synth-affinities take the same files: the same skeletons, the same affinities as from zarr
+    from nisbflow.data import load_skeleton
+    from nisbflow.jobs import skeletonize, synth_affinities
+
+    skeletonize(str(tmp_path / "seed/data.zarr/seg"), str(tmp_path / "zarr.pkl"), dust_threshold=10)
+    skeletonize(str(tmp_path / "seg.tif"), str(tmp_path / "tif.pkl"), dust_threshold=10)
+    ours, theirs = load_skeleton(str(tmp_path / "tif.pkl")), load_skeleton(str(tmp_path / "zarr.pkl"))
+    assert ours.number_of_nodes() == theirs.number_of_nodes() > 0
+    assert sorted(map(tuple, (d["index_position"] for _, d in ours.nodes(data=True)))) == sorted(
+        map(tuple, (d["index_position"] for _, d in theirs.nodes(data=True))))
+    synth_affinities(str(tmp_path / "seed/data.zarr/seg"), str(tmp_path / "noisy.zarr"), chunks=(24,) * 3, log=print)
+    synth_affinities(str(tmp_path / "seg.h5"), str(tmp_path / "noisy-h5.zarr"), chunks=(24,) * 3, log=print)  # noise per chunk
+    assert np.array_equal(read(tmp_path / "noisy-h5.zarr"), read(tmp_path / "noisy.zarr"))
 
 
 def test_infer_and_decode_read_pytc_hdf5_and_tiff_as_their_zarr_equivalents(tmp_path):
