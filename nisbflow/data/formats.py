@@ -324,7 +324,7 @@ def zarr_input(path: str | Path, *, role: str, near: str | Path, axes: str | Non
     lock = RunLock(str(staged) + ".lock", locked=locked, log=say, what=f"the zarr copy of {location}")
     lock.acquire()
     try:
-        if not staged.exists():  # another run may have finished it while this one waited for the lock
+        if not staged.exists():  # another run may have finished it between the check above and the lock
             say(f"{role}: {location} is {location.kind.upper()} ({volume.source_axes.upper()}); copying it block by "
                 f"block to {staged} (nisbflow's {volume.axes.upper()} order) for the workers to read")
             recorded = {k: v for k, v in volume.attrs.items() if k == "voxel_size"}
