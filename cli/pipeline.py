@@ -23,8 +23,9 @@ def infer(
                                           "(see --axes)."),
     output: str = typer.Argument(..., help="Affinities zarr array to write, (C, X, Y, Z) float16."),
     checkpoint: Checkpoint = ...,
-    chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768: "
-                                                    "redundancy ≤ 1.25 on NISB-sized volumes)."),
+    chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768). Each "
+                                                    "grid window runs once whatever the block; smaller blocks need "
+                                                    "less memory per task and give more tasks."),
     split: int = typer.Option(1, "--split", min=1, help="Tasks per block, each predicting a share of its windows "
                                                         "(no window runs twice): with fewer blocks than workers, "
                                                         "e.g. one large block, set it to the worker count."),
@@ -47,8 +48,9 @@ def infer(
     """Affinities from an EM image with the BANIS sliding-window geometry, block by block on Dask.
 
     Settings resolve as defaults ← the checkpoint's recorded ones (window size, overlap, channels, threshold) ←
-    --config ← --params ← KEY=VALUE, and are printed first and recorded in the output's attributes. Every block
-    runs exactly the windows of the global grid that touch it, so the result equals --whole for any block size.
+    --config ← --params ← KEY=VALUE, and are printed first and recorded in the output's attributes. Every window
+    of the global grid runs once, in the task of the block holding its start, and blocks blend the weighted sums of
+    the tasks reaching them, so the result equals --whole for any block size. A second bar counts windows.
     Finished blocks are recorded: re-running after an interruption resumes where it stopped.
     """
     from nisbflow.jobs import infer as infer_job
@@ -63,8 +65,7 @@ def infer(
             f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s (whole volume, one process)")
         return
     say(f"wrote {output}: {summary.blocks} blocks ({summary.blocks_skipped} already done), "
-        f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_computed} windows "
-        f"for a grid of {summary.windows_in_grid} (redundancy {summary.redundancy:.2f})"
+        f"{summary.voxels_per_second / 1e6:.2f} Mvoxel/s, {summary.windows_line()}"
         + (f"; compiled in {summary.warm_up_seconds:.0f} s before the blocks"
            if summary.warm_up_seconds is not None else ""))
 

@@ -4,23 +4,105 @@ scheduler or workers stalled over memory reported in one line."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
-from typing import Sequence
+from collections import deque
+from typing import Callable, NamedTuple, Sequence
 
 import dask
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 from nisbflow.errors import NisbflowError
 
 
+class _Rate(ProgressColumn):
+    """``12.3 windows/s`` for a bar that names its ``unit`` (Rich's speed estimate over the last 30 s)."""
+
+    def render(self, task) -> Text:
+        unit = task.fields.get("unit")
+        return Text(f"{task.speed:.1f} {unit}/s" if unit and task.speed else "")
+
+
 def progress_bar(enabled: bool = True) -> Progress:
-    """nisbflow's Rich progress bar (description, bar, done/total, elapsed, remaining); disabled when not enabled."""
+    """nisbflow's Rich progress bar (description, bar, done/total, elapsed, remaining, and the rate of bars that
+    count a ``unit``); disabled when not enabled."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), disable=not enabled, transient=False,
+        TimeRemainingColumn(), _Rate(), disable=not enabled, transient=False,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# work counted inside tasks (windows predicted): the terminal's bar, and a counter on the Dask dashboard
+
+
+class Counter(NamedTuple):
+    """Work counted inside tasks, shown as a second bar: tasks call :func:`count_done` with ``topic``;
+    ``total`` units of ``unit`` make the whole run."""
+
+    topic: str
+    description: str
+    total: int
+    unit: str
+
+
+_LISTENERS: dict[str, Callable[[int], None]] = {}
+"""Counters of computations running in this process without a distributed client (threaded or synchronous
+scheduler): tasks in this process report to them directly."""
+
+RATE_SECONDS = 30.0
+
+
+class _WorkerCount:
+    """What this process's tasks counted (all topics together), with the rate over the last :data:`RATE_SECONDS`;
+    a Dask worker shows both on the dashboard's Workers page (``windows_predicted``, ``windows_per_s``)."""
+
+    def __init__(self):
+        self.done, self.recent, self.lock = 0, deque(), threading.Lock()
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.done += n
+            self.recent.append((now, n))
+            while self.recent and now - self.recent[0][0] > RATE_SECONDS:
+                self.recent.popleft()
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self.lock:
+            recent = [(t, n) for t, n in self.recent if now - t <= RATE_SECONDS]
+        if not recent:
+            return 0.0
+        return round(sum(n for _, n in recent) / max(now - recent[0][0], 1.0), 2)
+
+
+WORKER_COUNT = _WorkerCount()
+
+
+def count_done(topic: str | None, n: int) -> None:
+    """Inside a task: ``n`` more units of the computation ``topic`` are done. Reaches the computation's bar (a local
+    listener, else a distributed event the client subscribed to) and, on a Dask worker, its dashboard counter."""
+    if topic is None or n <= 0:
+        return
+    listener = _LISTENERS.get(topic)
+    if listener is not None:
+        listener(n)
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    WORKER_COUNT.add(n)
+    worker.metrics.setdefault("windows_predicted", lambda w: WORKER_COUNT.done)
+    worker.metrics.setdefault("windows_per_s", lambda w: WORKER_COUNT.rate())
+    worker.log_event(topic, int(n))
 
 
 def current_client():
@@ -219,18 +301,19 @@ def lost_scheduler_message(client, description: str) -> str:
 
 
 def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, num_workers: int | None = None,
-                  track: Sequence | None = None) -> list:
+                  track: Sequence | None = None, counter: Counter | None = None) -> list:
     """Compute ``tasks`` (dask delayed objects) and return their results in order.
 
     On a distributed client the tasks run there and the bar follows finished futures; otherwise they run on the
     local threaded scheduler (numba kernels release the GIL) with ``num_workers`` threads. ``track``: other delayed
     objects of the same graph whose completion moves the bar (e.g. one per block when ``tasks`` is the single root
-    of a reduction); their results are not returned.
+    of a reduction); their results are not returned. ``counter``: work counted inside the tasks
+    (:func:`count_done`), shown as a second bar with its rate and time remaining.
     """
     tasks = list(tasks)
     tracked = tasks if track is None else list(track)
     client = current_client()
-    with progress_bar(progress) as bar:
+    with progress_bar(progress) as bar, _counting(bar, counter, client):
         task = bar.add_task(description, total=len(tracked))
         if client is not None:
             from distributed import as_completed
@@ -285,6 +368,40 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
             scheduler = "threads"
         with _Advance():
             return list(dask.compute(*tasks, scheduler=scheduler, num_workers=num_workers))
+
+
+class _counting:
+    """Context: ``counter``'s bar on ``bar``, advanced by a local listener or by the client's subscription to its
+    topic, and set to its total when the computation succeeds."""
+
+    def __init__(self, bar, counter: Counter | None, client):
+        self.bar, self.counter, self.client = bar, counter, client
+
+    def __enter__(self):
+        if self.counter is None:
+            return self
+        topic = self.counter.topic
+        self.task = self.bar.add_task(self.counter.description, total=self.counter.total, unit=self.counter.unit)
+        advance = functools.partial(self.bar.advance, self.task)
+        if self.client is None:
+            _LISTENERS[topic] = advance
+        else:
+            self.client.subscribe_topic(topic, lambda event: advance(event[1]))
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if self.counter is None:
+            return False
+        if self.client is None:
+            _LISTENERS.pop(self.counter.topic, None)
+        else:
+            try:
+                self.client.unsubscribe_topic(self.counter.topic)
+            except Exception:  # a client already closed (lost scheduler): nothing left to unsubscribe from
+                pass
+        if kind is None:
+            self.bar.update(self.task, completed=self.counter.total)
+        return False
 
 
 def _host_memory() -> dict:

@@ -136,6 +136,8 @@ def test_chunked_prediction_equals_whole_for_any_chunking(tiny_model):
 
 
 def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monkeypatch):
+    """A run interrupted after some blocks resumes with the rest: the output equals an uninterrupted run to the bit,
+    and the redundancy it reports is against the windows the remaining blocks need (not the whole grid)."""
     import dask
     import zarr
 
@@ -149,29 +151,41 @@ def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monke
     with dask.config.set(scheduler="synchronous"):
         reference = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "ref.zarr", tmp_path / "tiny.pt",
                                             window=settings, block=(32, 24, 32), progress=False)
-        assert reference.blocks == 4 and reference.blocks_skipped == 0 and reference.redundancy > 1
+        assert reference.blocks == 4 and reference.blocks_skipped == 0
+        assert reference.windows_computed == reference.windows_in_grid == 3 * 2 * 1 and reference.redundancy == 1.0
         expected = zarr.open_array(array_url(str(tmp_path / "ref.zarr")))[...]
         np.testing.assert_allclose(expected.astype(np.float32),
                                    predict_whole(image, tiny_model, window=(32, 32, 32), stride=(16, 16, 16),
                                                  output_dtype="float32"), atol=1e-3)
-        calls = []
-        original = blockwise.predict_block
+        stored = []
+        original = blockwise._store_block
 
         def crashing(*args, **kwargs):
-            calls.append(args[3])
-            if len(calls) == 3:
+            if len(stored) == 2:
                 raise KeyboardInterrupt("interrupted")
+            stored.append(args[2])
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(blockwise, "predict_block", crashing)
+        monkeypatch.setattr(blockwise, "_store_block", crashing)
         with pytest.raises(KeyboardInterrupt):
             blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
                                     window=settings, block=(32, 24, 32), progress=False)
-        assert not (tmp_path / "out.zarr").exists()
-        monkeypatch.setattr(blockwise, "predict_block", original)
+        assert not (tmp_path / "out.zarr").exists() and len(stored) == 2
+        monkeypatch.setattr(blockwise, "_store_block", original)
         resumed = blockwise.infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt",
                                           window=settings, block=(32, 24, 32), progress=False)
         assert resumed.blocks_skipped == 2 and resumed.blocks == 4
+        # a plain count: the grid windows reaching a block not stored before the interruption
+        grid = [list(range(0, 64 - 31, 16)), list(range(0, 48 - 31, 16)), [0]]
+        left = [w for w in itertools.product(*[((0, 32), (32, 64)), ((0, 24), (24, 48)), ((0, 32),)])
+                if tuple(slice(*r) for r in w) not in stored]
+        needed = {start for start in itertools.product(*grid) for region in left
+                  if all(s < hi and s + 32 > lo for s, (lo, hi) in zip(start, region))}
+        assert resumed.windows_needed == len(needed) == 4
+        # finished blocks' windows run in the batches of the uninterrupted run (so the output is the same to the
+        # bit): here one batch of 4 windows of which 2 are needed
+        assert resumed.windows_computed == 6 and resumed.redundancy == 6 / 4
+        assert "the 2 remaining blocks need" in resumed.windows_line()
         assert np.array_equal(zarr.open_array(array_url(str(tmp_path / "out.zarr")))[...], expected)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["img.zarr", "out.zarr", "ref.zarr", "tiny.pt"]
         with pytest.raises(OutputExistsError):
@@ -223,27 +237,30 @@ def test_cli_test_runs_infer_decode_evaluate(tiny_model, tmp_path):
     assert 0.0 <= metrics["nerl"] <= 1.0 and metrics["threshold"] == 0.5 and "NERL" in result.output
 
 
-def test_a_block_reads_only_the_image_chunks_of_its_read_region():
+def test_a_unit_reads_only_the_image_chunks_of_its_footprint():
     import dask
     import dask.array as da
 
     from nisbflow.blocks import BlockGrid
-    from nisbflow.infer.blockwise import WindowSettings, _block_task, block_plan, predict_block
+    from nisbflow.infer.blockwise import WindowSettings, _read_task
+    from nisbflow.infer.plan import plan_windows
 
     image = da.zeros((256, 256, 64), chunks=64, dtype=np.uint8)
     settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16))
-    plan = block_plan(BlockGrid.regular(image.shape, (64, 64, 64)), settings)
-    assert plan[(1, 1, 0)].read == (slice(48, 144), slice(48, 144), slice(0, 64))
-    assert plan[(1, 1, 0)].write == (slice(64, 128), slice(64, 128), slice(0, 64))
-    task = _block_task(predict_block, image, (1, 1, 0), plan[(1, 1, 0)], settings, ("ckpt", "id"), "cpu", "t")
+    grid = BlockGrid.regular(image.shape, (64, 64, 64))
+    plan = plan_windows(grid, settings.window, settings.stride, settings.sw_batch_size)
+    # block (1, 1, 0) predicts the windows starting in it: 64, 80, 96, 112 along X and Y, so its footprint ends
+    # one window minus one stride past the block
+    assert plan.units[(1, 1, 0, 0)].footprint == (slice(64, 144), slice(64, 144), slice(0, 64))
+    task = _read_task(image, plan.units[(1, 1, 0, 0)].footprint, settings, ("infer-read-t", 1, 1, 0, 0))
     (optimized,) = dask.optimize(task)
-    chunk_keys = {k for k in dict(optimized.__dask_graph__()) if isinstance(k, tuple) and "zeros" in k[0]}
-    assert len(chunk_keys) == 9  # the 3 × 3 × 1 chunks the read region touches, not all 16
+    reads = {k for k in dict(optimized.__dask_graph__()) if isinstance(k, tuple) and "zeros" in k[0]}
+    assert len(reads) == 4  # the 2 × 2 × 1 chunks of [64, 144)², not all 16
 
 
 def test_only_prediction_tasks_ask_for_the_gpu():
-    """On CUDA a block's prediction holds the GPU resource; the image chunk reads, the read-region assembly and the
-    zarr write do not, so they overlap with the GPU's work on another block."""
+    """On CUDA a unit's prediction holds the GPU resource; the image chunk reads, the footprint assembly, the
+    blending and the zarr write do not, so they overlap with the GPU's work on another unit."""
     import dask.array as da
 
     from nisbflow.infer.blockwise import WindowSettings, predict_affinities
@@ -252,48 +269,62 @@ def test_only_prediction_tasks_ask_for_the_gpu():
     lazy = predict_affinities(image, Checkpoint.open("nisb-tiny-synthetic"),
                               WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), channels=(0, 1, 2)),
                               block=(48, 64, 64), device="cuda")
-    layers = {(name[0] if isinstance(name, tuple) else name, index): (layer.annotations or {}).get("resources")
-              for index, (name, layer) in enumerate(lazy.__dask_graph__().layers.items())}
-    gpu = [name for (name, _), resources in layers.items() if resources]
-    assert len(gpu) == 2 and all(name.startswith("infer-predict-block-") for name in gpu)  # one per block
-    assert all(resources == {"GPU": 1} for (name, _), resources in layers.items() if name in gpu)
-    reads = [name for name, _ in layers if name.startswith("infer-read-")]
-    assert len(reads) == 2 and len(layers) > 4  # reads and the image's own layers carry no resource
+    resources = {}  # per task key: its resource annotation (per layer, or per key in a merged delayed layer)
+    for layer in lazy.__dask_graph__().layers.values():
+        given = (layer.annotations or {}).get("resources")
+        for key in layer.keys():
+            value = given(key) if callable(given) else given
+            resources[key] = value if isinstance(value, dict) else None
+    prefix = {key: str(key[0] if isinstance(key, tuple) else key).rsplit("-", 1)[0] for key in resources}
+    gpu = [key for key, value in resources.items() if value]
+    assert len(gpu) == 2 and all(prefix[key] == "infer-predict-windows" for key in gpu)  # one per block
+    assert all(resources[key] == {"GPU": 1} for key in gpu)
+    others = {prefix[key] for key, value in resources.items() if not value}
+    assert {"infer-read", "infer-pieces", "infer-blend"} <= others  # none of them holds the GPU
 
 
 @pytest.mark.slow
 def test_compiled_prediction_equals_eager(tiny_model, tmp_path):
     """``inference.compile=true`` (torch.compile, the last batch padded to one shape) blends the same affinities."""
+    import dask
+    import dask.array as da
     import torch._dynamo
 
-    from nisbflow.infer.blockwise import WindowSettings, predict_block
-    from nisbflow.infer.geometry import read_region, window_grid, windows_for_region
+    from nisbflow.infer.blockwise import WindowSettings, predict_affinities
 
     save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
     torch._dynamo.reset()
 
-    rng = np.random.default_rng(3)
-    image = rng.integers(0, 255, (48, 48, 40), dtype=np.uint8)
+    image = np.random.default_rng(3).integers(0, 255, (48, 48, 40), dtype=np.uint8)
     results = []
     for compiled in (False, True):
         settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=3, channels=(0, 1, 2),
                                   output_dtype="float32", compile=compiled)
-        grid = window_grid(image.shape, settings.window, settings.stride)
-        write = tuple(slice(0, s) for s in image.shape)
-        windows = windows_for_region(grid, settings.window, write)
-        read = read_region(grid, settings.window, write)
-        results.append(predict_block(image, (str(tmp_path / "tiny.pt"), f"compile-test-{compiled}"),
-                                     tuple(r.start for r in read), write, windows, settings, "cpu"))
+        with dask.config.set(scheduler="synchronous"):
+            results.append(predict_affinities(da.from_array(image, chunks=24), Checkpoint.open(tmp_path / "tiny.pt"),
+                                              settings, block=(24, 48, 40), device="cpu").compute())
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile, not fall back silently
     np.testing.assert_allclose(results[1], results[0], atol=1e-5)
 
 
-def test_a_block_split_among_tasks_runs_each_window_once_and_equals_whole(tiny_model):
-    """``split``: a block's windows divided among tasks whose weighted sums are added. Every window of the grid
-    runs exactly once (counted by wrapping the model), and the result equals the whole-volume reference."""
+class CountingModel(torch.nn.Module):
+    """The network, counting the windows it is given."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.windows = inner, 0
+
+    def forward(self, x):
+        self.windows += x.shape[0]
+        return self.inner(x)
+
+
+def test_every_grid_window_runs_once_whatever_the_blocks_and_split(tiny_model):
+    """Whatever the block size (odd, thinner than a window, one block) and ``split``, the network sees every window
+    of the global grid exactly once (counted by wrapping the model), and the blocks equal the whole-volume
+    reference."""
     import dask
     import dask.array as da
-    import torch
 
     from nisbflow.infer.blockwise import WindowSettings, predict_affinities
     from nisbflow.infer.geometry import window_grid
@@ -303,28 +334,18 @@ def test_a_block_split_among_tasks_runs_each_window_once_and_equals_whole(tiny_m
                               channels=tuple(range(6)))
     whole = predict_affinities(image, tiny_model, settings)
     n_grid = int(np.prod([len(g) for g in window_grid(image.shape, (32, 32, 32), (16, 16, 16))]))
-
-    class Counting(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.windows = inner, 0
-
-        def forward(self, x):
-            self.windows += x.shape[0]
-            return self.inner(x)
-
     with dask.config.set(scheduler="synchronous"):
-        for block, split in [((72, 60, 40), 2), ((72, 60, 40), 5), ((40, 60, 40), 3), ((72, 60, 40), 1000)]:
-            counting = Counting(tiny_model)
+        for block, split in [((72, 60, 40), 1), ((25, 17, 13), 1), ((7, 60, 40), 1), ((40, 60, 40), 1),
+                             ((72, 60, 40), 2), ((72, 60, 40), 1000), ((40, 60, 40), 3), ((25, 17, 13), 2)]:
+            counting = CountingModel(tiny_model)
             lazy = predict_affinities(da.from_array(image, chunks=(30, 30, 30)), counting, settings, block=block,
                                       split=split)
-            np.testing.assert_allclose(lazy.compute(), whole, atol=1e-6)
-            parts = [k for k in dict(lazy.__dask_graph__()) if isinstance(k, tuple)
-                     and str(k[0]).startswith("infer-predict-part-")]
-            if block == image.shape:  # one block: no window twice, split among min(split, windows) tasks
-                assert counting.windows == n_grid and len(parts) == min(split, n_grid), (block, split)
-            else:  # two blocks: the windows on their boundary run in both, as without split
-                assert counting.windows > n_grid and len(parts) == 2 * split
+            np.testing.assert_allclose(lazy.compute(), whole, atol=1e-6, err_msg=str((block, split)))
+            assert counting.windows == n_grid, (block, split)
+            units = {k[1:] for k in dict(lazy.__dask_graph__()) if isinstance(k, tuple)
+                     and str(k[0]).startswith("infer-predict-windows-")}
+            if block == image.shape:  # one block: its windows split among min(split, windows) tasks
+                assert len(units) == min(split, n_grid), (block, split)
 
 
 def test_split_below_one_is_refused_before_anything_is_written(tmp_path):
@@ -412,15 +433,17 @@ def test_on_a_cpu_the_window_batch_is_fitted_to_the_workers_memory_or_refused(tm
         fitted = int(line.split("→ ")[1].split()[0])
         assert 1 <= fitted < 8 and "on the CPU, so a task fits worker tcp://" in line and "1.00 GiB" in line
         budget = 0.75 * 2**30
-        assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted).total <= budget
-        assert task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted + 1).total > budget
+        # a task's sums cover its windows' footprint: Z, shorter than the window, is padded to it
+        assert "weighted sums 9.00 MiB over a 96×96×64 footprint" in line
+        assert task_peak(model, (64, 64, 64), (96, 96, 64), 3, fitted).total <= budget
+        assert task_peak(model, (64, 64, 64), (96, 96, 64), 3, fitted + 1).total > budget
         recorded = zarr.open_array(array_url(tmp_path / "fitted.zarr"), mode="r").attrs["nisbflow_settings"]
         kept = []
         infer_to_zarr(image, tmp_path / "explicit.zarr", _shipped_run([f"inference.sw_batch_size={fitted}"]),
                       progress=False, log=kept.append)
         # a batch that fits is kept and its estimate said before the run
         [estimate] = [s for s in kept if s.startswith("inference: about ")]
-        expected = task_peak(model, (64, 64, 64), (96, 96, 48), 3, fitted)
+        expected = task_peak(model, (64, 64, 64), (96, 96, 64), 3, fitted)
         from dask.utils import format_bytes
 
         assert f"about {format_bytes(expected.total)} per prediction task" in estimate
@@ -490,3 +513,50 @@ def test_a_checkpoint_rewritten_after_the_client_read_it_is_refused_by_the_worke
     [line] = [s for s in result.output.splitlines() if s.startswith("error:")]
     assert "replaced or rewritten during the run" in " ".join(result.output.split())
     assert not (tmp_path / "cli.zarr").exists()
+
+
+def test_windows_are_counted_inside_a_block_in_the_terminal_and_on_the_workers(tiny_model, tmp_path, capsys):
+    """One block on a real LocalCluster: the bar counts windows (not only blocks, which sit at 0/1 until the end),
+    the worker's dashboard counter (its Workers-page metrics) holds the windows it predicted, and counts sent from
+    tasks reach the client's bar while the run goes on."""
+    import time
+
+    import zarr
+
+    from nisbflow.cluster import cluster_client
+    from nisbflow.infer.blockwise import WindowSettings, infer_to_zarr
+    from nisbflow.tasks import Counter, _counting, count_done, progress_bar
+
+    image = np.random.default_rng(8).integers(0, 256, (64, 48, 40), dtype=np.uint8)
+    zarr.create_array(str(tmp_path / "img.zarr"), shape=image.shape, chunks=(32, 32, 40), dtype="uint8")[...] = image
+    save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
+    settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=4, channels=(0, 1, 2))
+    with cluster_client("local", n_workers=1, memory_limit="2GiB", dashboard_address=":0") as client:
+        summary = infer_to_zarr(tmp_path / "img.zarr", tmp_path / "out.zarr", tmp_path / "tiny.pt", window=settings,
+                                block=image.shape, progress=True)
+        assert summary.windows_computed == summary.windows_in_grid == 3 * 2 * 2 and summary.redundancy == 1.0
+        printed = capsys.readouterr()
+        assert "infer: windows" in printed.out + printed.err and "12/12" in printed.out + printed.err
+        deadline, seen = time.monotonic() + 15, None
+        while time.monotonic() < deadline:
+            [worker] = client.scheduler_info()["workers"].values()
+            seen = worker["metrics"].get("windows_predicted")
+            if seen == 12:
+                break
+            time.sleep(0.2)
+        assert seen == 12 and "windows_per_s" in worker["metrics"]
+
+        bar = progress_bar(False)
+        with _counting(bar, Counter("nisbflow-test-topic", "work", 10, "windows"), client) as counting:
+            client.gather(client.map(lambda i: count_done("nisbflow-test-topic", 2), range(5), pure=False))
+            deadline = time.monotonic() + 15
+            while bar.tasks[counting.task].completed < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert bar.tasks[counting.task].completed == 10  # events, before the end sets it to the total
+    bar = progress_bar(False)
+    with _counting(bar, Counter("nisbflow-local-topic", "work", 10, "windows"), None) as counting:
+        count_done("nisbflow-local-topic", 3)
+        assert bar.tasks[counting.task].completed == 3  # no client: tasks in this process report directly
+    whole = predict_whole(image, tiny_model, window=(32, 32, 32), stride=(16, 16, 16), channels=[0, 1, 2])
+    np.testing.assert_allclose(zarr.open_array(array_url(str(tmp_path / "out.zarr")))[...].astype(np.float32),
+                               whole.astype(np.float32), atol=1e-3)

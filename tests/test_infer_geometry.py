@@ -1,11 +1,11 @@
-"""BANIS window geometry: starts, snapping, blending weights, block read regions and redundancy."""
+"""BANIS window geometry: starts, snapping, blending weights and block read regions."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from nisbflow.infer.geometry import (blending_weight, padded_shape, read_region, redundancy, window_grid,
+from nisbflow.infer.geometry import (blending_weight, padded_shape, read_region, window_grid,
                                      window_starts, windows_for_region)
 
 
@@ -52,21 +52,6 @@ def test_every_voxel_is_covered_and_block_windows_are_exactly_those_touching_it(
     read = read_region(grid, window, region)
     for start in chosen:
         assert all(r.start <= s and s + window <= r.stop for s, r in zip(start, read))
-
-
-@pytest.mark.parametrize("shape, block", [((21, 13, 8), 6), ((40, 40, 40), (16, 8, 40)), ((300, 300, 200), 128)])
-def test_redundancy_counts_windows_run_by_blocks(shape, block):
-    window, stride = (8, 4) if max(shape) < 100 else (128, 64)
-    grid = window_grid(shape, window, stride)
-    padded = padded_shape(shape, window)
-    block = np.broadcast_to(np.asarray(block), (3,))
-    computed = 0
-    for lower in itertools.product(*[range(0, s, b) for s, b in zip(padded, block)]):
-        region = tuple(slice(lo, min(lo + b, s)) for lo, b, s in zip(lower, block, padded))
-        computed += len(windows_for_region(grid, window, region))
-    total = np.prod([len(g) for g in grid])
-    assert redundancy(shape, block, window, stride) == pytest.approx(computed / total)
-    assert redundancy(shape, padded, window, stride) == 1.0  # one block: every window once
 
 
 def test_bad_geometry():

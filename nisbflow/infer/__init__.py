@@ -4,10 +4,10 @@
 and ``WindowSettings`` load torch on first use, so importing this package stays light.
 """
 
-from nisbflow.infer.geometry import blending_weight, read_region, redundancy, window_grid, window_starts
+from nisbflow.infer.geometry import blending_weight, read_region, window_grid, window_starts
 
-__all__ = ["WindowSettings", "blending_weight", "infer_to_zarr", "predict_affinities", "read_region", "redundancy",
-           "window_grid", "window_starts"]
+__all__ = ["WindowSettings", "blending_weight", "infer_to_zarr", "predict_affinities", "read_region", "window_grid",
+           "window_starts"]
 
 _BLOCKWISE = {"WindowSettings", "infer_to_zarr", "predict_affinities"}
 

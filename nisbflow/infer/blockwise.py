@@ -1,10 +1,11 @@
 """Block-wise sliding-window prediction as a Dask graph, and zarr-to-zarr inference with resume.
 
-Every output block (write region) reads the union of the global-grid windows that touch it (its read region, at
-most one window beyond the block on each side), runs exactly those windows in batches of ``sw_batch_size`` and
-blends them into its write region. Windows and weights are those of the whole volume, so the result equals
-:func:`nisbflow.infer.predict.predict_whole` for any chunking (up to float16 rounding); windows touching two blocks
-run in both (:func:`nisbflow.infer.geometry.redundancy`).
+Every window of the global grid is predicted exactly once, whatever the block size (:mod:`nisbflow.infer.plan`):
+by the task of the block holding its start, which reads the union of its windows (its footprint), runs them in
+batches of ``sw_batch_size`` and sums them, weighted, over the footprint. Each output block (write region) then
+blends the pieces of the tasks reaching it: values divided by the one task reaching a voxel, float32 sums added
+where several do. Windows and weights are those of the whole volume, so the result equals
+:func:`nisbflow.infer.predict.predict_whole` for any chunking (up to float16 rounding).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import dask
 import dask.array as da
@@ -21,13 +21,15 @@ import numpy as np
 from nisbflow.blocks import BlockGrid
 from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
-from nisbflow.infer.geometry import blending_weight, read_region, window_grid, windows_for_region
+from nisbflow.infer.geometry import blending_weight, window_grid
+from nisbflow.infer.plan import FINAL, BlockSources, Unit, WindowPlan, largest_footprint, plan_windows
 from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
-from nisbflow.tasks import compute_tasks
+from nisbflow.tasks import Counter, compute_tasks
 from nisbflow.worker_setup import release_compile_workers
 
 DEFAULT_BLOCK = (768, 768, 768)
-"""Default write-region size: redundancy 1.19 on NISB's 3000×3000×1350 test cube (≤ 1.25); see docs/inference.md."""
+"""Default write-region size: sums over an 832³ footprint per task (16 GB for 6 channels), 32 blocks on NISB's
+3000×3000×1350 test cube; every grid window runs once whatever the block (docs/inference.md)."""
 
 
 @dataclass(frozen=True)
@@ -67,56 +69,79 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def predict_block(piece: np.ndarray, model, read_start, write_region, windows, settings: WindowSettings,
-                  device: str | None = None) -> np.ndarray:
-    """Task: blend the given windows into one write region, on the model's device.
+def predict_windows(piece: np.ndarray, model, read_start, unit: Unit, settings: WindowSettings,
+                    device: str | None = None, topic: str | None = None) -> dict:
+    """Task (``infer-predict-windows``): one :class:`~nisbflow.infer.plan.Unit`'s windows, on the model's device.
 
-    ``piece``: the (padded-frame) input of the read region starting at ``read_start``, uint8; ``model``: a torch
-    module or a :class:`~nisbflow.model.Checkpoint` (:meth:`~nisbflow.model.Checkpoint.network`: loaded once per
-    process, its sha256 checked against the client's); ``write_region``: slices in
-    the padded frame; ``windows``: their starts. The read region goes to the device once; windows are cut, run in
-    batches of ``sw_batch_size`` (float16 autocast on CUDA), weighted and summed there in float32, and only the
-    blended block comes back. Returns ``(C, x, y, z)`` in ``settings.output_dtype``.
-    """
+    ``piece``: the (padded-frame) input of the unit's footprint starting at ``read_start``, uint8 ``(x, y, z)``;
+    ``model``: a torch module or a :class:`~nisbflow.model.Checkpoint` (:meth:`~nisbflow.model.Checkpoint.network`:
+    loaded once per process, its sha256 checked against the client's). The footprint goes to the device once; the
+    unit's batches run there (float16 autocast on CUDA), weighted and summed in float32 over the footprint, each
+    batch counted to ``topic`` (:func:`nisbflow.tasks.count_done`). Returns, per target block index, its pieces
+    ``(box, region, values, weights)``: for the block's exclusive box (``box`` = :data:`~nisbflow.infer.plan.FINAL`)
+    the divided values ``(C, x, y, z)`` in ``settings.output_dtype`` and no weights; for a shared box Σ p·w
+    ``(C, x, y, z)`` and Σ w ``(x, y, z)``, float32."""
     import torch
 
+    from nisbflow.tasks import count_done
+
     device = device or default_device()
-    total, weights = _weighted_sum(piece, model, read_start, write_region, windows, settings, device)
-    return (total / weights).to(getattr(torch, settings.output_dtype)).cpu().numpy()
+    total, weights = _weighted_sum(piece, model, read_start, unit.footprint, unit.windows, settings, device,
+                                   report=lambda n: count_done(topic, n))
+    pieces: dict = {}
+    for part in unit.pieces:
+        local = tuple(slice(r.start - f.start, r.stop - f.start) for r, f in zip(part.region, unit.footprint))
+        sums, weight = total[(slice(None),) + local], weights[local]
+        if part.box == FINAL:
+            entry = (part.box, part.region, (sums / weight).to(getattr(torch, settings.output_dtype)).cpu().numpy(),
+                     None)
+        else:  # copies, so the footprint's sums are freed when the task ends
+            entry = (part.box, part.region, sums.to("cpu", copy=True).numpy(), weight.to("cpu", copy=True).numpy())
+        pieces.setdefault(part.target, []).append(entry)
+    return pieces
 
 
-def predict_block_part(piece: np.ndarray, model, read_start, write_region, windows, settings: WindowSettings,
-                       device: str | None = None) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
-    """Task (``infer-predict-part``): one part of a block whose windows are split among several tasks
-    (``split``): Σ prediction × weight of ``windows`` over the part of ``write_region`` they cover, ``(C, x, y, z)``
-    float32, and Σ weight ``(x, y, z)`` float32, with that part's slices (write-region coordinates).
-    :func:`blend_parts` adds the parts of a block."""
-    device = device or default_device()
-    footprint = tuple(slice(max(min(s[a] for s in windows), r.start), min(max(s[a] for s in windows) + w, r.stop))
-                      for a, (r, w) in enumerate(zip(write_region, settings.window)))
-    total, weights = _weighted_sum(piece, model, read_start, footprint, windows, settings, device)
-    local = tuple(slice(f.start - r.start, f.stop - r.start) for f, r in zip(footprint, write_region))
-    return local, total.cpu().numpy(), weights.cpu().numpy()
+def _pieces_for(result: dict, target) -> list:
+    """Task (``infer-pieces``): the pieces of one unit's result for block ``target``, so only those travel."""
+    return result[tuple(target)]
 
 
-def blend_parts(parts, write_region, settings: WindowSettings) -> np.ndarray:
-    """Task (``infer-predict-block``): the parts of one block (:func:`predict_block_part`), their weighted sums and
-    weight sums each added, divided; ``(C, x, y, z)`` in ``settings.output_dtype``, as :func:`predict_block`."""
-    shape = tuple(r.stop - r.start for r in write_region)
-    total = np.zeros((parts[0][1].shape[0],) + shape, dtype=np.float32)
-    weights = np.zeros(shape, dtype=np.float32)
-    for local, values, weight in parts:
-        total[(slice(None),) + tuple(local)] += values
-        weights[tuple(local)] += weight
-    total /= weights
-    return total.astype(settings.output_dtype)
+def blend_block(sources: list, block: BlockSources, settings: WindowSettings) -> np.ndarray:
+    """Task (``infer-blend``): one block's affinities ``(C, x, y, z)`` in ``settings.output_dtype`` from the pieces
+    of the units reaching it (:func:`predict_windows`, in the order of ``block.units``): the exclusive box's values
+    as they are, each shared box's float32 sums added and divided."""
+    write = block.write
+    pieces = [piece for unit_pieces in sources for piece in unit_pieces]
+    if block.exclusive == write:  # one unit reaches the whole block
+        return pieces[0][2]
+    shape = tuple(w.stop - w.start for w in write)
+    n_channels = pieces[0][2].shape[0]
+    values = np.empty((n_channels,) + shape, dtype=settings.output_dtype)
+
+    def local(region, frame):
+        return tuple(slice(r.start - f.start, r.stop - f.start) for r, f in zip(region, frame))
+
+    for box, region, part, _ in pieces:
+        if box == FINAL:
+            values[(slice(None),) + local(region, write)] = part
+    for number, box in enumerate(block.shared):
+        size = tuple(b.stop - b.start for b in box)
+        total = np.zeros((n_channels,) + size, dtype=np.float32)
+        weights = np.zeros(size, dtype=np.float32)
+        for piece_box, region, sums, weight in pieces:
+            if piece_box == number:
+                total[(slice(None),) + local(region, box)] += sums
+                weights[local(region, box)] += weight
+        total /= weights
+        values[(slice(None),) + local(box, write)] = total
+    return values
 
 
-def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSettings, device: str):
+def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSettings, device: str, report=None):
     """Σ prediction × blending weight of ``windows`` over ``region`` (slices, padded frame) and Σ blending weight:
     float32 torch tensors ``(C, x, y, z)`` and ``(x, y, z)`` on ``device``. Windows run in batches of
     ``sw_batch_size``; the weights are summed on the device beside the predictions, so no host work waits on the
-    block's last batch."""
+    block's last batch. ``report(n)`` is called after each batch of ``n`` windows."""
     import torch
 
     compiled = settings.compiled_on(device)
@@ -148,6 +173,8 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
             target = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, region))
             total[(slice(None),) + target] += prediction[(slice(None),) + local] * weight[local]
             weights[target] += weight[local]
+        if report is not None:
+            report(len(batch))
     return total, weights
 
 
@@ -199,7 +226,8 @@ def runs_on_cpu(device: str | None) -> bool:
 
 def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channels: int, device: str | None,
                   log, threads: int | None = None) -> WindowSettings:
-    """On a CPU: ``settings`` with the largest ``sw_batch_size`` (at most the configured one) whose task fits the
+    """On a CPU: ``settings`` with the largest ``sw_batch_size`` (at most the configured one) whose task (its sums
+    over ``block_shape``, a unit's footprint) fits the
     workers' memory (:mod:`nisbflow.infer.memory`), saying so through ``log`` when it is lowered; refused with the
     numbers when one window does not fit. On a GPU: ``settings`` as they are."""
     if not runs_on_cpu(device):
@@ -216,12 +244,13 @@ def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channel
     if estimate.batch == settings.sw_batch_size:
         log(f"inference: about {format_bytes(estimate.total)} per prediction task on the CPU (network "
             f"{format_bytes(estimate.network)} for {estimate.batch} window(s) at once, weighted sums "
-            f"{format_bytes(estimate.block_sums)} for a {'×'.join(map(str, block_shape))} block); {where} has "
+            f"{format_bytes(estimate.block_sums)} over a {'×'.join(map(str, block_shape))} footprint); {where} has "
             f"{format_bytes(limit)} per task")
         return settings
     log(f"inference.sw_batch_size {settings.sw_batch_size} → {estimate.batch} on the CPU, so a task fits {where}'s "
         f"{format_bytes(limit)}: about {format_bytes(estimate.total)} (network {format_bytes(estimate.network)} for "
-        f"{estimate.batch} window(s), weighted sums {format_bytes(estimate.block_sums)})")
+        f"{estimate.batch} window(s), weighted sums {format_bytes(estimate.block_sums)} over a "
+        f"{'×'.join(map(str, block_shape))} footprint)")
     return replace(settings, sw_batch_size=estimate.batch)
 
 
@@ -248,26 +277,6 @@ def _spatial(image):
     return image[..., 0] if image.ndim == 4 else image
 
 
-class BlockWindows(NamedTuple):
-    """One inference block: its write region in the volume, the starts of the global-grid windows that touch it, and
-    its read region (their union) in the padded frame."""
-
-    write: tuple[slice, slice, slice]
-    windows: list
-    read: tuple[slice, slice, slice]
-
-
-def block_plan(grid: BlockGrid, settings: WindowSettings) -> dict[tuple, BlockWindows]:
-    """Per block index of ``grid`` (:class:`~nisbflow.blocks.BlockGrid`): its :class:`BlockWindows`."""
-    windows_grid = window_grid(grid.shape, settings.window, settings.stride)
-    plan = {}
-    for index in grid.indices():
-        write = grid.write_region(index)
-        plan[index] = BlockWindows(write, windows_for_region(windows_grid, settings.window, write),
-                                   read_region(windows_grid, settings.window, write))
-    return plan
-
-
 def _pad_piece(piece, read, window) -> np.ndarray:
     """A read region's input from the part of it inside the volume: reflect-padded where an axis is shorter than
     the window (such an axis is then read whole, and the read region is the window)."""
@@ -282,38 +291,29 @@ def _gpu_annotations(device: str | None) -> dict:
     return {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
 
 
-def _block_task(function, image, index, block: BlockWindows, settings: WindowSettings, model, device, token: str,
-                *extra, split: int = 1):
-    """Tasks for one block: read its input (``infer-read``), then ``function`` (``infer-predict-block``) with the
-    arguments of :func:`predict_block` followed by ``extra``. Only the prediction asks for the ``GPU`` resource on
-    CUDA, so the next block's image chunks are read while the GPU predicts.
+def prediction_graph(image, grid: BlockGrid, plan: WindowPlan, settings: WindowSettings, model, device,
+                     token: str, topic: str | None = None) -> dict:
+    """Per pending block index of ``plan``: a delayed ``(C, x, y, z)`` array of its affinities.
 
-    ``split > 1`` (with :func:`predict_block` only): the block's windows are divided, in raster order, among up to
-    ``split`` tasks (``infer-predict-part``, each reading only its windows' input) whose weighted sums
-    :func:`blend_parts` adds. No window runs twice, so one large block keeps several workers busy without the
-    redundancy of several blocks."""
-    write, windows, read = block
-    parts = min(split, len(windows)) if function is predict_block else 1
-    if parts <= 1:
-        piece = _read_task(image, read, settings, (f"infer-read-{token}",) + index)
+    Per unit: a task reading its footprint's input (``infer-read``) and one predicting its windows
+    (``infer-predict-windows``, the only task asking for the ``GPU`` resource on CUDA, so the next unit's input is
+    read while the GPU predicts); per block a task taking the pieces of the units that reach it (``infer-pieces``,
+    run where the unit's result is, so only those pieces travel) and blending them (``infer-blend``)."""
+    results = {}
+    for key, unit in plan.units.items():
+        piece = _read_task(image, unit.footprint, settings, (f"infer-read-{token}",) + key)
         with dask.annotate(**_gpu_annotations(device)):
-            return dask.delayed(function, pure=True)(piece, model, tuple(r.start for r in read), write, windows,
-                                                     settings, device, *extra,
-                                                     dask_key_name=(f"infer-predict-block-{token}",) + index)
-    ordered = sorted(windows)
-    bounds = np.linspace(0, len(ordered), parts + 1).round().astype(int)
-    results = []
-    for part, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        group = ordered[a:b]
-        part_read = tuple(slice(min(s[axis] for s in group), max(s[axis] for s in group) + w)
-                          for axis, w in enumerate(settings.window))
-        piece = _read_task(image, part_read, settings, (f"infer-read-part-{token}",) + index + (part,))
-        with dask.annotate(**_gpu_annotations(device)):
-            results.append(dask.delayed(predict_block_part, pure=True)(
-                piece, model, tuple(r.start for r in part_read), write, group, settings, device,
-                dask_key_name=(f"infer-predict-part-{token}",) + index + (part,)))
-    return dask.delayed(blend_parts, pure=True)(results, write, settings,
-                                                dask_key_name=(f"infer-predict-block-{token}",) + index)
+            results[key] = dask.delayed(predict_windows, pure=True)(
+                piece, model, tuple(r.start for r in unit.footprint), unit, settings, device, topic,
+                dask_key_name=(f"infer-predict-windows-{token}",) + key)
+    blocks = {}
+    for index, sources in plan.blocks.items():
+        parts = [dask.delayed(_pieces_for, pure=True)(results[key], index,
+                                                     dask_key_name=(f"infer-pieces-{token}",) + key + index)
+                 for key in sources.units]
+        blocks[index] = dask.delayed(blend_block, pure=True)(parts, sources, settings,
+                                                           dask_key_name=(f"infer-blend-{token}",) + index)
+    return blocks
 
 
 def _read_task(image, read, settings: WindowSettings, key):
@@ -328,10 +328,10 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     """Affinities ``(C, X, Y, Z)`` of an image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8.
 
     A numpy image gives the whole-volume reference (numpy); a dask image gives a lazy dask array chunked by
-    ``block`` whose blocks are computed as described in the module docstring (``infer-predict-block`` tasks, with a
-    ``GPU`` resource annotation when ``device`` is CUDA). ``model``: a torch module, or a
+    ``block`` whose blocks are computed as described in the module docstring (``infer-predict-windows`` tasks, with a
+    ``GPU`` resource annotation when ``device`` is CUDA, and ``infer-blend`` tasks). ``model``: a torch module, or a
     :class:`~nisbflow.model.Checkpoint`.
-    ``split``: tasks per block, each predicting a share of its windows (see :func:`_block_task`).
+    ``split``: tasks per block, each predicting a share of its windows (:mod:`nisbflow.infer.plan`).
     """
     check_image(image)
     if device is None and isinstance(image, da.Array):
@@ -347,15 +347,15 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
                              device=device or default_device())
     spatial = _spatial(image)
     grid = BlockGrid.regular(spatial.shape, block)
-    plan = block_plan(grid, settings)
+    plan = plan_windows(grid, settings.window, settings.stride, settings.sw_batch_size, split)
     n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
     token = dask.base.tokenize(spatial.name, settings, block, split,
                                (model.path, model.sha256) if _is_checkpoint(model) else id(model))
     shared_model = model if _is_checkpoint(model) else dask.delayed(model, name=f"infer-model-{token}")
     blocks = np.empty(grid.blocks_per_axis, dtype=object)
-    for index, entry in plan.items():
-        task = _block_task(predict_block, spatial, index, entry, settings, shared_model, device, token, split=split)
-        blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in entry.write),
+    for index, task in prediction_graph(spatial, grid, plan, settings, shared_model, device, token).items():
+        write = plan.blocks[index].write
+        blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in write),
                                         dtype=settings.output_dtype)
     return da.block([blocks.tolist()])  # the outer list is the channel axis
 
@@ -402,10 +402,25 @@ class InferSummary:
     blocks_skipped: int
     warm_up_seconds: float | None = None
     """``torch.compile``'s warm-up on the workers before the blocks (not in ``seconds``), when compiled."""
+    windows_needed: int | None = None
+    """Grid windows reaching the blocks this run wrote (the whole grid unless it resumed); None: the grid."""
 
     @property
     def redundancy(self) -> float:
-        return self.windows_computed / self.windows_in_grid
+        """Windows computed per window the blocks written needed (1.0: none twice; after a resume, the blocks left)."""
+        needed = self.windows_in_grid if self.windows_needed is None else self.windows_needed
+        return self.windows_computed / needed if needed else 1.0
+
+    def windows_line(self) -> str:
+        """``1575 windows for a grid of 1575 (redundancy 1.00)``, or after a resume ``… for the 420 grid windows the
+        3 remaining blocks need (redundancy 1.00)``."""
+        if self.blocks_skipped == 0 or self.windows_needed is None:
+            return (f"{self.windows_computed} windows for a grid of {self.windows_in_grid} "
+                    f"(redundancy {self.redundancy:.2f})")
+        left = self.blocks - self.blocks_skipped
+        return (f"{self.windows_computed} windows for the {self.windows_needed} grid windows (of "
+                f"{self.windows_in_grid}) the {left} remaining block{'s' if left != 1 else ''} need "
+                f"(redundancy {self.redundancy:.2f})")
 
     @property
     def voxels_per_second(self) -> float:
@@ -492,9 +507,8 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
     image = _spatial(da.from_zarr(source))
     grid = BlockGrid.regular(image.shape, block)
     n_channels = handle.model.out_channels if window_settings.channels is None else len(window_settings.channels)
-    window_settings = fit_to_memory(window_settings, handle.model, grid.block_shape, n_channels, device,
-                                    log or default_log)
-    plan = block_plan(grid, window_settings)
+    footprint = largest_footprint(grid, window_settings.window, window_settings.stride)
+    window_settings = fit_to_memory(window_settings, handle.model, footprint, n_channels, device, log or default_log)
     identity = dict(checkpoint_sha256=handle.sha256, settings=window_settings.record(),
                     block=list(grid.block_shape))
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
@@ -502,29 +516,32 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
         zarr_format = source.metadata.zarr_format
         work = staged.pending(
             "predict", grid, owner=staged.image, arrays=(staged.image,),
-            region=lambda index: (slice(None),) + plan[index].write,
+            region=lambda index: (slice(None),) + grid.write_region(index),
             create=lambda: create_image(
                 staged.data, attributes=affinity_attrs(run, window_settings, source, nisbflow_run=staged.run_id),
                 zarr_format=zarr_format, name="affinities", layout=layout, shape=(n_channels,) + grid.shape,
                 chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
                 dtype=window_settings.output_dtype, compressors=fast_compressors(zarr_format)))
-        token = dask.base.tokenize(staged.run_id, window_settings, grid, split)
+        plan = plan_windows(grid, window_settings.window, window_settings.stride, window_settings.sw_batch_size,
+                            split, pending=work.pending)
+        token = dask.base.tokenize(staged.run_id, window_settings, grid, split, sorted(work.pending))
+        topic = f"nisbflow-infer-windows-{token}"
+        predicted = prediction_graph(image, grid, plan, window_settings, handle, device, token, topic)
         tasks, voxels = [], 0
         for index in work.pending:
-            entry, key = plan[index], grid.key(index)
-            voxels += int(np.prod([w.stop - w.start for w in entry.write]))
-            predicted = _block_task(predict_block, image, index, entry, window_settings, handle, device, token,
-                                    split=split)
+            write = grid.write_region(index)
+            voxels += int(np.prod([w.stop - w.start for w in write]))
             tasks.append(dask.delayed(_store_block, pure=True)(
-                predicted, staged.image, entry.write, staged.marker("predict", key), staged.run_id,
-                len(entry.windows), dask_key_name=(f"infer-store-block-{token}",) + index))
+                predicted[index], staged.image, write, staged.marker("predict", grid.key(index)), staged.run_id,
+                plan.counted(index), dask_key_name=(f"infer-store-block-{token}",) + index))
         warm = warm_up_workers(handle, window_settings, device, log=log or default_log) if tasks else None
         start = time.perf_counter()
-        computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress)) if tasks else 0
+        counter = Counter(topic, "infer: windows", plan.windows_run, "windows")
+        computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress, counter=counter)) \
+            if tasks else 0
         seconds = time.perf_counter() - start
-    windows_grid = window_grid(grid.shape, window_settings.window, window_settings.stride)
-    return InferSummary(str(output), grid.shape, seconds, voxels, computed,
-                        int(np.prod([len(g) for g in windows_grid])), grid.n_blocks, grid.n_blocks - len(tasks), warm)
+    return InferSummary(str(output), grid.shape, seconds, voxels, computed, plan.windows_in_grid, grid.n_blocks,
+                        grid.n_blocks - len(tasks), warm, plan.windows_needed)
 
 
 def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, overwrite: bool = False,

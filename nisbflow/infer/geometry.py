@@ -70,16 +70,3 @@ def read_region(grid: list[np.ndarray], window, region) -> tuple[slice, slice, s
         touching = starts_touching(g, w, r.start, r.stop)
         slices.append(slice(int(touching.min()), int(touching.max()) + w))
     return tuple(slices)
-
-
-def redundancy(shape, block, window=128, stride=64) -> float:
-    """Windows computed by block-wise prediction with ``block``-sized write regions, divided by the windows of the
-    global grid (1.0: no window runs twice)."""
-    window, block = _per_axis(window, 3), _per_axis(block, 3)
-    padded = padded_shape(shape, window)
-    grid = window_grid(shape, window, stride)
-    total, computed = 1, 1
-    for g, w, b, s in zip(grid, window, block, padded):
-        total *= len(g)
-        computed *= sum(len(starts_touching(g, w, lo, min(lo + b, s))) for lo in range(0, s, b))
-    return computed / total

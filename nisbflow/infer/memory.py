@@ -131,7 +131,7 @@ def fit_batch(model_config, window, block_shape, n_channels: int, batch: int, me
     raise InferenceMemoryError(
         f"inference: a task needs about {format_bytes(one.total)} even one window at a time (runtime "
         f"{format_bytes(one.runtime)}, network {format_bytes(one.network)} for a "
-        f"{'×'.join(map(str, window))} window, weighted sums {format_bytes(one.block_sums)} for a "
-        f"{'×'.join(map(str, block_shape))} block), but {where} has {format_bytes(memory_per_task)} per task "
+        f"{'×'.join(map(str, window))} window, weighted sums {format_bytes(one.block_sums)} over a "
+        f"{'×'.join(map(str, block_shape))} footprint), but {where} has {format_bytes(memory_per_task)} per task "
         f"(plans use {int(MEMORY_FRACTION * 100)} %): give workers more memory (--memory-limit), or use smaller blocks "
         "(--chunks)")
