@@ -6,6 +6,9 @@ Steps (``--steps``, comma separated; each result goes to ``--json``):
 
 ``model``   the network alone: random ``(N, 1, 128, 128, 128)`` batches, float16 autocast, windows/s per batch size
             (the ceiling every sliding-window driver is measured against), peak GPU memory;
+``forward`` the network alone per variant (eager, compiled, channels-last, CUDA graphs, max-autotune): windows/s,
+            compilation seconds, max |Δ| to eager after the sigmoid and the same partition at 0.75 on synthetic
+            crops, and a kernel-by-kernel profile of the compiled pass (issue 27, part 3);
 ``variants`` the network alone at batch 8 with cuDNN autotuning, channels-last 3-D, bfloat16, torch.compile;
 ``monai``   ``monai.inferers.sliding_window_inference`` over the whole image held on the GPU (roi 128³, overlap 0.5,
             ``sw_batch_size`` 8, float16 autocast), then scale_sigmoid, channels 0-2, float16, copied to the host;
@@ -173,6 +176,112 @@ def step_model_variants(model_config, device, results, variants, batch=8, repeat
     torch.backends.cudnn.benchmark = False
 
 
+FORWARD_VARIANTS = {
+    # name: (torch.compile mode or None for eager, channels-last 3-D)
+    "eager": (None, False),
+    "channels-last": (None, True),
+    "compiled": ("default", False),
+    "compiled-channels-last": ("default", True),
+    "reduce-overhead": ("reduce-overhead", False),
+    "max-autotune": ("max-autotune", True),
+}
+
+
+def forward_variant(model, name: str):
+    """The network of ``model`` run as variant ``name`` of :data:`FORWARD_VARIANTS`: a function of
+    ``crops (N, X, Y, Z) uint8`` giving scale-sigmoid affinities ``(N, C, X, Y, Z)`` float32 (autocast float16 on
+    CUDA, as :func:`nisbflow.infer.predict.apply_model`)."""
+    import torch
+
+    import copy
+
+    mode, channels_last = FORWARD_VARIANTS[name]
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    network = copy.deepcopy(model).to(memory_format=layout)  # ``to`` converts in place: keep the eager one as it is
+    if mode is not None:
+        network = torch.compile(network, mode=None if mode == "default" else mode, dynamic=False)
+
+    def run(crops):
+        batch = crops.to(torch.float32).div_(255.0).unsqueeze(1).contiguous(memory_format=layout)
+        with torch.inference_mode(), torch.autocast(device_type=crops.device.type, dtype=torch.float16,
+                                                    enabled=crops.device.type == "cuda"):
+            logits = network(batch)
+        return torch.sigmoid(0.2 * logits.float())
+
+    return run
+
+
+def step_forward(model_config, device, results, variants, batch=8, repeats=6, threshold=0.75,
+                 profile_rows=25) -> None:
+    """Part 3 of issue 27: the network alone per variant (:data:`FORWARD_VARIANTS`) at ``batch`` windows of 128³:
+    windows/s, warm-up (compilation) seconds, and agreement with the eager network on the same crops of a
+    synthetic EM-like image (max |Δ| after the sigmoid; goal ≤ 2e-3) and the same partition at ``threshold``
+    (``decode_affinity_cc`` of channels 0-2 of each window, identical ids). The compiled variant is profiled kernel
+    by kernel (``torch.profiler``, the largest CUDA times)."""
+    import torch
+
+    from nisbflow.decode import decode_affinity_cc
+    from nisbflow.model import build
+    from nisbflow.synth import synthesize_seed
+
+    with tempfile.TemporaryDirectory() as folder:
+        synthesize_seed(f"{folder}/seed", (256, 256, 128), 3, progress=False)
+        import zarr
+
+        image = zarr.open_array(f"{folder}/seed/data.zarr/img", mode="r")[..., 0]
+    starts = [(x, y, 0) for x in (0, 64, 128) for y in (0, 64, 128)][:batch]
+    while len(starts) < batch:
+        starts.append(starts[len(starts) % 9])
+    crops = torch.from_numpy(np.stack([image[x:x + 128, y:y + 128, z:z + 128] for x, y, z in starts])).to(device)
+    torch.manual_seed(0)
+    model = build(model_config).to(device).eval()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    reference, out = None, {}
+    for name in variants:
+        try:
+            run = forward_variant(model, name)
+            start = time.perf_counter()
+            for _ in range(2):
+                values = run(crops)
+            sync()
+            warm = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(repeats):
+                values = run(crops)
+            sync()
+            seconds = time.perf_counter() - start
+            values = values.cpu().numpy()
+            entry = {"windows_per_second": batch * repeats / seconds, "warm_up_seconds": warm}
+            if reference is None:
+                reference = values
+                reference_labels = [decode_affinity_cc(v[:3], threshold) for v in reference]
+            entry["max_abs_difference_to_eager"] = float(np.abs(values - reference).max())
+            labels = [decode_affinity_cc(v[:3], threshold) for v in values]
+            entry["same_partition_at_threshold"] = all(np.array_equal(a, b) for a, b in zip(labels, reference_labels))
+            entry["segments"] = int(sum(int(a.max()) for a in labels))
+            if name == "compiled" and device == "cuda":
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+                    run(crops)
+                    sync()
+                entry["profile"] = profiler.key_averages().table(sort_by="cuda_time_total", row_limit=profile_rows)
+            out[name] = entry
+            log(f"network alone, batch {batch}, {name}: {entry['windows_per_second']:.1f} windows/s "
+                f"(warm-up {warm:.0f} s), max |Δ| {entry['max_abs_difference_to_eager']:.2e}, "
+                f"same partition {entry['same_partition_at_threshold']}")
+        except Exception as error:  # a variant this torch build cannot run
+            out[name] = f"failed: {type(error).__name__}: {str(error)[:300]}"
+            log(name, out[name])
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        results["forward"] = out
+    if "eager" in out and isinstance(out["eager"], dict):
+        for name, entry in out.items():
+            if isinstance(entry, dict):
+                entry["speed_up_over_eager"] = entry["windows_per_second"] / out["eager"]["windows_per_second"]
+
+
 def step_monai(model_config, image: np.ndarray, device, results, sw_batch_size=8) -> None:
     import torch
     from monai.inferers import sliding_window_inference
@@ -328,15 +437,16 @@ def step_train(work: Path, seconds: int, shape, results, sampler: GpuSampler | N
 
 
 def project(results) -> None:
-    """The NISB test cube from the measured rates: its grid at the default 768³ blocks (redundancy from the block
-    plan), at the end-to-end windows/s of ``nisbflow infer``."""
+    """The NISB test cube from the measured rates: its grid at the default 768³ blocks (windows run from the window
+    plan: each grid window once), at the end-to-end windows/s of ``nisbflow infer``."""
     from nisbflow.blocks import BlockGrid
-    from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, block_plan
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings
+    from nisbflow.infer.plan import plan_windows
 
     settings = WindowSettings()
-    plan = block_plan(BlockGrid.regular(NISB_TEST_CUBE, DEFAULT_BLOCK), settings)
-    computed = sum(len(entry.windows) for entry in plan.values())
-    grid = n_windows(NISB_TEST_CUBE)
+    plan = plan_windows(BlockGrid.regular(NISB_TEST_CUBE, DEFAULT_BLOCK), settings.window, settings.stride,
+                        settings.sw_batch_size)
+    computed, grid = plan.windows_run, n_windows(NISB_TEST_CUBE)
     projection = {"cube": list(NISB_TEST_CUBE), "windows_in_grid": grid, "windows_computed_768_blocks": computed,
                   "redundancy": computed / grid}
     runs = [r for r in results.get("infer", []) if "windows_per_second" in r]
@@ -346,6 +456,9 @@ def project(results) -> None:
                           projected_mvoxel_per_second=np.prod(NISB_TEST_CUBE) / (computed / rate) / 1e6)
     if "monai" in results:
         projection["monai_projected_minutes"] = grid / results["monai"]["windows_per_second"] / 60
+    for name, entry in (results.get("forward") or {}).items():
+        if isinstance(entry, dict) and "windows_per_second" in entry:
+            projection[f"network_alone_{name}_minutes"] = grid / entry["windows_per_second"] / 60
     results["nisb_projection"] = projection
     log(json.dumps(projection, indent=1))
 
@@ -360,6 +473,9 @@ def main() -> None:
     parser.add_argument("--model-batches", default="1,4,8,16", help="batch sizes of the model-alone step")
     parser.add_argument("--model-variants", default="fp16,cudnn-benchmark,channels-last,bf16,compile",
                         help="settings tried by the variants step")
+    parser.add_argument("--forward-variants", default=",".join(FORWARD_VARIANTS),
+                        help="variants of the forward step (eager first: the others are compared with it)")
+    parser.add_argument("--forward-batch", type=int, default=8)
     parser.add_argument("--train-seconds", type=int, default=420)
     parser.add_argument("--train-shape", default="256,256,256")
     parser.add_argument("--train-extra", default="", help="extra KEY=VALUE for nisbflow train")
@@ -393,6 +509,10 @@ def main() -> None:
         if "model" in steps:
             step_model(model_config, device, results, tuple(int(b) for b in args.model_batches.split(",")),
                        repeats=6 if device == "cuda" else 1)
+            save()
+        if "forward" in steps:
+            step_forward(model_config, device, results, args.forward_variants.split(","), batch=args.forward_batch,
+                         repeats=6 if device == "cuda" else 1)
             save()
         if "variants" in steps:
             step_model_variants(model_config, device, results, args.model_variants.split(","))
