@@ -297,7 +297,7 @@ def test_compiled_prediction_equals_eager(tiny_model, tmp_path):
 
     image = np.random.default_rng(3).integers(0, 255, (48, 48, 40), dtype=np.uint8)
     results = []
-    for compiled in (False, True):
+    for compiled in (False, True, "reduce-overhead"):
         settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=3, channels=(0, 1, 2),
                                   output_dtype="float32", compile=compiled)
         with dask.config.set(scheduler="synchronous"):
@@ -305,6 +305,25 @@ def test_compiled_prediction_equals_eager(tiny_model, tmp_path):
                                               settings, block=(24, 48, 40), device="cpu").compute())
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile, not fall back silently
     np.testing.assert_allclose(results[1], results[0], atol=1e-5)
+    np.testing.assert_allclose(results[2], results[0], atol=1e-5)
+
+
+def test_inference_compile_takes_torch_compile_modes():
+    """``inference.compile``: true/false/auto, or a torch.compile mode (``reduce-overhead``: CUDA graphs), which the
+    network is compiled with wherever it runs; anything else is refused when the settings are read."""
+    from pydantic import ValidationError
+
+    from nisbflow.config.schema import InferenceConfig
+    from nisbflow.infer.blockwise import WindowSettings
+
+    expected = {"auto": (False, True), True: (True, True), False: (False, False),
+                "reduce-overhead": ("reduce-overhead", "reduce-overhead"), "max-autotune": ("max-autotune",) * 2}
+    for given, (on_cpu, on_cuda) in expected.items():
+        settings = WindowSettings.from_config(InferenceConfig(compile=given))
+        assert (settings.compile_mode("cpu"), settings.compile_mode("cuda")) == (on_cpu, on_cuda), given
+        assert settings.record()["compile"] == given
+    with pytest.raises(ValidationError, match="compile"):
+        InferenceConfig(compile="fastest")
 
 
 class CountingModel(torch.nn.Module):

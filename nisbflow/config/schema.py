@@ -203,10 +203,11 @@ class InferenceConfig(_Section):
     activation: Literal["scale_sigmoid", "sigmoid"] = "scale_sigmoid"
     select_channel: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Output channels to keep "
                                       "(0, 1, 2: the short-range affinities that decoding reads).")
-    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the network ('auto': on CUDA only). "
-                                            "Compiled once per worker before the blocks (about a minute for "
-                                            "MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
-                                            "(docs/BENCHMARKS.md); false for small volumes.")
+    compile: bool | Literal["auto", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "auto", description="torch.compile the network ('auto': on CUDA only; a torch.compile mode name: compiled "
+                            "in that mode, e.g. 'reduce-overhead' for CUDA graphs). Compiled once per worker before "
+                            "the blocks (about a minute for MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
+                            "(docs/BENCHMARKS.md); false for small volumes.")
 
     @field_validator("snap_to_edge")
     @classmethod

@@ -59,8 +59,16 @@ class WindowSettings:
                 "output_dtype": self.output_dtype, "compile": self.compile}
 
     def compiled_on(self, device: str) -> bool:
-        """Whether the network runs through ``torch.compile`` on ``device`` (``auto``: on CUDA only)."""
+        """Whether the network runs through ``torch.compile`` on ``device`` (``auto``: on CUDA only; a mode name:
+        always)."""
         return device.startswith("cuda") if self.compile == "auto" else bool(self.compile)
+
+    def compile_mode(self, device: str) -> str | bool:
+        """What :meth:`~nisbflow.model.Checkpoint.network` compiles with on ``device``: False (eager), True
+        (``torch.compile``'s default mode) or a mode name (``reduce-overhead``, ``max-autotune``, …)."""
+        if not self.compiled_on(device):
+            return False
+        return self.compile if isinstance(self.compile, str) and self.compile != "auto" else True
 
 
 def default_device() -> str:
@@ -146,7 +154,7 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
 
     compiled = settings.compiled_on(device)
     if _is_checkpoint(model):  # loaded once per process, its sha256 checked against the client's
-        model = model.network(device, compiled)
+        model = model.network(device, settings.compile_mode(device))
     else:
         model = model.to(device).eval()
     image = torch.from_numpy(np.ascontiguousarray(piece)).to(device)

@@ -177,12 +177,14 @@ class Checkpoint:
         path = resolve_checkpoint(self.worker_reference)
         return file_sha256(path) if path.is_file() else None
 
-    def network(self, device: str = "cpu", compiled: bool = False) -> torch.nn.Module:
+    def network(self, device: str = "cpu", compiled: bool | str = False) -> torch.nn.Module:
         """The network on ``device`` in eval mode, loaded once per process (cached by file, sha256, device and
-        ``compiled``: wrapped in ``torch.compile``, static shapes, eager where a graph cannot compile). The file read
+        ``compiled``: wrapped in ``torch.compile``, static shapes, eager where a graph cannot compile; a string is
+        torch.compile's ``mode``, e.g. ``reduce-overhead`` for CUDA graphs). The file read
         must still have :attr:`sha256`, the hash the client resolved: a checkpoint replaced or rewritten during the
         run, or another file at the same path on a worker, is a :class:`CheckpointError` naming both hashes."""
-        return _cached_network(self.worker_reference, self.sha256, device, bool(compiled))
+        return _cached_network(self.worker_reference, self.sha256, device,
+                               compiled if isinstance(compiled, str) else bool(compiled))
 
     def load(self, map_location="cpu") -> torch.nn.Module:
         """The network with its weights, in eval mode (reads the file)."""
@@ -254,14 +256,14 @@ def _load_verified(reference: str, sha256: str, map_location="cpu") -> torch.nn.
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_network(reference: str, sha256: str, device: str, compiled: bool) -> torch.nn.Module:
+def _cached_network(reference: str, sha256: str, device: str, compiled: bool | str) -> torch.nn.Module:
     """:meth:`Checkpoint.network`'s per-process cache (``sha256`` keys a re-written file)."""
     model = _load_verified(reference, sha256, map_location=device).to(device)
     if compiled:
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a block
-        model = torch.compile(model, dynamic=False)
+        model = torch.compile(model, dynamic=False, mode=compiled if isinstance(compiled, str) else None)
     return model
 
 
