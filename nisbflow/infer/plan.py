@@ -60,11 +60,6 @@ class Unit:
     def windows(self) -> list[Start]:
         return [start for batch in self.batches for start in batch]
 
-    @property
-    def targets(self) -> list[tuple[int, int, int]]:
-        """The blocks this unit hands pieces to, in first-piece order."""
-        return list(dict.fromkeys(piece.target for piece in self.pieces))
-
 
 @dataclass(frozen=True)
 class BlockSources:
