@@ -74,11 +74,13 @@ def synth_affinities(
 def skeleton_convert(
     source: str = typer.Argument(..., help="skeleton.pkl (loaded with a restricted unpickler), .json or .npz"),
     destination: str = typer.Argument(..., help="Output; the suffix picks the format: .json (node-link) or .npz"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing skeleton nisbflow wrote."),
+    force: Force = False,
 ):
     """Convert a skeleton to a pickle-free form (JSON node-link or npz) that every command also accepts."""
     from nisbflow.jobs import skeleton_convert as convert_job
 
-    summary = convert_job(source, destination)
+    summary = convert_job(source, destination, overwrite=overwrite, force=force)
     console.print(f"wrote {destination}: {summary.n_nodes} nodes, {summary.n_neurons} skeletons "
                   f"({summary.n_scored} with edges, which NERL scores), "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")
@@ -99,14 +101,16 @@ def convert(
     chunks: Optional[str] = typer.Option(None, "--chunks", help="Output chunks X,Y,Z (default 128,128,128)."),
     voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel X,Y,Z to record (default: "
                                              "the source's, else 9,9,20)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing volume nisbflow wrote."),
+    force: Force = False,
 ):
     """Convert a volume between zarr, HDF5 and TIFF block by block, to nisbflow's XYZ order from the source's
     (--axes) and back to ZYX for HDF5 and TIFF outputs."""
     from nisbflow.jobs import convert as convert_job
 
     report = convert_job(source, output, axes=axes, layout=layout, chunks=parse_triple(chunks, "--chunks"),
-                         voxel_size=parse_triple(voxel_size, "--voxel-size", float), overwrite=overwrite)
+                         voxel_size=parse_triple(voxel_size, "--voxel-size", float), overwrite=overwrite,
+                         force=force)
     console.print(f"wrote {report.output}: {report.dtype} {report.axes.upper()} "
                   f"{'×'.join(map(str, report.shape))} (source axes {report.source_axes.upper()})")
 
@@ -120,7 +124,8 @@ def skeletonize(
     voxel_size: str = typer.Option("9,9,20", "--voxel-size", help="nm per voxel, X,Y,Z."),
     dust_threshold: int = typer.Option(1000, "--dust-threshold", help="Skip segments with fewer voxels."),
     parallel: int = typer.Option(1, help="kimimaro processes (0: all cores)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing skeleton nisbflow wrote."),
+    force: Force = False,
     axes: Optional[str] = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default "
                                        "zyx, as PyTorch Connectomics writes it)."),
 ):
@@ -129,7 +134,8 @@ def skeletonize(
     from nisbflow.jobs import skeletonize as skeletonize_job
 
     summary = skeletonize_job(segmentation, output, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
-                              dust_threshold=dust_threshold, parallel=parallel, overwrite=overwrite, axes=axes)
+                              dust_threshold=dust_threshold, parallel=parallel, overwrite=overwrite, force=force,
+                              axes=axes)
     console.print(f"wrote {output}: {summary.n_neurons} skeletons ({summary.n_scored} with edges, which NERL "
                   f"scores), {summary.n_nodes} nodes, "
                   f"{summary.path_length_nm / 1000:.1f} µm of path")

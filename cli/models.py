@@ -8,7 +8,7 @@ import typer
 
 from nisbflow_cli.app import app, model_app
 from nisbflow_cli.errors import friendly_errors
-from nisbflow_cli.options import ConfigFile, Overrides
+from nisbflow_cli.options import CheckpointForce, ConfigFile, Overrides
 from nisbflow_cli.tables import console, models_table, say
 
 
@@ -19,12 +19,14 @@ def model_init(
     arch: str = typer.Option("mednext-s", "--arch", help="mednext-s (BANIS: MedNeXt-S, kernel 3, 1 → 6 channels) or "
                                                          "tiny (4 initial filters, for CPU tests and smoke runs)."),
     seed: int = typer.Option(0, help="Random seed of the initial weights."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing weights-only checkpoint nisbflow "
+                                                                "wrote."),
+    force: CheckpointForce = False,
 ):
     """Write a randomly initialised checkpoint (model configuration + weights) for tests and smoke runs."""
     from nisbflow.jobs import model_init as model_init_job
 
-    report = model_init_job(output, arch=arch, seed=seed, overwrite=overwrite)
+    report = model_init_job(output, arch=arch, seed=seed, overwrite=overwrite, force=force)
     console.print(f"wrote {report.output}: {report.arch}, {report.parameters:,} parameters, random weights "
                   f"(seed {report.seed})")
 
@@ -39,13 +41,15 @@ def model_export(
                                               "trained with as YAML (usable with --config)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value changes to that YAML (e.g. a tuned "
                                                                "decoding.threshold)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files nisbflow wrote (not a training "
+                                                                "checkpoint: its optimizer and RNG state would be lost)."),
+    force: CheckpointForce = False,
 ):
     """Copy a checkpoint without its optimizer state (about a third of the size), keeping its configuration."""
     from nisbflow.jobs import model_export as model_export_job
 
     report = model_export_job(checkpoint, output, command=command, config_yaml=config_yaml, overrides=overrides or [],
-                              overwrite=overwrite)
+                              overwrite=overwrite, force=force)
     if report.config_yaml:
         console.print(f"wrote {report.config_yaml}")
     console.print(f"wrote {report.output}: {report.mebibytes:.2f} MiB, step {report.metadata.get('step', '?')}, "
@@ -60,13 +64,15 @@ def model_import(
     output: str = typer.Argument(..., help="nisbflow checkpoint to write (.pt)."),
     weights: str = typer.Option("auto", "--weights", help="auto (the EMA weights when the checkpoint keeps them, as "
                                 "PyTorch Connectomics validates with them), ema, or raw (the training weights)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing weights-only checkpoint nisbflow "
+                                                                "wrote."),
+    force: CheckpointForce = False,
 ):
     """Convert a BANIS or PyTorch Connectomics checkpoint into a nisbflow .pt, with the architecture read off its
     tensors and the window and threshold it records. --checkpoint also takes such files directly."""
     from nisbflow.jobs import model_import as model_import_job
 
-    report = model_import_job(checkpoint, output, weights=weights, overwrite=overwrite)
+    report = model_import_job(checkpoint, output, weights=weights, overwrite=overwrite, force=force)
     for note in report.notes:
         console.print(note)
     console.print(f"wrote {report.output}: MedNeXt-{report.model.size}, kernel {report.model.kernel_size}, "

@@ -6,8 +6,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-DASHBOARD_HELP = ("Dashboard of a cluster nisbflow starts: ':8787' a fixed port, '127.0.0.1:8787' this machine "
-                  "only (then ssh -L 8787:localhost:8787); default system.dashboard_address, any free port.")
+DASHBOARD_HELP = ("Dashboard of a cluster nisbflow starts. Default (system.dashboard_address): any free port on "
+                  "127.0.0.1, this machine only (from elsewhere: ssh -L 8787:localhost:PORT); '127.0.0.1:8787' a "
+                  "fixed port; ':8787' every interface, reachable by other hosts.")
 CLUSTER_HELP = ("local | dask-cuda | slurm | sync | tcp://scheduler:8786 (default: $DASK_SCHEDULER_ADDRESS if set, "
                 "else system.cluster).")
 PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."
@@ -38,6 +39,9 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
                                                              "nisbflow wrote.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output that nisbflow did not write "
                                                      "(never an input).")]
+CheckpointForce = Annotated[bool, typer.Option("--force", help="Replace an existing file nisbflow did not write, or "
+                                                               "a training checkpoint by this weights-only one (never "
+                                                               "an input).")]
 Layout = Annotated[str, typer.Option("--layout", help="ngff: an OME-NGFF image group (napari, neuroglancer); "
                                                      "plain: the zarr array itself at the output path, which "
                                                      "BANIS's metrics.py reads (zarr.open(path)[:]).")]

@@ -153,6 +153,8 @@ def evaluate(
                                                "skeleton needs in a segment to merge there (PyTC's NISB tutorial: 50)."),
     axes: Optional[str] = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default zyx, "
                                        "as PyTorch Connectomics writes it)."),
+    force: bool = typer.Option(False, "--force", help="Let --json / --plot replace a file nisbflow did not write "
+                                                      "(never an input)."),
 ):
     """NERL, ERL and skeleton VOI of a segmentation against NISB skeletons (BANIS metrics.py semantics); dense
     adapted Rand error and VOI with --gt; PyTorch Connectomics' NERL too with --metric em_erl. Segment ids are read
@@ -162,7 +164,7 @@ def evaluate(
     report = evaluate_job(segmentation, skeleton, voxel_size=parse_triple(voxel_size, "--voxel-size", float),
                           merge_threshold=merge_threshold, gt=gt, json_path=json_path, plot=plot,
                           metrics=tuple(metric), em_erl_merge_threshold=em_erl_merge_threshold, axes=axes,
-                          log=say)
+                          force=force, log=say)
     console.print(metrics_table(report.result, report.dense, title=f"{segmentation} against {skeleton}"))
     for written in (report.json_path, report.plot):
         if written:

@@ -132,14 +132,15 @@ def cluster_client(
     memory_limit: str = "auto",
     slurm=None,
     processes: bool = True,
-    dashboard_address: str = ":0",
+    dashboard_address: str = "127.0.0.1:0",
     tasks_per_gpu: int = 1,
 ) -> Iterator:
     """Start (or connect to) a Dask cluster and yield its ``distributed.Client``; ``sync`` yields None.
 
     ``n_workers``: local workers (default: one per core) or SLURM jobs (default ``slurm.jobs``);
     ``memory_limit``: per local worker, e.g. ``"1.5GiB"``; ``slurm``: a :class:`~nisbflow.config.schema.SlurmConfig`;
-    ``tasks_per_gpu``: the ``GPU`` resource each dask-cuda worker declares (prediction tasks ask for 1 each).
+    ``tasks_per_gpu``: the ``GPU`` resource each dask-cuda worker declares (prediction tasks ask for 1 each);
+    ``dashboard_address``: where the dashboard of a cluster started here listens (default: this machine only).
     Everything started here is closed when the block ends; a remote scheduler is only disconnected from.
     """
     check_cluster(cluster)

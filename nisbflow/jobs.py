@@ -79,19 +79,6 @@ def _say_settings(run, command: str, log) -> None:
         log(line)
 
 
-def check_writable(path: str, option: str) -> None:
-    """Raise unless a result file can be written at ``path`` (its folder exists and is writable), before the work."""
-    import os
-
-    from nisbflow.errors import OutputExistsError
-
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise OutputExistsError(f"{option} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputExistsError(f"{option} {path}: folder {folder} is not writable")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # decode
 
@@ -278,23 +265,32 @@ class EvaluateReport:
 def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), merge_threshold: int = 1,
              gt: str | None = None, json_path: str | None = None, plot: str | None = None,
              progress: bool = True, metrics=("nerl",), em_erl_merge_threshold: int | None = None,
-             axes: str | None = None, log=_print) -> EvaluateReport:
+             axes: str | None = None, force: bool = False, log=_print) -> EvaluateReport:
     """``nisbflow evaluate``: NERL, ERL and skeleton VOI of a segmentation ``(X, Y, Z)`` against NISB skeletons
     (BANIS metrics.py semantics; ``voxel_size`` in nm, X, Y, Z), and adapted Rand error and VOI against a dense
     ground truth ``gt``. ``metrics`` with ``"em_erl"``: also PyTorch Connectomics' NERL (em_erl's rules) at
     ``em_erl_merge_threshold`` (default 50, PyTC's NISB tutorial). ``segmentation`` may also be an HDF5 dataset
     (``pred.h5:/main``) or a TIFF stack, read lazily in the source's axis order ``axes`` (default ZYX, as PyTorch
     Connectomics writes them; :mod:`nisbflow.data.formats`). ``json_path`` / ``plot``: also write every
-    metric as JSON / a PNG of the run lengths (their folders are checked before any work). What the skeleton file
+    metric as JSON / a PNG of the run lengths, checked before any work (:func:`~nisbflow.file_outputs.check_file_output`:
+    never an input, and an existing file only when nisbflow wrote it as such, unless ``force``). What the skeleton file
     says that nisbflow does not use (stored edge lengths that disagree with ``nm_position``) goes through ``log``.
     Runs on the current Dask client, if any."""
     from nisbflow.evaluate import dense_metrics, nerl
     from nisbflow.evaluate.report import plot_run_lengths, write_json
 
-    for path, option in ((json_path, "--json"), (plot, "--plot")):
-        if path:
-            check_writable(path, option)
     from nisbflow.data.formats import open_labels
+    from nisbflow.evaluate.report import check_plot_path
+    from nisbflow.file_outputs import METRICS, PLOT, check_file_output
+    from nisbflow.paths import locate
+
+    inputs = {"segmentation": locate(segmentation).file, "skeleton": skeleton, "ground truth": gt and locate(gt).file}
+    if plot:
+        check_plot_path(plot)
+    for path, option, kind in ((json_path, "--json", METRICS), (plot, "--plot", PLOT)):
+        if path:
+            check_file_output(path, kind, inputs=inputs, overwrite=True, force=force, option=option)
+            inputs[option] = path  # --json and --plot must differ too
     from nisbflow.evaluate import EM_ERL_MERGE_THRESHOLD
 
     volume = open_labels(segmentation, role="segmentation", axes=axes)  # HDF5 / TIFF read lazily, XYZ
@@ -312,22 +308,21 @@ def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), m
 
 
 def skeletonize(segmentation: str, output: str, *, voxel_size=(9.0, 9.0, 20.0), dust_threshold: int = 1000,
-                parallel: int = 1, overwrite: bool = False, axes: str | None = None):
+                parallel: int = 1, overwrite: bool = False, force: bool = False, axes: str | None = None):
     """``nisbflow skeletonize``: NISB-format skeletons (kimimaro's TEASAR) of a dense segmentation ``(X, Y, Z)``
     (``voxel_size`` in nm), written to ``output`` (.pkl, .json or .npz) under a temporary name and renamed when
     complete; returns the skeleton graph's :class:`~nisbflow.data.SkeletonSummary`. The volume is loaded whole.
     ``segmentation`` may be an HDF5 dataset or a TIFF stack in the source's axis order ``axes`` (default ZYX)."""
-    from nisbflow.staging import check_not_input
     from nisbflow.data import save_skeleton, summarize_skeleton
     from nisbflow.data.formats import locate, open_labels
-    from nisbflow.staging import staged_output
-    from nisbflow.errors import OutputExistsError
+    from nisbflow.data.skeleton import check_skeleton_suffix
     from nisbflow.evaluate.ground_truth import skeletonize as skeletons_of
+    from nisbflow.file_outputs import SKELETON, check_file_output
+    from nisbflow.staging import staged_output
 
-    check_not_input(output, {"segmentation": locate(segmentation).file})
-    if Path(output).exists() and not overwrite:  # before the work, not after it (staged_output checks again)
-        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
-    check_writable(output, "OUTPUT")
+    check_skeleton_suffix(output)
+    overwrite = check_file_output(output, SKELETON, inputs={"segmentation": locate(segmentation).file},
+                                  overwrite=overwrite, force=force)  # before the work, not after it
     volume = open_labels(segmentation, role="segmentation", axes=axes)
     graph = skeletons_of(volume, tuple(voxel_size), dust_threshold=dust_threshold, parallel=parallel)
     with staged_output(output, overwrite=overwrite) as temporary:
@@ -651,13 +646,22 @@ def synth_affinities(segmentation: str, output: str, *, noise: float = 0.15, see
                                   force=force, log=log)
 
 
-def skeleton_convert(source: str, destination: str):
+def skeleton_convert(source: str, destination: str, *, overwrite: bool = False, force: bool = False):
     """``nisbflow skeleton convert``: a skeleton in another format (``.json`` node-link or ``.npz``, by the
-    destination's suffix; pickles read with a restricted unpickler); returns its
+    destination's suffix; pickles read with a restricted unpickler), written whole; an existing ``destination`` only
+    with ``overwrite`` (a skeleton nisbflow wrote; anything else with ``force``). Returns its
     :class:`~nisbflow.data.skeleton.SkeletonSummary`."""
-    from nisbflow.data.skeleton import convert_skeleton, summarize_skeleton
+    from nisbflow.data.skeleton import check_skeleton_suffix, load_skeleton, save_skeleton, summarize_skeleton
+    from nisbflow.file_outputs import SKELETON, check_file_output
+    from nisbflow.staging import staged_output
 
-    return summarize_skeleton(convert_skeleton(source, destination))
+    check_skeleton_suffix(destination)
+    overwrite = check_file_output(destination, SKELETON, inputs={"skeleton": source}, overwrite=overwrite,
+                                  force=force)
+    graph = load_skeleton(source)
+    with staged_output(destination, overwrite=overwrite) as temporary:
+        save_skeleton(graph, temporary)
+    return summarize_skeleton(graph)
 
 
 @dataclass
@@ -673,7 +677,7 @@ class ConvertReport:
 
 
 def convert(source: str, output: str, *, axes: str | None = None, layout: str = "ngff", chunks=None,
-            voxel_size=None, overwrite: bool = False, progress: bool = True) -> ConvertReport:
+            voxel_size=None, overwrite: bool = False, force: bool = False, progress: bool = True) -> ConvertReport:
     """``nisbflow convert``: a volume between zarr (OME-NGFF or ``layout="plain"``), HDF5 (``file.h5:/dataset``,
     PyTorch Connectomics' ZYX layout) and TIFF stacks, block by block (:mod:`nisbflow.data.formats`). ``axes``: the
     source's axis order (default by format: ``zyx`` / ``czyx`` for HDF5 and TIFF, the recorded one for zarr);
@@ -684,8 +688,8 @@ def convert(source: str, output: str, *, axes: str | None = None, layout: str = 
     recorded = {k: v for k, v in volume.attrs.items() if k in ("voxel_size", "description", "nisbflow_output")}
     if voxel_size is not None:
         recorded["voxel_size"] = [float(v) for v in voxel_size]
-    location = write_volume(volume, output, layout=layout, chunks=chunks, overwrite=overwrite, attributes=recorded,
-                            source=source, progress=progress)
+    location = write_volume(volume, output, layout=layout, chunks=chunks, overwrite=overwrite, force=force,
+                            attributes=recorded, source=source, progress=progress)
     written = stored_axes(location.kind, volume.axes)
     shape = tuple(volume.data.shape[volume.axes.index(a)] for a in written)
     return ConvertReport(location, shape, written, volume.source_axes, str(volume.data.dtype))
@@ -701,16 +705,17 @@ class ModelInitReport:
     seed: int
 
 
-def model_init(output: str, *, arch: str = "mednext-s", seed: int = 0, overwrite: bool = False) -> ModelInitReport:
+def model_init(output: str, *, arch: str = "mednext-s", seed: int = 0, overwrite: bool = False,
+               force: bool = False) -> ModelInitReport:
     """``nisbflow model init``: a randomly initialised checkpoint of ``arch`` (``mednext-s`` or ``tiny``) with
     weights from ``torch.manual_seed(seed)``."""
-    from nisbflow.errors import ConfigError, OutputExistsError
+    from nisbflow.errors import ConfigError
+    from nisbflow.file_outputs import CHECKPOINT, check_file_output
     from nisbflow.model import ARCHITECTURES, save_random_checkpoint
 
     if arch not in ARCHITECTURES:
         raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-    if Path(output).exists() and not overwrite:
-        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    check_file_output(output, CHECKPOINT, overwrite=overwrite, force=force, weights_only=True)
     model = save_random_checkpoint(output, ARCHITECTURES[arch], seed=seed)
     return ModelInitReport(str(output), arch, sum(p.numel() for p in model.parameters()), seed)
 
@@ -727,22 +732,25 @@ class ModelExportReport:
 
 
 def model_export(checkpoint: str, output: str, *, command: str | None = None, config_yaml: str | None = None,
-                 overrides=None, overwrite: bool = False) -> ModelExportReport:
+                 overrides=None, overwrite: bool = False, force: bool = False) -> ModelExportReport:
     """``nisbflow model export``: a copy of ``checkpoint`` without its training state, ``overrides`` applied to the
     configuration it records (e.g. a tuned ``decoding.threshold``); with ``config_yaml`` that configuration is also
     written as YAML usable with ``--config``. Both files are checked before either is written."""
     from nisbflow.config import Config, config_to_yaml
-    from nisbflow.errors import OutputExistsError
+    from nisbflow.file_outputs import CHECKPOINT, YAML, check_file_output
     from nisbflow.model import export_checkpoint
+    from nisbflow.model.checkpoint import resolve_checkpoint
     from nisbflow.staging import write_file
 
-    for path in (output, config_yaml):
-        if path and Path(path).exists() and not overwrite:
-            raise OutputExistsError(f"output {path} already exists; pass --overwrite to replace it")
+    inputs = {"checkpoint": str(resolve_checkpoint(checkpoint))}
+    check_file_output(output, CHECKPOINT, inputs=inputs, overwrite=overwrite, force=force, weights_only=True)
+    if config_yaml:
+        check_file_output(config_yaml, YAML, inputs=dict(inputs, output=output), overwrite=overwrite, force=force,
+                          option="--config-yaml")
     metadata = export_checkpoint(checkpoint, output, overrides or [], require_config=bool(config_yaml),
                                  **({"command": command} if command else {}))
     if config_yaml:
-        write_file(config_yaml, f"# configuration of {output} (nisbflow model export)\n"
+        write_file(config_yaml, f"# nisbflow model export: the configuration of {output}\n"
                    + config_to_yaml(Config.model_validate(metadata["config"])))
     return ModelExportReport(str(output), Path(output).stat().st_size / 2**20, metadata, config_yaml)
 
@@ -757,14 +765,15 @@ class ModelImportReport:
     notes: list
 
 
-def model_import(checkpoint: str, output: str, *, weights: str = "auto", overwrite: bool = False) -> ModelImportReport:
+def model_import(checkpoint: str, output: str, *, weights: str = "auto", overwrite: bool = False,
+                 force: bool = False) -> ModelImportReport:
     """``nisbflow model import``: a BANIS or PyTorch Connectomics checkpoint as a nisbflow ``.pt``
     (:func:`~nisbflow.model.import_checkpoint`); ``weights``: ``auto`` (EMA when present), ``ema`` or ``raw``."""
-    from nisbflow.errors import OutputExistsError
+    from nisbflow.file_outputs import CHECKPOINT, check_file_output
     from nisbflow.model import Checkpoint, import_checkpoint
 
-    if Path(output).exists() and not overwrite:
-        raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    check_file_output(output, CHECKPOINT, inputs={"checkpoint": checkpoint}, overwrite=overwrite, force=force,
+                      weights_only=True)
     metadata = import_checkpoint(checkpoint, output, weights=weights)
     return ModelImportReport(str(output), Checkpoint.open(output).model, metadata["weights"], metadata["notes"])
 

@@ -546,8 +546,11 @@ def staged_output(path: str | Path, *, overwrite: bool = False) -> Iterator[str]
     protocol = path[: -len(final)] if path.endswith(final) and path != final else ""
     try:
         yield protocol + temporary
-    except BaseException:
-        _remove_path(fs, temporary)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            _remove_path(fs, temporary)  # no 0-byte or half-written leftover
+        if isinstance(error, OSError) and not error.filename:  # a full disk's error names the output
+            raise OSError(error.errno, error.strerror or str(error), path) from None
         raise
     if protocol_of(fs) in ("file", "local") and os.path.isfile(temporary) and not os.path.isdir(final):
         os.replace(temporary, final)  # one file on a local disk: atomic, the old one is there until the new one is

@@ -213,3 +213,41 @@ def test_a_closed_dashboard_tab_logs_nothing_while_a_command_holds_its_cluster()
         for logger, level in zip(loggers, levels):
             logger.removeHandler(handler)
             logger.setLevel(level)
+
+
+def _listening(pids) -> set:
+    import psutil
+
+    found = set()
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def test_a_cluster_nisbflow_starts_listens_on_this_machine_only_by_default():
+    """The dashboard, the scheduler and the workers of a LocalCluster with nisbflow's defaults (its configuration's
+    system.dashboard_address) listen on the loopback interface only; the printed link says so truthfully."""
+    import os
+    import urllib.parse
+
+    import psutil
+
+    from nisbflow.cluster import cluster_from_config, dashboard_link
+    from nisbflow.config import load_config
+
+    config = load_config(None, [])
+    assert config.system.dashboard_address == "127.0.0.1:0"
+    with cluster_from_config(config, "local", n_workers=2, memory_limit="1GiB") as client:
+        client.wait_for_workers(2)
+        link = dashboard_link(client, config.system.dashboard_address)
+        pids = [os.getpid()] + [child.pid for child in psutil.Process().children(recursive=True)]
+        sockets = _listening(pids)
+        port = urllib.parse.urlparse(link).port
+        assert link.startswith("http://127.0.0.1:") and ("127.0.0.1", port) in sockets
+        assert "Dask Diagnostic UI" in fetch(link)
+        assert len(sockets) >= 4  # the dashboard, the scheduler and each worker at least
+        assert {ip for ip, _ in sockets} <= {"127.0.0.1", "::1"}, sockets

@@ -91,7 +91,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_cluster(m
     refused(run(["decode", str(made / "aff.zarr"), str(folder / "seg.zarr"), "--workers", "1"], tmp_path,
                 read_only(folder)), f"its folder {folder} is not writable")
     refused(run(["model", "init", str(folder / "m.pt")], tmp_path, read_only(folder)),
-            f"cannot write checkpoint {folder / 'm.pt'}", "is not writable")
+            f"output {folder / 'm.pt'}: folder {folder}", "is not writable")
     assert not any(folder.iterdir())
 
 

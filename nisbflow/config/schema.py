@@ -65,8 +65,10 @@ class SystemConfig(_Section):
     tasks_per_gpu: int = Field(1, gt=0, description="Prediction blocks a dask-cuda worker runs on its GPU at once "
                                "(its GPU resource); 2 overlaps one block's upload and download with the next "
                                "block's windows, at twice the GPU memory.")
-    dashboard_address: str = Field(":0", description="Dashboard of the clusters nisbflow starts: ':0' any free "
-                                   "port, ':8787' a fixed one, '127.0.0.1:8787' one interface (for SSH tunnels).")
+    dashboard_address: str = Field("127.0.0.1:0", description="Dashboard of the clusters nisbflow starts: "
+                                   "'127.0.0.1:0' (default) any free port on this machine only (reach it from "
+                                   "elsewhere with ssh -L); '127.0.0.1:8787' a fixed port; ':8787' or "
+                                   "'0.0.0.0:8787' every interface, reachable by other hosts.")
     slurm: SlurmConfig = SlurmConfig()
 
 

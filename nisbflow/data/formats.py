@@ -18,6 +18,7 @@ moved into place when complete.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,14 +132,33 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyVolume:
     return LazyVolume(data, order, source_axes, location, attrs)
 
 
-def _check_output(output: str, overwrite: bool, inputs: dict) -> VolumeLocation:
-    from ..staging import check_not_input
+def _check_output(output: str, overwrite: bool, inputs: dict, force: bool = False) -> tuple[VolumeLocation, bool]:
+    """Refuse ``output`` before any work (an input, or an existing file or store nisbflow did not write, unless
+    ``force``: :func:`nisbflow.file_outputs.check_file_output`); returns its location and whether it exists."""
+    from ..file_outputs import VOLUME, check_file_output, check_not_an_input
+    from ..staging import check_replaceable
 
     location = locate(output)
-    check_not_input(location.file, {role: locate(p).file for role, p in inputs.items()})
-    if Path(location.file).exists() and not overwrite:
-        raise OutputExistsError(f"output {location.file} already exists; pass --overwrite to replace it")
-    return location
+    inputs = {role: locate(p).file for role, p in inputs.items()}
+    if location.kind != "zarr":
+        return location, check_file_output(location.file, VOLUME, inputs=inputs, overwrite=overwrite, force=force)
+    check_not_an_input(location.file, inputs)
+    return location, _replaceable_zarr(location.file, overwrite=overwrite, force=force, check=check_replaceable)
+
+
+def _replaceable_zarr(path: str, *, overwrite: bool, force: bool, check) -> bool:
+    """Whether the zarr output ``path`` exists and may be replaced: any zarr nisbflow wrote (its attributes carry
+    ``nisbflow_version``) with ``overwrite``, anything with ``force``; else ``check`` raises."""
+    import zarr
+
+    if not Path(path).exists() or force or not overwrite:
+        return check(path, "volume", overwrite=overwrite, force=force)
+    try:
+        if "nisbflow_version" in zarr.open(path, mode="r").attrs:
+            return True
+    except Exception:
+        pass
+    return check(path, "volume", overwrite=overwrite, force=force)
 
 
 def _output_chunks(volume: LazyVolume, chunks) -> tuple:
@@ -149,17 +169,18 @@ def _output_chunks(volume: LazyVolume, chunks) -> tuple:
 
 
 def write_volume(volume: LazyVolume, output: str, *, layout: str = "ngff", chunks=None, overwrite: bool = False,
-                 attributes: dict | None = None, source: str | None = None, progress: bool = True) -> VolumeLocation:
+                 force: bool = False, attributes: dict | None = None, source: str | None = None, progress: bool = True) -> VolumeLocation:
     """Write ``volume`` to ``output`` (format by its path, :func:`locate`), block by block (one output chunk read
     from the source at a time, on this process's threads): zarr in nisbflow's order (``layout`` ``ngff``: an
     OME-NGFF image group; ``plain``: the array at the store's root), HDF5 or TIFF in PyTorch Connectomics' ZYX order
     (channels first; TIFF one slab of pages at a time). ``chunks``: output chunks (X, Y, Z voxels; default 128³).
     ``attributes`` are recorded on zarr and HDF5 outputs, with the source and its axis order. An existing output
-    is refused unless ``overwrite``; an interrupted write leaves no output."""
+    is refused unless ``overwrite`` (and, unless ``force``, one nisbflow did not write); an interrupted write leaves
+    no output."""
     from ..staging import staged_output
 
     check_layout(layout)
-    location = _check_output(output, overwrite, {"source": source} if source else {})
+    location, overwrite = _check_output(output, overwrite, {"source": source} if source else {}, force)
     if layout == "plain" and location.kind != "zarr":
         raise ConfigError(f"--layout plain applies to zarr outputs; {location.file} is {location.kind.upper()}")
     if location.kind == "tiff" and "c" in volume.axes:
@@ -222,18 +243,31 @@ def _zyx_order(axes: str) -> list[int]:
     return [axes.index(a) for a in stored_axes("hdf5", axes)]
 
 
+def _hdf5_attribute(value):
+    """An attribute value as HDF5 keeps it: numbers and strings as they are, a list of numbers (``voxel_size``) as
+    an array, which reads back as numbers, anything else as JSON."""
+    if isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+        return np.asarray(value)
+    return json.dumps(value, default=str)
+
+
 def _write_hdf5(target: str, dataset: str, volume: LazyVolume, block, attrs: dict, location, progress: bool) -> None:
     import h5py
 
     order = _zyx_order(volume.axes)
     shape = tuple(volume.data.shape[i] for i in order)
+    from ..provenance import MARK, VOLUME
+
     with h5py.File(target, "w") as handle:
+        handle.attrs[MARK] = VOLUME
         written = handle.create_dataset(dataset, shape=shape, dtype=volume.data.dtype,
                                         chunks=tuple(block[i] for i in order), compression="gzip",
                                         compression_opts=4)
         for key, value in dict(attrs, axis_order=stored_axes("hdf5", volume.axes)).items():
             if value is not None:
-                written.attrs[key] = value if isinstance(value, (str, int, float)) else str(value)
+                written.attrs[key] = _hdf5_attribute(value)
 
         def write(where, values):
             written[tuple(where[i] for i in order)] = values.transpose(order)
@@ -247,10 +281,18 @@ def _write_tiff(target: str, volume: LazyVolume, block, location, progress: bool
 
     order = _zyx_order(volume.axes)
     slab = tuple(n if a != "z" else b for a, n, b in zip(volume.axes, volume.data.shape, block))
+    from ..provenance import MARK, VOLUME
+
     with tifffile.TiffWriter(target, bigtiff=volume.data.nbytes > 2**31) as writer:
+        first = [True]
+
         def write(where, values):
             for plane in values.transpose(order):
-                writer.write(plane, contiguous=True)
+                if first[0]:  # the first page's description records that nisbflow wrote the stack
+                    writer.write(plane, contiguous=True, description=json.dumps({MARK: VOLUME}), metadata=None)
+                    first[0] = False
+                else:
+                    writer.write(plane, contiguous=True)
 
         _copy_blocks(volume, block, write, location, progress, shape_block=slab)
 

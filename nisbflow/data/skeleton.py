@@ -374,15 +374,30 @@ def portable(graph: nx.Graph) -> nx.Graph:
     return copy
 
 
+def check_skeleton_suffix(path: str | Path) -> None:
+    """Refuse, before any work, a skeleton output whose suffix names no format nisbflow writes."""
+    suffix = Path(str(path)).suffix.lower()
+    if suffix not in SKELETON_SUFFIXES:
+        raise SkeletonError(f"unknown skeleton format '{suffix or path}' for {path}: expected one of "
+                            f"{', '.join(SKELETON_SUFFIXES)}")
+
+
 def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
     """Write a skeleton as ``.pkl`` (NISB's format, numpy-free: :func:`portable`, :data:`PICKLE_PROTOCOL`), ``.json``
-    (node-link) or ``.npz``, by the suffix of ``path``."""
+    (node-link) or ``.npz``, by the suffix of ``path``; each records that nisbflow wrote it
+    (:data:`nisbflow.provenance.MARK`: a graph attribute, an ``.npz`` member)."""
+    from nisbflow.provenance import MARK, SKELETON
+
     path = str(path)
     suffix = Path(path).suffix.lower()
     if suffix in (".pkl", ".pickle"):
-        payload = pickle.dumps(portable(graph), protocol=PICKLE_PROTOCOL)
+        copy = portable(graph)
+        copy.graph[MARK] = SKELETON
+        payload = pickle.dumps(copy, protocol=PICKLE_PROTOCOL)
     elif suffix == ".json":
-        payload = json.dumps(_jsonable(nx.node_link_data(graph, edges="edges", name="node"))).encode()
+        linked = nx.node_link_data(graph, edges="edges", name="node")
+        linked["graph"] = dict(linked.get("graph") or {}, **{MARK: SKELETON})
+        payload = json.dumps(_jsonable(linked)).encode()
     elif suffix == ".npz":
         arrays = skeleton_arrays(graph)
         buffer = io.BytesIO()
@@ -394,6 +409,7 @@ def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
                       edges=arrays.nodes[arrays.edges] if len(arrays.edges) else arrays.edges, edge_length=lengths)
         if has_nm:
             fields["nm_position"] = arrays.nm_position
+        fields[MARK] = np.array(SKELETON)
         if arrays.nodes.dtype == object:
             raise SkeletonError(f"cannot write {path}: npz skeletons need integer or string node names")
         np.savez_compressed(buffer, **fields)

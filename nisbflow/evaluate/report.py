@@ -14,7 +14,11 @@ LABELS = {"correct": "no error", "split": "split or omitted edges", "merged": "m
 
 
 def write_json(path: str | Path, result: NerlResult, dense: DenseMetrics | None = None, **extra) -> None:
-    data = result.to_dict()
+    """Every metric of ``result`` (and ``dense``) as one JSON object, marked as nisbflow's metrics
+    (:data:`nisbflow.provenance.MARK`), replacing ``path`` whole."""
+    from nisbflow.provenance import MARK, METRICS
+
+    data = {MARK: METRICS, **result.to_dict()}
     if dense is not None:
         data.update(adapted_rand_error=dense.adapted_rand_error, rand_precision=dense.rand_precision,
                     rand_recall=dense.rand_recall, dense_voi_split=dense.voi_split, dense_voi_merge=dense.voi_merge)
@@ -50,5 +54,28 @@ def plot_run_lengths(path: str | Path, result: NerlResult, title: str = "") -> N
     axes.set_title(title or f"NERL {result.nerl:.3f}")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)
+
+
+PLOT_SUFFIXES = (".png",)
+"""What ``--plot`` writes: PNG, which records that nisbflow wrote it (a text chunk)."""
+
+
+def check_plot_path(path: str | Path, option: str = "--plot") -> None:
+    """Refuse a plot path whose suffix is not PNG, before any work."""
+    from nisbflow.errors import ConfigError
+
+    if Path(str(path)).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"{option} {path}: plots are written as PNG; name a .png file")
+
+
+def save_figure(figure, path: str | Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG marked as nisbflow's plot (:data:`nisbflow.provenance.MARK`), through
+    :func:`nisbflow.staging.staged_output`: a full disk leaves the old file (or none), never a 0-byte one, and the
+    error names the file."""
+    from nisbflow.provenance import MARK, PLOT
+    from nisbflow.staging import staged_output
+
+    with staged_output(path, overwrite=True) as temporary:
+        figure.savefig(temporary, dpi=dpi, format="png", metadata={MARK: PLOT})

@@ -204,6 +204,8 @@ def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nisbflow.evaluate.report import save_figure
+
     thresholds = sorted(curve)
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot(thresholds, [curve[t] for t in thresholds], "o-")
@@ -214,7 +216,7 @@ def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: floa
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)
 
 
