@@ -295,11 +295,21 @@ def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), m
 
     volume = open_labels(segmentation, role="segmentation", axes=axes)  # HDF5 / TIFF read lazily, XYZ
     truth = open_labels(gt, role="ground truth") if gt else None  # fails before any scoring
-    result = nerl(volume, skeleton, voxel_size=tuple(voxel_size), merge_threshold=merge_threshold, progress=progress,
-                  metrics=tuple(metrics), em_erl_merge_threshold=em_erl_merge_threshold or EM_ERL_MERGE_THRESHOLD)
-    for note in result.notes:
-        log(note)
-    dense = dense_metrics(truth, volume, progress=progress) if gt else None
+    from nisbflow.errors import VolumeError
+
+    try:
+        result = nerl(volume, skeleton, voxel_size=tuple(voxel_size), merge_threshold=merge_threshold,
+                      progress=progress, metrics=tuple(metrics),
+                      em_erl_merge_threshold=em_erl_merge_threshold or EM_ERL_MERGE_THRESHOLD)
+        for note in result.notes:
+            log(note)
+        dense = dense_metrics(truth, volume, progress=progress) if gt else None
+    except VolumeError as error:  # name the files the kernels only saw as arrays
+        message = str(error)
+        for role, path in (("segmentation", segmentation), ("ground truth", gt)):
+            if message.startswith(f"{role}: "):
+                raise VolumeError(f"{role} {path}: {message[len(role) + 2:]}") from None
+        raise
     if json_path:
         write_json(json_path, result, dense, segmentation=segmentation, skeleton=skeleton)
     if plot:

@@ -174,7 +174,9 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
         layers.append(own)
     if params is not None:
         check_tuned_for(params, handle)
-        layers.append((f"--params {params}", load_yaml_tree(params)))  # a configuration fragment, keys checked
+        fragment = load_yaml_tree(params)  # a configuration fragment, keys checked
+        check_params_carry(params, fragment)
+        layers.append((f"--params {params}", fragment))
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides or [])
     if overrides:
         layers.append(("KEY=VALUE", apply_overrides({}, overrides)))
@@ -226,6 +228,23 @@ def check_tuned_for(params, handle: Checkpoint | None) -> None:
                           f"{tuned['checkpoint_sha256']}), not for {handle.name} (sha256 {handle.sha256}): its "
                           "threshold belongs to that model; tune this checkpoint (nisbflow tune), or pass the "
                           "checkpoint it was tuned for")
+
+
+def check_params_carry(params, fragment: dict) -> None:
+    """Refuse a parameters file that sets nothing (cut down to its header, or empty), and a ``best.yaml`` of
+    ``nisbflow tune`` without the parameter its method tunes: the run would decode at the default with no word."""
+    tuned = tuned_record(params)
+    if not list(_leaves(fragment)):
+        raise ConfigError(f"--params {params} sets no parameter"
+                          + (" (it holds only its _tuned_ record: was it cut?)" if tuned else "")
+                          + "; expected a configuration fragment such as best.yaml from nisbflow tune "
+                            "(decoding.threshold: 0.8)")
+    if tuned:
+        method = tuned.get("method") or "cc"
+        key = "decoding.waterz.thresholds" if method == "waterz" else "decoding.threshold"
+        if _get(fragment, key) is None:
+            raise ConfigError(f"--params {params} was written by nisbflow tune for {method} decoding but lacks {key}, "
+                              "the parameter it tunes (was it cut or edited?); re-run nisbflow tune, or set it")
 
 
 def check_tuned_method(params, config: Config) -> None:

@@ -12,7 +12,10 @@ A :class:`StagedRun` gives a stage one output path with these guarantees:
   starts fresh and says why. :meth:`StagedRun.pending` is the one place a pass asks which of its blocks are done;
 * **atomic publish**: the result is written in ``.<name>.nisbflow-run/`` next to the output and moved into place
   when complete, on local paths and fsspec URLs alike. An interrupted or failed run keeps the staging folder, which
-  the next run on the same output resumes from or removes.
+  the next run on the same output resumes from or removes;
+* **publish that always resumes**: the moves of a publish are journaled (``publish.json``); a run killed in them is
+  finished or undone by the next run on the output (:meth:`StagedRun._recover_publish`), which never removes the
+  previous output before a result is in its place.
 
 Single files (a skeleton, a checkpoint, ``best.yaml``) are replaced whole through :func:`staged_output`.
 """
@@ -103,10 +106,11 @@ def written_by_nisbflow(path, kind: str) -> bool:
     return False
 
 
-def check_replaceable(output, kind: str, *, overwrite: bool, force: bool) -> bool:
+def check_replaceable(output, kind: str, *, overwrite: bool, force: bool, where=None) -> bool:
     """Whether ``output`` exists; raise :class:`OutputExistsError` unless it may be replaced: ``overwrite`` for a
-    ``kind`` output nisbflow wrote, ``force`` for anything else."""
-    url = storage_url(output)
+    ``kind`` output nisbflow wrote, ``force`` for anything else. ``where``: where the existing output lies now, when
+    not at ``output`` (an interrupted publish keeps it in the staging folder)."""
+    url = storage_url(where if where is not None else output)
     fs, root = fsspec.core.url_to_fs(url)
     if not fs.exists(root):
         return False
@@ -158,6 +162,10 @@ class StagedRun:
 
     MANIFEST = "manifest.json"
     LOCK = "lock.json"
+    PUBLISH = "publish.json"
+    """The publish journal: written before the first move of :meth:`publish`, rewritten after the last one."""
+    RETIRED = "replaced"
+    """Where :meth:`publish` keeps the output it replaces until the new one is in place."""
 
     def __init__(self, output, *, kind: str, inputs: dict | None = None, identity: dict | None = None,
                  overwrite: bool = False, force: bool = False, log: Callable[[str], None] | None = None,
@@ -221,9 +229,32 @@ class StagedRun:
         a live run), without taking the lock or writing anything: for commands to call before a cluster starts."""
         check_not_input(self.output, self.inputs)
         self._check_parent(create=False)
-        check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+        self._check_existing()
         self._lock().check()
         return self
+
+    def _check_existing(self) -> bool:
+        """:func:`check_replaceable` on the output as it was before any publish of a run on it began: an interrupted
+        publish may have moved the old output into the staging folder, or put its own result in place."""
+        journal = self._journal()
+        if journal is None:
+            return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+        if not journal.get("had_output"):  # whatever is at the output now, that publish put there
+            return False
+        retired = f"{self._staging}/{self.RETIRED}"
+        if journal.get("state") == "moving" and not self._fs.exists(self._final) and self._fs.exists(retired):
+            return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force,
+                                     where=self._url(retired))
+        return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+
+    def _journal(self) -> dict | None:
+        """The publish journal of an interrupted publish (None when there is none, or it does not parse)."""
+        path = f"{self._staging}/{self.PUBLISH}"
+        try:
+            journal = json.loads(self._fs.cat_file(path))
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        return journal if isinstance(journal, dict) and journal.get("state") in ("moving", "published") else None
 
     def _lock(self) -> RunLock:
         if self._run_lock is None:
@@ -246,6 +277,8 @@ class StagedRun:
         self._fs.makedirs(self._staging, exist_ok=True)
         self._acquire_lock()
         try:
+            for leftover in self._fs.glob(f"{self._staging}.removing-*"):  # a published run killed while cleaning up
+                _remove_tree(self._fs, leftover)
             self._open_manifest()
             self._check_workers()
         except BaseException:
@@ -296,7 +329,7 @@ class StagedRun:
         if self._lock_token is None:
             return
         if self.published:  # the staging folder goes, lock included, while this run still holds it
-            _remove_tree(self._fs, self._staging)
+            _retire_staging(self._fs, self._staging)
         else:
             self._lock().release()
         self._lock_token = None
@@ -327,7 +360,7 @@ class StagedRun:
         self.input_fingerprints = plain({role: fingerprint(p) for role, p in self.inputs.items()})
         identity = plain(dict(kind=self.kind, output=storage_url(self.output), inputs=self.input_fingerprints,
                                **self._identity))
-        reason = None
+        reason, manifest, changed = None, None, None
         if self._fs.exists(path):
             try:
                 manifest = json.loads(self._fs.cat_file(path))
@@ -338,10 +371,15 @@ class StagedRun:
                 manifest, reason = None, f"its manifest {self._url(path)} is unreadable or malformed"
             if manifest is not None:
                 changed = _differences(manifest["identity"], identity)
-                if not changed:
-                    self.run_id, self.resumed = manifest["run_id"], True
-                    return
-                reason = "it was made with different " + ", ".join(changed)
+        journal = self._journal()
+        if journal is not None:  # before anything in the staging folder is discarded: the old output may be there
+            self._recover_publish(journal, same=manifest is not None and not changed
+                                  and journal.get("run_id") == manifest["run_id"])
+        if manifest is not None:
+            if not changed:
+                self.run_id, self.resumed = manifest["run_id"], True
+                return
+            reason = "it was made with different " + ", ".join(changed)
         elif any(p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK for p in self._fs.ls(self._staging, detail=False)):
             reason = "it has no manifest"
         if reason:
@@ -442,17 +480,66 @@ class StagedRun:
             _remove_tree(self._fs, folder)
 
     def publish(self) -> None:
-        """Move :attr:`data` to the output (replacing it when allowed) and remove the staging folder."""
+        """Move :attr:`data` to the output (replacing it when allowed) and remove the staging folder.
+
+        The moves are journaled (:attr:`PUBLISH`), so that a run killed anywhere in them is recovered by the next
+        run on the output (:meth:`_recover_publish`): the old output is kept in the staging folder until the new one
+        is in place, and removed only after the journal says so."""
         fs, staged, final = self._fs, f"{self._staging}/{self._name}", self._final
         if not fs.exists(staged):
             raise NisbflowError(f"output {self.output}: the run finished without writing {self.data}")
         self.check_inputs_unchanged()
-        check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
-        retired = f"{self._staging}/replaced"
-        if fs.exists(final):
+        had_output = check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+        retired = f"{self._staging}/{self.RETIRED}"
+        if fs.exists(retired):  # a leftover of a recovered publish: never the output of this run's inputs
+            _remove_tree(fs, retired)
+        self._write_journal("moving", had_output)
+        if had_output:
             _move(fs, final, retired)
+            _publish_step("retired")
         _move(fs, staged, final)
+        _publish_step("moved")
+        self._write_journal("published", had_output)
         self.published = True
+
+    def _write_journal(self, state: str, had_output: bool) -> None:
+        self._fs.pipe_file(f"{self._staging}/{self.PUBLISH}", json.dumps(
+            {"run_id": self.run_id, "state": state, "had_output": bool(had_output)}).encode())
+        _publish_step(state)
+
+    def _recover_publish(self, journal: dict, same: bool) -> None:
+        """Finish or undo a publish that a killed run left (its journal is there), before this run goes on.
+
+        The same run (same identity) is put back where it was before its publish: its result into the staging folder,
+        the old output back in place, so that it resumes with every block done and publishes again, redoing no
+        block. Another run finds the old output back in place when the killed publish had not yet put its result
+        there, and the killed run's result in place when it had; the old output is removed only once a result
+        replaced it. Says what it did through ``log``."""
+        fs, staged, final = self._fs, f"{self._staging}/{self._name}", self._final
+        retired = f"{self._staging}/{self.RETIRED}"
+        moved = not fs.exists(staged) and fs.exists(final)  # the result reached the output
+        if same and moved:
+            _move(fs, final, staged)
+            if journal.get("had_output") and fs.exists(retired) and journal.get("state") == "moving":
+                _move(fs, retired, final)
+            self.log(f"recovering {self.output}: a publish of this run was interrupted; publishing it again")
+        elif not moved and journal.get("had_output") and fs.exists(retired) and not fs.exists(final):
+            _move(fs, retired, final)
+            self.log(f"recovering {self.output}: an interrupted publish had moved the previous output aside; it is "
+                     "back in place")
+        elif moved:
+            self.log(f"recovering {self.output}: a run on it had published its result when it was interrupted; "
+                     "removing what it left")
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(f"{self._staging}/{self.MANIFEST}")  # its markers vouch for nothing now
+        if fs.exists(retired) and fs.exists(final):
+            _remove_tree(fs, retired)
+        fs.rm(f"{self._staging}/{self.PUBLISH}")
+
+
+def _publish_step(step: str) -> None:
+    """Called after each step of :meth:`StagedRun.publish` (``moving``, ``retired``, ``moved``, ``published``): a
+    seam where the fault tests stop a process as a SIGKILL would."""
 
 
 def _index_of(key: str) -> tuple[int, ...]:
@@ -481,6 +568,21 @@ def _move(fs, source: str, destination: str) -> None:
     files = fs.find(source)
     fs.copy(files, [destination + path[len(source):] for path in files])
     _remove_tree(fs, source, files)
+
+
+def _retire_staging(fs, staging: str) -> None:
+    """Remove a published run's staging folder: the output it replaced first, then the rest (on a local disk the
+    folder is first renamed aside, so a kill half-way leaves no staging folder that a later run would read)."""
+    retired = f"{staging}/{StagedRun.RETIRED}"
+    if fs.exists(retired):
+        _remove_tree(fs, retired)
+        _publish_step("removed")
+    if protocol_of(fs) in ("file", "local"):
+        trash = f"{staging}.removing-{uuid.uuid4().hex[:8]}"
+        os.replace(staging, trash)
+        _publish_step("renamed")
+        staging = trash
+    _remove_tree(fs, staging)
 
 
 def _remove_tree(fs, root: str, files=None) -> None:

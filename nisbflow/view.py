@@ -192,6 +192,26 @@ def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, sk
     return result
 
 
+def read_metrics(path) -> dict:
+    """A metrics JSON of ``nisbflow evaluate --json``, checked: one line naming the file when it does not parse, is
+    not a JSON object, or lacks the per-skeleton ``error_type`` and ``per_skeleton_erl`` maps the viewer colours by."""
+    from nisbflow.errors import ConfigError
+
+    try:
+        recorded = json.loads(Path(path).read_text())
+    except ValueError as error:
+        raise ConfigError(f"--metrics {path} is not valid JSON ({error}); was it cut? write it again with nisbflow "
+                          "evaluate --json") from None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"--metrics {path} holds a JSON {type(recorded).__name__}, not the object nisbflow evaluate "
+                          "--json writes")
+    for key in ("error_type", "per_skeleton_erl"):
+        if not isinstance(recorded.get(key), dict):
+            raise ConfigError(f"--metrics {path} has no '{key}' map of skeleton ids; expected the JSON of nisbflow "
+                              "evaluate --json")
+    return recorded
+
+
 def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -> None:
     import neuroglancer
 
@@ -199,7 +219,7 @@ def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -
 
     graph = skeleton if hasattr(skeleton, "nodes") else load_skeleton(skeleton)  # a graph, or a file
     if metrics is not None:
-        recorded = dict(metrics) if isinstance(metrics, dict) else json.loads(Path(metrics).read_text())
+        recorded = dict(metrics) if isinstance(metrics, dict) else read_metrics(metrics)
         error_type, run_length = recorded.get("error_type", {}), recorded.get("per_skeleton_erl", {})
     elif segmentation is not None:
         from nisbflow.evaluate import nerl

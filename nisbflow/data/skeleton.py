@@ -242,16 +242,34 @@ def edge_lengths(nm: np.ndarray, rows: np.ndarray, stored: np.ndarray | None, fr
     return computed, note
 
 
+def check_positions(nodes, positions: np.ndarray, key: str, where: str) -> None:
+    """Refuse positions ``(N, 3)`` that are not finite (NaN, ±inf), naming the first such node: a NaN length would
+    make NERL, ERL and the ground truth's ERL NaN or 0 with no word."""
+    bad = ~np.isfinite(positions).all(axis=1) if len(positions) else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.argmax(bad))
+        node = np.asarray(nodes)[first]
+        node = node.item() if isinstance(node, np.generic) else node
+        raise SkeletonError(f"skeleton {where}: node {node!r} has {key} "
+                            f"{positions[first].tolist()} ({int(bad.sum())} node(s) with a NaN or infinite {key}); "
+                            "every node needs a finite position: fix or drop those nodes")
+
+
 def skeleton_arrays(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0), where: str = "<graph>") -> SkeletonArrays:
     """Flatten a skeleton graph; edge lengths by :func:`edge_lengths` (from ``nm_position`` when every node has
-    one)."""
+    one). Non-finite positions are refused (:func:`check_positions`)."""
     nodes = list(graph.nodes)
     row = {node: i for i, node in enumerate(nodes)}
     ids = np.array([graph.nodes[n]["id"] for n in nodes], dtype=np.int64)
-    index = np.array([np.asarray(graph.nodes[n]["index_position"]) for n in nodes], dtype=np.int64).reshape(-1, 3)
+    index = np.array([np.asarray(graph.nodes[n]["index_position"], dtype=np.float64) for n in nodes],
+                     dtype=np.float64).reshape(-1, 3)
+    check_positions(nodes, index, "index_position", where)
+    index = index.astype(np.int64)
     with_nm = all("nm_position" in graph.nodes[n] for n in nodes)
     nm = np.array([np.asarray(graph.nodes[n]["nm_position"]) for n in nodes], dtype=np.float64).reshape(-1, 3) \
         if with_nm else index * np.asarray(voxel_size, dtype=np.float64)
+    if with_nm:
+        check_positions(nodes, nm, "nm_position", where)
     edges = np.array([(row[u], row[v]) for u, v in graph.edges], dtype=np.int64).reshape(-1, 2)
     stored = np.array([data.get("edge_length", np.nan) for _, _, data in graph.edges(data=True)], dtype=np.float64)
     has_stored = bool(np.isfinite(stored).any())
@@ -287,9 +305,12 @@ def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> Skele
         bad = np.argwhere(nodes[rows] != edge_names)[0]
         raise SkeletonError(f"skeleton {path}: edge {edge_names[bad[0]].tolist()} names node "
                             f"{edge_names[tuple(bad)]!r}, which is not among its nodes")
+    check_positions(nodes, index.astype(np.float64), "index_position", path)
     index = index.astype(np.int64)
     rows = rows.astype(np.int64).reshape(-1, 2)
     with_nm = nm is not None
+    if with_nm:
+        check_positions(nodes, nm, "nm_position", path)
     if not with_nm:
         nm = index * np.asarray(voxel_size, dtype=np.float64)
     computed, note = edge_lengths(nm, rows, lengths, with_nm, path)

@@ -8,10 +8,31 @@ import dask.array as da
 import numpy as np
 
 from nisbflow.blocks import BlockGrid, tree_reduce
+from nisbflow.errors import VolumeError
 from nisbflow.evaluate.kernel import contingency, sum_contingencies
 from nisbflow.tasks import compute_tasks
 
 CONTINGENCY_FAN_IN = 16
+
+
+def check_integral_ids(values: np.ndarray, role: str = "segmentation", positions: np.ndarray | None = None) -> None:
+    """Refuse segment ids of a float volume that are not whole finite numbers (1.5, NaN): cast to integers they
+    would be truncated, and merge segments with no word. Integer volumes pass untouched."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return
+    bad = ~np.isfinite(values) | (values != np.floor(values))
+    if bad.any():
+        first = int(np.argmax(bad.ravel()))
+        where = f" at voxel {positions[first].tolist()}" if positions is not None else ""
+        raise VolumeError(f"{role}: a {values.dtype} volume whose ids are not whole numbers ({values.ravel()[first].item()!r}"
+                          f"{where}; {int(bad.sum())} such value(s)): as integer ids they would be truncated and "
+                          "merged; write the segmentation with integer ids")
+
+
+def _contingency_checked(true: np.ndarray, test: np.ndarray):
+    check_integral_ids(np.asarray(test))
+    check_integral_ids(np.asarray(true), "ground truth")
+    return contingency(true, test)
 
 
 def _labels_in_chunk(block: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -28,7 +49,9 @@ def node_labels(segmentation, positions: np.ndarray, *, progress: bool = False) 
     """
     positions = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
     if isinstance(segmentation, np.ndarray):
-        return segmentation[positions[:, 0], positions[:, 1], positions[:, 2]]
+        labels = segmentation[positions[:, 0], positions[:, 1], positions[:, 2]]
+        check_integral_ids(labels, positions=positions)
+        return labels
     array = segmentation if isinstance(segmentation, da.Array) else da.from_zarr(segmentation)
     grid = BlockGrid(array.chunks)
     chunk_index = grid.block_of(positions)
@@ -48,6 +71,7 @@ def node_labels(segmentation, positions: np.ndarray, *, progress: bool = False) 
     labels = np.zeros(len(positions), dtype=array.dtype)
     for (start, end), values in zip(zip(starts, ends), results):
         labels[order[start:end]] = values
+    check_integral_ids(labels, positions=positions)
     return labels
 
 
@@ -55,18 +79,16 @@ def dense_contingency(true, test, *, progress: bool = False):
     """Sparse contingency ``(true ids, test ids, counts)`` of two ``(X, Y, Z)`` volumes (numpy, zarr or dask),
     accumulated block by block (``evaluate-contingency``) and summed in a tree, so neither volume is loaded whole."""
     if isinstance(true, np.ndarray) and isinstance(test, np.ndarray):
-        return contingency(true, test)
+        return _contingency_checked(true, test)
     true = true if isinstance(true, da.Array) else da.from_array(true) if isinstance(true, np.ndarray) \
         else da.from_zarr(true)
     test = test if isinstance(test, da.Array) else da.from_array(test) if isinstance(test, np.ndarray) \
         else da.from_zarr(test)
     if true.shape != test.shape:
-        from nisbflow.errors import VolumeError
-
         raise VolumeError(f"segmentation shape {test.shape} differs from ground truth shape {true.shape} (X, Y, Z)")
     test = test.rechunk(true.chunks)
     token = dask.base.tokenize(true.name, test.name)
-    parts = [dask.delayed(contingency, pure=True)(t, p, dask_key_name=(f"evaluate-contingency-{token}", i))
+    parts = [dask.delayed(_contingency_checked, pure=True)(t, p, dask_key_name=(f"evaluate-contingency-{token}", i))
              for i, (t, p) in enumerate(zip(true.to_delayed().ravel(), test.to_delayed().ravel()))]
     table = tree_reduce(parts, sum_contingencies, f"evaluate-sum-contingency-{token}", fan_in=CONTINGENCY_FAN_IN)
     [table] = compute_tasks([table], "evaluate: contingency", progress=progress, track=parts)

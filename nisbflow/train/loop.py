@@ -188,6 +188,8 @@ def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimi
     """``(step, best checkpoints)`` to continue from: ``last`` (weights, optimizer, scaler and random state loaded
     in place) or ``(0, [])`` when there is none. A damaged or foreign ``last`` is a one-line error; with ``say``, a
     ``max_steps`` other than the one it was trained for is said in one line (the schedule changes)."""
+    for leftover in last.parent.glob(".*.partial-*"):  # a checkpoint being written when the run was killed
+        leftover.unlink(missing_ok=True)
     if not last.exists():
         return 0, []
     try:
@@ -209,7 +211,11 @@ def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimi
         print(f"resuming {last} at step {step} with optimization.max_steps {optimization.max_steps} (it was "
               f"trained for {trained_for}): the learning rate continues the {optimization.max_steps}-step cosine "
               f"schedule at step {step} ({learning_rate(step, optimization):.3g})", flush=True)
-    return step, best
+    kept = [entry for entry in best if (last.parent / f"best-step-{int(entry[1])}.pt").exists()]
+    if say and len(kept) < len(best):
+        print(f"{last} names {len(best) - len(kept)} best checkpoint(s) that are not in {last.parent} (deleted, or "
+              "never written by a killed run); ranking the others", flush=True)
+    return step, kept
 
 
 def _data(config, rank: int, world: int):
@@ -263,25 +269,30 @@ def _log_slices(writer, image, target, net, step: int) -> None:
 
 
 def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, folder: Path) -> list:
-    """Write last.pt (always), step-N.pt (every_n_train_steps) and the top-k by validation loss."""
+    """Write the top-k by validation loss, step-N.pt (every_n_train_steps) and last.pt, in that order: last.pt,
+    which names the best checkpoints, is written after them, and a best checkpoint dropped from the top-k is deleted
+    only once last.pt no longer names it (a kill anywhere leaves a last.pt whose files exist)."""
     settings = config.optimization.checkpoint
+    dropped = []
     if val_loss is not None and settings.save_top_k != 0:
-        best = sorted(best + [[val_loss, step]], reverse=settings.mode == "max")
-        keep = best if settings.save_top_k < 0 else best[:settings.save_top_k]
-        for _, dropped in best[len(keep):]:
-            (folder / f"best-step-{dropped}.pt").unlink(missing_ok=True)
-        best = keep
+        ranked = sorted(best + [[val_loss, step]], reverse=settings.mode == "max")
+        best = ranked if settings.save_top_k < 0 else ranked[:settings.save_top_k]
+        dropped = [entry[1] for entry in ranked[len(best):]]
     state = checkpoint_payload(model, config.model, {"step": step, "val_loss": val_loss, "best": best,
                                                      "config": config.model_dump(mode="json")},
                                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                rng={"cpu": torch.get_rng_state(),
                                     "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None})
-    targets = [folder / "last.pt"] if settings.save_last else []
-    if step % settings.every_n_train_steps == 0:
-        targets.append(folder / f"step-{step}.pt")
+    targets = []
     if val_loss is not None and [val_loss, step] in best:
         targets.append(folder / f"best-step-{step}.pt")
+    if step % settings.every_n_train_steps == 0:
+        targets.append(folder / f"step-{step}.pt")
+    if settings.save_last:
+        targets.append(folder / "last.pt")
     for target in targets:
         write_checkpoint(target, state)
+    for old in dropped:
+        (folder / f"best-step-{old}.pt").unlink(missing_ok=True)
     return best
 

@@ -118,13 +118,20 @@ def open_study(tune_config, grid: list[float], identity: dict | None = None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = tune_config.study_name if identity is None else f"{tune_config.study_name}-{identity_digest(identity)}"
+    check_study_file(tune_config.storage)
     try:
         study = optuna.create_study(storage=_storage_url(tune_config.storage), study_name=name,
                                     sampler=_sampler(tune_config, grid), direction=tune_config.direction,
                                     load_if_exists=tune_config.load_if_exists)
+        study.get_trials(deepcopy=False)  # reads every table: a damaged page fails here, not mid-tuning
     except optuna.exceptions.DuplicatedStudyError:
         raise ConfigError(f"study {name!r} already exists in {tune_config.storage}; set "
                           f"tune.load_if_exists=true to append to it, or choose another tune.study_name") from None
+    except Exception as error:  # sqlalchemy's DatabaseError and kin: a damaged or foreign file
+        if not (type(error).__module__.split(".")[0] == "sqlalchemy"
+                or isinstance(error, optuna.exceptions.StorageInternalError)):
+            raise
+        raise _damaged_study_file(tune_config.storage, error) from None
     if identity is not None:
         recorded = study.user_attrs.get(IDENTITY_ATTRIBUTE)
         if recorded is None and not study.trials:
@@ -134,6 +141,34 @@ def open_study(tune_config, grid: list[float], identity: dict | None = None):
                               "(checkpoint, method, validation seed or search space); choose another "
                               "tune.study_name")
     return study
+
+
+def _damaged_study_file(storage: str, error: BaseException) -> ConfigError:
+    cause = getattr(error, "orig", None) or error.__cause__ or error.__context__ or error
+    reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
+    where = storage.removeprefix("sqlite:///")
+    return ConfigError(f"tune.storage {where} cannot be read as an Optuna study database ({reason}); it is damaged "
+                       f"or not one: move it aside (its trials are lost) to start afresh, or set tune.storage to "
+                       "another file")
+
+
+def check_study_file(storage: str) -> None:
+    """Refuse a sqlite study file that exists but cannot hold a study: empty (0 bytes, which sqlite would silently
+    take as a new database, losing the study it should hold), or not a sqlite database at all."""
+    if not storage.startswith("sqlite:///"):
+        return
+    path = Path(storage.removeprefix("sqlite:///"))
+    if not path.exists():
+        return
+    if path.stat().st_size == 0:
+        raise ConfigError(f"tune.storage {path} is empty (0 bytes): the study it held is gone (a full disk, a cut "
+                          f"copy?); delete it to start a new study, or set tune.storage to the study's file")
+    with open(path, "rb") as handle:
+        header = handle.read(16)
+    if header != b"SQLite format 3\x00":
+        raise ConfigError(f"tune.storage {path} is not a sqlite database (its first bytes are {header[:16]!r}); it "
+                          "is damaged or another file: move it aside to start afresh, or set tune.storage to the "
+                          "study's file")
 
 
 def study_lock(config, study_name: str, log=None):
