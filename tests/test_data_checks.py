@@ -156,6 +156,47 @@ def test_staged_blocks_whose_data_was_lost_or_cut_are_computed_again(made, tmp_p
     assert counts[0.75] == read(made / "seg.zarr").max()
 
 
+@pytest.mark.parametrize("method, folder, how", [("cc", "local-ids/0", "bit"), ("cc", "local-ids/faces", "random"),
+                                                 ("waterz", "fragments/0", "bit"),
+                                                 ("waterz", "fragments/faces", "bit")])
+def test_a_damaged_scratch_file_is_named_and_its_block_computed_again(method, folder, how, made, tmp_path,
+                                                                      monkeypatch):
+    """One flipped bit (or other bytes of the same size) in a scratch file of an interrupted decode passed the size
+    check and the resumed output differed from a clean run (2,432 voxels for cc, 59 for waterz, exit 0). Every
+    scratch file now carries a CRC-32: the resumed run stops naming the file (exit 2 from the command line), and the
+    next run computes that block again and publishes the clean run's output."""
+    import dask
+
+    import nisbflow.decode.outputs as outputs
+    from nisbflow.decode import decode_to_zarr
+    from nisbflow.decode.outputs import ScratchDamagedError
+
+    options = dict(thresholds=(0.5,), method="waterz") if method == "waterz" else {}
+    with dask.config.set(scheduler="synchronous"):
+        decode_to_zarr(str(made / "aff.zarr"), str(tmp_path / "clean.zarr"), progress=False, **options)
+    output = tmp_path / "seg.zarr"
+    monkeypatch.setattr(outputs, "_relabel_in_zarr", Interrupt(outputs._relabel_in_zarr, 0))  # every block labelled
+    with dask.config.set(scheduler="synchronous"), pytest.raises(KeyboardInterrupt):
+        decode_to_zarr(str(made / "aff.zarr"), str(output), progress=False, **options)
+    monkeypatch.undo()
+    staging = tmp_path / ".seg.zarr.nisbflow-run"
+    victim = sorted((staging / "scratch" / folder).iterdir(), key=lambda p: int(p.name.split(".")[0]))[-1]
+    data = bytearray(victim.read_bytes())
+    if how == "bit":
+        data[len(data) // 2] ^= 0x10
+    else:
+        data[16:-8] = np.random.default_rng(1).integers(0, 256, len(data) - 24, dtype=np.uint8).tobytes()
+    victim.write_bytes(bytes(data))
+    with dask.config.set(scheduler="synchronous"), pytest.raises(ScratchDamagedError, match=f"{victim} is damaged"):
+        decode_to_zarr(str(made / "aff.zarr"), str(output), progress=False, **options)
+    assert not output.exists() and not victim.exists()
+    said = []
+    with dask.config.set(scheduler="synchronous"):
+        decode_to_zarr(str(made / "aff.zarr"), str(output), progress=False, log=said.append, **options)
+    assert any("markers without their scratch files" in s for s in said), said
+    assert np.array_equal(read(output), read(tmp_path / "clean.zarr"))
+
+
 def test_an_input_rewritten_during_a_run_fails_it_before_publishing(made, tmp_path, monkeypatch):
     """decode of A while another process rewrites A: once exit 0 with a partition matching neither version. Now
     the inputs' fingerprints are compared again before publishing."""

@@ -24,6 +24,14 @@ SHAPE = (96, 96, 48)
 STEPS = ["moving", "retired", "moved", "published", "removed", "renamed"]
 """The seams of staging._publish_step, in the order a publish passes them."""
 KILLED_RESULT_IN_PLACE = {"moved", "published", "removed", "renamed"}
+IN_DEFAULT_SUITE = {("decode", step) for step in STEPS} | {("infer", "retired"), ("infer", "published")}
+"""Every step for decode; for infer (the same StagedRun under it, and four times slower) two, the rest with
+``make test-slow``."""
+
+
+def cases():
+    return [pytest.param(stage, step, marks=() if (stage, step) in IN_DEFAULT_SUITE else pytest.mark.slow)
+            for stage in CALLS for step in STEPS]
 """Steps after which the killed run's result is at the output (before them: still the old output)."""
 
 
@@ -96,8 +104,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-@pytest.mark.parametrize("stage", list(CALLS))
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("stage, step", cases())
 def test_a_publish_killed_at_any_step_is_finished_by_the_same_command_without_redoing_blocks(
         stage, step, data, references, tmp_path):
     out = tmp_path / "out.zarr"
@@ -117,8 +124,7 @@ def test_a_publish_killed_at_any_step_is_finished_by_the_same_command_without_re
                             for line in done), again.stdout  # every block of every pass already done
 
 
-@pytest.mark.parametrize("stage", list(CALLS))
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("stage, step", cases())
 def test_a_run_with_other_settings_after_a_killed_publish_never_loses_the_output(stage, step, data, references,
                                                                                  tmp_path):
     out = tmp_path / "out.zarr"

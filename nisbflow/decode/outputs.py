@@ -5,9 +5,11 @@ a group for several) with their attributes. Axis order ``(X, Y, Z)``; affinities
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
+import zlib
 
 import dask
 import fsspec
@@ -21,6 +23,7 @@ from nisbflow.data.formats import staged_source
 from nisbflow.data.ngff import create_image, output_array
 from nisbflow.data.volumes import fast_compressors, open_affinities, open_volume, output_attrs, voxel_size_of
 from nisbflow.decode.kernel import check_mask
+from nisbflow.errors import NisbflowError
 from nisbflow.decode.stitch import SPATIAL_AXES, BlockLabels, SegmentNumbering, relabel_block
 from nisbflow.tasks import compute_tasks
 from nisbflow.staging import write_marker
@@ -37,9 +40,38 @@ def _opened(path: str, run_id: str) -> zarr.Array:
     return open_for_writing(path)
 
 
+class ScratchDamagedError(NisbflowError):
+    """A scratch file's content does not match the checksum written with it."""
+
+
+SCRATCH_TRAILER = b"NFS1"
+"""What ends every scratch file, before its CRC-32 (4 bytes, little-endian) of everything before it."""
+
+
+def seal(payload: bytes) -> bytes:
+    """A scratch file's bytes: ``payload`` followed by :data:`SCRATCH_TRAILER` and its CRC-32."""
+    return payload + SCRATCH_TRAILER + zlib.crc32(payload).to_bytes(4, "little")
+
+
+def unseal(data: bytes, path: str, fs=None) -> bytes:
+    """The payload of a scratch file read whole, after checking its checksum. A damaged file (a flipped bit, other
+    bytes of the same size, a cut) is removed, so the next run computes its block again, and named in one line:
+    it is never decoded into the output."""
+    payload, trailer = data[:-8], data[-8:]
+    if len(data) >= 8 and trailer[:4] == SCRATCH_TRAILER and zlib.crc32(payload) == int.from_bytes(trailer[4:],
+                                                                                                   "little"):
+        return payload
+    if fs is not None:
+        with contextlib.suppress(OSError):
+            fs.rm(path)
+    raise ScratchDamagedError(f"scratch file {path} is damaged (its checksum does not match its content); it was "
+                              "removed: re-run the same command, which computes that block again")
+
+
 class LocalIdScratch:
     """Pass 1's local ids on disk: one LZ4-compressed ``uint32`` file per threshold and block under ``root``, plus
-    each block's face planes.
+    each block's face planes. Every file ends with a CRC-32 of its content (:func:`seal`), checked whenever it is
+    read (:func:`unseal`).
 
     ``root`` is any fsspec URL next to the output. The files are private to one run and read back whole, so they skip
     zarr's chunk-grid machinery (which cost about 15 ms per 128³ block here). Picklable: only paths travel to workers.
@@ -59,11 +91,12 @@ class LocalIdScratch:
 
     def write(self, threshold_index: int, block_id: int, labels: np.ndarray) -> None:
         fs, path = self._file(threshold_index, block_id)
-        fs.pipe_file(path, self.codec.encode(np.ascontiguousarray(labels, dtype=np.uint32)))
+        fs.pipe_file(path, seal(self.codec.encode(np.ascontiguousarray(labels, dtype=np.uint32))))
 
     def read(self, threshold_index: int, block_id: int, shape: tuple[int, ...]) -> np.ndarray:
         fs, path = self._file(threshold_index, block_id)
-        return np.frombuffer(self.codec.decode(fs.cat_file(path)), dtype=np.uint32).reshape(shape)
+        payload = unseal(fs.cat_file(path), path, fs)
+        return np.frombuffer(self.codec.decode(payload), dtype=np.uint32).reshape(shape)
 
     def write_faces(self, block_id: int, labelled: list[BlockLabels]) -> None:
         """Store one block's halo and upper face planes (all thresholds), so they need not wait in worker memory
@@ -89,17 +122,19 @@ class LocalIdScratch:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         fs, path = fsspec.core.url_to_fs(f"{self.root}/faces/{block_id}.npz.lz4")
-        fs.pipe_file(path, self.codec.encode(buffer.getvalue()))
+        fs.pipe_file(path, seal(self.codec.encode(buffer.getvalue())))
 
     def read_arrays(self, block_id: int) -> dict:
         """The arrays :meth:`write_arrays` stored for block ``block_id``."""
         fs, path = fsspec.core.url_to_fs(f"{self.root}/faces/{block_id}.npz.lz4")
-        with np.load(io.BytesIO(self.codec.decode(fs.cat_file(path))), allow_pickle=False) as data:
+        payload = unseal(fs.cat_file(path), path, fs)
+        with np.load(io.BytesIO(self.codec.decode(payload)), allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
 
     def blocks_present(self) -> set[int]:
         """Linear ids of blocks whose files (every threshold's local ids and the faces) are all in the scratch and
-        whole: each file's blosc header names its own size (a file cut by a crash or a full disk does not)."""
+        whole: each file's blosc header names its own size less the checksum trailer (a file cut by a crash or a
+        full disk does not). Content is checked where a file is read (:func:`unseal`)."""
         fs, path = fsspec.core.url_to_fs(self.root)
         present = None
         for folder, suffix in [*((str(t), ".lz4") for t in range(self.n_thresholds)), ("faces", ".npz.lz4")]:
@@ -110,7 +145,7 @@ class LocalIdScratch:
                 if not (name.endswith(suffix) and name[:-len(suffix)].isdigit()):
                     continue
                 header = fs.cat_file(entry["name"], start=0, end=16)
-                if len(header) == 16 and int.from_bytes(header[12:16], "little") == entry.get("size"):
+                if len(header) == 16 and int.from_bytes(header[12:16], "little") + 8 == entry.get("size"):
                     ids.add(int(name[:-len(suffix)]))
             present = ids if present is None else present & ids
         return present or set()
