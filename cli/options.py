@@ -53,8 +53,10 @@ Checkpoint = Annotated[str, typer.Option("--checkpoint", help="Model checkpoint 
                                                               "model list).")]
 InferenceChunks = Annotated[Optional[str], typer.Option("--chunks", help="Inference block (write region) size X,Y,Z "
                                                                          "(default 768,768,768).")]
-TuneOut = Annotated[Optional[str], typer.Option("--out", help="Folder for cached affinities, best.yaml and the curve "
-                                                              "(default <save_path>/tune).")]
+TuneOut = Annotated[Optional[str], typer.Option("--out", help="Folder of the tuning outputs (default "
+                                                              "<save_path>/tune): <checkpoint>-<sha256[:8]>/ holds "
+                                                              "the cached affinities, and <method>/ in it best.yaml, "
+                                                              "the curve and tune-test's test/.")]
 
 
 def cluster_spec(cluster, workers, memory_limit, dashboard_address):

@@ -380,7 +380,7 @@ class StagedRun:
                 self.run_id, self.resumed = manifest["run_id"], True
                 return
             reason = "it was made with different " + ", ".join(changed)
-        elif any(p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK for p in self._fs.ls(self._staging, detail=False)):
+        elif reason is None and any(p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK for p in self._fs.ls(self._staging, detail=False)):
             reason = "it has no manifest"
         if reason:
             self.log(f"discarding the unfinished run in {self.staging}: {reason}; starting fresh")

@@ -259,7 +259,8 @@ def test_skeletonize_and_tune_entries_equal_their_commands(image, tmp_path):
                   *overrides], tmp_path)
     assert list(tuned.curve) == [0.6] and tuned.best_threshold == 0.6
     assert f"best threshold 0.6: nerl {tuned.best_value:.4f}" in " ".join(result.stdout.split())
-    best = {name: yaml.safe_load((tmp_path / name / "best.yaml").read_text()) for name in ("lib-tune", "cli-tune")}
+    best = {name: yaml.safe_load((tmp_path / name / "nisb-tiny-synthetic-3667c046" / "cc" / "best.yaml").read_text())
+            for name in ("lib-tune", "cli-tune")}
     assert best["lib-tune"]["decoding"] == best["cli-tune"]["decoding"] == {"threshold": 0.6}
 
 

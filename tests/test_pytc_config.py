@@ -275,8 +275,8 @@ def test_the_tutorials_test_and_tune_command_lines_equal_nisbflows_own(nisb, tmp
         "tune.threshold.low=0.5", "tune.threshold.high=0.7", "tune.threshold.step=0.1", "tune.metric=em_erl",
         "tune.n_trials=3", f"save_path={tmp_path}/own-tune"])
     assert own_tune.exit_code == 0, own_tune.output
-    pytc_best = yaml.safe_load((tmp_path / "pytc-tune" / "tune" / "best.yaml").read_text())
-    own_best = yaml.safe_load((tmp_path / "own-tune" / "tune" / "best.yaml").read_text())
+    pytc_best = yaml.safe_load(next((tmp_path / "pytc-tune" / "tune").glob("*/cc/best.yaml")).read_text())
+    own_best = yaml.safe_load(next((tmp_path / "own-tune" / "tune").glob("*/cc/best.yaml")).read_text())
     assert pytc_best["decoding"] == own_best["decoding"]
     curve = [line for line in pytc_tune.output.splitlines() if re.match(r"^│\s+0\.[567] ", line)]
     assert len(curve) == 3 and curve == [line for line in own_tune.output.splitlines()

@@ -4,6 +4,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from nisbflow.errors import ConfigError
 from nisbflow.config import load_config
 from nisbflow.settings import as_run_settings
 from nisbflow_cli.main import app
@@ -17,6 +18,15 @@ def seeds(tmp_path_factory):
     for name, seed in (("val/seed100", 100), ("test/seed101", 101)):
         synthesize_seed(str(root / name), (96, 96, 64), seed=seed, chunks=(48, 48, 64), progress=False)
     return root
+
+
+SHIPPED = "nisb-tiny-synthetic-3667c046"
+"""The shipped model's tuning folder: its name and the first 8 hex digits of its sha256."""
+
+
+def tuned(root, method: str = "cc"):
+    """Where tune writes best.yaml, the curve and tune-test's test output for the shipped model."""
+    return root / "tune" / SHIPPED / method
 
 
 def tune_config(seeds, tmp_path, *more):
@@ -76,7 +86,7 @@ def test_grid_sampler_scores_the_whole_grid_in_one_pass_and_test_uses_best_yaml(
                                  "nisbflow/model/shipped/nisb_tiny_synthetic.yaml", "--cluster", "sync", *overrides])
     assert result.exit_code == 0, result.output
     assert "best threshold" in result.output and "grid: scoring 4 thresholds" in result.output
-    best = tmp_path / "tune" / "best.yaml"
+    best = tuned(tmp_path) / "best.yaml"
     threshold = yaml.safe_load(best.read_text())["decoding"]["threshold"]
     again = runner.invoke(app, ["tune", "--checkpoint", "nisb-tiny-synthetic", "--config",
                                 "nisbflow/model/shipped/nisb_tiny_synthetic.yaml", "--cluster", "sync", *overrides])
@@ -115,8 +125,8 @@ def test_tune_test_applies_the_validation_threshold_to_the_test_seed(seeds, tmp_
                                       "nisbflow/model/shipped/nisb_tiny_synthetic.yaml", "--cluster", "sync",
                                       *overrides])
     assert result.exit_code == 0, result.output
-    best = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())["decoding"]["threshold"]
-    metrics = json.loads((tmp_path / "tune" / "test" / "metrics.json").read_text())
+    best = yaml.safe_load((tuned(tmp_path) / "best.yaml").read_text())["decoding"]["threshold"]
+    metrics = json.loads((tuned(tmp_path) / "test" / "metrics.json").read_text())
     assert metrics["threshold"] == best and metrics["test_seed"].endswith("seed101")
     assert "tuned on" in " ".join(result.output.split())
 
@@ -144,7 +154,7 @@ def test_a_grid_after_tpe_scores_exactly_the_missing_grid_points_with_exact_valu
     assert added == missing  # exactly the grid points not scored yet, as exact grid values
     assert all(repr(t) == repr(g) for t, g in zip(added, missing))  # 0.7, not 0.7000000000000001
     assert set(result.curve) == set(grid) | tpe_points
-    assert not (tmp_path / "tune" / "scratch").exists()  # no empty scratch folder left behind
+    assert not (tuned(tmp_path) / "scratch").exists()  # no empty scratch folder left behind
 
 
 def test_the_study_name_follows_the_experiment_name(tmp_path):
@@ -203,7 +213,7 @@ def test_waterz_threshold_tuned_on_a_grid_then_tested_from_best_yaml(seeds, tmp_
     result = runner.invoke(app, ["tune", *base, *overrides])
     assert result.exit_code == 0, result.output
     assert "grid: scoring 3 thresholds" in result.output
-    affinities = zarr.open_array(array_url(tmp_path / "tune" / "val-affinities.zarr"))[...]
+    affinities = zarr.open_array(array_url(tmp_path / "tune" / SHIPPED / "val-affinities.zarr"))[...]
     expected = {t: nerl(s, seeds / "val" / "seed100" / "skeleton.pkl", voxel_size=(9, 9, 20)).nerl
                 for t, s in zip((0.1, 0.3, 0.5), decode_affinity_waterz(affinities, (0.1, 0.3, 0.5)))}
     import optuna
@@ -214,10 +224,10 @@ def test_waterz_threshold_tuned_on_a_grid_then_tested_from_best_yaml(seeds, tmp_
     best = max(expected, key=expected.get)
     for threshold, value in expected.items():
         assert study_curve[threshold] == pytest.approx(value, abs=5e-5), (threshold, study_curve)
-    params = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())
+    params = yaml.safe_load((tuned(tmp_path, "waterz") / "best.yaml").read_text())
     assert params.pop("_tuned_")["method"] == "waterz"
     assert params == {"decoding": {"method": "waterz", "waterz": {"thresholds": [best]}}}
-    tested = runner.invoke(app, ["test", *base, "--params", str(tmp_path / "tune" / "best.yaml"),
+    tested = runner.invoke(app, ["test", *base, "--params", str(tuned(tmp_path, "waterz") / "best.yaml"),
                                  f"data.test.path={seeds / 'test' / 'seed101'}", f"save_path={tmp_path / 'test'}"])
     assert tested.exit_code == 0, tested.output
     assert f"waterz threshold {best:g}" in tested.output
@@ -300,8 +310,68 @@ def test_a_second_tuner_on_a_study_is_refused_and_the_first_finishes(seeds, tmp_
     assert len(second.stderr.strip().splitlines()) == 1
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    assert (tmp_path / "tune" / "best.yaml").exists() and not any(locks.iterdir())
+    assert (tuned(tmp_path) / "best.yaml").exists() and not any(locks.iterdir())
     [name] = optuna.get_all_study_names(f"sqlite:///{tmp_path}/tune.sqlite3")
     states = [t.state.name for t in optuna.load_study(study_name=name,
                                                       storage=f"sqlite:///{tmp_path}/tune.sqlite3").trials]
     assert states == ["COMPLETE"] * 30
+
+
+def test_the_cache_follows_the_validation_seeds_content_and_each_trial_checks_its_affinities(seeds, tmp_path,
+                                                                                             monkeypatch):
+    """A validation seed replaced at the same path reused the old seed's affinities (NERL 0.006 instead of 0.854,
+    exit 0); a tuner paused while another rewrote the cache scored the other's affinities. Now the cache is keyed
+    by the image's content, and every trial checks the affinities it scores."""
+    import shutil
+
+    import zarr
+
+    from nisbflow.data.volumes import array_url
+    from nisbflow.synth import synthesize_seed
+    from nisbflow.tune import ThresholdScorer, tune
+
+    val = tmp_path / "val"
+    shutil.copytree(seeds / "val" / "seed100", val)
+    overrides = [f"data.val.path={val}", f"data.val.skeleton={val / 'skeleton.pkl'}", "tune.sampler=grid",
+                 "tune.threshold.low=0.6", "tune.threshold.high=0.8"]
+    config = tune_config(seeds, tmp_path, *overrides)
+    first = tune(as_run_settings(config, "nisb-tiny-synthetic"), progress=False)
+    assert first.affinities == tmp_path / "tune" / SHIPPED / "val-affinities.zarr"
+    shutil.rmtree(val)
+    synthesize_seed(str(val), (96, 96, 64), seed=7, chunks=(48, 48, 64), progress=False)  # another seed, same path
+    said = []
+    second = tune(as_run_settings(tune_config(seeds, tmp_path, *overrides, "tune.study_name=second"),
+                                  "nisb-tiny-synthetic"), progress=False, log=said.append)
+    assert any("inferring it again" in line for line in said), said
+    fresh = ThresholdScorer(second.affinities, val / "skeleton.pkl").score_many([0.6, 0.7, 0.8])
+    assert second.curve == {t: pytest.approx(r.nerl) for t, r in fresh.items()}
+    assert second.curve != first.curve
+
+    import nisbflow.tune.scoring as scoring
+
+    real = scoring.ThresholdScorer.score
+
+    def rewritten_between_trials(self, threshold):  # another run rewrites the cache under a paused tuner
+        zarr.open_array(array_url(second.affinities), mode="r+")[0, :8] = 0.0
+        return real(self, threshold)
+
+    monkeypatch.setattr(scoring.ThresholdScorer, "score", rewritten_between_trials)
+    tpe = tune_config(seeds, tmp_path, *overrides[:2], "tune.study_name=paused", "tune.n_trials=2")
+    with pytest.raises(ConfigError, match="changed while this tuning scored them"):
+        tune(as_run_settings(tpe, "nisb-tiny-synthetic"), progress=False)
+
+
+def test_banis_grid_sampler_scores_banis_thresholds(seeds, tmp_path):
+    import math
+
+    from nisbflow.tune import banis_grid, tune
+
+    grid = banis_grid()
+    assert len(grid) == 13 and grid[0] == 0.450166 and grid[1] == 0.5 and grid[2] == 0.549834 and grid[-1] == 0.90025
+    assert grid == [round(1 / (1 + math.exp(-0.2 * k)), 6) for k in range(-1, 12)]
+    config = tune_config(seeds, tmp_path, "tune.sampler=banis")
+    result = tune(as_run_settings(config, "nisb-tiny-synthetic"), progress=False)
+    assert sorted(result.curve) == grid
+    with pytest.raises(ConfigError, match="tune.sampler=banis is BANIS's grid"):
+        tune(as_run_settings(tune_config(seeds, tmp_path, "tune.sampler=banis", "decoding.method=waterz"),
+                             "nisb-tiny-synthetic"), progress=False)

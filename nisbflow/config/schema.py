@@ -341,7 +341,9 @@ class ThresholdSearchConfig(_Section):
 
 
 class TuneConfig(_Section):
-    sampler: Literal["TPE", "grid", "random"] = "TPE"
+    sampler: Literal["TPE", "grid", "random", "banis"] = Field(
+        "TPE", description="TPE (the NISB tutorial's), grid (tune.threshold's steps, one decoding pass), random, or "
+                           "banis (BANIS.py's 13 thresholds sigmoid(0.2 k), k = -1…11, 0.4502–0.9002, one pass).")
     n_startup_trials: int = Field(4, ge=0)
     n_trials: int = Field(4, gt=0)
     threshold: ThresholdSearchConfig = Field(ThresholdSearchConfig(), description="decoding.threshold's search "

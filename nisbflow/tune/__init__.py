@@ -1,8 +1,12 @@
 """Decoding-threshold search with Optuna on the validation seed (``nisbflow tune``), and applying the result to the
 test seed (``nisbflow tune-test``).
 
-The affinities of ``data.val.path`` are inferred once and cached (``<out>/val-affinities.zarr``, reused while the
-checkpoint and inference settings are the same). Each trial decodes them block-wise at its threshold and scores
+Outputs are kept per checkpoint and decoding method: ``<out>/<checkpoint>-<sha256[:8]>/<method>/`` (``best.yaml``,
+``threshold_curve.png``, ``test/`` of ``tune-test``), ``<out>`` being ``<save_path>/tune`` unless given; one tuner
+works in such a folder at a time (a lock file in it). The affinities of ``data.val.path`` are inferred once per
+checkpoint and cached (``<out>/<checkpoint>-<sha256[:8]>/val-affinities.zarr``), reused while the checkpoint, the
+image's content (its fingerprint, not its path) and the inference settings are the same; every trial first checks
+that the affinities it scores are still those (a cache another run rewrote fails the tuning in one line). Each trial decodes them block-wise at its threshold and scores
 ``tune.metric`` (NERL by default) against ``data.val.skeleton``; ``tune.sampler=grid`` scores the whole grid from
 one multi-threshold decoding pass. The study lives in ``tune.storage`` (sqlite under ``save_path``) with
 ``load_if_exists``: a later run appends ``tune.n_trials`` trials, and trials an interrupted run left RUNNING are
@@ -55,10 +59,23 @@ class TuneResult:
     details: dict = field(default_factory=dict)
 
 
+def banis_grid() -> list[float]:
+    """BANIS's thresholds (``BANIS.py``'s ``eval_ranges``): ``sigmoid(0.2 k)`` for ``k = -1 … 11``, 13 points from
+    0.4502 to 0.9002: the logit thresholds −0.2 … 2.2 on the scale_sigmoid output. Rounded as
+    :func:`~nisbflow.tune.scoring.threshold_key` rounds."""
+    import math
+
+    return [threshold_key(1 / (1 + math.exp(-0.2 * k))) for k in range(-1, 12)]
+
+
+GRID_SAMPLERS = ("grid", "banis")
+"""Samplers that score a fixed list of thresholds from one decoding pass."""
+
+
 def _sampler(tune_config, grid: list[float]):
     import optuna
 
-    if tune_config.sampler == "grid":
+    if tune_config.sampler in GRID_SAMPLERS:
         return optuna.samplers.GridSampler({"threshold": grid}, seed=tune_config.seed)
     if tune_config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=tune_config.seed)
@@ -96,7 +113,8 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
         "inference": geometry,
         "affinity_mask": None if config.decoding.affinity_mask_path is None else
         fingerprint(config.decoding.affinity_mask_path),
-        "search": {"low": search.low, "high": search.high, "step": search.step},
+        "search": {"banis_grid": banis_grid()} if config.tune.sampler == "banis" else
+        {"low": search.low, "high": search.high, "step": search.step},
         "metric": config.tune.metric, "direction": config.tune.direction,
         "merge_threshold": config.evaluation.merge_threshold, "voxel_size": list(config.data.voxel_size),
         **({"em_erl_merge_threshold": config.evaluation.em_erl_merge_threshold}
@@ -203,27 +221,70 @@ def mark_interrupted_trials_failed(study) -> int:
     return len(running)
 
 
-def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: bool = True) -> Path:
-    """Infer the validation seed once: reuse ``out/val-affinities.zarr`` while checkpoint and settings match."""
+def checkpoint_folder(root: Path, run) -> Path:
+    """The folder under ``root`` of one checkpoint's tuning: ``<file or model name>-<sha256[:8]>``."""
+    stem = Path(str(run.checkpoint.name)).name.removesuffix(".pt").removesuffix(".ckpt") or "checkpoint"
+    return root / f"{stem}-{run.checkpoint.sha256[:8]}"
+
+
+def cache_key(run, image: str) -> dict:
+    """What the cached validation affinities must have been computed from: the checkpoint's hash, the image's content
+    fingerprint (:func:`~nisbflow.fingerprints.fingerprint`: a seed replaced at the same path differs) and the window
+    settings."""
+    from nisbflow.fingerprints import fingerprint, plain
+    from nisbflow.infer.blockwise import WindowSettings
+
+    settings = WindowSettings.from_config(run.config.inference).record()
+    for key in ("sw_batch_size", "compile"):  # how it runs, not what it computes
+        settings.pop(key, None)
+    return json.loads(json.dumps(dict(checkpoint=run.checkpoint.sha256, image=image,
+                                      image_fingerprint=plain(fingerprint(image)), settings=settings), default=str))
+
+
+CACHE_ATTRIBUTE = "nisbflow_tune_cache"
+"""The attribute of the cached validation affinities that records their :func:`cache_key`."""
+
+
+def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: bool = True, log=print) -> Path:
+    """Infer the validation seed once: reuse ``out/val-affinities.zarr`` while it records this run's
+    :func:`cache_key` (checkpoint, image content, settings), else infer it again (saying why)."""
     import zarr
 
     from nisbflow.data.volumes import array_url
-    from nisbflow.infer.blockwise import DEFAULT_BLOCK, WindowSettings, infer_to_zarr
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr
 
-    settings = WindowSettings.from_config(run.config.inference)
     path = out / "val-affinities.zarr"
-    key = dict(checkpoint=run.checkpoint.sha256, image=f"{seed_path}/data.zarr/img", settings=settings.record())
+    key = cache_key(run, f"{seed_path}/data.zarr/img")
     if path.exists():
         try:
             attrs = dict(zarr.open_array(array_url(path), mode="r").attrs)
         except Exception:  # not a readable array: infer again
             attrs = {}
-        if attrs.get("nisbflow_tune_cache") == key:
+        if attrs.get(CACHE_ATTRIBUTE) == key:
             return path
+        log(f"{path} was inferred from another checkpoint, image content or settings; inferring it again")
     infer_to_zarr(key["image"], path, run, block=block or DEFAULT_BLOCK, overwrite=True,
                   progress=progress)
-    zarr.open_array(array_url(path), mode="r+").attrs["nisbflow_tune_cache"] = key
+    zarr.open_array(array_url(path), mode="r+").attrs[CACHE_ATTRIBUTE] = key
     return path
+
+
+def check_affinities_unchanged(path: Path, key: dict, fingerprint_at_start: dict) -> None:
+    """Raise unless the cached affinities at ``path`` still record ``key`` and have the content fingerprint they had
+    when tuning started: each trial scores the affinities its study was made for, or none."""
+    import zarr
+
+    from nisbflow.data.volumes import array_url
+    from nisbflow.fingerprints import fingerprint, plain
+
+    try:
+        recorded = dict(zarr.open_array(array_url(path), mode="r").attrs).get(CACHE_ATTRIBUTE)
+    except Exception:
+        recorded = None
+    if recorded != key or plain(fingerprint(path)) != fingerprint_at_start:
+        raise ConfigError(f"the validation affinities {path} changed while this tuning scored them (another run "
+                          "rewrote or replaced them); the trials scored before are kept in the study: re-run to go "
+                          "on, one tuner per checkpoint folder")
 
 
 def _metric(result, name: str) -> float:
@@ -261,11 +322,13 @@ def _search_range(config):
     return config.tune.waterz_threshold if config.decoding.method == "waterz" else config.tune.threshold
 
 
-def _record_grid_trials(study, search, metric: str, scorer, thresholds) -> None:
-    """Add one finished trial per threshold, with its exact grid value (0.7, not Optuna's 0.7000000000000001)."""
+def _record_grid_trials(study, search, metric: str, scorer, thresholds, stepped: bool = True) -> None:
+    """Add one finished trial per threshold, with its exact grid value (0.7, not Optuna's 0.7000000000000001);
+    ``stepped``: the thresholds lie on ``search``'s steps (else, BANIS's grid, on no step)."""
     import optuna
 
-    distribution = optuna.distributions.FloatDistribution(search.low, search.high, step=search.step)
+    distribution = optuna.distributions.FloatDistribution(search.low, search.high, step=search.step) if stepped \
+        else optuna.distributions.FloatDistribution(min(thresholds), max(thresholds))
     for threshold in thresholds:
         result = scorer.score(threshold)
         study.add_trial(optuna.trial.create_trial(
@@ -297,21 +360,50 @@ def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool =
     config = run.config
     seed, skeleton = seed_of(config, "val")
     tune_config = config.tune
-    out = Path(out_dir) if out_dir else Path(config.save_path) / "tune"
+    root = checkpoint_folder(Path(out_dir) if out_dir else Path(config.save_path) / "tune", run)
+    out = root / config.decoding.method
     out.mkdir(parents=True, exist_ok=True)
     search = _search_range(config)
-    grid = threshold_grid(search.low, search.high, search.step)
+    if tune_config.sampler == "banis":
+        if config.decoding.method != "cc":
+            raise ConfigError("tune.sampler=banis is BANIS's grid of connected-components thresholds; for "
+                              f"decoding.method {config.decoding.method} use tune.sampler=grid")
+        grid = banis_grid()
+        searched = f"BANIS's {len(grid)} thresholds sigmoid(0.2 k), k = -1…11 ({grid[0]:g}–{grid[-1]:g})"
+    else:
+        grid = threshold_grid(search.low, search.high, search.step)
+        searched = f"thresholds {search.low:g}–{search.high:g} step {search.step:g}"
     identity = study_identity(run, str(seed.path), str(skeleton))
     study = open_study(tune_config, grid, identity)
     log(f"study {study.study_name!r} in {tune_config.storage}: checkpoint {run.checkpoint.name} (sha256 "
         f"{run.checkpoint.sha256}), {config.decoding.method} decoding, validation seed {config.data.val.path}, "
-        f"thresholds {search.low:g}–{search.high:g} step {search.step:g}")
-    lock = study_lock(config, study.study_name, log=log)
+        f"{searched}; outputs in {out}")
+    lock, folder_lock = study_lock(config, study.study_name, log=log), _folder_lock(out, log)
     lock.acquire()
     try:
-        return _tune_study(run, study, identity, seed, skeleton, search, grid, out, block, progress, log)
+        folder_lock.acquire()
+        try:
+            return _tune_study(run, study, identity, seed, skeleton, search, grid, out, block, progress, log)
+        finally:
+            folder_lock.release()
     finally:
         lock.release()
+
+
+def _folder_lock(out: Path, log=None):
+    """The lock that keeps a second tuner out of one checkpoint's and method's tuning folder (its best.yaml, curve
+    and test output), whatever study it tunes."""
+    from nisbflow.locks import RunLock
+
+    def locked(holder, url):
+        if not holder.get("pid"):
+            return ConfigError(f"tuning folder {out}: its lock {url} is unreadable; if no other nisbflow tune works "
+                               f"there, delete {url}")
+        return ConfigError(f"tuning folder {out} is in use by another tuner (pid {holder.get('pid')} on "
+                           f"{holder.get('host', '?')} since {holder.get('started', '?')}); its best.yaml would be "
+                           f"overwritten: wait for it, or if that run is gone delete {url}")
+
+    return RunLock(out / ".tune-lock.json", locked=locked, log=log, what=f"tuning folder {out}")
 
 
 def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, block, progress, log) -> TuneResult:
@@ -322,7 +414,11 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
     marked = mark_interrupted_trials_failed(study)
     if marked:
         log(f"marked {marked} trial(s) left RUNNING by an interrupted run as FAIL")
-    affinities = _cached_affinities(run, out, str(seed.path), block=block, progress=progress)
+    affinities = _cached_affinities(run, out.parent, str(seed.path), block=block, progress=progress, log=log)
+    from nisbflow.fingerprints import fingerprint, plain
+
+    key, at_start = cache_key(run, f"{seed.path}/data.zarr/img"), plain(fingerprint(affinities))
+    check_affinities_unchanged(affinities, key, at_start)
     scorer = ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
                              merge_threshold=config.evaluation.merge_threshold,
                              mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
@@ -334,18 +430,22 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
 
     done = {threshold_key(t.params["threshold"]) for t in study.get_trials(states=(TrialState.COMPLETE,))
             if "threshold" in t.params}
-    if tune_config.sampler == "grid":
+    if tune_config.sampler in GRID_SAMPLERS:
         todo = [t for t in grid if t not in done]
         if todo:  # one multi-threshold decoding pass scores the whole remaining grid
             log(f"grid: scoring {len(todo)} thresholds not yet in the study from one decoding pass")
             scorer.score_many(todo)
-            _record_grid_trials(study, search, tune_config.metric, scorer, todo)
+            check_affinities_unchanged(affinities, key, at_start)
+            _record_grid_trials(study, search, tune_config.metric, scorer, todo,
+                                stepped=tune_config.sampler == "grid")
         else:
             log("the threshold grid is already complete in this study")
     else:
         def objective(trial) -> float:
             threshold = threshold_key(trial.suggest_float("threshold", search.low, search.high, step=search.step))
+            check_affinities_unchanged(affinities, key, at_start)
             result = scorer.score(threshold)
+            check_affinities_unchanged(affinities, key, at_start)  # nor while it was scored
             for name, value in _trial_attrs(result, scorer.segments[threshold]).items():
                 trial.set_user_attr(name, value)
             return _metric(result, tune_config.metric)
