@@ -628,6 +628,12 @@ def synth(out: str, *, shape=(256, 256, 128), seed: int = 0, layout: str = "seed
         raise ConfigError(f"--zarr-format must be 2 or 3, got {zarr_format}")
     if layout not in SYNTH_LAYOUTS:
         raise ConfigError(f"--layout must be 'seed' or 'nisb', got '{layout}'")
+    if preview:
+        from nisbflow.evaluate.report import check_plot_path
+        from nisbflow.file_outputs import PLOT, check_file_output
+
+        check_plot_path(preview, "--preview")
+        check_file_output(preview, PLOT, overwrite=True, force=force, option="--preview")
     options = dict(presets=list(presets), chunks=tuple(chunks), zarr_format=zarr_format, overwrite=overwrite,
                    force=force, num_workers=workers, log=log)
     if layout == "seed":

@@ -37,5 +37,7 @@ def save_preview(image_xy, seg_xy, image_xz, seg_xz, path: str, title: str = "",
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    from nisbflow.evaluate.report import save_figure
+
+    save_figure(figure, path, dpi=80)
     plt.close(figure)

@@ -192,22 +192,27 @@ def check_study_file(storage: str) -> None:
 def study_lock(config, study_name: str, log=None):
     """The lock that keeps a second tuner off a study: ``<sqlite file>.locks/<study>.json`` beside a sqlite storage,
     else ``<save_path>/tune-locks/<study>.json``."""
-    from nisbflow.locks import RunLock
-
     storage = config.tune.storage
     folder = Path(storage.removeprefix("sqlite:///") + ".locks") if storage.startswith("sqlite:///") \
         else Path(config.save_path) / "tune-locks"
     folder.mkdir(parents=True, exist_ok=True)
+    return _tuner_lock(folder / f"{study_name}.json", f"study {study_name!r}", f"study {study_name!r} in {storage} is "
+                       "being tuned by another run", "run one tuner per study", log)
+
+
+def _tuner_lock(path: Path, subject: str, busy: str, advice: str, log=None):
+    """A :class:`~nisbflow.locks.RunLock` at ``path`` whose refusal says ``busy`` (naming the holder) and
+    ``advice``, or that its lock file is unreadable."""
+    from nisbflow.locks import RunLock
 
     def locked(holder, url):
         if not holder.get("pid"):
-            return ConfigError(f"study {study_name!r}: its lock {url} is unreadable; if no other nisbflow tune "
-                               f"works on it, delete {url}")
-        return ConfigError(f"study {study_name!r} in {storage} is being tuned by another run (pid "
-                           f"{holder.get('pid')} on {holder.get('host', '?')} since {holder.get('started', '?')}); "
-                           f"run one tuner per study: wait for it, or if that run is gone delete {url}")
+            return ConfigError(f"{subject}: its lock {url} is unreadable; if no other nisbflow tune works on it, "
+                               f"delete {url}")
+        return ConfigError(f"{busy} (pid {holder.get('pid')} on {holder.get('host', '?')} since "
+                           f"{holder.get('started', '?')}); {advice}: wait for it, or if that run is gone delete {url}")
 
-    return RunLock(folder / f"{study_name}.json", locked=locked, log=log, what=f"study {study_name}")
+    return RunLock(path, locked=locked, log=log, what=subject)
 
 
 def mark_interrupted_trials_failed(study) -> int:
@@ -393,17 +398,8 @@ def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool =
 def _folder_lock(out: Path, log=None):
     """The lock that keeps a second tuner out of one checkpoint's and method's tuning folder (its best.yaml, curve
     and test output), whatever study it tunes."""
-    from nisbflow.locks import RunLock
-
-    def locked(holder, url):
-        if not holder.get("pid"):
-            return ConfigError(f"tuning folder {out}: its lock {url} is unreadable; if no other nisbflow tune works "
-                               f"there, delete {url}")
-        return ConfigError(f"tuning folder {out} is in use by another tuner (pid {holder.get('pid')} on "
-                           f"{holder.get('host', '?')} since {holder.get('started', '?')}); its best.yaml would be "
-                           f"overwritten: wait for it, or if that run is gone delete {url}")
-
-    return RunLock(out / ".tune-lock.json", locked=locked, log=log, what=f"tuning folder {out}")
+    return _tuner_lock(out / ".tune-lock.json", f"tuning folder {out}", f"tuning folder {out} is in use by another "
+                       "tuner", "its best.yaml would be overwritten", log)
 
 
 def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, block, progress, log) -> TuneResult:
