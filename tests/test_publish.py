@@ -24,13 +24,14 @@ SHAPE = (96, 96, 48)
 STEPS = ["moving", "retired", "moved", "published", "removed", "renamed"]
 """The seams of staging._publish_step, in the order a publish passes them."""
 KILLED_RESULT_IN_PLACE = {"moved", "published", "removed", "renamed"}
-IN_DEFAULT_SUITE = {("decode", step) for step in STEPS} | {("infer", "retired"), ("infer", "published")}
-"""Every step for decode; for infer (the same StagedRun under it, and four times slower) two, the rest with
-``make test-slow``."""
+SAME_COMMAND_DEFAULT = {("decode", step) for step in STEPS} | {("infer", "retired")}
+OTHER_SETTINGS_DEFAULT = {("decode", "retired"), ("decode", "moved"), ("infer", "moved")}
+"""What the default suite runs (every step for decode's re-run, the two steps that move an output for the others;
+infer has the same StagedRun under it and is four times slower); every case runs with ``make test-slow``."""
 
 
-def cases():
-    return [pytest.param(stage, step, marks=() if (stage, step) in IN_DEFAULT_SUITE else pytest.mark.slow)
+def cases(default: set):
+    return [pytest.param(stage, step, marks=() if (stage, step) in default else pytest.mark.slow)
             for stage in CALLS for step in STEPS]
 """Steps after which the killed run's result is at the output (before them: still the old output)."""
 
@@ -104,7 +105,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-@pytest.mark.parametrize("stage, step", cases())
+@pytest.mark.parametrize("stage, step", cases(SAME_COMMAND_DEFAULT))
 def test_a_publish_killed_at_any_step_is_finished_by_the_same_command_without_redoing_blocks(
         stage, step, data, references, tmp_path):
     out = tmp_path / "out.zarr"
@@ -124,7 +125,7 @@ def test_a_publish_killed_at_any_step_is_finished_by_the_same_command_without_re
                             for line in done), again.stdout  # every block of every pass already done
 
 
-@pytest.mark.parametrize("stage, step", cases())
+@pytest.mark.parametrize("stage, step", cases(OTHER_SETTINGS_DEFAULT))
 def test_a_run_with_other_settings_after_a_killed_publish_never_loses_the_output(stage, step, data, references,
                                                                                  tmp_path):
     out = tmp_path / "out.zarr"
