@@ -8,8 +8,9 @@ block by block go through :class:`nisbflow.staging.StagedRun`, which keeps the s
 
 :func:`check_file_output` refuses, in one line naming the file:
 
-* an output that is one of the command's inputs, or lies inside one, or contains one: compared by resolved path
-  (through symlinks) and by inode (a hard link, or the same file under another name), whatever the flags;
+* an output that is one of the command's inputs, or lies inside one, or contains one
+  (:func:`nisbflow.staging.check_not_input`: by resolved path, through symlinks, and by inode, so a hard link
+  counts), whatever the flags;
 * an existing file without ``overwrite`` (commands that rewrite their own report, ``evaluate --json``, pass
   ``overwrite=True``);
 * an existing file that nisbflow did not write as this ``kind`` (:func:`written_kind` reads the mark each format
@@ -35,41 +36,11 @@ _LEGACY_METRICS_KEYS = {"nerl", "erl", "max_erl", "per_skeleton_erl", "skeleton_
 """Keys every metrics JSON of nisbflow has carried (before :data:`MARK` was added), all of them together."""
 
 
-def same_file(a: str, b: str) -> bool:
-    """Whether two local paths name one existing file or folder (same device and inode: symlinks, hard links)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_not_an_input(output, inputs: dict, option: str | None = None) -> None:
-    """Refuse ``output`` if it is, contains or lies inside one of ``inputs`` (``{role: path}``; None skipped):
-    :func:`nisbflow.staging.check_not_input` on resolved paths, then the inode of each existing local input (a hard
-    link or bind mount of an input under another name). No flag lifts this."""
-    from nisbflow.staging import OutputOverlapsInputError, check_not_input
-
-    inputs = {role: path for role, path in inputs.items() if path is not None}
-    named = f"{option} {output}" if option else f"output {output}"
-    try:
-        check_not_input(output, inputs)
-    except OutputOverlapsInputError as error:
-        raise OutputOverlapsInputError(str(error).replace(f"output {output}", named, 1)) from None
-    if "://" in str(output) or not os.path.exists(output):
-        return
-    for role, path in inputs.items():
-        if "://" in str(path):
-            continue
-        if same_file(output, path):
-            raise OutputOverlapsInputError(
-                f"{named} is the {role} {path} (the same file under another name): writing it would destroy an "
-                "input; choose another output path (no flag overrides this)")
-
-
 def written_kind(path) -> str | None:
     """The kind of nisbflow output the file ``path`` records (:data:`MARK`), or None: not written by nisbflow, not
-    readable, or a format without a mark. Reads only as much of the file as the mark needs; pickles through the
-    restricted unpickler, checkpoints with ``weights_only``."""
+    readable, or a format without a mark. PNG, HDF5, TIFF and YAML files are read only as far as their mark; JSON,
+    skeletons and checkpoints are loaded (pickles through the restricted unpickler, checkpoints with ``weights_only``
+    and memory-mapped)."""
     path = str(path)
     suffix = Path(path).suffix.lower()
     try:
@@ -145,8 +116,10 @@ def check_file_output(output, kind: str, *, inputs: dict | None = None, overwrit
     ``option``: how the command line names the output (``--json``), for the message; ``weights_only``: the new
     file is a weights-only checkpoint, so replacing a training checkpoint needs ``force``. Also checks that the
     file's folder exists and is writable."""
+    from nisbflow.staging import check_not_input
+
     named = f"{option} {output}" if option else f"output {output}"
-    check_not_an_input(output, inputs or {}, option)
+    check_not_input(output, inputs or {}, option)
     path = str(output)
     if "://" not in path:
         folder = Path(path).absolute().parent

@@ -667,17 +667,12 @@ def skeleton_convert(source: str, destination: str, *, overwrite: bool = False, 
     destination's suffix; pickles read with a restricted unpickler), written whole; an existing ``destination`` only
     with ``overwrite`` (a skeleton nisbflow wrote; anything else with ``force``). Returns its
     :class:`~nisbflow.data.skeleton.SkeletonSummary`."""
-    from nisbflow.data.skeleton import check_skeleton_suffix, load_skeleton, save_skeleton, summarize_skeleton
+    from nisbflow.data.skeleton import check_skeleton_suffix, convert_skeleton, summarize_skeleton
     from nisbflow.file_outputs import SKELETON, check_file_output
-    from nisbflow.staging import staged_output
 
     check_skeleton_suffix(destination)
-    overwrite = check_file_output(destination, SKELETON, inputs={"skeleton": source}, overwrite=overwrite,
-                                  force=force)
-    graph = load_skeleton(source)
-    with staged_output(destination, overwrite=overwrite) as temporary:
-        save_skeleton(graph, temporary)
-    return summarize_skeleton(graph)
+    check_file_output(destination, SKELETON, inputs={"skeleton": source}, overwrite=overwrite, force=force)
+    return summarize_skeleton(convert_skeleton(source, destination))
 
 
 @dataclass

@@ -58,9 +58,20 @@ class InputChangedError(NisbflowError):
 # paths and identities
 
 
-def check_not_input(output, inputs: dict) -> None:
+def _same_file(a: str, b: str) -> bool:
+    """Whether two existing local paths name one file or folder (same device and inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(output, inputs: dict, option: str | None = None) -> None:
     """Raise :class:`OutputOverlapsInputError` if ``output`` equals, contains or lies inside any of ``inputs``
-    (``{role: path}``; None values are skipped). No flag lifts this."""
+    (``{role: path}``; None values are skipped): by resolved path (through symlinks), and for existing local paths by
+    device and inode (a hard link, or a bind mount, of an input under another name). ``option``: how the command
+    line names the output (``--json``), for the message. No flag lifts this."""
+    named = f"{option} {output}" if option else f"output {output}"
     out_protocol, out_path = _location(output)
     for role, path in inputs.items():
         if path is None:
@@ -74,18 +85,22 @@ def check_not_input(output, inputs: dict) -> None:
             relation = "contains"
         elif out_path.startswith(where + "/"):
             relation = "lies inside"
+        elif protocol == "file" and _same_file(out_path, where):
+            raise OutputOverlapsInputError(
+                f"{named} is the {role} {path} (the same file under another name): writing it would destroy an "
+                "input; choose another output path (no flag overrides this)")
         else:
             continue
         raise OutputOverlapsInputError(
-            f"output {output} {relation} the {role} {path}{' ' if relation == 'is' else ''}"
+            f"{named} {relation} the {role} {path}{' ' if relation == 'is' else ''}"
             f"{'(the input itself)' if relation == 'is' else ''}: writing it would destroy an input; "
             "choose another output path (no flag overrides this)")
 
 
-def written_by_nisbflow(path, kind: str) -> bool:
+def written_by_nisbflow(path, kind: str | None) -> bool:
     """Whether an existing output is a ``kind`` output nisbflow wrote: a zarr array or group whose attributes carry
-    ``nisbflow_version`` and ``nisbflow_output == kind``, or, for ``kind="seed"``, a folder holding only a seed that
-    nisbflow wrote."""
+    ``nisbflow_version`` and ``nisbflow_output == kind`` (any output nisbflow wrote for ``kind=None``), or, for
+    ``kind="seed"``, a folder holding only a seed that nisbflow wrote."""
     import zarr
 
     url = storage_url(path)
@@ -96,7 +111,7 @@ def written_by_nisbflow(path, kind: str) -> bool:
         except Exception:
             continue
         attrs = node.attrs
-        if "nisbflow_version" not in attrs or attrs.get("nisbflow_output") != expected:
+        if "nisbflow_version" not in attrs or expected is not None and attrs.get("nisbflow_output") != expected:
             continue
         if candidate == url:
             return True
@@ -106,10 +121,11 @@ def written_by_nisbflow(path, kind: str) -> bool:
     return False
 
 
-def check_replaceable(output, kind: str, *, overwrite: bool, force: bool, where=None) -> bool:
+def check_replaceable(output, kind: str | None, *, overwrite: bool, force: bool, where=None) -> bool:
     """Whether ``output`` exists; raise :class:`OutputExistsError` unless it may be replaced: ``overwrite`` for a
-    ``kind`` output nisbflow wrote, ``force`` for anything else. ``where``: where the existing output lies now, when
-    not at ``output`` (an interrupted publish keeps it in the staging folder)."""
+    ``kind`` output nisbflow wrote (any output of nisbflow's for ``kind=None``), ``force`` for anything else.
+    ``where``: where the existing output lies now, when not at ``output`` (an interrupted publish keeps it in the
+    staging folder)."""
     url = storage_url(where if where is not None else output)
     fs, root = fsspec.core.url_to_fs(url)
     if not fs.exists(root):
@@ -119,7 +135,8 @@ def check_replaceable(output, kind: str, *, overwrite: bool, force: bool, where=
     if not overwrite:
         raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
     if not written_by_nisbflow(url, kind):
-        raise OutputExistsError(f"output {output} exists and is not a {kind} output written by nisbflow (its "
+        raise OutputExistsError(f"output {output} exists and is not {f'a {kind}' if kind else 'an'} output written by "
+                                "nisbflow (its "
                                 "attributes do not say so); --overwrite replaces only those, pass --force to "
                                 "replace it anyway")
     return True
@@ -236,16 +253,14 @@ class StagedRun:
     def _check_existing(self) -> bool:
         """:func:`check_replaceable` on the output as it was before any publish of a run on it began: an interrupted
         publish may have moved the old output into the staging folder, or put its own result in place."""
-        journal = self._journal()
-        if journal is None:
-            return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
-        if not journal.get("had_output"):  # whatever is at the output now, that publish put there
-            return False
-        retired = f"{self._staging}/{self.RETIRED}"
-        if journal.get("state") == "moving" and not self._fs.exists(self._final) and self._fs.exists(retired):
-            return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force,
-                                     where=self._url(retired))
-        return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force)
+        journal, where = self._journal(), None
+        if journal is not None:
+            if not journal.get("had_output"):  # whatever is at the output now, that publish put there
+                return False
+            retired = f"{self._staging}/{self.RETIRED}"
+            if journal.get("state") == "moving" and not self._fs.exists(self._final) and self._fs.exists(retired):
+                where = self._url(retired)
+        return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force, where=where)
 
     def _journal(self) -> dict | None:
         """The publish journal of an interrupted publish (None when there is none, or it does not parse)."""

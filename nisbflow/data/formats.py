@@ -135,30 +135,15 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyVolume:
 def _check_output(output: str, overwrite: bool, inputs: dict, force: bool = False) -> tuple[VolumeLocation, bool]:
     """Refuse ``output`` before any work (an input, or an existing file or store nisbflow did not write, unless
     ``force``: :func:`nisbflow.file_outputs.check_file_output`); returns its location and whether it exists."""
-    from ..file_outputs import VOLUME, check_file_output, check_not_an_input
-    from ..staging import check_replaceable
+    from ..file_outputs import VOLUME, check_file_output
+    from ..staging import check_not_input, check_replaceable
 
     location = locate(output)
     inputs = {role: locate(p).file for role, p in inputs.items()}
     if location.kind != "zarr":
         return location, check_file_output(location.file, VOLUME, inputs=inputs, overwrite=overwrite, force=force)
-    check_not_an_input(location.file, inputs)
-    return location, _replaceable_zarr(location.file, overwrite=overwrite, force=force, check=check_replaceable)
-
-
-def _replaceable_zarr(path: str, *, overwrite: bool, force: bool, check) -> bool:
-    """Whether the zarr output ``path`` exists and may be replaced: any zarr nisbflow wrote (its attributes carry
-    ``nisbflow_version``) with ``overwrite``, anything with ``force``; else ``check`` raises."""
-    import zarr
-
-    if not Path(path).exists() or force or not overwrite:
-        return check(path, "volume", overwrite=overwrite, force=force)
-    try:
-        if "nisbflow_version" in zarr.open(path, mode="r").attrs:
-            return True
-    except Exception:
-        pass
-    return check(path, "volume", overwrite=overwrite, force=force)
+    check_not_input(location.file, inputs)
+    return location, check_replaceable(location.file, None, overwrite=overwrite, force=force)  # any zarr of ours
 
 
 def _output_chunks(volume: LazyVolume, chunks) -> tuple:

@@ -442,9 +442,14 @@ def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
 
 
 def convert_skeleton(source: str | Path, destination: str | Path) -> nx.Graph:
-    """Read ``source`` (any supported format, pickles restricted) and write ``destination`` (format by suffix)."""
+    """Read ``source`` (any supported format, pickles restricted) and write ``destination`` (format by suffix) whole,
+    under a temporary name renamed when complete (:func:`nisbflow.staging.staged_output`; an existing
+    ``destination`` is replaced: callers check it first, as ``nisbflow skeleton convert`` does)."""
+    from ..staging import staged_output
+
     graph = load_skeleton(source)
-    save_skeleton(graph, destination)
+    with staged_output(destination, overwrite=True) as temporary:
+        save_skeleton(graph, temporary)
     return graph
 
 

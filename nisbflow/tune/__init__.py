@@ -5,8 +5,9 @@ Outputs are kept per checkpoint and decoding method: ``<out>/<checkpoint>-<sha25
 ``threshold_curve.png``, ``test/`` of ``tune-test``), ``<out>`` being ``<save_path>/tune`` unless given; one tuner
 works in such a folder at a time (a lock file in it). The affinities of ``data.val.path`` are inferred once per
 checkpoint and cached (``<out>/<checkpoint>-<sha256[:8]>/val-affinities.zarr``), reused while the checkpoint, the
-image's content (its fingerprint, not its path) and the inference settings are the same; every trial first checks
-that the affinities it scores are still those (a cache another run rewrote fails the tuning in one line). Each trial decodes them block-wise at its threshold and scores
+image's content (its fingerprint, not its path) and the inference settings are the same; every trial checks that
+the affinities it scores are still those (a cache another run rewrote fails the tuning in one line). Each trial
+decodes them block-wise at its threshold and scores
 ``tune.metric`` (NERL by default) against ``data.val.skeleton``; ``tune.sampler=grid`` scores the whole grid from
 one multi-threshold decoding pass. The study lives in ``tune.storage`` (sqlite under ``save_path``) with
 ``load_if_exists``: a later run appends ``tune.n_trials`` trials, and trials an interrupted run left RUNNING are
@@ -98,12 +99,9 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
     scoring), the validation seed (fingerprints of its image and skeleton), the inference geometry that made the
     affinities, the affinity mask, the search space and the metric with its evaluation settings."""
     from nisbflow.fingerprints import fingerprint
-    from nisbflow.infer.blockwise import WindowSettings
 
     config = run.config
-    geometry = WindowSettings.from_config(config.inference).record()
-    for key in ("sw_batch_size", "compile"):  # how it runs, not what it computes
-        geometry.pop(key)
+    geometry = _inference_geometry(config)
     search = _search_range(config)
     identity = {
         "checkpoint_sha256": run.checkpoint.sha256,
@@ -121,6 +119,16 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
            if config.tune.metric == "em_erl" else {}),
     }
     return json.loads(json.dumps(identity, default=str))
+
+
+def _inference_geometry(config) -> dict:
+    """The window settings that decide the affinities (not ``sw_batch_size`` or ``compile``: how they run)."""
+    from nisbflow.infer.blockwise import WindowSettings
+
+    geometry = WindowSettings.from_config(config.inference).record()
+    for key in ("sw_batch_size", "compile"):
+        geometry.pop(key, None)
+    return geometry
 
 
 def identity_digest(identity: dict) -> str:
@@ -237,22 +245,21 @@ def cache_key(run, image: str) -> dict:
     fingerprint (:func:`~nisbflow.fingerprints.fingerprint`: a seed replaced at the same path differs) and the window
     settings."""
     from nisbflow.fingerprints import fingerprint, plain
-    from nisbflow.infer.blockwise import WindowSettings
 
-    settings = WindowSettings.from_config(run.config.inference).record()
-    for key in ("sw_batch_size", "compile"):  # how it runs, not what it computes
-        settings.pop(key, None)
     return json.loads(json.dumps(dict(checkpoint=run.checkpoint.sha256, image=image,
-                                      image_fingerprint=plain(fingerprint(image)), settings=settings), default=str))
+                                      image_fingerprint=plain(fingerprint(image)),
+                                      settings=_inference_geometry(run.config)), default=str))
 
 
 CACHE_ATTRIBUTE = "nisbflow_tune_cache"
 """The attribute of the cached validation affinities that records their :func:`cache_key`."""
 
 
-def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: bool = True, log=print) -> Path:
+def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: bool = True,
+                       log=print) -> tuple[Path, dict]:
     """Infer the validation seed once: reuse ``out/val-affinities.zarr`` while it records this run's
-    :func:`cache_key` (checkpoint, image content, settings), else infer it again (saying why)."""
+    :func:`cache_key` (checkpoint, image content, settings), else infer it again (saying why). Returns the path and
+    the key."""
     import zarr
 
     from nisbflow.data.volumes import array_url
@@ -266,12 +273,12 @@ def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: 
         except Exception:  # not a readable array: infer again
             attrs = {}
         if attrs.get(CACHE_ATTRIBUTE) == key:
-            return path
+            return path, key
         log(f"{path} was inferred from another checkpoint, image content or settings; inferring it again")
     infer_to_zarr(key["image"], path, run, block=block or DEFAULT_BLOCK, overwrite=True,
                   progress=progress)
     zarr.open_array(array_url(path), mode="r+").attrs[CACHE_ATTRIBUTE] = key
-    return path
+    return path, key
 
 
 def check_affinities_unchanged(path: Path, key: dict, fingerprint_at_start: dict) -> None:
@@ -410,10 +417,10 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
     marked = mark_interrupted_trials_failed(study)
     if marked:
         log(f"marked {marked} trial(s) left RUNNING by an interrupted run as FAIL")
-    affinities = _cached_affinities(run, out.parent, str(seed.path), block=block, progress=progress, log=log)
+    affinities, key = _cached_affinities(run, out.parent, str(seed.path), block=block, progress=progress, log=log)
     from nisbflow.fingerprints import fingerprint, plain
 
-    key, at_start = cache_key(run, f"{seed.path}/data.zarr/img"), plain(fingerprint(affinities))
+    at_start = plain(fingerprint(affinities))
     check_affinities_unchanged(affinities, key, at_start)
     scorer = ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
                              merge_threshold=config.evaluation.merge_threshold,
