@@ -264,3 +264,29 @@ def test_an_empty_lock_left_by_a_failed_write_is_taken_over_once_old(tmp_path):
     lock.write_text("not json at all")  # garbage: refused, naming the file
     with pytest.raises(OutputLockedError, match=f"delete {lock}"):
         StagedRun(output, kind="affinities", force=True).preflight()
+
+
+_BUSY_ZARR_AT_EXIT = """
+import asyncio, atexit, sys, time
+import zarr
+import nisbflow.data.volumes as volumes
+from zarr.core.sync import _get_loop
+if sys.argv[2] == "without":
+    atexit.unregister(volumes.close_zarr_io)
+zarr.open_array(sys.argv[1], mode="w", shape=(4,), dtype="u1")[:] = 1
+async def busy():  # zarr's I/O thread still working when the process exits (a loaded machine)
+    time.sleep(0.6)
+asyncio.run_coroutine_threadsafe(busy(), _get_loop())
+time.sleep(0.05)
+"""
+
+
+def test_a_command_exits_without_an_event_loop_traceback_while_zarr_is_busy(tmp_path):
+    """zarr's own exit handler waits 0.2 s for its I/O thread, then fails closing a running loop: a finished command
+    once printed ``RuntimeError: Cannot close a running event loop``. nisbflow's handler waits for the thread."""
+    script = tmp_path / "busy.py"
+    script.write_text(_BUSY_ZARR_AT_EXIT)
+    runs = {mode: subprocess.run([sys.executable, str(script), str(tmp_path / f"{mode}.zarr"), mode],
+                                 capture_output=True, text=True, timeout=60) for mode in ("with", "without")}
+    assert "Cannot close a running event loop" in runs["without"].stderr  # the fault is real without the handler
+    assert runs["with"].returncode == 0 and runs["with"].stderr == ""

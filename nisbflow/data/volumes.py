@@ -6,6 +6,7 @@ Axis order is positional XYZ as NISB stores it: images are ``(X, Y, Z, C) uint8`
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import shlex
 import sys
@@ -22,6 +23,36 @@ import zarr.codecs
 
 from .. import __version__
 from ..errors import ConfigError, VolumeError
+
+ZARR_IO_EXIT_WAIT_S = 30.0
+"""How long, at interpreter exit, zarr's I/O thread may take to finish what it is doing before its loop closes."""
+
+
+def close_zarr_io(wait_s: float = ZARR_IO_EXIT_WAIT_S) -> None:
+    """Stop zarr's background I/O event loop and wait for its thread (up to ``wait_s`` seconds) before closing it.
+
+    zarr 3 closes that loop in its own exit handler after waiting only 0.2 s; on a loaded machine the thread is
+    often still busy then and the process prints ``RuntimeError: Cannot close a running event loop`` after a
+    command whose output is complete. Registered with :mod:`atexit` after zarr's handler, so it runs first and
+    leaves zarr's with nothing to do. Safe to call when no loop was ever started.
+    """
+    from zarr.core import sync
+
+    with sync._get_lock():
+        loop, thread = sync.loop[0], sync.iothread[0]
+        if loop is None:
+            return
+        if loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=wait_s)
+        if loop.is_running():  # still busy after wait_s: leave it to the process's exit rather than raising
+            return
+        loop.close()
+        sync.loop[0], sync.iothread[0] = None, None
+
+
+atexit.register(close_zarr_io)  # after ``import zarr`` registered zarr's own handler: atexit runs this one first
 
 DEFAULT_VOXEL_SIZE = (9.0, 9.0, 20.0)
 """NISB voxel size in nm, (x, y, z)."""
