@@ -473,7 +473,8 @@ def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | No
     first = results[thresholds[0]]
     extra = {"by_threshold": {f"{t:g}": r.to_dict() for t, r in results.items()}} if len(results) > 1 else {}
     write_json(folder / "metrics.json", first, checkpoint=run.checkpoint.name,
-               checkpoint_sha256=run.checkpoint.sha256, method=config.decoding.method, threshold=thresholds[0],
+               checkpoint_sha256=run.checkpoint.sha256, checkpoint_weights=run.checkpoint.weights,
+               method=config.decoding.method, threshold=thresholds[0],
                test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record(), **extra)
     return (folder, first) if len(results) == 1 else (folder, results)
 

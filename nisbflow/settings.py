@@ -78,7 +78,8 @@ class RunSettings:
         :data:`SHOWN_KEYS`), its value and where it came from, then the notes."""
         head = "resolved settings"
         if self.checkpoint is not None:
-            head += f" for checkpoint {self.checkpoint.name} (sha256 {self.checkpoint.sha256})"
+            head += f" for checkpoint {self.checkpoint.name} (sha256 {self.checkpoint.sha256}" + (
+                f", its {self.checkpoint.weights} weights)" if self.checkpoint.weights else ")")
         lines = [f"{head}; {ORDER}:"]
         keys = self.keys(COMMAND_SECTIONS.get(command) if command else None)
         width = max(len(k) for k in keys)
@@ -96,6 +97,7 @@ class RunSettings:
                          if self.config.decoding.method == "waterz" else {"threshold": self.config.decoding.threshold}),
             "checkpoint": None if self.checkpoint is None else self.checkpoint.name,
             "checkpoint_sha256": None if self.checkpoint is None else self.checkpoint.sha256,
+            "checkpoint_weights": None if self.checkpoint is None else self.checkpoint.weights,
             "sources": {key: self.sources.get(key, "default") for key in SHOWN_KEYS},
         }
 
@@ -173,7 +175,6 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     if own is not None:
         layers.append(own)
     if params is not None:
-        check_tuned_for(params, handle)
         fragment = load_yaml_tree(params)  # a configuration fragment, keys checked
         check_params_carry(params, fragment)
         layers.append((f"--params {params}", fragment))
@@ -203,7 +204,10 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
                 _set(tree, key, value)
                 sources[key] = f"checkpoint {handle.name}"
     resolved = validate_tree(tree)
+    if handle is not None:  # inference.weights picks between a checkpoint's training and EMA weights
+        handle = Checkpoint.open(handle, resolved.inference.weights)
     if params is not None:
+        check_tuned_for(params, handle)
         check_tuned_method(params, resolved)
     if handle is not None:  # what importing a peer's checkpoint took from where (nisbflow.model.peers)
         notes = list((handle.metadata or {}).get("notes") or []) + notes
@@ -228,6 +232,10 @@ def check_tuned_for(params, handle: Checkpoint | None) -> None:
                           f"{tuned['checkpoint_sha256']}), not for {handle.name} (sha256 {handle.sha256}): its "
                           "threshold belongs to that model; tune this checkpoint (nisbflow tune), or pass the "
                           "checkpoint it was tuned for")
+    if tuned.get("weights") != handle.weights:
+        raise ConfigError(f"--params {params} was tuned with the {tuned.get('weights') or 'only'} weights of "
+                          f"checkpoint {handle.name}, but this run predicts with its {handle.weights or 'only'} "
+                          f"weights; pass --weights {tuned.get('weights') or 'auto'}, or tune with these weights")
 
 
 def check_params_carry(params, fragment: dict) -> None:

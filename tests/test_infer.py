@@ -517,8 +517,8 @@ def test_a_checkpoint_rewritten_after_the_client_read_it_is_refused_by_the_worke
 
     original = checkpoint_module.Checkpoint.open.__func__
 
-    def open_then_rewrite(cls, checkpoint):
-        handle = original(cls, checkpoint)
+    def open_then_rewrite(cls, checkpoint, weights=None):
+        handle = original(cls, checkpoint, weights)
         if str(checkpoint).endswith("tiny.pt"):
             torch.manual_seed(2)
             save_checkpoint(tmp_path / "tiny.pt", build(TINY), TINY)

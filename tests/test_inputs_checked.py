@@ -206,8 +206,8 @@ def test_a_resume_removes_partial_checkpoints_and_forgets_best_checkpoints_never
     fresh = loop.build(config.model)
     optimizer = torch.optim.AdamW(fresh.parameters())
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step, best = loop._resume(last, fresh, optimizer, scaler, "cpu", False, config.optimization, say=True)
-    assert (step, best) == (int(state["metadata"]["step"]), [[0.1, 1]])
+    step, best, saved_ema = loop._resume(last, fresh, optimizer, scaler, "cpu", False, config.optimization, say=True)
+    assert (step, best, saved_ema) == (int(state["metadata"]["step"]), [[0.1, 1]], None)
     assert not list(folder.glob(".*partial*"))
     assert "names 1 best checkpoint(s) that are not in" in capsys.readouterr().out
 

@@ -123,7 +123,14 @@ class ModelConfig(_Section):
     activation_checkpointing: bool = Field(False, description="Recompute each MedNeXt block's activations in the "
                                            "backward pass (MIC-DKFZ's checkpoint_style: outside_block): less GPU "
                                            "memory, the same gradients, about a third more time per step.")
-    loss: Literal["WeightedBCEWithLogitsLoss"] = "WeightedBCEWithLogitsLoss"
+    loss: Literal["WeightedBCEWithLogitsLoss", "PerChannelBCEWithLogitsLoss"] = Field(
+        "WeightedBCEWithLogitsLoss", description="WeightedBCEWithLogitsLoss: BANIS's masked BCE, one mean over every "
+        "kept voxel of every channel. PerChannelBCEWithLogitsLoss: BANIS+'s (PyTorch Connectomics'), a masked BCE per "
+        "channel, each with its own positive weight (auto_pos_weight), the channel means summed.")
+    auto_pos_weight: bool = Field(True, description="PerChannelBCEWithLogitsLoss: weight each channel's positive "
+                                  "voxels by min(negatives / positives, max_pos_weight), counted over the batch's "
+                                  "kept voxels (1 where a channel has no positive).")
+    max_pos_weight: float = Field(10.0, gt=0, description="PerChannelBCEWithLogitsLoss: the cap on that weight.")
     affinity_mode: Literal["banis"] = "banis"
     affinity_offsets: list[str] = Field(default_factory=lambda: list(BANIS_AFFINITY_OFFSETS))
 
@@ -175,6 +182,16 @@ class CheckpointConfig(_Section):
     save_last: bool = True
 
 
+class EmaConfig(_Section):
+    enabled: bool = Field(False, description="Keep an exponential moving average of the weights (BANIS+), saved in "
+                          "every checkpoint beside the training weights; infer, test and tune use it "
+                          "(inference.weights).")
+    decay: float = Field(0.999, ge=0, lt=1, description="Per step: ema = decay · ema + (1 − decay) · weights.")
+    warmup_steps: int = Field(0, ge=0, description="The first warmup_steps updates copy the weights (decay 0).")
+    validate_with_ema: bool = Field(True, description="Validation losses (and so the best checkpoints) from the EMA "
+                                    "weights, as PyTorch Connectomics.")
+
+
 class OptimizationConfig(_Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -186,6 +203,7 @@ class OptimizationConfig(_Section):
     precision: Literal["16-mixed", "bf16-mixed", "32", "32-true"] = "16-mixed"
     gradient_clip_val: float = Field(1.0, ge=0)
     checkpoint: CheckpointConfig = CheckpointConfig()
+    ema: EmaConfig = EmaConfig()
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -210,6 +228,10 @@ class InferenceConfig(_Section):
                             "in that mode, e.g. 'reduce-overhead' for CUDA graphs). Compiled once per worker before "
                             "the blocks (about a minute for MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
                             "(docs/BENCHMARKS.md); false for small volumes.")
+    weights: Literal["auto", "ema", "raw"] = Field(
+        "auto", description="Which weights of a checkpoint that holds two sets predict: auto (the EMA weights when "
+        "it keeps them, as PyTorch Connectomics tests with validate_with_ema; else its only set), ema, or raw (the "
+        "training weights). --weights on the command line.")
 
     @field_validator("snap_to_edge")
     @classmethod

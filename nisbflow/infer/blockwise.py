@@ -358,7 +358,7 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     plan = plan_windows(grid, settings.window, settings.stride, settings.sw_batch_size, split)
     n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
     token = dask.base.tokenize(spatial.name, settings, block, split,
-                               (model.path, model.sha256) if _is_checkpoint(model) else id(model))
+                               (model.path, model.sha256, model.weights) if _is_checkpoint(model) else id(model))
     shared_model = model if _is_checkpoint(model) else dask.delayed(model, name=f"infer-model-{token}")
     blocks = np.empty(grid.blocks_per_axis, dtype=object)
     for index, task in prediction_graph(spatial, grid, plan, settings, shared_model, device, token).items():
@@ -464,7 +464,7 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
     offsets = list(handle.model.affinity_offsets)
     return output_attrs(description, voxel_size_of(source), "cxyz", run.config, nisbflow_output="affinities",
                         checkpoint=handle.name,
-                        checkpoint_sha256=handle.sha256,
+                        checkpoint_sha256=handle.sha256, checkpoint_weights=handle.weights,
                         offsets=offsets if settings.channels is None else [offsets[c] for c in settings.channels],
                         nisbflow_settings=dict(run.record(), inference=settings.record()),
                         **staged_source(source.attrs), **extra)
@@ -517,8 +517,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
     n_channels = handle.model.out_channels if window_settings.channels is None else len(window_settings.channels)
     footprint = largest_footprint(grid, window_settings.window, window_settings.stride)
     window_settings = fit_to_memory(window_settings, handle.model, footprint, n_channels, device, log or default_log)
-    identity = dict(checkpoint_sha256=handle.sha256, settings=window_settings.record(),
-                    block=list(grid.block_shape))
+    identity = dict(**handle.identity(), settings=window_settings.record(), block=list(grid.block_shape))
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
                    force=force, log=log or default_log, checkpoint=handle, layout=layout) as staged:
         zarr_format = source.metadata.zarr_format
@@ -572,7 +571,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, over
     n_channels = handle.model.out_channels if window_settings.channels is None else len(window_settings.channels)
     window_settings = fit_to_memory(window_settings, handle.model, source.shape[:3], n_channels,
                                     device or default_device(), log or default_log, threads=1)
-    identity = dict(checkpoint_sha256=handle.sha256, settings=window_settings.record(), whole=True)
+    identity = dict(**handle.identity(), settings=window_settings.record(), whole=True)
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
                    overwrite=overwrite, force=force, log=log or default_log, layout=layout) as staged:
         model = handle.network(device or default_device())

@@ -66,14 +66,44 @@ def peer_of(payload, path, weights: str = "auto"):
         raise CheckpointError(f"checkpoint {path}: {error}") from None
 
 
+WEIGHTS = ("auto", "ema", "raw")
+"""Which weights of a checkpoint predict (``inference.weights``): auto (the EMA weights when it keeps them), ema,
+raw (the training weights)."""
+
+
+def has_ema(payload) -> bool:
+    """Whether a loaded checkpoint payload keeps EMA weights beside its training weights (nisbflow's
+    ``ema_state_dict``, PyTorch Connectomics' ``callbacks.EMAWeightsCallback.ema_state``)."""
+    if not isinstance(payload, dict):
+        return False
+    if payload.get("format") == CHECKPOINT_FORMAT:
+        return payload.get("ema_state_dict") is not None
+    return bool(((payload.get("callbacks") or {}).get("EMAWeightsCallback") or {}).get("ema_state"))
+
+
+def chosen_weights(payload, path, weights: str = "auto") -> str | None:
+    """Which of a checkpoint's two weight sets ``weights`` picks (``ema`` or ``raw``); None for a checkpoint with one
+    set (``raw`` accepted, ``ema`` refused naming the file)."""
+    if weights not in WEIGHTS:
+        raise CheckpointError(f"weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
+    if has_ema(payload):
+        return "raw" if weights == "raw" else "ema"
+    if weights == "ema":
+        raise CheckpointError(f"checkpoint {path} keeps no EMA weights (trained with optimization.ema.enabled "
+                              "false); inference.weights ema (--weights ema) needs them: use auto or raw")
+    return None
+
+
 def _model_and_state(payload, path, weights: str = "auto") -> tuple[ModelConfig, dict]:
     """The model configuration and weights of a loaded checkpoint payload (nisbflow, BANIS, PyTorch Connectomics
-    or nisbflow-Lightning layout)."""
+    or nisbflow-Lightning layout); ``weights`` picks between training and EMA weights (:func:`chosen_weights`)."""
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"checkpoint {path} has no state_dict; expected a nisbflow, BANIS, PyTorch "
                               "Connectomics or Lightning checkpoint")
     if payload.get("format") == CHECKPOINT_FORMAT:
-        config_dict, state = payload["model"], payload["state_dict"]
+        which = chosen_weights(payload, path, weights)
+        config_dict = payload["model"]
+        state = payload["ema_state_dict"] if which == "ema" else payload["state_dict"]
     elif (peer := peer_of(payload, path, weights)) is not None:
         return peer.model, peer.state
     else:  # Lightning: the module stores the model under "model." and its configuration in hyper_parameters
@@ -122,7 +152,9 @@ class Checkpoint:
     ``source``: as the user named it (a path or a shipped model's name); ``path``: the file; ``sha256``: the first
     16 hex digits of the file's SHA-256 (recorded in every output and used as the workers' cache key);
     ``model``: its :class:`ModelConfig`; ``recorded``: the configuration tree it records — a shipped model's YAML,
-    or the training configuration in ``metadata["config"]`` — or None (``nisbflow model init``). The handle is small
+    or the training configuration in ``metadata["config"]`` — or None (``nisbflow model init``); ``weights``: which
+    of its two weight sets predicts (``ema``, ``raw``) when it keeps EMA weights beside the training ones, else None
+    (part of every identity that names the checkpoint's content: :meth:`identity`). The handle is small
     and picklable: Dask tasks receive it and load the weights once per process (:meth:`network`), after checking
     that the file they read still has :attr:`sha256`.
     """
@@ -133,16 +165,23 @@ class Checkpoint:
     model: ModelConfig
     recorded: dict | None = field(default=None, repr=False)
     metadata: dict = field(default_factory=dict, repr=False, compare=False)
+    weights: str | None = None
 
     @classmethod
-    def open(cls, checkpoint: "str | Path | Checkpoint") -> "Checkpoint":
+    def open(cls, checkpoint: "str | Path | Checkpoint", weights: str | None = None) -> "Checkpoint":
         """Resolve a path or shipped name (reads the file once: hash, model configuration, recorded settings);
-        a :class:`Checkpoint` is returned as it is."""
+        a :class:`Checkpoint` is returned as it is unless ``weights`` asks for another of its weight sets.
+        ``weights``: auto (default), ema or raw (:func:`chosen_weights`)."""
         if isinstance(checkpoint, Checkpoint):
-            return checkpoint
+            if weights is None or weights == "auto" or weights == checkpoint.weights \
+                    or (weights == "raw" and checkpoint.weights is None):
+                return checkpoint
+            checkpoint = checkpoint.source
+        weights = weights or "auto"
         path = resolve_checkpoint(checkpoint).expanduser().absolute()  # the same file on every worker
         payload, digest = _read(path)
-        _, model = _network(payload, path)  # weights that do not fit the network fail here, on the client
+        which = chosen_weights(payload, path, weights)
+        _, model = _network(payload, path, weights=weights)  # weights that do not fit the network fail here
         metadata = dict(payload.get("metadata") or {}) if payload.get("format") == CHECKPOINT_FORMAT else {}
         shipped = _shipped_yaml(path)
         if shipped is not None:
@@ -151,12 +190,24 @@ class Checkpoint:
             recorded = load_yaml_tree(shipped)
         elif payload.get("format") == CHECKPOINT_FORMAT:
             recorded = metadata.get("config") or metadata.get("recorded")
-        elif (peer := peer_of(payload, path)) is not None:
+        elif (peer := peer_of(payload, path, weights)) is not None:
             recorded, metadata = peer.recorded, {"notes": peer.notes, "weights": peer.weights}
         else:
             recorded = (payload.get("hyper_parameters") or {}).get("config")
         metadata.pop("config", None)
-        return cls(str(checkpoint), str(path), digest, model, recorded, metadata)
+        if which is not None and payload.get("format") == CHECKPOINT_FORMAT:
+            ema = metadata.get("ema") or {}
+            said = (f"weights: the EMA weights (ema_state_dict, {ema.get('updates', '?')} updates, decay "
+                    f"{ema.get('decay', '?')}) of checkpoint {checkpoint}; --weights raw for the training weights"
+                    if which == "ema" else f"weights: the training weights (state_dict) of checkpoint {checkpoint}, "
+                    "not the EMA weights it also keeps")
+            metadata["notes"] = list(metadata.get("notes") or []) + [said]
+        return cls(str(checkpoint), str(path), digest, model, recorded, metadata, which)
+
+    def identity(self) -> dict:
+        """What names the weights that predict, for output and cache identities: ``{"checkpoint_sha256": …}``, with
+        ``"weights"`` when the file keeps two sets (so EMA and training weights never share a cache)."""
+        return {"checkpoint_sha256": self.sha256, **({"weights": self.weights} if self.weights else {})}
 
     @property
     def name(self) -> str:
@@ -184,11 +235,11 @@ class Checkpoint:
         must still have :attr:`sha256`, the hash the client resolved: a checkpoint replaced or rewritten during the
         run, or another file at the same path on a worker, is a :class:`CheckpointError` naming both hashes."""
         return _cached_network(self.worker_reference, self.sha256, device,
-                               compiled if isinstance(compiled, str) else bool(compiled))
+                               compiled if isinstance(compiled, str) else bool(compiled), self.weights or "auto")
 
     def load(self, map_location="cpu") -> torch.nn.Module:
-        """The network with its weights, in eval mode (reads the file)."""
-        return load_checkpoint(self.path, map_location=map_location)[0]
+        """The network with its weights (:attr:`weights`), in eval mode (reads the file)."""
+        return load_checkpoint(self.path, map_location=map_location, weights=self.weights or "auto")[0]
 
     def settings_tree(self) -> dict:
         """The settings a run of this checkpoint starts from: ``model`` (always, from the weights), and the
@@ -241,7 +292,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ModelConfi
     write_checkpoint(path, checkpoint_payload(model, config, metadata))
 
 
-def _load_verified(reference: str, sha256: str, map_location="cpu") -> torch.nn.Module:
+def _load_verified(reference: str, sha256: str, map_location="cpu", weights: str = "auto") -> torch.nn.Module:
     """Load the checkpoint ``reference`` (a path or shipped name, as a worker receives it) and check that the file
     read has the hash the client resolved: a worker that sees another file at the same path, or a file rewritten
     since the client read it, fails its task with one line instead of predicting with other weights."""
@@ -252,13 +303,14 @@ def _load_verified(reference: str, sha256: str, map_location="cpu") -> torch.nn.
                               f"not {sha256} as when the run started: it was replaced or rewritten during the run, "
                               "or this worker sees another file at that path; every task must load the same "
                               "checkpoint: re-run once it no longer changes")
-    return _network(payload, path)[0]
+    return _network(payload, path, weights=weights)[0]
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_network(reference: str, sha256: str, device: str, compiled: bool | str) -> torch.nn.Module:
+def _cached_network(reference: str, sha256: str, device: str, compiled: bool | str,
+                    weights: str = "auto") -> torch.nn.Module:
     """:meth:`Checkpoint.network`'s per-process cache (``sha256`` keys a re-written file)."""
-    model = _load_verified(reference, sha256, map_location=device).to(device)
+    model = _load_verified(reference, sha256, map_location=device, weights=weights).to(device)
     if compiled:
         import torch._dynamo
 
@@ -293,20 +345,22 @@ def _network(payload, path, expected: ModelConfig | None = None,
 
 
 def load_checkpoint(path, expected: ModelConfig | None = None,
-                    map_location="cpu") -> tuple[torch.nn.Module, ModelConfig]:
+                    map_location="cpu", weights: str = "auto") -> tuple[torch.nn.Module, ModelConfig]:
     """Load a nisbflow or Lightning checkpoint (a path, a shipped name or a :class:`Checkpoint`) →
     ``(model in eval mode, its ModelConfig)``.
 
-    ``expected``: when given, the checkpoint's architecture and channel counts must match it.
+    ``expected``: when given, the checkpoint's architecture and channel counts must match it; ``weights``: auto
+    (the EMA weights when it keeps them), ema or raw.
     """
     path = Path(path.path) if isinstance(path, Checkpoint) else resolve_checkpoint(path)
     payload, _ = _read(path, map_location)
-    return _network(payload, path, expected)
+    return _network(payload, path, expected, weights)
 
 
 def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, require_config: bool = False,
                       **metadata) -> dict:
-    """Weights-only copy of a checkpoint (training state dropped), keeping its model configuration and metadata.
+    """Weights-only copy of a checkpoint (training state dropped; EMA weights kept beside the training weights), keeping
+    its model configuration and metadata.
 
     The result is what ships inside the package or goes to collaborators: a training ``last.pt`` with AdamW
     state is about three times larger. ``metadata`` entries are added (e.g. the command that trained it);
@@ -318,8 +372,10 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, r
 
     path = resolve_checkpoint(source)
     payload, digest = _read(path)
-    model, config = _network(payload, path)
-    kept = dict(payload.get("metadata", {})) if payload.get("format") == CHECKPOINT_FORMAT else {}
+    ours = payload.get("format") == CHECKPOINT_FORMAT
+    # a nisbflow checkpoint keeps both weight sets (the training weights and, when it has them, the EMA's)
+    model, config = _network(payload, path, weights="raw" if ours else "auto")
+    kept = dict(payload.get("metadata", {})) if ours else {}
     if require_config and kept.get("config") is None:
         raise CheckpointError(f"checkpoint {source} records no training configuration; --config-yaml needs one")
     if "exported_from" in kept:  # exporting an export: keep the chain back to the training run
@@ -329,7 +385,8 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, r
         tree = apply_overrides(without_derived_paths(kept["config"]), overrides)
         kept["config"] = without_derived_paths(Config.model_validate(tree).model_dump(mode="json"))
     kept.update(metadata, exported_from=str(source), source_sha256=digest)
-    save_checkpoint(output, model, config, **kept)
+    ema = {"ema_state_dict": payload["ema_state_dict"]} if ours and has_ema(payload) else {}
+    write_checkpoint(output, checkpoint_payload(model, config, kept, **ema))
     return kept
 
 

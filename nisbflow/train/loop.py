@@ -17,6 +17,7 @@ folder.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import os
@@ -32,7 +33,8 @@ from nisbflow.model.network import checkpoint_activations
 from nisbflow.tasks import progress_bar
 from nisbflow.train.augment import Augmentations
 from nisbflow.train.dataset import AffinityCrops
-from nisbflow.train.loss import affinity_loss
+from nisbflow.train.ema import WeightAverage
+from nisbflow.train.loss import loss_function
 
 
 AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -116,8 +118,10 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
                                   betas=tuple(optimization.optimizer.betas))
     mixed = AUTOCAST.get(optimization.precision) if use_cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=mixed is torch.float16)  # bfloat16 needs no loss scaling
-    step, best = _resume(checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda, optimization,
-                         say=rank == 0)
+    step, best, saved_ema = _resume(checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda,
+                                    optimization, say=rank == 0)
+    ema = _weight_average(model, optimization.ema, saved_ema, step, checkpoints / "last.pt", say=rank == 0)
+    loss_of = loss_function(config.model)
     remaining = optimization.max_steps - step
     batch = config.data.dataloader.batch_size
     train_set, val_loader = _data(config, rank, world)
@@ -133,7 +137,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
         _set_learning_rate(optimizer, learning_rate(step, optimization))
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
         with torch.autocast(device.type, dtype=mixed or torch.float32, enabled=mixed is not None):
-            loss = affinity_loss(net(image), target, mask)
+            loss = loss_of(net(image), target, mask)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -141,6 +145,8 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
             torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.gradient_clip_val)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update()
         step += 1
         if writer is not None:
             value = float(loss.detach())
@@ -151,7 +157,11 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
                 writer.add_scalar(EPOCH_LOSS, sum(epoch_losses) / len(epoch_losses), step)
                 epoch_losses.clear()
         validate = step % optimization.val_check_interval == 0 or step == optimization.max_steps
-        val_loss = _validation_loss(net, val_loader, device, mixed, world) if validate and val_loader else None
+        val_loss = None
+        if validate and val_loader:
+            with ema.swapped_into(model) if ema is not None and optimization.ema.validate_with_ema \
+                    else contextlib.nullcontext():
+                val_loss = _validation_loss(net, val_loader, device, mixed, world, loss_of)
         if rank == 0:
             if writer is not None and val_loss is not None:
                 writer.add_scalar(optimization.checkpoint.monitor, val_loss, step)
@@ -159,7 +169,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
             if validate or step % optimization.checkpoint.every_n_train_steps == 0:
                 # last.pt with the optimizer state is tens of MB for MedNeXt-S: written with the other
                 # checkpoints (every validation, every every_n_train_steps and the final step), not every step
-                best = _save(model, config, optimizer, scaler, step, val_loss, best, checkpoints)
+                best = _save(model, config, optimizer, scaler, step, val_loss, best, checkpoints, ema)
         bar.update(task, completed=step, description=f"train (loss {float(loss.detach()):.4f})")
         if step >= optimization.max_steps:
             break
@@ -185,19 +195,22 @@ def _run_folder(config, run_dir, rank: int, world: int) -> Path:
 
 
 def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimization, say: bool):
-    """``(step, best checkpoints)`` to continue from: ``last`` (weights, optimizer, scaler and random state loaded
-    in place) or ``(0, [])`` when there is none. A damaged or foreign ``last`` is a one-line error; with ``say``, a
+    """``(step, best checkpoints, saved EMA)`` to continue from: ``last`` (weights, optimizer, scaler and random state
+    loaded in place; the EMA ``(state, updates)`` it keeps, else None) or ``(0, [], None)`` when there is none. A damaged or foreign ``last`` is a one-line error; with ``say``, a
     ``max_steps`` other than the one it was trained for is said in one line (the schedule changes)."""
     for leftover in last.parent.glob(".*.partial-*"):  # a checkpoint being written when the run was killed
         leftover.unlink(missing_ok=True)
     if not last.exists():
-        return 0, []
+        return 0, [], None
     try:
         state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, best = int(state["metadata"]["step"]), list(state["metadata"].get("best", []))
+        saved_ema = None
+        if state.get("ema_state_dict") is not None:
+            saved_ema = (state["ema_state_dict"], int((state["metadata"].get("ema") or {}).get("updates", step)))
         if "rng" in state:  # whatever in the step draws from torch's generators draws as it would have
             torch.set_rng_state(state["rng"]["cpu"].cpu())
             if use_cuda and state["rng"].get("cuda") is not None:
@@ -215,7 +228,26 @@ def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimi
     if say and len(kept) < len(best):
         print(f"{last} names {len(best) - len(kept)} best checkpoint(s) that are not in {last.parent} (deleted, or "
               "never written by a killed run); ranking the others", flush=True)
-    return step, kept
+    return step, kept, saved_ema
+
+
+def _weight_average(model, settings, saved, step: int, last: Path, say: bool) -> WeightAverage | None:
+    """The EMA of ``optimization.ema`` (None when off): the one ``last`` saved (``saved``: ``(state, updates)``) when
+    resuming, else seeded from the network's weights. A resume that turns EMA on or off says so."""
+    if not settings.enabled:
+        if saved is not None and say:
+            print(f"{last} keeps EMA weights, but optimization.ema.enabled is false: training goes on without them "
+                  "(the checkpoints this run writes hold the training weights only)", flush=True)
+        return None
+    if saved is None:
+        if step > 0 and say:
+            print(f"{last} keeps no EMA weights (trained with optimization.ema.enabled false): the average starts "
+                  f"from the weights of step {step}", flush=True)
+        return WeightAverage(model, settings.decay, settings.warmup_steps)
+    try:
+        return WeightAverage(model, settings.decay, settings.warmup_steps, state=saved[0], updates=saved[1])
+    except ValueError as error:
+        raise ConfigError(f"cannot resume from {last}: {error}") from None
 
 
 def _data(config, rank: int, world: int):
@@ -245,13 +277,13 @@ def _writer(run: Path):
 
 
 @torch.no_grad()
-def _validation_loss(net, loader, device, mixed, world: int) -> float:
+def _validation_loss(net, loader, device, mixed, world: int, loss_of) -> float:
     net.eval()
     total = torch.zeros(2, device=device)
     for sample in loader:
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
         with torch.autocast(device.type, dtype=mixed or torch.float32, enabled=mixed is not None):
-            total += torch.stack([affinity_loss(net(image), target, mask).float(), torch.ones((), device=device)])
+            total += torch.stack([loss_of(net(image), target, mask).float(), torch.ones((), device=device)])
     if world > 1:
         dist.all_reduce(total)
     net.train()
@@ -268,8 +300,10 @@ def _log_slices(writer, image, target, net, step: int) -> None:
     writer.add_image("prediction", prediction[0, :3, :, :, middle], step)
 
 
-def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, folder: Path) -> list:
-    """Write the top-k by validation loss, step-N.pt (every_n_train_steps) and last.pt, in that order: last.pt,
+def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, folder: Path,
+          ema: WeightAverage | None = None) -> list:
+    """Write the top-k by validation loss, step-N.pt (every_n_train_steps) and last.pt (each with the EMA weights
+    under ``ema_state_dict`` when training keeps them), in that order: last.pt,
     which names the best checkpoints, is written after them, and a best checkpoint dropped from the top-k is deleted
     only once last.pt no longer names it (a kill anywhere leaves a last.pt whose files exist)."""
     settings = config.optimization.checkpoint
@@ -278,8 +312,12 @@ def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, fol
         ranked = sorted(best + [[val_loss, step]], reverse=settings.mode == "max")
         best = ranked if settings.save_top_k < 0 else ranked[:settings.save_top_k]
         dropped = [entry[1] for entry in ranked[len(best):]]
-    state = checkpoint_payload(model, config.model, {"step": step, "val_loss": val_loss, "best": best,
-                                                     "config": config.model_dump(mode="json")},
+    metadata = {"step": step, "val_loss": val_loss, "best": best, "config": config.model_dump(mode="json")}
+    extra = {}
+    if ema is not None:
+        metadata["ema"] = ema.record()
+        extra["ema_state_dict"] = ema.state_dict()
+    state = checkpoint_payload(model, config.model, metadata, **extra,
                                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                rng={"cpu": torch.get_rng_state(),
                                     "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None})

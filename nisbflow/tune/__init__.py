@@ -104,7 +104,7 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
     geometry = _inference_geometry(config)
     search = _search_range(config)
     identity = {
-        "checkpoint_sha256": run.checkpoint.sha256,
+        **run.checkpoint.identity(),
         "method": config.decoding.method,
         "scoring": config.decoding.waterz.scoring if config.decoding.method == "waterz" else None,
         "validation": {"image": fingerprint(f"{seed_path}/data.zarr/img"), "skeleton": fingerprint(skeleton)},
@@ -235,9 +235,11 @@ def mark_interrupted_trials_failed(study) -> int:
 
 
 def checkpoint_folder(root: Path, run) -> Path:
-    """The folder under ``root`` of one checkpoint's tuning: ``<file or model name>-<sha256[:8]>``."""
+    """The folder under ``root`` of one checkpoint's tuning: ``<file or model name>-<sha256[:8]>`` (``-raw-weights``
+    added when a checkpoint that keeps EMA weights is tuned with its training weights)."""
     stem = Path(str(run.checkpoint.name)).name.removesuffix(".pt").removesuffix(".ckpt") or "checkpoint"
-    return root / f"{stem}-{run.checkpoint.sha256[:8]}"
+    weights = {"raw": "-raw-weights"}.get(run.checkpoint.weights, "")  # a file's EMA and training weights apart
+    return root / f"{stem}-{run.checkpoint.sha256[:8]}{weights}"
 
 
 def cache_key(run, image: str) -> dict:
@@ -247,6 +249,7 @@ def cache_key(run, image: str) -> dict:
     from nisbflow.fingerprints import fingerprint, plain
 
     return json.loads(json.dumps(dict(checkpoint=run.checkpoint.sha256, image=image,
+                                      **({"weights": run.checkpoint.weights} if run.checkpoint.weights else {}),
                                       image_fingerprint=plain(fingerprint(image)),
                                       settings=_inference_geometry(run.config)), default=str))
 
@@ -469,6 +472,7 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
               f"(study {study.study_name}, {len(completed)} completed trials, checkpoint {run.checkpoint.name}, "
               f"sha256 {run.checkpoint.sha256})\n")
     tuned = {TUNED_KEY: {"checkpoint": run.checkpoint.name, "checkpoint_sha256": run.checkpoint.sha256,
+                         **({"weights": run.checkpoint.weights} if run.checkpoint.weights else {}),
                          "method": config.decoding.method, "study": study.study_name,
                          "storage": tune_config.storage, "validation": str(config.data.val.path),
                          "identity": identity_digest(identity)}}
