@@ -11,7 +11,7 @@ import typer
 from nisbflow_cli.app import app
 from nisbflow_cli.errors import friendly_errors
 from nisbflow_cli.options import (Cluster, ConfigFile, DashboardAddress, InferenceChunks, MemoryLimit, Mode,
-                                  Overrides, Workers)
+                                  Overrides, Params, Weights, Workers)
 
 
 def train_run_dir(checkpoint: str | None) -> str | None:
@@ -40,6 +40,8 @@ def run(
     memory_limit: MemoryLimit = None,
     dashboard_address: DashboardAddress = None,
     overrides: Overrides = None,
+    weights: Weights = None,
+    params: Params = None,
 ):
     """PyTorch Connectomics' command line: nisbflow --config FILE --mode train|test|tune|tune-test [--checkpoint C]
     [KEY=VALUE ...], as python scripts/main.py takes it.
@@ -59,12 +61,16 @@ def run(
         raise typer.BadParameter("nisbflow run (nisbflow --mode …) needs --config FILE", param_hint="--config")
     overrides = overrides or []
     if mode == "train":
+        if params is not None or weights is not None:
+            raise typer.BadParameter("--params and --weights are for --mode test, tune and tune-test (they choose "
+                                     "what a trained model decodes and predicts with)", param_hint="--params")
         train(config=config, run_dir=train_run_dir(checkpoint), overrides=overrides)
         return
     if checkpoint is None:
         raise typer.BadParameter(f"--mode {mode} needs --checkpoint: the model to run", param_hint="--checkpoint")
     shared = dict(checkpoint=checkpoint, config=config, chunks=chunks, cluster=cluster, workers=workers,
-                  memory_limit=memory_limit, dashboard_address=dashboard_address, params=None, overrides=overrides)
+                  memory_limit=memory_limit, dashboard_address=dashboard_address, params=params, overrides=overrides,
+                  weights=weights)
     if mode == "test":
         test_command(**shared)
     elif mode == "tune":

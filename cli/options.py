@@ -51,6 +51,23 @@ InputAxes = Annotated[Optional[str], typer.Option("--axes", help="An HDF5 or TIF
 Checkpoint = Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (.pt from training or nisbflow "
                                                               "model init), or a shipped model's name (nisbflow "
                                                               "model list).")]
+def _weights(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in ("auto", "ema", "raw"):
+        raise typer.BadParameter(f"--weights takes auto, ema or raw, got '{value}'")
+    return value
+
+
+Weights = Annotated[Optional[str], typer.Option("--weights", callback=_weights, help="Which weights of a checkpoint "
+                                                "that keeps two sets predict: auto (the EMA weights, as PyTorch "
+                                                "Connectomics tests them), ema, or raw (the training weights); sets "
+                                                "inference.weights.")]
+
+
+def with_weights(overrides, weights: Optional[str]) -> list:
+    """The KEY=VALUE overrides with ``--weights`` as ``inference.weights``."""
+    return list(overrides or []) + ([f"inference.weights={weights}"] if weights else [])
+
+
 InferenceChunks = Annotated[Optional[str], typer.Option("--chunks", help="Inference block (write region) size X,Y,Z "
                                                                          "(default 768,768,768).")]
 TuneOut = Annotated[Optional[str], typer.Option("--out", help="Folder of the tuning outputs (default "

@@ -10,8 +10,8 @@ import typer
 from nisbflow_cli.app import app
 from nisbflow_cli.errors import friendly_errors
 from nisbflow_cli.options import (Checkpoint, Cluster, ConfigFile, DashboardAddress, Force, InferenceChunks,
-                                  InputAxes, Layout, MemoryLimit, Overrides, Overwrite, Params, Workers, cluster_spec,
-                                  parse_channels, parse_thresholds, parse_triple)
+                                  InputAxes, Layout, MemoryLimit, Overrides, Overwrite, Params, Weights, Workers,
+                                  cluster_spec, parse_channels, parse_thresholds, parse_triple, with_weights)
 from nisbflow_cli.tables import console, demo_table, dense_table, metrics_table, say
 
 
@@ -44,6 +44,7 @@ def infer(
     config: ConfigFile = None,
     params: Params = None,
     overrides: Overrides = None,
+    weights: Weights = None,
 ):
     """Affinities from an EM image with the BANIS sliding-window geometry, block by block on Dask.
 
@@ -57,7 +58,7 @@ def infer(
 
     report = infer_job(image, output, checkpoint, chunks=parse_triple(chunks, "--chunks"), split=split, whole=whole,
                        channels=parse_channels(channels) if channels else None, overwrite=overwrite, force=force,
-                       config=config, params=params, overrides=overrides or [], log=say, axes=axes, layout=layout,
+                       config=config, params=params, overrides=with_weights(overrides, weights), log=say, axes=axes, layout=layout,
                        cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     summary = report.summary
     if report.whole:
@@ -190,6 +191,7 @@ def test_command(
     dashboard_address: DashboardAddress = None,
     params: Params = None,
     overrides: Overrides = None,
+    weights: Weights = None,
 ):
     """Infer → decode → evaluate on data.test.path / data.test.skeleton, writing affinities.zarr,
     segmentation.zarr and metrics.json under <save_path>/<timestamp>/. Decodes with decoding.method: cc at
@@ -197,7 +199,7 @@ def test_command(
     from nisbflow.jobs import test as test_job
 
     report = test_job(checkpoint, chunks=parse_triple(chunks, "--chunks"), config=config, params=params,
-                      overrides=overrides or [], log=say,
+                      overrides=with_weights(overrides, weights), log=say,
                       cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     configuration = report.settings.config
     method = "waterz threshold" if configuration.decoding.method == "waterz" else "threshold"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from nisbflow_cli.app import app
 from nisbflow_cli.errors import friendly_errors
 from nisbflow_cli.options import (Checkpoint, Cluster, ConfigFile, DashboardAddress, InferenceChunks, MemoryLimit,
-                                  Overrides, Params, TuneOut, Workers, cluster_spec, parse_triple)
+                                  Overrides, Params, TuneOut, Weights, Workers, cluster_spec, parse_triple,
+                                  with_weights)
 from nisbflow_cli.tables import console, curve_table, metrics_table, say
 
 
@@ -23,6 +24,7 @@ def tune(
     dashboard_address: DashboardAddress = None,
     params: Params = None,
     overrides: Overrides = None,
+    weights: Weights = None,
 ):
     """Optuna search of decoding.threshold on the validation seed (data.val), maximising NERL; with
     decoding.method=waterz, of the agglomeration threshold (tune.waterz_threshold, default 0.1–0.7 step 0.1).
@@ -36,7 +38,7 @@ def tune(
     from nisbflow.jobs import tune as tune_job
 
     result = tune_job(checkpoint, out=out, chunks=parse_triple(chunks, "--chunks"), config=config, params=params,
-                      overrides=overrides or [], log=say,
+                      overrides=with_weights(overrides, weights), log=say,
                       cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     console.print(curve_table(result))
     console.print(f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
@@ -57,12 +59,13 @@ def tune_test(
     dashboard_address: DashboardAddress = None,
     params: Params = None,
     overrides: Overrides = None,
+    weights: Weights = None,
 ):
     """Tune decoding.threshold on data.val, then infer → decode → evaluate data.test with the best threshold."""
     from nisbflow.jobs import tune_test as tune_test_job
 
     report = tune_test_job(checkpoint, out=out, chunks=parse_triple(chunks, "--chunks"), config=config,
-                           params=params, overrides=overrides or [], log=say,
+                           params=params, overrides=with_weights(overrides, weights), log=say,
                            cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     configuration, result = report.settings.config, report.tuning
     console.print(curve_table(result))
