@@ -10,8 +10,9 @@ import typer
 
 from nisbflow_cli.app import app
 from nisbflow_cli.errors import friendly_errors
+from nisbflow_cli.tables import say
 from nisbflow_cli.options import (Cluster, ConfigFile, DashboardAddress, InferenceChunks, MemoryLimit, Mode,
-                                  Overrides, Params, Weights, Workers)
+                                  Overrides, Params, Weights, Workers, with_weights)
 
 
 def train_run_dir(checkpoint: str | None) -> str | None:
@@ -72,6 +73,14 @@ def run(
                   memory_limit=memory_limit, dashboard_address=dashboard_address, params=params, overrides=overrides,
                   weights=weights)
     if mode == "test":
+        if params is None:
+            from nisbflow.jobs import tuned_params
+
+            found = tuned_params(checkpoint, config=config, overrides=with_weights(overrides, weights))
+            if found is not None:
+                say(f"--mode test: decoding with {found}, the tuning of this checkpoint (--mode tune wrote it); "
+                    "--params FILE for another, or KEY=VALUE decoding.threshold=… to override it")
+                shared["params"] = str(found)
         test_command(**shared)
     elif mode == "tune":
         tune(out=None, **shared)

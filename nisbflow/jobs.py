@@ -365,8 +365,29 @@ def _resolved(checkpoint, config, params, overrides, command: str, splits: tuple
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or (), mode=command)
     _say_settings(run, command, log)
     for split in splits:
-        seed_of(run.config, split)
+        seed, _ = seed_of(run.config, split)
+        _check_affinity_mask(run, seed, split, log)
     return run
+
+
+def _check_affinity_mask(run, seed, split: str, log) -> None:
+    """``decoding.affinity_mask_path`` checked before any inference: it must exist and have the seed image's shape;
+    an HDF5 or TIFF mask is copied to zarr once (under ``<save_path>/``) and the run decodes with the copy."""
+    from nisbflow.data.formats import zarr_input
+    from nisbflow.decode.outputs import open_affinity_mask
+    from nisbflow.paths import locate
+
+    mask = run.config.decoding.affinity_mask_path
+    if mask is None:
+        return
+    if locate(mask).kind != "zarr":
+        if not Path(locate(mask).file).is_file():
+            raise ConfigError(f"decoding.affinity_mask_path {mask}: {locate(mask).file} does not exist (set the "
+                              "mask of the seed you decode, or decoding.affinity_mask_path=null)")
+        Path(run.config.save_path).mkdir(parents=True, exist_ok=True)
+        mask = zarr_input(mask, role="affinity mask", near=Path(run.config.save_path) / "mask.zarr", log=log)
+        run.config.decoding.affinity_mask_path = mask
+    open_affinity_mask(mask, seed.shape)
 
 
 def test(checkpoint, *, chunks: tuple[int, int, int] | None = None, config: str | None = None,
@@ -382,6 +403,19 @@ def test(checkpoint, *, chunks: tuple[int, int, int] | None = None, config: str 
 
 
 test.__test__ = False  # a library entry named after its command, not a pytest test
+
+
+def tuned_params(checkpoint, *, config: str | None = None, overrides=None, out: str | None = None) -> Path | None:
+    """The ``best.yaml`` that ``nisbflow tune`` (or ``--mode tune``) wrote for this checkpoint, its weights and
+    decoding method under ``out`` (default ``<save_path>/tune``), or None: what PyTorch Connectomics' workflow
+    (tune, then test) decodes with, found where ``tune`` puts it."""
+    from nisbflow.settings import resolve_settings
+    from nisbflow.tune import checkpoint_folder
+
+    run = resolve_settings(checkpoint, config=config, overrides=overrides or (), mode="test")
+    root = Path(out) if out else Path(run.config.save_path) / "tune"
+    found = checkpoint_folder(root, run) / run.config.decoding.method / "best.yaml"
+    return found if found.is_file() else None
 
 
 def tune(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int] | None = None,

@@ -495,11 +495,12 @@ def load_pytc(path: str | Path, mode: str = "train", overrides=()) -> PytcConfig
     pytc = [o for o in overrides if _is_pytc_key(parse_override(o)[0])]
     own = [o for o in overrides if o not in pytc]
     resolved, notes = resolve_pytc(path, "tune" if mode == "tune-test" else mode, pytc)
-    translation = translate(resolved)
+    overridden = {re.sub(r"^(default|train|test|tune)\.", "", parse_override(o)[0]) for o in pytc}
+    translation = translate(resolved, overridden)
     if mode != "train":
         _training_only(translation, mode)
     if mode == "tune-test":
-        tested = translate(resolve_pytc(path, "test", pytc)[0])
+        tested = translate(resolve_pytc(path, "test", pytc)[0], overridden)
         test_split = tested.tree.get("data", {}).get("test")
         if test_split:
             translation.tree.setdefault("data", {})["test"] = test_split

@@ -61,6 +61,7 @@ class Translation:
     tree: dict = field(default_factory=dict)
     mappings: list = field(default_factory=list)
     source: dict = field(default_factory=dict)  # the resolved PyTC tree, for rules that compare keys
+    overridden: set = field(default_factory=set)  # keys KEY=VALUE set (stage prefix dropped), for rules that follow
 
     def set(self, key: str, value, target: str, reason: str = "", given=None) -> None:
         """nisbflow's ``target`` takes ``value``, from PyTC's ``key`` (whose own value was ``given``; default the
@@ -128,10 +129,19 @@ def _equal_numbers(a, b) -> bool:
 # rules that read several keys or whole lists
 
 
+def _follows(out: Translation, key: str, leader: str) -> bool:
+    """Whether KEY=VALUE set ``leader`` but not ``key``: a file's value of ``key`` then follows the override (a
+    shortened run changes max_steps and the patch, and t_max and the model's sizes are the file's for its own)."""
+    return leader in out.overridden and key not in out.overridden
+
+
 def _model_size(out: Translation, key: str, value) -> None:
     patch = out.get("data.dataloader.patch_size", [128, 128, 128])
     if list(value) == list(patch):
         out.note(key, value, MATCHES, "nisbflow's network input is the training patch, data.dataloader.patch_size")
+    elif _follows(out, key, "data.dataloader.patch_size"):
+        out.note(key, value, MATCHES, f"follows data.dataloader.patch_size={list(patch)} given as KEY=VALUE (the "
+                                      "network input is the training patch)")
     else:
         out.note(key, value, REFUSED, f"it differs from data.dataloader.patch_size {list(patch)}; nisbflow trains "
                                       "on patches the size of the network input")
@@ -147,16 +157,25 @@ def _checkpoint_style(out: Translation, key: str, value) -> None:
 
 def _losses(out: Translation, key: str, value) -> None:
     entries = value if isinstance(value, list) else []
-    if len(entries) == 1 and isinstance(entries[0], dict) \
-            and entries[0].get("function") == "WeightedBCEWithLogitsLoss" \
-            and float(entries[0].get("weight", 1.0)) == 1.0 \
-            and (entries[0].get("kwargs") or {}) in ({}, {"reduction": "mean"}) \
-            and not ({"pred_slice", "target_slice", "pos_weight"} & set(entries[0])):
+    entry = entries[0] if len(entries) == 1 and isinstance(entries[0], dict) else {}
+    kwargs = entry.get("kwargs") or {}
+    plain = float(entry.get("weight", 1.0)) == 1.0 and not ({"pred_slice", "target_slice", "pos_weight"} & set(entry))
+    if plain and entry.get("function") == "WeightedBCEWithLogitsLoss" and kwargs in ({}, {"reduction": "mean"}):
         out.set(key, "WeightedBCEWithLogitsLoss", "model.loss", "BANIS's masked binary cross-entropy", given=value)
         return
+    if plain and entry.get("function") == "PerChannelBCEWithLogitsLoss" \
+            and set(kwargs) <= {"auto_pos_weight", "max_pos_weight", "reduction"} \
+            and kwargs.get("reduction", "mean") == "mean":
+        out.set(key, "PerChannelBCEWithLogitsLoss", "model.loss",
+                "BANIS+'s per-channel class-balanced BCE, the channel means summed", given=value)
+        out.set(f"{key}[0].kwargs.auto_pos_weight", bool(kwargs.get("auto_pos_weight", True)), "model.auto_pos_weight")
+        out.set(f"{key}[0].kwargs.max_pos_weight", float(kwargs.get("max_pos_weight", 10.0)), "model.max_pos_weight")
+        return
     names = [e.get("function") for e in entries if isinstance(e, dict)]
-    out.note(key, value, REFUSED, f"nisbflow trains with BANIS's loss alone (one WeightedBCEWithLogitsLoss, weight "
-                                  f"1), not {names}")
+    out.note(key, value, REFUSED, "nisbflow trains with one loss of weight 1: WeightedBCEWithLogitsLoss (BANIS) or "
+                                  "PerChannelBCEWithLogitsLoss with auto_pos_weight / max_pos_weight (BANIS+), "
+                                  f"not {names}" + (f" with {sorted(set(entry) - {'function', 'weight', 'kwargs'})}"
+                                                    if entry and not plain else ""))
 
 
 def _target_context(out: Translation, key: str, value) -> None:
@@ -269,6 +288,9 @@ def _t_max(out: Translation, key: str, value) -> None:
     steps = out.get("optimization.max_steps", 200000)
     if int(value) == int(steps):
         out.note(key, value, MATCHES, "nisbflow's cosine schedule spans optimization.max_steps")
+    elif _follows(out, key, "optimization.max_steps"):
+        out.note(key, value, MATCHES, f"follows optimization.max_steps={steps} given as KEY=VALUE (nisbflow's cosine "
+                                      "schedule spans max_steps)")
     else:
         out.note(key, value, REFUSED, f"nisbflow's cosine schedule spans optimization.max_steps ({steps}), not "
                                       f"{value} steps")
@@ -284,9 +306,17 @@ def _scheduler_min_lr(out: Translation, key: str, value) -> None:
 
 def _ema_detail(out: Translation, key: str, value) -> None:
     if out.get("optimization.ema.enabled", False):
-        out.note(key, value, REFUSED, "nisbflow keeps no EMA weights")
+        out.set(key, value, key, "the EMA of the weights, as PyTorch Connectomics' EMAWeightsCallback")
     else:
         out.note(key, value, IGNORED, "EMA is off (optimization.ema.enabled: false)")
+
+
+def _ema_device(out: Translation, key: str, value) -> None:
+    if value in (None, "", "cuda", "cpu") or not out.get("optimization.ema.enabled", False):
+        out.note(key, value, IGNORED, "where the average is kept changes no value (nisbflow keeps it beside the "
+                                      "weights)")
+    else:
+        out.note(key, value, REFUSED, "nisbflow keeps the average on the weights' device")
 
 
 def _tta_detail(out: Translation, key: str, value) -> None:
@@ -611,10 +641,13 @@ LEAF_RULES: dict[str, Rule] = {
     "optimization.precision": to("optimization.precision", str),
     "optimization.log_every_n_steps": ignore(LOGGING),
     "optimization.num_sanity_val_steps": ignore("Lightning's check before training; no effect on the weights"),
-    "optimization.ema.enabled": only(False, "no EMA weights", "nisbflow keeps no EMA weights (BANIS+'s EMA)"),
+    "optimization.ema.enabled": to("optimization.ema.enabled", bool, "BANIS+'s EMA of the weights"),
     "optimization.ema.decay": _ema_detail,
     "optimization.ema.warmup_steps": _ema_detail,
     "optimization.ema.validate_with_ema": _ema_detail,
+    "optimization.ema.device": _ema_device,
+    "optimization.ema.copy_buffers": only(True, "buffers copied into the average, as PyTorch Connectomics' default",
+                                          "nisbflow copies buffers into the average (copy_buffers: true)"),
     "monitor.checkpoint.monitor": to("optimization.checkpoint.monitor"),
     "monitor.checkpoint.mode": to("optimization.checkpoint.mode"),
     "monitor.checkpoint.save_top_k": to("optimization.checkpoint.save_top_k"),
@@ -671,10 +704,11 @@ LEAF_RULES: dict[str, Rule] = {
 }
 
 
-def translate(resolved: dict) -> Translation:
+def translate(resolved: dict, overridden=()) -> Translation:
     """A resolved PyTC tree → nisbflow configuration tree and one :class:`KeyMapping` per key (module docstring).
-    Rules that compare keys see the whole tree; data splits are read first so ``data.voxel_size`` is known."""
-    out = Translation(source=resolved)
+    Rules that compare keys see the whole tree; data splits are read first so ``data.voxel_size`` is known.
+    ``overridden``: the keys KEY=VALUE set, without a stage prefix (what a shortened run's settings follow)."""
+    out = Translation(source=resolved, overridden=set(overridden))
     order = ["data.train", "data.val", "data.test"]
     for key in order:
         value = out.get(key)
