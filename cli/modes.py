@@ -20,6 +20,11 @@ def train_run_dir(checkpoint: str | None) -> str | None:
     if checkpoint is None:
         return None
     path = Path(checkpoint)
+    if path.name == "last.ckpt" and path.parent.name == "checkpoints" and not path.exists():
+        if path.with_suffix(".pt").is_file():  # PyTC's tutorial names last.ckpt; nisbflow's run holds last.pt
+            raise typer.BadParameter(f"{checkpoint} does not exist, but {path.with_suffix('.pt')} does (nisbflow "
+                                     "writes .pt checkpoints where PyTorch Connectomics writes .ckpt): give that "
+                                     "file to resume", param_hint="--checkpoint")
     if path.name != "last.pt" or path.parent.name != "checkpoints":
         raise typer.BadParameter(f"--mode train resumes a nisbflow run from its <run>/checkpoints/last.pt, not "
                                  f"{checkpoint}; to start from other weights, import them (nisbflow model import)",

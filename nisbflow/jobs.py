@@ -364,6 +364,10 @@ def _resolved(checkpoint, config, params, overrides, command: str, splits: tuple
 
     run = resolve_settings(checkpoint, config=config, params=params, overrides=overrides or (), mode=command)
     _say_settings(run, command, log)
+    if run.config.decoding.method == "cc":  # a backend this machine lacks fails here, not after the inference
+        from nisbflow.decode.backends import check_backend
+
+        check_backend(run.config.decoding.backend)
     for split in splits:
         seed, _ = seed_of(run.config, split)
         _check_affinity_mask(run, seed, split, log)
@@ -874,7 +878,15 @@ def train(*, config: str | None = None, run_dir: str | None = None, overrides=No
 
     resolved = resolve_settings(None, config=config, overrides=overrides or [], mode="train")
     configuration = resolved.config
-    gpus = torch.cuda.device_count() if configuration.system.num_gpus < 0 else configuration.system.num_gpus
+    present, wanted = torch.cuda.device_count(), configuration.system.num_gpus
+    if wanted > present:  # PyTorch Connectomics (Lightning) fails too when asked for GPUs it cannot find
+        raise ConfigError(f"system.num_gpus={wanted}, but this machine has {present} GPU(s) that torch can use "
+                          "(torch.cuda.device_count()): set system.num_gpus=0 to train on the CPU, or -1 for every "
+                          "GPU there is")
+    gpus = present if wanted < 0 else wanted
+    if gpus == 0 and configuration.optimization.precision in ("16-mixed", "bf16-mixed"):
+        log(f"optimization.precision {configuration.optimization.precision}: mixed precision needs a GPU, and this "
+            "run trains on the CPU: in float32 (set optimization.precision=32 to say so)")
     if gpus > 1 and "WORLD_SIZE" not in os.environ:  # pragma: no cover - needs several GPUs
         folder = run_dir or f"{configuration.save_path}/{datetime.datetime.now():%Y%m%d-%H%M%S}"
         arguments = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",

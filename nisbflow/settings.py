@@ -154,6 +154,7 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     layers: list[tuple[str, dict]] = []
     own: tuple[str, dict] | None = None
     pytc_notes = []
+    pytc = None
     if config is not None and is_pytorch_connectomics(config):
         mode = mode or "train"
         pytc = load_pytc(config, mode, () if isinstance(overrides, Mapping) else list(overrides or []))
@@ -182,6 +183,12 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     if overrides:
         layers.append(("KEY=VALUE", apply_overrides({}, overrides)))
 
+    pytc_given = {}  # nisbflow key → the PyTC key given as KEY=VALUE that set it (applied inside PyTC's tree)
+    if pytc is not None:
+        for mapping in pytc.translation.mappings:
+            if mapping.verdict == "set" and any(mapping.key == key or mapping.key.startswith((key + ".", key + "["))
+                                                for key in pytc.translation.overridden):
+                pytc_given.update({target: mapping.key for target in mapping.targets})
     tree: dict = {}
     sources: dict[str, str] = {}
     notes = []
@@ -191,11 +198,14 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
                 for recorded_label, recorded_tree in recorded_layers:
                     before = _get(recorded_tree, key)
                     if before is not None and before != value and not key.startswith("model."):
-                        notes.append(f"{key} {value!r} from --config {config} replaces {before!r} recorded by "
+                        given = f"KEY=VALUE {pytc_given[key]}" if key in pytc_given else f"--config {config}"
+                        notes.append(f"{key} {value!r} from {given} replaces {before!r} recorded by "
                                      f"{recorded_label}")
         tree = deep_merge(tree, layer)
         for key, _ in _leaves(layer):
             sources[key] = label
+    for target, pytc_key in pytc_given.items():
+        sources[target] = f"KEY=VALUE {pytc_key}"
     if handle is not None:  # the weights define the network
         for key, value in _leaves(handle.settings_tree()["model"], "model."):
             if _get(tree, key) != value:

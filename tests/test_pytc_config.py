@@ -342,3 +342,50 @@ def test_the_banis_plus_workflow_trains_tunes_and_tests_with_the_tuned_threshold
     assert f"--modetest:decodingwith{best}" in "".join(tested.output.split())
     (metrics,) = out.glob("*/metrics.json")
     assert json.loads(metrics.read_text())["threshold"] == threshold
+
+
+def test_the_tutorials_slips_are_named_in_one_line(nisb, tmp_path):
+    """last.ckpt where nisbflow wrote last.pt names the file that exists; more GPUs than the machine has are
+    refused; the run folder holds the resolved configuration, loadable again."""
+    data, out = nisb / "data", tmp_path / "slips"
+    paths = [f"train.data.train.path={data}/train", f"train.data.val.path={data}/val", f"save_path={out}"]
+    result = CliRunner().invoke(app, ["--config", str(RUN), *paths, "system.num_gpus=0", "data.dataloader.batch_size=1"])
+    assert result.exit_code == 0, result.output
+    (run,) = [p for p in out.iterdir() if (p / "checkpoints" / "last.pt").exists()]
+    assert load_config(run / "config.yaml").data.dataloader.batch_size == 1
+    assert load_config(run / "config.yaml") == load_config(RUN, [*paths, "system.num_gpus=0",
+                                                                 "data.dataloader.batch_size=1"])
+    ckpt = run / "checkpoints" / "last.ckpt"
+    for argv in (["--mode", "train", "--config", str(RUN), "--checkpoint", str(ckpt), *paths],
+                 ["--mode", "test", "--config", str(RUN), "--checkpoint", str(ckpt)]):
+        wrong = CliRunner().invoke(app, argv)
+        text = "".join(wrong.output.replace("│", "").split())
+        assert wrong.exit_code == 2 and f"{ckpt}doesnotexist,but{run / 'checkpoints' / 'last.pt'}does" in text
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        many = CliRunner().invoke(app, ["--config", str(RUN), *paths, "system.num_gpus=4"])
+        assert many.exit_code == 2 and "system.num_gpus=4, but this machine has 0 GPU(s)" in " ".join(
+            many.output.split())
+
+
+def test_overrides_of_pytc_keys_are_said_as_overrides_and_a_missing_backend_fails_before_inference(nisb):
+    from nisbflow.settings import resolve_settings
+
+    run = resolve_settings("nisb-tiny-synthetic", config=RUN, mode="test",
+                           overrides=["inference.window.sw_batch_size=5", "test.data.test.path=/t"])
+    assert run.config.inference.sw_batch_size == 5
+    assert run.sources["inference.sw_batch_size"] == "KEY=VALUE inference.window.sw_batch_size"
+    assert run.sources["data.test.path"] == "KEY=VALUE data.test.path"
+    assert run.sources["inference.window_size"].startswith(f"--config {RUN}")
+    assert any(note.startswith("inference.sw_batch_size 5 from KEY=VALUE inference.window.sw_batch_size")
+               for note in run.notes)
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        test_seed = nisb / "data" / "test" / "seed101"
+        result = CliRunner().invoke(app, ["--config", str(RUN), "--mode", "test", "--checkpoint", "nisb-tiny-synthetic",
+                                          f"test.data.test.path={test_seed}", "decoding.backend=cupy",
+                                          "decoding.affinity_mask_path=null"])
+        assert result.exit_code == 2 and "infer: windows" not in result.output
+        assert "--backend cupy needs cupy and a CUDA GPU" in result.output

@@ -129,6 +129,11 @@ def file_sha256(path: str | Path) -> str:
 def _read(path: Path, map_location="cpu") -> tuple[dict, str]:
     """Read a checkpoint file once: ``(payload, first 16 hex digits of its SHA-256)``."""
     if not path.exists():
+        twins = [path.with_suffix(suffix) for suffix in (".pt", ".ckpt") if suffix != path.suffix]
+        there = [twin for twin in twins if path.suffix in (".pt", ".ckpt") and twin.is_file()]
+        if there:  # PyTorch Connectomics' tutorial names <run>/checkpoints/last.ckpt; nisbflow writes last.pt
+            raise CheckpointError(f"checkpoint {path} does not exist, but {there[0]} does (nisbflow writes .pt "
+                                  "checkpoints where PyTorch Connectomics writes .ckpt): give that file")
         raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a shipped model name: "
                               f"{', '.join(SHIPPED_MODELS)})")
     if path.is_dir():

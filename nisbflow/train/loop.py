@@ -183,7 +183,8 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
 
 def _run_folder(config, run_dir, rank: int, world: int) -> Path:
     """The run folder (``run_dir``, else ``<save_path>/<timestamp>``), the same on every rank; rank 0 creates its
-    ``checkpoints`` folder."""
+    ``checkpoints`` folder and writes the resolved configuration to ``config.yaml`` (what ``--config`` loads; a
+    resumed run rewrites it with its own)."""
     folder = [str(run_dir) if run_dir else str(Path(config.save_path)
                                                / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))]
     if world > 1:
@@ -191,6 +192,11 @@ def _run_folder(config, run_dir, rank: int, world: int) -> Path:
     run = Path(folder[0])
     if rank == 0:
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        from nisbflow.config.load import config_to_yaml
+        from nisbflow.staging import staged_output
+
+        with staged_output(run / "config.yaml", overwrite=True) as temporary:  # loadable by --config
+            Path(temporary).write_text(config_to_yaml(config))
     return run
 
 
