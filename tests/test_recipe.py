@@ -247,3 +247,16 @@ def test_the_cli_weights_option_reaches_inference_and_its_output_records_it(data
     bad = CliRunner().invoke(app, ["infer", image, str(tmp_path / "x.zarr"), "--checkpoint", str(last),
                                    "--weights", "best"])
     assert bad.exit_code == 2 and "--weights takes auto, ema or raw" in bad.output
+
+
+def test_the_shipped_banis_plus_configuration_states_the_recipe():
+    from nisbflow.config import load_config
+
+    plus, base = load_config("configs/banis_plus.yaml"), load_config("configs/base_banis.yaml")
+    assert (plus.model.size, plus.model.kernel_size, plus.model.activation_checkpointing) == ("L", 3, True)
+    assert (plus.model.loss, plus.model.auto_pos_weight, plus.model.max_pos_weight) == (
+        "PerChannelBCEWithLogitsLoss", True, 10.0)
+    assert plus.optimization.ema.model_dump() == {"enabled": True, "decay": 0.999, "warmup_steps": 500,
+                                                  "validate_with_ema": True}
+    assert (plus.data.erosion, plus.data.dataloader.batch_size, plus.optimization.max_steps) == (2, 2, 200000)
+    assert plus.inference == base.inference and plus.decoding == base.decoding  # only training differs
