@@ -260,3 +260,27 @@ def test_the_shipped_banis_plus_configuration_states_the_recipe():
                                                   "validate_with_ema": True}
     assert (plus.data.erosion, plus.data.dataloader.batch_size, plus.optimization.max_steps) == (2, 2, 200000)
     assert plus.inference == base.inference and plus.decoding == base.decoding  # only training differs
+
+
+def test_the_training_memory_estimate_turns_activation_checkpointing_on_only_where_needed():
+    from nisbflow.config import load_config
+    from nisbflow.errors import ConfigError
+    from nisbflow.train.memory import MEMORY_FRACTION, training_peak, plan_training_memory
+
+    config = load_config("configs/tiny.yaml", ["model.size=L", "data.patch_size=[32,32,32]"])
+    plain, checkpointed = training_peak(config), training_peak(config, checkpointing=True)
+    assert checkpointed.activations < plain.activations / 2 and checkpointed.state == plain.state
+    assert plain.state == 4 * 4 * sum(p.numel() for p in __import__("nisbflow.model", fromlist=["build"]).build(
+        config.model).parameters())
+    said = []
+    assert plan_training_memory(config, int(plain.total / MEMORY_FRACTION) + 1, "the GPU", said.append) is False
+    assert len(said) == 1 and said[0].startswith("training: about") and "the GPU has" in said[0]
+    between = int((checkpointed.total + plain.total) / 2 / MEMORY_FRACTION)
+    said.clear()
+    assert plan_training_memory(config, between, "the GPU", said.append) is True
+    assert "activation checkpointing turned on" in said[1]
+    with pytest.raises(ConfigError, match="lower data.dataloader.batch_size or data.patch_size"):
+        plan_training_memory(config, checkpointed.total // 2, "the GPU", said.append)
+    with_ema = load_config("configs/tiny.yaml", ["model.size=L", "data.patch_size=[32,32,32]",
+                                                 "optimization.ema.enabled=true"])
+    assert training_peak(with_ema).state == plain.state * 5 // 4

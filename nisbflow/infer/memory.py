@@ -17,6 +17,8 @@ import functools
 import weakref
 from dataclasses import dataclass
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from nisbflow.errors import NisbflowError
 
 RUNTIME_BYTES = 600 * 2**20
@@ -53,40 +55,45 @@ def _activation_bytes(model_json: str, window: tuple[int, int, int]) -> int:
 
     model_config = ModelConfig.model_validate(json.loads(model_json))
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     from nisbflow.model import build
 
-    class _LiveBytes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.live = self.peak = 0
-            self.seen: set[int] = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            result = func(*args, **(kwargs or {}))
-            for tensor in result if isinstance(result, (tuple, list)) else (result,):
-                if not isinstance(tensor, torch.Tensor):
-                    continue
-                storage = tensor.untyped_storage()
-                if id(storage) in self.seen:
-                    continue
-                self.seen.add(id(storage))
-                size = storage.nbytes()
-                self.live += size
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._freed, id(storage), size)
-            return result
-
-        def _freed(self, key, size):
-            self.live -= size
-            self.seen.discard(key)
-
     network = build(model_config).to("meta").eval()
-    counter = _LiveBytes()
+    counter = LiveBytes()
     with torch.no_grad(), counter:
         network(torch.empty((1, model_config.in_channels) + tuple(window), device="meta"))
     return int(counter.peak)
+
+
+class LiveBytes(TorchDispatchMode):
+    """A dispatch mode that counts the bytes of live tensor storages and their peak (``live``, ``peak``): what a
+    pass run inside it holds at most (meta tensors included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import torch
+
+        result = func(*args, **(kwargs or {}))
+        for tensor in result if isinstance(result, (tuple, list)) else (result,):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            if id(storage) in self.seen:
+                continue
+            self.seen.add(id(storage))
+            size = storage.nbytes()
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, id(storage), size)
+        return result
+
+    def _freed(self, key, size):
+        self.live -= size
+        self.seen.discard(key)
 
 
 @dataclass(frozen=True)

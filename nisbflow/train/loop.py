@@ -9,10 +9,16 @@ step).
 Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process, the affinity loss
 (:func:`~nisbflow.train.loss.affinity_loss`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
 ``max_steps``; float16 autocast on CUDA with ``precision=16-mixed`` (bfloat16 with ``bf16-mixed``). Every ``val_check_interval`` steps the mean
-validation loss over ``val_steps_per_epoch`` batches (all ranks) decides the top-k checkpoints; ``last.pt`` is
+validation loss over ``val_steps_per_epoch`` batches (all ranks; the EMA's with ``optimization.ema``) decides the
+top-k checkpoints; ``last.pt`` is
 rewritten at every validation, every ``every_n_train_steps`` (which also keeps ``step-N.pt``) and at the last step, so
 a resumed run repeats at most ``min(val_check_interval, every_n_train_steps)`` steps. TensorBoard logs go to the run
 folder.
+
+Before the first step, the memory of a training process is estimated (:mod:`nisbflow.train.memory`) and said;
+activation checkpointing is turned on where only the checkpointed step fits the device. With
+``optimization.ema`` an average of the weights (:mod:`nisbflow.train.ema`) is updated after every step and saved in
+every checkpoint. The loss is ``model.loss`` (:mod:`nisbflow.train.loss`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from nisbflow.train.augment import Augmentations
 from nisbflow.train.dataset import AffinityCrops
 from nisbflow.train.ema import WeightAverage
 from nisbflow.train.loss import loss_function
+from nisbflow.train.memory import plan_training_memory
 
 
 AUTOCAST = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -107,16 +114,18 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     run = _run_folder(config, run_dir, rank, world)
     checkpoints = run / "checkpoints"
     optimization = config.optimization
+    mixed = AUTOCAST.get(optimization.precision) if use_cuda else None
+    checkpointing = plan_training_memory(config, *_device_memory(device, world), log=_say if rank == 0 else
+                                         (lambda line: None), mixed=mixed is not None)
     torch.manual_seed(0)
     model = build(config.model).to(device)
-    if config.model.activation_checkpointing:
+    if checkpointing:
         checkpoint_activations(model)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
         if world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
                                   weight_decay=optimization.optimizer.weight_decay,
                                   betas=tuple(optimization.optimizer.betas))
-    mixed = AUTOCAST.get(optimization.precision) if use_cuda else None
     scaler = torch.amp.GradScaler("cuda", enabled=mixed is torch.float16)  # bfloat16 needs no loss scaling
     step, best, saved_ema = _resume(checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda,
                                     optimization, say=rank == 0)
@@ -179,6 +188,22 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     if world > 1:
         dist.barrier()
     return run, model
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _device_memory(device, world: int) -> tuple[int, str]:
+    """``(bytes, how to name them)`` a training process may use: its GPU's memory, or this machine's memory shared
+    by the processes training on it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"GPU {device.index or 0}"
+    import psutil
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    share = psutil.virtual_memory().total // max(local, 1)
+    return share, "this machine" if local <= 1 else f"each of this machine's {local} training processes"
 
 
 def _run_folder(config, run_dir, rank: int, world: int) -> Path:
