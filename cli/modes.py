@@ -15,8 +15,26 @@ from nisbflow_cli.options import (Cluster, ConfigFile, DashboardAddress, Inferen
                                   Overrides, Params, Weights, Workers, with_weights)
 
 
-def train_run_dir(checkpoint: str | None) -> str | None:
-    """The run folder a train-mode ``--checkpoint`` resumes: ``<run>/checkpoints/last.pt`` → ``<run>``."""
+def tuned_params_said(checkpoint: str, config: str, overrides: list) -> str | None:
+    """``--mode test`` without ``--params``: the best.yaml ``--mode tune`` wrote for this checkpoint, weights and
+    method (:func:`nisbflow.jobs.tuned_params`), said; None when there is none."""
+    from nisbflow.jobs import tuned_params
+
+    found = tuned_params(checkpoint, config=config, overrides=overrides)
+    if found is None:
+        return None
+    say(f"--mode test: decoding with {found}, the tuning of this checkpoint (--mode tune wrote it); --params FILE "
+        "for another, or KEY=VALUE decoding.threshold=… to override it")
+    return str(found)
+
+
+def train_run_dir(checkpoint: str | None, params: str | None = None,
+                  weights: str | None = None) -> str | None:
+    """The run folder a train-mode ``--checkpoint`` resumes: ``<run>/checkpoints/last.pt`` → ``<run>``. Train mode
+    takes neither ``--params`` nor ``--weights``."""
+    if params is not None or weights is not None:
+        raise typer.BadParameter("--params and --weights are for --mode test, tune and tune-test (they choose what a "
+                                 "trained model decodes and predicts with)", param_hint="--params")
     if checkpoint is None:
         return None
     path = Path(checkpoint)
@@ -67,27 +85,16 @@ def run(
         raise typer.BadParameter("nisbflow run (nisbflow --mode …) needs --config FILE", param_hint="--config")
     overrides = overrides or []
     if mode == "train":
-        if params is not None or weights is not None:
-            raise typer.BadParameter("--params and --weights are for --mode test, tune and tune-test (they choose "
-                                     "what a trained model decodes and predicts with)", param_hint="--params")
-        train(config=config, run_dir=train_run_dir(checkpoint), overrides=overrides)
+        train(config=config, run_dir=train_run_dir(checkpoint, params, weights), overrides=overrides)
         return
     if checkpoint is None:
         raise typer.BadParameter(f"--mode {mode} needs --checkpoint: the model to run", param_hint="--checkpoint")
+    if mode == "test" and params is None:
+        params = tuned_params_said(checkpoint, config, with_weights(overrides, weights))
     shared = dict(checkpoint=checkpoint, config=config, chunks=chunks, cluster=cluster, workers=workers,
                   memory_limit=memory_limit, dashboard_address=dashboard_address, params=params, overrides=overrides,
                   weights=weights)
     if mode == "test":
-        if params is None:
-            from nisbflow.jobs import tuned_params
-
-            found = tuned_params(checkpoint, config=config, overrides=with_weights(overrides, weights))
-            if found is not None:
-                say(f"--mode test: decoding with {found}, the tuning of this checkpoint (--mode tune wrote it); "
-                    "--params FILE for another, or KEY=VALUE decoding.threshold=… to override it")
-                shared["params"] = str(found)
         test_command(**shared)
-    elif mode == "tune":
-        tune(out=None, **shared)
     else:
-        tune_test(out=None, **shared)
+        (tune if mode == "tune" else tune_test)(out=None, **shared)
