@@ -23,7 +23,7 @@ runner = CliRunner()
 
 def one_line_error(result, *words):
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if "━" not in line]  # progress bars aside
+    lines = [line for line in result.output.strip().splitlines() if "━" not in line and line.strip()]  # bars aside
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     text = " ".join(result.output.split())
     for word in words:
