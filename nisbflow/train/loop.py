@@ -115,12 +115,8 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     checkpoints = run / "checkpoints"
     optimization = config.optimization
     mixed = AUTOCAST.get(optimization.precision) if use_cuda else None
-    checkpointing = plan_training_memory(config, *_device_memory(device, world), log=_say if rank == 0 else
-                                         (lambda line: None), mixed=mixed is not None)
     torch.manual_seed(0)
     model = build(config.model).to(device)
-    if checkpointing:
-        checkpoint_activations(model)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
         if world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
@@ -134,6 +130,11 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     remaining = optimization.max_steps - step
     batch = config.data.dataloader.batch_size
     train_set, val_loader = _data(config, rank, world)
+    # after the resume and data checks, whose errors say more; the blocks' forward is patched in place, so the
+    # wrapped (DDP) model recomputes too
+    if plan_training_memory(config, *_device_memory(device, world), log=_say if rank == 0 else (lambda line: None),
+                            mixed=mixed is not None):
+        checkpoint_activations(model)
     workers = (min(4, os.cpu_count() or 1) if config.system.num_workers < 0 else config.system.num_workers) \
         if workers is None else workers
     writer = _writer(run) if rank == 0 else None
