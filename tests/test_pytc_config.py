@@ -139,11 +139,10 @@ def test_refused_keys_name_the_reason_in_one_line():
     assert "\n" not in message
     assert message.startswith(f"{FIXTURES / 'refused.yaml'} (PyTorch Connectomics, --mode train): model.loss.losses")
     assert "not ['PerChannelBCEWithLogitsLoss', 'DiceLoss']" in message
-    assert "also refused: optimization.ema.device, " \
-           "inference.test_time_augmentation.enabled, inference.test_time_augmentation.ensemble_mode" in message
-    with pytest.raises(ConfigError, match=r"--mode test\): inference.test_time_augmentation.enabled = True is "
-                                          r"refused: nisbflow predicts without test-time augmentation; also refused: "
-                                          r"inference.test_time_augmentation.ensemble_mode \("):
+    assert "also refused: optimization.ema.device, inference.test_time_augmentation.transforms (" in message
+    with pytest.raises(ConfigError, match=r"--mode test\): inference.test_time_augmentation.transforms = "
+                                          r"\[\{'name': 'elastic'\}\] is refused: nisbflow's views are flips and "
+                                          r"quarter turns \("):
         load_config(FIXTURES / "refused.yaml", mode="test")  # training's loss and EMA do not matter to a test
     with pytest.raises(ConfigError, match="model.mednext.stem_width = 3 is refused: nisbflow has no such setting"):
         load_config(RUN, ["model.mednext.stem_width=3"])

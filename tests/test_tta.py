@@ -95,3 +95,65 @@ def test_a_flip_equivariant_network_ensembles_to_its_plain_prediction():
     for mode in ("mean", "min", "max"):
         ensembled = predict_views(predict, volume, views("all"), OFFSETS, None, ensemble_modes(mode, 6))
         assert torch.equal(ensembled, plain), mode
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
+    from nisbflow.synth import synthesize_seed
+
+    root = tmp_path_factory.mktemp("tta")
+    synthesize_seed(str(root / "seed"), (56, 48, 40), seed=12, chunks=(32, 32, 32), progress=False)
+    return root / "seed"
+
+
+TTA = ["inference.window_size=[32,32,32]", "inference.test_time_augmentation.enabled=true",
+       "inference.test_time_augmentation.ensemble_mode=[['0:2','min'],['2:','mean']]"]
+
+
+def test_block_wise_augmented_inference_equals_the_whole_volume_and_records_its_views(seed, tmp_path):
+    import zarr
+    from typer.testing import CliRunner
+
+    from nisbflow_cli.main import app
+
+    image = str(seed / "data.zarr" / "img")
+    runs = {}
+    for name, extra in (("whole", ["--whole"]), ("blocks", ["--chunks", "24,24,24"]), ("plain", [])):
+        argv = ["infer", image, str(tmp_path / f"{name}.zarr"), "--checkpoint", "nisb-tiny-synthetic", "--cluster",
+                "sync", *extra, *(TTA if name != "plain" else TTA[:1])]
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        runs[name] = (result.output, zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r")["0"])
+    whole, blocks, plain = (runs[n][1] for n in ("whole", "blocks", "plain"))
+    np.testing.assert_allclose(blocks[:].astype(np.float32), whole[:].astype(np.float32), atol=2e-3)
+    assert float(np.abs(blocks[:].astype(np.float32) - plain[:].astype(np.float32)).max()) > 1e-3
+    recorded = blocks.attrs["nisbflow_settings"]["inference"]["test_time_augmentation"]
+    assert len(recorded["views"]) == 8 and recorded["ensemble"] == ["min", "min", "mean"]
+    assert "× 8 views" in runs["blocks"][0]
+
+
+def test_an_augmented_window_is_the_ensemble_of_its_views(seed):
+    """One window (the image is the window): predict_whole with augmentation equals the TTA kernel on the image."""
+    from nisbflow.infer.predict import Augmentation, predict_whole
+    from nisbflow.model import Checkpoint
+
+    network = Checkpoint.open("nisb-tiny-synthetic").network("cpu")
+    image = np.asarray(__import__("zarr").open_array(str(seed / "data.zarr" / "img"), mode="r")[:32, :32, :32, 0])
+    augmentation = Augmentation(tuple(views("all", [[0, 1]])), ("max", "mean", "min"), tuple(OFFSETS))
+    whole = predict_whole(image, network, window=(32, 32, 32), stride=(16, 16, 16), channels=(0, 1, 2),
+                          output_dtype="float32", augmentation=augmentation)
+    kernel = predict_views(lambda crops: apply_model(network, crops[:, 0], "scale_sigmoid"),
+                           torch.from_numpy(image)[None, None], list(augmentation.views), OFFSETS, (0, 1, 2),
+                           ["max", "mean", "min"])[0].numpy()
+    np.testing.assert_allclose(whole, kernel, rtol=0, atol=1e-6)
+
+
+def test_augmentation_settings_are_checked_before_any_work():
+    from nisbflow.config import load_config
+
+    with pytest.raises(ConfigError, match="not square there"):
+        load_config(None, ["inference.window_size=[32,32,16]", "inference.test_time_augmentation.enabled=true",
+                           "inference.test_time_augmentation.rotation90_axes=[[1,2]]"])
+    with pytest.raises(ConfigError, match="gives no mode to output channel"):
+        load_config(None, ["inference.test_time_augmentation.enabled=true",
+                           "inference.test_time_augmentation.ensemble_mode=[['0:2','min']]"])

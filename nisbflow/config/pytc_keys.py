@@ -319,11 +319,31 @@ def _ema_device(out: Translation, key: str, value) -> None:
         out.note(key, value, REFUSED, "nisbflow keeps the average on the weights' device")
 
 
-def _tta_detail(out: Translation, key: str, value) -> None:
-    if out.get("inference.test_time_augmentation.enabled", False):
-        out.note(key, value, REFUSED, "nisbflow predicts without test-time augmentation")
-    else:
+def _flip_axes(value):
+    """PyTC's ``flip_axes`` (all, none, or a list whose entries are an axis or a list of axes) in nisbflow's form."""
+    if isinstance(value, str) or value is None:
+        return "none" if value is None else value
+    return [[int(entry)] if isinstance(entry, int) else [int(a) for a in entry] for entry in value]
+
+
+def _tta_detail(convert=None):
+    """A test-time augmentation setting: nisbflow's same-named key when it is on, no effect when it is off."""
+    def rule(out: Translation, key: str, value) -> None:
+        if out.get("inference.test_time_augmentation.enabled", False):
+            out.set(key, convert(value) if convert else value, key, "test-time augmentation of every window",
+                    given=value)
+        else:
+            out.note(key, value, IGNORED, "test-time augmentation is off")
+    return rule
+
+
+def _patch_first(out: Translation, key: str, value) -> None:
+    if not out.get("inference.test_time_augmentation.enabled", False):
         out.note(key, value, IGNORED, "test-time augmentation is off")
+    else:
+        out.note(key, value, MATCHES, "nisbflow augments each window and ensembles its views inside the window "
+                                      "before blending (PyTC's patch-first blends each view, then ensembles: the "
+                                      "same on one window, docs/inference.md)")
 
 
 def _gaussian_only(out: Translation, key: str, value) -> None:
@@ -671,10 +691,24 @@ LEAF_RULES: dict[str, Rule] = {
     "inference.window.output_device": ignore(WHERE_TENSORS_LIVE),
     "inference.window.distributed_sharding": ignore("how windows are shared out; nisbflow shares blocks among "
                                                     "Dask workers"),
-    "inference.test_time_augmentation.enabled": only(False, "no test-time augmentation",
-                                                     "nisbflow predicts without test-time augmentation"),
-    "inference.test_time_augmentation.ensemble_mode": _tta_detail,
-    "inference.test_time_augmentation.flip_axes": _tta_detail,
+    "inference.test_time_augmentation.enabled": to("inference.test_time_augmentation.enabled", bool,
+                                                   "test-time augmentation of every window"),
+    "inference.test_time_augmentation.ensemble_mode": _tta_detail(
+        lambda v: v if isinstance(v, str) else [[str(c), m] for c, m in v]),
+    "inference.test_time_augmentation.flip_axes": _tta_detail(_flip_axes),
+    "inference.test_time_augmentation.rotation90_axes": _tta_detail(
+        lambda v: v if isinstance(v, str) or v is None else [[int(a) for a in plane] for plane in v]),
+    "inference.test_time_augmentation.rotate90_k": _tta_detail(
+        lambda v: None if v is None else [int(k) for k in (v if isinstance(v, list) else [v])]),
+    "inference.test_time_augmentation.patch_first_local": _patch_first,
+    "inference.test_time_augmentation.distributed_sharding": ignore("how views are shared among GPUs; nisbflow "
+                                                                    "shares blocks among Dask workers"),
+    "inference.test_time_augmentation.distributed_reduce_chunk_mb": ignore("how views are shared among GPUs"),
+    "inference.test_time_augmentation.empty_cache_interval": ignore("GPU cache cleanup cadence"),
+    "inference.test_time_augmentation.apply_mask": ignore("PyTC multiplies the ensemble by an inference mask when "
+                                                          "one is given; nisbflow's inference takes none"),
+    "inference.test_time_augmentation.transforms": only(None, "no extra transforms",
+                                                        "nisbflow's views are flips and quarter turns"),
     "inference.save_results": ignore("nisbflow test always writes affinities.zarr"),
     "inference.save_backend": ignore("the file format: nisbflow writes zarr (nisbflow convert writes PyTC's "
                                      "test_im_prediction.h5)"),

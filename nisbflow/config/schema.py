@@ -211,6 +211,22 @@ class OptimizationConfig(_Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # `precision=32`
 
 
+class TtaConfig(_Section):
+    enabled: bool = Field(False, description="Test-time augmentation: every window is predicted in each view (flips, "
+                          "quarter turns), turned back with its affinities re-anchored, and the views ensembled per "
+                          "channel (docs/inference.md).")
+    flip_axes: Literal["all", "none"] | list[list[int]] = Field(
+        "all", description="all: the 8 subsets of x, y, z; none; or a list of axis lists (0 = x, 1 = y, 2 = z), each "
+        "a view beside the identity.")
+    rotation90_axes: Literal["all", "none"] | list[list[int]] | None = Field(
+        None, description="Planes of quarter turns combined with every flip (all: xy, xz, yz); the window must be "
+        "square in each plane.")
+    rotate90_k: list[int] | None = Field(None, description="The quarter turns (default 0, 1, 2, 3).")
+    ensemble_mode: Literal["mean", "min", "max"] | list[tuple[str, Literal["mean", "min", "max"]]] = Field(
+        "mean", description="mean, min or max over the views valid at a voxel, or [[channels, mode], …] over the "
+        "kept channels, e.g. [['0:3', 'min'], ['3:', 'mean']].")
+
+
 class InferenceConfig(_Section):
     window_size: tuple[int, int, int] = Field((128, 128, 128), description="Sliding window in voxels, (x, y, z); "
                                               "multiples of 16 for MedNeXt.")
@@ -228,6 +244,7 @@ class InferenceConfig(_Section):
                             "in that mode, e.g. 'reduce-overhead' for CUDA graphs). Compiled once per worker before "
                             "the blocks (about a minute for MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
                             "(docs/BENCHMARKS.md); false for small volumes.")
+    test_time_augmentation: TtaConfig = TtaConfig()
     weights: Literal["auto", "ema", "raw"] = Field(
         "auto", description="Which weights of a checkpoint that holds two sets predict: auto (the EMA weights when "
         "it keeps them, as PyTorch Connectomics tests with validate_with_ema; else its only set), ema, or raw (the "
@@ -265,6 +282,22 @@ class InferenceConfig(_Section):
             if not 0 < stride <= w:
                 raise ValueError(f"inference.overlap {self.overlap} gives a stride of {stride} voxels for a "
                                  f"{w}-voxel window; the stride must be in (0, {w}]")
+        return self
+
+    @model_validator(mode="after")
+    def _augmentations_fit(self):
+        tta = self.test_time_augmentation
+        if not tta.enabled:
+            return self
+        from nisbflow.infer.tta import ensemble_modes, views
+
+        for view in views(tta.flip_axes, tta.rotation90_axes, tta.rotate90_k):
+            if view.plane is not None and view.k % 2 and \
+                    self.window_size[view.plane[0]] != self.window_size[view.plane[1]]:
+                raise ValueError(f"inference.test_time_augmentation turns windows a quarter in the "
+                                 f"{''.join('xyz'[a] for a in view.plane)} plane, but the window "
+                                 f"{list(self.window_size)} is not square there")
+        ensemble_modes(tta.ensemble_mode, len(self.select_channel))
         return self
 
 

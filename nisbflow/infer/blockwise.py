@@ -23,7 +23,8 @@ from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import blending_weight, window_grid
 from nisbflow.infer.plan import FINAL, BlockSources, Unit, WindowPlan, largest_footprint, plan_windows
-from nisbflow.infer.predict import apply_model, check_image, pad_to_window, predict_whole
+from nisbflow.infer.predict import (Augmentation, apply_model, check_image, pad_to_window, predict_crops,
+                                    predict_whole)
 from nisbflow.tasks import Counter, compute_tasks
 from nisbflow.worker_setup import release_compile_workers
 
@@ -41,22 +42,43 @@ class WindowSettings:
     channels: tuple[int, ...] | None = None
     output_dtype: str = "float16"
     compile: bool | str = False
+    augmentation: Augmentation | None = None
 
     @classmethod
-    def from_config(cls, inference, channels=None) -> "WindowSettings":
+    def from_config(cls, inference, channels=None, offsets=None) -> "WindowSettings":
         """From an ``inference`` configuration section: stride = window × (1 − overlap), channels
-        ``inference.select_channel`` unless ``channels`` is given."""
+        ``inference.select_channel`` unless ``channels`` is given; with ``test_time_augmentation.enabled``, its views
+        and ensemble modes, and ``offsets`` (the network's affinity offsets, X, Y, Z; default BANIS's six)."""
         window = tuple(int(w) for w in inference.window_size)
         stride = tuple(max(1, int(round(w * (1 - inference.overlap)))) for w in window)
-        channels = inference.select_channel if channels is None else channels
-        return cls(window, stride, inference.sw_batch_size, inference.activation, tuple(int(c) for c in channels),
-                   inference.output_dtype, inference.compile)
+        channels = tuple(int(c) for c in (inference.select_channel if channels is None else channels))
+        tta = inference.test_time_augmentation
+        augmentation = None
+        if tta.enabled:
+            from nisbflow.config.schema import BANIS_AFFINITY_OFFSETS, parse_offset
+            from nisbflow.infer.tta import ensemble_modes, views
+
+            offsets = [parse_offset(o) for o in BANIS_AFFINITY_OFFSETS] if offsets is None else offsets
+            augmentation = Augmentation(tuple(views(tta.flip_axes, tta.rotation90_axes, tta.rotate90_k)),
+                                        tuple(ensemble_modes(tta.ensemble_mode, len(channels))),
+                                        tuple(tuple(int(v) for v in o) for o in offsets))
+        return cls(window, stride, inference.sw_batch_size, inference.activation, channels,
+                   inference.output_dtype, inference.compile, augmentation)
 
     def record(self) -> dict:
-        """JSON-ready, for output attributes."""
-        return {"window": list(self.window), "stride": list(self.stride), "sw_batch_size": self.sw_batch_size,
-                "activation": self.activation, "channels": None if self.channels is None else list(self.channels),
-                "output_dtype": self.output_dtype, "compile": self.compile}
+        """JSON-ready, for output attributes (and the identities resume and tuning key on: the augmentation's views
+        and modes only when it is on, so records without it stay as they were)."""
+        record = {"window": list(self.window), "stride": list(self.stride), "sw_batch_size": self.sw_batch_size,
+                  "activation": self.activation, "channels": None if self.channels is None else list(self.channels),
+                  "output_dtype": self.output_dtype, "compile": self.compile}
+        if self.augmentation is not None:
+            record["test_time_augmentation"] = self.augmentation.record()
+        return record
+
+    @property
+    def views(self) -> int:
+        """Predictions per window: 1, or the augmentation's views."""
+        return 1 if self.augmentation is None else len(self.augmentation.views)
 
     def compiled_on(self, device: str) -> bool:
         """Whether the network runs through ``torch.compile`` on ``device`` (``auto``: on CUDA only; a mode name:
@@ -160,7 +182,6 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
     image = torch.from_numpy(np.ascontiguousarray(piece)).to(device)
     weight = torch.from_numpy(blending_weight(settings.window)).to(device)
     shape = tuple(r.stop - r.start for r in region)
-    channels = None if settings.channels is None else torch.as_tensor(list(settings.channels), device=device)
     total, weights = None, torch.zeros(shape, dtype=torch.float32, device=device)
     for i in range(0, len(windows), settings.sw_batch_size):
         batch = windows[i:i + settings.sw_batch_size]
@@ -169,9 +190,8 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
                              for start in batch])
         if compiled and len(batch) < settings.sw_batch_size:  # one batch shape: no recompilation for the last
             crops = torch.cat([crops, crops[-1:].expand(settings.sw_batch_size - len(batch), *crops.shape[1:])])
-        predictions = apply_model(model, crops, settings.activation)[:len(batch)]
-        if channels is not None:
-            predictions = predictions.index_select(1, channels)
+        predictions = predict_crops(model, crops, settings.activation, settings.channels,
+                                    settings.augmentation)[:len(batch)]
         if total is None:
             total = torch.zeros((predictions.shape[1],) + shape, dtype=torch.float32, device=device)
         for start, prediction in zip(batch, predictions):
@@ -182,7 +202,7 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
             total[(slice(None),) + target] += prediction[(slice(None),) + local] * weight[local]
             weights[target] += weight[local]
         if report is not None:
-            report(len(batch))
+            report(len(batch) * settings.views)
     return total, weights
 
 
@@ -352,7 +372,7 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
         return predict_whole(image, model, window=settings.window, stride=settings.stride,
                              sw_batch_size=settings.sw_batch_size, activation=settings.activation,
                              channels=settings.channels, output_dtype=settings.output_dtype,
-                             device=device or default_device())
+                             device=device or default_device(), augmentation=settings.augmentation)
     spatial = _spatial(image)
     grid = BlockGrid.regular(spatial.shape, block)
     plan = plan_windows(grid, settings.window, settings.stride, settings.sw_batch_size, split)
@@ -508,7 +528,8 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
 
     run = run_settings_of(run)
     handle = run.checkpoint
-    window_settings = window or WindowSettings.from_config(run.config.inference)
+    window_settings = window or WindowSettings.from_config(run.config.inference,
+                                                           offsets=run.checkpoint.model.offsets())
     check_channels(window_settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     device = device or cluster_device()
@@ -543,7 +564,9 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
                 plan.counted(index), dask_key_name=(f"infer-store-block-{token}",) + index))
         warm = warm_up_workers(handle, window_settings, device, log=log or default_log) if tasks else None
         start = time.perf_counter()
-        counter = Counter(topic, "infer: windows", plan.windows_run, "windows")
+        views = window_settings.views  # each window predicted once per view
+        counter = Counter(topic, "infer: windows" + (f" × {views} views" if views > 1 else ""),
+                          plan.windows_run * views, "predictions" if views > 1 else "windows")
         computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress, counter=counter)) \
             if tasks else 0
         seconds = time.perf_counter() - start
@@ -565,7 +588,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, over
 
     run = run_settings_of(run)
     handle = run.checkpoint
-    window_settings = WindowSettings.from_config(run.config.inference)
+    window_settings = WindowSettings.from_config(run.config.inference, offsets=run.checkpoint.model.offsets())
     check_channels(window_settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     n_channels = handle.model.out_channels if window_settings.channels is None else len(window_settings.channels)
@@ -579,7 +602,7 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, over
         values = predict_whole(source[...], model, window=window_settings.window, stride=window_settings.stride,
                                sw_batch_size=window_settings.sw_batch_size, activation=window_settings.activation,
                                channels=window_settings.channels, output_dtype=window_settings.output_dtype,
-                               device=device or default_device())
+                               device=device or default_device(), augmentation=window_settings.augmentation)
         seconds = time.perf_counter() - start
         fmt = source.metadata.zarr_format
         level = create_image(staged.data, attributes=affinity_attrs(run, window_settings, source,

@@ -8,6 +8,7 @@ window grid of :mod:`nisbflow.infer.geometry` as Σ p·w / Σ w with chessboard-
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,15 +49,46 @@ def apply_model(model, crops: torch.Tensor, activation: str) -> torch.Tensor:
     return ACTIVATIONS[activation](logits.float())
 
 
-def run_windows(model, crops: np.ndarray, activation: str, device) -> np.ndarray:
-    """``crops (N, Wx, Wy, Wz) uint8`` → ``(N, C, Wx, Wy, Wz) float32`` activations (autocast float16 on CUDA)."""
-    return apply_model(model, torch.from_numpy(np.ascontiguousarray(crops)).to(device), activation).cpu().numpy()
+@dataclass(frozen=True)
+class Augmentation:
+    """Test-time augmentation of every window (:mod:`nisbflow.infer.tta`): its ``views``, the ensemble ``modes`` of
+    the kept channels and the network's affinity ``offsets`` (X, Y, Z, every output channel)."""
+
+    views: tuple
+    modes: tuple[str, ...]
+    offsets: tuple[tuple[int, int, int], ...]
+
+    def record(self) -> dict:
+        return {"views": [view.name() for view in self.views], "ensemble": list(self.modes)}
+
+
+def predict_crops(model, crops: torch.Tensor, activation: str, channels=None,
+                  augmentation: Augmentation | None = None) -> torch.Tensor:
+    """``crops (N, Wx, Wy, Wz) uint8`` tensor → ``(N, C, Wx, Wy, Wz)`` float32 activations of the kept
+    ``channels`` (None: all): the network once (:func:`apply_model`), or in every view of ``augmentation``, turned
+    back and ensembled (:func:`nisbflow.infer.tta.predict_views`)."""
+    if augmentation is None:
+        predictions = apply_model(model, crops, activation)
+        return predictions if channels is None else predictions[:, list(channels)]
+    from nisbflow.infer.tta import predict_views
+
+    return predict_views(lambda views: apply_model(model, views[:, 0], activation), crops[:, None],
+                         list(augmentation.views), augmentation.offsets, channels, list(augmentation.modes))
+
+
+def run_windows(model, crops: np.ndarray, activation: str, device, channels=None,
+                augmentation: Augmentation | None = None) -> np.ndarray:
+    """``crops (N, Wx, Wy, Wz) uint8`` → ``(N, C, Wx, Wy, Wz) float32`` activations (autocast float16 on CUDA) of the
+    kept ``channels`` (:func:`predict_crops`)."""
+    return predict_crops(model, torch.from_numpy(np.ascontiguousarray(crops)).to(device), activation, channels,
+                         augmentation).cpu().numpy()
 
 
 def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), sw_batch_size: int = 8,
                   activation: str = "scale_sigmoid", channels=None, output_dtype="float16",
-                  device="cpu") -> np.ndarray:
-    """Affinities of a whole in-memory image; see the module docstring."""
+                  device="cpu", augmentation: Augmentation | None = None) -> np.ndarray:
+    """Affinities of a whole in-memory image; see the module docstring. ``augmentation``: test-time augmentation
+    of every window (:class:`Augmentation`)."""
     check_image(image)
     image = np.asarray(image)
     if image.ndim == 4:
@@ -72,7 +104,7 @@ def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), 
     for i in range(0, len(starts), sw_batch_size):
         batch = starts[i:i + sw_batch_size]
         crops = np.stack([padded[tuple(slice(s, s + w) for s, w in zip(start, window))] for start in batch])
-        predictions = run_windows(model, crops, activation, device)
+        predictions = run_windows(model, crops, activation, device, channels, augmentation)
         if total is None:
             total = np.zeros((predictions.shape[1],) + weights.shape, dtype=np.float32)
         for start, prediction in zip(batch, predictions):
@@ -81,6 +113,4 @@ def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), 
             weights[region] += weight
     result = total / weights
     result = result[(slice(None),) + tuple(slice(0, s) for s in shape)]
-    if channels is not None:
-        result = result[list(channels)]
     return result.astype(output_dtype)
