@@ -284,3 +284,19 @@ def test_the_training_memory_estimate_turns_activation_checkpointing_on_only_whe
     with_ema = load_config("configs/tiny.yaml", ["model.size=L", "data.patch_size=[32,32,32]",
                                                  "optimization.ema.enabled=true"])
     assert training_peak(with_ema).state == plain.state * 5 // 4
+
+
+def test_banis_l_with_kernel_5_trains_with_activation_checkpointing_and_says_its_memory(data, tmp_path, capsys):
+    """BANIS-L (MedNeXt-L, kernel 5), small width, one step with activation checkpointing on the CPU: the
+    checkpoint holds an L/k5 network and the run said its memory estimate first."""
+    from nisbflow.model import load_checkpoint
+    from nisbflow.train.loop import train
+
+    config = recipe_config(data, tmp_path, **{"model.size": "L", "model.kernel_size": 5, "model.init_filters": 2,
+                                              "model.activation_checkpointing": "true",
+                                              "optimization.max_steps": 1, "optimization.val_steps_per_epoch": 0})
+    run, _ = train(config, run_dir=tmp_path / "l5", workers=0, progress=False)
+    said = capsys.readouterr().out
+    assert "training: about" in said and "with activation checkpointing" in said
+    _, model = load_checkpoint(run / "checkpoints" / "last.pt", weights="raw")
+    assert (model.size, model.kernel_size, model.init_filters) == ("L", 5, 2)
