@@ -265,13 +265,13 @@ def test_the_shipped_banis_plus_configuration_states_the_recipe():
 def test_the_training_memory_estimate_turns_activation_checkpointing_on_only_where_needed():
     from nisbflow.config import load_config
     from nisbflow.errors import ConfigError
-    from nisbflow.train.memory import MEMORY_FRACTION, training_peak, plan_training_memory
+    from nisbflow.model import build
+    from nisbflow.train.memory import MEMORY_FRACTION, plan_training_memory, training_peak
 
     config = load_config("configs/tiny.yaml", ["model.size=L", "data.patch_size=[32,32,32]"])
     plain, checkpointed = training_peak(config), training_peak(config, checkpointing=True)
     assert checkpointed.activations < plain.activations / 2 and checkpointed.state == plain.state
-    assert plain.state == 4 * 4 * sum(p.numel() for p in __import__("nisbflow.model", fromlist=["build"]).build(
-        config.model).parameters())
+    assert plain.state == 4 * 4 * sum(p.numel() for p in build(config.model).parameters())
     said = []
     assert plan_training_memory(config, int(plain.total / MEMORY_FRACTION) + 1, "the GPU", said.append) is False
     assert len(said) == 1 and said[0].startswith("training: about") and "the GPU has" in said[0]

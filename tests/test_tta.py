@@ -134,11 +134,13 @@ def test_block_wise_augmented_inference_equals_the_whole_volume_and_records_its_
 
 def test_an_augmented_window_is_the_ensemble_of_its_views(seed):
     """One window (the image is the window): predict_whole with augmentation equals the TTA kernel on the image."""
+    import zarr
+
     from nisbflow.infer.predict import Augmentation, predict_whole
     from nisbflow.model import Checkpoint
 
     network = Checkpoint.open("nisb-tiny-synthetic").network("cpu")
-    image = np.asarray(__import__("zarr").open_array(str(seed / "data.zarr" / "img"), mode="r")[:32, :32, :32, 0])
+    image = np.asarray(zarr.open_array(str(seed / "data.zarr" / "img"), mode="r")[:32, :32, :32, 0])
     augmentation = Augmentation(tuple(views("all", [[0, 1]])), ("max", "mean", "min"), tuple(OFFSETS))
     whole = predict_whole(image, network, window=(32, 32, 32), stride=(16, 16, 16), channels=(0, 1, 2),
                           output_dtype="float32", augmentation=augmentation)
