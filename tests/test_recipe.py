@@ -300,3 +300,24 @@ def test_banis_l_with_kernel_5_trains_with_activation_checkpointing_and_says_its
     assert "training: about" in said and "with activation checkpointing" in said
     _, model = load_checkpoint(run / "checkpoints" / "last.pt", weights="raw")
     assert (model.size, model.kernel_size, model.init_filters) == ("L", 5, 2)
+
+
+def test_a_threshold_tuned_with_one_weight_set_is_refused_for_the_other(trained, tmp_path):
+    import yaml
+
+    from nisbflow.errors import ConfigError
+    from nisbflow.settings import resolve_settings
+    from nisbflow.tune import checkpoint_folder
+
+    last = str(trained[0] / "checkpoints" / "last.pt")
+    ema = resolve_settings(last)
+    params = tmp_path / "best.yaml"
+    params.write_text(yaml.safe_dump({"_tuned_": {"checkpoint": last, "checkpoint_sha256": ema.checkpoint.sha256,
+                                                  "weights": "ema", "method": "cc"},
+                                      "decoding": {"threshold": 0.8}}))
+    assert resolve_settings(last, params=params).config.decoding.threshold == 0.8
+    with pytest.raises(ConfigError, match="tuned with the ema weights .* predicts with its raw weights"):
+        resolve_settings(last, params=params, overrides=["inference.weights=raw"])
+    raw = resolve_settings(last, overrides=["inference.weights=raw"])
+    assert checkpoint_folder(tmp_path, raw).name.endswith("-raw-weights")
+    assert checkpoint_folder(tmp_path, ema).name == checkpoint_folder(tmp_path, raw).name.removesuffix("-raw-weights")
