@@ -341,6 +341,15 @@ def test_the_banis_plus_workflow_trains_tunes_and_tests_with_the_tuned_threshold
     assert f"--modetest:decodingwith{best}" in "".join(tested.output.split())
     (metrics,) = out.glob("*/metrics.json")
     assert json.loads(metrics.read_text())["threshold"] == threshold
+    both = CliRunner().invoke(app, ["--config", plus, "--mode", "tune-test", "--checkpoint", str(last), "--cluster",
+                                    "sync", f"tune.data.val.path={val}", f"tune.data.val.skeleton={val}/skeleton.pkl",
+                                    f"test.data.test.path={test}", f"test.data.test.skeleton={test}/skeleton.pkl",
+                                    "decoding.affinity_mask_path=null", f"save_path={out}"])
+    assert both.exit_code == 0, both.output
+    tune_tested = json.loads((best.parent / "test" / "metrics.json").read_text())
+    tested = json.loads(metrics.read_text())
+    assert (tune_tested["threshold"], tune_tested["nerl"], tune_tested["checkpoint_weights"]) == (
+        tested["threshold"], tested["nerl"], "ema")
 
 
 def test_the_tutorials_slips_are_named_in_one_line(nisb, tmp_path):
