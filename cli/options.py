@@ -52,8 +52,11 @@ Checkpoint = Annotated[str, typer.Option("--checkpoint", help="Model checkpoint 
                                                               "model init), or a shipped model's name (nisbflow "
                                                               "model list).")]
 def _weights(value: Optional[str]) -> Optional[str]:
-    if value is not None and value not in ("auto", "ema", "raw"):
-        raise typer.BadParameter(f"--weights takes auto, ema or raw, got '{value}'")
+    from nisbflow.jobs import weight_choices
+
+    choices = weight_choices()
+    if value is not None and value not in choices:
+        raise typer.BadParameter(f"--weights takes {', '.join(choices[:-1])} or {choices[-1]}, got '{value}'")
     return value
 
 

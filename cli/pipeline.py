@@ -58,7 +58,8 @@ def infer(
 
     report = infer_job(image, output, checkpoint, chunks=parse_triple(chunks, "--chunks"), split=split, whole=whole,
                        channels=parse_channels(channels) if channels else None, overwrite=overwrite, force=force,
-                       config=config, params=params, overrides=with_weights(overrides, weights), log=say, axes=axes, layout=layout,
+                       config=config, params=params, overrides=with_weights(overrides, weights), log=say, axes=axes,
+                       layout=layout,
                        cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     summary = report.summary
     if report.whole:

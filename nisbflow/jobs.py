@@ -22,6 +22,13 @@ from typing import Iterator
 from nisbflow.errors import ConfigError
 
 
+def weight_choices() -> tuple[str, ...]:
+    """What ``--weights`` takes (``inference.weights``): auto, ema, raw."""
+    from nisbflow.config.schema import INFERENCE_WEIGHTS
+
+    return INFERENCE_WEIGHTS
+
+
 def _print(line: str) -> None:
     print(line)
 
@@ -235,8 +242,8 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
     image = zarr_input(image, role="image", near=output, axes=axes, log=log, progress=progress)
     source = open_image(image)
     check_block_count(source.shape[:3], block)
-    check_channels(WindowSettings.from_config(run.config.inference), run.checkpoint.model.out_channels,
-                   f"checkpoint {run.checkpoint.name}")
+    check_channels(WindowSettings.from_config(run.config.inference, offsets=run.checkpoint.model.offsets()),
+                   run.checkpoint.model.out_channels, f"checkpoint {run.checkpoint.name}")
     if whole:
         summary = infer_whole_to_zarr(image, output, run, overwrite=overwrite, force=force, log=log, layout=layout)
         return InferReport(run, summary, whole=True)

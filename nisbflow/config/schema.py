@@ -227,6 +227,11 @@ class TtaConfig(_Section):
         "kept channels, e.g. [['0:3', 'min'], ['3:', 'mean']].")
 
 
+INFERENCE_WEIGHTS = ("auto", "ema", "raw")
+"""Which weights of a checkpoint predict (``inference.weights``, ``--weights``): auto (the EMA weights when it keeps
+them), ema, raw (the training weights)."""
+
+
 class InferenceConfig(_Section):
     window_size: tuple[int, int, int] = Field((128, 128, 128), description="Sliding window in voxels, (x, y, z); "
                                               "multiples of 16 for MedNeXt.")
@@ -245,7 +250,7 @@ class InferenceConfig(_Section):
                             "the blocks (about a minute for MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
                             "(docs/BENCHMARKS.md); false for small volumes.")
     test_time_augmentation: TtaConfig = TtaConfig()
-    weights: Literal["auto", "ema", "raw"] = Field(
+    weights: Literal[INFERENCE_WEIGHTS] = Field(
         "auto", description="Which weights of a checkpoint that holds two sets predict: auto (the EMA weights when "
         "it keeps them, as PyTorch Connectomics tests with validate_with_ema; else its only set), ema, or raw (the "
         "training weights). --weights on the command line.")

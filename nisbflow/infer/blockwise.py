@@ -48,17 +48,17 @@ class WindowSettings:
     def from_config(cls, inference, channels=None, offsets=None) -> "WindowSettings":
         """From an ``inference`` configuration section: stride = window × (1 − overlap), channels
         ``inference.select_channel`` unless ``channels`` is given; with ``test_time_augmentation.enabled``, its views
-        and ensemble modes, and ``offsets`` (the network's affinity offsets, X, Y, Z; default BANIS's six)."""
+        and ensemble modes, and ``offsets``: the network's affinity offsets (X, Y, Z), which it then needs."""
         window = tuple(int(w) for w in inference.window_size)
         stride = tuple(max(1, int(round(w * (1 - inference.overlap)))) for w in window)
         channels = tuple(int(c) for c in (inference.select_channel if channels is None else channels))
         tta = inference.test_time_augmentation
         augmentation = None
         if tta.enabled:
-            from nisbflow.config.schema import BANIS_AFFINITY_OFFSETS, parse_offset
             from nisbflow.infer.tta import ensemble_modes, views
 
-            offsets = [parse_offset(o) for o in BANIS_AFFINITY_OFFSETS] if offsets is None else offsets
+            if offsets is None:  # re-anchoring needs the network's own offsets: no default could be right
+                raise ValueError("test-time augmentation needs the network's affinity offsets (offsets=…)")
             augmentation = Augmentation(tuple(views(tta.flip_axes, tta.rotation90_axes, tta.rotate90_k)),
                                         tuple(ensemble_modes(tta.ensemble_mode, len(channels))),
                                         tuple(tuple(int(v) for v in o) for o in offsets))

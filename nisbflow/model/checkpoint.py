@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nisbflow.config.schema import ModelConfig
+from nisbflow.config.schema import INFERENCE_WEIGHTS, ModelConfig
 from nisbflow.errors import NisbflowError
 from nisbflow.model.network import build
 
@@ -66,7 +66,7 @@ def peer_of(payload, path, weights: str = "auto"):
         raise CheckpointError(f"checkpoint {path}: {error}") from None
 
 
-WEIGHTS = ("auto", "ema", "raw")
+WEIGHTS = INFERENCE_WEIGHTS
 """Which weights of a checkpoint predict (``inference.weights``): auto (the EMA weights when it keeps them), ema,
 raw (the training weights)."""
 

@@ -6,8 +6,8 @@ it. Checkpoints are nisbflow checkpoints (model configuration + weights, readabl
 carry the optimiser and scaler state, the RNG state and the step for resuming (the learning rate is a function of the
 step).
 
-Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process, the affinity loss
-(:func:`~nisbflow.train.loss.affinity_loss`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
+Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process, the loss ``model.loss`` names
+(:func:`~nisbflow.train.loss.loss_function`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
 ``max_steps``; float16 autocast on CUDA with ``precision=16-mixed`` (bfloat16 with ``bf16-mixed``). Every ``val_check_interval`` steps the mean
 validation loss over ``val_steps_per_epoch`` batches (all ranks; the EMA's with ``optimization.ema``) decides the
 top-k checkpoints; ``last.pt`` is
@@ -18,7 +18,7 @@ folder.
 Before the first step, the memory of a training process is estimated (:mod:`nisbflow.train.memory`) and said;
 activation checkpointing is turned on where only the checkpointed step fits the device. With
 ``optimization.ema`` an average of the weights (:mod:`nisbflow.train.ema`) is updated after every step and saved in
-every checkpoint. The loss is ``model.loss`` (:mod:`nisbflow.train.loss`).
+every checkpoint.
 """
 
 from __future__ import annotations

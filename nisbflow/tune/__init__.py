@@ -125,7 +125,7 @@ def _inference_geometry(config) -> dict:
     """The window settings that decide the affinities (not ``sw_batch_size`` or ``compile``: how they run)."""
     from nisbflow.infer.blockwise import WindowSettings
 
-    geometry = WindowSettings.from_config(config.inference).record()  # the views and modes, not the offsets
+    geometry = WindowSettings.from_config(config.inference, offsets=config.model.offsets()).record()
     for key in ("sw_batch_size", "compile"):
         geometry.pop(key, None)
     return geometry
