@@ -3,7 +3,7 @@ agglomeration held to waterz, block-wise decoding on a real LocalCluster (one bl
 close and are deterministic), resume, and the CLI.
 
 References are independent of nisbflow's kernels: the conversion to waterz's layout is a plain loop over voxels written
-from the two conventions' definitions (DESIGN.md: ``aff[c][v]`` joins v and v + e_c; waterz: ``w[d][z, y, x]`` joins a
+from the two conventions' definitions (docs/design.md: ``aff[c][v]`` joins v and v + e_c; waterz: ``w[d][z, y, x]`` joins a
 voxel and its predecessor along d = z, y, x), and every agglomeration is compared with waterz's own output.
 """
 

@@ -89,3 +89,17 @@ def test_no_command_body_is_long():
             lines = body[-1].end_lineno - body[0].lineno + 1
             assert lines <= LONGEST_COMMAND_BODY, f"{path.name}: {node.name} has a {lines}-line body"
     assert commands == 20  # every command was looked at
+
+
+def test_the_conventions_cited_live_in_the_repository():
+    """Code, tests and docs cite docs/design.md for the conventions (XYZ, source-voxel affinities, window geometry,
+    NERL): it exists, holds each of them, and nothing points at a brief outside the repository."""
+    design = (ROOT / "docs" / "design.md").read_text()
+    for heading in ("## Axes and layout", "## Affinities", "## Sliding window", "## Decoding", "## NERL"):
+        assert heading in design
+    outside = [str(path.relative_to(ROOT)) for folder in ("nisbflow", "cli", "tests", "docs", "benchmarks")
+               for path in (ROOT / folder).rglob("*") if path.suffix in {".py", ".md", ".yaml"}
+               and "shared/" + "DESIGN" in path.read_text(errors="replace")]
+    assert outside == []
+    cited = [path for path in (ROOT / "nisbflow").rglob("*.py") if "docs/design.md" in path.read_text()]
+    assert len(cited) >= 5

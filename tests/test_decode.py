@@ -29,7 +29,7 @@ STEPS = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
 
 
 def flood_fill_reference(affinities: np.ndarray, threshold: float, mask=None) -> np.ndarray:
-    """DESIGN.md's decoding rule written out naively: breadth-first search over hard edges from every seed."""
+    """docs/design.md's decoding rule written out naively: breadth-first search over hard edges from every seed."""
     hard = np.asarray(affinities[:3]) > affinities.dtype.type(threshold)
     if mask is not None:
         hard &= mask[None] != 0

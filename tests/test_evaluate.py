@@ -117,7 +117,7 @@ def test_adapted_filter_is_more_than_k_nodes(k, merged):
 
 
 def reference_erl(ids, edges, lengths, labels, k) -> float:
-    """ERL by the rules of ../shared/DESIGN.md, one edge at a time: the independent reference for the kernel."""
+    """ERL by the rules of docs/design.md, one edge at a time: the independent reference for the kernel."""
     count: dict = {}
     for node in range(len(ids)):
         count[(ids[node], labels[node])] = count.get((ids[node], labels[node]), 0) + 1

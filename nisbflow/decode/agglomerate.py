@@ -10,7 +10,7 @@ Two steps, as in waterz (Funke et al.; the SNEMI3D path of PyTorch Connectomics)
    regions (:data:`SCORING_FUNCTIONS`), recomputed as regions merge.
 
 Conventions. nisbflow's affinities are ``(C, X, Y, Z)`` with source-voxel storage: ``aff[c][x, y, z]`` joins voxel
-``v`` with ``v + e_c`` (e_0, e_1, e_2 = x, y, z; ../shared/DESIGN.md). waterz reads ``(3, Z, Y, X) float32`` where
+``v`` with ``v + e_c`` (e_0, e_1, e_2 = x, y, z; docs/design.md). waterz reads ``(3, Z, Y, X) float32`` where
 ``w[d][z, y, x]`` joins a voxel with its *predecessor* along d (d = 0, 1, 2 = z, y, x), and ignores index 0 along d.
 :func:`to_waterz_affinities` converts one to the other; segmentations come back ``(X, Y, Z)``.
 

@@ -1,6 +1,6 @@
 """In-memory affinity connected components: the pure kernel of ``decode_affinity_cc``.
 
-Conventions (../shared/DESIGN.md): affinities are ``(C, X, Y, Z)`` with source-voxel storage, ``aff[c][v]`` being
+Conventions (docs/design.md): affinities are ``(C, X, Y, Z)`` with source-voxel storage, ``aff[c][v]`` being
 the edge between voxel ``v`` and ``v + e_c`` for ``e_0, e_1, e_2 = (1,0,0), (0,1,0), (0,0,1)``. An edge is hard when
 ``aff > threshold`` (strict, compared in the array's dtype). Foreground is every voxel with a hard outgoing edge
 (also one that points out of the volume) plus the destination of every hard in-volume edge; components are

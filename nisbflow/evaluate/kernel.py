@@ -1,7 +1,7 @@
 """Pure metric kernels: expected run length on skeletons, VOI on skeleton nodes, and dense metrics from a
 contingency table. No I/O; inputs are flat numpy arrays.
 
-Skeleton conventions (../shared/DESIGN.md): every node has a ground-truth neuron ``id``; edge lengths are in nm.
+Skeleton conventions (docs/design.md): every node has a ground-truth neuron ``id``; edge lengths are in nm.
 The run-length rules are those of funlib.evaluate's ``evaluate_skeletons`` / ``expected_run_length``, which BANIS's
 ``metrics.py`` calls and the NISB leaderboard reports:
 

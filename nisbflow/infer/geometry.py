@@ -1,4 +1,4 @@
-"""BANIS sliding-window geometry (../shared/DESIGN.md), as pure functions of sizes in voxels.
+"""BANIS sliding-window geometry (docs/design.md), as pure functions of sizes in voxels.
 
 Per axis of size ``S`` the window starts are the multiples of ``stride`` with ``start + window <= S``, plus the
 snapped last start ``S - window`` ("snap to edge": no window leaves the volume). An axis shorter than the window

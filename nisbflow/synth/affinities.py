@@ -2,7 +2,7 @@
 demo before a model is trained.
 
 Each edge's value is ``0.9`` (same neuron) or ``0.1`` (different neurons or background) plus Gaussian noise,
-clipped to [0, 1] and stored as float16, in the source-voxel convention of ../shared/DESIGN.md (channels offsets
+clipped to [0, 1] and stored as float16, in the source-voxel convention of docs/design.md (channels offsets
 x, y, z; an edge leaving the volume is 0). Noise is drawn per block from a generator seeded by ``(seed, block
 index)``, so the result is deterministic for a chunking.
 """
