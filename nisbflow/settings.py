@@ -31,6 +31,7 @@ from nisbflow.config.load import load_yaml_layers, tuned_record
 from nisbflow.config.pytc import is_pytorch_connectomics, load_pytc
 from nisbflow.errors import ConfigError
 from nisbflow.model.checkpoint import Checkpoint
+from nisbflow.model.reader import same_hash
 
 SHOWN_KEYS = ("inference.window_size", "inference.overlap", "inference.sw_batch_size", "inference.activation",
               "inference.select_channel", "inference.output_dtype", "decoding.method", "decoding.threshold")
@@ -78,7 +79,7 @@ class RunSettings:
         :data:`SHOWN_KEYS`), its value and where it came from, then the notes."""
         head = "resolved settings"
         if self.checkpoint is not None:
-            head += f" for checkpoint {self.checkpoint.name} (sha256 {self.checkpoint.sha256}" + (
+            head += f" for checkpoint {self.checkpoint.name} (sha256 {self.checkpoint.short_sha256}" + (
                 f", its {self.checkpoint.weights} weights)" if self.checkpoint.weights else ")")
         lines = [f"{head}; {ORDER}:"]
         keys = self.keys(COMMAND_SECTIONS.get(command) if command else None)
@@ -237,7 +238,7 @@ def check_tuned_for(params, handle: Checkpoint | None) -> None:
     tuned = tuned_record(params)
     if not tuned or handle is None or not tuned.get("checkpoint_sha256"):
         return
-    if tuned["checkpoint_sha256"] != handle.sha256:
+    if not same_hash(tuned["checkpoint_sha256"], handle.sha256):
         raise ConfigError(f"--params {params} was tuned for checkpoint {tuned.get('checkpoint')} (sha256 "
                           f"{tuned['checkpoint_sha256']}), not for {handle.name} (sha256 {handle.sha256}): its "
                           "threshold belongs to that model; tune this checkpoint (nisbflow tune), or pass the "

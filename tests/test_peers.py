@@ -205,3 +205,31 @@ def test_pytc_window_and_threshold_come_from_the_run_folder(tmp_path):
     bare = Checkpoint.open(_pytc_run(tmp_path / "e", None, {}))
     assert bare.recorded == {} and any(n.startswith("window and threshold: not found beside the checkpoint")
                                        for n in bare.metadata["notes"])
+
+
+def test_one_reader_reads_a_peer_checkpoint_once_and_names_it_by_its_full_sha256(monkeypatch):
+    """Checkpoint.open reads the file once, maps the peer's tensors once (the format dispatch is written once, in
+    nisbflow.model.reader) and names the file by the full SHA-256 of its bytes."""
+    import hashlib
+
+    import nisbflow.model.peers as peers
+    import nisbflow.model.reader as reader
+
+    case = next(name for name, made in sorted(MANIFEST.items()) if made["layout"] == "pytc")
+    path = FIXTURES / MANIFEST[case]["checkpoint"]
+    reads, maps = [], []
+    load_payload, read_peer = reader.load_payload, peers.read_peer
+    monkeypatch.setattr(reader, "load_payload", lambda *a: reads.append(a) or load_payload(*a))
+    monkeypatch.setattr(peers, "read_peer", lambda *a: maps.append(a) or read_peer(*a))
+    handle = Checkpoint.open(path)
+    assert (len(reads), len(maps)) == (1, 1)
+    assert handle.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert reader.read_checkpoint(path).layout == "pytc" and handle.weights == "ema"
+
+
+def test_a_hash_recorded_before_the_full_digest_still_names_its_checkpoint():
+    from nisbflow.model.reader import same_hash
+
+    digest = Checkpoint.open("nisb-tiny-synthetic").sha256
+    assert same_hash(digest, digest) and same_hash(digest[:16], digest)
+    assert not same_hash(digest[:12], digest) and not same_hash("0" * 16, digest) and not same_hash(None, digest)

@@ -147,13 +147,13 @@ def test_checkpoints_without_a_recorded_configuration_and_training_checkpoints(t
 
 
 def test_the_handle_reads_the_file_once_and_hashes_it_once(tmp_path, monkeypatch):
-    import nisbflow.model.checkpoint as checkpoint_module
+    import nisbflow.model.reader as reader_module
 
     reads = []
-    original = checkpoint_module._read
-    monkeypatch.setattr(checkpoint_module, "_read", lambda path, *a: reads.append(str(path)) or original(path, *a))
+    original = reader_module.load_payload
+    monkeypatch.setattr(reader_module, "load_payload", lambda path, *a: reads.append(str(path)) or original(path, *a))
     handle = Checkpoint.open("nisb-tiny-synthetic")
-    assert len(reads) == 1 and len(handle.sha256) == 16
+    assert len(reads) == 1 and len(handle.sha256) == 64
     assert Checkpoint.open(handle) is handle and len(reads) == 1
     run = resolve_settings(handle, overrides=["decoding.threshold=0.5"])
     assert run.checkpoint is handle and len(reads) == 1

@@ -59,7 +59,7 @@ def test_tpe_reaches_the_best_point_of_the_exhaustive_grid_and_the_study_resumes
     assert result.best_value == pytest.approx(best_of_grid)
     assert all(result.curve[t] == pytest.approx(exhaustive[t].nerl) for t in result.curve)
     params = yaml.safe_load(result.params_path.read_text())
-    assert params.pop("_tuned_") == {"checkpoint": "nisb-tiny-synthetic", "checkpoint_sha256": "3667c0460e39fb58",
+    assert params.pop("_tuned_") == {"checkpoint": "nisb-tiny-synthetic", "checkpoint_sha256": "3667c0460e39fb58a5ab3d6177b562968a76e6b8d8a5f6f994e4296c46cbdc20",
                                      "method": "cc", "study": result.study_name, "storage": config.tune.storage,
                                      "validation": str(seeds / "val" / "seed100"),
                                      "identity": result.study_name.rsplit("-", 1)[1]}
@@ -172,15 +172,15 @@ def test_the_study_name_follows_the_experiment_name(tmp_path):
 def test_tune_test_reads_the_checkpoint_once_on_the_client(seeds, tmp_path, monkeypatch):
     """One handle for the whole run: the client reads the file once; the (synchronous) worker loads the weights
     once more. Before the handle, tune-test read it up to six times."""
-    import nisbflow.model.checkpoint as checkpoint_module
+    import nisbflow.model.reader as reader_module
     from nisbflow.model.checkpoint import _cached_network
     from nisbflow.settings import resolve_settings
     from nisbflow.jobs import tune_and_test
 
     _cached_network.cache_clear()
     reads = []
-    original = checkpoint_module._read
-    monkeypatch.setattr(checkpoint_module, "_read", lambda path, *a: reads.append(str(path)) or original(path, *a))
+    original = reader_module.load_payload
+    monkeypatch.setattr(reader_module, "load_payload", lambda path, *a: reads.append(str(path)) or original(path, *a))
     run = resolve_settings("nisb-tiny-synthetic", overrides=[
         f"data.val.path={seeds / 'val' / 'seed100'}", f"data.test.path={seeds / 'test' / 'seed101'}",
         f"save_path={tmp_path}", "tune.sampler=grid", "tune.threshold.low=0.7", "tune.threshold.high=0.7"])

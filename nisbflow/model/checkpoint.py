@@ -12,8 +12,6 @@ too, through :mod:`nisbflow.model.peers`, as do Lightning checkpoints with a nis
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,19 +19,18 @@ from pathlib import Path
 import torch
 
 from nisbflow.config.schema import INFERENCE_WEIGHTS, ModelConfig
-from nisbflow.errors import NisbflowError
 from nisbflow.model.network import build
+from nisbflow.model.reader import (CHECKPOINT_FORMAT, CheckpointError, CheckpointFile, file_sha256, has_ema,
+                                   read_checkpoint, same_hash)
 
-CHECKPOINT_FORMAT = "nisbflow-checkpoint"
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 SHIPPED_MODELS = {"nisb-tiny-synthetic": "nisb_tiny_synthetic"}
 """Models inside the package: name → file stem in :data:`SHIPPED_DIR` (``<stem>.pt`` weights, ``<stem>.yaml`` the
 resolved configuration it was trained with and should be run with). See ``nisbflow/model/shipped/README.md``."""
 DEFAULT_SHIPPED = "nisb-tiny-synthetic"
-
-
-class CheckpointError(NisbflowError, ValueError):
-    """A checkpoint file that is missing, unreadable, or does not fit the requested model."""
+WEIGHTS = INFERENCE_WEIGHTS
+"""Which weights of a checkpoint predict (``inference.weights``): auto (the EMA weights when it keeps them), ema,
+raw (the training weights)."""
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
@@ -52,110 +49,12 @@ def _shipped_yaml(path: Path) -> Path | None:
     return None
 
 
-def peer_of(payload, path, weights: str = "auto"):
-    """The :class:`~nisbflow.model.peers.PeerCheckpoint` of a BANIS or PyTorch Connectomics checkpoint payload
-    (MIC-DKFZ MedNeXt tensors), else None."""
-    from nisbflow.model.peers import PeerCheckpointError, is_mic_dkfz, read_peer
-
-    if not isinstance(payload, dict) or payload.get("format") == CHECKPOINT_FORMAT \
-            or not is_mic_dkfz(payload.get("state_dict") or {}):
-        return None
-    try:
-        return read_peer(payload, Path(path), weights)
-    except PeerCheckpointError as error:
-        raise CheckpointError(f"checkpoint {path}: {error}") from None
-
-
-WEIGHTS = INFERENCE_WEIGHTS
-"""Which weights of a checkpoint predict (``inference.weights``): auto (the EMA weights when it keeps them), ema,
-raw (the training weights)."""
-
-
-def has_ema(payload) -> bool:
-    """Whether a loaded checkpoint payload keeps EMA weights beside its training weights (nisbflow's
-    ``ema_state_dict``, PyTorch Connectomics' ``callbacks.EMAWeightsCallback.ema_state``)."""
-    if not isinstance(payload, dict):
-        return False
-    if payload.get("format") == CHECKPOINT_FORMAT:
-        return payload.get("ema_state_dict") is not None
-    return bool(((payload.get("callbacks") or {}).get("EMAWeightsCallback") or {}).get("ema_state"))
-
-
-def chosen_weights(payload, path, weights: str = "auto") -> str | None:
-    """Which of a checkpoint's two weight sets ``weights`` picks (``ema`` or ``raw``); None for a checkpoint with one
-    set (``raw`` accepted, ``ema`` refused naming the file)."""
-    if weights not in WEIGHTS:
-        raise CheckpointError(f"weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
-    if has_ema(payload):
-        return "raw" if weights == "raw" else "ema"
-    if weights == "ema":
-        raise CheckpointError(f"checkpoint {path} keeps no EMA weights (trained with optimization.ema.enabled "
-                              "false); inference.weights ema (--weights ema) needs them: use auto or raw")
-    return None
-
-
-def _model_and_state(payload, path, weights: str = "auto") -> tuple[ModelConfig, dict]:
-    """The model configuration and weights of a loaded checkpoint payload (nisbflow, BANIS, PyTorch Connectomics
-    or nisbflow-Lightning layout); ``weights`` picks between training and EMA weights (:func:`chosen_weights`)."""
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise CheckpointError(f"checkpoint {path} has no state_dict; expected a nisbflow, BANIS, PyTorch "
-                              "Connectomics or Lightning checkpoint")
-    if payload.get("format") == CHECKPOINT_FORMAT:
-        which = chosen_weights(payload, path, weights)
-        config_dict = payload["model"]
-        state = payload["ema_state_dict"] if which == "ema" else payload["state_dict"]
-    elif (peer := peer_of(payload, path, weights)) is not None:
-        return peer.model, peer.state
-    else:  # Lightning: the module stores the model under "model." and its configuration in hyper_parameters
-        hyper = payload.get("hyper_parameters", {})
-        config_dict = hyper.get("model") or hyper.get("config", {}).get("model")
-        if config_dict is None:
-            raise CheckpointError(f"checkpoint {path} carries no model configuration (hyper_parameters.model) and "
-                                  "no MIC-DKFZ MedNeXt tensors (enc_block_0.…) as BANIS and PyTorch Connectomics "
-                                  "save them")
-        state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
-    return ModelConfig.model_validate(config_dict), state
-
-
-def file_sha256(path: str | Path) -> str:
-    """The first 16 hex digits of a file's SHA-256: how nisbflow names a checkpoint's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def _read(path: Path, map_location="cpu") -> tuple[dict, str]:
-    """Read a checkpoint file once: ``(payload, first 16 hex digits of its SHA-256)``."""
-    if not path.exists():
-        twins = [path.with_suffix(suffix) for suffix in (".pt", ".ckpt") if suffix != path.suffix]
-        there = [twin for twin in twins if path.suffix in (".pt", ".ckpt") and twin.is_file()]
-        if there:  # PyTorch Connectomics' tutorial names <run>/checkpoints/last.ckpt; nisbflow writes last.pt
-            raise CheckpointError(f"checkpoint {path} does not exist, but {there[0]} does (nisbflow writes .pt "
-                                  "checkpoints where PyTorch Connectomics writes .ckpt): give that file")
-        raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a shipped model name: "
-                              f"{', '.join(SHIPPED_MODELS)})")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file inside it")
-    data = path.read_bytes()
-    from nisbflow.model.peers import READ_AS
-
-    try:  # weights only: no code in the file runs; Lightning's defaultdicts read as dicts
-        with torch.serialization.safe_globals(READ_AS):
-            payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or corrupt files
-        raise CheckpointError(f"checkpoint {path} cannot be read as a torch checkpoint with weights_only=True: "
-                              f"{error}") from error
-    return payload, hashlib.sha256(data).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A model checkpoint resolved once, on the client: where it is, what network it holds, what it records.
 
-    ``source``: as the user named it (a path or a shipped model's name); ``path``: the file; ``sha256``: the first
-    16 hex digits of the file's SHA-256 (recorded in every output and used as the workers' cache key);
+    ``source``: as the user named it (a path or a shipped model's name); ``path``: the file; ``sha256``: the full hex
+    SHA-256 of the file (recorded in every output and used as the workers' cache key);
     ``model``: its :class:`ModelConfig`; ``recorded``: the configuration tree it records — a shipped model's YAML,
     or the training configuration in ``metadata["config"]`` — or None (``nisbflow model init``); ``weights``: which
     of its two weight sets predicts (``ema``, ``raw``) when it keeps EMA weights beside the training ones, else None
@@ -184,35 +83,32 @@ class Checkpoint:
             checkpoint = checkpoint.source
         weights = weights or "auto"
         path = resolve_checkpoint(checkpoint).expanduser().absolute()  # the same file on every worker
-        payload, digest = _read(path)
-        which = chosen_weights(payload, path, weights)
-        _, model = _network(payload, path, weights=weights)  # weights that do not fit the network fail here
-        metadata = dict(payload.get("metadata") or {}) if payload.get("format") == CHECKPOINT_FORMAT else {}
+        read = read_checkpoint(path, weights)
+        _network(read)  # weights that do not fit the network fail here
+        metadata, recorded = dict(read.metadata), read.recorded
         shipped = _shipped_yaml(path)
         if shipped is not None:
             from nisbflow.config import load_yaml_tree
 
             recorded = load_yaml_tree(shipped)
-        elif payload.get("format") == CHECKPOINT_FORMAT:
-            recorded = metadata.get("config") or metadata.get("recorded")
-        elif (peer := peer_of(payload, path, weights)) is not None:
-            recorded, metadata = peer.recorded, {"notes": peer.notes, "weights": peer.weights}
-        else:
-            recorded = (payload.get("hyper_parameters") or {}).get("config")
-        metadata.pop("config", None)
-        if which is not None and payload.get("format") == CHECKPOINT_FORMAT:
+        if read.weights is not None and read.ours:
             ema = metadata.get("ema") or {}
             said = (f"weights: the EMA weights (ema_state_dict, {ema.get('updates', '?')} updates, decay "
                     f"{ema.get('decay', '?')}) of checkpoint {checkpoint}; --weights raw for the training weights"
-                    if which == "ema" else f"weights: the training weights (state_dict) of checkpoint {checkpoint}, "
-                    "not the EMA weights it also keeps")
+                    if read.weights == "ema" else f"weights: the training weights (state_dict) of checkpoint "
+                    f"{checkpoint}, not the EMA weights it also keeps")
             metadata["notes"] = list(metadata.get("notes") or []) + [said]
-        return cls(str(checkpoint), str(path), digest, model, recorded, metadata, which)
+        return cls(str(checkpoint), str(path), read.sha256, read.model, recorded, metadata, read.weights)
 
     def identity(self) -> dict:
         """What names the weights that predict, for output and cache identities: ``{"checkpoint_sha256": …}``, with
         ``"weights"`` when the file keeps two sets (so EMA and training weights never share a cache)."""
         return {"checkpoint_sha256": self.sha256, **({"weights": self.weights} if self.weights else {})}
+
+    @property
+    def short_sha256(self) -> str:
+        """The first 16 hex digits of :attr:`sha256`, for lines a person reads (identities keep the full digest)."""
+        return self.sha256[:16]
 
     @property
     def name(self) -> str:
@@ -302,13 +198,13 @@ def _load_verified(reference: str, sha256: str, map_location="cpu", weights: str
     read has the hash the client resolved: a worker that sees another file at the same path, or a file rewritten
     since the client read it, fails its task with one line instead of predicting with other weights."""
     path = resolve_checkpoint(reference)
-    payload, digest = _read(path, map_location)
-    if digest != sha256:
-        raise CheckpointError(f"checkpoint {reference}: the file this process reads ({path}) has sha256 {digest}, "
-                              f"not {sha256} as when the run started: it was replaced or rewritten during the run, "
-                              "or this worker sees another file at that path; every task must load the same "
-                              "checkpoint: re-run once it no longer changes")
-    return _network(payload, path, weights=weights)[0]
+    read = read_checkpoint(path, weights, map_location)
+    if not same_hash(sha256, read.sha256):
+        raise CheckpointError(f"checkpoint {reference}: the file this process reads ({path}) has sha256 "
+                              f"{read.sha256}, not {sha256} as when the run started: it was replaced or rewritten "
+                              "during the run, or this worker sees another file at that path; every task must load "
+                              "the same checkpoint: re-run once it no longer changes")
+    return _network(read)[0]
 
 
 @functools.lru_cache(maxsize=4)
@@ -324,11 +220,10 @@ def _cached_network(reference: str, sha256: str, device: str, compiled: bool | s
     return model
 
 
-def _network(payload, path, expected: ModelConfig | None = None,
-             weights: str = "auto") -> tuple[torch.nn.Module, ModelConfig]:
-    """The network of a loaded checkpoint payload, its weights in place, in eval mode (``weights``: which of a peer
-    checkpoint's, :func:`peer_of`)."""
-    config, state = _model_and_state(payload, path, weights)
+def _network(read: CheckpointFile, expected: ModelConfig | None = None) -> tuple[torch.nn.Module, ModelConfig]:
+    """The network of a checkpoint as read, its chosen weights in place, in eval mode; ``expected``: the
+    architecture and channel counts it must have."""
+    config, path = read.model, read.path
     if expected is not None:
         for key in ("arch", "size", "init_filters", "kernel_size", "in_channels", "out_channels"):
             if getattr(config, key) != getattr(expected, key):
@@ -336,7 +231,7 @@ def _network(payload, path, expected: ModelConfig | None = None,
                                       f"model.{key}={getattr(expected, key)!r} was asked for")
     model = build(config)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(read.state, strict=False)
     except RuntimeError as error:  # tensors of other shapes: another network under the same configuration
         mismatch = str(error).split("size mismatch for ", 1)[-1].split("\n")[0].strip()
         raise CheckpointError(f"checkpoint {path} does not fit {config.arch}-{config.size} (init_filters "
@@ -358,8 +253,7 @@ def load_checkpoint(path, expected: ModelConfig | None = None,
     (the EMA weights when it keeps them), ema or raw.
     """
     path = Path(path.path) if isinstance(path, Checkpoint) else resolve_checkpoint(path)
-    payload, _ = _read(path, map_location)
-    return _network(payload, path, expected, weights)
+    return _network(read_checkpoint(path, weights, map_location), expected)
 
 
 def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, require_config: bool = False,
@@ -376,10 +270,11 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, r
     from nisbflow.config import Config, apply_overrides, without_derived_paths
 
     path = resolve_checkpoint(source)
-    payload, digest = _read(path)
-    ours = payload.get("format") == CHECKPOINT_FORMAT
-    # a nisbflow checkpoint keeps both weight sets (the training weights and, when it has them, the EMA's)
-    model, config = _network(payload, path, weights="raw" if ours else "auto")
+    read = read_checkpoint(path, "raw")
+    ours, payload, digest = read.ours, read.payload, read.sha256
+    if not ours:  # a peer's chosen weights (auto: EMA when it has them); a nisbflow checkpoint keeps both sets
+        read = read_checkpoint(path)
+    model, config = _network(read)
     kept = dict(payload.get("metadata", {})) if ours else {}
     if require_config and kept.get("config") is None:
         raise CheckpointError(f"checkpoint {source} records no training configuration; --config-yaml needs one")
@@ -400,13 +295,12 @@ def import_checkpoint(source: str | Path, output: str | Path, *, weights: str = 
     weights (``auto``: EMA when present, ``ema``, ``raw``) in nisbflow's names, the model read off the tensors, and
     the settings it records (window, threshold) under ``metadata["recorded"]``. Returns the metadata written."""
     path = resolve_checkpoint(source)
-    payload, digest = _read(path)
-    peer = peer_of(payload, path, weights)
-    if peer is None:
+    read = read_checkpoint(path, weights)
+    if read.layout not in ("banis", "pytc"):
         raise CheckpointError(f"checkpoint {source} is not a BANIS or PyTorch Connectomics checkpoint (no MIC-DKFZ "
                               "MedNeXt tensors, enc_block_0.…); nisbflow checkpoints need no import")
-    model, config = _network(payload, path, weights=weights)  # the weights must fit, as for any checkpoint
-    metadata = dict(imported_from=str(source), source_sha256=digest, source_format=peer.layout,
-                    weights=peer.weights, recorded=peer.recorded, notes=peer.notes)
+    model, config = _network(read)  # the weights must fit, as for any checkpoint
+    metadata = dict(imported_from=str(source), source_sha256=read.sha256, source_format=read.layout,
+                    weights=read.metadata["weights"], recorded=read.recorded, notes=read.peer_notes)
     save_checkpoint(output, model, config, **metadata)
     return metadata

@@ -391,7 +391,7 @@ def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool =
     identity = study_identity(run, str(seed.path), str(skeleton))
     study = open_study(tune_config, grid, identity)
     log(f"study {study.study_name!r} in {tune_config.storage}: checkpoint {run.checkpoint.name} (sha256 "
-        f"{run.checkpoint.sha256}), {config.decoding.method} decoding, validation seed {config.data.val.path}, "
+        f"{run.checkpoint.short_sha256}), {config.decoding.method} decoding, validation seed {config.data.val.path}, "
         f"{searched}; outputs in {out}")
     lock, folder_lock = study_lock(config, study.study_name, log=log), _folder_lock(out, log)
     lock.acquire()
