@@ -66,7 +66,8 @@ HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="nisbflow",
     help="Dense neuron segmentation of EM volumes at scale: the NISB BANIS baseline as Dask graphs over zarr.\n\n"
-    "Axes are XYZ as NISB stores them; volumes are zarr arrays named by path or URL, e.g. run/seed101/data.zarr/img.\n\n"
+    "Axes are XYZ as NISB stores them; volumes are zarr arrays named by path or URL, e.g. "
+    "run/seed101/data.zarr/img.\n\n"
     "PyTorch Connectomics' command lines work with nisbflow for python scripts/main.py: nisbflow --config FILE "
     "--mode train|test|tune|tune-test [--checkpoint C] [KEY=VALUE ...] (see nisbflow run --help).",
     no_args_is_help=True,

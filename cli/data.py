@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
 
 import typer
 
@@ -15,18 +14,21 @@ from nisbflow_cli.tables import console, say, synth_table
 @app.command()
 @friendly_errors
 def synth(
-    out: str = typer.Argument(..., help="Seed folder to write (layout 'seed'), or the root of a NISB tree (layout 'nisb')."),
+    out: str = typer.Argument(..., help="Seed folder to write (layout 'seed'), or the root of a NISB tree "
+                                        "(layout 'nisb')."),
     shape: str = typer.Option("256,256,128", help="Volume size in voxels, X,Y,Z (9×9×20 nm voxels)."),
     seed: int = typer.Option(0, help="Random seed; the same seed always gives the same volume."),
-    layout: str = typer.Option("seed", help="'seed': one seed folder; 'nisb': train/seed0..K-1, val/seed100, test/seed101."),
+    layout: str = typer.Option("seed", help="'seed': one seed folder; 'nisb': train/seed0..K-1, val/seed100, "
+                                            "test/seed101."),
     train_seeds: int = typer.Option(2, "--train-seeds", help="Training seeds for --layout nisb."),
     chunks: str = typer.Option("128,128,128", help="Zarr chunk (and Dask block) size, X,Y,Z."),
-    thin_neurites: bool = typer.Option(False, "--thin-neurites", help="NISB's hard setting: thin, tightly touching neurites."),
+    thin_neurites: bool = typer.Option(False, "--thin-neurites",
+                                       help="NISB's hard setting: thin, tightly touching neurites."),
     slice_defects: bool = typer.Option(False, "--slice-defects", help="Dropped and shifted z slices in the image."),
     low_contrast: bool = typer.Option(False, "--low-contrast", help="Weak membranes and more noise."),
     zarr_format: int = typer.Option(2, "--zarr-format", help="2 (what NISB ships) or 3."),
-    workers: Optional[int] = typer.Option(None, help="Threads for the local scheduler (default: all cores)."),
-    preview: Optional[str] = typer.Option(None, help="Also save a PNG of image and segmentation slices."),
+    workers: int | None = typer.Option(None, help="Threads for the local scheduler (default: all cores)."),
+    preview: str | None = typer.Option(None, help="Also save a PNG of image and segmentation slices."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace seeds nisbflow wrote."),
     force: Force = False,
 ):
@@ -53,7 +55,7 @@ def synth_affinities(
     output: str = typer.Argument(..., help="Affinities zarr array to write, (3, X, Y, Z) float16."),
     noise: float = typer.Option(0.15, help="Standard deviation of the Gaussian noise added to 0.9 / 0.1."),
     seed: int = typer.Option(0, help="Random seed of the noise."),
-    chunks: Optional[str] = typer.Option(None, help="Spatial chunk size X,Y,Z (default: the segmentation's)."),
+    chunks: str | None = typer.Option(None, help="Spatial chunk size X,Y,Z (default: the segmentation's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output of the same kind that "
                                                                 "nisbflow wrote."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output that nisbflow "
@@ -93,13 +95,13 @@ def convert(
                                            "pred.h5 for its main or only dataset) or a TIFF stack (stack.tif)."),
     output: str = typer.Argument(..., help="Volume to write, format by suffix: .zarr, .h5 (file.h5:/dataset; "
                                            "PyTorch Connectomics' ZYX layout) or .tif."),
-    axes: Optional[str] = typer.Option(None, "--axes", help="The source's axis order, e.g. zyx or czyx (default: "
+    axes: str | None = typer.Option(None, "--axes", help="The source's axis order, e.g. zyx or czyx (default: "
                                        "zyx / czyx for HDF5 and TIFF, as PyTorch Connectomics writes them; the "
                                        "recorded order for zarr)."),
     layout: str = typer.Option("ngff", "--layout", help="zarr output: ngff (an OME-NGFF image group, what nisbflow "
                                "writes) or plain (the array at the store's root, which BANIS's metrics.py reads)."),
-    chunks: Optional[str] = typer.Option(None, "--chunks", help="Output chunks X,Y,Z (default 128,128,128)."),
-    voxel_size: Optional[str] = typer.Option(None, "--voxel-size", help="nm per voxel X,Y,Z to record (default: "
+    chunks: str | None = typer.Option(None, "--chunks", help="Output chunks X,Y,Z (default 128,128,128)."),
+    voxel_size: str | None = typer.Option(None, "--voxel-size", help="nm per voxel X,Y,Z to record (default: "
                                              "the source's, else 9,9,20)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing volume nisbflow wrote."),
     force: Force = False,
@@ -126,7 +128,7 @@ def skeletonize(
     parallel: int = typer.Option(1, help="kimimaro processes (0: all cores)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing skeleton nisbflow wrote."),
     force: Force = False,
-    axes: Optional[str] = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default "
+    axes: str | None = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default "
                                        "zyx, as PyTorch Connectomics writes it)."),
 ):
     """Skeletons in the NISB format (nodes with id, index_position, nm_position; edge_length in nm) from a dense
@@ -157,15 +159,15 @@ def serve_view(shown, what: str) -> None:
 @app.command()
 @friendly_errors
 def view(
-    image: Optional[str] = typer.Argument(None, help="EM image zarr array, (X, Y, Z) or (X, Y, Z, 1) uint8."),
-    affinities: Optional[str] = typer.Option(None, "--affinities", help="Affinities (C, X, Y, Z); channels 0..2 "
+    image: str | None = typer.Argument(None, help="EM image zarr array, (X, Y, Z) or (X, Y, Z, 1) uint8."),
+    affinities: str | None = typer.Option(None, "--affinities", help="Affinities (C, X, Y, Z); channels 0..2 "
                                              "shown as RGB."),
-    segmentation: Optional[List[str]] = typer.Option(None, "--seg", help="Segmentation (X, Y, Z); repeat for "
+    segmentation: list[str] | None = typer.Option(None, "--seg", help="Segmentation (X, Y, Z); repeat for "
                                                      "several."),
-    ground_truth: Optional[str] = typer.Option(None, "--gt", help="Ground-truth segmentation (X, Y, Z)."),
-    skeleton: Optional[str] = typer.Option(None, "--skeleton", help="NISB skeleton: nodes as points coloured by "
+    ground_truth: str | None = typer.Option(None, "--gt", help="Ground-truth segmentation (X, Y, Z)."),
+    skeleton: str | None = typer.Option(None, "--skeleton", help="NISB skeleton: nodes as points coloured by "
                                            "error type (merged red, split orange, correct green)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="metrics.json from nisbflow evaluate --json for "
+    metrics: str | None = typer.Option(None, "--metrics", help="metrics.json from nisbflow evaluate --json for "
                                           "the error types (default: evaluate the first --seg)."),
     bind: str = typer.Option("127.0.0.1", "--bind", help="Address the viewer's server listens on."),
     port: int = typer.Option(0, "--port", help="Port of the viewer's server (0: any free port)."),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
 
 import typer
 
@@ -36,13 +35,13 @@ def model_init(
 def model_export(
     checkpoint: str = typer.Argument(..., help="Training checkpoint (e.g. run/checkpoints/best-step-4000.pt)."),
     output: str = typer.Argument(..., help="Weights-only checkpoint to write (.pt)."),
-    command: Optional[str] = typer.Option(None, help="The command that trained it, recorded in the metadata."),
-    config_yaml: Optional[str] = typer.Option(None, "--config-yaml", help="Also write the configuration it was "
+    command: str | None = typer.Option(None, help="The command that trained it, recorded in the metadata."),
+    config_yaml: str | None = typer.Option(None, "--config-yaml", help="Also write the configuration it was "
                                               "trained with as YAML (usable with --config)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value changes to that YAML (e.g. a tuned "
+    overrides: list[str] | None = typer.Argument(None, help="key.path=value changes to that YAML (e.g. a tuned "
                                                                "decoding.threshold)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files nisbflow wrote (not a training "
-                                                                "checkpoint: its optimizer and RNG state would be lost)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files nisbflow wrote (not a "
+                                   "training checkpoint: its optimizer and RNG state would be lost)."),
     force: CheckpointForce = False,
 ):
     """Copy a checkpoint without its optimizer state (about a third of the size), keeping its configuration."""
@@ -96,7 +95,7 @@ def model_list():
 @friendly_errors
 def train(
     config: ConfigFile = None,
-    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Run folder to write or resume (default "
+    run_dir: str | None = typer.Option(None, "--run-dir", help="Run folder to write or resume (default "
                                                                   "<save_path>/<timestamp>)."),
     overrides: Overrides = None,
 ):

@@ -4,7 +4,6 @@ nisbflow's stages; ``nisbflow --config FILE --mode MODE …`` lands here too (:c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -55,7 +54,7 @@ def train_run_dir(checkpoint: str | None, params: str | None = None,
 def run(
     config: ConfigFile = None,
     mode: Mode = "train",
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="test/tune/tune-test: the model (a nisbflow "
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="test/tune/tune-test: the model (a nisbflow "
                                              ".pt, a BANIS or PyTorch Connectomics .ckpt, or a shipped model's "
                                              "name); train: <run>/checkpoints/last.pt to resume."),
     chunks: InferenceChunks = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,12 +13,12 @@ CLUSTER_HELP = ("local | dask-cuda | slurm | sync | tcp://scheduler:8786 (defaul
                 "else system.cluster).")
 PARAMS_HELP = "Parameters YAML (best.yaml from nisbflow tune) layered over --config, under KEY=VALUE."
 
-Cluster = Annotated[Optional[str], typer.Option("--cluster", help=CLUSTER_HELP)]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Local workers or SLURM jobs (default: one per "
+Cluster = Annotated[str | None, typer.Option("--cluster", help=CLUSTER_HELP)]
+Workers = Annotated[int | None, typer.Option("--workers", help="Local workers or SLURM jobs (default: one per "
                                                                   "core, or per GPU).")]
-MemoryLimit = Annotated[Optional[str], typer.Option("--memory-limit", help="Memory per local worker, e.g. 8GiB.")]
-DashboardAddress = Annotated[Optional[str], typer.Option("--dashboard-address", help=DASHBOARD_HELP)]
-ConfigFile = Annotated[Optional[str], typer.Option("--config", "--config-file", "-c",
+MemoryLimit = Annotated[str | None, typer.Option("--memory-limit", help="Memory per local worker, e.g. 8GiB.")]
+DashboardAddress = Annotated[str | None, typer.Option("--dashboard-address", help=DASHBOARD_HELP)]
+ConfigFile = Annotated[str | None, typer.Option("--config", "--config-file", "-c",
                                                    help="YAML configuration (may use _base_ inheritance).")]
 MODES = ("train", "test", "tune", "tune-test")
 
@@ -32,8 +32,8 @@ def _mode(value: str) -> str:
 Mode = Annotated[str, typer.Option("--mode", callback=_mode, help="PyTorch Connectomics' mode a --config file of "
                                    "its is read for: train, test, tune or tune-test (its train:, test: or tune: "
                                    "section over default:).")]
-Params = Annotated[Optional[str], typer.Option("--params", help=PARAMS_HELP)]
-Overrides = Annotated[Optional[List[str]], typer.Argument(help="key.path=value configuration overrides, e.g. "
+Params = Annotated[str | None, typer.Option("--params", help=PARAMS_HELP)]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.path=value configuration overrides, e.g. "
                                                                "decoding.threshold=0.8.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output of the same kind that "
                                                              "nisbflow wrote.")]
@@ -45,13 +45,13 @@ CheckpointForce = Annotated[bool, typer.Option("--force", help="Replace an exist
 Layout = Annotated[str, typer.Option("--layout", help="ngff: an OME-NGFF image group (napari, neuroglancer); "
                                                      "plain: the zarr array itself at the output path, which "
                                                      "BANIS's metrics.py reads (zarr.open(path)[:]).")]
-InputAxes = Annotated[Optional[str], typer.Option("--axes", help="An HDF5 or TIFF input's axis order (default zyx, "
+InputAxes = Annotated[str | None, typer.Option("--axes", help="An HDF5 or TIFF input's axis order (default zyx, "
                                                   "czyx for affinities, as PyTorch Connectomics writes them); it "
                                                   "is copied to zarr in X, Y, Z order beside the output, once.")]
 Checkpoint = Annotated[str, typer.Option("--checkpoint", help="Model checkpoint (.pt from training or nisbflow "
                                                               "model init), or a shipped model's name (nisbflow "
                                                               "model list).")]
-def _weights(value: Optional[str]) -> Optional[str]:
+def _weights(value: str | None) -> str | None:
     from nisbflow.jobs import weight_choices
 
     choices = weight_choices()
@@ -60,20 +60,20 @@ def _weights(value: Optional[str]) -> Optional[str]:
     return value
 
 
-Weights = Annotated[Optional[str], typer.Option("--weights", callback=_weights, help="Which weights of a checkpoint "
+Weights = Annotated[str | None, typer.Option("--weights", callback=_weights, help="Which weights of a checkpoint "
                                                 "that keeps two sets predict: auto (the EMA weights, as PyTorch "
                                                 "Connectomics tests them), ema, or raw (the training weights); sets "
                                                 "inference.weights.")]
 
 
-def with_weights(overrides, weights: Optional[str]) -> list:
+def with_weights(overrides, weights: str | None) -> list:
     """The KEY=VALUE overrides with ``--weights`` as ``inference.weights``."""
     return list(overrides or []) + ([f"inference.weights={weights}"] if weights else [])
 
 
-InferenceChunks = Annotated[Optional[str], typer.Option("--chunks", help="Inference block (write region) size X,Y,Z "
+InferenceChunks = Annotated[str | None, typer.Option("--chunks", help="Inference block (write region) size X,Y,Z "
                                                                          "(default 768,768,768).")]
-TuneOut = Annotated[Optional[str], typer.Option("--out", help="Folder of the tuning outputs (default "
+TuneOut = Annotated[str | None, typer.Option("--out", help="Folder of the tuning outputs (default "
                                                               "<save_path>/tune): <checkpoint>-<sha256[:8]>/ holds "
                                                               "the cached affinities, and <method>/ in it best.yaml, "
                                                               "the curve and tune-test's test/.")]

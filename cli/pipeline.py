@@ -3,7 +3,6 @@ calls its library entry in :mod:`nisbflow.jobs` and prints the report."""
 
 from __future__ import annotations
 
-from typing import List, Optional
 
 import typer
 
@@ -23,7 +22,7 @@ def infer(
                                           "(see --axes)."),
     output: str = typer.Argument(..., help="Affinities zarr array to write, (C, X, Y, Z) float16."),
     checkpoint: Checkpoint = ...,
-    chunks: Optional[str] = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768). Each "
+    chunks: str | None = typer.Option(None, help="Block (write region) size X,Y,Z (default 768,768,768). Each "
                                                     "grid window runs once whatever the block; smaller blocks need "
                                                     "less memory per task and give more tasks."),
     split: int = typer.Option(1, "--split", min=1, help="Tasks per block, each predicting a share of its windows "
@@ -34,7 +33,7 @@ def infer(
     memory_limit: MemoryLimit = None,
     dashboard_address: DashboardAddress = None,
     whole: bool = typer.Option(False, "--whole", help="Single-process whole-volume reference (loads the image)."),
-    channels: Optional[str] = typer.Option(None, help="Output channels to keep, e.g. 0,1,2,3,4,5 (sets "
+    channels: str | None = typer.Option(None, help="Output channels to keep, e.g. 0,1,2,3,4,5 (sets "
                                                       "inference.select_channel; default: the checkpoint's, else "
                                                       "0,1,2, the short-range affinities decoding reads)."),
     axes: InputAxes = None,
@@ -80,27 +79,28 @@ def decode(
                                                "(test_im_prediction.h5, CZYX) or a TIFF stack (see --axes)."),
     output: str = typer.Argument(..., help="Segmentation zarr to write: an (X, Y, Z) array, or a group of "
                                            "threshold-T arrays when several thresholds are given."),
-    threshold: Optional[List[str]] = typer.Option(None, "--threshold", "-t", metavar="FLOAT[,FLOAT...]",
+    threshold: list[str] | None = typer.Option(None, "--threshold", "-t", metavar="FLOAT[,FLOAT...]",
                                                   help="cc: hard edge at affinity > T; waterz: merge while the "
                                                   "cheapest edge scores below T. Several at once: repeat -t or "
                                                   "separate with commas (-t 0.3,0.5). Default: decoding.threshold "
                                                   "(cc) as resolved: --config/--params/KEY=VALUE, else the one the "
                                                   "affinities record (the model's tuned value), else 0.75; "
                                                   "decoding.waterz.thresholds (waterz)."),
-    chunks: Optional[str] = typer.Option(None, help="Block and output chunk size X,Y,Z (default: the affinities' chunks)."),
+    chunks: str | None = typer.Option(None, help="Block and output chunk size X,Y,Z (default: the affinities' "
+                                                 "chunks)."),
     cluster: Cluster = None,
     workers: Workers = None,
     memory_limit: MemoryLimit = None,
     dashboard_address: DashboardAddress = None,
-    mask: Optional[str] = typer.Option(None, help="Affinity mask zarr array (X, Y, Z); 0 turns off a voxel's edges."),
-    backend: Optional[str] = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend "
+    mask: str | None = typer.Option(None, help="Affinity mask zarr array (X, Y, Z); 0 turns off a voxel's edges."),
+    backend: str | None = typer.Option(None, help="numba (CPU) or cupy (GPU); default decoding.backend "
                                                      "(connected components only)."),
-    method: Optional[str] = typer.Option(None, "--method", help="cc: connected components of affinities > "
+    method: str | None = typer.Option(None, "--method", help="cc: connected components of affinities > "
                                          "threshold (BANIS); waterz: watershed fragments agglomerated until the "
                                          "threshold (decoding.waterz.*). Default decoding.method (cc)."),
-    scoring: Optional[str] = typer.Option(None, "--scoring", help="With --method waterz: the edge scoring function, "
+    scoring: str | None = typer.Option(None, "--scoring", help="With --method waterz: the edge scoring function, "
                                           "mean_aff or affQ_his256 (default decoding.waterz.scoring, aff85_his256)."),
-    gt: Optional[str] = typer.Option(None, "--gt", help="Dense ground truth zarr array (X, Y, Z): report adapted "
+    gt: str | None = typer.Option(None, "--gt", help="Dense ground truth zarr array (X, Y, Z): report adapted "
                                                         "Rand error and VOI for every threshold."),
     axes: InputAxes = None,
     layout: Layout = "ngff",
@@ -143,17 +143,18 @@ def evaluate(
                                    "skeleton has no edge_length or nm_position)."),
     merge_threshold: float = typer.Option(1, "--merge-threshold", help="Nodes a skeleton needs inside a segment to "
                                           "count toward a merger there (1, as BANIS: any node)."),
-    gt: Optional[str] = typer.Option(None, "--gt", help="Dense ground truth zarr array for adapted Rand and VOI."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write every metric to this JSON file."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="PNG of each skeleton's run length, sorted, by error type."),
+    gt: str | None = typer.Option(None, "--gt", help="Dense ground truth zarr array for adapted Rand and VOI."),
+    json_path: str | None = typer.Option(None, "--json", help="Write every metric to this JSON file."),
+    plot: str | None = typer.Option(None, "--plot", help="PNG of each skeleton's run length, sorted, by error type."),
     view: bool = typer.Option(False, "--view", help="Then open the result in neuroglancer (nisbflow view) with the "
                                                     "skeleton coloured by error type; serves until Ctrl-C."),
     port: int = typer.Option(0, "--port", help="With --view: the viewer's port (0: any free port)."),
-    metric: List[str] = typer.Option(["nerl"], "--metric", help="nerl (BANIS's metrics.py, the NISB leaderboard's; "
+    metric: list[str] = typer.Option(["nerl"], "--metric", help="nerl (BANIS's metrics.py, the NISB leaderboard's; "
                                      "always computed) and/or em_erl (PyTorch Connectomics' NERL, em_erl's rules)."),
-    em_erl_merge_threshold: int = typer.Option(50, "--em-erl-merge-threshold", help="With --metric em_erl: nodes a "
-                                               "skeleton needs in a segment to merge there (PyTC's NISB tutorial: 50)."),
-    axes: Optional[str] = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default zyx, "
+    em_erl_merge_threshold: int = typer.Option(50, "--em-erl-merge-threshold", help="With --metric em_erl: nodes "
+                                               "a skeleton needs in a segment to merge there (PyTC's NISB tutorial: "
+                                               "50)."),
+    axes: str | None = typer.Option(None, "--axes", help="An HDF5 or TIFF segmentation's axis order (default zyx, "
                                        "as PyTorch Connectomics writes it)."),
     force: bool = typer.Option(False, "--force", help="Let --json / --plot replace a file nisbflow did not write "
                                                       "(never an input)."),
@@ -215,13 +216,13 @@ def demo(
     out: str = typer.Argument("outputs/demo", help="Folder for the synthetic seed and every output."),
     shape: str = typer.Option("256,256,128", help="Size of the synthetic test seed, X,Y,Z voxels."),
     seed: int = typer.Option(101, help="Synthetic seed (101 is NISB's test seed number; never trained on)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Model to run (default: the shipped "
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="Model to run (default: the shipped "
                                              "nisb-tiny-synthetic), with the inference settings it records."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Decoding threshold (default: the "
+    threshold: float | None = typer.Option(None, "--threshold", "-t", help="Decoding threshold (default: the "
                                               "shipped model's tuned decoding.threshold)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also run the untrained architecture."),
     cluster: str = typer.Option("local", help="local | dask-cuda | sync | tcp://scheduler:8786."),
-    workers: Optional[int] = typer.Option(2, help="Local workers."),
+    workers: int | None = typer.Option(2, help="Local workers."),
     memory_limit: MemoryLimit = None,
     dashboard_address: DashboardAddress = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the outputs of an earlier demo."),

@@ -29,7 +29,8 @@ def metrics_table(result, dense=None, title: str = "evaluation") -> Table:
          f"{result.voi_split:.4f} / {result.voi_merge:.4f} / {result.voi_sum:.4f}"),
         ("mergers between neurons / with background", f"{result.n_non0_mergers} / "
                                                        f"{result.n_mergers - result.n_non0_mergers}"),
-        ("split edges / omitted edges / merged edges", f"{result.n_splits} / {result.n_omitted} / {result.n_merged_edges}"),
+        ("split edges / omitted edges / merged edges",
+         f"{result.n_splits} / {result.n_omitted} / {result.n_merged_edges}"),
         ("skeletons with edges (scored) / nodes", f"{result.n_skeletons} / {result.n_nodes}"),
         ("merge threshold (nodes)", f"{result.merge_threshold:g}"),
     ]

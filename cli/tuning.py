@@ -69,6 +69,7 @@ def tune_test(
                            cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
     configuration, result = report.settings.config, report.tuning
     console.print(curve_table(result))
-    console.print(metrics_table(report.test, title=f"test {configuration.data.test.path}: threshold "
-                                                   f"{result.best_threshold:g} (tuned on {configuration.data.val.path})"))
+    title = (f"test {configuration.data.test.path}: threshold {result.best_threshold:g} (tuned on "
+             f"{configuration.data.val.path})")
+    console.print(metrics_table(report.test, title=title))
     console.print(f"wrote {result.params_path}, {result.plot_path} and {report.folder}/metrics.json")

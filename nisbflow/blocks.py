@@ -9,7 +9,7 @@ and published is :mod:`nisbflow.staging`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import dask
 import numpy as np
@@ -50,7 +50,7 @@ class BlockGrid:
     chunks: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
     @classmethod
-    def regular(cls, shape, block) -> "BlockGrid":
+    def regular(cls, shape, block) -> BlockGrid:
         """Blocks of size ``block`` (voxels, clipped to the volume) from the origin; the last ones may be smaller."""
         shape = tuple(int(s) for s in shape)
         if any(s <= 0 for s in shape):

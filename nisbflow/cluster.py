@@ -13,11 +13,10 @@ dask-cuda and dask-jobqueue are imported only when asked for.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import dask
 
@@ -45,7 +44,8 @@ def _import(module: str, extra: str, kind: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as error:
-        raise ConfigError(f"--cluster {kind} needs {module.replace('_', '-')}: pip install 'nisbflow[{extra}]'") from error
+        raise ConfigError(f"--cluster {kind} needs {module.replace('_', '-')}: pip install "
+                          f"'nisbflow[{extra}]'") from error
 
 
 def visible_gpus() -> tuple[int, str]:
@@ -203,7 +203,7 @@ def cluster_client(
                 finished = True
             finally:
                 _quiet_closing()
-    except (TimeoutError, asyncio.TimeoutError) as error:
+    except TimeoutError as error:
         if not finished:
             raise
         # the work is done and written; a worker slow to exit (seen with torch.compile's compile processes on a

@@ -97,7 +97,7 @@ def checkpoint_state(path) -> str | None:
     RNG state, which resuming needs), ``"weights"`` when it holds weights only; None for any other file."""
     import torch
 
-    from nisbflow.model.checkpoint import CHECKPOINT_FORMAT
+    from nisbflow.model.reader import CHECKPOINT_FORMAT
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

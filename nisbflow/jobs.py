@@ -17,7 +17,7 @@ import contextlib
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from nisbflow.errors import ConfigError
 
@@ -279,7 +279,8 @@ def evaluate(segmentation: str, skeleton: str, *, voxel_size=(9.0, 9.0, 20.0), m
     ``em_erl_merge_threshold`` (default 50, PyTC's NISB tutorial). ``segmentation`` may also be an HDF5 dataset
     (``pred.h5:/main``) or a TIFF stack, read lazily in the source's axis order ``axes`` (default ZYX, as PyTorch
     Connectomics writes them; :mod:`nisbflow.data.formats`). ``json_path`` / ``plot``: also write every
-    metric as JSON / a PNG of the run lengths, checked before any work (:func:`~nisbflow.file_outputs.check_file_output`:
+    metric as JSON / a PNG of the run lengths, checked before any work
+    (:func:`~nisbflow.file_outputs.check_file_output`:
     never an input, and an existing file only when nisbflow wrote it as such, unless ``force``). What the skeleton file
     says that nisbflow does not use (stored edge lengths that disagree with ``nm_position``) goes through ``log``.
     Runs on the current Dask client, if any."""

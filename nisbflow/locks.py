@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import fsspec
 
@@ -31,7 +31,7 @@ class LockedError(NisbflowError):
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def alive(pid: int) -> bool:

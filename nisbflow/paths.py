@@ -8,7 +8,8 @@ So:
 * every local path nisbflow hands to zarr, fsspec or a worker is made absolute on the client first
   (:func:`storage_url`);
 * on a cluster whose workers may not share the client's file system (anything but a ``LocalCluster`` in this
-  process), one probe task per worker (:func:`nisbflow.visibility.check_on_workers`) checks that every input has the client's
+  process), one probe task per worker (:func:`nisbflow.visibility.check_on_workers`) checks that every input has the
+  client's
   fingerprint there, that the checkpoint has the client's hash, and that the output's staging folder is the one the
   client locked; otherwise the run is refused in one line naming the path and the worker.
 """

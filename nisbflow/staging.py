@@ -29,7 +29,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import fsspec
 import numpy as np
@@ -147,7 +147,7 @@ def check_replaceable(output, kind: str | None, *, overwrite: bool, force: bool,
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 
@@ -241,7 +241,7 @@ class StagedRun:
         return self._url(f"{self._staging}/done/{stage}/{key}")
 
     # -- lifecycle
-    def preflight(self) -> "StagedRun":
+    def preflight(self) -> StagedRun:
         """Every refusal :meth:`__enter__` would give (input overlap, existing output, missing folder, a lock held by
         a live run), without taking the lock or writing anything: for commands to call before a cluster starts."""
         check_not_input(self.output, self.inputs)
@@ -286,7 +286,7 @@ class StagedRun:
             f"{holder.get('host', '?')} since {holder.get('started', '?')}); wait for it to finish, or if that "
             f"run is gone delete {lock}")
 
-    def __enter__(self) -> "StagedRun":
+    def __enter__(self) -> StagedRun:
         self.preflight()
         self._check_parent(create=True)
         self._fs.makedirs(self._staging, exist_ok=True)
@@ -351,7 +351,8 @@ class StagedRun:
 
     def _check_workers(self) -> None:
         """On a cluster that may not share this machine's files, refuse unless every worker sees the inputs and the
-        checkpoint as the client does and sees this run's staging folder (:func:`nisbflow.visibility.check_on_workers`)."""
+        checkpoint as the client does and sees this run's staging folder
+        (:func:`nisbflow.visibility.check_on_workers`)."""
         from nisbflow.visibility import check_on_workers
         from nisbflow.tasks import current_client
 
@@ -395,7 +396,8 @@ class StagedRun:
                 self.run_id, self.resumed = manifest["run_id"], True
                 return
             reason = "it was made with different " + ", ".join(changed)
-        elif reason is None and any(p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK for p in self._fs.ls(self._staging, detail=False)):
+        elif reason is None and any(p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK
+                                    for p in self._fs.ls(self._staging, detail=False)):
             reason = "it has no manifest"
         if reason:
             self.log(f"discarding the unfinished run in {self.staging}: {reason}; starting fresh")
@@ -445,7 +447,7 @@ class StagedRun:
 
     def pending(self, stage: str, grid, *, what: str = "blocks already done", owner: str | None = None,
                 create: Callable[[], None] | None = None, arrays: tuple[str, ...] = (),
-                region: Callable | None = None, scratch_blocks: Callable[[], set[int]] | None = None) -> "BlockPass":
+                region: Callable | None = None, scratch_blocks: Callable[[], set[int]] | None = None) -> BlockPass:
         """Which blocks of ``grid`` (a :class:`~nisbflow.blocks.BlockGrid`) this pass ``stage`` still has to compute,
         and the marker payloads of those it finished before an interruption. The one place every pass asks.
 
@@ -453,7 +455,8 @@ class StagedRun:
         only if this run created it, else every marker of the stage is dropped and ``create()`` makes it afresh;
         with ``arrays``, only if the block's chunks in each are all there and whole (``region(index)``: the block's
         region of those arrays, default its write region); with ``scratch_blocks`` (called only when there are
-        markers), only if the block's linear id is among the blocks whose scratch files it says exist. Says through ``log`` how many blocks a resume keeps."""
+        markers), only if the block's linear id is among the blocks whose scratch files it says exist. Says through
+        ``log`` how many blocks a resume keeps."""
         finished = self.finished(stage)
         if owner is not None and not self.owns(owner):  # markers vouch only for an output this run created
             if finished:

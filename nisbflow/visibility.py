@@ -27,7 +27,8 @@ def cluster_shares_files(client) -> bool:
 
 def _probe(files: dict, checkpoint, staging: tuple | None) -> dict:
     """Run on one worker: the fingerprint of each of ``files`` ({role: path}), the hash of the file the
-    :class:`~nisbflow.model.Checkpoint` ``checkpoint`` names on this worker (None when it is missing) and whether ``staging`` ``(folder, lock file, token)`` is the client's (the lock file holds
+    :class:`~nisbflow.model.Checkpoint` ``checkpoint`` names on this worker (None when it is missing) and whether
+    ``staging`` ``(folder, lock file, token)`` is the client's (the lock file holds
     the client's token) and writable. Returns what it found, compared on the client."""
     found = {"cwd": os.getcwd(), "files": {}, "checkpoint": None, "staging": None}
     for role, path in files.items():

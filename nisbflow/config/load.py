@@ -10,7 +10,8 @@ import copy
 import difflib
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import yaml
 from pydantic import ValidationError

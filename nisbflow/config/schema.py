@@ -363,7 +363,7 @@ class DecodingConfig(_Section):
         """The thresholds the chosen method decodes at: ``[threshold]`` for cc, ``waterz.thresholds`` for waterz."""
         return list(self.waterz.thresholds) if self.method == "waterz" else [self.threshold]
 
-    def with_threshold(self, threshold: float) -> "DecodingConfig":
+    def with_threshold(self, threshold: float) -> DecodingConfig:
         """A copy decoding at ``threshold`` alone with the chosen method."""
         if self.method == "waterz":
             return self.model_copy(update={"waterz": self.waterz.model_copy(update={"thresholds": [threshold]})})
@@ -380,9 +380,9 @@ class DecodingConfig(_Section):
 class EvaluationConfig(_Section):
     metrics: list[Literal["nerl", "em_erl"]] = Field(
         default_factory=lambda: ["nerl"],
-        description="Skeleton metrics of `nisbflow test`'s metrics.json: nerl (BANIS's metrics.py over funlib.evaluate, "
-                    "the NISB leaderboard's; always computed, with skeleton VOI) and em_erl (PyTorch Connectomics' "
-                    "NERL, em_erl's rules).")
+        description="Skeleton metrics of `nisbflow test`'s metrics.json: nerl (BANIS's metrics.py over "
+                    "funlib.evaluate, the NISB leaderboard's; always computed, with skeleton VOI) and em_erl "
+                    "(PyTorch Connectomics' NERL, em_erl's rules).")
     merge_threshold: int = Field(1, ge=1, description="Skeleton nodes in a segment that make it a merger (BANIS: 1).")
     em_erl_merge_threshold: int = Field(50, ge=1, description="em_erl's merge threshold (PyTorch Connectomics' NISB "
                                         "tutorial, evaluation.nerl_merge_threshold: 50).")
@@ -415,7 +415,8 @@ class TuneConfig(_Section):
         "nerl", description="What a trial scores: nerl (BANIS's NERL), erl, voi_sum, or em_erl (PyTorch "
                             "Connectomics' NERL at evaluation.em_erl_merge_threshold).")
     direction: Literal["maximize", "minimize"] = "maximize"
-    study_name: str | None = Field(None, description="Optuna study; default <experiment_name>_<decoding.method>_tuning.")
+    study_name: str | None = Field(None, description="Optuna study; default "
+                                                     "<experiment_name>_<decoding.method>_tuning.")
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite under save_path.")
     load_if_exists: bool = True
     seed: int | None = Field(0, description="Sampler seed (null: a different search every run).")

@@ -7,7 +7,7 @@ edge leaves it (those edges are excluded from the loss). Axis order is XYZ throu
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

@@ -26,7 +26,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ..errors import ConfigError, OutputExistsError, VolumeError
+from ..errors import ConfigError, VolumeError
 from ..paths import VolumeLocation, locate
 from .ngff import check_layout
 
@@ -81,7 +81,8 @@ def _hdf5_dataset(location: VolumeLocation):
     name = location.dataset or (HDF5_DATASET if HDF5_DATASET in names else names[0] if len(names) == 1 else None)
     if name is None or name.strip("/") not in names:
         held = ", ".join(f"/{n}" for n in names) or "none"
-        asked = f"dataset /{location.dataset}" if location.dataset else f"a dataset named /{HDF5_DATASET} or a single one"
+        asked = (f"dataset /{location.dataset}" if location.dataset
+                 else f"a dataset named /{HDF5_DATASET} or a single one")
         raise VolumeError(f"{location.file}: no {asked} (it holds: {held}); name one as {location.file}:/DATASET")
     return handle[name.strip("/")]
 
@@ -154,7 +155,8 @@ def _output_chunks(volume: LazyVolume, chunks) -> tuple:
 
 
 def write_volume(volume: LazyVolume, output: str, *, layout: str = "ngff", chunks=None, overwrite: bool = False,
-                 force: bool = False, attributes: dict | None = None, source: str | None = None, progress: bool = True) -> VolumeLocation:
+                 force: bool = False, attributes: dict | None = None, source: str | None = None,
+                 progress: bool = True) -> VolumeLocation:
     """Write ``volume`` to ``output`` (format by its path, :func:`locate`), block by block (one output chunk read
     from the source at a time, on this process's threads): zarr in nisbflow's order (``layout`` ``ngff``: an
     OME-NGFF image group; ``plain``: the array at the store's root), HDF5 or TIFF in PyTorch Connectomics' ZYX order

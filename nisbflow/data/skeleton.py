@@ -182,7 +182,8 @@ def validate_skeleton(graph: nx.Graph, where: str = "<skeleton>") -> None:
     for node, attrs in graph.nodes(data=True):
         for key in ("id", "index_position"):
             if key not in attrs:
-                raise SkeletonError(f"skeleton {where}: node {node!r} has no '{key}' attribute (NISB nodes carry id, index_position, nm_position)")
+                raise SkeletonError(f"skeleton {where}: node {node!r} has no '{key}' attribute (NISB nodes carry "
+                                    "id, index_position, nm_position)")
         neuron = attrs["id"]
         if isinstance(neuron, (bool, np.bool_)) or not isinstance(neuron, (int, np.integer)):
             raise SkeletonError(f"skeleton {where}: node {node!r} has id {neuron!r} ({type(neuron).__name__}); "
@@ -436,7 +437,8 @@ def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
         np.savez_compressed(buffer, **fields)
         payload = buffer.getvalue()
     else:
-        raise SkeletonError(f"unknown skeleton format '{suffix}' for {path}: expected one of {', '.join(SKELETON_SUFFIXES)}")
+        raise SkeletonError(f"unknown skeleton format '{suffix}' for {path}: expected one of "
+                            f"{', '.join(SKELETON_SUFFIXES)}")
     with fsspec.open(path, "wb") as handle:
         handle.write(payload)
 

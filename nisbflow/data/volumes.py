@@ -335,7 +335,8 @@ def open_seed(path: str | Path, *, require_segmentation: bool = True) -> NisbSee
         seg = open_segmentation(f"{store}/seg")
         if tuple(seg.shape) != tuple(img.shape[:3]):
             raise VolumeError(
-                f"NISB seed {path}: seg shape {tuple(seg.shape)} does not match img spatial shape {tuple(img.shape[:3])}"
+                f"NISB seed {path}: seg shape {tuple(seg.shape)} does not match img spatial shape "
+                f"{tuple(img.shape[:3])}"
             )
     skeleton = None
     for name in ("skeleton.pkl", "skeleton.json", "skeleton.npz"):
@@ -365,14 +366,16 @@ def seed_of(config, split: str) -> tuple[NisbSeed, str]:
 
 
 def fast_compressors(zarr_format: int, shuffle: bool = True):
-    """Blosc LZ4, for arrays that later stages read block by block; give it as ``compressors=`` to ``zarr.create_array``.
+    """Blosc LZ4, for arrays that later stages read block by block; give it as ``compressors=`` to
+    ``zarr.create_array``.
 
     ``shuffle`` (byte shuffle) suits float affinities: on float16 they decompress about 3× faster than with zarr's
     default Zstandard, which matters because decoding is I/O-bound. Segmentations compress better and faster
     without it (long runs of equal ids): ``shuffle=False``.
     """
     if zarr_format == 2:
-        return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE if shuffle else numcodecs.Blosc.NOSHUFFLE)
+        return numcodecs.Blosc(cname="lz4", clevel=5,
+                               shuffle=numcodecs.Blosc.SHUFFLE if shuffle else numcodecs.Blosc.NOSHUFFLE)
     return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle" if shuffle else "noshuffle")
 
 
@@ -386,7 +389,7 @@ def output_attrs(description: str, voxel_size, axis_order: str, config=None, **e
         "nisbflow_version": __version__,
         "nisbflow_chunks": "all",  # every chunk is stored: a missing one is an error (nisbflow.data.chunks)
         "command": shlex.join(sys.argv),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if config is not None:
         attrs["config"] = config.model_dump(mode="json") if hasattr(config, "model_dump") else config

@@ -304,18 +304,18 @@ class EdgeStatistics:
     max_bin: np.ndarray
 
     @classmethod
-    def empty(cls) -> "EdgeStatistics":
+    def empty(cls) -> EdgeStatistics:
         return cls(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.float64), np.empty(0, np.int64),
                    np.empty(0, np.int16))
 
     @classmethod
-    def from_contacts(cls, u: np.ndarray, v: np.ndarray, affinity: np.ndarray) -> "EdgeStatistics":
+    def from_contacts(cls, u: np.ndarray, v: np.ndarray, affinity: np.ndarray) -> EdgeStatistics:
         """Statistics of voxel-pair contacts ``(u, v, affinity)`` (``u < v``), grouped by region pair."""
         return cls.combine([cls(u.astype(np.uint64), v.astype(np.uint64), affinity.astype(np.float64),
                                 np.ones(len(u), np.int64), affinity_bin(affinity))])
 
     @classmethod
-    def combine(cls, parts: list["EdgeStatistics"]) -> "EdgeStatistics":
+    def combine(cls, parts: list[EdgeStatistics]) -> EdgeStatistics:
         """One row per region pair over ``parts``: totals and counts summed, the maximum bin kept."""
         parts = [p for p in parts if len(p.u)]
         if not parts:
@@ -329,7 +329,7 @@ class EdgeStatistics:
                    np.add.reduceat(np.concatenate([p.count for p in parts])[order], starts),
                    np.maximum.reduceat(np.concatenate([p.max_bin for p in parts])[order], starts))
 
-    def offset(self, u_offset, v_offset) -> "EdgeStatistics":
+    def offset(self, u_offset, v_offset) -> EdgeStatistics:
         """The same edges with region ids shifted (to global ids); order ``u < v`` must still hold."""
         return EdgeStatistics(self.u + np.uint64(u_offset), self.v + np.uint64(v_offset), self.total, self.count,
                               self.max_bin)
@@ -338,7 +338,7 @@ class EdgeStatistics:
         return {f"{prefix}{k}": getattr(self, k) for k in ("u", "v", "total", "count", "max_bin")}
 
     @classmethod
-    def from_arrays(cls, data, prefix: str = "") -> "EdgeStatistics":
+    def from_arrays(cls, data, prefix: str = "") -> EdgeStatistics:
         return cls(*(np.asarray(data[f"{prefix}{k}"]) for k in ("u", "v", "total", "count", "max_bin")))
 
 

@@ -66,7 +66,7 @@ class WaterzOptions:
     context: int = DEFAULT_CONTEXT
 
     @classmethod
-    def from_config(cls, decoding) -> "WaterzOptions | None":
+    def from_config(cls, decoding) -> WaterzOptions | None:
         """The options of a :class:`~nisbflow.config.schema.DecodingConfig`'s ``waterz`` section, or None when its
         ``method`` is not ``waterz`` (what :func:`~nisbflow.decode.to_zarr.decode_to_zarr`'s ``waterz`` takes)."""
         if decoding.method != "waterz":
@@ -74,7 +74,7 @@ class WaterzOptions:
         section = decoding.waterz
         return cls(section.scoring, section.aff_low, section.aff_high, section.context)
 
-    def check(self) -> "WaterzOptions":
+    def check(self) -> WaterzOptions:
         scoring_function(self.scoring)
         check_watershed_thresholds(self.aff_low, self.aff_high)
         if int(self.context) != self.context or self.context < 0:

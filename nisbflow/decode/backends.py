@@ -28,7 +28,8 @@ def check_backend(backend: str) -> str:
 
 def label_bits(bits: np.ndarray, threshold: float, dtype, backend: str = "numba",
                labels_dtype=np.uint32) -> tuple[np.ndarray, int]:
-    """Components of ``bits (3, X, Y, Z)`` (affinity bit patterns of ``dtype``, :func:`~nisbflow.decode.kernel.masked_bits`)
+    """Components of ``bits (3, X, Y, Z)`` (affinity bit patterns of ``dtype``,
+    :func:`~nisbflow.decode.kernel.masked_bits`)
     at ``threshold`` on ``backend``: ``(labels (X, Y, Z) labels_dtype, n)``, ids 1..n in raster order."""
     if backend == "cupy":
         from nisbflow.decode.gpu import label_hard_edges_on_gpu

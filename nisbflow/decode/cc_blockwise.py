@@ -230,7 +230,8 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
             shape = tuple(s.stop - s.start for s in grid.write_region(block))
             task = dask.delayed(_relabel_recomputed, pure=True)(
                 **inputs.of(block), threshold=threshold, backend=backend, numbering=shared,
-                block_id=grid.linear(block), dask_key_name=(f"decode-relabel-block-{tokenize(token, threshold)}",) + block)
+                block_id=grid.linear(block),
+                dask_key_name=(f"decode-relabel-block-{tokenize(token, threshold)}",) + block)
             blocks[block] = da.from_delayed(task, shape=shape, dtype=numbering.dtype)
         segmentations.append(da.block(blocks.tolist()))
     return segmentations

@@ -194,7 +194,8 @@ def _label_affinity_bits(bits, threshold, infinity, labels):
                 if previous != 0 and previous != label:
                     label = _union(parent, label, previous)
                 up = _is_hard(out_z[z], threshold, infinity)
-                if label == 0 and (up | _is_hard(out_x[z], threshold, infinity) | _is_hard(out_y[z], threshold, infinity)):
+                if label == 0 and (up | _is_hard(out_x[z], threshold, infinity)
+                                   | _is_hard(out_y[z], threshold, infinity)):
                     n_provisional += 1
                     if n_provisional == parent.shape[0]:
                         grown = np.empty(2 * parent.shape[0], dtype=np.int64)

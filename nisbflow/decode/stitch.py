@@ -208,7 +208,8 @@ def number_segments(counts: np.ndarray, equivalences: np.ndarray, label_bits: in
     offsets = np.concatenate([[0], np.cumsum(roots_per_block)[:-1]]).astype(np.int64)
     root_block = (roots >> bits).astype(np.int64)
     root_local = (roots & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
-    members_below_root = (np.searchsorted(members, roots) - np.searchsorted(members, root_block.astype(np.uint64) << bits))
+    members_below_root = (np.searchsorted(members, roots)
+                          - np.searchsorted(members, root_block.astype(np.uint64) << bits))
     member_ids = offsets[root_block] + root_local - members_below_root
     return SegmentNumbering(members, member_ids.astype(np.int64), offsets, counts.astype(np.int64), label_bits,
                             int(roots_per_block.sum()))

@@ -47,7 +47,8 @@ def choose_thresholds(run, given=None, given_as: str = "(given)") -> ThresholdCh
 
 
 def recorded_thresholds(affinities, config, method: str, log) -> tuple[float, ...]:
-    """The thresholds a decode without given ones uses (see :func:`~nisbflow.decode.to_zarr.decode_to_zarr`), said through ``log``."""
+    """The thresholds a decode without given ones uses (see :func:`~nisbflow.decode.to_zarr.decode_to_zarr`), said
+    through ``log``."""
     from nisbflow.data.volumes import open_affinities
     from nisbflow.decode.thresholds import choose_thresholds
     from nisbflow.settings import RunSettings, recorded_settings, resolve_settings

@@ -36,7 +36,8 @@ def decode_to_zarr(
     ``affinities``: path or URL of a ``(C, X, Y, Z)`` float16/float32 zarr array (C = 3 or 6, channels 0..2 the
     short-range x, y, z edges; checked by :func:`~nisbflow.decode.kernel.open_affinities`). ``output``: one
     threshold writes an ``(X, Y, Z)`` array there; several write a group with one array per threshold
-    (:func:`~nisbflow.decode.outputs.threshold_array_name`). ``chunks`` (voxels, X, Y, Z) sets both the block size and the output chunks
+    (:func:`~nisbflow.decode.outputs.threshold_array_name`). ``chunks`` (voxels, X, Y, Z) sets both the block size and
+    the output chunks
     (default: the affinities' spatial chunks). Runs on the current Dask client if one is set up. ``config``: a
     :class:`~nisbflow.config.Config` or the run's :class:`~nisbflow.settings.RunSettings`, recorded in the
     output's attributes. Returns ``{threshold: number of segments}``. A sample of the values is checked for logits

@@ -24,7 +24,8 @@ def check_integral_ids(values: np.ndarray, role: str = "segmentation", positions
     if bad.any():
         first = int(np.argmax(bad.ravel()))
         where = f" at voxel {positions[first].tolist()}" if positions is not None else ""
-        raise VolumeError(f"{role}: a {values.dtype} volume whose ids are not whole numbers ({values.ravel()[first].item()!r}"
+        raise VolumeError(f"{role}: a {values.dtype} volume whose ids are not whole numbers "
+                          f"({values.ravel()[first].item()!r}"
                           f"{where}; {int(bad.sum())} such value(s)): as integer ids they would be truncated and "
                           "merged; write the segmentation with integer ids")
 

@@ -23,7 +23,7 @@ from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import blending_weight, window_grid
 from nisbflow.infer.plan import FINAL, BlockSources, Unit, WindowPlan, largest_footprint, plan_windows
-from nisbflow.infer.predict import (Augmentation, apply_model, check_image, pad_to_window, predict_crops,
+from nisbflow.infer.predict import (Augmentation, check_image, pad_to_window, predict_crops,
                                     predict_whole)
 from nisbflow.tasks import Counter, compute_tasks
 from nisbflow.worker_setup import release_compile_workers
@@ -45,7 +45,7 @@ class WindowSettings:
     augmentation: Augmentation | None = None
 
     @classmethod
-    def from_config(cls, inference, channels=None, offsets=None) -> "WindowSettings":
+    def from_config(cls, inference, channels=None, offsets=None) -> WindowSettings:
         """From an ``inference`` configuration section: stride = window × (1 − overlap), channels
         ``inference.select_channel`` unless ``channels`` is given; with ``test_time_augmentation.enabled``, its views
         and ensemble modes, and ``offsets``: the network's affinity offsets (X, Y, Z), which it then needs."""

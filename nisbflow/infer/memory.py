@@ -1,7 +1,8 @@
 """Memory of one inference task, estimated before the run, and the window batch that fits a CPU worker.
 
 On a CPU the network's activations dominate: MedNeXt-S holds about 2.8 GiB per 128³ window at its peak (3.6 GiB
-with the convolutions' scratch buffers), so the default ``inference.sw_batch_size=8`` needs about 23 GB and a worker with less is killed mid-block (measured:
+with the convolutions' scratch buffers), so the default ``inference.sw_batch_size=8`` needs about 23 GB and a worker
+with less is killed mid-block (measured:
 22.9 GB at 8, 4.4 GB at 1). A block also keeps its weighted sums, ``(C + 1) × block voxels × 4`` bytes (7.2 GB for
 three channels of a 768³ block). :func:`task_peak` adds these up; :func:`fit_batch` picks the largest batch, at most
 the configured one, whose task fits the worker's memory, or refuses with the numbers.
@@ -112,7 +113,8 @@ class TaskMemory:
 
 def task_peak(model_config, window, block_shape, n_channels: int, batch: int) -> TaskMemory:
     """The peak of one block's prediction task: the worker's runtime, ``batch`` windows through the network (their
-    activations with :data:`WORKSPACE_FACTOR`, and float32 inputs) and the block's weighted sums (``n_channels`` + 1 float32 arrays of the block)."""
+    activations with :data:`WORKSPACE_FACTOR`, and float32 inputs) and the block's weighted sums (``n_channels`` + 1
+    float32 arrays of the block)."""
     import math
 
     voxels = math.prod(window)

@@ -20,14 +20,9 @@ import torch
 
 from nisbflow.config.schema import INFERENCE_WEIGHTS, ModelConfig
 from nisbflow.model.network import build
-from nisbflow.model.reader import (CHECKPOINT_FORMAT, CheckpointError, CheckpointFile, file_sha256, has_ema,
-                                   read_checkpoint, same_hash)
+from nisbflow.model.reader import (CHECKPOINT_FORMAT, SHIPPED_DIR, SHIPPED_MODELS, CheckpointError,
+                                   CheckpointFile, file_sha256, has_ema, read_checkpoint, same_hash)
 
-SHIPPED_DIR = Path(__file__).parent / "shipped"
-SHIPPED_MODELS = {"nisb-tiny-synthetic": "nisb_tiny_synthetic"}
-"""Models inside the package: name → file stem in :data:`SHIPPED_DIR` (``<stem>.pt`` weights, ``<stem>.yaml`` the
-resolved configuration it was trained with and should be run with). See ``nisbflow/model/shipped/README.md``."""
-DEFAULT_SHIPPED = "nisb-tiny-synthetic"
 WEIGHTS = INFERENCE_WEIGHTS
 """Which weights of a checkpoint predict (``inference.weights``): auto (the EMA weights when it keeps them), ema,
 raw (the training weights)."""
@@ -72,7 +67,7 @@ class Checkpoint:
     weights: str | None = None
 
     @classmethod
-    def open(cls, checkpoint: "str | Path | Checkpoint", weights: str | None = None) -> "Checkpoint":
+    def open(cls, checkpoint: str | Path | Checkpoint, weights: str | None = None) -> Checkpoint:
         """Resolve a path or shipped name (reads the file once: hash, model configuration, recorded settings);
         a :class:`Checkpoint` is returned as it is unless ``weights`` asks for another of its weight sets.
         ``weights``: auto (default), ema or raw (:func:`chosen_weights`)."""

@@ -55,7 +55,7 @@ def _with_mic_dkfz_down_blocks(network: torch.nn.Module, config: ModelConfig) ->
     variant = _VARIANTS[config.size]
     ratios = _expanded(variant["encoder_expansion_ratio"])
     following = ratios[1:] + [variant["bottleneck_expansion_ratio"]]
-    for i, block in enumerate(network.down_blocks):
+    for i in range(len(network.down_blocks)):
         if following[i] == ratios[i]:
             continue
         network.down_blocks[i] = MedNeXtDownBlock(

@@ -27,6 +27,11 @@ from nisbflow.config.schema import INFERENCE_WEIGHTS, ModelConfig
 from nisbflow.errors import NisbflowError
 
 CHECKPOINT_FORMAT = "nisbflow-checkpoint"
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+SHIPPED_MODELS = {"nisb-tiny-synthetic": "nisb_tiny_synthetic"}
+"""Models inside the package: name → file stem in :data:`SHIPPED_DIR` (``<stem>.pt`` weights, ``<stem>.yaml`` the
+resolved configuration it was trained with and should be run with). See ``nisbflow/model/shipped/README.md``."""
+DEFAULT_SHIPPED = "nisb-tiny-synthetic"
 LEGACY_HASH_DIGITS = 16
 """Before 2026-12-07 nisbflow named a checkpoint by the first 16 hex digits of its SHA-256 (in ``best.yaml``'s
 ``_tuned_`` record, output attributes): :func:`same_hash` accepts such a prefix for the full digest."""
@@ -91,8 +96,6 @@ def load_payload(path: Path, map_location="cpu") -> tuple[dict, str]:
         if there:  # PyTorch Connectomics' tutorial names <run>/checkpoints/last.ckpt; nisbflow writes last.pt
             raise CheckpointError(f"checkpoint {path} does not exist, but {there[0]} does (nisbflow writes .pt "
                                   "checkpoints where PyTorch Connectomics writes .ckpt): give that file")
-        from nisbflow.model.checkpoint import SHIPPED_MODELS
-
         raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a shipped model name: "
                               f"{', '.join(SHIPPED_MODELS)})")
     if path.is_dir():

@@ -27,7 +27,8 @@ from nisbflow.tasks import compute_tasks
 
 
 def _same_neuron(segmentation, axis: int):
-    """``(X, Y, Z) bool``: ``seg[v] == seg[v + e_axis] and seg[v] > 0``; False where ``v + e_axis`` leaves the volume."""
+    """``(X, Y, Z) bool``: ``seg[v] == seg[v + e_axis] and seg[v] > 0``; False where ``v + e_axis`` leaves the
+    volume."""
     n = segmentation.shape[axis]
     lower = [slice(None)] * 3
     upper = [slice(None)] * 3
@@ -63,7 +64,8 @@ def _write_noisy_block(segmentation: str, read_region, write_region, index, nois
     as :func:`noisy_affinities` seeds the same block of a dask array."""
     values = open_checked(segmentation, f"segmentation {segmentation}")[tuple(read_region)]
     targets = np.stack([_same_neuron(values, axis) for axis in range(3)])
-    inside = (slice(None),) + tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(write_region, read_region))
+    inside = (slice(None),) + tuple(slice(w.start - r.start, w.stop - r.start)
+                                    for w, r in zip(write_region, read_region))
     store_block(_add_noise(targets[inside], noise, seed, (0,) + tuple(index)), target,
                 (slice(None),) + tuple(write_region), marker, run_id)
 

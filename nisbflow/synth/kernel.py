@@ -234,7 +234,7 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
     failures = 0
     while failures < 12:
         best_free = -np.inf
-        for c in range(64):
+        for _ in range(64):
             for a in range(3):
                 candidate[a] = np.random.uniform(low[a], high[a])
             # only a candidate freer than the best so far matters: stop at any distance <= best_free
@@ -702,7 +702,7 @@ def _bin_boxes(item_low, item_high, box_low, box_high, blocks) -> list[np.ndarra
     (each increasing in ``i``)."""
     first = [np.searchsorted(box_high[a], item_low[:, a], side="left") for a in range(3)]
     last = [np.searchsorted(box_low[a], item_high[:, a], side="right") for a in range(3)]  # exclusive
-    span = [np.maximum(l - f, 0) for f, l in zip(first, last)]
+    span = [np.maximum(end - begin, 0) for begin, end in zip(first, last)]
     items = np.arange(len(item_low), dtype=np.int64)
     pair_block, pair_item = [], []
     for dx in range(int(span[0].max(initial=0))):
@@ -739,8 +739,8 @@ def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, 
     labels = np.zeros(tuple(shape), dtype=np.uint32)
     nearest = np.empty(tuple(shape), dtype=np.float64)
     margin = np.empty(tuple(shape), dtype=np.float64)
-    _rasterise(origin, shape, voxel, np.asarray(CELL_VOXELS, dtype=np.int64), shift[0], shift[1], start, end, radius, neuron,
-               params.membrane_width_nm, params.max_gap_nm, margin_cap, labels, nearest, margin)
+    _rasterise(origin, shape, voxel, np.asarray(CELL_VOXELS, dtype=np.int64), shift[0], shift[1], start, end, radius,
+               neuron, params.membrane_width_nm, params.max_gap_nm, margin_cap, labels, nearest, margin)
     organelle = np.zeros(tuple(shape), dtype=np.float64)
     centre, organelle_radius = forest.organelle_position, forest.organelle_radius
     near = np.all((centre + organelle_radius[:, None] + ORGANELLE_REACH_NM >= low) &

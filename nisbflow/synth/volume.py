@@ -69,7 +69,8 @@ def _node_voxels(forest: NeuriteForest, params: SynthParams) -> tuple[np.ndarray
 
 
 def _write_block(forest: ForestRegion, params, store: str, origin, shape, node_voxels, marker: str, run_id: str):
-    """Render one chunk from its part of the forest, write ``img`` and ``seg`` there, then its marker, whose payload holds what the block reports
+    """Render one chunk from its part of the forest, write ``img`` and ``seg`` there, then its marker, whose payload
+    holds what the block reports
     (labels under the given nodes and image statistics) so a resumed run need not render it again."""
     image, segmentation = render_block(forest, params, origin, shape)
     region = tuple(slice(o, o + n) for o, n in zip(origin, shape))

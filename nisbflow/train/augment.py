@@ -30,7 +30,7 @@ class Augmentations:
     affine_shear: float = 0.5
 
     @classmethod
-    def geometric_only(cls) -> "Augmentations":
+    def geometric_only(cls) -> Augmentations:
         """Only the transforms that move labels (for checking alignment)."""
         return cls(drop_slice_prob=0, shift_slice_prob=0, intensity=False, noise_scale=0)
 

@@ -22,7 +22,8 @@ class AffinityCrops(torch.utils.data.Dataset):
     """Map-style dataset of random crops; sample ``i`` is a pure function of ``(seed, i)``, whatever the worker.
 
     ``relabel``: the connectivity (6, 18 or 26) of each crop's connected-component relabelling, None to keep the
-    stored ids. ``seeds``: NISB seed folders (each holding ``data.zarr`` with ``img`` and ``seg``). zarr handles are opened
+    stored ids. ``seeds``: NISB seed folders (each holding ``data.zarr`` with ``img`` and ``seg``). zarr handles are
+    opened
     lazily in each data-loader process and never pickled. Items are dicts of torch tensors: ``image (1, X, Y, Z)``
     float32 in [0, 1], ``target`` and ``mask`` ``(C, X, Y, Z)`` float32, ``segmentation (X, Y, Z)`` int64 (the
     relabelled, augmented labels the targets come from), plus ``seed_index`` and ``position``

@@ -16,7 +16,7 @@ device), updated with torch's multi-tensor (``_foreach``) kernels: one launch pe
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -8,7 +8,8 @@ step).
 
 Per step: a batch of :class:`~nisbflow.train.dataset.AffinityCrops` per process, the loss ``model.loss`` names
 (:func:`~nisbflow.train.loss.loss_function`), gradient clipping, AdamW, cosine annealing to ``min_lr`` over
-``max_steps``; float16 autocast on CUDA with ``precision=16-mixed`` (bfloat16 with ``bf16-mixed``). Every ``val_check_interval`` steps the mean
+``max_steps``; float16 autocast on CUDA with ``precision=16-mixed`` (bfloat16 with ``bf16-mixed``). Every
+``val_check_interval`` steps the mean
 validation loss over ``val_steps_per_epoch`` batches (all ranks; the EMA's with ``optimization.ema``) decides the
 top-k checkpoints; ``last.pt`` is
 rewritten at every validation, every ``every_n_train_steps`` (which also keeps ``step-N.pt``) and at the last step, so
@@ -228,7 +229,8 @@ def _run_folder(config, run_dir, rank: int, world: int) -> Path:
 
 def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimization, say: bool):
     """``(step, best checkpoints, saved EMA)`` to continue from: ``last`` (weights, optimizer, scaler and random state
-    loaded in place; the EMA ``(state, updates)`` it keeps, else None) or ``(0, [], None)`` when there is none. A damaged or foreign ``last`` is a one-line error; with ``say``, a
+    loaded in place; the EMA ``(state, updates)`` it keeps, else None) or ``(0, [], None)`` when there is none. A
+    damaged or foreign ``last`` is a one-line error; with ``say``, a
     ``max_steps`` other than the one it was trained for is said in one line (the schedule changes)."""
     for leftover in last.parent.glob(".*.partial-*"):  # a checkpoint being written when the run was killed
         leftover.unlink(missing_ok=True)

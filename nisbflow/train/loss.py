@@ -15,7 +15,7 @@ Tensors are ``(N, C, X, Y, Z)``; the loss is computed in float32 whatever the lo
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits

@@ -478,7 +478,8 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
                          "identity": identity_digest(identity)}}
     best_params = ({"decoding": {"method": "waterz", "waterz": {"thresholds": [best_threshold]}}}
                    if config.decoding.method == "waterz" else {"decoding": {"threshold": best_threshold}})
-    write_file(params_path, header + yaml.safe_dump(tuned, sort_keys=False) + yaml.safe_dump(best_params, sort_keys=False))
+    write_file(params_path,
+               header + yaml.safe_dump(tuned, sort_keys=False) + yaml.safe_dump(best_params, sort_keys=False))
     plot_path = out / "threshold_curve.png"
     plot_threshold_curve(plot_path, curve, best_threshold, tune_config.metric,
                          title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold",
