@@ -95,15 +95,10 @@ def written_kind(path) -> str | None:
 def checkpoint_state(path) -> str | None:
     """For a nisbflow checkpoint file: ``"training"`` when it holds training state (optimizer, scheduler, scaler or
     RNG state, which resuming needs), ``"weights"`` when it holds weights only; None for any other file."""
-    import torch
+    from nisbflow.model.reader import CHECKPOINT_FORMAT, peek_payload
 
-    from nisbflow.model.reader import CHECKPOINT_FORMAT
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    payload = peek_payload(path)
+    if payload is None or payload.get("format") != CHECKPOINT_FORMAT:
         return None
     training = {"optimizer", "scheduler", "scaler", "rng", "rng_state", "step"}
     return "training" if training & set(payload) else "weights"

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from nisbflow.config import Config, apply_overrides, deep_merge, load_yaml_tree, validate_tree
 from nisbflow.config.load import load_yaml_layers, tuned_record
+from nisbflow.config.tree import assign, leaves
+from nisbflow.config.tree import get as tree_get
 from nisbflow.config.pytc import is_pytorch_connectomics, load_pytc
 from nisbflow.errors import ConfigError
 from nisbflow.model.checkpoint import Checkpoint
@@ -71,7 +73,7 @@ class RunSettings:
         keys outputs record, :data:`SHOWN_KEYS`), in schema order."""
         if sections is None:
             return list(SHOWN_KEYS)
-        every = list(_leaves(self.config.model_dump(mode="json")))
+        every = list(leaves(self.config.model_dump(mode="json")))
         return [key for key, _ in every if any(key == s or key.startswith(s + ".") for s in sections)]
 
     def describe(self, command: str | None = None) -> list[str]:
@@ -101,31 +103,6 @@ class RunSettings:
             "checkpoint_weights": None if self.checkpoint is None else self.checkpoint.weights,
             "sources": {key: self.sources.get(key, "default") for key in SHOWN_KEYS},
         }
-
-
-def _leaves(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def _get(tree: dict, key: str):
-    node = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _set(tree: dict, key: str, value) -> None:
-    *parents, last = key.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def recorded_settings(attributes) -> dict:
@@ -195,24 +172,24 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     notes = []
     for label, layer in layers:
         if own is not None and label == own[0]:
-            for key, value in _leaves(layer):  # the named file's own keys win over what the checkpoint records
+            for key, value in leaves(layer):  # the named file's own keys win over what the checkpoint records
                 for recorded_label, recorded_tree in recorded_layers:
-                    before = _get(recorded_tree, key)
+                    before = tree_get(recorded_tree, key)
                     if before is not None and before != value and not key.startswith("model."):
                         given = f"KEY=VALUE {pytc_given[key]}" if key in pytc_given else f"--config {config}"
                         notes.append(f"{key} {value!r} from {given} replaces {before!r} recorded by "
                                      f"{recorded_label}")
         tree = deep_merge(tree, layer)
-        for key, _ in _leaves(layer):
+        for key, _ in leaves(layer):
             sources[key] = label
     for target, pytc_key in pytc_given.items():
         sources[target] = f"KEY=VALUE {pytc_key}"
     if handle is not None:  # the weights define the network
-        for key, value in _leaves(handle.settings_tree()["model"], "model."):
-            if _get(tree, key) != value:
+        for key, value in leaves(handle.settings_tree()["model"], "model."):
+            if tree_get(tree, key) != value:
                 notes.append(f"{key} stays {value!r} from the checkpoint ({sources.get(key)} said "
-                             f"{_get(tree, key)!r}): its weights define the network")
-                _set(tree, key, value)
+                             f"{tree_get(tree, key)!r}): its weights define the network")
+                assign(tree, key, value)
                 sources[key] = f"checkpoint {handle.name}"
     resolved = validate_tree(tree)
     if handle is not None:  # inference.weights picks between a checkpoint's training and EMA weights
@@ -253,7 +230,7 @@ def check_params_carry(params, fragment: dict) -> None:
     """Refuse a parameters file that sets nothing (cut down to its header, or empty), and a ``best.yaml`` of
     ``nisbflow tune`` without the parameter its method tunes: the run would decode at the default with no word."""
     tuned = tuned_record(params)
-    if not list(_leaves(fragment)):
+    if not list(leaves(fragment)):
         raise ConfigError(f"--params {params} sets no parameter"
                           + (" (it holds only its _tuned_ record: was it cut?)" if tuned else "")
                           + "; expected a configuration fragment such as best.yaml from nisbflow tune "
@@ -261,7 +238,7 @@ def check_params_carry(params, fragment: dict) -> None:
     if tuned:
         method = tuned.get("method") or "cc"
         key = "decoding.waterz.thresholds" if method == "waterz" else "decoding.threshold"
-        if _get(fragment, key) is None:
+        if tree_get(fragment, key) is None:
             raise ConfigError(f"--params {params} was written by nisbflow tune for {method} decoding but lacks {key}, "
                               "the parameter it tunes (was it cut or edited?); re-run nisbflow tune, or set it")
 

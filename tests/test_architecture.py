@@ -103,3 +103,24 @@ def test_the_conventions_cited_live_in_the_repository():
     assert outside == []
     cited = [path for path in (ROOT / "nisbflow").rglob("*.py") if "docs/design.md" in path.read_text()]
     assert len(cited) >= 5
+
+
+WRITTEN_ONCE = {
+    "torch.load(": "nisbflow/model/reader.py",  # checkpoints: one read, one hash, one dispatch on the layout
+    "hashlib.sha256(data)": "nisbflow/model/reader.py",
+    "yaml.safe_load(path.read_text())": "nisbflow/config/tree.py",  # configuration files and their _base_ files
+    '"_base_"': "nisbflow/config/tree.py",
+}
+"""Basics with one home: the text that does the job appears in no other module of the library (docs/architecture.md,
+"shared basics")."""
+
+
+def test_shared_basics_are_written_once():
+    for text, home in WRITTEN_ONCE.items():
+        holders = sorted(str(path.relative_to(ROOT)) for folder in PACKAGES.values() for path in folder.rglob("*.py")
+                         if text in path.read_text())
+        assert holders == [home], f"{text!r} is written in {holders}, not only in {home}"
+    defined = [node.name for folder in PACKAGES.values() for path in folder.rglob("*.py")
+               for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)]
+    for name in ("parse_override", "merge", "deep_merge", "file_sha256", "read_checkpoint"):
+        assert defined.count(name) <= 1, f"{name} is defined {defined.count(name)} times"

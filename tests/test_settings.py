@@ -65,7 +65,7 @@ def test_layers_override_in_order_and_say_where_each_value_came_from(tmp_path):
     run = resolve_settings("nisb-tiny-synthetic", config=config, params=params, overrides=["decoding.threshold=0.6"])
     assert run.config.decoding.threshold == 0.6 and run.sources["decoding.threshold"] == "KEY=VALUE"
     text = "\n".join(run.describe())
-    assert "decoding.threshold" in text and "0.6" in text and "KEY=VALUE" in text and run.checkpoint.sha256 in text
+    assert "decoding.threshold" in text and "0.6" in text and "KEY=VALUE" in text and run.checkpoint.short_sha256 in text
     # without a checkpoint: the defaults, and a default source
     plain = resolve_settings()
     assert plain.config.decoding.threshold == 0.75 and "decoding.threshold" not in plain.sources

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from .pytc import is_pytorch_connectomics, load_pytc, pytorch_connectomics_sign
 from .schema import Config, valid_keys
+from .tree import assign, parse_override, read_layers, read_merged
 
-BASE_KEY = "_base_"
 TUNED_KEY = "_tuned_"
 """What ``nisbflow tune`` tuned a parameters file (``best.yaml``) for: checkpoint, its sha256, decoding method,
 study. Not a setting: :func:`load_yaml_tree` drops it, :func:`tuned_record` reads it."""
@@ -66,54 +66,25 @@ def _refuse_pytorch_connectomics(tree: dict, bases: list, path: Path, inherited:
                           "mixed with nisbflow's own files")
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+def _check_layer(tree: dict, bases: list, path: Path, inherited: bool) -> None:
+    """What every nisbflow YAML file must pass: not a PyTorch Connectomics file, no key the schema does not have; a
+    ``_tuned_`` record is dropped (it is not a setting)."""
+    tree.pop(TUNED_KEY, None)
+    _refuse_pytorch_connectomics(tree, bases, path, inherited)
+    _check_keys(tree, str(path))
 
 
-def load_yaml_layers(path: str | Path, _stack: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+def load_yaml_layers(path: str | Path) -> list[tuple[Path, dict]]:
     """One YAML file and the ``_base_`` files it names (a string or a list, relative to the file), as
     ``[(file, its own keys), …]`` in merge order: bases first (depth first, in list order), the named file last.
-    A cycle raises :class:`ConfigError`."""
-    path = Path(path).expanduser().resolve()
-    if path in _stack:
-        chain = " -> ".join(str(p) for p in (*_stack, path))
-        raise ConfigError(f"configuration files include each other in a cycle: {chain}")
-    if not path.is_file():
-        where = f" (named as _base_ in {_stack[-1]})" if _stack else ""
-        raise ConfigError(f"configuration file not found: {path}{where}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping of configuration keys, got {type(tree).__name__}")
-    tree.pop(TUNED_KEY, None)
-    bases = tree.pop(BASE_KEY, None) or []
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{BASE_KEY} in {path} must be a path or a list of paths, got {bases!r}")
-    _refuse_pytorch_connectomics(tree, bases, path, inherited=bool(_stack))
-    _check_keys(tree, str(path))
-    layers: list[tuple[Path, dict]] = []
-    for base in bases:
-        layers += load_yaml_layers(path.parent / base, (*_stack, path))
-    return layers + [(path, tree)]
+    A cycle raises :class:`ConfigError` (:func:`nisbflow.config.tree.read_layers`)."""
+    return read_layers(path, _check_layer)
 
 
 def load_yaml_tree(path: str | Path) -> dict:
     """Read one YAML file and the ``_base_`` files it names (:func:`load_yaml_layers`), merged: bases first, in list
     order; the file's own keys win."""
-    merged: dict = {}
-    for _, tree in load_yaml_layers(path):
-        merged = deep_merge(merged, tree)
-    return merged
+    return read_merged(path, _check_layer)
 
 
 def tuned_record(path: str | Path) -> dict | None:
@@ -126,47 +97,27 @@ def tuned_record(path: str | Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b.c=value`` into its key path and a YAML-typed value (``null``, ``[9,9,20]``, ``0.5`` …)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.path=value, e.g. decoding.threshold=0.8")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{text}' has no key before '='")
-    if key not in set(valid_keys()):
-        raise _unknown_key_error(key, "the command-line overrides")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def override_items(overrides) -> list[tuple[list[str], Any]]:
-    """Overrides as ``(key path, value)`` pairs, from ``key.path=value`` strings (values typed as YAML) or from a
-    mapping ``{"decoding.threshold": 0.8}`` (values as given: data, not text to parse); keys checked either way."""
+def override_items(overrides) -> list[tuple[str, Any]]:
+    """Overrides as ``(dotted key, value)`` pairs, from ``key.path=value`` strings (values typed as YAML,
+    :func:`nisbflow.config.tree.parse_override`) or from a mapping ``{"decoding.threshold": 0.8}`` (values as given:
+    data, not text to parse); every key checked against the schema either way."""
     if isinstance(overrides, Mapping):
-        items = []
-        for key, value in overrides.items():
-            if key not in set(valid_keys()):
-                raise _unknown_key_error(key, "the overrides")
-            items.append((key.split("."), value))
-        return items
-    return [parse_override(text) for text in overrides]
+        items, where = list(overrides.items()), "the overrides"
+    else:
+        items, where = [parse_override(text) for text in overrides], "the command-line overrides"
+    known = set(valid_keys())
+    for key, _ in items:
+        if key not in known:
+            raise _unknown_key_error(key, where)
+    return items
 
 
 def apply_overrides(tree: dict, overrides) -> dict:
     """Return a copy of ``tree`` with each override set (``key.path=value`` strings or a mapping of key to value,
     :func:`override_items`)."""
     tree = copy.deepcopy(tree)
-    for parts, value in override_items(overrides):
-        node = tree
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+    for key, value in override_items(overrides):
+        assign(tree, key, value)
     return tree
 
 

@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ..errors import ConfigError
+from .tree import assign, delete, get, key_parts, merge, parse_override, peek, read_merged
 
-BASE_KEY = "_base_"
 STAGES = ("default", "train", "test", "tune")
 MODES = ("train", "test", "tune", "tune-test")
 RUNTIME_SECTIONS = ("system", "model", "data", "optimization", "monitor", "inference", "decoding", "evaluation")
@@ -92,8 +91,8 @@ def pytorch_connectomics_sign(tree: dict, bases: list, path: Path, depth: int = 
     sectioned = [k for k in ("default", "train", "test") if isinstance(tree.get(k), dict)]
     if sectioned:
         return f"{'its' if depth == 0 else path.name + ' has'} {', '.join(s + ':' for s in sectioned)} section(s)"
-    flat = [key for key in PYTC_ONLY_KEYS if isinstance(_select(tree, key), (dict, list))
-            or (key == "description" and _select(tree, key) is not None)]
+    flat = [key for key in PYTC_ONLY_KEYS if isinstance(get(tree, key), (dict, list))
+            or (key == "description" and get(tree, key) is not None)]
     if flat:
         return f"{'its' if depth == 0 else path.name + ' has'} PyTC key(s) {', '.join(flat)}"
     profiles = [b for b in bases if "connectomics/config" in b.replace("\\", "/")]
@@ -102,136 +101,23 @@ def pytorch_connectomics_sign(tree: dict, bases: list, path: Path, depth: int = 
     if depth >= 8:
         return None
     for base in bases:
-        try:
-            below = yaml.safe_load((path.parent / base).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue  # the loader reports a missing or broken base
-        if isinstance(below, dict):
-            nested = below.get(BASE_KEY) or []
-            sign = pytorch_connectomics_sign(below, [nested] if isinstance(nested, str) else list(nested),
-                                             path.parent / base, depth + 1)
-            if sign:
-                return sign
+        found = peek(path.parent / base)  # None: the loader reports a missing or broken base
+        sign = found and pytorch_connectomics_sign(*found, path.parent / base, depth + 1)
+        if sign:
+            return sign
     return None
 
 
 def is_pytorch_connectomics(path: str | Path) -> str | None:
     """The sign (:func:`pytorch_connectomics_sign`) that ``path`` is a PyTC configuration, else None."""
-    path = Path(path).expanduser()
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(tree, dict):
-        return None
-    bases = tree.get(BASE_KEY) or []
-    return pytorch_connectomics_sign(tree, [bases] if isinstance(bases, str) else list(bases), path)
+    found = peek(path)
+    return None if found is None else pytorch_connectomics_sign(*found, Path(path).expanduser())
 
 
-def _merge(base: dict, override: dict) -> dict:
-    """OmegaConf's merge as PyTC uses it: mappings key by key, everything else (lists included) replaced."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def read_with_bases(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict:
-    """A PyTC file merged over the ``_base_`` files it names (relative to the file, recursively)."""
-    path = Path(path).expanduser().resolve()
-    if path in _stack:
-        raise ConfigError("configuration files include each other in a cycle: "
-                          + " -> ".join(str(p) for p in (*_stack, path)))
-    if not path.is_file():
-        where = f" (named as _base_ in {_stack[-1]})" if _stack else ""
-        raise ConfigError(f"configuration file not found: {path}{where}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping of configuration keys, got {type(tree).__name__}")
-    bases = tree.pop(BASE_KEY, None) or []
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{BASE_KEY} in {path} must be a path or a list of paths, got {bases!r}")
-    merged: dict = {}
-    for base in bases:
-        merged = _merge(merged, read_with_bases(path.parent / base, (*_stack, path)))
-    return _merge(merged, tree)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# dotted paths with list indices
-
-
-_TOKEN = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
-
-
-def _parts(key: str) -> list:
-    """``decoding.steps[0].kwargs.threshold`` → ``['decoding', 'steps', 0, 'kwargs', 'threshold']``."""
-    parts = []
-    for name, index in _TOKEN.findall(key):
-        parts.append(int(index) if index else name)
-    if not parts:
-        raise ConfigError(f"override key {key!r} is empty")
-    return parts
-
-
-def _select(tree, key: str):
-    node = tree
-    for part in _parts(key):
-        if isinstance(part, int):
-            if not isinstance(node, list) or not -len(node) <= part < len(node):
-                return None
-        elif not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _assign(tree: dict, key: str, value) -> None:
-    parts = _parts(key)
-    node = tree
-    for part, following in zip(parts[:-1], parts[1:]):
-        if isinstance(part, int):
-            if not isinstance(node, list) or not -len(node) <= part < len(node):
-                raise ConfigError(f"override {key}: index [{part}] is past the end of its list")
-            node = node[part]
-            continue
-        if not isinstance(node.get(part), (dict, list)):
-            node[part] = [] if isinstance(following, int) else {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or not -len(node) <= last < len(node):
-            raise ConfigError(f"override {key}: index [{last}] is past the end of its list")
-    node[last] = value
-
-
-def _delete(tree: dict, key: str) -> None:
-    *parents, last = key.split(".") if key else [""]
-    node = tree
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(last, None)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key.path=value`` → ``(key, YAML-typed value)``; keys may index lists (``steps[0]``)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{text}' must look like key.path=value, e.g. data.dataloader.batch_size=2")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+def read_with_bases(path: str | Path) -> dict:
+    """A PyTC file merged over the ``_base_`` files it names (relative to the file, recursively), as OmegaConf merges
+    them: mappings key by key, everything else (lists included) replaced (:func:`nisbflow.config.tree.read_merged`)."""
+    return read_merged(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,7 +133,7 @@ def expand_profiles(tree: dict) -> tuple[dict, list[str]]:
     for library, selector, target, stages in PROFILE_FAMILIES:
         for stage in stages:
             selector_path = f"{stage}.{selector}"
-            chosen = _select(tree, selector_path)
+            chosen = get(tree, selector_path)
             if chosen in (None, ""):
                 continue
             entries = tree.get(library)
@@ -257,12 +143,12 @@ def expand_profiles(tree: dict) -> tuple[dict, list[str]]:
             if chosen not in entries:
                 raise ConfigError(f"{selector_path}: unknown profile {chosen!r}; {library} has "
                                   f"{', '.join(sorted(map(str, entries)))}")
-            _delete(tree, selector_path)
+            delete(tree, selector_path)
             target_path = f"{stage}.{target}" if target else stage
-            existing = _select(tree, target_path)
-            merged = _merge(entries[chosen], existing) if isinstance(existing, dict) else copy.deepcopy(
+            existing = get(tree, target_path)
+            merged = merge(entries[chosen], existing) if isinstance(existing, dict) else copy.deepcopy(
                 entries[chosen])
-            _assign(tree, target_path, merged)
+            assign(tree, target_path, merged)
             list_key = LIST_OVERRIDES.get(target)
             patches = merged.get("overrides") if list_key else None
             if isinstance(patches, dict) and isinstance(merged.get(list_key), list):
@@ -271,9 +157,9 @@ def expand_profiles(tree: dict) -> tuple[dict, list[str]]:
                     if not 0 <= int(index) < len(items):
                         raise ConfigError(f"{target_path}.overrides: index {index} is outside {library}.{chosen}'s "
                                           f"{len(items)}-entry {list_key}")
-                    items[int(index)] = _merge(items[int(index)], patch)
+                    items[int(index)] = merge(items[int(index)], patch)
                 merged.pop("overrides")
-                _assign(tree, target_path, merged)
+                assign(tree, target_path, merged)
             notes.append(f"{selector_path}: {chosen} (from {library})")
     for path in _selector_paths(tree):
         if path not in allowed:
@@ -302,7 +188,7 @@ def _selector_paths(tree, prefix: str = "") -> list[str]:
 def _expand_templates(tree: dict) -> None:
     templates = tree.get(TEMPLATE_LIBRARY) or {}
     for root in ("", "default.", "tune.", "test."):
-        steps = _select(tree, f"{root}decoding.steps")
+        steps = get(tree, f"{root}decoding.steps")
         if not isinstance(steps, list):
             continue
         expanded = []
@@ -319,10 +205,10 @@ def _expand_templates(tree: dict) -> None:
             rest = {k: v for k, v in item.items() if k != "template"}
             if rest:
                 base = listed[0] if isinstance(listed, list) else listed
-                expanded.append(_merge(base, rest))
+                expanded.append(merge(base, rest))
             else:
                 expanded += copy.deepcopy(list(listed))
-        _assign(tree, f"{root}decoding.steps", expanded)
+        assign(tree, f"{root}decoding.steps", expanded)
 
 
 _REFERENCE = re.compile(r"^\$\{([A-Za-z0-9_.\-]+)\}$")
@@ -339,7 +225,7 @@ def _resolve_references(tree: dict) -> None:
             return [walk(v, f"{path}[{i}].") for i, v in enumerate(node)]
         elif isinstance(node, str) and "${" in node:
             match = _REFERENCE.match(node)
-            target = _select(tree, match.group(1)) if match else None
+            target = get(tree, match.group(1)) if match else None
             if target is None:
                 raise ConfigError(f"{path[:-1]}: {node!r} is an OmegaConf interpolation nisbflow cannot resolve; "
                                   "write the value itself")
@@ -364,7 +250,7 @@ def resolve_stages(tree: dict, mode: str) -> dict:
         for layer in ("default", source):
             patch = (tree.get(layer) or {}).get(section) if isinstance(tree.get(layer), dict) else None
             if isinstance(patch, dict):
-                merged = _merge(merged, patch)
+                merged = merge(merged, patch)
         if merged:
             resolved[section] = merged
     tuning = tree.get("tune")
@@ -375,7 +261,7 @@ def resolve_stages(tree: dict, mode: str) -> dict:
 
 def _is_top_level(key: str) -> bool:
     """Whether an override names a runtime or tuning key rather than one inside a stage section."""
-    parts = _parts(key)
+    parts = key_parts(key)
     return parts[0] not in STAGES or (parts[0] == "tune" and (len(parts) < 2 or parts[1] not in TUNE_SECTIONS))
 
 
@@ -388,14 +274,14 @@ def resolve_pytc(path: str | Path, mode: str = "train", overrides=()) -> tuple[d
     pairs = [(key, value, _is_top_level(key)) for key, value in map(parse_override, overrides)]
     for key, value, top_level in pairs:
         try:
-            _assign(tree, key, value)
+            assign(tree, key, value)
         except ConfigError:
             if not top_level:  # a top-level list index may exist only once the stages are merged
                 raise
     resolved = resolve_stages(tree, mode)
     for key, value, top_level in pairs:  # a top-level override wins over default:/mode values
         if top_level:
-            _assign(resolved, key, value)
+            assign(resolved, key, value)
     return resolved, notes
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from collections.abc import Callable
 
 from ..errors import ConfigError
+from . import tree
 
 SET, MATCHES, IGNORED, REFUSED = "set", "matches", "ignored", "refused"
 
@@ -67,11 +68,7 @@ class Translation:
     def set(self, key: str, value, target: str, reason: str = "", given=None) -> None:
         """nisbflow's ``target`` takes ``value``, from PyTC's ``key`` (whose own value was ``given``; default the
         same)."""
-        node = self.tree
-        *parents, last = target.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+        tree.assign(self.tree, target, value)
         given = value if given is None else given
         self.mappings.append(KeyMapping(key, given, SET, (target,), reason, value))
 
@@ -79,12 +76,8 @@ class Translation:
         self.mappings.append(KeyMapping(key, value, verdict, (), reason))
 
     def get(self, key: str, default=None):
-        node = self.source
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
+        """The resolved PyTC value at ``key`` (``default`` when it is not there)."""
+        return tree.get(self.source, key, default)
 
     def refusals(self) -> list[KeyMapping]:
         return [m for m in self.mappings if m.verdict == REFUSED]

@@ -15,8 +15,8 @@ Connectomics keeps both in its run folder (``config.yaml`` above ``checkpoints/`
 ``best_params*.yaml``). Each value taken is reported with its source.
 
 Lightning writes non-tensor entries (BANIS's ``best_thr_so_far`` is a ``collections.defaultdict``) that
-``torch.load(weights_only=True)`` refuses; :data:`READ_AS` lets the weights-only unpickler read such a defaultdict as
-a plain dict, so nothing in the file is executed.
+``torch.load`` with ``weights_only=True`` refuses; :data:`READ_AS` lets the weights-only unpickler read such a
+defaultdict as a plain dict, so nothing in the file is executed.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nisbflow.config.schema import ModelConfig
+from nisbflow.config.tree import get as tree_get
 
 
 def _defaultdict_as_dict(default_factory=None, *items):
@@ -194,23 +195,13 @@ def _run_folders(path: Path) -> list[Path]:
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
+    from nisbflow.config.tree import read_yaml_mapping
+    from nisbflow.errors import ConfigError
 
     try:
-        tree = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise PeerCheckpointError(f"{path}: cannot be read as YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise PeerCheckpointError(f"{path}: expected a YAML mapping")
-    return tree
-
-
-def _select(tree: dict, key: str):
-    for part in key.split("."):
-        if not isinstance(tree, dict):
-            return None
-        tree = tree.get(part)
-    return tree
+        return read_yaml_mapping(path)
+    except ConfigError as error:
+        raise PeerCheckpointError(str(error).splitlines()[0]) from None
 
 
 def _cc_threshold(steps, where: str):
@@ -238,18 +229,18 @@ def _pytc_run_settings(path: Path, model: ModelConfig, recorded: dict, notes: li
     if configs:
         where = configs[0]
         config = _read_yaml(where)
-        arch = _select(config, "model.arch.type")
+        arch = tree_get(config, "model.arch.type")
         if arch is not None and arch != "mednext":
             raise PeerCheckpointError(f"{where}: model.arch.type is {arch!r}, but the checkpoint holds a MedNeXt; "
                                       "this configuration is another run's")
         for key, ours in (("model.mednext.size", model.size), ("model.mednext.kernel_size", model.kernel_size)):
-            theirs = _select(config, key)
+            theirs = tree_get(config, key)
             if theirs is not None and theirs != ours:
                 raise PeerCheckpointError(f"{where}: {key} is {theirs!r}, but the checkpoint's tensors are a "
                                           f"MedNeXt-{model.size} with kernel {model.kernel_size}; this configuration "
                                           "is another run's")
         for key in ("inference.window.window_size", "data.dataloader.patch_size"):
-            window = _select(config, key)
+            window = tree_get(config, key)
             if window is not None:
                 break
         if window is not None:
@@ -258,7 +249,7 @@ def _pytc_run_settings(path: Path, model: ModelConfig, recorded: dict, notes: li
                 raise PeerCheckpointError(f"{where}: {key} is {window!r}; expected three positive voxel counts")
             recorded["inference"] = {"window_size": list(window)}
             notes.append(f"inference.window_size {window} from {where} ({key})")
-        threshold = _cc_threshold(_select(config, "decoding.steps"), str(where))
+        threshold = _cc_threshold(tree_get(config, "decoding.steps"), str(where))
         source = f"{where} (decoding.steps decode_affinity_cc)"
     tuned = {}
     for folder in folders:

@@ -115,6 +115,16 @@ def load_payload(path: Path, map_location="cpu") -> tuple[dict, str]:
     return payload, sha256_of_bytes(data)
 
 
+def peek_payload(path: str | Path) -> dict | None:
+    """A checkpoint's payload memory-mapped, not read whole and not hashed, for a look at its keys (what a file
+    output would replace); None for a file torch cannot load with ``weights_only=True``."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def has_ema(payload) -> bool:
     """Whether a loaded checkpoint payload keeps EMA weights beside its training weights (nisbflow's
     ``ema_state_dict``, PyTorch Connectomics' ``callbacks.EMAWeightsCallback.ema_state``)."""

@@ -37,6 +37,7 @@ from nisbflow.config.schema import parse_offset
 from nisbflow.errors import ConfigError
 from nisbflow.model import build, checkpoint_payload, write_checkpoint
 from nisbflow.model.network import checkpoint_activations
+from nisbflow.model.reader import load_payload
 from nisbflow.tasks import progress_bar
 from nisbflow.train.augment import Augmentations
 from nisbflow.train.dataset import AffinityCrops
@@ -237,7 +238,7 @@ def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimi
     if not last.exists():
         return 0, [], None
     try:
-        state = torch.load(last, map_location=device, weights_only=True)
+        state, _ = load_payload(last, map_location=device)  # the one checkpoint reader: weights only
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
