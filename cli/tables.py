@@ -100,7 +100,7 @@ def models_table(models) -> Table:
 
 
 def demo_table(runs, seed: int, shape) -> Table:
-    """One row per model of ``nisbflow demo`` (:class:`nisbflow.jobs.DemoRun`)."""
+    """One row per model of ``nisbflow demo`` (:class:`nisbflow.pipelines.DemoRun`)."""
     table = Table(title=f"demo: synthetic seed {seed}, {'×'.join(map(str, shape))} voxels")
     for column in ("model", "NERL", "ERL (nm)", "mergers", "outputs"):
         table.add_column(column)

@@ -2,8 +2,8 @@
 
 Words as in daisy/funlib: a block's *write region* is the part of the volume it owns; its *read region* adds the
 context it needs (a one-voxel lower halo for decoding, the touching windows for inference). Axis order is
-positional ``(X, Y, Z)``; regions are tuples of slices in voxels. How a stage's output is staged, locked, resumed
-and published is :mod:`nisbflow.staging`.
+positional ``(X, Y, Z)``; regions are :class:`~nisbflow.region.Region` boxes in voxels (tuples of slices). How a
+stage's output is staged, locked, resumed and published is :mod:`nisbflow.staging`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dask
 import numpy as np
 
 from nisbflow.errors import VolumeError
+from nisbflow.region import Region, triple
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,15 +58,16 @@ class BlockGrid:
             raise VolumeError(f"volume shape {shape} (X, Y, Z) is empty: every axis needs at least one voxel")
         block = tuple(max(1, min(int(b), s)) for b, s in zip(block, shape))
         check_block_count(shape, block)
-        return cls(tuple(tuple(min(b, s - lo) for lo in range(0, s, b)) for b, s in zip(block, shape)))
+        x, y, z = (tuple(min(b, s - lo) for lo in range(0, s, b)) for b, s in zip(block, shape))
+        return cls((x, y, z))
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(sum(c)) for c in self.chunks)
+        return triple(sum(c) for c in self.chunks)
 
     @property
     def blocks_per_axis(self) -> tuple[int, int, int]:
-        return tuple(len(c) for c in self.chunks)
+        return triple(len(c) for c in self.chunks)
 
     @property
     def n_blocks(self) -> int:
@@ -74,7 +76,7 @@ class BlockGrid:
     @property
     def block_shape(self) -> tuple[int, int, int]:
         """The largest block (the nominal block size)."""
-        return tuple(max(c) for c in self.chunks)
+        return triple(max(c) for c in self.chunks)
 
     @property
     def label_bits(self) -> int:
@@ -103,17 +105,16 @@ class BlockGrid:
         """A block's name in markers and task keys, ``"i.j.k"``."""
         return ".".join(str(int(i)) for i in index)
 
-    def write_region(self, index) -> tuple[slice, slice, slice]:
-        """The voxels block ``index`` owns, as slices of the volume."""
+    def write_region(self, index) -> Region:
+        """The voxels block ``index`` owns."""
         starts = [int(sum(c[:i])) for c, i in zip(self.chunks, index)]
-        return tuple(slice(s, s + c[i]) for s, c, i in zip(starts, self.chunks, index))
+        return Region(slice(s, s + c[i]) for s, c, i in zip(starts, self.chunks, index))
 
-    def read_region(self, index, lower=0, upper=0) -> tuple[slice, slice, slice]:
+    def read_region(self, index, lower=0, upper=0) -> Region:
         """The write region grown by ``lower``/``upper`` voxels (an int or one per axis), clipped to the volume."""
-        lower = np.broadcast_to(lower, 3)
-        upper = np.broadcast_to(upper, 3)
-        return tuple(slice(max(0, w.start - int(lo)), min(n, w.stop + int(up)))
-                     for w, lo, up, n in zip(self.write_region(index), lower, upper, self.shape))
+        lower = tuple(int(v) for v in np.broadcast_to(lower, 3))
+        upper = tuple(int(v) for v in np.broadcast_to(upper, 3))
+        return self.write_region(index).grow(lower, upper, self.shape)
 
     def lower_neighbour(self, index, axis: int):
         """The block below ``index`` along ``axis``, or None at the volume's lower face."""
@@ -135,7 +136,7 @@ class BlockGrid:
                         axis=1)
 
     def origin(self, index) -> np.ndarray:
-        return np.array([w.start for w in self.write_region(index)], dtype=np.int64)
+        return np.array(self.write_region(index).begin, dtype=np.int64)
 
 
 def task_priority(key) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 from nisbflow.errors import ConfigError
+from nisbflow.pipelines import DemoRun, run_demo, run_test, tune_and_test
 
 
 def weight_choices() -> tuple[str, ...]:
@@ -168,13 +169,12 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
             from nisbflow.decode.memory import check_label_memory
 
             check_label_memory(chunks or opened.chunks[1:], opened.dtype.itemsize, len(choice.values), log)
-        counts = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
+        result = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
                                 backend=backend, overwrite=overwrite, force=force, config=run, log=log,
                                 method=configuration.decoding.method, progress=progress, layout=layout,
                                 waterz=WaterzOptions.from_config(configuration.decoding))
-        graph = counts.pop("graph", None)
-        outputs = {value: output if len(counts) == 1 else f"{output}/{threshold_array_name(value)}"
-                   for value in counts}
+        outputs = {value: output if len(result.counts) == 1 else f"{output}/{threshold_array_name(value)}"
+                   for value in result.counts}
         dense = {}
         if ground_truth is not None:
             from nisbflow.evaluate import dense_metrics
@@ -182,7 +182,7 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
             for value, where in outputs.items():
                 dense[value] = dense_metrics(ground_truth, open_volume(where, role="segmentation", ndims=(3,)),
                                              progress=progress)
-    return DecodeReport(run, choice, dict(counts), outputs, graph, dense)
+    return DecodeReport(run, choice, dict(result.counts), outputs, result.region_graph, dense)
 
 
 def _with(overrides, given: dict):
@@ -409,9 +409,8 @@ def test(checkpoint, *, chunks: tuple[int, int, int] | None = None, config: str 
     block, X, Y, Z voxels."""
     run = _resolved(checkpoint, config, params, overrides, "test", ("test",), log)
     with cluster_session(run, cluster, log):
-        folder, result = run_test(run, block=chunks)
-    results = result if isinstance(result, dict) else {run.config.decoding.thresholds()[0]: result}
-    return TestReport(run, folder, results)
+        tested = run_test(run, block=chunks)
+    return TestReport(run, tested.folder, tested.results)
 
 
 test.__test__ = False  # a library entry named after its command, not a pytest test
@@ -462,77 +461,8 @@ def tune_test(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int
 
     run = _resolved(checkpoint, config, params, overrides, "tune-test", ("val", "test"), log)
     with cluster_session(run, cluster, log):
-        tuning, folder, tested = tune_and_test(run, out_dir=out, block=chunks, log=log)
-    return TuneTestReport(run, tuning, folder, tested)
-
-
-def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
-             threshold: float | None = None, overwrite: bool = False, log=None) -> tuple[Path, object]:
-    """Run the pipeline on ``data.test``: infer → decode → NERL, writing ``affinities.zarr``, ``segmentation.zarr``
-    and ``metrics.json`` into one folder; returns ``(output folder, NerlResult)``. Uses the current Dask client.
-
-    Decodes with ``decoding.method``; agglomeration (``waterz``) decodes every one of ``decoding.waterz.thresholds``
-    from one pass, and with several the result is ``{threshold: NerlResult}`` (metrics.json: the first threshold's
-    metrics, and all of them under ``by_threshold``).
-
-    ``run``: the run's :class:`~nisbflow.settings.RunSettings` (from :func:`~nisbflow.settings.resolve_settings`),
-    or a checkpoint to run with the settings it records. ``threshold`` overrides
-    the method's threshold (``decoding.threshold`` or ``decoding.waterz.thresholds``). ``log``: where to print the
-    resolved settings (None: not printed).
-    """
-    from nisbflow.data.volumes import open_segmentation, seed_of
-    from nisbflow.decode import decode_to_zarr, threshold_array_name
-    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
-    from nisbflow.evaluate import nerl
-    from nisbflow.evaluate.report import write_json
-    from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr
-    from nisbflow.settings import run_settings_of
-
-    run = run_settings_of(run)
-    config = run.config
-    seed, skeleton = seed_of(config, "test")
-    if threshold is not None:
-        config = config.model_copy(update={"decoding": config.decoding.with_threshold(threshold)})
-        key = "decoding.waterz.thresholds" if config.decoding.method == "waterz" else "decoding.threshold"
-        run = type(run)(config, run.checkpoint, dict(run.sources, **{key: "tuned on data.val"}), run.notes)
-    if log is not None:
-        for line in run.describe():
-            log(line)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path(out_dir) if out_dir else Path(config.save_path) / stamp
-    folder.mkdir(parents=True, exist_ok=True)
-    affinities = folder / "affinities.zarr"
-    infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, run, block=block or DEFAULT_BLOCK,
-                  progress=progress, overwrite=overwrite)
-    segmentation = folder / "segmentation.zarr"
-    thresholds = config.decoding.thresholds()
-    decode_to_zarr(affinities, segmentation, thresholds=thresholds, mask=config.decoding.affinity_mask_path,
-                   backend=config.decoding.backend, progress=progress, config=run, overwrite=overwrite,
-                   method=config.decoding.method, waterz=WaterzOptions.from_config(config.decoding))
-    results = {}
-    for value in thresholds:
-        array = segmentation if len(thresholds) == 1 else segmentation / threshold_array_name(value)
-        results[value] = nerl(open_segmentation(array), skeleton,
-                              voxel_size=config.data.voxel_size, merge_threshold=config.evaluation.merge_threshold,
-                              progress=progress, metrics=tuple(config.evaluation.metrics),
-                              em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
-    first = results[thresholds[0]]
-    extra = {"by_threshold": {f"{t:g}": r.to_dict() for t, r in results.items()}} if len(results) > 1 else {}
-    write_json(folder / "metrics.json", first, checkpoint=run.checkpoint.name,
-               checkpoint_sha256=run.checkpoint.sha256, checkpoint_weights=run.checkpoint.weights,
-               method=config.decoding.method, threshold=thresholds[0],
-               test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record(), **extra)
-    return (folder, first) if len(results) == 1 else (folder, results)
-
-
-@dataclass
-class DemoRun:
-    """One model's result in the demo: ``label``, its checkpoint, output folder and :class:`NerlResult`."""
-
-    label: str
-    checkpoint: str
-    folder: Path
-    result: object
+        tuned = tune_and_test(run, out_dir=out, block=chunks, log=log)
+    return TuneTestReport(run, tuned.tuning, tuned.test.folder, tuned.test.result)
 
 
 def demo(out: str | Path = "outputs/demo", *, shape=(256, 256, 128), seed: int = 101, checkpoint: str | None = None,
@@ -544,71 +474,6 @@ def demo(out: str | Path = "outputs/demo", *, shape=(256, 256, 128), seed: int =
     with cluster_session(load_config(None, []), cluster, log):
         return run_demo(out, shape=shape, seed=seed, checkpoint=checkpoint, threshold=threshold, baseline=baseline,
                         overwrite=overwrite, log=log)
-
-
-def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, checkpoint: str | None = None,
-             threshold: float | None = None, baseline: bool = True, block=None, overwrite: bool = False,
-             progress: bool = True, log=print) -> list[DemoRun]:
-    """The main job on built-in data: synthesize seed ``seed`` → infer → decode → NERL, with the shipped model.
-
-    ``checkpoint`` defaults to the shipped model (:data:`nisbflow.model.DEFAULT_SHIPPED`). It runs with the settings
-    :func:`nisbflow.settings.resolve_settings` gives it (the shipped model's YAML holds its window geometry and tuned
-    threshold), exactly as ``nisbflow infer`` / ``decode`` / ``test`` would run it. With ``baseline`` the same
-    architecture with random weights (torch seed 0) runs too, with the same settings, so the printout shows what
-    training bought. Uses the current Dask client. Writes ``out_dir/seed<seed>/`` (the synthetic seed) and
-    ``out_dir/<label>/`` per model.
-    """
-    from nisbflow.errors import OutputExistsError
-    from nisbflow.model import DEFAULT_SHIPPED, save_random_checkpoint
-    from nisbflow.settings import as_run_settings, resolve_settings
-    from nisbflow.synth import synthesize_seed
-
-    out_dir = Path(out_dir)
-    if (out_dir / "trained").exists() and not overwrite:
-        raise OutputExistsError(f"demo output {out_dir / 'trained'} already exists; pass --overwrite to replace it")
-    checkpoint = checkpoint or DEFAULT_SHIPPED
-    seed_dir = out_dir / f"seed{seed}"
-    if overwrite or not (seed_dir / "skeleton.pkl").exists():
-        log(f"synthesizing test seed {seed} ({'×'.join(map(str, shape))} voxels) → {seed_dir}")
-        synthesize_seed(seed_dir, shape, seed, overwrite=True, progress=progress)
-    else:
-        log(f"using the existing synthetic seed {seed_dir}")
-    overrides = {"data.test.path": str(seed_dir), "data.test.skeleton": str(seed_dir / "skeleton.pkl")}
-    if threshold is not None:
-        overrides["decoding.threshold"] = threshold
-    trained = resolve_settings(checkpoint, overrides=overrides)
-    for line in trained.describe():
-        log(line)
-    runs = [("trained", trained)]
-    if baseline:
-        untrained = out_dir / "untrained.pt"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_random_checkpoint(untrained, trained.checkpoint.model, seed=0)
-        runs.append(("untrained", as_run_settings(trained, str(untrained))))
-    results = []
-    for label, run in runs:
-        log(f"{label} model ({run.checkpoint.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "
-            "→ NERL")
-        folder, result = run_test(run, block=block, progress=progress, out_dir=out_dir / label,
-                                  overwrite=True)
-        results.append(DemoRun(label, run.checkpoint.name, folder, result))
-    return results
-
-
-def tune_and_test(run, *, out_dir: str | Path | None = None, block=None, progress: bool = True, log=print):
-    """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold. ``run``:
-    the run's :class:`~nisbflow.settings.RunSettings` (or a checkpoint, with its own settings).
-    Returns ``(TuneResult, test output folder, test NerlResult)``."""
-    from nisbflow.settings import run_settings_of
-    from nisbflow.tune import tune
-
-    run = run_settings_of(run)
-    result = tune(run, out_dir=out_dir, block=block, progress=progress, log=log)
-    log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
-    folder, test_result = run_test(run, block=block, progress=progress,
-                                   out_dir=result.params_path.parent / "test",
-                                   threshold=result.best_threshold, overwrite=True)
-    return result, folder, test_result
 
 
 # ---------------------------------------------------------------------------------------------------------------

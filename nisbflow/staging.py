@@ -301,7 +301,7 @@ class StagedRun:
             raise
         return self
 
-    def __exit__(self, error_type, error, traceback) -> bool:
+    def __exit__(self, error_type, error, traceback) -> None:
         try:
             if error_type is None:
                 self.publish()
@@ -312,7 +312,6 @@ class StagedRun:
                     pass
         finally:
             self._release_lock()
-        return False
 
     def _check_parent(self, create: bool) -> None:
         """Raise unless the output's folder exists or can be made (on a local disk: its nearest existing ancestor is

@@ -236,7 +236,7 @@ def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -
               for node, position, kind in result.nodes]
     state.layers["skeleton"] = neuroglancer.LocalAnnotationLayer(
         dimensions=space, annotation_properties=[colour], annotations=points, shader=POINT_SHADER)
-    first_node = {}
+    first_node: dict = {}
     for label, position in zip(arrays.id, arrays.index_position):
         first_node.setdefault(int(label), position)
     worst = []

@@ -30,7 +30,7 @@ def _probe(files: dict, checkpoint, staging: tuple | None) -> dict:
     :class:`~nisbflow.model.Checkpoint` ``checkpoint`` names on this worker (None when it is missing) and whether
     ``staging`` ``(folder, lock file, token)`` is the client's (the lock file holds
     the client's token) and writable. Returns what it found, compared on the client."""
-    found = {"cwd": os.getcwd(), "files": {}, "checkpoint": None, "staging": None}
+    found: dict = {"cwd": os.getcwd(), "files": {}, "checkpoint": None, "staging": None}
     for role, path in files.items():
         try:
             found["files"][role] = fingerprint(path)

@@ -241,12 +241,13 @@ def read(path) -> np.ndarray:
 def test_blockwise_one_block_equals_in_memory_bit_for_bit(scoring, seed_affinities, client, tmp_path):
     root, _, values = seed_affinities
     thresholds = [0.2, 0.5]
-    counts = decode_to_zarr(str(root / "aff.zarr"), tmp_path / "seg.zarr", thresholds=thresholds, method="waterz",
-                            waterz=WaterzOptions(scoring=scoring), progress=False)
+    decoded = decode_to_zarr(str(root / "aff.zarr"), tmp_path / "seg.zarr", thresholds=thresholds, method="waterz",
+                             waterz=WaterzOptions(scoring=scoring), progress=False)
+    counts = decoded.counts
     for threshold, expected in zip(thresholds, decode_affinity_waterz(values, thresholds, scoring=scoring)):
         written = read(tmp_path / "seg.zarr" / f"threshold-{threshold:g}")
         assert np.array_equal(written, expected) and counts[threshold] == expected.max()
-    assert counts["graph"]["fragments"] > counts[0.2] > counts[0.5]
+    assert decoded.region_graph["fragments"] > counts[0.2] > counts[0.5]
 
 
 def test_blockwise_several_blocks_close_to_whole_volume_and_deterministic(seed_affinities, client, tmp_path):

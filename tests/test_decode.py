@@ -274,7 +274,7 @@ def test_decode_to_zarr_on_a_local_cluster(affinity_store, tmp_path):
     expected = decode_affinity_cc(affinities, 0.75)
     with cluster_client("local", n_workers=2, memory_limit="1GiB") as client:
         with get_task_stream(client) as stream:
-            counts = decode_to_zarr(path, tmp_path / "seg.zarr", chunks=(11, 9, 20), progress=False)
+            counts = decode_to_zarr(path, tmp_path / "seg.zarr", chunks=(11, 9, 20), progress=False).counts
     output = zarr.open_array(array_url(str(tmp_path / "seg.zarr")), mode="r")
     assert output.chunks == (11, 9, 20) and output.dtype == np.uint32
     assert counts == {0.75: int(expected.max())} == {0.75: output.attrs["n_segments"]}
@@ -293,7 +293,7 @@ def test_decode_to_zarr_several_thresholds_and_mask(affinity_store, tmp_path):
     zarr.create_array(str(tmp_path / "mask.zarr"), shape=mask.shape, chunks=(8, 8, 8), dtype="uint8")[...] = mask
     with dask.config.set(scheduler="synchronous"):
         counts = decode_to_zarr(path, tmp_path / "seg.zarr", thresholds=[0.6, 0.8], mask=tmp_path / "mask.zarr",
-                                progress=False)
+                                progress=False).counts
     for threshold in (0.6, 0.8):
         output = zarr.open_array(array_url(f"{tmp_path}/seg.zarr/{threshold_array_name(threshold)}"), mode="r")
         expected = decode_affinity_cc(affinities, threshold, mask)

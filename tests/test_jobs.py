@@ -92,7 +92,7 @@ def test_decode_without_thresholds_uses_the_recorded_one_in_the_entry_the_comman
     assert f"decoding threshold {tuned:g} from the attributes of {aff}" in " ".join(result.stdout.split())
 
     logged = []
-    counts = decode_to_zarr(aff, root / "notebook-seg.zarr", progress=False, log=logged.append)
+    counts = decode_to_zarr(aff, root / "notebook-seg.zarr", progress=False, log=logged.append).counts
     assert counts == {tuned: report.counts[tuned]}
     assert f"decoding threshold {tuned:g} from the attributes of {aff}" in logged
     segmentation = read(root / "lib-seg.zarr")

@@ -175,7 +175,7 @@ def test_tune_test_reads_the_checkpoint_once_on_the_client(seeds, tmp_path, monk
     import nisbflow.model.reader as reader_module
     from nisbflow.model.checkpoint import _cached_network
     from nisbflow.settings import resolve_settings
-    from nisbflow.jobs import tune_and_test
+    from nisbflow.pipelines import tune_and_test
 
     _cached_network.cache_clear()
     reads = []

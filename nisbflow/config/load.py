@@ -27,7 +27,7 @@ study. Not a setting: :func:`load_yaml_tree` drops it, :func:`tuned_record` read
 
 
 def _section_keys() -> set[str]:
-    sections = set()
+    sections: set[str] = set()
     for key in valid_keys():
         parts = key.split(".")
         sections.update(".".join(parts[:i]) for i in range(1, len(parts)))

@@ -410,7 +410,7 @@ def _split(split: str) -> Rule:
         if root and not os.path.isabs(base):
             base = os.path.join(root, base) if base else root
         image, label = settings.pop("image", None), settings.pop("label", None)
-        seeds = []
+        seeds: list = []
         for name, given, suffix in (("image", image, "data.zarr/img"), ("label", label, "data.zarr/seg")):
             if given in (None, "", []):
                 continue

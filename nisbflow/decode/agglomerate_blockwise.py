@@ -37,8 +37,8 @@ from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFA
                                          agglomerate_graph, check_watershed_thresholds, clean_affinities,
                                          face_contacts, first_voxels, fragment_order_relabel, number_regions,
                                          region_graph, scoring_function, watershed_fragments)
-from nisbflow.decode.outputs import (LocalIdScratch, open_decoding_inputs, relabel_outputs, segmentation_attrs,
-                                     split_run_settings)
+from nisbflow.decode.outputs import (DecodeResult, LocalIdScratch, open_decoding_inputs, relabel_outputs,
+                                     segmentation_attrs, split_run_settings)
 from nisbflow.decode.kernel import check_thresholds, segmentation_dtype
 from nisbflow.decode.stitch import SPATIAL_AXES
 from nisbflow.tasks import compute_tasks
@@ -203,7 +203,7 @@ def agglomerate_to_zarr(
     config=None,
     log=None,
     layout: str = "ngff",
-) -> dict:
+) -> DecodeResult:
     """Decode a zarr array of affinities by watershed and agglomeration (waterz), block by block.
 
     ``affinities``: path or URL of a ``(C, X, Y, Z)`` float16/float32 zarr array or NGFF image (C = 3 or 6; channels
@@ -212,7 +212,7 @@ def agglomerate_to_zarr(
     (voxels, X, Y, Z): block size and output chunks (default: the affinities' spatial chunks). ``options``: the
     scoring function, watershed thresholds and context (:class:`WaterzOptions`). Staged, locked and resumable like
     :func:`~nisbflow.decode.to_zarr.decode_to_zarr`: the fragment pass and the relabel pass keep finished blocks.
-    Returns ``{threshold: number of segments}`` and, under ``"graph"``, the region adjacency graph's size.
+    Returns a :class:`~nisbflow.decode.outputs.DecodeResult` (segments per threshold, the region graph's size).
     """
     from nisbflow.staging import StagedRun, default_log
 
@@ -243,7 +243,7 @@ def agglomerate_to_zarr(
                                        description=AGGLOMERATION_DESCRIPTION.format(scoring=options.scoring))
         result = relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token, progress,
                                  ids_per_threshold=False)
-    return {**result, "graph": size}
+    return DecodeResult(result, size)
 
 
 def _fragment_pass(staged, scratch: FragmentScratch, source: str, mask: str | None, grid: BlockGrid,
@@ -259,7 +259,7 @@ def _fragment_pass(staged, scratch: FragmentScratch, source: str, mask: str | No
         for block in work.pending:
             read = grid.read_region(block, options.context, options.context)
             write = grid.write_region(block)
-            write_in_read = tuple(slice(w.start - r.start, w.stop - r.start) for w, r in zip(write, read))
+            write_in_read = write.local(read)
             tasks.append(dask.delayed(_fragment_task, pure=True)(
                 source, mask, read, write_in_read, grid.shape, options, scratch, grid.linear(block),
                 staged.marker("fragments", grid.key(block)), staged.run_id,

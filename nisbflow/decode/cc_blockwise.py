@@ -29,8 +29,8 @@ from dask.delayed import Delayed
 from nisbflow.blocks import BlockGrid, task_priority, tree_reduce
 from nisbflow.decode.backends import check_backend, decode_in_memory
 from nisbflow.decode.kernel import NON_FINITE, check_affinities, check_mask, check_thresholds
-from nisbflow.decode.outputs import (LocalIdScratch, open_decoding_inputs, relabel_outputs, segmentation_attrs,
-                                     split_run_settings)
+from nisbflow.decode.outputs import (DecodeResult, LocalIdScratch, open_decoding_inputs, relabel_outputs,
+                                     segmentation_attrs, split_run_settings)
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
@@ -227,7 +227,7 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
         shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{tokenize(token, threshold)}")
         blocks = np.empty(grid.blocks_per_axis, dtype=object)
         for block in grid.indices():
-            shape = tuple(s.stop - s.start for s in grid.write_region(block))
+            shape = grid.write_region(block).shape
             task = dask.delayed(_relabel_recomputed, pure=True)(
                 **inputs.of(block), threshold=threshold, backend=backend, numbering=shared,
                 block_id=grid.linear(block),
@@ -243,10 +243,10 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
 
 def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backend: str = "numba",
                overwrite: bool = False, force: bool = False, progress: bool = True, config=None, log=None,
-               layout: str = "ngff") -> dict:
+               layout: str = "ngff") -> DecodeResult:
     """Connected components of a zarr array of affinities at each of ``thresholds``, block by block, into a staged
     zarr segmentation: the ``cc`` method of :func:`~nisbflow.decode.to_zarr.decode_to_zarr` (see there for the
-    arguments, the output and how it resumes). Returns ``{threshold: number of segments}``."""
+    arguments, the output and how it resumes). Returns a :class:`~nisbflow.decode.outputs.DecodeResult`."""
     from nisbflow.staging import StagedRun, default_log
 
     log = log or default_log
@@ -267,5 +267,5 @@ def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backen
                                  progress, staged)
         attributes = functools.partial(segmentation_attrs, source, affinities, mask, config, recorded,
                                        run_id=staged.run_id)
-        return relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token, progress,
-                               ids_per_threshold=True)
+        return DecodeResult(relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token,
+                                            progress, ids_per_threshold=True))

@@ -48,7 +48,7 @@ extern "C" __global__ void flatten(unsigned long long* parent, long long n) {
 }
 """
 
-_kernels = {}
+_kernels: dict = {}
 
 
 def _cupy():

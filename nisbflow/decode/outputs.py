@@ -5,6 +5,8 @@ a group for several) with their attributes. Axis order ``(X, Y, Z)``; affinities
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import contextlib
 import functools
 import io
@@ -19,6 +21,7 @@ import zarr
 from dask.base import tokenize
 
 from nisbflow.data.chunks import open_for_writing
+from nisbflow.region import Region
 from nisbflow.data.formats import staged_source
 from nisbflow.data.ngff import create_image, output_array
 from nisbflow.data.volumes import fast_compressors, open_affinities, open_volume, output_attrs, voxel_size_of
@@ -155,7 +158,7 @@ def _relabel_in_zarr(scratch: LocalIdScratch, threshold_index: int, target: str,
                      numbering: SegmentNumbering, block_id: int, marker: str, run_id: str) -> int:
     """Task: read one block's local ids from ``scratch``, write final ids to ``target``, then its ``marker``;
     returns the block id."""
-    shape = tuple(s.stop - s.start for s in write_region)
+    shape = Region(write_region).shape
     labels = scratch.read(threshold_index, block_id, shape)
     _opened(target, run_id)[write_region] = relabel_block(labels, numbering, block_id)
     write_marker(marker, run_id)
@@ -189,8 +192,18 @@ def split_run_settings(config) -> tuple:
     return config, {}
 
 
+@dataclass(frozen=True)
+class DecodeResult:
+    """What a block-wise decode wrote, whichever its method: ``counts``, the number of segments at each threshold
+    (in the order decoded), and ``region_graph``, the size of agglomeration's region adjacency graph
+    (``{"fragments": F, "edges": E}``; None for connected components)."""
+
+    counts: dict[float, int]
+    region_graph: dict[str, int] | None = None
+
+
 def relabel_outputs(staged, scratch: LocalIdScratch, grid, source, thresholds, numberings, attributes, token: str,
-                    progress: bool, *, ids_per_threshold: bool) -> dict:
+                    progress: bool, *, ids_per_threshold: bool) -> dict[float, int]:
     """Pass 2 for every threshold: one OME-NGFF image (a group of them for several thresholds, with
     ``attributes(thresholds)``), each written block by block from the scratch's local ids through its numbering.
     ``ids_per_threshold``: the scratch holds local ids per threshold (connected components), or one set for all

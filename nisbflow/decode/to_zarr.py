@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nisbflow.decode.outputs import DecodeResult
 from nisbflow.errors import ConfigError
 
 
@@ -26,7 +27,7 @@ def decode_to_zarr(
     method: str = "cc",
     waterz=None,
     layout: str = "ngff",
-) -> dict:
+) -> DecodeResult:
     """Decode a zarr array of affinities into a zarr segmentation, block by block, reading affinities once.
 
     ``method``: ``"cc"`` (connected components, BANIS; the rest of this docstring) or ``"waterz"`` (watershed and
@@ -40,7 +41,8 @@ def decode_to_zarr(
     the output chunks
     (default: the affinities' spatial chunks). Runs on the current Dask client if one is set up. ``config``: a
     :class:`~nisbflow.config.Config` or the run's :class:`~nisbflow.settings.RunSettings`, recorded in the
-    output's attributes. Returns ``{threshold: number of segments}``. A sample of the values is checked for logits
+    output's attributes. Returns a :class:`~nisbflow.decode.outputs.DecodeResult` (``counts``: threshold → number of
+    segments; ``region_graph`` for waterz). A sample of the values is checked for logits
     and NaN first (said through ``log``). ``layout``: each segmentation an OME-NGFF image group (``ngff``) or the
     array itself (``plain``: ``zarr.open(output)[:]``, as BANIS's ``metrics.py`` reads it).
 

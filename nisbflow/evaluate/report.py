@@ -36,7 +36,7 @@ def plot_run_lengths(path: str | Path, result: NerlResult, title: str = "") -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    skeletons = sorted(result.skeleton_length, key=result.skeleton_length.get, reverse=True)
+    skeletons = sorted(result.skeleton_length, key=lambda s: result.skeleton_length[s], reverse=True)
     x = range(len(skeletons))
     figure, axes = plt.subplots(figsize=(10, 4))
     axes.bar(x, [result.skeleton_length[s] / 1000 for s in skeletons], color="0.85", width=1.0, label="skeleton length")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import dask
@@ -19,6 +20,7 @@ import dask.array as da
 import numpy as np
 
 from nisbflow.blocks import BlockGrid
+from nisbflow.region import Region
 from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import blending_weight, window_grid
@@ -31,6 +33,18 @@ from nisbflow.worker_setup import release_compile_workers
 DEFAULT_BLOCK = (768, 768, 768)
 """Default write-region size: sums over an 832³ footprint per task (16 GB for 6 channels), 32 blocks on NISB's
 3000×3000×1350 test cube; every grid window runs once whatever the block (docs/inference.md)."""
+
+
+class PredictedPiece(NamedTuple):
+    """What a prediction task hands a block for one :class:`~nisbflow.infer.plan.Piece` of the plan: the plan's
+    ``box`` (:data:`~nisbflow.infer.plan.FINAL` or a shared box's number) and ``region``, and the values there:
+    for the final box the divided affinities ``(C, x, y, z)`` in the output dtype and ``weights`` None; for a shared
+    box Σ p·w ``(C, x, y, z)`` and Σ w ``(x, y, z)``, float32."""
+
+    box: int
+    region: Region
+    values: np.ndarray
+    weights: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -100,17 +114,15 @@ def default_device() -> str:
 
 
 def predict_windows(piece: np.ndarray, model, read_start, unit: Unit, settings: WindowSettings,
-                    device: str | None = None, topic: str | None = None) -> dict:
+                    device: str | None = None, topic: str | None = None) -> dict[tuple, list[PredictedPiece]]:
     """Task (``infer-predict-windows``): one :class:`~nisbflow.infer.plan.Unit`'s windows, on the model's device.
 
     ``piece``: the (padded-frame) input of the unit's footprint starting at ``read_start``, uint8 ``(x, y, z)``;
     ``model``: a torch module or a :class:`~nisbflow.model.Checkpoint` (:meth:`~nisbflow.model.Checkpoint.network`:
     loaded once per process, its sha256 checked against the client's). The footprint goes to the device once; the
     unit's batches run there (float16 autocast on CUDA), weighted and summed in float32 over the footprint, each
-    batch counted to ``topic`` (:func:`nisbflow.tasks.count_done`). Returns, per target block index, its pieces
-    ``(box, region, values, weights)``: for the block's exclusive box (``box`` = :data:`~nisbflow.infer.plan.FINAL`)
-    the divided values ``(C, x, y, z)`` in ``settings.output_dtype`` and no weights; for a shared box Σ p·w
-    ``(C, x, y, z)`` and Σ w ``(x, y, z)``, float32."""
+    batch counted to ``topic`` (:func:`nisbflow.tasks.count_done`). Returns, per target block index, its
+    :class:`PredictedPiece` list."""
     import torch
 
     from nisbflow.tasks import count_done
@@ -118,15 +130,16 @@ def predict_windows(piece: np.ndarray, model, read_start, unit: Unit, settings: 
     device = device or default_device()
     total, weights = _weighted_sum(piece, model, read_start, unit.footprint, unit.windows, settings, device,
                                    report=lambda n: count_done(topic, n))
-    pieces: dict = {}
+    pieces: dict[tuple, list[PredictedPiece]] = {}
     for part in unit.pieces:
-        local = tuple(slice(r.start - f.start, r.stop - f.start) for r, f in zip(part.region, unit.footprint))
+        local = part.region.local(unit.footprint)
         sums, weight = total[(slice(None),) + local], weights[local]
         if part.box == FINAL:
-            entry = (part.box, part.region, (sums / weight).to(getattr(torch, settings.output_dtype)).cpu().numpy(),
-                     None)
+            entry = PredictedPiece(part.box, part.region,
+                                   (sums / weight).to(getattr(torch, settings.output_dtype)).cpu().numpy(), None)
         else:  # copies, so the footprint's sums are freed when the task ends
-            entry = (part.box, part.region, sums.to("cpu", copy=True).numpy(), weight.to("cpu", copy=True).numpy())
+            entry = PredictedPiece(part.box, part.region, sums.to("cpu", copy=True).numpy(),
+                                   weight.to("cpu", copy=True).numpy())
         pieces.setdefault(part.target, []).append(entry)
     return pieces
 
@@ -143,27 +156,21 @@ def blend_block(sources: list, block: BlockSources, settings: WindowSettings) ->
     write = block.write
     pieces = [piece for unit_pieces in sources for piece in unit_pieces]
     if block.exclusive == write:  # one unit reaches the whole block
-        return pieces[0][2]
-    shape = tuple(w.stop - w.start for w in write)
-    n_channels = pieces[0][2].shape[0]
-    values = np.empty((n_channels,) + shape, dtype=settings.output_dtype)
-
-    def local(region, frame):
-        return tuple(slice(r.start - f.start, r.stop - f.start) for r, f in zip(region, frame))
-
+        return pieces[0].values
+    n_channels = pieces[0].values.shape[0]
+    values = np.empty((n_channels,) + write.shape, dtype=settings.output_dtype)
     for box, region, part, _ in pieces:
         if box == FINAL:
-            values[(slice(None),) + local(region, write)] = part
+            values[(slice(None),) + region.local(write)] = part
     for number, box in enumerate(block.shared):
-        size = tuple(b.stop - b.start for b in box)
-        total = np.zeros((n_channels,) + size, dtype=np.float32)
-        weights = np.zeros(size, dtype=np.float32)
+        total = np.zeros((n_channels,) + box.shape, dtype=np.float32)
+        weights = np.zeros(box.shape, dtype=np.float32)
         for piece_box, region, sums, weight in pieces:
             if piece_box == number:
-                total[(slice(None),) + local(region, box)] += sums
-                weights[local(region, box)] += weight
+                total[(slice(None),) + region.local(box)] += sums
+                weights[region.local(box)] += weight
         total /= weights
-        values[(slice(None),) + local(box, write)] = total
+        values[(slice(None),) + box.local(write)] = total
     return values
 
 
@@ -181,7 +188,7 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
         model = model.to(device).eval()
     image = torch.from_numpy(np.ascontiguousarray(piece)).to(device)
     weight = torch.from_numpy(blending_weight(settings.window)).to(device)
-    shape = tuple(r.stop - r.start for r in region)
+    shape = Region(region).shape
     total, weights = None, torch.zeros(shape, dtype=torch.float32, device=device)
     for i in range(0, len(windows), settings.sw_batch_size):
         batch = windows[i:i + settings.sw_batch_size]
@@ -309,7 +316,7 @@ def _pad_piece(piece, read, window) -> np.ndarray:
     """A read region's input from the part of it inside the volume: reflect-padded where an axis is shorter than
     the window (such an axis is then read whole, and the read region is the window)."""
     piece = np.asarray(piece)
-    if piece.shape != tuple(r.stop - r.start for r in read):
+    if piece.shape != Region(read).shape:
         piece = pad_to_window(piece, window)
     return piece
 
@@ -383,7 +390,7 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     blocks = np.empty(grid.blocks_per_axis, dtype=object)
     for index, task in prediction_graph(spatial, grid, plan, settings, shared_model, device, token).items():
         write = plan.blocks[index].write
-        blocks[index] = da.from_delayed(task, shape=(n_channels,) + tuple(w.stop - w.start for w in write),
+        blocks[index] = da.from_delayed(task, shape=(n_channels,) + write.shape,
                                         dtype=settings.output_dtype)
     return da.block([blocks.tolist()])  # the outer list is the channel axis
 
@@ -558,7 +565,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
         tasks, voxels = [], 0
         for index in work.pending:
             write = grid.write_region(index)
-            voxels += int(np.prod([w.stop - w.start for w in write]))
+            voxels += write.size
             tasks.append(dask.delayed(_store_block, pure=True)(
                 predicted[index], staged.image, write, staged.marker("predict", grid.key(index)), staged.run_id,
                 plan.counted(index), dask_key_name=(f"infer-store-block-{token}",) + index))

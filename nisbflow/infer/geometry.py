@@ -12,6 +12,8 @@ import itertools
 
 import numpy as np
 
+from nisbflow.region import triple
+
 
 def window_starts(size: int, window: int = 128, stride: int = 64) -> np.ndarray:
     """``(n,) int64`` window starts along one axis of ``size`` voxels (sorted, unique)."""
@@ -59,10 +61,10 @@ def windows_for_region(grid: list[np.ndarray], window, region) -> list[tuple[int
     """Window starts (x, y, z) of the global grid that intersect a write region (three slices)."""
     window = _per_axis(window, 3)
     per_axis = [starts_touching(g, w, r.start, r.stop) for g, w, r in zip(grid, window, region)]
-    return [tuple(int(v) for v in combo) for combo in itertools.product(*per_axis)]
+    return [triple(combo) for combo in itertools.product(*per_axis)]
 
 
-def read_region(grid: list[np.ndarray], window, region) -> tuple[slice, slice, slice]:
+def read_region(grid: list[np.ndarray], window, region) -> tuple[slice, ...]:
     """The input a write region needs: the union of the windows that intersect it (three slices, padded frame)."""
     window = _per_axis(window, 3)
     slices = []

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from nisbflow.infer.geometry import padded_shape, window_grid
+from nisbflow.region import Region, triple
 
-Box = tuple[slice, slice, slice]
+Box = Region
 Start = tuple[int, int, int]
 
 
@@ -118,7 +119,8 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
         cuts = np.linspace(0, len(owned), parts + 1).round().astype(int)
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             key = tuple(index) + (part,)
-            batches, reached_by_unit = [], {}
+            batches: list = []
+            reached_by_unit: dict = {}
             for i in range(a, b, sw_batch_size):
                 batch = owned[i:min(i + sw_batch_size, b)]
                 reached = [_reached_pending(reach, position, pending, every_block) for position in batch]
@@ -127,9 +129,9 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
                 needed += sum(1 for r in reached if r)
                 batches.append(tuple(tuple(int(axes[a_][p]) for a_, p in enumerate(position))
                                      for position in batch))
-                for position, blocks in zip(batch, reached):
+                for position, reached_blocks in zip(batch, reached):
                     start = [int(axes[a_][p]) for a_, p in enumerate(position)]
-                    for block in blocks:
+                    for block in reached_blocks:
                         box = reached_by_unit.setdefault(block, [[s, s + w] for s, w in zip(start, window)])
                         for axis, (s, w) in enumerate(zip(start, window)):
                             box[axis][0] = min(box[axis][0], s)
@@ -137,30 +139,32 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
             if not batches:
                 continue
             windows = [s for batch in batches for s in batch]
-            footprint = tuple(slice(min(s[a_] for s in windows), min(max(s[a_] for s in windows) + w, p))
-                              for a_, (w, p) in enumerate(zip(window, padded)))
+            footprint = Region(slice(min(s[a_] for s in windows), min(max(s[a_] for s in windows) + w, p))
+                               for a_, (w, p) in enumerate(zip(window, padded)))
             units[key] = (batches, footprint)
             for block, box in reached_by_unit.items():
                 write = grid.write_region(block)
-                region = _intersect(write, tuple(slice(lo, hi) for lo, hi in box))
+                region = write.intersect(Region(slice(lo, hi) for lo, hi in box))
                 if region is not None:
                     contributions[block][key] = region
 
-    blocks, pieces = {}, {key: [] for key in units}
+    blocks: dict[tuple[int, int, int], BlockSources] = {}
+    pieces: dict[tuple, list[Piece]] = {key: [] for key in units}
     for index in sorted(pending):
         write = grid.write_region(index)
         sources = contributions[index]
         own = [key for key in sources if key[:3] == tuple(index)]
         exclusive = None
         if len(own) == 1:
-            others = sorted((region for key, region in sources.items() if key != own[0]), key=_volume, reverse=True)
+            others = sorted((region for key, region in sources.items() if key != own[0]), key=lambda r: r.size,
+                            reverse=True)
             exclusive = _exclusive_box(write, others)
         shared = tuple(box_difference(write, exclusive)) if exclusive is not None else (write,)
         for key, region in sources.items():
             if exclusive is not None and key == own[0]:
                 pieces[key].append(Piece(tuple(index), FINAL, exclusive))
             for number, box in enumerate(shared):
-                part = _intersect(box, region)
+                part = box.intersect(region)
                 if part is not None:
                     pieces[key].append(Piece(tuple(index), number, part))
         blocks[tuple(index)] = BlockSources(write, exclusive, shared, tuple(sources))
@@ -186,23 +190,14 @@ def largest_footprint(grid, window, stride) -> tuple[int, int, int]:
         owner = np.searchsorted(b, starts, side="right") - 1
         longest.append(max(min(int(starts[owner == i].max()) + w, p) - int(starts[owner == i].min())
                            for i in np.unique(owner)))
-    return tuple(longest)
+    return triple(longest)
 
 
 def _reached_pending(reach, position, pending, every_block) -> list[tuple[int, int, int]]:
     """The pending blocks the window at grid ``position`` (an index per axis) reaches."""
     ranges = [range(reach[axis][p][0], reach[axis][p][1] + 1) for axis, p in enumerate(position)]
-    blocks = list(itertools.product(*ranges))
+    blocks = [triple(b) for b in itertools.product(*ranges)]
     return blocks if every_block else [b for b in blocks if b in pending]
-
-
-def _intersect(a: Box, b: Box) -> Box | None:
-    box = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
-    return box if all(s.start < s.stop for s in box) else None
-
-
-def _volume(box: Box) -> int:
-    return int(np.prod([s.stop - s.start for s in box]))
 
 
 def _exclusive_box(write: Box, others: list[Box]) -> Box | None:
@@ -210,7 +205,7 @@ def _exclusive_box(write: Box, others: list[Box]) -> Box | None:
     covers; None when one cannot be cut away (the box would be empty or not a box)."""
     box = [[s.start, s.stop] for s in write]
     for other in others:
-        if _intersect(tuple(slice(lo, hi) for lo, hi in box), other) is None:
+        if Region(slice(lo, hi) for lo, hi in box).intersect(other) is None:
             continue
         options = []
         for axis, o in enumerate(other):
@@ -224,7 +219,7 @@ def _exclusive_box(write: Box, others: list[Box]) -> Box | None:
         axis, kept = max(options, key=lambda option: (option[1][1] - option[1][0]) /
                          (box[option[0]][1] - box[option[0]][0]))
         box[axis] = kept
-    return tuple(slice(lo, hi) for lo, hi in box)
+    return Region(slice(lo, hi) for lo, hi in box)
 
 
 def box_difference(outer: Box, inner: Box) -> list[Box]:
@@ -236,6 +231,6 @@ def box_difference(outer: Box, inner: Box) -> list[Box]:
         below[axis] = slice(core[axis].start, inner[axis].start)
         above = list(core)
         above[axis] = slice(inner[axis].stop, core[axis].stop)
-        boxes += [tuple(b) for b in (below, above) if all(s.start < s.stop for s in b)]
+        boxes += [Region(b) for b in (below, above) if all(s.start < s.stop for s in b)]
         core[axis] = inner[axis]
     return boxes

@@ -67,6 +67,8 @@ def _axes(value, where: str) -> list[int]:
 
 def views(flip_axes="all", rotation90_axes=None, rotate90_k=None) -> list[View]:
     """The views of a TTA configuration (module docstring), identity first."""
+    flips: list[tuple[int, ...]]
+    planes: list[tuple[int, int]]
     if flip_axes is None or (isinstance(flip_axes, str) and flip_axes.lower() == "none"):
         flips = [()]
     elif flip_axes == "all" or flip_axes == []:
@@ -87,8 +89,9 @@ def views(flip_axes="all", rotation90_axes=None, rotate90_k=None) -> list[View]:
             if len(axes) != 2:
                 raise ConfigError(f"inference.test_time_augmentation.rotation90_axes: {entry} is not a plane of two "
                                   "axes")
-            if tuple(axes) not in planes:
-                planes.append(tuple(axes))
+            plane = (int(axes[0]), int(axes[1]))
+            if plane not in planes:
+                planes.append(plane)
     if not planes:
         return [View(f) for f in flips]
     turns = []
@@ -184,7 +187,9 @@ def restore(prediction: torch.Tensor, view: View, offsets) -> tuple[torch.Tensor
         into = tuple(slice(max(0, s), n + min(0, s)) for s, n in zip(move.shift, shape))
         came = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(move.shift, shape))
         restored[:, move.dst] = 0
-        restored[(slice(None), move.dst, *into)] = prediction[(slice(None), move.src, *came)]
+        target: tuple[slice | int, ...] = (slice(None), move.dst, *into)
+        source: tuple[slice | int, ...] = (slice(None), move.src, *came)
+        restored[target] = prediction[source]
         valid[move.dst] = into
     return restored, valid
 
@@ -228,7 +233,8 @@ class Ensemble:
 
     def __init__(self, modes: list[str]):
         self.modes = modes
-        self.total = self.count = None
+        self.total: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
 
     def add(self, values: torch.Tensor, valid: list) -> None:
         values = values.float()
@@ -238,6 +244,7 @@ class Ensemble:
             for channel, mode in enumerate(self.modes):
                 self.total[:, channel] = fill[mode]
             self.count = torch.zeros(values.shape, dtype=torch.int16, device=values.device)
+        assert self.total is not None and self.count is not None
         for channel, mode in enumerate(self.modes):
             box = (slice(None), channel, *(valid[channel] or ()))
             here, total = values[box], self.total[box]
@@ -250,7 +257,7 @@ class Ensemble:
             self.count[box] += 1
 
     def result(self) -> torch.Tensor:
-        if self.total is None or bool((self.count == 0).any()):
+        if self.total is None or self.count is None or bool(torch.any(self.count == 0)):
             raise RuntimeError("test-time augmentation left voxels without any valid view")
         out = self.total.clone()
         for channel, mode in enumerate(self.modes):

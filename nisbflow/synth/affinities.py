@@ -17,6 +17,7 @@ import numpy as np
 
 from nisbflow.blocks import BlockGrid
 from nisbflow.paths import storage_url
+from nisbflow.region import Region
 from nisbflow.staging import StagedRun, default_log, store_block
 from nisbflow.data.chunks import open_checked
 from nisbflow.data.ngff import create_image
@@ -64,8 +65,7 @@ def _write_noisy_block(segmentation: str, read_region, write_region, index, nois
     as :func:`noisy_affinities` seeds the same block of a dask array."""
     values = open_checked(segmentation, f"segmentation {segmentation}")[tuple(read_region)]
     targets = np.stack([_same_neuron(values, axis) for axis in range(3)])
-    inside = (slice(None),) + tuple(slice(w.start - r.start, w.stop - r.start)
-                                    for w, r in zip(write_region, read_region))
+    inside = (slice(None),) + Region(write_region).local(read_region)
     store_block(_add_noise(targets[inside], noise, seed, (0,) + tuple(index)), target,
                 (slice(None),) + tuple(write_region), marker, run_id)
 

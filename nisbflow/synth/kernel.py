@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from nisbflow.region import triple
+
 # --------------------------------------------------------------------------------------------------------------
 # Parameters
 
@@ -755,7 +757,7 @@ def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, 
 
 def blur_halo(params: SynthParams) -> tuple[int, int, int]:
     """Voxels of context each side that the Gaussian blur needs (scipy's radius, truncate 4)."""
-    return tuple(int(4.0 * s + 0.5) for s in params.blur_sigma_voxels)
+    return triple(4.0 * s + 0.5 for s in params.blur_sigma_voxels)
 
 
 def render_block(forest: NeuriteForest, params: SynthParams, origin, shape):

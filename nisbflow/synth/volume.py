@@ -216,7 +216,7 @@ def _render_blocks(staged, work, grid: BlockGrid, forest, params, node_voxels, b
             results[key] = _block_result(work.done[index])
             continue
         corner = tuple(int(o) for o in grid.origin(index))
-        size = tuple(w.stop - w.start for w in grid.write_region(index))
+        size = grid.write_region(index).shape
         tasks[key] = dask.delayed(_write_block, pure=False)(
             regions[tuple(int(i) for i in index)], params, staged.data, corner, size,
             node_voxels[block_nodes[grid.linear(index)]], staged.marker("synth", key), staged.run_id,

@@ -71,7 +71,7 @@ class ThresholdScorer:
             folder = Path(tempfile.mkdtemp(prefix="tune-", dir=parent))
             try:
                 output = folder / "segmentation.zarr"
-                counts = decode_to_zarr(self.affinities, output, thresholds=missing, mask=self.mask,
+                decoded = decode_to_zarr(self.affinities, output, thresholds=missing, mask=self.mask,
                                         backend=self.backend, progress=self.progress, method=self.method,
                                         waterz=self.waterz)
                 for value in missing:
@@ -80,10 +80,10 @@ class ThresholdScorer:
                                                voxel_size=self.voxel_size, merge_threshold=self.merge_threshold,
                                                metrics=self.metrics,
                                                em_erl_merge_threshold=self.em_erl_merge_threshold)
-                    self.segments[value] = int(counts[value])
+                    self.segments[value] = int(decoded.counts[value])
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-                if created:  # leave no empty scratch folder behind
+                if created and parent is not None:  # leave no empty scratch folder behind
                     with contextlib.suppress(OSError):
                         parent.rmdir()
         return {t: self.results[t] for t in keys}
