@@ -116,6 +116,22 @@ def test_adapted_filter_is_more_than_k_nodes(k, merged):
     assert run.n_splits == 1
 
 
+def reference_mergers(ids, labels) -> tuple[int, int]:
+    """``(n_mergers, n_non0_mergers)`` by the rules, node by node: a segment holding nodes of two or more skeletons
+    merges, and each (merging segment, skeleton) pair counts; the second count leaves segment 0 out."""
+    skeletons_in = {}
+    for skeleton, segment in zip(ids, labels):
+        skeletons_in.setdefault(int(segment), set()).add(int(skeleton))
+    pairs = [(segment, len(held)) for segment, held in skeletons_in.items() if len(held) >= 2]
+    return sum(n for _, n in pairs), sum(n for segment, n in pairs if segment != 0)
+
+
+def reference_splits(graph, segmentation) -> int:
+    """Edges whose two nodes lie in different, non-background segments."""
+    at = {node: int(segmentation[tuple(data["index_position"])]) for node, data in graph.nodes(data=True)}
+    return sum(1 for u, v in graph.edges if at[u] != 0 and at[v] != 0 and at[u] != at[v])
+
+
 def reference_erl(ids, edges, lengths, labels, k) -> float:
     """ERL by the rules of docs/design.md, one edge at a time: the independent reference for the kernel."""
     count: dict = {}
@@ -245,7 +261,7 @@ def test_ground_truth_nerl_is_one_and_errors_cost_what_they_should(seed):
     region = split[tuple(index)]
     region[region == a] = truth.max() + 1
     result = nerl(split, graph)
-    assert result.n_splits >= 1 and result.nerl < 1.0
+    assert result.n_splits == reference_splits(graph, split) >= 1 and result.nerl < 1.0
     # the skeleton's run length is now Σ c² / L over its pieces, the others unchanged
     pieces = {}
     arrays_ids = [n for n in graph if graph.nodes[n]["id"] == a]
@@ -418,6 +434,7 @@ def test_a_background_slab_costs_only_the_edges_it_touches(seed):
     edges, lengths = arrays.edges[same].tolist(), arrays.edge_length[same].tolist()
     ids = arrays.id.tolist()
     expected = reference_erl(ids, edges, lengths, labels.tolist(), 0) / reference_erl(ids, edges, lengths, ids, 0)
+    assert (result.n_mergers, result.n_non0_mergers) == reference_mergers(ids, labels.tolist())
     assert result.n_mergers >= 2 and result.n_non0_mergers == 0 and result.n_merged_edges == 0
     assert result.n_omitted > 0
     assert result.nerl == pytest.approx(expected, rel=1e-9)
@@ -503,6 +520,9 @@ def test_em_erl_tolerates_small_mergers_that_banis_counts(seed):
     for position in by_id[first][:3]:  # three nodes of the largest skeleton moved into the second's segment
         segmentation[position] = segmentation[by_id[second][0]]
     result = nerl(segmentation, graph, metrics=("nerl", "em_erl"))
+    moved = [int(segmentation[tuple(data["index_position"])]) for _, data in graph.nodes(data=True)]
+    assert (result.n_mergers, result.n_non0_mergers) == reference_mergers(
+        [int(data["id"]) for _, data in graph.nodes(data=True)], moved)
     assert result.n_non0_mergers >= 2 and result.nerl < 0.9
     assert result.em_erl.merge_threshold == 50 and result.em_erl.n_merging_segments == 0
     labels = {node: int(segmentation[tuple(data["index_position"])]) for node, data in graph.nodes(data=True)}
