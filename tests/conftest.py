@@ -1,4 +1,10 @@
+import os
+
 import pytest
+
+os.environ.setdefault("COLUMNS", "200")
+"""Rich lays the command line's output out for this width: a long temporary path (pytest-xdist's ``popen-gw0``
+folders) must not wrap a line the tests read. Set before the CLI's consoles are made."""
 
 from nisbflow.synth import synthesize_seed
 
