@@ -148,53 +148,15 @@ def cluster_client(
         with dask.config.set(scheduler="synchronous"):
             yield None
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if cluster.startswith(ADDRESS_SCHEMES):
-        try:
-            client = Client(cluster, timeout=SCHEDULER_TIMEOUT)
-        except (OSError, TimeoutError) as error:
-            raise ConfigError(f"--cluster {cluster}: cannot reach a Dask scheduler there within "
-                              f"{SCHEDULER_TIMEOUT} ({type(error).__name__}); is `dask scheduler` running and the "
-                              "address right?") from None
-        except (TypeError, ValueError) as error:  # tls:// without certificates: distributed finds no SSL context
-            if not cluster.startswith("tls://"):
-                raise
-            raise ConfigError(f"--cluster {cluster}: cannot reach a Dask scheduler there without TLS certificates: "
-                              "set distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's "
-                              "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem; docs/cluster.md)"
-                              ) from error
+        client = _connect(cluster)
         with _one_line_client_logs(), client:
             yield client
         return
-    if cluster == "local":
-        with dask.config.set({**_allocator_environment(memory_limit), **(_worker_preload() if processes else {})}):
-            made = LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
-                                memory_limit=memory_limit, processes=processes,
-                                dashboard_address=dashboard_address)
-    elif cluster == "dask-cuda":
-        check_gpus_visible()
-        dask_cuda = _import("dask_cuda", "gpu", cluster)
-        with dask.config.set({**_allocator_environment(memory_limit), **_worker_preload()}):
-            # one worker per GPU, each declaring a GPU resource: prediction tasks ask for one unit of it
-            # (``tasks_per_gpu`` blocks per GPU at once) and a few threads, so image reads and zarr writes overlap
-            # with the GPU's prediction
-            made = dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=dashboard_address,
-                                              resources={"GPU": tasks_per_gpu},
-                                              threads_per_worker=max(threads_per_worker, 3 + tasks_per_gpu))
-    else:  # slurm
-        from nisbflow.slurm import import_jobqueue, resolve_slurm_job
-
-        dask_jobqueue = import_jobqueue()
-
-        if slurm is None:
-            from nisbflow.config.schema import SlurmConfig
-
-            slurm = SlurmConfig()
-        job = resolve_slurm_job(slurm, tasks_per_gpu)
-        made = dask_jobqueue.SLURMCluster(**job.job_kwargs(),
-                                          scheduler_options={"dashboard_address": dashboard_address})
-        made.scale(jobs=n_workers or slurm.jobs)
+    made = _start_cluster(cluster, n_workers, threads_per_worker, memory_limit, slurm, processes, dashboard_address,
+                          tasks_per_gpu)
     finished = False
     try:
         with _one_line_client_logs(), made, Client(made) as client:
@@ -210,6 +172,58 @@ def cluster_client(
         # dask-cuda worker) must not turn a finished command into a failed one
         print(f"warning: the Dask cluster did not close in time ({type(error).__name__}); the command's work had "
               "finished and its output is complete", file=sys.stderr)
+
+
+def _connect(address: str):
+    """A client of the Dask scheduler at ``address``, or one :class:`ConfigError` saying why there is none."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError) as error:
+        raise ConfigError(f"--cluster {address}: cannot reach a Dask scheduler there within "
+                          f"{SCHEDULER_TIMEOUT} ({type(error).__name__}); is `dask scheduler` running and the "
+                          "address right?") from None
+    except (TypeError, ValueError) as error:  # tls:// without certificates: distributed finds no SSL context
+        if not address.startswith("tls://"):
+            raise
+        raise ConfigError(f"--cluster {address}: cannot reach a Dask scheduler there without TLS certificates: "
+                          "set distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's "
+                          "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem; docs/cluster.md)"
+                          ) from error
+
+
+def _start_cluster(cluster: str, n_workers, threads_per_worker: int, memory_limit: str, slurm, processes: bool,
+                   dashboard_address: str, tasks_per_gpu: int):
+    """A cluster started here: ``local`` (a LocalCluster), ``dask-cuda`` (one worker per GPU) or ``slurm`` (worker
+    jobs through dask-jobqueue); see :func:`cluster_client` for the arguments."""
+    if cluster == "local":
+        from distributed import LocalCluster
+
+        with dask.config.set({**_allocator_environment(memory_limit), **(_worker_preload() if processes else {})}):
+            return LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
+                                memory_limit=memory_limit, processes=processes, dashboard_address=dashboard_address)
+    if cluster == "dask-cuda":
+        check_gpus_visible()
+        dask_cuda = _import("dask_cuda", "gpu", cluster)
+        with dask.config.set({**_allocator_environment(memory_limit), **_worker_preload()}):
+            # one worker per GPU, each declaring a GPU resource: prediction tasks ask for one unit of it
+            # (``tasks_per_gpu`` blocks per GPU at once) and a few threads, so image reads and zarr writes overlap
+            # with the GPU's prediction
+            return dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=dashboard_address,
+                                              resources={"GPU": tasks_per_gpu},
+                                              threads_per_worker=max(threads_per_worker, 3 + tasks_per_gpu))
+    from nisbflow.slurm import import_jobqueue, resolve_slurm_job
+
+    dask_jobqueue = import_jobqueue()
+    if slurm is None:
+        from nisbflow.config.schema import SlurmConfig
+
+        slurm = SlurmConfig()
+    job = resolve_slurm_job(slurm, tasks_per_gpu)
+    made = dask_jobqueue.SLURMCluster(**job.job_kwargs(), scheduler_options={"dashboard_address": dashboard_address})
+    made.scale(jobs=n_workers or slurm.jobs)
+    return made
 
 
 class _OneLine:

@@ -229,8 +229,8 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
     from nisbflow.data.formats import locate, zarr_input
     from nisbflow.data.ngff import check_layout
     from nisbflow.data.volumes import open_image
-    from nisbflow.infer.blockwise import (DEFAULT_BLOCK, WindowSettings, check_channels, infer_to_zarr,
-                                          infer_whole_to_zarr)
+    from nisbflow.infer.blockwise import DEFAULT_BLOCK, infer_to_zarr, infer_whole_to_zarr
+    from nisbflow.infer.windows import WindowSettings, check_channels
     from nisbflow.settings import resolve_settings
 
     given = {"inference.select_channel": [int(c) for c in channels]} if channels is not None else {}

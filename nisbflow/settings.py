@@ -160,13 +160,32 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides or [])
     if overrides:
         layers.append(("KEY=VALUE", apply_overrides({}, overrides)))
+    tree, sources, notes = _merge_layers(layers, own, recorded_layers, _pytc_given(pytc), config, handle)
+    resolved = validate_tree(tree)
+    if handle is not None:  # inference.weights picks between a checkpoint's training and EMA weights
+        handle = Checkpoint.open(handle, resolved.inference.weights)
+    if params is not None:
+        check_tuned_for(params, handle)
+        check_tuned_method(params, resolved)
+    if handle is not None:  # what importing a peer's checkpoint took from where (nisbflow.model.peers)
+        notes = list((handle.metadata or {}).get("notes") or []) + notes
+    return RunSettings(resolved, handle, sources, pytc_notes + notes)
 
-    pytc_given = {}  # nisbflow key → the PyTC key given as KEY=VALUE that set it (applied inside PyTC's tree)
+
+def _pytc_given(pytc) -> dict[str, str]:
+    """nisbflow key → the PyTorch Connectomics key given as KEY=VALUE that set it (applied inside PyTC's tree)."""
+    given: dict[str, str] = {}
     if pytc is not None:
         for mapping in pytc.translation.mappings:
             if mapping.verdict == "set" and any(mapping.key == key or mapping.key.startswith((key + ".", key + "["))
                                                 for key in pytc.translation.overridden):
-                pytc_given.update({target: mapping.key for target in mapping.targets})
+                given.update({target: mapping.key for target in mapping.targets})
+    return given
+
+
+def _merge_layers(layers, own, recorded_layers, pytc_given: dict, config, handle) -> tuple[dict, dict, list]:
+    """The layers merged in order: ``(tree, key → the label of the layer that set it, notes)``. A note says where
+    the named file replaces a value a checkpoint records; the checkpoint's model keys win over every layer."""
     tree: dict = {}
     sources: dict[str, str] = {}
     notes = []
@@ -191,15 +210,7 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
                              f"{tree_get(tree, key)!r}): its weights define the network")
                 assign(tree, key, value)
                 sources[key] = f"checkpoint {handle.name}"
-    resolved = validate_tree(tree)
-    if handle is not None:  # inference.weights picks between a checkpoint's training and EMA weights
-        handle = Checkpoint.open(handle, resolved.inference.weights)
-    if params is not None:
-        check_tuned_for(params, handle)
-        check_tuned_method(params, resolved)
-    if handle is not None:  # what importing a peer's checkpoint took from where (nisbflow.model.peers)
-        notes = list((handle.metadata or {}).get("notes") or []) + notes
-    return RunSettings(resolved, handle, sources, pytc_notes + notes)
+    return tree, sources, notes
 
 
 def _shown_path(path: Path) -> str:

@@ -124,3 +124,37 @@ def test_shared_basics_are_written_once():
                for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)]
     for name in ("parse_override", "merge", "deep_merge", "file_sha256", "read_checkpoint"):
         assert defined.count(name) <= 1, f"{name} is defined {defined.count(name)} times"
+
+
+LONGEST_FUNCTION = 60
+"""Lines of a library function's body (docstring left out): what fits on a screen and says what goes in and out."""
+LONGEST_MODULE = 800
+KEPT_WHOLE = {
+    ("nisbflow/decode/agglomerate.py", "agglomerate_graph"):
+        "waterz's IterativeRegionMerging loop reproduced step for step, to be read beside waterz's",
+}
+"""Kernels over the function budget on purpose, with the reason; numba kernels are excepted as a class."""
+
+
+def _body_lines(node) -> int:
+    body = node.body[1:] if isinstance(node.body[0], ast.Expr) and isinstance(
+        getattr(node.body[0], "value", None), ast.Constant) else node.body
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def test_functions_and_modules_fit_their_budgets():
+    """No library or command-line function body over LONGEST_FUNCTION lines (numba kernels and KEPT_WHOLE
+    excepted) and no module over LONGEST_MODULE lines."""
+    over, checked = [], 0
+    for folder in PACKAGES.values():
+        for path in folder.rglob("*.py"):
+            text, where = path.read_text(), str(path.relative_to(ROOT))
+            assert len(text.splitlines()) <= LONGEST_MODULE, f"{where} has {len(text.splitlines())} lines"
+            for node in ast.walk(ast.parse(text)):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                checked += 1
+                numba = any("jit" in ast.unparse(d) for d in node.decorator_list)
+                if not numba and (where, node.name) not in KEPT_WHOLE and _body_lines(node) > LONGEST_FUNCTION:
+                    over.append(f"{where}:{node.name} ({_body_lines(node)} lines)")
+    assert checked > 500 and over == [], over

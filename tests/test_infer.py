@@ -123,16 +123,20 @@ def test_chunked_prediction_equals_whole_for_any_chunking(tiny_model):
     import dask
     import dask.array as da
 
-    from nisbflow.infer.blockwise import WindowSettings, predict_affinities
+    from nisbflow.infer.blockwise import WindowSettings, predict_affinities, predict_affinities_whole
 
     image = np.random.default_rng(3).integers(0, 256, (72, 60, 40), dtype=np.uint8)
     settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=4, output_dtype="float32")
-    whole = predict_affinities(image, tiny_model, settings)
+    whole = predict_affinities_whole(image, tiny_model, settings)
+    assert isinstance(whole, np.ndarray)
     with dask.config.set(scheduler="synchronous"):
         for block in [(72, 60, 40), (24, 20, 40), (25, 17, 13), (7, 60, 40)]:
             lazy = predict_affinities(da.from_array(image, chunks=(30, 30, 30)), tiny_model, settings, block=block)
             assert isinstance(lazy, da.Array) and lazy.shape == (6, 72, 60, 40)
             np.testing.assert_allclose(lazy.compute(), whole, atol=1e-6)
+        from_numpy = predict_affinities(image, tiny_model, settings, block=(25, 17, 13))  # one type whatever the input
+        assert isinstance(from_numpy, da.Array)
+        np.testing.assert_allclose(from_numpy.compute(), whole, atol=1e-6)
 
 
 def test_infer_to_zarr_resumes_after_an_interruption(tiny_model, tmp_path, monkeypatch):
@@ -345,13 +349,13 @@ def test_every_grid_window_runs_once_whatever_the_blocks_and_split(tiny_model):
     import dask
     import dask.array as da
 
-    from nisbflow.infer.blockwise import WindowSettings, predict_affinities
+    from nisbflow.infer.blockwise import WindowSettings, predict_affinities, predict_affinities_whole
     from nisbflow.infer.geometry import window_grid
 
     image = np.random.default_rng(7).integers(0, 256, (72, 60, 40), dtype=np.uint8)
     settings = WindowSettings(window=(32, 32, 32), stride=(16, 16, 16), sw_batch_size=3, output_dtype="float32",
                               channels=tuple(range(6)))
-    whole = predict_affinities(image, tiny_model, settings)
+    whole = predict_affinities_whole(image, tiny_model, settings)
     n_grid = int(np.prod([len(g) for g in window_grid(image.shape, (32, 32, 32), (16, 16, 16))]))
     with dask.config.set(scheduler="synchronous"):
         for block, split in [((72, 60, 40), 1), ((25, 17, 13), 1), ((7, 60, 40), 1), ((40, 60, 40), 1),
@@ -381,7 +385,8 @@ def test_warm_up_compiles_only_when_the_network_is_compiled(tiny_model, tmp_path
     runs one batch through the cached model and reports its seconds."""
     from distributed import Client, LocalCluster
 
-    from nisbflow.infer.blockwise import WindowSettings, warm_up, warm_up_workers
+    from nisbflow.infer.device import warm_up_workers
+    from nisbflow.infer.windows import WindowSettings, warm_up
 
     save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
     model = Checkpoint.open(tmp_path / "tiny.pt")
@@ -401,7 +406,8 @@ def test_compiled_warm_up_runs_on_every_worker_and_blocks_equal_eager(tiny_model
     import zarr
     from distributed import Client, LocalCluster
 
-    from nisbflow.infer.blockwise import WindowSettings, infer_to_zarr, warm_up_workers
+    from nisbflow.infer.blockwise import WindowSettings, infer_to_zarr
+    from nisbflow.infer.device import warm_up_workers
 
     save_checkpoint(tmp_path / "tiny.pt", tiny_model, TINY)
     image = np.random.default_rng(4).integers(0, 256, (48, 40, 40), dtype=np.uint8)

@@ -33,7 +33,7 @@ MYPY_ERRORS = {
     "nisbflow/decode/kernel.py": 1,
     "nisbflow/decode/stitch.py": 3,
     "nisbflow/file_outputs.py": 1,
-    "nisbflow/infer/blockwise.py": 4,
+    "nisbflow/infer/blockwise.py": 1,
     "nisbflow/infer/memory.py": 1,
     "nisbflow/infer/predict.py": 1,
     "nisbflow/jobs.py": 5,

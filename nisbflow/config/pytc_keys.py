@@ -410,24 +410,9 @@ def _split(split: str) -> Rule:
         if root and not os.path.isabs(base):
             base = os.path.join(root, base) if base else root
         image, label = settings.pop("image", None), settings.pop("label", None)
-        seeds: list = []
-        for name, given, suffix in (("image", image, "data.zarr/img"), ("label", label, "data.zarr/seg")):
-            if given in (None, "", []):
-                continue
-            listed = given if isinstance(given, list) else [given]
-            joined = [p if os.path.isabs(str(p)) or not base else os.path.join(base, str(p)) for p in listed]
-            bad = [p for p in joined if not str(p).rstrip("/").endswith(suffix)]
-            if bad:
-                out.note(f"{key}.{name}", given, REFUSED,
-                         f"nisbflow reads NISB seed folders (<seed>/{suffix}); {bad[0]} is not one: convert it "
-                         "with nisbflow convert into <seed>/data.zarr")
-                return
-            folders = [str(p).rstrip("/")[:-len(suffix)].rstrip("/") or "." for p in joined]
-            if seeds and seeds != folders:
-                out.note(f"{key}.{name}", given, REFUSED, f"its seed folders {folders} differ from the image's "
-                                                          f"{seeds}")
-                return
-            seeds = folders
+        seeds = _seed_folders(out, key, base, image, label)
+        if seeds is None:
+            return
         if not seeds and base:
             seeds = [base.rstrip("/")]
         if seeds:
@@ -447,24 +432,54 @@ def _split(split: str) -> Rule:
                     out.mappings.append(KeyMapping(f"{key}.{name}", given, SET, (f"data.{split}.path",),
                                                    f"<seed>/data.zarr/{'img' if name == 'image' else 'seg'} of "
                                                    "that seed folder", setting))
-        mask = settings.pop("mask", None)
-        if mask not in (None, "", []):
-            out.note(f"{key}.mask", mask, REFUSED, "nisbflow trains and infers without a volume mask")
-        skeleton = settings.pop("skeleton", None)
-        if skeleton not in (None, ""):
-            out.set(f"{key}.skeleton", skeleton, f"data.{split}.skeleton")
-        resolution = settings.pop("resolution", None)
-        if resolution is not None:
-            voxel = out.tree.get("data", {}).get("voxel_size")
-            if voxel is not None and not _equal_numbers(voxel, resolution):
-                out.note(f"{key}.resolution", resolution, REFUSED, f"it differs from another split's resolution "
-                                                                   f"{list(voxel)}; nisbflow has one voxel size")
-            else:
-                out.set(f"{key}.resolution", [float(r) for r in resolution], "data.voxel_size", "nm, (x, y, z)",
-                        given=resolution)
-        for name, given in settings.items():
-            out.note(f"{key}.{name}", given, REFUSED, "no such setting for a nisbflow data split (path, skeleton)")
+        _split_extras(out, key, split, settings)
     return rule
+
+
+def _seed_folders(out: Translation, key: str, base: str, image, label) -> list | None:
+    """The seed folders a PyTC split's ``image`` and ``label`` paths (joined to ``base``) lie in (``<seed>/data.zarr
+    /img``, ``…/seg``); None when one is refused (noted on ``out``): not a NISB seed, or image and label disagree."""
+    seeds: list = []
+    for name, given, suffix in (("image", image, "data.zarr/img"), ("label", label, "data.zarr/seg")):
+        if given in (None, "", []):
+            continue
+        listed = given if isinstance(given, list) else [given]
+        joined = [p if os.path.isabs(str(p)) or not base else os.path.join(base, str(p)) for p in listed]
+        bad = [p for p in joined if not str(p).rstrip("/").endswith(suffix)]
+        if bad:
+            out.note(f"{key}.{name}", given, REFUSED,
+                     f"nisbflow reads NISB seed folders (<seed>/{suffix}); {bad[0]} is not one: convert it "
+                     "with nisbflow convert into <seed>/data.zarr")
+            return None
+        folders = [str(p).rstrip("/")[:-len(suffix)].rstrip("/") or "." for p in joined]
+        if seeds and seeds != folders:
+            out.note(f"{key}.{name}", given, REFUSED, f"its seed folders {folders} differ from the image's "
+                                                      f"{seeds}")
+            return None
+        seeds = folders
+    return seeds
+
+
+def _split_extras(out: Translation, key: str, split: str, settings: dict) -> None:
+    """A PyTC split's keys beside its paths: ``mask`` (refused), ``skeleton``, ``resolution`` (one voxel size for
+    every split), anything else refused."""
+    mask = settings.pop("mask", None)
+    if mask not in (None, "", []):
+        out.note(f"{key}.mask", mask, REFUSED, "nisbflow trains and infers without a volume mask")
+    skeleton = settings.pop("skeleton", None)
+    if skeleton not in (None, ""):
+        out.set(f"{key}.skeleton", skeleton, f"data.{split}.skeleton")
+    resolution = settings.pop("resolution", None)
+    if resolution is not None:
+        voxel = out.tree.get("data", {}).get("voxel_size")
+        if voxel is not None and not _equal_numbers(voxel, resolution):
+            out.note(f"{key}.resolution", resolution, REFUSED, f"it differs from another split's resolution "
+                                                               f"{list(voxel)}; nisbflow has one voxel size")
+        else:
+            out.set(f"{key}.resolution", [float(r) for r in resolution], "data.voxel_size", "nm, (x, y, z)",
+                    given=resolution)
+    for name, given in settings.items():
+        out.note(f"{key}.{name}", given, REFUSED, "no such setting for a nisbflow data split (path, skeleton)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

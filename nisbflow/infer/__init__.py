@@ -1,15 +1,16 @@
 """Inference: MedNeXt sliding-window prediction with the BANIS geometry (:mod:`nisbflow.infer.geometry`).
 
-``predict_affinities`` (numpy → whole volume, dask → block-wise graph), ``infer_to_zarr`` (zarr → zarr, resumable)
-and ``WindowSettings`` load torch on first use, so importing this package stays light.
+``predict_affinities`` (a block-wise dask graph), ``predict_affinities_whole`` (the single-process reference),
+``infer_to_zarr`` (zarr → zarr, resumable) and ``WindowSettings`` load torch on first use, so importing this package
+stays light.
 """
 
 from nisbflow.infer.geometry import blending_weight, read_region, window_grid, window_starts
 
-__all__ = ["WindowSettings", "blending_weight", "infer_to_zarr", "predict_affinities", "read_region", "window_grid",
-           "window_starts"]
+__all__ = ["WindowSettings", "blending_weight", "infer_to_zarr", "predict_affinities", "predict_affinities_whole",
+           "read_region", "window_grid", "window_starts"]
 
-_BLOCKWISE = {"WindowSettings", "infer_to_zarr", "predict_affinities"}
+_BLOCKWISE = {"WindowSettings", "infer_to_zarr", "predict_affinities", "predict_affinities_whole"}
 
 
 def __getattr__(name):

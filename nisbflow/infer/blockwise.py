@@ -1,4 +1,5 @@
-"""Block-wise sliding-window prediction as a Dask graph, and zarr-to-zarr inference with resume.
+"""Block-wise sliding-window prediction as a Dask graph, and zarr-to-zarr inference with resume (the driver; the
+prediction kernel is :mod:`nisbflow.infer.windows`, devices and memory :mod:`nisbflow.infer.device`).
 
 Every window of the global grid is predicted exactly once, whatever the block size (:mod:`nisbflow.infer.plan`):
 by the task of the block holding its start, which reads the union of its windows (its footprint), runs them in
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 from pathlib import Path
 
 import dask
@@ -23,289 +23,17 @@ from nisbflow.blocks import BlockGrid
 from nisbflow.region import Region
 from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
-from nisbflow.infer.geometry import blending_weight, window_grid
-from nisbflow.infer.plan import FINAL, BlockSources, Unit, WindowPlan, largest_footprint, plan_windows
-from nisbflow.infer.predict import (Augmentation, check_image, pad_to_window, predict_crops,
-                                    predict_whole)
+from nisbflow.infer.geometry import window_grid
+from nisbflow.infer.plan import WindowPlan, largest_footprint, plan_windows
+from nisbflow.infer.device import _gpu_annotations, fit_to_memory, warm_up_workers
+from nisbflow.infer.predict import check_image, pad_to_window, predict_whole
+from nisbflow.infer.windows import (WindowSettings, _is_checkpoint, _out_channels, _pieces_for, blend_block,
+                                    check_channels, default_device, predict_windows)
 from nisbflow.tasks import Counter, compute_tasks
-from nisbflow.worker_setup import release_compile_workers
 
 DEFAULT_BLOCK = (768, 768, 768)
 """Default write-region size: sums over an 832³ footprint per task (16 GB for 6 channels), 32 blocks on NISB's
 3000×3000×1350 test cube; every grid window runs once whatever the block (docs/inference.md)."""
-
-
-class PredictedPiece(NamedTuple):
-    """What a prediction task hands a block for one :class:`~nisbflow.infer.plan.Piece` of the plan: the plan's
-    ``box`` (:data:`~nisbflow.infer.plan.FINAL` or a shared box's number) and ``region``, and the values there:
-    for the final box the divided affinities ``(C, x, y, z)`` in the output dtype and ``weights`` None; for a shared
-    box Σ p·w ``(C, x, y, z)`` and Σ w ``(x, y, z)``, float32."""
-
-    box: int
-    region: Region
-    values: np.ndarray
-    weights: np.ndarray | None
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    window: tuple[int, int, int] = (128, 128, 128)
-    stride: tuple[int, int, int] = (64, 64, 64)
-    sw_batch_size: int = 8
-    activation: str = "scale_sigmoid"
-    channels: tuple[int, ...] | None = None
-    output_dtype: str = "float16"
-    compile: bool | str = False
-    augmentation: Augmentation | None = None
-
-    @classmethod
-    def from_config(cls, inference, channels=None, offsets=None) -> WindowSettings:
-        """From an ``inference`` configuration section: stride = window × (1 − overlap), channels
-        ``inference.select_channel`` unless ``channels`` is given; with ``test_time_augmentation.enabled``, its views
-        and ensemble modes, and ``offsets``: the network's affinity offsets (X, Y, Z), which it then needs."""
-        window = tuple(int(w) for w in inference.window_size)
-        stride = tuple(max(1, int(round(w * (1 - inference.overlap)))) for w in window)
-        channels = tuple(int(c) for c in (inference.select_channel if channels is None else channels))
-        tta = inference.test_time_augmentation
-        augmentation = None
-        if tta.enabled:
-            from nisbflow.infer.tta import ensemble_modes, views
-
-            if offsets is None:  # re-anchoring needs the network's own offsets: no default could be right
-                raise ValueError("test-time augmentation needs the network's affinity offsets (offsets=…)")
-            augmentation = Augmentation(tuple(views(tta.flip_axes, tta.rotation90_axes, tta.rotate90_k)),
-                                        tuple(ensemble_modes(tta.ensemble_mode, len(channels))),
-                                        tuple(tuple(int(v) for v in o) for o in offsets))
-        return cls(window, stride, inference.sw_batch_size, inference.activation, channels,
-                   inference.output_dtype, inference.compile, augmentation)
-
-    def record(self) -> dict:
-        """JSON-ready, for output attributes (and the identities resume and tuning key on: the augmentation's views
-        and modes only when it is on, so records without it stay as they were)."""
-        record = {"window": list(self.window), "stride": list(self.stride), "sw_batch_size": self.sw_batch_size,
-                  "activation": self.activation, "channels": None if self.channels is None else list(self.channels),
-                  "output_dtype": self.output_dtype, "compile": self.compile}
-        if self.augmentation is not None:
-            record["test_time_augmentation"] = self.augmentation.record()
-        return record
-
-    @property
-    def views(self) -> int:
-        """Predictions per window: 1, or the augmentation's views."""
-        return 1 if self.augmentation is None else len(self.augmentation.views)
-
-    def compiled_on(self, device: str) -> bool:
-        """Whether the network runs through ``torch.compile`` on ``device`` (``auto``: on CUDA only; a mode name:
-        always)."""
-        return device.startswith("cuda") if self.compile == "auto" else bool(self.compile)
-
-    def compile_mode(self, device: str) -> str | bool:
-        """What :meth:`~nisbflow.model.Checkpoint.network` compiles with on ``device``: False (eager), True
-        (``torch.compile``'s default mode) or a mode name (``reduce-overhead``, ``max-autotune``, …)."""
-        if not self.compiled_on(device):
-            return False
-        return self.compile if isinstance(self.compile, str) and self.compile != "auto" else True
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def predict_windows(piece: np.ndarray, model, read_start, unit: Unit, settings: WindowSettings,
-                    device: str | None = None, topic: str | None = None) -> dict[tuple, list[PredictedPiece]]:
-    """Task (``infer-predict-windows``): one :class:`~nisbflow.infer.plan.Unit`'s windows, on the model's device.
-
-    ``piece``: the (padded-frame) input of the unit's footprint starting at ``read_start``, uint8 ``(x, y, z)``;
-    ``model``: a torch module or a :class:`~nisbflow.model.Checkpoint` (:meth:`~nisbflow.model.Checkpoint.network`:
-    loaded once per process, its sha256 checked against the client's). The footprint goes to the device once; the
-    unit's batches run there (float16 autocast on CUDA), weighted and summed in float32 over the footprint, each
-    batch counted to ``topic`` (:func:`nisbflow.tasks.count_done`). Returns, per target block index, its
-    :class:`PredictedPiece` list."""
-    import torch
-
-    from nisbflow.tasks import count_done
-
-    device = device or default_device()
-    total, weights = _weighted_sum(piece, model, read_start, unit.footprint, unit.windows, settings, device,
-                                   report=lambda n: count_done(topic, n))
-    pieces: dict[tuple, list[PredictedPiece]] = {}
-    for part in unit.pieces:
-        local = part.region.local(unit.footprint)
-        sums, weight = total[(slice(None),) + local], weights[local]
-        if part.box == FINAL:
-            entry = PredictedPiece(part.box, part.region,
-                                   (sums / weight).to(getattr(torch, settings.output_dtype)).cpu().numpy(), None)
-        else:  # copies, so the footprint's sums are freed when the task ends
-            entry = PredictedPiece(part.box, part.region, sums.to("cpu", copy=True).numpy(),
-                                   weight.to("cpu", copy=True).numpy())
-        pieces.setdefault(part.target, []).append(entry)
-    return pieces
-
-
-def _pieces_for(result: dict, target) -> list:
-    """Task (``infer-pieces``): the pieces of one unit's result for block ``target``, so only those travel."""
-    return result[tuple(target)]
-
-
-def blend_block(sources: list, block: BlockSources, settings: WindowSettings) -> np.ndarray:
-    """Task (``infer-blend``): one block's affinities ``(C, x, y, z)`` in ``settings.output_dtype`` from the pieces
-    of the units reaching it (:func:`predict_windows`, in the order of ``block.units``): the exclusive box's values
-    as they are, each shared box's float32 sums added and divided."""
-    write = block.write
-    pieces = [piece for unit_pieces in sources for piece in unit_pieces]
-    if block.exclusive == write:  # one unit reaches the whole block
-        return pieces[0].values
-    n_channels = pieces[0].values.shape[0]
-    values = np.empty((n_channels,) + write.shape, dtype=settings.output_dtype)
-    for box, region, part, _ in pieces:
-        if box == FINAL:
-            values[(slice(None),) + region.local(write)] = part
-    for number, box in enumerate(block.shared):
-        total = np.zeros((n_channels,) + box.shape, dtype=np.float32)
-        weights = np.zeros(box.shape, dtype=np.float32)
-        for piece_box, region, sums, weight in pieces:
-            if piece_box == number:
-                total[(slice(None),) + region.local(box)] += sums
-                weights[region.local(box)] += weight
-        total /= weights
-        values[(slice(None),) + box.local(write)] = total
-    return values
-
-
-def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSettings, device: str, report=None):
-    """Σ prediction × blending weight of ``windows`` over ``region`` (slices, padded frame) and Σ blending weight:
-    float32 torch tensors ``(C, x, y, z)`` and ``(x, y, z)`` on ``device``. Windows run in batches of
-    ``sw_batch_size``; the weights are summed on the device beside the predictions, so no host work waits on the
-    block's last batch. ``report(n)`` is called after each batch of ``n`` windows."""
-    import torch
-
-    compiled = settings.compiled_on(device)
-    if _is_checkpoint(model):  # loaded once per process, its sha256 checked against the client's
-        model = model.network(device, settings.compile_mode(device))
-    else:
-        model = model.to(device).eval()
-    image = torch.from_numpy(np.ascontiguousarray(piece)).to(device)
-    weight = torch.from_numpy(blending_weight(settings.window)).to(device)
-    shape = Region(region).shape
-    total, weights = None, torch.zeros(shape, dtype=torch.float32, device=device)
-    for i in range(0, len(windows), settings.sw_batch_size):
-        batch = windows[i:i + settings.sw_batch_size]
-        crops = torch.stack([image[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start,
-                                                                                    settings.window))]
-                             for start in batch])
-        if compiled and len(batch) < settings.sw_batch_size:  # one batch shape: no recompilation for the last
-            crops = torch.cat([crops, crops[-1:].expand(settings.sw_batch_size - len(batch), *crops.shape[1:])])
-        predictions = predict_crops(model, crops, settings.activation, settings.channels,
-                                    settings.augmentation)[:len(batch)]
-        if total is None:
-            total = torch.zeros((predictions.shape[1],) + shape, dtype=torch.float32, device=device)
-        for start, prediction in zip(batch, predictions):
-            # the part of this window inside the region, in window and in region coordinates
-            inside = [(max(s, r.start), min(s + w, r.stop)) for s, r, w in zip(start, region, settings.window)]
-            local = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, start))
-            target = tuple(slice(a - r.start, b - r.start) for (a, b), r in zip(inside, region))
-            total[(slice(None),) + target] += prediction[(slice(None),) + local] * weight[local]
-            weights[target] += weight[local]
-        if report is not None:
-            report(len(batch) * settings.views)
-    return total, weights
-
-
-def warm_up(model, settings: WindowSettings, device: str | None = None) -> float:
-    """Task (``infer-warm-up``): load the model on this worker (:meth:`~nisbflow.model.Checkpoint.network`) and run
-    one batch of ``sw_batch_size`` empty windows through :func:`_weighted_sum`, so ``torch.compile``'s compilation
-    (59 s for MedNeXt-S on an H200) and cuDNN's set-up are done before the first block. Returns the seconds it
-    took."""
-    import torch
-
-    device = device or default_device()
-    start = time.perf_counter()
-    window = settings.window
-    _weighted_sum(np.zeros(window, dtype=np.uint8), model, (0, 0, 0), tuple(slice(0, w) for w in window),
-                  [(0, 0, 0)], settings, device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    release_compile_workers()
-    return time.perf_counter() - start
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def runs_on_cpu(device: str | None) -> bool:
-    """Whether prediction tasks will run on a CPU: ``device`` when given, else whether no worker of the current
-    client (or, without one, this process) sees a GPU."""
-    if device is not None:
-        return not device.startswith("cuda")
-    from nisbflow.tasks import current_client
-
-    client = current_client()
-    if client is None:
-        return not _cuda_available()
-    answers = client.run(_cuda_available, on_error="return")
-    for address, answer in answers.items():
-        if isinstance(answer, BaseException):
-            from nisbflow.tasks import WorkerDiedError, worker_memory_limit
-
-            raise WorkerDiedError(f"Dask worker {address} failed while importing torch to look for a GPU "
-                                  f"({type(answer).__name__}: {answer}); with {worker_memory_limit(client, address)} "
-                                  "this is usually its memory: torch alone needs about 0.45 GiB per worker before "
-                                  "any block, so give workers more memory (--memory-limit, system.memory_limit)")
-    return not any(answers.values())
-
-
-def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channels: int, device: str | None,
-                  log, threads: int | None = None) -> WindowSettings:
-    """On a CPU: ``settings`` with the largest ``sw_batch_size`` (at most the configured one) whose task (its sums
-    over ``block_shape``, a unit's footprint) fits the
-    workers' memory (:mod:`nisbflow.infer.memory`), saying so through ``log`` when it is lowered; refused with the
-    numbers when one window does not fit. On a GPU: ``settings`` as they are."""
-    if not runs_on_cpu(device):
-        return settings
-    from dataclasses import replace
-
-    from dask.utils import format_bytes
-
-    from nisbflow.infer.memory import fit_batch
-    from nisbflow.tasks import current_client, memory_per_task
-
-    limit, where = memory_per_task(current_client(), threads)
-    estimate = fit_batch(model_config, settings.window, block_shape, n_channels, settings.sw_batch_size, limit, where)
-    if estimate.batch == settings.sw_batch_size:
-        log(f"inference: about {format_bytes(estimate.total)} per prediction task on the CPU (network "
-            f"{format_bytes(estimate.network)} for {estimate.batch} window(s) at once, weighted sums "
-            f"{format_bytes(estimate.block_sums)} over a {'×'.join(map(str, block_shape))} footprint); {where} has "
-            f"{format_bytes(limit)} per task")
-        return settings
-    log(f"inference.sw_batch_size {settings.sw_batch_size} → {estimate.batch} on the CPU, so a task fits {where}'s "
-        f"{format_bytes(limit)}: about {format_bytes(estimate.total)} (network {format_bytes(estimate.network)} for "
-        f"{estimate.batch} window(s), weighted sums {format_bytes(estimate.block_sums)} over a "
-        f"{'×'.join(map(str, block_shape))} footprint)")
-    return replace(settings, sw_batch_size=estimate.batch)
-
-
-def warm_up_workers(model, settings: WindowSettings, device: str | None, log=None) -> float | None:
-    """Run :func:`warm_up` once on every worker of the current Dask client when the network is compiled
-    (``inference.compile``), so compilation is neither inside a block's task nor in the measured throughput.
-    Returns the slowest worker's seconds, or None when nothing was compiled or there is no client."""
-    from nisbflow.tasks import current_client
-
-    client = current_client()
-    if client is None or not settings.compiled_on(device or ""):
-        return None
-    workers = list(client.scheduler_info().get("workers", {}))
-    if log is not None:
-        log(f"compiling the network (inference.compile) on {len(workers)} worker(s)")
-    futures = [client.submit(warm_up, model, settings, device, workers=[address], allow_other_workers=False,
-                             pure=False, key=f"infer-warm-up-{i}-{dask.base.tokenize(model, settings)}",
-                             **_gpu_annotations(device))
-               for i, address in enumerate(workers)]
-    return max(client.gather(futures))
 
 
 def _spatial(image):
@@ -319,11 +47,6 @@ def _pad_piece(piece, read, window) -> np.ndarray:
     if piece.shape != Region(read).shape:
         piece = pad_to_window(piece, window)
     return piece
-
-
-def _gpu_annotations(device: str | None) -> dict:
-    """Dask annotations for prediction tasks: a ``GPU`` resource on CUDA, so a GPU runs one block at a time."""
-    return {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}
 
 
 def prediction_graph(image, grid: BlockGrid, plan: WindowPlan, settings: WindowSettings, model, device,
@@ -358,28 +81,23 @@ def _read_task(image, read, settings: WindowSettings, key):
     return dask.delayed(_pad_piece, pure=True)(image[inside], read, settings.window, dask_key_name=key)
 
 
-def predict_affinities(image, model, settings: WindowSettings = WindowSettings(), *, block=DEFAULT_BLOCK,
-                       split: int = 1, device: str | None = None, progress: bool = False):
-    """Affinities ``(C, X, Y, Z)`` of an image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8.
-
-    A numpy image gives the whole-volume reference (numpy); a dask image gives a lazy dask array chunked by
-    ``block`` whose blocks are computed as described in the module docstring (``infer-predict-windows`` tasks, with a
-    ``GPU`` resource annotation when ``device`` is CUDA, and ``infer-blend`` tasks). ``model``: a torch module, or a
-    :class:`~nisbflow.model.Checkpoint`.
-    ``split``: tasks per block, each predicting a share of its windows (:mod:`nisbflow.infer.plan`).
+def predict_affinities(image, model, settings: WindowSettings | None = None, *, block=DEFAULT_BLOCK,
+                       split: int = 1, device: str | None = None, progress: bool = False) -> da.Array:
+    """Affinities ``(C, X, Y, Z)`` of an image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8, as a lazy dask array chunked
+    by ``block`` whose blocks are computed as the module docstring describes (``infer-predict-windows`` tasks, with
+    a ``GPU`` resource annotation when ``device`` is CUDA, and ``infer-blend`` tasks). A numpy image is read as a
+    dask array of ``block`` chunks; :func:`predict_affinities_whole` is the single-process reference. ``model``: a
+    torch module, or a :class:`~nisbflow.model.Checkpoint`. ``split``: tasks per block, each predicting a share of
+    its windows (:mod:`nisbflow.infer.plan`).
     """
+    settings = settings or WindowSettings()
     check_image(image)
-    if device is None and isinstance(image, da.Array):
+    if not isinstance(image, da.Array):
+        image = da.from_array(np.asarray(image), chunks=tuple(block) + tuple(image.shape[3:]))
+    if device is None:
         from nisbflow.cluster import cluster_device
 
         device = cluster_device()
-    if not isinstance(image, da.Array):
-        if _is_checkpoint(model):
-            model = model.network(device or default_device())
-        return predict_whole(image, model, window=settings.window, stride=settings.stride,
-                             sw_batch_size=settings.sw_batch_size, activation=settings.activation,
-                             channels=settings.channels, output_dtype=settings.output_dtype,
-                             device=device or default_device(), augmentation=settings.augmentation)
     spatial = _spatial(image)
     grid = BlockGrid.regular(spatial.shape, block)
     plan = plan_windows(grid, settings.window, settings.stride, settings.sw_batch_size, split)
@@ -395,30 +113,20 @@ def predict_affinities(image, model, settings: WindowSettings = WindowSettings()
     return da.block([blocks.tolist()])  # the outer list is the channel axis
 
 
-def check_channels(settings: WindowSettings, out_channels: int, where: str) -> None:
-    """Raise :class:`~nisbflow.errors.ConfigError` unless every selected channel is one the model outputs."""
-    from nisbflow.errors import ConfigError
-
-    if settings.channels is not None and (not settings.channels or
-                                          any(c < 0 or c >= out_channels for c in settings.channels)):
-        raise ConfigError(f"inference.select_channel / --channels {list(settings.channels)}: {where} outputs "
-                          f"{out_channels} channels (0 to {out_channels - 1})")
-
-
-def _is_checkpoint(model) -> bool:
-    """Whether ``model`` is a :class:`~nisbflow.model.Checkpoint` handle rather than a torch module (imported here:
-    torch loads only where a network runs)."""
-    from nisbflow.model.checkpoint import Checkpoint
-
-    return isinstance(model, Checkpoint)
-
-
-def _out_channels(model) -> int:
+def predict_affinities_whole(image: np.ndarray, model, settings: WindowSettings | None = None, *,
+                             device: str | None = None) -> np.ndarray:
+    """The whole-volume reference: affinities ``(C, X, Y, Z)`` in ``settings.output_dtype`` of an image ``(X, Y, Z)``
+    or ``(X, Y, Z, 1)`` uint8 held in memory, in one process (:func:`nisbflow.infer.predict.predict_whole`);
+    :func:`predict_affinities` equals it for any block."""
+    settings = settings or WindowSettings()
+    check_image(image)
+    device = device or default_device()
     if _is_checkpoint(model):
-        return model.model.out_channels
-    if hasattr(model, "out_0"):  # MONAI MedNeXt's output block
-        return int(model.out_0.conv_out.out_channels)
-    raise ValueError("cannot tell the model's output channels; pass WindowSettings(channels=...)")
+        model = model.network(device)
+    return predict_whole(np.asarray(image), model, window=settings.window, stride=settings.stride,
+                         sw_batch_size=settings.sw_batch_size, activation=settings.activation,
+                         channels=settings.channels, output_dtype=settings.output_dtype, device=device,
+                         augmentation=settings.augmentation)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
               for s in starts] for b, starts, w, n in zip(bounds, axes, window, shape)]
 
     units: dict = {}
-    contributions: dict = {index: {} for index in pending}  # block → unit key → [lo, hi] per axis
+    contributions: dict = {index: {} for index in pending}  # block → unit key → its region there
     needed = 0
     for index in grid.indices():
         per_axis = [np.flatnonzero(o == i) for o, i in zip(owner, index)]
@@ -119,35 +119,56 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
         cuts = np.linspace(0, len(owned), parts + 1).round().astype(int)
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             key = tuple(index) + (part,)
-            batches: list = []
-            reached_by_unit: dict = {}
-            for i in range(a, b, sw_batch_size):
-                batch = owned[i:min(i + sw_batch_size, b)]
-                reached = [_reached_pending(reach, position, pending, every_block) for position in batch]
-                if not any(reached):
-                    continue
-                needed += sum(1 for r in reached if r)
-                batches.append(tuple(tuple(int(axes[a_][p]) for a_, p in enumerate(position))
-                                     for position in batch))
-                for position, reached_blocks in zip(batch, reached):
-                    start = [int(axes[a_][p]) for a_, p in enumerate(position)]
-                    for block in reached_blocks:
-                        box = reached_by_unit.setdefault(block, [[s, s + w] for s, w in zip(start, window)])
-                        for axis, (s, w) in enumerate(zip(start, window)):
-                            box[axis][0] = min(box[axis][0], s)
-                            box[axis][1] = max(box[axis][1], s + w)
+            batches, boxes, reached_windows = _unit_windows(owned[a:b], axes, reach, pending, every_block, window,
+                                                            sw_batch_size)
             if not batches:
                 continue
+            needed += reached_windows
             windows = [s for batch in batches for s in batch]
             footprint = Region(slice(min(s[a_] for s in windows), min(max(s[a_] for s in windows) + w, p))
                                for a_, (w, p) in enumerate(zip(window, padded)))
             units[key] = (batches, footprint)
-            for block, box in reached_by_unit.items():
-                write = grid.write_region(block)
-                region = write.intersect(Region(slice(lo, hi) for lo, hi in box))
+            for block, box in boxes.items():
+                region = grid.write_region(block).intersect(Region(slice(lo, hi) for lo, hi in box))
                 if region is not None:
                     contributions[block][key] = region
+    blocks, pieces = _block_sources(grid, pending, contributions, units)
+    plan_units = {}
+    for key, (batches, footprint) in units.items():
+        targets = list(dict.fromkeys(piece.target for piece in pieces[key]))
+        counted_by = key[:3] if key[:3] in blocks else targets[0]
+        plan_units[key] = Unit(key, tuple(batches), footprint, tuple(pieces[key]), counted_by)
+    run = sum(len(u.windows) for u in plan_units.values())
+    return WindowPlan(plan_units, blocks, int(np.prod([len(a) for a in axes])), needed, run)
 
+
+def _unit_windows(owned, axes, reach, pending, every_block, window, sw_batch_size) -> tuple[list, dict, int]:
+    """One unit's windows (grid positions ``owned``, raster order) in batches of ``sw_batch_size``, leaving out
+    batches that reach no pending block: ``(batches of window starts, pending block → [lo, hi] per axis of the
+    windows reaching it, windows that reach a pending block)``."""
+    batches: list = []
+    boxes: dict = {}
+    reached_windows = 0
+    for i in range(0, len(owned), sw_batch_size):
+        batch = owned[i:i + sw_batch_size]
+        reached = [_reached_pending(reach, position, pending, every_block) for position in batch]
+        if not any(reached):
+            continue
+        reached_windows += sum(1 for r in reached if r)
+        batches.append(tuple(tuple(int(axes[a][p]) for a, p in enumerate(position)) for position in batch))
+        for position, reached_blocks in zip(batch, reached):
+            start = [int(axes[a][p]) for a, p in enumerate(position)]
+            for block in reached_blocks:
+                box = boxes.setdefault(block, [[s, s + w] for s, w in zip(start, window)])
+                for axis, (s, w) in enumerate(zip(start, window)):
+                    box[axis][0] = min(box[axis][0], s)
+                    box[axis][1] = max(box[axis][1], s + w)
+    return batches, boxes, reached_windows
+
+
+def _block_sources(grid, pending, contributions: dict, units: dict) -> tuple[dict, dict]:
+    """Per pending block its :class:`BlockSources` (the exclusive box when one unit can finish it, the shared boxes
+    the rest is summed in) and per unit the :class:`Piece` list it hands each block."""
     blocks: dict[tuple[int, int, int], BlockSources] = {}
     pieces: dict[tuple, list[Piece]] = {key: [] for key in units}
     for index in sorted(pending):
@@ -168,14 +189,7 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
                 if part is not None:
                     pieces[key].append(Piece(tuple(index), number, part))
         blocks[tuple(index)] = BlockSources(write, exclusive, shared, tuple(sources))
-
-    plan_units = {}
-    for key, (batches, footprint) in units.items():
-        targets = list(dict.fromkeys(piece.target for piece in pieces[key]))
-        counted_by = key[:3] if key[:3] in blocks else targets[0]
-        plan_units[key] = Unit(key, tuple(batches), footprint, tuple(pieces[key]), counted_by)
-    run = sum(len(u.windows) for u in plan_units.values())
-    return WindowPlan(plan_units, blocks, int(np.prod([len(a) for a in axes])), needed, run)
+    return blocks, pieces
 
 
 def largest_footprint(grid, window, stride) -> tuple[int, int, int]:

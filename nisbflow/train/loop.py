@@ -117,14 +117,8 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     checkpoints = run / "checkpoints"
     optimization = config.optimization
     mixed = AUTOCAST.get(optimization.precision) if use_cuda else None
-    torch.manual_seed(0)
-    model = build(config.model).to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None) \
-        if world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
-                                  weight_decay=optimization.optimizer.weight_decay,
-                                  betas=tuple(optimization.optimizer.betas))
-    scaler = torch.amp.GradScaler("cuda", enabled=mixed is torch.float16)  # bfloat16 needs no loss scaling
+    model, net, optimizer, scaler = _network_and_optimizer(config, device, local_rank if use_cuda else None, world,
+                                                           mixed)
     step, best, saved_ema = _resume(checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda,
                                     optimization, say=rank == 0)
     ema = _weight_average(model, optimization.ema, saved_ema, step, checkpoints / "last.pt", say=rank == 0)
@@ -137,8 +131,7 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     if plan_training_memory(config, *_device_memory(device, world), log=_say if rank == 0 else (lambda line: None),
                             mixed=mixed is not None):
         checkpoint_activations(model)
-    workers = (min(4, os.cpu_count() or 1) if config.system.num_workers < 0 else config.system.num_workers) \
-        if workers is None else workers
+    workers = _loader_workers(config) if workers is None else workers
     writer = _writer(run) if rank == 0 else None
     net.train()
     bar = progress_bar(rank == 0 and progress)
@@ -148,32 +141,15 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     for sample in _loader(train_set, batch, rank, world, workers, start_step=step) if remaining > 0 else []:
         _set_learning_rate(optimizer, learning_rate(step, optimization))
         image, target, mask = (sample[k].to(device) for k in ("image", "target", "mask"))
-        with torch.autocast(device.type, dtype=mixed or torch.float32, enabled=mixed is not None):
-            loss = loss_of(net(image), target, mask)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if optimization.gradient_clip_val > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.gradient_clip_val)
-        scaler.step(optimizer)
-        scaler.update()
+        loss = _optimizer_step(net, model, optimizer, scaler, loss_of, (image, target, mask), mixed, optimization)
         if ema is not None:
             ema.update()
         step += 1
         if writer is not None:
-            value = float(loss.detach())
-            writer.add_scalar("train_loss", value, step)
-            writer.add_scalar("learning_rate", optimizer.param_groups[0]["lr"], step)
-            epoch_losses.append(value)
-            if step % optimization.n_steps_per_epoch == 0:  # PyTC's "epoch": n_steps_per_epoch steps
-                writer.add_scalar(EPOCH_LOSS, sum(epoch_losses) / len(epoch_losses), step)
-                epoch_losses.clear()
+            _log_step(writer, float(loss.detach()), optimizer, step, epoch_losses, optimization)
         validate = step % optimization.val_check_interval == 0 or step == optimization.max_steps
-        val_loss = None
-        if validate and val_loader:
-            with ema.swapped_into(model) if ema is not None and optimization.ema.validate_with_ema \
-                    else contextlib.nullcontext():
-                val_loss = _validation_loss(net, val_loader, device, mixed, world, loss_of)
+        val_loss = _validate(net, model, ema, val_loader, device, mixed, world, loss_of, optimization) \
+            if validate and val_loader else None
         if rank == 0:
             if writer is not None and val_loss is not None:
                 writer.add_scalar(optimization.checkpoint.monitor, val_loss, step)
@@ -191,6 +167,61 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     if world > 1:
         dist.barrier()
     return run, model
+
+
+def _network_and_optimizer(config, device, device_id, world: int, mixed):
+    """``(model, net, optimizer, scaler)``: the network from ``torch.manual_seed(0)`` on ``device``, ``net`` the
+    model or its DDP wrapper when ``world`` > 1, AdamW, and a gradient scaler for float16 autocast (bfloat16 needs
+    no loss scaling)."""
+    optimization = config.optimization
+    torch.manual_seed(0)
+    model = build(config.model).to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device_id is None else [device_id]) \
+        if world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
+                                  weight_decay=optimization.optimizer.weight_decay,
+                                  betas=tuple(optimization.optimizer.betas))
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed is torch.float16)
+    return model, net, optimizer, scaler
+
+
+def _validate(net, model, ema, val_loader, device, mixed, world, loss_of, optimization) -> float:
+    """The validation loss, with the EMA weights swapped in when ``optimization.ema.validate_with_ema``."""
+    with ema.swapped_into(model) if ema is not None and optimization.ema.validate_with_ema \
+            else contextlib.nullcontext():
+        return _validation_loss(net, val_loader, device, mixed, world, loss_of)
+
+
+def _loader_workers(config) -> int:
+    """Data-loader processes: ``system.num_workers``, or up to 4 (one per core) when it is negative."""
+    return min(4, os.cpu_count() or 1) if config.system.num_workers < 0 else config.system.num_workers
+
+
+def _optimizer_step(net, model, optimizer, scaler, loss_of, batch, mixed, optimization) -> torch.Tensor:
+    """One optimizer step on ``batch`` ``(image, target, mask)``: the loss under autocast (``mixed``: its dtype, or
+    None for float32), scaled backward, gradients unscaled and clipped at ``gradient_clip_val``; returns the loss."""
+    image, target, mask = batch
+    with torch.autocast(image.device.type, dtype=mixed or torch.float32, enabled=mixed is not None):
+        loss = loss_of(net(image), target, mask)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    if optimization.gradient_clip_val > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optimization.gradient_clip_val)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
+def _log_step(writer, loss: float, optimizer, step: int, epoch_losses: list[float], optimization) -> None:
+    """TensorBoard scalars of a step: the loss, the learning rate, and the mean loss of each PyTC "epoch"
+    (``n_steps_per_epoch`` steps)."""
+    writer.add_scalar("train_loss", loss, step)
+    writer.add_scalar("learning_rate", optimizer.param_groups[0]["lr"], step)
+    epoch_losses.append(loss)
+    if step % optimization.n_steps_per_epoch == 0:
+        writer.add_scalar(EPOCH_LOSS, sum(epoch_losses) / len(epoch_losses), step)
+        epoch_losses.clear()
 
 
 def _say(line: str) -> None:

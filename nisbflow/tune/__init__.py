@@ -123,7 +123,7 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
 
 def _inference_geometry(config) -> dict:
     """The window settings that decide the affinities (not ``sw_batch_size`` or ``compile``: how they run)."""
-    from nisbflow.infer.blockwise import WindowSettings
+    from nisbflow.infer.windows import WindowSettings
 
     geometry = WindowSettings.from_config(config.inference, offsets=config.model.offsets()).record()
     for key in ("sw_batch_size", "compile"):
@@ -414,24 +414,51 @@ def _folder_lock(out: Path, log=None):
 
 def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, block, progress, log) -> TuneResult:
     """:func:`tune` once its study is open and locked."""
-    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+    from optuna.trial import TrialState
 
-    config, tune_config = run.config, run.config.tune
+    from nisbflow.fingerprints import fingerprint, plain
+
+    tune_config = run.config.tune
     marked = mark_interrupted_trials_failed(study)
     if marked:
         log(f"marked {marked} trial(s) left RUNNING by an interrupted run as FAIL")
     affinities, key = _cached_affinities(run, out.parent, str(seed.path), block=block, progress=progress, log=log)
-    from nisbflow.fingerprints import fingerprint, plain
-
     at_start = plain(fingerprint(affinities))
     check_affinities_unchanged(affinities, key, at_start)
-    scorer = ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
-                             merge_threshold=config.evaluation.merge_threshold,
-                             mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
-                             scratch=out / "scratch", progress=False, method=config.decoding.method,
-                             waterz=WaterzOptions.from_config(config.decoding),
-                             metrics=("nerl", "em_erl") if config.tune.metric == "em_erl" else ("nerl",),
-                             em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
+    scorer = _scorer(run.config, affinities, skeleton, out)
+
+    def unchanged() -> None:
+        check_affinities_unchanged(affinities, key, at_start)
+
+    _run_trials(study, tune_config, scorer, search, grid, unchanged, progress, log)
+    completed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "threshold" in t.params]
+    if not completed:
+        raise ConfigError(f"study {study.study_name!r} has no completed trials")
+    curve = {threshold_key(t.params["threshold"]): float(t.value) for t in completed}
+    best = study.best_trial
+    best_threshold = threshold_key(best.params["threshold"])
+    params_path, plot_path = _write_best(run, study, identity, out, best, best_threshold, curve, len(completed))
+    return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
+                      study.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
+                      affinities, details=dict(best.user_attrs))
+
+
+def _scorer(config, affinities, skeleton, out: Path) -> ThresholdScorer:
+    """The scorer of a study's trials on the cached validation affinities, by the run's decoding and evaluation."""
+    from nisbflow.decode.agglomerate_blockwise import WaterzOptions
+
+    return ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
+                           merge_threshold=config.evaluation.merge_threshold,
+                           mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
+                           scratch=out / "scratch", progress=False, method=config.decoding.method,
+                           waterz=WaterzOptions.from_config(config.decoding),
+                           metrics=("nerl", "em_erl") if config.tune.metric == "em_erl" else ("nerl",),
+                           em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
+
+
+def _run_trials(study, tune_config, scorer: ThresholdScorer, search, grid, unchanged, progress, log) -> None:
+    """The study's trials: the grid points not yet in it, scored from one decoding pass, or ``n_trials`` of the
+    sampler; ``unchanged()`` refuses affinities rewritten under the study."""
     from optuna.trial import TrialState
 
     done = {threshold_key(t.params["threshold"]) for t in study.get_trials(states=(TrialState.COMPLETE,))
@@ -441,35 +468,36 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
         if todo:  # one multi-threshold decoding pass scores the whole remaining grid
             log(f"grid: scoring {len(todo)} thresholds not yet in the study from one decoding pass")
             scorer.score_many(todo)
-            check_affinities_unchanged(affinities, key, at_start)
+            unchanged()
             _record_grid_trials(study, search, tune_config.metric, scorer, todo,
                                 stepped=tune_config.sampler == "grid")
         else:
             log("the threshold grid is already complete in this study")
-    else:
-        def objective(trial) -> float:
-            threshold = threshold_key(trial.suggest_float("threshold", search.low, search.high, step=search.step))
-            check_affinities_unchanged(affinities, key, at_start)
-            result = scorer.score(threshold)
-            check_affinities_unchanged(affinities, key, at_start)  # nor while it was scored
-            for name, value in _trial_attrs(result, scorer.segments[threshold]).items():
-                trial.set_user_attr(name, value)
-            return _metric(result, tune_config.metric)
+        return
 
-        from nisbflow.tasks import progress_bar
+    def objective(trial) -> float:
+        threshold = threshold_key(trial.suggest_float("threshold", search.low, search.high, step=search.step))
+        unchanged()
+        result = scorer.score(threshold)
+        unchanged()  # nor while it was scored
+        for name, value in _trial_attrs(result, scorer.segments[threshold]).items():
+            trial.set_user_attr(name, value)
+        return _metric(result, tune_config.metric)
 
-        with progress_bar(progress) as bar:
-            task = bar.add_task(f"tune: {tune_config.sampler} trials", total=tune_config.n_trials)
-            study.optimize(objective, n_trials=tune_config.n_trials, callbacks=[lambda *_: bar.advance(task)])
-    completed = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if "threshold" in t.params]
-    if not completed:
-        raise ConfigError(f"study {study.study_name!r} has no completed trials")
-    curve = {threshold_key(t.params["threshold"]): float(t.value) for t in completed}
-    best = study.best_trial
-    best_threshold = threshold_key(best.params["threshold"])
+    from nisbflow.tasks import progress_bar
+
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"tune: {tune_config.sampler} trials", total=tune_config.n_trials)
+        study.optimize(objective, n_trials=tune_config.n_trials, callbacks=[lambda *_: bar.advance(task)])
+
+
+def _write_best(run, study, identity, out: Path, best, best_threshold: float, curve: dict,
+                n_completed: int) -> tuple[Path, Path]:
+    """``best.yaml`` (the best setting, with the ``_tuned_`` record of what it was tuned for) and the curve's plot."""
+    config, tune_config = run.config, run.config.tune
     params_path = out / "best.yaml"
     header = (f"# nisbflow tune: best {tune_config.metric} {best.value:.4f} on {config.data.val.path} "
-              f"(study {study.study_name}, {len(completed)} completed trials, checkpoint {run.checkpoint.name}, "
+              f"(study {study.study_name}, {n_completed} completed trials, checkpoint {run.checkpoint.name}, "
               f"sha256 {run.checkpoint.sha256})\n")
     tuned = {TUNED_KEY: {"checkpoint": run.checkpoint.name, "checkpoint_sha256": run.checkpoint.sha256,
                          **({"weights": run.checkpoint.weights} if run.checkpoint.weights else {}),
@@ -485,6 +513,4 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
                          title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold",
                          **({"xlabel": f"agglomeration threshold ({config.decoding.waterz.scoring})"}
                             if config.decoding.method == "waterz" else {}))
-    return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
-                      study.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
-                      affinities, details=dict(best.user_attrs))
+    return params_path, plot_path
