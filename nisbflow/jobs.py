@@ -18,9 +18,19 @@ import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from nisbflow.errors import ConfigError
 from nisbflow.pipelines import DemoRun, run_demo, run_test, tune_and_test
+
+if TYPE_CHECKING:  # report fields' types; the modules load where a command uses them
+    from nisbflow.config.schema import ModelConfig
+    from nisbflow.paths import VolumeLocation
+    from nisbflow.decode.thresholds import ThresholdChoice
+    from nisbflow.evaluate import DenseMetrics, NerlResult
+    from nisbflow.infer.blockwise import InferSummary
+    from nisbflow.settings import RunSettings
+    from nisbflow.tune import TuneResult
 
 
 def weight_choices() -> tuple[str, ...]:
@@ -98,8 +108,8 @@ class DecodeReport:
     → the segmentation array written; ``graph``: waterz's region adjacency graph size (``fragments``, ``edges``),
     None for cc; ``dense``: threshold → :class:`~nisbflow.evaluate.DenseMetrics` against ``gt`` when given."""
 
-    settings: object
-    thresholds: object
+    settings: RunSettings
+    thresholds: ThresholdChoice
     counts: dict[float, int]
     outputs: dict[float, str]
     graph: dict | None = None
@@ -204,8 +214,8 @@ class InferReport:
     included), ``summary`` (:class:`~nisbflow.infer.blockwise.InferSummary`: blocks, windows, throughput) and
     whether it ran ``whole`` (one process, the whole volume in memory)."""
 
-    settings: object
-    summary: object
+    settings: RunSettings
+    summary: InferSummary
     whole: bool = False
 
 
@@ -242,8 +252,10 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
     image = zarr_input(image, role="image", near=output, axes=axes, log=log, progress=progress)
     source = open_image(image)
     check_block_count(source.shape[:3], block)
-    check_channels(WindowSettings.from_config(run.config.inference, offsets=run.checkpoint.model.offsets()),
-                   run.checkpoint.model.out_channels, f"checkpoint {run.checkpoint.name}")
+    handle = run.checkpoint
+    assert handle is not None  # resolved from --checkpoint above
+    check_channels(WindowSettings.from_config(run.config.inference, offsets=handle.model.offsets()),
+                   handle.model.out_channels, f"checkpoint {handle.name}")
     if whole:
         summary = infer_whole_to_zarr(image, output, run, overwrite=overwrite, force=force, log=log, layout=layout)
         return InferReport(run, summary, whole=True)
@@ -263,8 +275,8 @@ class EvaluateReport:
     per skeleton), ``dense`` (:class:`~nisbflow.evaluate.DenseMetrics` against ``gt``, or None) and the files
     written (``json_path``, ``plot``; None when not asked for)."""
 
-    result: object
-    dense: object = None
+    result: NerlResult
+    dense: DenseMetrics | None = None
     json_path: str | None = None
     plot: str | None = None
 
@@ -360,9 +372,9 @@ class TestReport:
 
     __test__ = False  # not a pytest test class
 
-    settings: object
+    settings: RunSettings
     folder: Path
-    results: dict
+    results: dict[float, NerlResult]
 
 
 def _resolved(checkpoint, config, params, overrides, command: str, splits: tuple[str, ...], log):
@@ -413,7 +425,7 @@ def test(checkpoint, *, chunks: tuple[int, int, int] | None = None, config: str 
     return TestReport(run, tested.folder, tested.results)
 
 
-test.__test__ = False  # a library entry named after its command, not a pytest test
+test.__test__ = False  # type: ignore[attr-defined]  # a library entry named after its command, not a pytest test
 
 
 def tuned_params(checkpoint, *, config: str | None = None, overrides=None, out: str | None = None) -> Path | None:
@@ -447,10 +459,10 @@ class TuneTestReport:
     ``data.val``), the test output ``folder`` and ``test`` (:class:`~nisbflow.evaluate.NerlResult` on ``data.test``
     at the tuned threshold)."""
 
-    settings: object
-    tuning: object
+    settings: RunSettings
+    tuning: TuneResult
     folder: Path
-    test: object
+    test: NerlResult
 
 
 def tune_test(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int] | None = None,
@@ -592,7 +604,7 @@ class ConvertReport:
     """``nisbflow convert``: what was written (``output``: its :class:`~nisbflow.data.formats.VolumeLocation`), its
     shape and axis order as stored (XYZ for zarr, ZYX for HDF5 and TIFF), and the source's axis order."""
 
-    output: object
+    output: VolumeLocation
     shape: tuple
     axes: str
     source_axes: str
@@ -683,7 +695,7 @@ class ModelImportReport:
     """``nisbflow model import``: the file written, its model and what was taken from where."""
 
     output: str
-    model: object
+    model: ModelConfig
     weights: str
     notes: list
 
