@@ -45,9 +45,9 @@ def test_workers_declaring_a_gpu_resource_make_prediction_tasks_ask_for_it():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
                       resources={"GPU": 1}) as gpus, Client(gpus) as client:
         assert cluster_device(client) == "cuda"
-        from nisbflow.infer.device import _gpu_annotations
+        from nisbflow.infer.device import gpu_annotations
 
-        assert _gpu_annotations(cluster_device(client)) == {"resources": {"GPU": 1}}
+        assert gpu_annotations(cluster_device(client)) == {"resources": {"GPU": 1}}
 
 
 def test_the_device_is_decided_once_the_first_worker_joined():

@@ -9,9 +9,8 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
-from collections.abc import Iterable
 
 import yaml
 from pydantic import ValidationError

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from ..errors import ConfigError
 from .tree import assign, delete, get, key_parts, merge, parse_override, peek, read_merged
 

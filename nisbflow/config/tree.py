@@ -141,9 +141,9 @@ def peek(path: str | Path) -> tuple[dict, list[str]] | None:
     except ConfigError:
         return None
     bases = tree.get(BASE_KEY) or []
-    bases = [bases] if isinstance(bases, str) else [b for b in bases if isinstance(b, str)] \
-        if isinstance(bases, list) else []
-    return tree, bases
+    if isinstance(bases, str):
+        bases = [bases]
+    return tree, [b for b in bases if isinstance(b, str)] if isinstance(bases, list) else []
 
 
 def read_layers(path: str | Path, check: LayerCheck | None = None,

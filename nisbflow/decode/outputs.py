@@ -5,13 +5,12 @@ a group for several) with their attributes. Axis order ``(X, Y, Z)``; affinities
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import contextlib
 import functools
 import io
 import logging
 import zlib
+from dataclasses import dataclass
 
 import dask
 import fsspec
@@ -21,13 +20,13 @@ import zarr
 from dask.base import tokenize
 
 from nisbflow.data.chunks import open_for_writing
-from nisbflow.region import Region
 from nisbflow.data.formats import staged_source
 from nisbflow.data.ngff import create_image, output_array
 from nisbflow.data.volumes import fast_compressors, open_affinities, open_volume, output_attrs, voxel_size_of
 from nisbflow.decode.kernel import check_mask
 from nisbflow.errors import NisbflowError
 from nisbflow.decode.stitch import SPATIAL_AXES, BlockLabels, SegmentNumbering, relabel_block
+from nisbflow.region import Region
 from nisbflow.tasks import compute_tasks
 from nisbflow.staging import write_marker
 

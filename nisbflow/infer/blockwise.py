@@ -25,10 +25,10 @@ from nisbflow.staging import store_block
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import window_grid
 from nisbflow.infer.plan import WindowPlan, largest_footprint, plan_windows
-from nisbflow.infer.device import _gpu_annotations, fit_to_memory, warm_up_workers
+from nisbflow.infer.device import fit_to_memory, gpu_annotations, warm_up_workers
 from nisbflow.infer.predict import check_image, pad_to_window, predict_whole
-from nisbflow.infer.windows import (WindowSettings, _is_checkpoint, _out_channels, _pieces_for, blend_block,
-                                    check_channels, default_device, predict_windows)
+from nisbflow.infer.windows import (WindowSettings, blend_block, check_channels, default_device, is_checkpoint,
+                                    out_channels_of, predict_windows)
 from nisbflow.tasks import Counter, compute_tasks
 
 DEFAULT_BLOCK = (768, 768, 768)
@@ -49,6 +49,11 @@ def _pad_piece(piece, read, window) -> np.ndarray:
     return piece
 
 
+def _pieces_for(result: dict, target) -> list:
+    """Task (``infer-pieces``): the pieces of one unit's result for block ``target``, so only those travel."""
+    return result[tuple(target)]
+
+
 def prediction_graph(image, grid: BlockGrid, plan: WindowPlan, settings: WindowSettings, model, device,
                      token: str, topic: str | None = None) -> dict:
     """Per pending block index of ``plan``: a delayed ``(C, x, y, z)`` array of its affinities.
@@ -60,7 +65,7 @@ def prediction_graph(image, grid: BlockGrid, plan: WindowPlan, settings: WindowS
     results = {}
     for key, unit in plan.units.items():
         piece = _read_task(image, unit.footprint, settings, (f"infer-read-{token}",) + key)
-        with dask.annotate(**_gpu_annotations(device)):
+        with dask.annotate(**gpu_annotations(device)):
             results[key] = dask.delayed(predict_windows, pure=True)(
                 piece, model, tuple(r.start for r in unit.footprint), unit, settings, device, topic,
                 dask_key_name=(f"infer-predict-windows-{token}",) + key)
@@ -101,10 +106,10 @@ def predict_affinities(image, model, settings: WindowSettings | None = None, *, 
     spatial = _spatial(image)
     grid = BlockGrid.regular(spatial.shape, block)
     plan = plan_windows(grid, settings.window, settings.stride, settings.sw_batch_size, split)
-    n_channels = len(settings.channels) if settings.channels is not None else _out_channels(model)
+    n_channels = len(settings.channels) if settings.channels is not None else out_channels_of(model)
     token = dask.base.tokenize(spatial.name, settings, block, split,
-                               (model.path, model.sha256, model.weights) if _is_checkpoint(model) else id(model))
-    shared_model = model if _is_checkpoint(model) else dask.delayed(model, name=f"infer-model-{token}")
+                               (model.path, model.sha256, model.weights) if is_checkpoint(model) else id(model))
+    shared_model = model if is_checkpoint(model) else dask.delayed(model, name=f"infer-model-{token}")
     blocks = np.empty(grid.blocks_per_axis, dtype=object)
     for index, task in prediction_graph(spatial, grid, plan, settings, shared_model, device, token).items():
         write = plan.blocks[index].write
@@ -121,7 +126,7 @@ def predict_affinities_whole(image: np.ndarray, model, settings: WindowSettings 
     settings = settings or WindowSettings()
     check_image(image)
     device = device or default_device()
-    if _is_checkpoint(model):
+    if is_checkpoint(model):
         model = model.network(device)
     return predict_whole(np.asarray(image), model, window=settings.window, stride=settings.stride,
                          sw_batch_size=settings.sw_batch_size, activation=settings.activation,
@@ -243,8 +248,7 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
 
     run = run_settings_of(run)
     handle = run.checkpoint
-    window_settings = window or WindowSettings.from_config(run.config.inference,
-                                                           offsets=run.checkpoint.model.offsets())
+    window_settings = window or WindowSettings.from_config(run.config.inference, offsets=handle.model.offsets())
     check_channels(window_settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     device = device or cluster_device()

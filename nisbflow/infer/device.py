@@ -82,11 +82,11 @@ def warm_up_workers(model, settings: WindowSettings, device: str | None, log=Non
         log(f"compiling the network (inference.compile) on {len(workers)} worker(s)")
     futures = [client.submit(warm_up, model, settings, device, workers=[address], allow_other_workers=False,
                              pure=False, key=f"infer-warm-up-{i}-{dask.base.tokenize(model, settings)}",
-                             **_gpu_annotations(device))
+                             **gpu_annotations(device))
                for i, address in enumerate(workers)]
     return max(client.gather(futures))
 
 
-def _gpu_annotations(device: str | None) -> dict:
+def gpu_annotations(device: str | None) -> dict:
     """Dask annotations for prediction tasks: a ``GPU`` resource on CUDA, so a GPU runs one block at a time."""
     return {"resources": {"GPU": 1}} if (device or "").startswith("cuda") else {}

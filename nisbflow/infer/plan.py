@@ -207,10 +207,10 @@ def largest_footprint(grid, window, stride) -> tuple[int, int, int]:
     return triple(longest)
 
 
-def _reached_pending(reach, position, pending, every_block) -> list[tuple[int, int, int]]:
+def _reached_pending(reach, position, pending, every_block) -> list[tuple[int, ...]]:
     """The pending blocks the window at grid ``position`` (an index per axis) reaches."""
     ranges = [range(reach[axis][p][0], reach[axis][p][1] + 1) for axis, p in enumerate(position)]
-    blocks = [triple(b) for b in itertools.product(*ranges)]
+    blocks = list(itertools.product(*ranges))
     return blocks if every_block else [b for b in blocks if b in pending]
 
 

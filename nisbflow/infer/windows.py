@@ -131,11 +131,6 @@ def predict_windows(piece: np.ndarray, model, read_start, unit: Unit, settings: 
     return pieces
 
 
-def _pieces_for(result: dict, target) -> list:
-    """Task (``infer-pieces``): the pieces of one unit's result for block ``target``, so only those travel."""
-    return result[tuple(target)]
-
-
 def blend_block(sources: list, block: BlockSources, settings: WindowSettings) -> np.ndarray:
     """Task (``infer-blend``): one block's affinities ``(C, x, y, z)`` in ``settings.output_dtype`` from the pieces
     of the units reaching it (:func:`predict_windows`, in the order of ``block.units``): the exclusive box's values
@@ -169,7 +164,7 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
     import torch
 
     compiled = settings.compiled_on(device)
-    if _is_checkpoint(model):  # loaded once per process, its sha256 checked against the client's
+    if is_checkpoint(model):  # loaded once per process, its sha256 checked against the client's
         model = model.network(device, settings.compile_mode(device))
     else:
         model = model.to(device).eval()
@@ -228,7 +223,7 @@ def check_channels(settings: WindowSettings, out_channels: int, where: str) -> N
                           f"{out_channels} channels (0 to {out_channels - 1})")
 
 
-def _is_checkpoint(model) -> bool:
+def is_checkpoint(model) -> bool:
     """Whether ``model`` is a :class:`~nisbflow.model.Checkpoint` handle rather than a torch module (imported here:
     torch loads only where a network runs)."""
     from nisbflow.model.checkpoint import Checkpoint
@@ -236,8 +231,9 @@ def _is_checkpoint(model) -> bool:
     return isinstance(model, Checkpoint)
 
 
-def _out_channels(model) -> int:
-    if _is_checkpoint(model):
+def out_channels_of(model) -> int:
+    """The channels a :class:`~nisbflow.model.Checkpoint` or a MONAI MedNeXt module outputs."""
+    if is_checkpoint(model):
         return model.model.out_channels
     if hasattr(model, "out_0"):  # MONAI MedNeXt's output block
         return int(model.out_0.conv_out.out_channels)

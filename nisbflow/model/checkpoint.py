@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -265,10 +265,10 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, r
     from nisbflow.config import Config, apply_overrides, without_derived_paths
 
     path = resolve_checkpoint(source)
-    read = read_checkpoint(path, "raw")
+    read = read_checkpoint(path)  # a peer's chosen weights (auto: EMA when it has them)
     ours, payload, digest = read.ours, read.payload, read.sha256
-    if not ours:  # a peer's chosen weights (auto: EMA when it has them); a nisbflow checkpoint keeps both sets
-        read = read_checkpoint(path)
+    if ours and read.weights == "ema":  # a nisbflow checkpoint keeps both sets: the training weights stay the network
+        read = replace(read, state=payload["state_dict"], weights="raw")
     model, config = _network(read)
     kept = dict(payload.get("metadata", {})) if ours else {}
     if require_config and kept.get("config") is None:
@@ -296,6 +296,6 @@ def import_checkpoint(source: str | Path, output: str | Path, *, weights: str = 
                               "MedNeXt tensors, enc_block_0.…); nisbflow checkpoints need no import")
     model, config = _network(read)  # the weights must fit, as for any checkpoint
     metadata = dict(imported_from=str(source), source_sha256=read.sha256, source_format=read.layout,
-                    weights=read.metadata["weights"], recorded=read.recorded, notes=read.peer_notes)
+                    weights=read.metadata["weights"], recorded=read.recorded, notes=read.metadata["notes"])
     save_checkpoint(output, model, config, **metadata)
     return metadata

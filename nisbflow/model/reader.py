@@ -80,7 +80,6 @@ class CheckpointFile:
     recorded: dict | None = field(default=None, repr=False)
     metadata: dict = field(default_factory=dict, repr=False)
     payload: dict = field(default_factory=dict, repr=False)
-    peer_notes: list = field(default_factory=list, repr=False)
 
     @property
     def ours(self) -> bool:
@@ -167,7 +166,7 @@ def read_checkpoint(path: str | Path, weights: str = "auto", map_location="cpu")
         except PeerCheckpointError as error:
             raise CheckpointError(f"checkpoint {path}: {error}") from None
         return CheckpointFile(path, digest, peer.layout, peer.model, peer.state, which, peer.recorded,
-                              {"notes": peer.notes, "weights": peer.weights}, payload, peer.notes)
+                              {"notes": peer.notes, "weights": peer.weights}, payload)
     hyper = payload.get("hyper_parameters") or {}  # Lightning: "model." prefixes, configuration in hyper_parameters
     config = hyper.get("model") or (hyper.get("config") or {}).get("model")
     if config is None:
