@@ -20,10 +20,12 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from nisbflow.config.tree import Overrides
 from nisbflow.errors import ConfigError
 from nisbflow.pipelines import DemoRun, run_demo, run_test, tune_and_test
 
 if TYPE_CHECKING:  # report fields' types; the modules load where a command uses them
+    from nisbflow.config import Config
     from nisbflow.config.schema import ModelConfig
     from nisbflow.paths import VolumeLocation
     from nisbflow.decode.thresholds import ThresholdChoice
@@ -58,15 +60,14 @@ class ClusterSpec:
 
 
 @contextlib.contextmanager
-def cluster_session(settings, spec: ClusterSpec | None = None, log=_print) -> Iterator:
-    """The one place a command opens its Dask cluster (``settings.system`` overridden by ``spec``) and says where
+def cluster_session(config: Config, spec: ClusterSpec | None = None, log=_print) -> Iterator:
+    """The one place a command opens its Dask cluster (``config.system`` overridden by ``spec``) and says where
     its dashboard is; yields the ``distributed.Client`` (None for ``sync``) and closes what it started. An interrupt
     keeps the logs of a cluster torn down mid-computation from burying the command's one line."""
     from nisbflow.cluster import chosen_cluster, cluster_from_config, dashboard_link
     from nisbflow.tasks import quiet_shutdown_logs
 
     spec = spec or ClusterSpec()
-    config = getattr(settings, "config", settings)
     with cluster_from_config(config, spec.cluster, n_workers=spec.workers, memory_limit=spec.memory_limit,
                              dashboard_address=spec.dashboard_address) as client:
         if client is not None:
@@ -155,8 +156,8 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     opened = open_affinities(affinities, sample=False)  # its values are sampled once, by decode_to_zarr
     given = {"decoding.method": method} if method else {}
     given.update({"decoding.waterz.scoring": scoring} if scoring else {})
-    run = resolve_settings(None, config=config, params=params, overrides=_with(overrides, given), mode="test",
-                           recorded=recorded_settings(dict(opened.attrs)),
+    run = resolve_settings(None, config=config, params=params, overrides=Overrides.of(overrides).then(given),
+                           mode="test", recorded=recorded_settings(dict(opened.attrs)),
                            recorded_from=f"the attributes of {affinities}")
     _say_settings(run, "decode", log)
     configuration = run.config
@@ -174,13 +175,13 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     if ground_truth is not None and tuple(ground_truth.shape) != tuple(opened.shape[1:]):
         raise VolumeError(f"ground truth {gt}: shape {tuple(ground_truth.shape)} differs from the affinities' "
                           f"spatial shape {tuple(opened.shape[1:])} (X, Y, Z)")
-    with cluster_session(run, cluster, log):
+    with cluster_session(run.config, cluster, log):
         if configuration.decoding.method == "cc":
             from nisbflow.decode.memory import check_label_memory
 
             check_label_memory(chunks or opened.chunks[1:], opened.dtype.itemsize, len(choice.values), log)
         result = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
-                                backend=backend, overwrite=overwrite, force=force, config=run, log=log,
+                                backend=backend, overwrite=overwrite, force=force, run=run, log=log,
                                 method=configuration.decoding.method, progress=progress, layout=layout,
                                 waterz=WaterzOptions.from_config(configuration.decoding))
         outputs = {value: output if len(result.counts) == 1 else f"{output}/{threshold_array_name(value)}"
@@ -193,15 +194,6 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
                 dense[value] = dense_metrics(ground_truth, open_volume(where, role="segmentation", ndims=(3,)),
                                              progress=progress)
     return DecodeReport(run, choice, dict(result.counts), outputs, result.region_graph, dense)
-
-
-def _with(overrides, given: dict):
-    """``overrides`` (a mapping or ``key=value`` strings) with ``given`` (a mapping) after them."""
-    if not given:
-        return overrides or ()
-    if overrides is None or isinstance(overrides, dict):
-        return {**(overrides or {}), **given}
-    return list(overrides) + [f"{key}={value}" for key, value in given.items()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,7 +236,8 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
     from nisbflow.settings import resolve_settings
 
     given = {"inference.select_channel": [int(c) for c in channels]} if channels is not None else {}
-    run = resolve_settings(checkpoint, config=config, params=params, overrides=_with(overrides, given), mode="test")
+    run = resolve_settings(checkpoint, config=config, params=params, overrides=Overrides.of(overrides).then(given),
+                           mode="test")
     _say_settings(run, "infer", log)
     block = tuple(chunks) if chunks else DEFAULT_BLOCK
     check_layout(layout)
@@ -259,7 +252,7 @@ def infer(image: str, output: str, checkpoint, *, chunks: tuple[int, int, int] |
     if whole:
         summary = infer_whole_to_zarr(image, output, run, overwrite=overwrite, force=force, log=log, layout=layout)
         return InferReport(run, summary, whole=True)
-    with cluster_session(run, cluster, log):
+    with cluster_session(run.config, cluster, log):
         summary = infer_to_zarr(image, output, run, block=block, split=split,
                                 overwrite=overwrite, force=force, log=log, progress=progress, layout=layout)
     return InferReport(run, summary)
@@ -420,7 +413,7 @@ def test(checkpoint, *, chunks: tuple[int, int, int] | None = None, config: str 
     checkpoint's settings under ``config`` ← ``params`` (best.yaml) ← ``overrides``; ``chunks``: the inference
     block, X, Y, Z voxels."""
     run = _resolved(checkpoint, config, params, overrides, "test", ("test",), log)
-    with cluster_session(run, cluster, log):
+    with cluster_session(run.config, cluster, log):
         tested = run_test(run, block=chunks)
     return TestReport(run, tested.folder, tested.results)
 
@@ -449,7 +442,7 @@ def tune(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int] | N
     from nisbflow.tune import tune as tune_study
 
     run = _resolved(checkpoint, config, params, overrides, "tune", ("val",), log)
-    with cluster_session(run, cluster, log):
+    with cluster_session(run.config, cluster, log):
         return tune_study(run, out_dir=out, block=chunks, log=log)
 
 
@@ -472,7 +465,7 @@ def tune_test(checkpoint, *, out: str | None = None, chunks: tuple[int, int, int
     threshold."""
 
     run = _resolved(checkpoint, config, params, overrides, "tune-test", ("val", "test"), log)
-    with cluster_session(run, cluster, log):
+    with cluster_session(run.config, cluster, log):
         tuned = tune_and_test(run, out_dir=out, block=chunks, log=log)
     return TuneTestReport(run, tuned.tuning, tuned.test.folder, tuned.test.result)
 
@@ -514,7 +507,7 @@ def show_config(config: str | None = None, overrides=None, cluster: str | None =
 
     header = ""
     if config is not None and is_pytorch_connectomics(config):
-        pytc = load_pytc(config, mode, overrides or [])
+        pytc = load_pytc(config, mode, Overrides.of(overrides).texts or ())
         header = "".join(f"# {line}\n" for line in pytc.describe())
         try:
             pytc.check()
@@ -776,7 +769,7 @@ def train(*, config: str | None = None, run_dir: str | None = None, overrides=No
         folder = run_dir or f"{configuration.save_path}/{datetime.datetime.now():%Y%m%d-%H%M%S}"
         arguments = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                      "-m", "nisbflow_cli.main", "train", "--run-dir", folder]
-        arguments += (["--config", config] if config else []) + _override_strings(overrides)
+        arguments += (["--config", config] if config else []) + Overrides.of(overrides).arguments()
         os.execv(sys.executable, arguments)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
@@ -785,12 +778,3 @@ def train(*, config: str | None = None, run_dir: str | None = None, overrides=No
     return TrainReport(Path(run), configuration.optimization.max_steps, rank0)
 
 
-def _override_strings(overrides) -> list[str]:
-    """Overrides (a mapping or ``key=value`` strings) as ``key=value`` command-line arguments."""
-    if not overrides:
-        return []
-    if isinstance(overrides, dict):
-        import json
-
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return list(overrides)

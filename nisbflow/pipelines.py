@@ -101,7 +101,7 @@ def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | No
     segmentation = folder / "segmentation.zarr"
     thresholds = config.decoding.thresholds()
     decode_to_zarr(affinities, segmentation, thresholds=thresholds, mask=config.decoding.affinity_mask_path,
-                   backend=config.decoding.backend, progress=progress, config=run, overwrite=overwrite,
+                   backend=config.decoding.backend, progress=progress, run=run, overwrite=overwrite,
                    method=config.decoding.method, waterz=WaterzOptions.from_config(config.decoding))
     results: dict[float, NerlResult] = {}
     for value in thresholds:
@@ -137,7 +137,7 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
     """
     from nisbflow.errors import OutputExistsError
     from nisbflow.model import DEFAULT_SHIPPED, save_random_checkpoint
-    from nisbflow.settings import as_run_settings, resolve_settings
+    from nisbflow.settings import resolve_settings
     from nisbflow.synth import synthesize_seed
 
     out_dir = Path(out_dir)
@@ -161,7 +161,7 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
         untrained = out_dir / "untrained.pt"
         out_dir.mkdir(parents=True, exist_ok=True)
         save_random_checkpoint(untrained, trained.checkpoint.model, seed=0)
-        runs.append(("untrained", as_run_settings(trained, str(untrained))))
+        runs.append(("untrained", trained.with_checkpoint(str(untrained))))
     results = []
     for label, run in runs:
         log(f"{label} model ({run.checkpoint.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "

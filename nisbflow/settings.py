@@ -22,13 +22,12 @@ configuration, the :class:`~nisbflow.model.Checkpoint` handle (read once), and w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nisbflow.config import Config, apply_overrides, deep_merge, load_yaml_tree, validate_tree
 from nisbflow.config.load import load_yaml_layers, tuned_record
-from nisbflow.config.tree import assign, leaves
+from nisbflow.config.tree import Overrides, assign, leaves
 from nisbflow.config.tree import get as tree_get
 from nisbflow.config.pytc import is_pytorch_connectomics, load_pytc
 from nisbflow.errors import ConfigError
@@ -91,6 +90,11 @@ class RunSettings:
         lines += [f"  note: {note}" for note in self.notes]
         return lines
 
+    def with_checkpoint(self, checkpoint) -> RunSettings:
+        """These settings with another checkpoint (a path, a shipped model's name or a :class:`Checkpoint`): the
+        demo's untrained twin of a model runs with the trained one's settings."""
+        return RunSettings(self.config, Checkpoint.open(checkpoint), dict(self.sources), list(self.notes))
+
     def record(self) -> dict:
         """What an output's attributes record (``nisbflow_settings``): the shown settings, their sources and the
         checkpoint's name and hash. ``decode`` reads ``decoding.threshold`` back from it."""
@@ -129,16 +133,17 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
     (64, 64, 64)
     """
     handle = Checkpoint.open(checkpoint) if checkpoint is not None else None
+    overrides = Overrides.of(overrides)
     layers: list[tuple[str, dict]] = []
     own: tuple[str, dict] | None = None
     pytc_notes = []
     pytc = None
     if config is not None and is_pytorch_connectomics(config):
         mode = mode or "train"
-        pytc = load_pytc(config, mode, () if isinstance(overrides, Mapping) else list(overrides or []))
+        pytc = load_pytc(config, mode, overrides.texts or ())
         pytc.check()
-        if not isinstance(overrides, Mapping):
-            overrides = pytc.nisbflow_overrides
+        if overrides.texts is not None:
+            overrides = Overrides.of(pytc.nisbflow_overrides)
         own = (f"--config {config} (PyTorch Connectomics, --mode {mode})", pytc.tree)
         pytc_notes.append(pytc.summary())
     elif config is not None:
@@ -157,7 +162,6 @@ def resolve_settings(checkpoint=None, *, config: str | Path | None = None, param
         fragment = load_yaml_tree(params)  # a configuration fragment, keys checked
         check_params_carry(params, fragment)
         layers.append((f"--params {params}", fragment))
-    overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides or [])
     if overrides:
         layers.append(("KEY=VALUE", apply_overrides({}, overrides)))
     tree, sources, notes = _merge_layers(layers, own, recorded_layers, _pytc_given(pytc), config, handle)
@@ -269,18 +273,10 @@ def run_settings_of(run) -> RunSettings:
     return run if isinstance(run, RunSettings) else resolve_settings(run)
 
 
-def as_run_settings(config=None, checkpoint=None) -> RunSettings:
-    """A run's settings from a configuration and a checkpoint given apart (a notebook's resolved configuration, the
-    demo's untrained twin of a model): a :class:`RunSettings` as given (its handle swapped for ``checkpoint`` when
-    that names another file); a resolved :class:`Config` used as it is; None → the checkpoint's own settings
-    (:func:`resolve_settings`). Stage drivers take the result (:func:`run_settings_of`)."""
-    if config is None:
-        return resolve_settings(checkpoint)
-    if isinstance(config, RunSettings):
-        handle = config.checkpoint
-        same = checkpoint is None or checkpoint is handle or (
-            handle is not None and str(checkpoint) in (handle.source, handle.path))
-        if same:
-            return config
-        return RunSettings(config.config, Checkpoint.open(checkpoint), dict(config.sources), list(config.notes))
+def as_run_settings(config: Config, checkpoint=None) -> RunSettings:
+    """A run's settings from a resolved :class:`Config` and a checkpoint given apart (a notebook's configuration):
+    the configuration used as it is, with ``checkpoint`` (a path, a shipped model's name or a :class:`Checkpoint`;
+    None for a run without a model). Stage drivers take the result."""
+    if not isinstance(config, Config):
+        raise TypeError(f"as_run_settings: expected a resolved nisbflow.config.Config, got {type(config).__name__}")
     return RunSettings(config, None if checkpoint is None else Checkpoint.open(checkpoint))

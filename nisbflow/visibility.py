@@ -6,6 +6,7 @@ the same on every worker by :mod:`nisbflow.paths`."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import fsspec
 
@@ -130,3 +131,21 @@ def check_arrays_on_workers(arrays: dict) -> None:
         return
     files = {role: array_location(array) for role, array in arrays.items()}
     check_on_workers(client, {role: path for role, path in files.items() if path is not None})
+
+
+@dataclass(frozen=True)
+class WorkerVisibility:
+    """What every worker of the current cluster must see for one staged run, the
+    :class:`~nisbflow.staging.run.StagedRun`'s collaborator: its ``inputs`` (``{role: path}``) and the
+    :class:`~nisbflow.model.Checkpoint` ``checkpoint`` (None when the run loads none)."""
+
+    inputs: dict
+    checkpoint: object = None
+
+    def check(self, staging: tuple, fingerprints: dict) -> None:
+        """:func:`check_on_workers` on the current client (none: nothing to check) with the run's ``staging``
+        ``(folder, lock file, lock token)`` and its inputs' ``fingerprints``, already computed for its manifest."""
+        from nisbflow.tasks import current_client
+
+        check_on_workers(current_client(), self.inputs, checkpoint=self.checkpoint, staging=staging,
+                         fingerprints=fingerprints)

@@ -43,6 +43,28 @@ def test_an_override_is_a_key_and_a_yaml_typed_value():
             tree.parse_override(bad)
 
 
+def test_overrides_take_one_shape_whether_given_as_text_or_as_a_mapping():
+    texts = tree.Overrides.of(["decoding.threshold=0.8", "data.voxel_size=[9, 9, 20]"])
+    assert texts.items == (("decoding.threshold", 0.8), ("data.voxel_size", [9, 9, 20]))
+    assert texts.texts == ("decoding.threshold=0.8", "data.voxel_size=[9, 9, 20]")
+    mapping = tree.Overrides.of({"decoding.threshold": "0.8"})  # values as data: the string stays a string
+    assert mapping.items == (("decoding.threshold", "0.8"),) and mapping.texts is None
+    assert tree.Overrides.of(texts) is texts
+    assert not tree.Overrides.of(None) and not tree.Overrides.of([]) and tree.Overrides.of(None).texts == ()
+    # given values after the overrides, as texts when the overrides were texts (they reach a PyTC file that way)
+    assert texts.then({"decoding.method": "waterz"}).texts[-1] == "decoding.method=waterz"
+    assert texts.then({"decoding.method": "waterz"}).items[-1] == ("decoding.method", "waterz")
+    assert mapping.then({"decoding.threshold": 0.5}).items == (("decoding.threshold", "0.8"),
+                                                                ("decoding.threshold", 0.5))
+    assert texts.then({}) is texts
+    # as command-line arguments they read back to the same values
+    assert mapping.arguments() == ['decoding.threshold="0.8"']
+    for overrides in (texts, mapping, tree.Overrides.of({"a.b": [1, 2], "c": None})):
+        assert tree.Overrides.of(overrides.arguments()).items == overrides.items
+    with pytest.raises(ConfigError, match="not the one string 'decoding.threshold=0.8'"):
+        tree.Overrides.of("decoding.threshold=0.8")
+
+
 def test_layers_come_bases_first_and_a_cycle_or_a_bad_base_is_one_error(tmp_path):
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"x": {"y": 1, "z": 1}}))
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({"_base_": "a.yaml", "x": {"z": 2}}))

@@ -22,7 +22,7 @@ from nisbflow.synth.affinities import noisy_affinities, write_noisy_affinities
 MODEL = "nisb-tiny-synthetic"
 SHAPE = (96, 96, 48)
 STEPS = ["moving", "retired", "moved", "published", "removed", "renamed"]
-"""The seams of staging._publish_step, in the order a publish passes them."""
+"""The seams of staging.publish.publish_step, in the order a publish passes them."""
 KILLED_RESULT_IN_PLACE = {"moved", "published", "removed", "renamed"}
 SAME_COMMAND_DEFAULT = {("decode", step) for step in STEPS} | {("infer", "retired")}
 OTHER_SETTINGS_DEFAULT = {("decode", "retired"), ("decode", "moved"), ("infer", "moved")}
@@ -68,11 +68,11 @@ def call(stage: str, data: Path, out: Path, setting, kill_after: str | None = No
     code = "import os\nimport dask\ndask.config.set(scheduler='synchronous')\n"
     if kill_after:
         code += textwrap.dedent(f"""
-            import nisbflow.staging as staging
+            import nisbflow.staging.publish as staging
             def step(name):
                 if name == {kill_after!r}:
                     os._exit(137)
-            staging._publish_step = step
+            staging.publish_step = step
             """)
     code += CALLS[stage][0].format(data=data, out=out, setting=setting)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

@@ -39,7 +39,6 @@ MYPY_ERRORS = {
     "nisbflow/model/network.py": 9,
     "nisbflow/model/reader.py": 1,
     "nisbflow/pipelines.py": 5,
-    "nisbflow/staging.py": 1,
     "nisbflow/synth/affinities.py": 2,
     "nisbflow/synth/volume.py": 11,
     "nisbflow/train/augment.py": 2,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from .pytc import is_pytorch_connectomics, load_pytc, pytorch_connectomics_sign
 from .schema import Config, valid_keys
-from .tree import assign, parse_override, read_layers, read_merged
+from .tree import Overrides, assign, read_layers, read_merged
 
 TUNED_KEY = "_tuned_"
 """What ``nisbflow tune`` tuned a parameters file (``best.yaml``) for: checkpoint, its sha256, decoding method,
@@ -100,10 +99,9 @@ def override_items(overrides) -> list[tuple[str, Any]]:
     """Overrides as ``(dotted key, value)`` pairs, from ``key.path=value`` strings (values typed as YAML,
     :func:`nisbflow.config.tree.parse_override`) or from a mapping ``{"decoding.threshold": 0.8}`` (values as given:
     data, not text to parse); every key checked against the schema either way."""
-    if isinstance(overrides, Mapping):
-        items, where = list(overrides.items()), "the overrides"
-    else:
-        items, where = [parse_override(text) for text in overrides], "the command-line overrides"
+    overrides = Overrides.of(overrides)
+    items = list(overrides.items)
+    where = "the overrides" if overrides.texts is None else "the command-line overrides"
     known = set(valid_keys())
     for key, _ in items:
         if key not in known:
@@ -130,7 +128,7 @@ def _format_validation_error(error: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), mode: str = "train") -> Config:
+def load_config(path: str | Path | None = None, overrides=(), mode: str = "train") -> Config:
     """Resolve a configuration: schema defaults ← YAML file (with bases) ← ``key=value`` overrides.
 
     A PyTorch Connectomics file is read for ``mode`` (train, test, tune, tune-test) onto nisbflow's keys
@@ -139,9 +137,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), m
     >>> load_config(overrides=["decoding.threshold=0.8"]).decoding.threshold
     0.8
     """
-    overrides = list(overrides)
+    overrides = Overrides.of(overrides)
     if path is not None and is_pytorch_connectomics(path):
-        pytc = load_pytc(path, mode, overrides)
+        pytc = load_pytc(path, mode, overrides.texts or ())
         pytc.check()
         return validate_tree(apply_overrides(pytc.tree, pytc.nisbflow_overrides))
     tree = load_yaml_tree(path) if path is not None else {}

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,52 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """``KEY=VALUE`` settings given last, in the one shape every reader takes (:meth:`of` normalises on entry).
+
+    ``items``: ``(dotted key, value)`` in the order given (a later one wins). ``texts``: the ``key=value`` strings
+    they were parsed from (:func:`parse_override`, values typed as YAML: a command line), or None when they came as a
+    mapping (``{"decoding.threshold": 0.8}``: values as data, not text to parse). Only texts reach a PyTorch
+    Connectomics file, whose own keys it applies as PyTC does."""
+
+    items: tuple[tuple[str, Any], ...] = ()
+    texts: tuple[str, ...] | None = ()
+
+    @classmethod
+    def of(cls, overrides=None) -> Overrides:
+        """Overrides from ``key=value`` strings, a mapping of key to value, None (none) or :class:`Overrides`."""
+        if isinstance(overrides, Overrides):
+            return overrides
+        if overrides is None:
+            return cls()
+        if isinstance(overrides, Mapping):
+            return cls(tuple(overrides.items()), None)
+        if isinstance(overrides, str):
+            raise ConfigError(f"overrides must be a list of key.path=value strings or a mapping, not the one string "
+                              f"{overrides!r}")
+        texts = tuple(overrides)
+        return cls(tuple(parse_override(text) for text in texts), texts)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def then(self, given: Mapping) -> Overrides:
+        """These overrides with ``given`` (key → value, as data) after them; texts stay texts."""
+        if not given:
+            return self
+        texts = None if self.texts is None else self.texts + tuple(f"{key}={value}" for key, value in given.items())
+        return Overrides(self.items + tuple(given.items()), texts)
+
+    def arguments(self) -> list[str]:
+        """As ``key=value`` command-line arguments (a mapping's values written as JSON, which YAML reads back)."""
+        if self.texts is not None:
+            return list(self.texts)
+        import json
+
+        return [f"{key}={json.dumps(value)}" for key, value in self.items]
 
 
 def read_yaml_mapping(path: Path) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 from dask.base import tokenize
 
 from nisbflow.blocks import BlockGrid, task_priority
-from nisbflow.staging import write_marker
+from nisbflow.staging import BlockwisePass, ScratchFiles, write_marker
 from nisbflow.data.chunks import open_checked
 from nisbflow.data.volumes import array_url
 from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFAULT_SCORING, EdgeStatistics,
@@ -38,7 +38,7 @@ from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFA
                                          face_contacts, first_voxels, fragment_order_relabel, number_regions,
                                          region_graph, scoring_function, watershed_fragments)
 from nisbflow.decode.outputs import (DecodeResult, LocalIdScratch, open_decoding_inputs, relabel_outputs,
-                                     segmentation_attrs, split_run_settings)
+                                     segmentation_attrs, decoding_run)
 from nisbflow.decode.kernel import check_thresholds, segmentation_dtype
 from nisbflow.decode.stitch import SPATIAL_AXES
 from nisbflow.tasks import compute_tasks
@@ -200,7 +200,7 @@ def agglomerate_to_zarr(
     overwrite: bool = False,
     force: bool = False,
     progress: bool = True,
-    config=None,
+    run=None,
     log=None,
     layout: str = "ngff",
 ) -> DecodeResult:
@@ -223,7 +223,7 @@ def agglomerate_to_zarr(
     mask_url = None if mask is None else array_url(mask)
     spatial_chunks = tuple(chunks) if chunks is not None else source.chunks[1:]
     grid = BlockGrid.regular(source.shape[1:], spatial_chunks)
-    config, recorded = split_run_settings(config)
+    run = decoding_run(run)
     identity = dict(method="waterz", thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks],
                     scoring=options.scoring, aff_low=options.aff_low, aff_high=options.aff_high,
                     context=int(options.context))
@@ -238,7 +238,7 @@ def agglomerate_to_zarr(
                       for segment_of, n_segments in numbered]
         settings = dict(method="waterz", waterz=dict(scoring=options.scoring, aff_low=options.aff_low,
                                                      aff_high=options.aff_high, context=int(options.context)))
-        attributes = functools.partial(segmentation_attrs, source, affinities, mask, config, recorded,
+        attributes = functools.partial(segmentation_attrs, source, affinities, mask, run,
                                        run_id=staged.run_id, region_graph=size, decoding=settings,
                                        description=AGGLOMERATION_DESCRIPTION.format(scoring=options.scoring))
         result = relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token, progress,
@@ -249,8 +249,8 @@ def agglomerate_to_zarr(
 def _fragment_pass(staged, scratch: FragmentScratch, source: str, mask: str | None, grid: BlockGrid,
                    options: WaterzOptions, token: str, progress: bool) -> np.ndarray:
     """Pass 1 over every block not yet done; returns ``(B,) int64`` fragments per block (C order)."""
-    work = staged.pending("fragments", grid, what="blocks already cut into fragments",
-                          scratch_blocks=scratch.blocks_present)
+    work = staged.pending(BlockwisePass("fragments", grid, (ScratchFiles(scratch.blocks_present),),
+                                        what="blocks already cut into fragments"))
     counts = np.zeros(grid.n_blocks, dtype=np.int64)
     for block, payload in work.done.items():
         counts[grid.linear(block)] = int(json.loads(payload))

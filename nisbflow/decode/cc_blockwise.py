@@ -30,12 +30,12 @@ from nisbflow.blocks import BlockGrid, task_priority, tree_reduce
 from nisbflow.decode.backends import check_backend, decode_in_memory
 from nisbflow.decode.kernel import NON_FINITE, check_affinities, check_mask, check_thresholds
 from nisbflow.decode.outputs import (DecodeResult, LocalIdScratch, open_decoding_inputs, relabel_outputs,
-                                     segmentation_attrs, split_run_settings)
+                                     segmentation_attrs, decoding_run)
 from nisbflow.decode.stitch import (SPATIAL_AXES, BlockLabels, SegmentNumbering, block_counts, face_pairs,
                                     label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
                                     without_labels)
 from nisbflow.tasks import compute_tasks
-from nisbflow.staging import write_marker
+from nisbflow.staging import BlockwisePass, ScratchFiles, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,8 @@ def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, st
     With ``staged`` (a :class:`~nisbflow.staging.StagedRun`), blocks whose ``label`` marker and scratch files exist
     are not labelled again: their summaries come from the markers and their faces from the scratch."""
     grid, token = inputs.grid, inputs.token
-    done = {} if staged is None else staged.pending("label", grid, what="blocks already labelled",
-                                                     scratch_blocks=scratch.blocks_present).done
+    done = {} if staged is None else staged.pending(BlockwisePass(
+        "label", grid, (ScratchFiles(scratch.blocks_present),), what="blocks already labelled")).done
     labelled = {index: _summary_from_marker(payload) for index, payload in done.items()}
     summaries = []
     with dask.annotate(priority=task_priority):
@@ -242,7 +242,7 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
 
 
 def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backend: str = "numba",
-               overwrite: bool = False, force: bool = False, progress: bool = True, config=None, log=None,
+               overwrite: bool = False, force: bool = False, progress: bool = True, run=None, log=None,
                layout: str = "ngff") -> DecodeResult:
     """Connected components of a zarr array of affinities at each of ``thresholds``, block by block, into a staged
     zarr segmentation: the ``cc`` method of :func:`~nisbflow.decode.to_zarr.decode_to_zarr` (see there for the
@@ -257,7 +257,7 @@ def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backen
         array = da.from_zarr(source)
         mask_array = None if mask_source is None else da.from_zarr(mask_source)
         array, mask_array, grid = _prepare(array, mask_array, chunks)
-    config, recorded = split_run_settings(config)
+    run = decoding_run(run)
     identity = dict(thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks])
     with StagedRun(output, kind="segmentation", inputs={"affinities": affinities, "affinity mask": mask},
                    identity=identity, overwrite=overwrite, force=force, log=log, layout=layout) as staged:
@@ -265,7 +265,7 @@ def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backen
         token = tokenize(staged.run_id, thresholds, grid)
         numberings = _label_pass(_BlockInputs(array, mask_array, grid, token), thresholds, backend, scratch,
                                  progress, staged)
-        attributes = functools.partial(segmentation_attrs, source, affinities, mask, config, recorded,
+        attributes = functools.partial(segmentation_attrs, source, affinities, mask, run,
                                        run_id=staged.run_id)
         return DecodeResult(relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token,
                                             progress, ids_per_threshold=True))

@@ -11,6 +11,7 @@ import io
 import logging
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dask
 import fsspec
@@ -28,7 +29,10 @@ from nisbflow.errors import NisbflowError
 from nisbflow.decode.stitch import SPATIAL_AXES, BlockLabels, SegmentNumbering, relabel_block
 from nisbflow.region import Region
 from nisbflow.tasks import compute_tasks
-from nisbflow.staging import write_marker
+from nisbflow.staging import BlockwisePass, write_marker
+
+if TYPE_CHECKING:
+    from nisbflow.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +187,17 @@ def open_affinity_mask(mask, spatial_shape) -> zarr.Array:
     return mask_source
 
 
-def split_run_settings(config) -> tuple:
-    """``(configuration, recorded settings)``: a :class:`~nisbflow.settings.RunSettings` records its settings and
-    checkpoint in the output; a plain configuration (or None) records nothing."""
-    if config is not None and hasattr(config, "record"):
-        return config.config, config.record()
-    return config, {}
+def decoding_run(run) -> RunSettings | None:
+    """The one settings argument of the block-wise decoders, checked on entry: the run's
+    :class:`~nisbflow.settings.RunSettings` (its configuration and settings are recorded in the output), or None
+    (nothing recorded). Anything else is refused: a plain :class:`~nisbflow.config.Config` carries no sources and no
+    checkpoint to record; resolve it with :func:`nisbflow.settings.resolve_settings`."""
+    from nisbflow.settings import RunSettings
+
+    if run is None or isinstance(run, RunSettings):
+        return run
+    raise TypeError(f"decoding run settings: expected a nisbflow.settings.RunSettings (resolve_settings) or None, got "
+                    f"{type(run).__name__}")
 
 
 @dataclass(frozen=True)
@@ -224,7 +233,7 @@ def relabel_outputs(staged, scratch: LocalIdScratch, grid, source, thresholds, n
 SEGMENTATION_DESCRIPTION = "neuron segmentation: connected components of affinities > threshold, 0 = background"
 
 
-def segmentation_attrs(source, affinities, mask, config, recorded, thresholds, run_id, *,
+def segmentation_attrs(source, affinities, mask, run: RunSettings | None, thresholds, run_id, *,
                         description: str = SEGMENTATION_DESCRIPTION, decoding: dict | None = None, **extra) -> dict:
     """Attributes of a segmentation (or of the group of several): provenance, inputs, and for one threshold the
     run's settings with that threshold (``nisbflow_settings``). ``decoding``: the decoding settings to record beside
@@ -233,8 +242,9 @@ def segmentation_attrs(source, affinities, mask, config, recorded, thresholds, r
         section = dict(decoding, waterz=dict(decoding["waterz"], thresholds=[thresholds[0]]))
     else:
         section = dict(decoding or {}, threshold=thresholds[0])
+    recorded = {} if run is None else run.record()
     settings = {"nisbflow_settings": dict(recorded, decoding=section)} if recorded and len(thresholds) == 1 else {}
-    return output_attrs(description, voxel_size_of(source), "xyz", config,
+    return output_attrs(description, voxel_size_of(source), "xyz", None if run is None else run.config,
                         nisbflow_output="segmentation", nisbflow_run=run_id, affinities=str(affinities),
                         affinity_mask=None if mask is None else str(mask), thresholds=list(thresholds), **extra,
                         **staged_source(source.attrs), **settings)
@@ -245,11 +255,11 @@ def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: 
     """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
     (created as an OME-NGFF image group, and its markers dropped, unless this run created it)."""
     level = output_array(target, staged.layout)
-    work = staged.pending(stage, grid, what="blocks already relabelled", owner=level, arrays=(level,),
-                          create=lambda: create_image(
-                              target, attributes=attrs, zarr_format=zarr_format, layout=staged.layout,
-                              name=target.rstrip("/").rsplit("/", 1)[-1], shape=grid.shape, chunks=grid.block_shape,
-                              dtype=numbering.dtype, compressors=fast_compressors(zarr_format, shuffle=False)))
+    work = staged.pending(BlockwisePass.into_array(
+        stage, grid, level, what="blocks already relabelled", create=lambda: create_image(
+            target, attributes=attrs, zarr_format=zarr_format, layout=staged.layout,
+            name=target.rstrip("/").rsplit("/", 1)[-1], shape=grid.shape, chunks=grid.block_shape,
+            dtype=numbering.dtype, compressors=fast_compressors(zarr_format, shuffle=False))))
     target = level
     shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
     tasks = [dask.delayed(_relabel_in_zarr, pure=True)(

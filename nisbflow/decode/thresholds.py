@@ -46,18 +46,15 @@ def choose_thresholds(run, given=None, given_as: str = "(given)") -> ThresholdCh
     return ThresholdChoice(tuple(check_thresholds(values)), source, decoding.method, scoring)
 
 
-def recorded_thresholds(affinities, config, method: str, log) -> tuple[float, ...]:
-    """The thresholds a decode without given ones uses (see :func:`~nisbflow.decode.to_zarr.decode_to_zarr`), said
+def recorded_thresholds(affinities, run, method: str, log) -> tuple[float, ...]:
+    """The thresholds a decode without given ones uses (``run``: its :class:`~nisbflow.settings.RunSettings`, or None
+    for the threshold the affinities record) (see :func:`~nisbflow.decode.to_zarr.decode_to_zarr`), said
     through ``log``."""
     from nisbflow.data.volumes import open_affinities
     from nisbflow.decode.thresholds import choose_thresholds
-    from nisbflow.settings import RunSettings, recorded_settings, resolve_settings
+    from nisbflow.settings import recorded_settings, resolve_settings
 
-    if isinstance(config, RunSettings):
-        run = config
-    elif config is not None:  # a resolved Config: its own values
-        run = RunSettings(config, None, {"decoding.threshold": "the configuration"}, [])
-    else:
+    if run is None:
         attrs = dict(open_affinities(affinities).attrs)
         run = resolve_settings(None, overrides={"decoding.method": method}, recorded=recorded_settings(attrs),
                                recorded_from=f"the attributes of {affinities}")

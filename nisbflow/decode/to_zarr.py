@@ -22,7 +22,7 @@ def decode_to_zarr(
     overwrite: bool = False,
     force: bool = False,
     progress: bool = True,
-    config=None,
+    run=None,
     log=None,
     method: str = "cc",
     waterz=None,
@@ -39,15 +39,15 @@ def decode_to_zarr(
     threshold writes an ``(X, Y, Z)`` array there; several write a group with one array per threshold
     (:func:`~nisbflow.decode.outputs.threshold_array_name`). ``chunks`` (voxels, X, Y, Z) sets both the block size and
     the output chunks
-    (default: the affinities' spatial chunks). Runs on the current Dask client if one is set up. ``config``: a
-    :class:`~nisbflow.config.Config` or the run's :class:`~nisbflow.settings.RunSettings`, recorded in the
-    output's attributes. Returns a :class:`~nisbflow.decode.outputs.DecodeResult` (``counts``: threshold → number of
+    (default: the affinities' spatial chunks). Runs on the current Dask client if one is set up. ``run``: the run's
+    :class:`~nisbflow.settings.RunSettings` (:func:`~nisbflow.settings.resolve_settings`), recorded in the output's
+    attributes, or None. Returns a :class:`~nisbflow.decode.outputs.DecodeResult` (``counts``: threshold → number of
     segments; ``region_graph`` for waterz). A sample of the values is checked for logits
     and NaN first (said through ``log``). ``layout``: each segmentation an OME-NGFF image group (``ngff``) or the
     array itself (``plain``: ``zarr.open(output)[:]``, as BANIS's ``metrics.py`` reads it).
 
     ``thresholds`` None chooses them as ``nisbflow decode`` without ``-t`` does
-    (:func:`~nisbflow.decode.thresholds.choose_thresholds`): ``config``'s when it is the run's settings, else the
+    (:func:`~nisbflow.decode.thresholds.choose_thresholds`): ``run``'s when given, else the
     threshold the affinities record (the model's tuned value), else 0.75; for waterz ``decoding.waterz.thresholds``.
 
     The output is a :class:`~nisbflow.staging.StagedRun` (staged, locked, published when complete; ``overwrite``
@@ -56,20 +56,22 @@ def decode_to_zarr(
     faces are in the staging folder's scratch) and the relabel pass's written blocks when the affinities, mask,
     thresholds and chunks are unchanged; the result is identical to an uninterrupted run.
     """
+    from nisbflow.decode.outputs import decoding_run
     from nisbflow.decode.thresholds import recorded_thresholds
     from nisbflow.staging import default_log
 
     if method not in ("cc", "waterz"):
         raise ConfigError(f"decoding.method / --method must be cc or waterz, got {method!r}")
+    run = decoding_run(run)
     if thresholds is None:
-        thresholds = recorded_thresholds(affinities, config, method, log or default_log)
+        thresholds = recorded_thresholds(affinities, run, method, log or default_log)
     if method == "waterz":
         from nisbflow.decode.agglomerate_blockwise import WaterzOptions, agglomerate_to_zarr
 
         return agglomerate_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=chunks,
                                    options=waterz or WaterzOptions(), overwrite=overwrite, force=force,
-                                   progress=progress, config=config, log=log, layout=layout)
+                                   progress=progress, run=run, log=log, layout=layout)
     from nisbflow.decode.cc_blockwise import cc_to_zarr
 
     return cc_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=chunks, backend=backend,
-                      overwrite=overwrite, force=force, progress=progress, config=config, log=log, layout=layout)
+                      overwrite=overwrite, force=force, progress=progress, run=run, log=log, layout=layout)

@@ -21,7 +21,7 @@ import numpy as np
 
 from nisbflow.blocks import BlockGrid
 from nisbflow.region import Region
-from nisbflow.staging import store_block
+from nisbflow.staging import BlockwisePass, store_block
 from nisbflow.data.chunks import open_for_writing
 from nisbflow.infer.geometry import window_grid
 from nisbflow.infer.plan import WindowPlan, largest_footprint, plan_windows
@@ -261,14 +261,13 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
     with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
                    force=force, log=log or default_log, checkpoint=handle, layout=layout) as staged:
         zarr_format = source.metadata.zarr_format
-        work = staged.pending(
-            "predict", grid, owner=staged.image, arrays=(staged.image,),
-            region=lambda index: (slice(None),) + grid.write_region(index),
+        work = staged.pending(BlockwisePass.into_array(
+            "predict", grid, staged.image, region=lambda index: (slice(None),) + grid.write_region(index),
             create=lambda: create_image(
                 staged.data, attributes=affinity_attrs(run, window_settings, source, nisbflow_run=staged.run_id),
                 zarr_format=zarr_format, name="affinities", layout=layout, shape=(n_channels,) + grid.shape,
                 chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
-                dtype=window_settings.output_dtype, compressors=fast_compressors(zarr_format)))
+                dtype=window_settings.output_dtype, compressors=fast_compressors(zarr_format))))
         plan = plan_windows(grid, window_settings.window, window_settings.stride, window_settings.sw_batch_size,
                             split, pending=work.pending)
         token = dask.base.tokenize(staged.run_id, window_settings, grid, split, sorted(work.pending))

@@ -18,7 +18,7 @@ import numpy as np
 from nisbflow.blocks import BlockGrid
 from nisbflow.paths import storage_url
 from nisbflow.region import Region
-from nisbflow.staging import StagedRun, default_log, store_block
+from nisbflow.staging import BlockwisePass, StagedRun, default_log, store_block
 from nisbflow.data.chunks import open_checked
 from nisbflow.data.ngff import create_image
 from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, array_url, fast_compressors, open_segmentation, output_attrs,
@@ -91,12 +91,11 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
             "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
             "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
             offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
-        work = staged.pending(
-            "synth", grid, owner=staged.image, arrays=(staged.image,),
-            region=lambda index: (slice(None),) + grid.write_region(index),
+        work = staged.pending(BlockwisePass.into_array(
+            "synth", grid, staged.image, region=lambda index: (slice(None),) + grid.write_region(index),
             create=lambda: create_image(staged.data, attributes=attributes, zarr_format=zarr_format,
                                         name="affinities", shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape,
-                                        dtype="float16", compressors=fast_compressors(zarr_format)))
+                                        dtype="float16", compressors=fast_compressors(zarr_format))))
         segmentation_url = array_url(storage_url(segmentation_path))
         tasks = [dask.delayed(_write_noisy_block, pure=True)(
             segmentation_url, grid.read_region(index, upper=1), grid.write_region(index), index, noise, seed,

@@ -21,7 +21,7 @@ import zarr
 from ..data.chunks import open_for_writing
 from ..data.skeleton import save_skeleton, summarize_skeleton
 from ..blocks import BlockGrid
-from ..staging import StagedRun, default_log, staged_output, write_marker
+from ..staging import BlockwisePass, StagedRun, default_log, staged_output, write_marker
 from ..data.ngff import named_axes
 from ..data.volumes import output_attrs
 from ..errors import OutputExistsError
@@ -157,10 +157,10 @@ def synthesize_seed(
                    log=log or default_log) as staged:
         forest = grow_forest(params)
         node_index, node_voxels = _node_voxels(forest, params)
-        work = staged.pending(
-            "synth", grid, owner=staged.data, arrays=(f"{staged.data}/img", f"{staged.data}/seg"),
+        work = staged.pending(BlockwisePass.into_array(
+            "synth", grid, staged.data, arrays=(f"{staged.data}/img", f"{staged.data}/seg"),
             create=lambda: _create_seed_store(staged.data, params, grid, zarr_format, description, settings,
-                                              staged.run_id))
+                                              staged.run_id)))
         block_nodes = _nodes_by_block(grid, node_voxels)
         results = _render_blocks(staged, work, grid, forest, params, node_voxels, block_nodes, seed, progress,
                                  num_workers)
