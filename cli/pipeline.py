@@ -141,8 +141,8 @@ def evaluate(
     skeleton: str = typer.Option(..., "--skeleton", "-s", help="NISB skeleton.pkl (or .json / .npz) of the volume."),
     voxel_size: str = typer.Option("9,9,20", "--voxel-size", help="nm per voxel, X,Y,Z (for edge lengths when the "
                                    "skeleton has no edge_length or nm_position)."),
-    merge_threshold: float = typer.Option(1, "--merge-threshold", help="Nodes a skeleton needs inside a segment to "
-                                          "count toward a merger there (1, as BANIS: any node)."),
+    merge_threshold: int = typer.Option(1, "--merge-threshold", min=1, help="Nodes a skeleton needs inside a segment "
+                                        "to count toward a merger there (1, as BANIS: any node)."),
     gt: str | None = typer.Option(None, "--gt", help="Dense ground truth zarr array for adapted Rand and VOI."),
     json_path: str | None = typer.Option(None, "--json", help="Write every metric to this JSON file."),
     plot: str | None = typer.Option(None, "--plot", help="PNG of each skeleton's run length, sorted, by error type."),

@@ -137,63 +137,97 @@ def decode(affinities: str, output: str, *, thresholds=None, method: str | None 
     ``layout``: each segmentation an OME-NGFF image group (``ngff``) or the array itself (``plain``, which BANIS's
     ``metrics.py`` reads).
     """
-    from nisbflow.blocks import check_block_count
-    from nisbflow.data.formats import locate, open_labels, zarr_input
     from nisbflow.data.ngff import check_layout
-    from nisbflow.data.volumes import open_affinities, open_volume
     from nisbflow.decode import decode_to_zarr, threshold_array_name
     from nisbflow.decode.agglomerate_blockwise import WaterzOptions
-    from nisbflow.decode.outputs import open_affinity_mask
     from nisbflow.decode.backends import check_backend
     from nisbflow.decode.thresholds import choose_thresholds
-    from nisbflow.errors import VolumeError
-    from nisbflow.settings import recorded_settings, resolve_settings
 
     check_layout(layout)
+    given = {"decoding.method": method} if method else {}
+    given.update({"decoding.waterz.scoring": scoring} if scoring else {})
+    run = _decode_settings(affinities, config, params, Overrides.of(overrides).then(given))
+    _say_settings(run, "decode", log)
+    decoding = run.config.decoding
+    choice = choose_thresholds(run, thresholds, thresholds_given_as)
+    log(choice.describe())
+    backend = check_backend(backend or decoding.backend)
+    inputs = _decode_inputs(affinities, mask or decoding.affinity_mask_path, gt, output, chunks, axes,
+                            overwrite, force, log, progress)
+    with cluster_session(run.config, cluster, log):
+        if decoding.method == "cc":
+            from nisbflow.decode.memory import check_label_memory
+
+            check_label_memory(chunks or inputs.chunks, inputs.itemsize, len(choice.values), log)
+        result = decode_to_zarr(inputs.affinities, output, thresholds=list(choice.values), mask=inputs.mask,
+                                chunks=chunks, backend=backend, overwrite=overwrite, force=force, run=run, log=log,
+                                method=decoding.method, progress=progress, layout=layout,
+                                waterz=WaterzOptions.from_config(decoding))
+        outputs = {value: output if len(result.counts) == 1 else f"{output}/{threshold_array_name(value)}"
+                   for value in result.counts}
+        dense = {}
+        if inputs.ground_truth is not None:
+            from nisbflow.data.volumes import open_volume
+            from nisbflow.evaluate import dense_metrics
+
+            for value, where in outputs.items():
+                dense[value] = dense_metrics(inputs.ground_truth, open_volume(where, role="segmentation", ndims=(3,)),
+                                             progress=progress)
+    return DecodeReport(run, choice, dict(result.counts), outputs, result.region_graph, dense)
+
+
+def _decode_settings(affinities: str, config, params, overrides: Overrides) -> RunSettings:
+    """A decode's settings: the affinities' recorded layer is what a zarr output of ``infer`` records (HDF5 and TIFF
+    inputs record nothing)."""
+    from nisbflow.data.formats import locate
+    from nisbflow.data.volumes import open_affinities
+    from nisbflow.settings import recorded_settings, resolve_settings
+
+    recorded = {}
+    if locate(affinities).kind == "zarr":
+        recorded = recorded_settings(dict(open_affinities(affinities, sample=False).attrs))
+    return resolve_settings(None, config=config, params=params, overrides=overrides, mode="test", recorded=recorded,
+                            recorded_from=f"the attributes of {affinities}")
+
+
+@dataclass(frozen=True)
+class _DecodeInputs:
+    """What a decode reads, checked before any cluster starts: the affinities and the mask as zarr (HDF5 and TIFF
+    staged), their spatial ``chunks`` and ``itemsize``, and the ground truth opened lazily (or None)."""
+
+    affinities: str
+    mask: str | None
+    chunks: tuple[int, ...]
+    itemsize: int
+    ground_truth: object
+
+
+def _decode_inputs(affinities: str, mask, gt, output: str, chunks, axes, overwrite: bool, force: bool, log,
+                   progress: bool) -> _DecodeInputs:
+    """The output refused once, on the files the run reads as given (before an HDF5 or TIFF input is staged), then
+    the inputs staged (the copies, too, may not overlap the output) and their shapes checked."""
+    from nisbflow.blocks import check_block_count
+    from nisbflow.data.formats import locate, open_labels, zarr_input
+    from nisbflow.data.volumes import open_affinities
+    from nisbflow.decode.outputs import open_affinity_mask
+    from nisbflow.errors import VolumeError
+    from nisbflow.staging import check_not_input
+
     preflight(output, "segmentation", {"affinities": locate(affinities).file,
                                        "affinity mask": mask and locate(mask).file}, overwrite, force)
     affinities = zarr_input(affinities, role="affinities", near=output, axes=axes, log=log, progress=progress)
     opened = open_affinities(affinities, sample=False)  # its values are sampled once, by decode_to_zarr
-    given = {"decoding.method": method} if method else {}
-    given.update({"decoding.waterz.scoring": scoring} if scoring else {})
-    run = resolve_settings(None, config=config, params=params, overrides=Overrides.of(overrides).then(given),
-                           mode="test", recorded=recorded_settings(dict(opened.attrs)),
-                           recorded_from=f"the attributes of {affinities}")
-    _say_settings(run, "decode", log)
-    configuration = run.config
-    choice = choose_thresholds(run, thresholds, thresholds_given_as)
-    log(choice.describe())
-    backend = check_backend(backend or configuration.decoding.backend)
-    mask = mask or configuration.decoding.affinity_mask_path
+    spatial = tuple(opened.shape[1:])
     if mask is not None:
         mask = zarr_input(mask, role="affinity mask", near=output, log=log, progress=progress)
-    check_block_count(opened.shape[1:], chunks or opened.chunks[1:], "--chunks" if chunks else "the affinities' chunks")
-    if mask is not None:  # the mask's shape, before any cluster starts
-        open_affinity_mask(mask, opened.shape[1:])
-    preflight(output, "segmentation", {"affinities": affinities, "affinity mask": mask}, overwrite, force)
+        open_affinity_mask(mask, spatial)
+    check_not_input(output, {"affinities": affinities, "affinity mask": mask})
+    check_block_count(spatial, chunks or opened.chunks[1:], "--chunks" if chunks else "the affinities' chunks")
     ground_truth = open_labels(gt, role="ground truth") if gt else None  # fails before any decoding
-    if ground_truth is not None and tuple(ground_truth.shape) != tuple(opened.shape[1:]):
+    if ground_truth is not None and tuple(ground_truth.shape) != spatial:
         raise VolumeError(f"ground truth {gt}: shape {tuple(ground_truth.shape)} differs from the affinities' "
-                          f"spatial shape {tuple(opened.shape[1:])} (X, Y, Z)")
-    with cluster_session(run.config, cluster, log):
-        if configuration.decoding.method == "cc":
-            from nisbflow.decode.memory import check_label_memory
-
-            check_label_memory(chunks or opened.chunks[1:], opened.dtype.itemsize, len(choice.values), log)
-        result = decode_to_zarr(affinities, output, thresholds=list(choice.values), mask=mask, chunks=chunks,
-                                backend=backend, overwrite=overwrite, force=force, run=run, log=log,
-                                method=configuration.decoding.method, progress=progress, layout=layout,
-                                waterz=WaterzOptions.from_config(configuration.decoding))
-        outputs = {value: output if len(result.counts) == 1 else f"{output}/{threshold_array_name(value)}"
-                   for value in result.counts}
-        dense = {}
-        if ground_truth is not None:
-            from nisbflow.evaluate import dense_metrics
-
-            for value, where in outputs.items():
-                dense[value] = dense_metrics(ground_truth, open_volume(where, role="segmentation", ndims=(3,)),
-                                             progress=progress)
-    return DecodeReport(run, choice, dict(result.counts), outputs, result.region_graph, dense)
+                          f"spatial shape {spatial} (X, Y, Z)")
+    return _DecodeInputs(affinities, mask, tuple(opened.chunks[1:]), opened.dtype.itemsize, ground_truth)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -429,7 +463,7 @@ def tuned_params(checkpoint, *, config: str | None = None, overrides=None, out: 
     from nisbflow.tune import checkpoint_folder
 
     run = resolve_settings(checkpoint, config=config, overrides=overrides or (), mode="test")
-    root = Path(out) if out else Path(run.config.save_path) / "tune"
+    root = Path(out) if out else Path(str(run.config.save_path)) / "tune"  # filled in when the config validates
     found = checkpoint_folder(root, run) / run.config.decoding.method / "best.yaml"
     return found if found.is_file() else None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nisbflow.evaluate import NerlResult
@@ -111,11 +111,11 @@ def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | No
                               progress=progress, metrics=tuple(config.evaluation.metrics),
                               em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
     first = results[thresholds[0]]
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if len(results) > 1:
         extra["by_threshold"] = {f"{t:g}": r.to_dict() for t, r in results.items()}
-    write_json(folder / "metrics.json", first, checkpoint=run.checkpoint.name,
-               checkpoint_sha256=run.checkpoint.sha256, checkpoint_weights=run.checkpoint.weights,
+    write_json(folder / "metrics.json", first, checkpoint=run.handle.name,
+               checkpoint_sha256=run.handle.sha256, checkpoint_weights=run.handle.weights,
                method=config.decoding.method, threshold=thresholds[0],
                test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record(), **extra)
     return TestRun(folder, results)
@@ -150,7 +150,8 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
         synthesize_seed(seed_dir, shape, seed, overwrite=True, progress=progress)
     else:
         log(f"using the existing synthetic seed {seed_dir}")
-    overrides = {"data.test.path": str(seed_dir), "data.test.skeleton": str(seed_dir / "skeleton.pkl")}
+    overrides: dict[str, object] = {"data.test.path": str(seed_dir),
+                                    "data.test.skeleton": str(seed_dir / "skeleton.pkl")}
     if threshold is not None:
         overrides["decoding.threshold"] = threshold
     trained = resolve_settings(checkpoint, overrides=overrides)
@@ -160,14 +161,14 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
     if baseline:
         untrained = out_dir / "untrained.pt"
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_random_checkpoint(untrained, trained.checkpoint.model, seed=0)
+        save_random_checkpoint(untrained, trained.handle.model, seed=0)
         runs.append(("untrained", trained.with_checkpoint(str(untrained))))
     results = []
     for label, run in runs:
-        log(f"{label} model ({run.checkpoint.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "
+        log(f"{label} model ({run.handle.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "
             "→ NERL")
         tested = run_test(run, block=block, progress=progress, out_dir=out_dir / label, overwrite=True)
-        results.append(DemoRun(label, run.checkpoint.name, tested.folder, tested.result))
+        results.append(DemoRun(label, run.handle.name, tested.folder, tested.result))
     return results
 
 

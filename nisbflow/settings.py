@@ -90,6 +90,15 @@ class RunSettings:
         lines += [f"  note: {note}" for note in self.notes]
         return lines
 
+    @property
+    def handle(self) -> Checkpoint:
+        """The checkpoint this run predicts with, for stages that run a model (a run without one is a caller's
+        error: resolve the settings with a checkpoint)."""
+        if self.checkpoint is None:
+            raise ConfigError("these run settings name no checkpoint; resolve them with one "
+                              "(resolve_settings(checkpoint))")
+        return self.checkpoint
+
     def with_checkpoint(self, checkpoint) -> RunSettings:
         """These settings with another checkpoint (a path, a shipped model's name or a :class:`Checkpoint`): the
         demo's untrained twin of a model runs with the trained one's settings."""

@@ -17,6 +17,7 @@ is loaded whole.
 from __future__ import annotations
 
 import json
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,7 @@ POINT_SHADER = """void main() {
 class View:
     """A running viewer: its ``url``, the neuroglancer ``viewer``, and the served volumes by layer name."""
 
-    viewer: object
+    viewer: Any  # a neuroglancer.Viewer (imported where a viewer starts)
     volumes: dict = field(default_factory=dict)
     nodes: list = field(default_factory=list)
 
