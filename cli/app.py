@@ -58,7 +58,8 @@ def readable_metavars(command, ctx) -> None:
             param.metavar = "" if param.is_flag else readable_type(param.bare_type())
         elif isinstance(param, TyperArgument) and "display_type_rich" not in vars(param):
             label = readable_type(param.bare_type())
-            param.display_type_rich = lambda ctx, label=label: label  # this parameter's type column only
+            # this parameter's type column only (an instance attribute over Typer's method)
+            param.display_type_rich = lambda ctx, label=label: label  # type: ignore[method-assign,misc]
 
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}

@@ -78,7 +78,7 @@ def written_kind(path) -> str | None:
             import tifffile
 
             with tifffile.TiffFile(path) as tiff:
-                description = tiff.pages[0].description if len(tiff.pages) else ""
+                description = str(getattr(tiff.pages[0], "description", "")) if len(tiff.pages) else ""
             recorded = json.loads(description) if description.startswith("{") else {}
             return recorded.get(MARK) if isinstance(recorded, dict) else None
         if suffix in (".yaml", ".yml"):

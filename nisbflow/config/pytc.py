@@ -245,7 +245,8 @@ def resolve_stages(tree: dict, mode: str) -> dict:
             source = "train"
         else:
             source = "test"
-        merged = resolved.get(section) if isinstance(resolved.get(section), dict) else {}
+        found = resolved.get(section)
+        merged: dict = found if isinstance(found, dict) else {}
         for layer in ("default", source):
             patch = (tree.get(layer) or {}).get(section) if isinstance(tree.get(layer), dict) else None
             if isinstance(patch, dict):

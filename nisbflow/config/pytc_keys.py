@@ -359,7 +359,7 @@ def _mask_path(out: Translation, key: str, value) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # augmentation: compared with what nisbflow's training does (nisbflow.train.augment, BANIS's data.py)
 
-NISBFLOW_AUGMENTATION = {
+NISBFLOW_AUGMENTATION: dict[str, dict[str, Any]] = {
     "axis_permute": {"enabled": True, "prob": 1.0},
     "rotate90_all": {"enabled": True, "prob": 1.0},
     "flip": {"enabled": True, "prob": 0.5, "spatial_axis": [0, 1, 2]},
@@ -388,7 +388,7 @@ def _augmentation(out: Translation, key: str, value) -> None:
                     out.note(where, given, REFUSED, f"nisbflow's training does not apply {group} (its augmentation "
                                                     "is BANIS's: PyTC's aug_banis)")
                 continue
-            wanted = expected.get(name)
+            wanted = expected.get(str(name))
             same = wanted is not None and (given == wanted or (
                 not isinstance(given, (bool, str)) and not isinstance(wanted, bool) and _equal_numbers(given, wanted)))
             if same:
@@ -487,7 +487,7 @@ def _split_extras(out: Translation, key: str, split: str, settings: dict) -> Non
 
 
 def _sampler(out: Translation, key: str, value) -> None:
-    settings = {"name": value} if isinstance(value, str) else dict(value or {})
+    settings: dict[str, Any] = {"name": value} if isinstance(value, str) else dict(value or {})
     names = {"grid": "grid", "tpe": "TPE", "random": "random"}
     name = str(settings.pop("name", "TPE"))
     if name.lower() not in names:

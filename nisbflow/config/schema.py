@@ -9,7 +9,7 @@ YAML files and ``a.b.c=value`` overrides only *set* values of this schema (see :
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -227,7 +227,8 @@ class TtaConfig(_Section):
         "kept channels, e.g. [['0:3', 'min'], ['3:', 'mean']].")
 
 
-INFERENCE_WEIGHTS = ("auto", "ema", "raw")
+InferenceWeights = Literal["auto", "ema", "raw"]
+INFERENCE_WEIGHTS: tuple[str, ...] = get_args(InferenceWeights)
 """Which weights of a checkpoint predict (``inference.weights``, ``--weights``): auto (the EMA weights when it keeps
 them), ema, raw (the training weights)."""
 
@@ -250,7 +251,7 @@ class InferenceConfig(_Section):
                             "the blocks (about a minute for MedNeXt-S), then 2.2× eager's blocks/s on an H200 "
                             "(docs/BENCHMARKS.md); false for small volumes.")
     test_time_augmentation: TtaConfig = TtaConfig()
-    weights: Literal[INFERENCE_WEIGHTS] = Field(
+    weights: InferenceWeights = Field(
         "auto", description="Which weights of a checkpoint that holds two sets predict: auto (the EMA weights when "
         "it keeps them, as PyTorch Connectomics tests with validate_with_ema; else its only set), ema, or raw (the "
         "training weights). --weights on the command line.")
@@ -379,7 +380,7 @@ class DecodingConfig(_Section):
 
 class EvaluationConfig(_Section):
     metrics: list[Literal["nerl", "em_erl"]] = Field(
-        default_factory=lambda: ["nerl"],
+        default_factory=lambda: list[Literal["nerl", "em_erl"]](["nerl"]),
         description="Skeleton metrics of `nisbflow test`'s metrics.json: nerl (BANIS's metrics.py over "
                     "funlib.evaluate, the NISB leaderboard's; always computed, with skeleton VOI) and em_erl "
                     "(PyTorch Connectomics' NERL, em_erl's rules).")

@@ -8,6 +8,7 @@ edge leaves it (those edges are excluded from the loss). Axis order is XYZ throu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -82,9 +83,10 @@ def affinities(
             raise ValueError(f"affinity offsets must be non-negative (source-voxel storage), got {offset}")
         if any(o >= n for o, n in zip(offset, shape)):
             continue  # every edge of this channel leaves the volume: target 0, mask 0
-        source = tuple(slice(0, n - o) for o, n in zip(offset, shape))
-        target = tuple(slice(o, n) for o, n in zip(offset, shape))
+        source = tuple(slice(0, int(n - o)) for o, n in zip(offset, shape))
+        target = tuple(slice(int(o), int(n)) for o, n in zip(offset, shape))
         a, b = segmentation[source], segmentation[target]
-        targets[(channel, *source)] = (a == b) & (a > 0)
-        mask[(channel, *source)] = 1
+        edges: tuple[Any, ...] = (channel, *source)
+        targets[edges] = (a == b) & (a > 0)
+        mask[edges] = 1
     return targets, mask

@@ -21,6 +21,7 @@ import fsspec
 import numcodecs
 import numpy as np
 import zarr
+import zarr.codecs
 from zarr.storage import WrapperStore
 
 from nisbflow.errors import VolumeError

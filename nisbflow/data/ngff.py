@@ -21,6 +21,8 @@ first resolution level) or a plain zarr array, such as outputs of nisbflow befor
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import zarr
 
 IMAGE_LEVEL = "0"
@@ -79,14 +81,14 @@ def output_array(target: str, layout: str = "ngff") -> str:
 def image_level_path(attributes) -> str | None:
     """The path of the first (full-resolution) level of the NGFF image whose group has ``attributes``, or None
     when they are not an NGFF image's (no ``multiscales``, at the top or under ``ome``)."""
-    multiscales = attributes.get("multiscales") or (attributes.get("ome") or {}).get("multiscales")
+    multiscales: Any = attributes.get("multiscales") or (attributes.get("ome") or {}).get("multiscales")
     try:
         return str(multiscales[0]["datasets"][0]["path"])
     except (TypeError, LookupError):
         return None
 
 
-def create_image(target: str, *, attributes: dict, zarr_format: int, name: str = "", layout: str = "ngff",
+def create_image(target: str, *, attributes: dict, zarr_format: Literal[2, 3], name: str = "", layout: str = "ngff",
                  **array_options) -> str:
     """Create (replacing whatever is there) an NGFF image group at ``target`` holding one empty array, and return
     the URL of that array for block writes; ``layout="plain"``: the array itself at ``target``, with the same

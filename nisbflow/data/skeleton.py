@@ -310,9 +310,9 @@ def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> Skele
     index = index.astype(np.int64)
     rows = rows.astype(np.int64).reshape(-1, 2)
     with_nm = nm is not None
-    if with_nm:
+    if nm is not None:
         check_positions(nodes, nm, "nm_position", path)
-    if not with_nm:
+    else:
         nm = index * np.asarray(voxel_size, dtype=np.float64)
     computed, note = edge_lengths(nm, rows, lengths, with_nm, path)
     return SkeletonArrays(nodes, ids, index, nm, rows, computed, lengths, note)
@@ -434,7 +434,7 @@ def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
         fields[MARK] = np.array(SKELETON)
         if arrays.nodes.dtype == object:
             raise SkeletonError(f"cannot write {path}: npz skeletons need integer or string node names")
-        np.savez_compressed(buffer, **fields)
+        np.savez_compressed(buffer, **fields)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         payload = buffer.getvalue()
     else:
         raise SkeletonError(f"unknown skeleton format '{suffix}' for {path}: expected one of "

@@ -12,6 +12,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import fsspec
@@ -23,6 +24,7 @@ import zarr.codecs
 
 from .. import __version__
 from ..errors import ConfigError, VolumeError
+from ..region import triple
 
 ZARR_IO_EXIT_WAIT_S = 30.0
 """How long, at interpreter exit, zarr's I/O thread may take to finish what it is doing before its loop closes."""
@@ -237,7 +239,7 @@ def open_affinities(path: str | Path, *, log=None, sample: bool = True) -> zarr.
     (logits) or NaN are reported through ``log`` (a ``print``-like function; default stderr), naming the fraction."""
     array = open_volume(path, role="affinities")
     check_affinity_layout(array.shape, array.dtype, where=f"affinities {path}")
-    offsets = array.attrs.get("offsets")
+    offsets: Any = array.attrs.get("offsets")
     if offsets is not None and tuple(str(o) for o in list(offsets)[:3]) != SHORT_RANGE_OFFSETS:
         raise VolumeError(f"affinities {path}: channels 0, 1, 2 must be the short-range offsets "
                           f"{list(SHORT_RANGE_OFFSETS)}, but its offsets attribute records {list(offsets)}; infer "
@@ -267,10 +269,12 @@ def open_segmentation(path: str | Path) -> zarr.Array:
 def voxel_size_of(array: zarr.Array, default=DEFAULT_VOXEL_SIZE) -> tuple[float, float, float]:
     """The voxel size in nm recorded in an array's attrs (``voxel_size`` or ``resolution``), else ``default``."""
     for key in ("voxel_size", "resolution"):
-        value = array.attrs.get(key)
+        value: Any = array.attrs.get(key)
         if value is not None and len(value) >= 3:
-            return tuple(float(v) for v in value[:3])
-    return tuple(float(v) for v in default)
+            x, y, z = (float(v) for v in value[:3])
+            return x, y, z
+    x, y, z = (float(v) for v in default)
+    return x, y, z
 
 
 @dataclass
@@ -289,7 +293,7 @@ class NisbSeed:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Spatial shape in voxels, (X, Y, Z)."""
-        return tuple(self.img.shape[:3])
+        return triple(self.img.shape[:3])
 
     def image(self) -> da.Array:
         """The image as a lazy dask array, ``(X, Y, Z, C) uint8``, chunked like the store."""
@@ -304,7 +308,7 @@ class NisbSeed:
     def to_xarray(self) -> xr.Dataset:
         """A lazy :class:`xarray.Dataset` with ``img (x, y, z, c)`` and ``seg (x, y, z)``; coordinates in nm."""
         coords = {axis: np.arange(n) * size for axis, n, size in zip("xyz", self.shape, self.voxel_size)}
-        variables = {"img": (("x", "y", "z", "c"), self.image())}
+        variables: dict[str, tuple[tuple[str, ...], da.Array]] = {"img": (("x", "y", "z", "c"), self.image())}
         if self.seg is not None:
             variables["seg"] = (("x", "y", "z"), self.segmentation())
         attrs = {"voxel_size_nm": list(self.voxel_size), "axis_order": "xyz", "source": self.path}
@@ -403,7 +407,7 @@ def open_dataarray(path: str | Path) -> xr.DataArray:
     attributes kept. For stores whose root is an array, which ``xarray.open_zarr`` (groups only) cannot open; a
     group (a seed's ``data.zarr``, a multi-threshold segmentation) opens with ``xarray.open_zarr`` directly."""
     array = open_volume(path)
-    attrs = dict(array.attrs)
+    attrs: dict[str, Any] = dict(array.attrs)
     names = attrs.pop("_ARRAY_DIMENSIONS", None) or getattr(array.metadata, "dimension_names", None) \
         or list(attrs.get("axis_order", "")) or None
     if names is None or len(names) != array.ndim:

@@ -29,6 +29,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -474,7 +475,7 @@ def agglomerate_graph(n_regions: int, edges: EdgeStatistics, thresholds,
     u, v = edges.u.astype(np.int64).tolist(), edges.v.astype(np.int64).tolist()
     mean = scoring.kind == "mean"
     if mean:
-        stats = list(zip(edges.total.tolist(), edges.count.tolist()))
+        stats: list[Any] = list(zip(edges.total.tolist(), edges.count.tolist()))
         score_of = lambda s: _score_mean(*s)  # noqa: E731
         means = (edges.total / np.maximum(edges.count, 1)).astype(np.float32)
         initial = (1.0 - means.astype(np.float64)).astype(np.float32)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +119,9 @@ def fragment_block(affinities: np.ndarray, mask: np.ndarray | None, write_in_rea
     arrays = region_graph(fragments, values).arrays("edge-")
     arrays["first-voxel"] = first_voxels(fragments, n, origin, volume_shape)
     for axis in SPATIAL_AXES:
-        last = [slice(None)] * 3
+        last: list[Any] = [slice(None)] * 3
         last[axis] = -1
-        first = [slice(None)] * 3
+        first: list[Any] = [slice(None)] * 3
         first[axis] = 0
         arrays[f"upper-ids-{axis}"] = fragments[tuple(last)]
         arrays[f"upper-affinity-{axis}"] = values[axis][tuple(last)]

@@ -69,6 +69,7 @@ def decode_affinity_cc(affinities, threshold: float = 0.75, mask=None, *, thresh
     """
     values = check_thresholds(threshold if thresholds is None else thresholds)
     check_backend(backend)
+    segmentations: list
     if isinstance(affinities, da.Array):
         segmentations = _decode_dask(affinities, values, mask, backend, progress)
     else:
@@ -102,7 +103,7 @@ class _BlockInputs:
         self.chunk = affinities.to_delayed()[0]
         self.mask_chunk = mask.to_delayed() if mask is not None else None
         self.token = token
-        self._planes_of = {}
+        self._planes_of: dict = {}
 
     def _planes(self, source, name, block):
         """Task giving a chunk's last planes along x, y and z (one task serves all three upper neighbours)."""
@@ -138,20 +139,21 @@ def _label_and_store(affinities, halo_affinities, thresholds, backend, mask=None
 
     ``halo_affinities`` / ``halo_mask``: per axis, the lower neighbour's :func:`upper_planes` (or None)."""
     labelled = label_block(affinities, _along_axes(halo_affinities), thresholds, mask, _along_axes(halo_mask), backend)
-    if scratch is None:
+    if scratch is None or block_id is None:
         return without_labels(labelled)
     for t, block_labels in enumerate(labelled):
+        assert block_labels.labels is not None  # label_block keeps each block's labels
         scratch.write(t, block_id, block_labels.labels)
     scratch.write_faces(block_id, labelled)
-    summary = [b._replace(labels=None, halo_faces=None, upper_faces=None) for b in labelled]
-    if marker is not None:
+    summary = [b._replace(labels=None, halo_faces=(), upper_faces=()) for b in labelled]
+    if marker is not None and run_id is not None:
         write_marker(marker, run_id, json.dumps([[b.count, b.nan_count] for b in summary]).encode())
     return summary
 
 
 def _summary_from_marker(payload: bytes) -> list[BlockLabels]:
     """A finished label task's summary, from its marker's payload."""
-    return [BlockLabels(None, None, None, int(count), int(nan)) for count, nan in json.loads(payload)]
+    return [BlockLabels(None, (), (), int(count), int(nan)) for count, nan in json.loads(payload)]
 
 
 def _block_summary(block, block_id: int, lower: list, lower_ids: list, label_bits: int,

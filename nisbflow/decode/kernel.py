@@ -238,7 +238,7 @@ def label_affinities(bits: np.ndarray, threshold: float, dtype, labels_dtype=Non
     when the count allows).
     """
     labels, wide = _label_array(bits.shape[1:], labels_dtype)
-    n = int(_label_affinity_bits(bits, *threshold_bits(dtype, threshold), labels))
+    n = int(_label_affinity_bits(bits, *threshold_bits(dtype, threshold), labels))  # type: ignore[call-arg]  # numba
     return _narrowed(labels, n, wide), n
 
 

@@ -11,7 +11,7 @@ import io
 import logging
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import dask
 import fsspec
@@ -251,7 +251,7 @@ def segmentation_attrs(source, affinities, mask, run: RunSettings | None, thresh
 
 
 def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: int, target: str, attrs: dict, grid,
-                  numbering: SegmentNumbering, zarr_format: int, token: str, progress: bool) -> None:
+                  numbering: SegmentNumbering, zarr_format: Literal[2, 3], token: str, progress: bool) -> None:
     """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
     (created as an OME-NGFF image group, and its markers dropped, unless this run created it)."""
     level = output_array(target, staged.layout)

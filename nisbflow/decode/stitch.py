@@ -10,7 +10,7 @@ local label`` (the block's linear index in C order in the high bits).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -28,14 +28,15 @@ class BlockLabels(NamedTuple):
 
     ``labels (x, y, z) uint32``: local ids of the write region (may be None once written to disk);
     ``halo_faces[a] ``: local ids on the halo plane below the write region along axis ``a`` (None at the volume's
-    lower face); ``upper_faces[a]``: local ids on the write region's last plane along ``a``; ``count``: local ids
+    lower face); ``upper_faces[a]``: local ids on the write region's last plane along ``a`` (both empty tuples in
+    a summary whose faces went to scratch); ``count``: local ids
     1..count are in use (halo-only components included); ``nan_count``: NaN affinities in the write region.
     """
 
     labels: np.ndarray | None
     halo_faces: tuple
     upper_faces: tuple
-    count: int
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, which nothing here calls
     nan_count: int = 0
 
 
@@ -44,10 +45,11 @@ def upper_planes(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     size 1 (the halo planes of its upper neighbours)."""
     planes = []
     for axis in SPATIAL_AXES:
-        index = [slice(None)] * block.ndim
+        index: list[Any] = [slice(None)] * block.ndim
         index[block.ndim - 3 + axis] = slice(-1, None)
         planes.append(np.ascontiguousarray(block[tuple(index)]))
-    return tuple(planes)
+    x, y, z = planes
+    return x, y, z
 
 
 def label_block(affinities, halo_affinities, thresholds, mask=None, halo_mask=(None, None, None),
@@ -98,7 +100,7 @@ def _halo_plane(labels: np.ndarray, halo: tuple, axis: int) -> np.ndarray | None
     """The read region's halo plane below the write region along ``axis`` (None where there is no halo)."""
     if not halo[axis]:
         return None
-    index = [slice(h, None) for h in halo]
+    index: list[Any] = [slice(h, None) for h in halo]
     index[axis] = 0
     return np.ascontiguousarray(labels[tuple(index)])
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nisbflow.errors import NisbflowError
+from nisbflow.region import triple
 
 RUNTIME_BYTES = 600 * 2**20
 """A worker process with torch and the model loaded, before any block (measured about 0.45 GiB; a margin added)."""
@@ -118,7 +119,7 @@ def task_peak(model_config, window, block_shape, n_channels: int, batch: int) ->
     import math
 
     voxels = math.prod(window)
-    activations = int(WORKSPACE_FACTOR * activation_bytes(model_config, tuple(int(w) for w in window)))
+    activations = int(WORKSPACE_FACTOR * activation_bytes(model_config, triple(window)))
     network = batch * (activations + 4 * voxels)
     sums = (n_channels + 1) * math.prod(int(b) for b in block_shape) * 4
     return TaskMemory(batch, RUNTIME_BYTES, network, sums)

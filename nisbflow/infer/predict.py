@@ -99,7 +99,8 @@ def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), 
     grid = window_grid(shape, window, stride)
     weight = blending_weight(window)
     starts = list(itertools.product(*grid))
-    total, weights = None, np.zeros(padded_shape(shape, window), dtype=np.float32)
+    weights = np.zeros(padded_shape(shape, window), dtype=np.float32)
+    total: np.ndarray | None = None
     model = model.to(device).eval()
     for i in range(0, len(starts), sw_batch_size):
         batch = starts[i:i + sw_batch_size]
@@ -111,6 +112,7 @@ def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), 
             region = tuple(slice(s, s + w) for s, w in zip(start, window))
             total[(slice(None),) + region] += prediction * weight
             weights[region] += weight
+    assert total is not None  # a volume has at least one window
     result = total / weights
     result = result[(slice(None),) + tuple(slice(0, s) for s in shape)]
     return result.astype(output_dtype)

@@ -211,7 +211,8 @@ def _cached_network(reference: str, sha256: str, device: str, compiled: bool | s
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a block
-        model = torch.compile(model, dynamic=False, mode=compiled if isinstance(compiled, str) else None)
+        return torch.compile(model, dynamic=False,  # type: ignore[return-value]  # an OptimizedModule
+                             mode=compiled if isinstance(compiled, str) else None)
     return model
 
 

@@ -11,11 +11,14 @@ logits (tests/test_peers.py, on fixtures made with MIC-DKFZ's own code).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from nisbflow.config.schema import MEDNEXT_DOWNSAMPLING, ModelConfig
 
-_VARIANTS = {  # MONAI create_mednext's settings per size, so other init_filters keep the same architecture
+# MONAI create_mednext's settings per size, so other init_filters keep the same architecture
+_VARIANTS: dict[str, dict[str, Any]] = {
     "S": dict(encoder_expansion_ratio=2, decoder_expansion_ratio=2, bottleneck_expansion_ratio=2,
               blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2)),
     "B": dict(encoder_expansion_ratio=(2, 3, 4, 4), decoder_expansion_ratio=(4, 4, 3, 2), bottleneck_expansion_ratio=4,
@@ -55,10 +58,11 @@ def _with_mic_dkfz_down_blocks(network: torch.nn.Module, config: ModelConfig) ->
     variant = _VARIANTS[config.size]
     ratios = _expanded(variant["encoder_expansion_ratio"])
     following = ratios[1:] + [variant["bottleneck_expansion_ratio"]]
-    for i in range(len(network.down_blocks)):
+    down_blocks: Any = network.down_blocks  # a torch ModuleList
+    for i in range(len(down_blocks)):
         if following[i] == ratios[i]:
             continue
-        network.down_blocks[i] = MedNeXtDownBlock(
+        down_blocks[i] = MedNeXtDownBlock(
             in_channels=config.init_filters * 2 ** i, out_channels=config.init_filters * 2 ** (i + 1),
             expansion_ratio=following[i], kernel_size=config.kernel_size, use_residual_connection=True,
             norm_type="group", dim="3d")

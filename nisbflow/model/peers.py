@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nisbflow.config.schema import ModelConfig
 from nisbflow.config.tree import get as tree_get
@@ -34,7 +35,7 @@ def _defaultdict_as_dict(default_factory=None, *items):
     return dict(*items)
 
 
-READ_AS = [(_defaultdict_as_dict, "collections.defaultdict"), float]
+READ_AS: list[Any] = [(_defaultdict_as_dict, "collections.defaultdict"), float]
 """Globals the weights-only unpickler may meet in a Lightning checkpoint beyond torch's own: a defaultdict (read as
 a dict) and its ``float`` default factory."""
 

@@ -88,7 +88,6 @@ class StagedRun:
                                    overwrite=overwrite, force=force, log=self.log)
         self.workers = WorkerVisibility(self.inputs, checkpoint)
         self.markers: Markers | None = None
-        self.run_id: str | None = None
         self.resumed = False
         self._lock_token: str | None = None
         self._run_lock: RunLock | None = None
@@ -265,13 +264,18 @@ class StagedRun:
                                             indent=1).encode())
 
     def _start(self, run_id: str, resumed: bool) -> None:
-        self.run_id, self.resumed = run_id, resumed
+        self.resumed = resumed
         self.markers = Markers(self._fs, self._staging, run_id, output=self.output, log=self.log)
 
     def _opened(self) -> Markers:
         if self.markers is None:
             raise RuntimeError(f"output {self.output}: the staged run is not open (use it as a context manager)")
         return self.markers
+
+    @property
+    def run_id(self) -> str:
+        """This run's id (in its manifest, its markers and the ``nisbflow_run`` attribute of what it creates)."""
+        return self._opened().run_id
 
     # -- blocks
     def pending(self, work: BlockwisePass) -> BlockPass:

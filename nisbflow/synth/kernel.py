@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -62,7 +63,7 @@ class SynthParams:
             raise ValueError(f"voxel_size must be positive nm, got {self.voxel_size}")
 
 
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "thin": dict(axon_radius_nm=(30.0, 60.0), dendrite_radius_nm=(80.0, 160.0), dendrite_fraction=0.15,
                  membrane_width_nm=7.0, max_gap_nm=150.0),
     "slice_defects": dict(dropped_slice_probability=0.03, shifted_slice_probability=0.03),
@@ -626,7 +627,7 @@ def _add_noise(origin, image, sigma, seed):
                 image[x, y, z] += sigma * math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-def _select_segments(forest: NeuriteForest, low_nm: np.ndarray, high_nm: np.ndarray, reach: float):
+def _select_segments(forest: NeuriteForest | ForestRegion, low_nm: np.ndarray, high_nm: np.ndarray, reach: float):
     """Segments (in forest order) whose capsule comes within ``reach`` nm of the box [low, high] (nm)."""
     start, end, radius, neuron = forest.segment_arrays
     box_low = np.minimum(start, end) - radius[:, None]
@@ -724,7 +725,7 @@ def _bin_boxes(item_low, item_high, box_low, box_high, blocks) -> list[np.ndarra
     return [item[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def rasterise_region(forest: NeuriteForest, params: SynthParams, origin, shape, shift_nm=(0.0, 0.0)):
+def rasterise_region(forest: NeuriteForest | ForestRegion, params: SynthParams, origin, shape, shift_nm=(0.0, 0.0)):
     """Labels and noise-free intensity of the voxel region ``origin + [0, shape)`` (x, y, z; may leave the volume).
 
     Returns ``labels (X, Y, Z) uint32`` and ``intensity (X, Y, Z) float32`` (grey levels before blur and noise).
@@ -760,7 +761,7 @@ def blur_halo(params: SynthParams) -> tuple[int, int, int]:
     return triple(4.0 * s + 0.5 for s in params.blur_sigma_voxels)
 
 
-def render_block(forest: NeuriteForest, params: SynthParams, origin, shape):
+def render_block(forest: NeuriteForest | ForestRegion, params: SynthParams, origin, shape):
     """The finished image and segmentation of one write region, ``origin + [0, shape)`` in voxels (x, y, z).
 
     Returns ``image (X, Y, Z) uint8`` and ``segmentation (X, Y, Z) uint32``; the read region adds the blur halo,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import dask
 import networkx as nx
@@ -21,6 +22,7 @@ import zarr
 from ..data.chunks import open_for_writing
 from ..data.skeleton import save_skeleton, summarize_skeleton
 from ..blocks import BlockGrid
+from ..region import triple
 from ..staging import BlockwisePass, StagedRun, default_log, staged_output, write_marker
 from ..data.ngff import named_axes
 from ..data.volumes import output_attrs
@@ -58,7 +60,7 @@ def make_params(shape, seed: int = 0, presets=(), **overrides) -> SynthParams:
             raise ValueError(f"unknown synthetic preset '{name}'; choose from {', '.join(PRESETS)}")
         values.update(PRESETS[key])
     values.update(overrides)
-    return SynthParams(shape=tuple(int(v) for v in shape), seed=int(seed), **values)
+    return SynthParams(shape=triple(shape), seed=int(seed), **values)
 
 
 def _node_voxels(forest: NeuriteForest, params: SynthParams) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +89,7 @@ def _write_block(forest: ForestRegion, params, store: str, origin, shape, node_v
         "n_voxels": int(segmentation.size),
     }
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in result.items()})
+    np.savez(buffer, **{k: np.asarray(v) for k, v in result.items()})  # type: ignore[arg-type]  # numpy's stub
     write_marker(marker, run_id, buffer.getvalue())
     return result
 
@@ -129,7 +131,7 @@ def synthesize_seed(
     *,
     presets=(),
     chunks=DEFAULT_CHUNKS,
-    zarr_format: int = 2,
+    zarr_format: Literal[2, 3] = 2,
     overwrite: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -176,8 +178,8 @@ def synthesize_seed(
     return summary
 
 
-def _create_seed_store(store: str, params, grid: BlockGrid, zarr_format: int, description: str, settings: dict,
-                       run_id: str) -> None:
+def _create_seed_store(store: str, params, grid: BlockGrid, zarr_format: Literal[2, 3], description: str,
+                       settings: dict, run_id: str) -> None:
     """The seed's empty zarr group: ``img (X, Y, Z, 1) uint8`` and ``seg (X, Y, Z) uint32``, chunked by the grid,
     with the attributes that say what they are and which run made them."""
     group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
@@ -218,7 +220,7 @@ def _render_blocks(staged, work, grid: BlockGrid, forest, params, node_voxels, b
         corner = tuple(int(o) for o in grid.origin(index))
         size = grid.write_region(index).shape
         tasks[key] = dask.delayed(_write_block, pure=False)(
-            regions[tuple(int(i) for i in index)], params, staged.data, corner, size,
+            regions[triple(index)], params, staged.data, corner, size,
             node_voxels[block_nodes[grid.linear(index)]], staged.marker("synth", key), staged.run_id,
             dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}")
     computed = compute_tasks(list(tasks.values()), f"synth seed {seed}", progress=progress, num_workers=num_workers)
@@ -249,8 +251,8 @@ def write_preview(store_path: str, png: str | Path, title: str = "", max_side: i
     """Save slices of a seed's image and segmentation to ``png`` (reads one XY and one XZ slice only)."""
     from .preview import save_preview
 
-    img = zarr.open_array(f"{store_path}/img", mode="r")
-    seg = zarr.open_array(f"{store_path}/seg", mode="r")
+    img: Any = zarr.open_array(f"{store_path}/img", mode="r")  # numpy arrays where read
+    seg: Any = zarr.open_array(f"{store_path}/seg", mode="r")
     x, y, z = seg.shape
     crop = (slice(0, min(x, max_side)), slice(0, min(y, max_side)))
     image_xy, seg_xy = img[crop + (slice(z // 2, z // 2 + 1), 0)], seg[crop + (slice(z // 2, z // 2 + 1),)]

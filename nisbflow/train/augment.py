@@ -10,6 +10,7 @@ in-plane), intensity scale/shift, Gaussian noise. Each group fires with probabil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def augment(image: np.ndarray, segmentation: np.ndarray, rng: np.random.Generato
     segmentation = np.ascontiguousarray(segmentation)
     if settings.drop_slice_prob > 0 and rng.random() < 0.5:
         axis = int(rng.integers(3))
-        index = [slice(None)] * 3
+        index: list[Any] = [slice(None)] * 3
         index[axis] = rng.random(image.shape[axis]) < settings.drop_slice_prob
         image[tuple(index)] = 0
     if settings.shift_slice_prob > 0 and rng.random() < 0.5:

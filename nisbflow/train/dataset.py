@@ -15,6 +15,7 @@ import torch
 
 from nisbflow.data.affinities import BANIS_OFFSETS, affinities
 from nisbflow.errors import ConfigError
+from nisbflow.region import triple
 from nisbflow.train.augment import Augmentations, augment
 
 
@@ -49,7 +50,7 @@ class AffinityCrops(torch.utils.data.Dataset):
         crop = np.array(self.patch_size) + self.context
         self.shapes = []
         for path in self.seeds:
-            shape = open_seed(path).seg.shape
+            shape = open_seed(path).segmentation().shape  # a seed without seg is refused there, in one line
             if np.any(np.array(shape) < crop):
                 raise ConfigError(f"seed {path}: volume {tuple(shape)} is smaller than a crop of "
                                  f"{tuple(crop.tolist())} voxels (data.patch_size + context); use larger "
@@ -77,7 +78,7 @@ class AffinityCrops(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, index])
         seed_index = int(rng.integers(len(self.seeds)))
         crop = np.array(self.patch_size) + self.context
-        position = tuple(int(rng.integers(0, s - c + 1)) for s, c in zip(self.shapes[seed_index], crop))
+        position = triple(int(rng.integers(0, s - c + 1)) for s, c in zip(self.shapes[seed_index], crop))
         return seed_index, position
 
     def __getitem__(self, index: int) -> dict:
@@ -90,7 +91,7 @@ class AffinityCrops(torch.utils.data.Dataset):
         image = (image[..., 0] if image.ndim == 4 else image).astype(np.float32) / 255.0
         segmentation = np.asarray(volume.seg[crop])
         if self.relabel is not None:
-            segmentation = cc3d.connected_components(segmentation, connectivity=self.relabel)
+            segmentation = cc3d.connected_components(segmentation, connectivity=self.relabel)  # type: ignore[call-overload]  # cc3d's stub
         if self.augmentations is not None:
             image, segmentation = augment(image, segmentation, np.random.default_rng([self.seed, index, 1]),
                                           self.augmentations)
