@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install demo test test-slow benchmark clean
+.PHONY: install demo test test-slow format benchmark clean
 
 $(STAMP): pyproject.toml deploy/install.sh
 	VENV=$(VENV) PYTHON=$(PYTHON) EXTRAS=dev deploy/install.sh
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+format: $(STAMP)
+	$(BIN)/ruff format nisbflow cli
+	$(BIN)/ruff check --fix nisbflow cli
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/synth.py

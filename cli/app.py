@@ -76,15 +76,22 @@ app = typer.Typer(
     cls=RootGroup,
     context_settings=HELP_OPTIONS,
 )
-config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True, cls=ReadableGroup,
-                         context_settings=HELP_OPTIONS)
-skeleton_app = typer.Typer(help="Work with NISB skeletons (skeleton.pkl).", no_args_is_help=True, cls=ReadableGroup,
-                           context_settings=HELP_OPTIONS)
+config_app = typer.Typer(
+    help="Inspect the resolved configuration.", no_args_is_help=True, cls=ReadableGroup, context_settings=HELP_OPTIONS
+)
+skeleton_app = typer.Typer(
+    help="Work with NISB skeletons (skeleton.pkl).",
+    no_args_is_help=True,
+    cls=ReadableGroup,
+    context_settings=HELP_OPTIONS,
+)
 app.add_typer(config_app, name="config")
 app.add_typer(skeleton_app, name="skeleton")
-model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True, cls=ReadableGroup,
-                        context_settings=HELP_OPTIONS)
+model_app = typer.Typer(
+    help="Model checkpoints.", no_args_is_help=True, cls=ReadableGroup, context_settings=HELP_OPTIONS
+)
 app.add_typer(model_app, name="model")
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -97,8 +104,9 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main_options(
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error instead of one line."),
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print nisbflow's version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print nisbflow's version and exit."
+    ),
 ):
     """Dense neuron segmentation of EM volumes at scale: the NISB BANIS baseline as Dask graphs over zarr."""
     OPTIONS["debug"] = debug

@@ -11,8 +11,7 @@ from nisbflow_cli.options import Cluster, ConfigFile, Mode, Overrides
 
 @config_app.command("show")
 @friendly_errors
-def config_show(overrides: Overrides = None, config: ConfigFile = None, cluster: Cluster = None,
-                mode: Mode = "train"):
+def config_show(overrides: Overrides = None, config: ConfigFile = None, cluster: Cluster = None, mode: Mode = "train"):
     """Print the resolved configuration as YAML: defaults ← --config file ← KEY=VALUE overrides. A PyTorch
     Connectomics file is read for --mode and the YAML starts with what became of each of its keys (set, matches,
     ignored, refused). On SLURM (--cluster slurm or system.cluster: slurm) it ends with each worker job setting,

@@ -13,8 +13,15 @@ from nisbflow.errors import NisbflowError
 errors = Console(stderr=True)
 
 
-OPTIONAL_EXTRAS = {"cupy": "gpu", "cupy_backends": "gpu", "dask_cuda": "gpu", "dask_jobqueue": "slurm",
-                   "kimimaro": "skeleton", "s3fs": "cloud", "gcsfs": "cloud"}
+OPTIONAL_EXTRAS = {
+    "cupy": "gpu",
+    "cupy_backends": "gpu",
+    "dask_cuda": "gpu",
+    "dask_jobqueue": "slurm",
+    "kimimaro": "skeleton",
+    "s3fs": "cloud",
+    "gcsfs": "cloud",
+}
 """Optional packages and the nisbflow extra that installs each."""
 
 OPTIONS = {"debug": False}
@@ -36,8 +43,10 @@ def one_line(error: BaseException) -> str:
         reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
         staging = getattr(error, "nisbflow_staging", None)
         if error.errno in (errno.ENOSPC, errno.EDQUOT) and staging:
-            return (f"{reason} while writing {error.filename or staging}; the finished blocks are kept in {staging}: "
-                    "free space (or raise the quota) and re-run the same command to resume, or delete that folder")
+            return (
+                f"{reason} while writing {error.filename or staging}; the finished blocks are kept in {staging}: "
+                "free space (or raise the quota) and re-run the same command to resume, or delete that folder"
+            )
         return f"{error.filename}: {reason}" if error.filename else reason
     return f"{type(error).__name__}: {error}"
 

@@ -16,8 +16,10 @@ from nisbflow_cli.app import app
 
 __all__ = ["app", "main"]
 
+
 def main():  # pragma: no cover - console-script entry
     app()
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

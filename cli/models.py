@@ -15,19 +15,25 @@ from nisbflow_cli.tables import console, models_table, say
 @friendly_errors
 def model_init(
     output: str = typer.Argument(..., help="Checkpoint file to write (.pt)."),
-    arch: str = typer.Option("mednext-s", "--arch", help="mednext-s (BANIS: MedNeXt-S, kernel 3, 1 → 6 channels) or "
-                                                         "tiny (4 initial filters, for CPU tests and smoke runs)."),
+    arch: str = typer.Option(
+        "mednext-s",
+        "--arch",
+        help="mednext-s (BANIS: MedNeXt-S, kernel 3, 1 → 6 channels) or "
+        "tiny (4 initial filters, for CPU tests and smoke runs).",
+    ),
     seed: int = typer.Option(0, help="Random seed of the initial weights."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing weights-only checkpoint nisbflow "
-                                                                "wrote."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing weights-only checkpoint nisbflow wrote."
+    ),
     force: CheckpointForce = False,
 ):
     """Write a randomly initialised checkpoint (model configuration + weights) for tests and smoke runs."""
     from nisbflow.jobs import model_init as model_init_job
 
     report = model_init_job(output, arch=arch, seed=seed, overwrite=overwrite, force=force)
-    console.print(f"wrote {report.output}: {report.arch}, {report.parameters:,} parameters, random weights "
-                  f"(seed {report.seed})")
+    console.print(
+        f"wrote {report.output}: {report.arch}, {report.parameters:,} parameters, random weights (seed {report.seed})"
+    )
 
 
 @model_app.command("export")
@@ -36,35 +42,56 @@ def model_export(
     checkpoint: str = typer.Argument(..., help="Training checkpoint (e.g. run/checkpoints/best-step-4000.pt)."),
     output: str = typer.Argument(..., help="Weights-only checkpoint to write (.pt)."),
     command: str | None = typer.Option(None, help="The command that trained it, recorded in the metadata."),
-    config_yaml: str | None = typer.Option(None, "--config-yaml", help="Also write the configuration it was "
-                                              "trained with as YAML (usable with --config)."),
-    overrides: list[str] | None = typer.Argument(None, help="key.path=value changes to that YAML (e.g. a tuned "
-                                                               "decoding.threshold)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files nisbflow wrote (not a "
-                                   "training checkpoint: its optimizer and RNG state would be lost)."),
+    config_yaml: str | None = typer.Option(
+        None, "--config-yaml", help="Also write the configuration it was trained with as YAML (usable with --config)."
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="key.path=value changes to that YAML (e.g. a tuned decoding.threshold)."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace existing files nisbflow wrote (not a "
+        "training checkpoint: its optimizer and RNG state would be lost).",
+    ),
     force: CheckpointForce = False,
 ):
     """Copy a checkpoint without its optimizer state (about a third of the size), keeping its configuration."""
     from nisbflow.jobs import model_export as model_export_job
 
-    report = model_export_job(checkpoint, output, command=command, config_yaml=config_yaml, overrides=overrides or [],
-                              overwrite=overwrite, force=force)
+    report = model_export_job(
+        checkpoint,
+        output,
+        command=command,
+        config_yaml=config_yaml,
+        overrides=overrides or [],
+        overwrite=overwrite,
+        force=force,
+    )
     if report.config_yaml:
         console.print(f"wrote {report.config_yaml}")
-    console.print(f"wrote {report.output}: {report.mebibytes:.2f} MiB, step {report.metadata.get('step', '?')}, "
-                  f"source sha256 {report.metadata['source_sha256']}")
+    console.print(
+        f"wrote {report.output}: {report.mebibytes:.2f} MiB, step {report.metadata.get('step', '?')}, "
+        f"source sha256 {report.metadata['source_sha256']}"
+    )
 
 
 @model_app.command("import")
 @friendly_errors
 def model_import(
-    checkpoint: str = typer.Argument(..., help="A BANIS Lightning .ckpt (last.ckpt) or a PyTorch Connectomics "
-                                               "checkpoint of MIC-DKFZ's MedNeXt."),
+    checkpoint: str = typer.Argument(
+        ..., help="A BANIS Lightning .ckpt (last.ckpt) or a PyTorch Connectomics checkpoint of MIC-DKFZ's MedNeXt."
+    ),
     output: str = typer.Argument(..., help="nisbflow checkpoint to write (.pt)."),
-    weights: str = typer.Option("auto", "--weights", help="auto (the EMA weights when the checkpoint keeps them, as "
-                                "PyTorch Connectomics validates with them), ema, or raw (the training weights)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing weights-only checkpoint nisbflow "
-                                                                "wrote."),
+    weights: str = typer.Option(
+        "auto",
+        "--weights",
+        help="auto (the EMA weights when the checkpoint keeps them, as "
+        "PyTorch Connectomics validates with them), ema, or raw (the training weights).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing weights-only checkpoint nisbflow wrote."
+    ),
     force: CheckpointForce = False,
 ):
     """Convert a BANIS or PyTorch Connectomics checkpoint into a nisbflow .pt, with the architecture read off its
@@ -74,8 +101,10 @@ def model_import(
     report = model_import_job(checkpoint, output, weights=weights, overwrite=overwrite, force=force)
     for note in report.notes:
         console.print(note)
-    console.print(f"wrote {report.output}: MedNeXt-{report.model.size}, kernel {report.model.kernel_size}, "
-                  f"width {report.model.init_filters}, {report.weights} weights")
+    console.print(
+        f"wrote {report.output}: MedNeXt-{report.model.size}, kernel {report.model.kernel_size}, "
+        f"width {report.model.init_filters}, {report.weights} weights"
+    )
 
 
 @model_app.command("list")
@@ -95,8 +124,9 @@ def model_list():
 @friendly_errors
 def train(
     config: ConfigFile = None,
-    run_dir: str | None = typer.Option(None, "--run-dir", help="Run folder to write or resume (default "
-                                                                  "<save_path>/<timestamp>)."),
+    run_dir: str | None = typer.Option(
+        None, "--run-dir", help="Run folder to write or resume (default <save_path>/<timestamp>)."
+    ),
     overrides: Overrides = None,
 ):
     """Train the affinity model (BANIS train_base_long by default) with PyTorch DDP.
@@ -110,5 +140,6 @@ def train(
 
     report = train_job(config=config, run_dir=run_dir, overrides=overrides or [], log=say)
     if report.rank0:
-        console.print(f"trained {report.steps} steps → {report.run}/checkpoints/last.pt "
-                      f"(TensorBoard: {report.run}/tensorboard)")
+        console.print(
+            f"trained {report.steps} steps → {report.run}/checkpoints/last.pt (TensorBoard: {report.run}/tensorboard)"
+        )

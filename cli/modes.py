@@ -10,8 +10,19 @@ import typer
 from nisbflow_cli.app import app
 from nisbflow_cli.errors import friendly_errors
 from nisbflow_cli.tables import say
-from nisbflow_cli.options import (Cluster, ConfigFile, DashboardAddress, InferenceChunks, MemoryLimit, Mode,
-                                  Overrides, Params, Weights, Workers, with_weights)
+from nisbflow_cli.options import (
+    Cluster,
+    ConfigFile,
+    DashboardAddress,
+    InferenceChunks,
+    MemoryLimit,
+    Mode,
+    Overrides,
+    Params,
+    Weights,
+    Workers,
+    with_weights,
+)
 
 
 def tuned_params_said(checkpoint: str, config: str, overrides: list) -> str | None:
@@ -22,30 +33,39 @@ def tuned_params_said(checkpoint: str, config: str, overrides: list) -> str | No
     found = tuned_params(checkpoint, config=config, overrides=overrides)
     if found is None:
         return None
-    say(f"--mode test: decoding with {found}, the tuning of this checkpoint (--mode tune wrote it); --params FILE "
-        "for another, or KEY=VALUE decoding.threshold=… to override it")
+    say(
+        f"--mode test: decoding with {found}, the tuning of this checkpoint (--mode tune wrote it); --params FILE "
+        "for another, or KEY=VALUE decoding.threshold=… to override it"
+    )
     return str(found)
 
 
-def train_run_dir(checkpoint: str | None, params: str | None = None,
-                  weights: str | None = None) -> str | None:
+def train_run_dir(checkpoint: str | None, params: str | None = None, weights: str | None = None) -> str | None:
     """The run folder a train-mode ``--checkpoint`` resumes: ``<run>/checkpoints/last.pt`` → ``<run>``. Train mode
     takes neither ``--params`` nor ``--weights``."""
     if params is not None or weights is not None:
-        raise typer.BadParameter("--params and --weights are for --mode test, tune and tune-test (they choose what a "
-                                 "trained model decodes and predicts with)", param_hint="--params")
+        raise typer.BadParameter(
+            "--params and --weights are for --mode test, tune and tune-test (they choose what a "
+            "trained model decodes and predicts with)",
+            param_hint="--params",
+        )
     if checkpoint is None:
         return None
     path = Path(checkpoint)
     if path.name == "last.ckpt" and path.parent.name == "checkpoints" and not path.exists():
         if path.with_suffix(".pt").is_file():  # PyTC's tutorial names last.ckpt; nisbflow's run holds last.pt
-            raise typer.BadParameter(f"{checkpoint} does not exist, but {path.with_suffix('.pt')} does (nisbflow "
-                                     "writes .pt checkpoints where PyTorch Connectomics writes .ckpt): give that "
-                                     "file to resume", param_hint="--checkpoint")
+            raise typer.BadParameter(
+                f"{checkpoint} does not exist, but {path.with_suffix('.pt')} does (nisbflow "
+                "writes .pt checkpoints where PyTorch Connectomics writes .ckpt): give that "
+                "file to resume",
+                param_hint="--checkpoint",
+            )
     if path.name != "last.pt" or path.parent.name != "checkpoints":
-        raise typer.BadParameter(f"--mode train resumes a nisbflow run from its <run>/checkpoints/last.pt, not "
-                                 f"{checkpoint}; to start from other weights, import them (nisbflow model import)",
-                                 param_hint="--checkpoint")
+        raise typer.BadParameter(
+            f"--mode train resumes a nisbflow run from its <run>/checkpoints/last.pt, not "
+            f"{checkpoint}; to start from other weights, import them (nisbflow model import)",
+            param_hint="--checkpoint",
+        )
     return str(path.parent.parent)
 
 
@@ -54,9 +74,13 @@ def train_run_dir(checkpoint: str | None, params: str | None = None,
 def run(
     config: ConfigFile = None,
     mode: Mode = "train",
-    checkpoint: str | None = typer.Option(None, "--checkpoint", help="test/tune/tune-test: the model (a nisbflow "
-                                             ".pt, a BANIS or PyTorch Connectomics .ckpt, or a shipped model's "
-                                             "name); train: <run>/checkpoints/last.pt to resume."),
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="test/tune/tune-test: the model (a nisbflow "
+        ".pt, a BANIS or PyTorch Connectomics .ckpt, or a shipped model's "
+        "name); train: <run>/checkpoints/last.pt to resume.",
+    ),
     chunks: InferenceChunks = None,
     cluster: Cluster = None,
     workers: Workers = None,
@@ -90,9 +114,18 @@ def run(
         raise typer.BadParameter(f"--mode {mode} needs --checkpoint: the model to run", param_hint="--checkpoint")
     if mode == "test" and params is None:
         params = tuned_params_said(checkpoint, config, with_weights(overrides, weights))
-    shared = dict(checkpoint=checkpoint, config=config, chunks=chunks, cluster=cluster, workers=workers,
-                  memory_limit=memory_limit, dashboard_address=dashboard_address, params=params, overrides=overrides,
-                  weights=weights)
+    shared = dict(
+        checkpoint=checkpoint,
+        config=config,
+        chunks=chunks,
+        cluster=cluster,
+        workers=workers,
+        memory_limit=memory_limit,
+        dashboard_address=dashboard_address,
+        params=params,
+        overrides=overrides,
+        weights=weights,
+    )
     if mode == "test":
         test_command(**shared)
     else:

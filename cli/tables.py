@@ -23,25 +23,39 @@ def metrics_table(result, dense=None, title: str = "evaluation") -> Table:
         ("NERL", f"{result.nerl:.4f}"),
         ("ERL (µm)", f"{result.erl / 1000:.2f}"),
         ("max ERL, ground truth (µm)", f"{result.max_erl / 1000:.2f}"),
-        ("NERL ignoring mergers ≤5 / ≤20 / ≤100 / all nodes",
-         f"{result.nerl_5:.4f} / {result.nerl_20:.4f} / {result.nerl_100:.4f} / {result.nerl_inf:.4f}"),
-        ("VOI split / merge / sum (bits, nodes)",
-         f"{result.voi_split:.4f} / {result.voi_merge:.4f} / {result.voi_sum:.4f}"),
-        ("mergers between neurons / with background", f"{result.n_non0_mergers} / "
-                                                       f"{result.n_mergers - result.n_non0_mergers}"),
-        ("split edges / omitted edges / merged edges",
-         f"{result.n_splits} / {result.n_omitted} / {result.n_merged_edges}"),
+        (
+            "NERL ignoring mergers ≤5 / ≤20 / ≤100 / all nodes",
+            f"{result.nerl_5:.4f} / {result.nerl_20:.4f} / {result.nerl_100:.4f} / {result.nerl_inf:.4f}",
+        ),
+        (
+            "VOI split / merge / sum (bits, nodes)",
+            f"{result.voi_split:.4f} / {result.voi_merge:.4f} / {result.voi_sum:.4f}",
+        ),
+        (
+            "mergers between neurons / with background",
+            f"{result.n_non0_mergers} / {result.n_mergers - result.n_non0_mergers}",
+        ),
+        (
+            "split edges / omitted edges / merged edges",
+            f"{result.n_splits} / {result.n_omitted} / {result.n_merged_edges}",
+        ),
         ("skeletons with edges (scored) / nodes", f"{result.n_skeletons} / {result.n_nodes}"),
         ("merge threshold (nodes)", f"{result.merge_threshold:g}"),
     ]
     if getattr(result, "em_erl", None) is not None:
         pytc = result.em_erl
-        rows += [(f"NERL, PyTorch Connectomics (em_erl, merge threshold {pytc.merge_threshold})", f"{pytc.nerl:.4f}"),
-                 ("  ERL / max ERL (PyTC's lengths)", f"{pytc.erl:.6g} / {pytc.max_erl:.6g}")]
+        rows += [
+            (f"NERL, PyTorch Connectomics (em_erl, merge threshold {pytc.merge_threshold})", f"{pytc.nerl:.4f}"),
+            ("  ERL / max ERL (PyTC's lengths)", f"{pytc.erl:.6g} / {pytc.max_erl:.6g}"),
+        ]
     if dense is not None:
-        rows += [("adapted Rand error (precision, recall)",
-                  f"{dense.adapted_rand_error:.4f} ({dense.rand_precision:.4f}, {dense.rand_recall:.4f})"),
-                 ("dense VOI split / merge (bits)", f"{dense.voi_split:.4f} / {dense.voi_merge:.4f}")]
+        rows += [
+            (
+                "adapted Rand error (precision, recall)",
+                f"{dense.adapted_rand_error:.4f} ({dense.rand_precision:.4f}, {dense.rand_recall:.4f})",
+            ),
+            ("dense VOI split / merge (bits)", f"{dense.voi_split:.4f} / {dense.voi_merge:.4f}"),
+        ]
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -73,8 +87,14 @@ def dense_table(rows, gt: str) -> Table:
     for column in ("threshold", "segments", "adapted Rand error", "VOI split", "VOI merge", "VOI sum"):
         table.add_column(column, justify="right")
     for value, n, dense in rows:
-        table.add_row(f"{value:g}", f"{n:,}", f"{dense.adapted_rand_error:.4f}", f"{dense.voi_split:.4f}",
-                      f"{dense.voi_merge:.4f}", f"{dense.voi_split + dense.voi_merge:.4f}")
+        table.add_row(
+            f"{value:g}",
+            f"{n:,}",
+            f"{dense.adapted_rand_error:.4f}",
+            f"{dense.voi_split:.4f}",
+            f"{dense.voi_merge:.4f}",
+            f"{dense.voi_split + dense.voi_merge:.4f}",
+        )
     return table
 
 
@@ -94,8 +114,9 @@ def models_table(models) -> Table:
     for column in ("name", "architecture", "parameters", "file"):
         table.add_column(column)
     for model in models:
-        table.add_row(model.name, f"MedNeXt-{model.size}, init_filters {model.init_filters}", f"{model.parameters:,}",
-                      model.path)
+        table.add_row(
+            model.name, f"MedNeXt-{model.size}, init_filters {model.init_filters}", f"{model.parameters:,}", model.path
+        )
     return table
 
 
@@ -105,6 +126,7 @@ def demo_table(runs, seed: int, shape) -> Table:
     for column in ("model", "NERL", "ERL (nm)", "mergers", "outputs"):
         table.add_column(column)
     for run in runs:
-        table.add_row(run.label, f"{run.result.nerl:.3f}", f"{run.result.erl:,.0f}", str(run.result.n_mergers),
-                      str(run.folder))
+        table.add_row(
+            run.label, f"{run.result.nerl:.3f}", f"{run.result.erl:,.0f}", str(run.result.n_mergers), str(run.folder)
+        )
     return table

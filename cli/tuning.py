@@ -5,9 +5,22 @@ from __future__ import annotations
 
 from nisbflow_cli.app import app
 from nisbflow_cli.errors import friendly_errors
-from nisbflow_cli.options import (Checkpoint, Cluster, ConfigFile, DashboardAddress, InferenceChunks, MemoryLimit,
-                                  Overrides, Params, TuneOut, Weights, Workers, cluster_spec, parse_triple,
-                                  with_weights)
+from nisbflow_cli.options import (
+    Checkpoint,
+    Cluster,
+    ConfigFile,
+    DashboardAddress,
+    InferenceChunks,
+    MemoryLimit,
+    Overrides,
+    Params,
+    TuneOut,
+    Weights,
+    Workers,
+    cluster_spec,
+    parse_triple,
+    with_weights,
+)
 from nisbflow_cli.tables import console, curve_table, metrics_table, say
 
 
@@ -37,12 +50,21 @@ def tune(
     """
     from nisbflow.jobs import tune as tune_job
 
-    result = tune_job(checkpoint, out=out, chunks=parse_triple(chunks, "--chunks"), config=config, params=params,
-                      overrides=with_weights(overrides, weights), log=say,
-                      cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
+    result = tune_job(
+        checkpoint,
+        out=out,
+        chunks=parse_triple(chunks, "--chunks"),
+        config=config,
+        params=params,
+        overrides=with_weights(overrides, weights),
+        log=say,
+        cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address),
+    )
     console.print(curve_table(result))
-    console.print(f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
-                  f"({result.n_trials} completed trials in study {result.study_name!r}, {result.storage})")
+    console.print(
+        f"best threshold {result.best_threshold:g}: {result.metric} {result.best_value:.4f} "
+        f"({result.n_trials} completed trials in study {result.study_name!r}, {result.storage})"
+    )
     console.print(f"wrote {result.params_path} and {result.plot_path}")
 
 
@@ -64,12 +86,21 @@ def tune_test(
     """Tune decoding.threshold on data.val, then infer → decode → evaluate data.test with the best threshold."""
     from nisbflow.jobs import tune_test as tune_test_job
 
-    report = tune_test_job(checkpoint, out=out, chunks=parse_triple(chunks, "--chunks"), config=config,
-                           params=params, overrides=with_weights(overrides, weights), log=say,
-                           cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address))
+    report = tune_test_job(
+        checkpoint,
+        out=out,
+        chunks=parse_triple(chunks, "--chunks"),
+        config=config,
+        params=params,
+        overrides=with_weights(overrides, weights),
+        log=say,
+        cluster=cluster_spec(cluster, workers, memory_limit, dashboard_address),
+    )
     configuration, result = report.settings.config, report.tuning
     console.print(curve_table(result))
-    title = (f"test {configuration.data.test.path}: threshold {result.best_threshold:g} (tuned on "
-             f"{configuration.data.val.path})")
+    title = (
+        f"test {configuration.data.test.path}: threshold {result.best_threshold:g} (tuned on "
+        f"{configuration.data.val.path})"
+    )
     console.print(metrics_table(report.test, title=title))
     console.print(f"wrote {result.params_path}, {result.plot_path} and {report.folder}/metrics.json")

@@ -34,9 +34,11 @@ def check_block_count(shape, block, what: str = "--chunks") -> None:
     count = int(np.prod([-(-s // b) for s, b in zip(shape, block)]))
     if count > MAX_BLOCKS:
         side = int(np.ceil((np.prod(shape) / MAX_BLOCKS) ** (1 / 3)))
-        raise VolumeError(f"{what} {','.join(map(str, block))}: {count:,} blocks over a volume of "
-                          f"{'×'.join(map(str, shape))} voxels, more than {MAX_BLOCKS:,}; use larger blocks, e.g. "
-                          f"{what} {side},{side},{side} or more")
+        raise VolumeError(
+            f"{what} {','.join(map(str, block))}: {count:,} blocks over a volume of "
+            f"{'×'.join(map(str, shape))} voxels, more than {MAX_BLOCKS:,}; use larger blocks, e.g. "
+            f"{what} {side},{side},{side} or more"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,10 @@ class BlockGrid:
             check_block_count(self.shape, self.block_shape, "chunks")
         bits = self.label_bits + max(self.n_blocks - 1, 1).bit_length()
         if bits > 64:
-            raise VolumeError(f"{self.n_blocks} blocks of up to {[max(c) for c in self.chunks]} voxels need {bits}-bit "
-                              "provisional ids; use larger chunks")
+            raise VolumeError(
+                f"{self.n_blocks} blocks of up to {[max(c) for c in self.chunks]} voxels need {bits}-bit "
+                "provisional ids; use larger chunks"
+            )
 
     def indices(self) -> Iterator[tuple[int, int, int]]:
         """Block indices ``(i, j, k)`` in C order."""
@@ -132,8 +136,9 @@ class BlockGrid:
     def block_of(self, positions: np.ndarray) -> np.ndarray:
         """``(N, 3)`` block indices of voxel positions ``(N, 3)`` (x, y, z) inside the volume."""
         boundaries = [np.cumsum((0,) + tuple(c)) for c in self.chunks]
-        return np.stack([np.searchsorted(b, positions[:, a], side="right") - 1 for a, b in enumerate(boundaries)],
-                        axis=1)
+        return np.stack(
+            [np.searchsorted(b, positions[:, a], side="right") - 1 for a, b in enumerate(boundaries)], axis=1
+        )
 
     def origin(self, index) -> np.ndarray:
         return np.array(self.write_region(index).begin, dtype=np.int64)
@@ -154,7 +159,9 @@ def tree_reduce(parts: Sequence, combine: Callable, name: str, *, fan_in: int = 
     ``at_least_once``: combine even a single part (where ``combine`` also changes the parts' form)."""
     parts, level = list(parts), 0
     while len(parts) > 1 or (at_least_once and level == 0):
-        parts = [dask.delayed(combine, pure=True)(*parts[i:i + fan_in], dask_key_name=(name, level, i // fan_in))
-                 for i in range(0, len(parts), fan_in)]
+        parts = [
+            dask.delayed(combine, pure=True)(*parts[i : i + fan_in], dask_key_name=(name, level, i // fan_in))
+            for i in range(0, len(parts), fan_in)
+        ]
         level += 1
     return parts[0]

@@ -36,16 +36,19 @@ def check_cluster(cluster: str) -> str:
     """Return ``cluster`` if it names a cluster kind or a scheduler address, else raise :class:`ConfigError`."""
     if cluster in CLUSTER_KINDS or cluster.startswith(ADDRESS_SCHEMES):
         return cluster
-    raise ConfigError(f"system.cluster / --cluster: expected one of {', '.join(CLUSTER_KINDS)} or a scheduler "
-                      f"address such as tcp://host:8786, got {cluster!r}")
+    raise ConfigError(
+        f"system.cluster / --cluster: expected one of {', '.join(CLUSTER_KINDS)} or a scheduler "
+        f"address such as tcp://host:8786, got {cluster!r}"
+    )
 
 
 def _import(module: str, extra: str, kind: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as error:
-        raise ConfigError(f"--cluster {kind} needs {module.replace('_', '-')}: pip install "
-                          f"'nisbflow[{extra}]'") from error
+        raise ConfigError(
+            f"--cluster {kind} needs {module.replace('_', '-')}: pip install 'nisbflow[{extra}]'"
+        ) from error
 
 
 def visible_gpus() -> tuple[int, str]:
@@ -80,8 +83,10 @@ def check_gpus_visible() -> int:
     none (dask-cuda itself would end in a long NVML traceback), before any cluster starts."""
     count, how = visible_gpus()
     if count < 1:
-        raise ConfigError(f"--cluster dask-cuda: no NVIDIA GPU is visible on this machine ({how}); use --cluster "
-                          "local on CPUs, or run on a GPU node (nvidia-smi lists its GPUs)")
+        raise ConfigError(
+            f"--cluster dask-cuda: no NVIDIA GPU is visible on this machine ({how}); use --cluster "
+            "local on CPUs, or run on a GPU node (nvidia-smi lists its GPUs)"
+        )
     return count
 
 
@@ -155,8 +160,9 @@ def cluster_client(
         with _one_line_client_logs(), client:
             yield client
         return
-    made = _start_cluster(cluster, n_workers, threads_per_worker, memory_limit, slurm, processes, dashboard_address,
-                          tasks_per_gpu)
+    made = _start_cluster(
+        cluster, n_workers, threads_per_worker, memory_limit, slurm, processes, dashboard_address, tasks_per_gpu
+    )
     finished = False
     try:
         with _one_line_client_logs(), made, Client(made) as client:
@@ -170,8 +176,11 @@ def cluster_client(
             raise
         # the work is done and written; a worker slow to exit (seen with torch.compile's compile processes on a
         # dask-cuda worker) must not turn a finished command into a failed one
-        print(f"warning: the Dask cluster did not close in time ({type(error).__name__}); the command's work had "
-              "finished and its output is complete", file=sys.stderr)
+        print(
+            f"warning: the Dask cluster did not close in time ({type(error).__name__}); the command's work had "
+            "finished and its output is complete",
+            file=sys.stderr,
+        )
 
 
 def _connect(address: str):
@@ -181,28 +190,44 @@ def _connect(address: str):
     try:
         return Client(address, timeout=SCHEDULER_TIMEOUT)
     except (OSError, TimeoutError) as error:
-        raise ConfigError(f"--cluster {address}: cannot reach a Dask scheduler there within "
-                          f"{SCHEDULER_TIMEOUT} ({type(error).__name__}); is `dask scheduler` running and the "
-                          "address right?") from None
+        raise ConfigError(
+            f"--cluster {address}: cannot reach a Dask scheduler there within "
+            f"{SCHEDULER_TIMEOUT} ({type(error).__name__}); is `dask scheduler` running and the "
+            "address right?"
+        ) from None
     except (TypeError, ValueError) as error:  # tls:// without certificates: distributed finds no SSL context
         if not address.startswith("tls://"):
             raise
-        raise ConfigError(f"--cluster {address}: cannot reach a Dask scheduler there without TLS certificates: "
-                          "set distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's "
-                          "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem; docs/cluster.md)"
-                          ) from error
+        raise ConfigError(
+            f"--cluster {address}: cannot reach a Dask scheduler there without TLS certificates: "
+            "set distributed.comm.tls.ca-file, .client.cert and .client.key in Dask's "
+            "configuration (e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE=ca.pem; docs/cluster.md)"
+        ) from error
 
 
-def _start_cluster(cluster: str, n_workers, threads_per_worker: int, memory_limit: str, slurm, processes: bool,
-                   dashboard_address: str, tasks_per_gpu: int):
+def _start_cluster(
+    cluster: str,
+    n_workers,
+    threads_per_worker: int,
+    memory_limit: str,
+    slurm,
+    processes: bool,
+    dashboard_address: str,
+    tasks_per_gpu: int,
+):
     """A cluster started here: ``local`` (a LocalCluster), ``dask-cuda`` (one worker per GPU) or ``slurm`` (worker
     jobs through dask-jobqueue); see :func:`cluster_client` for the arguments."""
     if cluster == "local":
         from distributed import LocalCluster
 
         with dask.config.set({**_allocator_environment(memory_limit), **(_worker_preload() if processes else {})}):
-            return LocalCluster(n_workers=n_workers or os.cpu_count(), threads_per_worker=threads_per_worker,
-                                memory_limit=memory_limit, processes=processes, dashboard_address=dashboard_address)
+            return LocalCluster(
+                n_workers=n_workers or os.cpu_count(),
+                threads_per_worker=threads_per_worker,
+                memory_limit=memory_limit,
+                processes=processes,
+                dashboard_address=dashboard_address,
+            )
     if cluster == "dask-cuda":
         check_gpus_visible()
         dask_cuda = _import("dask_cuda", "gpu", cluster)
@@ -210,9 +235,12 @@ def _start_cluster(cluster: str, n_workers, threads_per_worker: int, memory_limi
             # one worker per GPU, each declaring a GPU resource: prediction tasks ask for one unit of it
             # (``tasks_per_gpu`` blocks per GPU at once) and a few threads, so image reads and zarr writes overlap
             # with the GPU's prediction
-            return dask_cuda.LocalCUDACluster(memory_limit=memory_limit, dashboard_address=dashboard_address,
-                                              resources={"GPU": tasks_per_gpu},
-                                              threads_per_worker=max(threads_per_worker, 3 + tasks_per_gpu))
+            return dask_cuda.LocalCUDACluster(
+                memory_limit=memory_limit,
+                dashboard_address=dashboard_address,
+                resources={"GPU": tasks_per_gpu},
+                threads_per_worker=max(threads_per_worker, 3 + tasks_per_gpu),
+            )
     from nisbflow.slurm import import_jobqueue, resolve_slurm_job
 
     dask_jobqueue = import_jobqueue()
@@ -259,8 +287,9 @@ def _one_line_client_logs() -> Iterator[None]:
     import logging
 
     filters = [(logging.getLogger("distributed.client"), _OneLine)] + [
-        (logging.getLogger(name), _ClosedTab) for name in ("tornado.application", "tornado.general",
-                                                           "bokeh.server.views.ws", "bokeh.server.protocol_handler")]
+        (logging.getLogger(name), _ClosedTab)
+        for name in ("tornado.application", "tornado.general", "bokeh.server.views.ws", "bokeh.server.protocol_handler")
+    ]
     for logger, kind in filters:
         logger.addFilter(kind)
     try:

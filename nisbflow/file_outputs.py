@@ -104,8 +104,16 @@ def checkpoint_state(path) -> str | None:
     return "training" if training & set(payload) else "weights"
 
 
-def check_file_output(output, kind: str, *, inputs: dict | None = None, overwrite: bool = False,
-                      force: bool = False, option: str | None = None, weights_only: bool = False) -> bool:
+def check_file_output(
+    output,
+    kind: str,
+    *,
+    inputs: dict | None = None,
+    overwrite: bool = False,
+    force: bool = False,
+    option: str | None = None,
+    weights_only: bool = False,
+) -> bool:
     """Refuse writing the single file ``output`` as a ``kind`` output (see the module docstring) before any work;
     returns whether it exists (and may be replaced). ``inputs``: the command's inputs ``{role: path}``;
     ``option``: how the command line names the output (``--json``), for the message; ``weights_only``: the new
@@ -139,10 +147,14 @@ def check_file_output(output, kind: str, *, inputs: dict | None = None, overwrit
     found = written_kind(path) if "://" not in path else None
     if found != kind:
         what = f"nisbflow's {found} file" if found else "not a file nisbflow wrote"
-        raise OutputExistsError(f"{named} exists and is {what}; only a {kind} file nisbflow wrote is replaced "
-                                "without asking: pass --force to replace it anyway")
+        raise OutputExistsError(
+            f"{named} exists and is {what}; only a {kind} file nisbflow wrote is replaced "
+            "without asking: pass --force to replace it anyway"
+        )
     if kind == CHECKPOINT and weights_only and checkpoint_state(path) == "training":
-        raise OutputExistsError(f"{named} is a training checkpoint (optimizer, scaler and RNG state, which resuming "
-                                "needs); a weights-only copy would replace it: choose another output, or pass "
-                                "--force to replace it anyway")
+        raise OutputExistsError(
+            f"{named} is a training checkpoint (optimizer, scaler and RNG state, which resuming "
+            "needs); a weights-only copy would replace it: choose another output, or pass "
+            "--force to replace it anyway"
+        )
     return True

@@ -61,12 +61,15 @@ def fingerprint(path) -> dict:
     for key in keys:
         info = listing[key]
         stamp = info.get("mtime", info.get("LastModified", info.get("created", "")))
-        stamps.update(f"{key[len(root):]}\0{info.get('size')}\0{stamp}\n".encode())
+        stamps.update(f"{key[len(root) :]}\0{info.get('size')}\0{stamp}\n".encode())
     identity["files"] = len(keys)
     identity["listing_sha256"] = stamps.hexdigest()
     chunks = [k for k in keys if not k.rsplit("/", 1)[-1].startswith((".z", "zarr.json"))]
-    picks = [chunks[int(i)] for i in np.unique(np.linspace(0, len(chunks) - 1, FINGERPRINT_SAMPLES).round())] \
-        if chunks else []
+    picks = (
+        [chunks[int(i)] for i in np.unique(np.linspace(0, len(chunks) - 1, FINGERPRINT_SAMPLES).round())]
+        if chunks
+        else []
+    )
     sampled = hashlib.sha256()
     for key in picks:
         sampled.update(fs.cat_file(key))

@@ -53,8 +53,14 @@ class RunLock:
     :meth:`acquire` takes it, :meth:`release` gives it back if this process still holds it.
     """
 
-    def __init__(self, url, *, locked: Callable[[dict, str], Exception], log: Callable[[str], None] | None = None,
-                 what: str = "the lock"):
+    def __init__(
+        self,
+        url,
+        *,
+        locked: Callable[[dict, str], Exception],
+        log: Callable[[str], None] | None = None,
+        what: str = "the lock",
+    ):
         self.url = storage_url(url)
         self._fs, self._path = fsspec.core.url_to_fs(self.url)
         self._locked, self.log, self.what = locked, log or (lambda message: None), what
@@ -78,8 +84,11 @@ class RunLock:
                     age = 0.0
                 return {"empty": True}, age > EMPTY_LOCK_SECONDS
             return {}, False
-        stale = holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+        stale = (
+            holder.get("host") == socket.gethostname()
+            and isinstance(holder.get("pid"), int)
             and not alive(holder["pid"])
+        )
         return holder, stale
 
     def check(self) -> None:
@@ -91,8 +100,9 @@ class RunLock:
     def acquire(self) -> str:
         """Take the lock (taking over a stale one); returns this run's token."""
         token = uuid.uuid4().hex
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": _now(),
-                             "token": token}).encode()
+        record = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "started": _now(), "token": token}
+        ).encode()
         for _ in range(2):
             if self._create_exclusive(record):
                 self.token = token
@@ -102,11 +112,12 @@ class RunLock:
                 continue  # released in between
             if stale:
                 if holder.get("empty"):
-                    self.log(f"removing an empty lock {self.url}, left by a run that could not write it (a full "
-                             "disk?)")
+                    self.log(f"removing an empty lock {self.url}, left by a run that could not write it (a full disk?)")
                 else:
-                    self.log(f"removing a stale lock on {self.what}: pid {holder['pid']} on {holder['host']} "
-                             f"(started {holder.get('started', '?')}) is no longer running")
+                    self.log(
+                        f"removing a stale lock on {self.what}: pid {holder['pid']} on {holder['host']} "
+                        f"(started {holder.get('started', '?')}) is no longer running"
+                    )
                 self._fs.rm(self._path)
                 continue
             raise self._locked(holder, self.url)

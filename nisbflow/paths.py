@@ -43,8 +43,10 @@ def storage_url(path) -> str:
     try:
         fsspec.get_filesystem_class(protocol.split("::")[0])
     except ValueError:
-        raise NotVisibleOnWorkerError(f"{path}: unknown storage scheme '{protocol}://'; use a local path or an fsspec "
-                                      "URL such as s3://bucket/…, gs://bucket/… or memory://…") from None
+        raise NotVisibleOnWorkerError(
+            f"{path}: unknown storage scheme '{protocol}://'; use a local path or an fsspec "
+            "URL such as s3://bucket/…, gs://bucket/… or memory://…"
+        ) from None
     return path
 
 

@@ -58,10 +58,16 @@ class DemoRun:
     result: NerlResult
 
 
-
-
-def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | None = None,
-             threshold: float | None = None, overwrite: bool = False, log=None) -> TestRun:
+def run_test(
+    run,
+    *,
+    block=None,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    threshold: float | None = None,
+    overwrite: bool = False,
+    log=None,
+) -> TestRun:
     """Run the pipeline on ``data.test``: infer → decode → NERL, writing ``affinities.zarr``, ``segmentation.zarr``
     and ``metrics.json`` into one folder; returns a :class:`TestRun`. Uses the current Dask client.
 
@@ -96,36 +102,73 @@ def run_test(run, *, block=None, progress: bool = True, out_dir: str | Path | No
     folder = Path(out_dir) if out_dir else Path(config.save_path) / stamp
     folder.mkdir(parents=True, exist_ok=True)
     affinities = folder / "affinities.zarr"
-    infer_to_zarr(f"{seed.path}/data.zarr/img", affinities, run, block=block or DEFAULT_BLOCK,
-                  progress=progress, overwrite=overwrite)
+    infer_to_zarr(
+        f"{seed.path}/data.zarr/img",
+        affinities,
+        run,
+        block=block or DEFAULT_BLOCK,
+        progress=progress,
+        overwrite=overwrite,
+    )
     segmentation = folder / "segmentation.zarr"
     thresholds = config.decoding.thresholds()
-    decode_to_zarr(affinities, segmentation, thresholds=thresholds, mask=config.decoding.affinity_mask_path,
-                   backend=config.decoding.backend, progress=progress, run=run, overwrite=overwrite,
-                   method=config.decoding.method, waterz=WaterzOptions.from_config(config.decoding))
+    decode_to_zarr(
+        affinities,
+        segmentation,
+        thresholds=thresholds,
+        mask=config.decoding.affinity_mask_path,
+        backend=config.decoding.backend,
+        progress=progress,
+        run=run,
+        overwrite=overwrite,
+        method=config.decoding.method,
+        waterz=WaterzOptions.from_config(config.decoding),
+    )
     results: dict[float, NerlResult] = {}
     for value in thresholds:
         array = segmentation if len(thresholds) == 1 else segmentation / threshold_array_name(value)
-        results[value] = nerl(open_segmentation(array), skeleton,
-                              voxel_size=config.data.voxel_size, merge_threshold=config.evaluation.merge_threshold,
-                              progress=progress, metrics=tuple(config.evaluation.metrics),
-                              em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
+        results[value] = nerl(
+            open_segmentation(array),
+            skeleton,
+            voxel_size=config.data.voxel_size,
+            merge_threshold=config.evaluation.merge_threshold,
+            progress=progress,
+            metrics=tuple(config.evaluation.metrics),
+            em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold,
+        )
     first = results[thresholds[0]]
     extra: dict[str, Any] = {}
     if len(results) > 1:
         extra["by_threshold"] = {f"{t:g}": r.to_dict() for t, r in results.items()}
-    write_json(folder / "metrics.json", first, checkpoint=run.handle.name,
-               checkpoint_sha256=run.handle.sha256, checkpoint_weights=run.handle.weights,
-               method=config.decoding.method, threshold=thresholds[0],
-               test_seed=str(seed.path), skeleton=str(skeleton), settings=run.record(), **extra)
+    write_json(
+        folder / "metrics.json",
+        first,
+        checkpoint=run.handle.name,
+        checkpoint_sha256=run.handle.sha256,
+        checkpoint_weights=run.handle.weights,
+        method=config.decoding.method,
+        threshold=thresholds[0],
+        test_seed=str(seed.path),
+        skeleton=str(skeleton),
+        settings=run.record(),
+        **extra,
+    )
     return TestRun(folder, results)
 
 
-
-
-def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, checkpoint: str | None = None,
-             threshold: float | None = None, baseline: bool = True, block=None, overwrite: bool = False,
-             progress: bool = True, log=print) -> list[DemoRun]:
+def run_demo(
+    out_dir: str | Path,
+    *,
+    shape=(256, 256, 128),
+    seed: int = 101,
+    checkpoint: str | None = None,
+    threshold: float | None = None,
+    baseline: bool = True,
+    block=None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=print,
+) -> list[DemoRun]:
     """The main job on built-in data: synthesize seed ``seed`` → infer → decode → NERL, with the shipped model.
 
     ``checkpoint`` defaults to the shipped model (:data:`nisbflow.model.DEFAULT_SHIPPED`). It runs with the settings
@@ -150,8 +193,10 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
         synthesize_seed(seed_dir, shape, seed, overwrite=True, progress=progress)
     else:
         log(f"using the existing synthetic seed {seed_dir}")
-    overrides: dict[str, object] = {"data.test.path": str(seed_dir),
-                                    "data.test.skeleton": str(seed_dir / "skeleton.pkl")}
+    overrides: dict[str, object] = {
+        "data.test.path": str(seed_dir),
+        "data.test.skeleton": str(seed_dir / "skeleton.pkl"),
+    }
     if threshold is not None:
         overrides["decoding.threshold"] = threshold
     trained = resolve_settings(checkpoint, overrides=overrides)
@@ -165,17 +210,13 @@ def run_demo(out_dir: str | Path, *, shape=(256, 256, 128), seed: int = 101, che
         runs.append(("untrained", trained.with_checkpoint(str(untrained))))
     results = []
     for label, run in runs:
-        log(f"{label} model ({run.handle.name}): infer → decode (threshold {run.config.decoding.threshold:g}) "
-            "→ NERL")
+        log(f"{label} model ({run.handle.name}): infer → decode (threshold {run.config.decoding.threshold:g}) → NERL")
         tested = run_test(run, block=block, progress=progress, out_dir=out_dir / label, overwrite=True)
         results.append(DemoRun(label, run.handle.name, tested.folder, tested.result))
     return results
 
 
-
-
-def tune_and_test(run, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
-                  log=print) -> TunedTest:
+def tune_and_test(run, *, out_dir: str | Path | None = None, block=None, progress: bool = True, log=print) -> TunedTest:
     """Tune on ``data.val``, then run infer → decode → evaluate on ``data.test`` with the best threshold. ``run``:
     the run's :class:`~nisbflow.settings.RunSettings` (or a checkpoint, with its own settings)."""
     from nisbflow.settings import run_settings_of
@@ -184,6 +225,12 @@ def tune_and_test(run, *, out_dir: str | Path | None = None, block=None, progres
     run = run_settings_of(run)
     result = tune(run, out_dir=out_dir, block=block, progress=progress, log=log)
     log(f"best threshold on validation: {result.best_threshold:g} ({result.metric} {result.best_value:.4f})")
-    tested = run_test(run, block=block, progress=progress, out_dir=result.params_path.parent / "test",
-                      threshold=result.best_threshold, overwrite=True)
+    tested = run_test(
+        run,
+        block=block,
+        progress=progress,
+        out_dir=result.params_path.parent / "test",
+        threshold=result.best_threshold,
+        overwrite=True,
+    )
     return TunedTest(result, tested)

@@ -75,8 +75,9 @@ class Region(tuple):
         ``outer``'s begin): where a write region lies inside the block read at its read region."""
         return Region(slice(s.start - o.start, s.stop - o.start) for s, o in zip(self, outer))
 
-    def grow(self, lower: int | Sequence[int] = 0, upper: int | Sequence[int] = 0,
-             bounds: Sequence[int] | None = None) -> Region:
+    def grow(
+        self, lower: int | Sequence[int] = 0, upper: int | Sequence[int] = 0, bounds: Sequence[int] | None = None
+    ) -> Region:
         """This region grown by ``lower`` voxels below and ``upper`` above (an int or one per axis), clipped to
         ``[0, bounds)`` per axis when ``bounds`` (a shape) is given."""
         n = len(self)

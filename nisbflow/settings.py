@@ -34,8 +34,16 @@ from nisbflow.errors import ConfigError
 from nisbflow.model.checkpoint import Checkpoint
 from nisbflow.model.reader import same_hash
 
-SHOWN_KEYS = ("inference.window_size", "inference.overlap", "inference.sw_batch_size", "inference.activation",
-              "inference.select_channel", "inference.output_dtype", "decoding.method", "decoding.threshold")
+SHOWN_KEYS = (
+    "inference.window_size",
+    "inference.overlap",
+    "inference.sw_batch_size",
+    "inference.activation",
+    "inference.select_channel",
+    "inference.output_dtype",
+    "decoding.method",
+    "decoding.threshold",
+)
 """The settings a run records in its outputs' attributes, with their sources."""
 
 ORDER = "defaults ← --config's _base_ files ← checkpoint ← --config ← --params ← KEY=VALUE"
@@ -81,7 +89,8 @@ class RunSettings:
         head = "resolved settings"
         if self.checkpoint is not None:
             head += f" for checkpoint {self.checkpoint.name} (sha256 {self.checkpoint.short_sha256}" + (
-                f", its {self.checkpoint.weights} weights)" if self.checkpoint.weights else ")")
+                f", its {self.checkpoint.weights} weights)" if self.checkpoint.weights else ")"
+            )
         lines = [f"{head}; {ORDER}:"]
         keys = self.keys(COMMAND_SECTIONS.get(command) if command else None)
         width = max(len(k) for k in keys)
@@ -95,8 +104,9 @@ class RunSettings:
         """The checkpoint this run predicts with, for stages that run a model (a run without one is a caller's
         error: resolve the settings with a checkpoint)."""
         if self.checkpoint is None:
-            raise ConfigError("these run settings name no checkpoint; resolve them with one "
-                              "(resolve_settings(checkpoint))")
+            raise ConfigError(
+                "these run settings name no checkpoint; resolve them with one (resolve_settings(checkpoint))"
+            )
         return self.checkpoint
 
     def with_checkpoint(self, checkpoint) -> RunSettings:
@@ -109,8 +119,11 @@ class RunSettings:
         checkpoint's name and hash. ``decode`` reads ``decoding.threshold`` back from it."""
         return {
             "inference": self.config.inference.model_dump(mode="json"),
-            "decoding": ({"method": "waterz", "waterz": self.config.decoding.waterz.model_dump(mode="json")}
-                         if self.config.decoding.method == "waterz" else {"threshold": self.config.decoding.threshold}),
+            "decoding": (
+                {"method": "waterz", "waterz": self.config.decoding.waterz.model_dump(mode="json")}
+                if self.config.decoding.method == "waterz"
+                else {"threshold": self.config.decoding.threshold}
+            ),
             "checkpoint": None if self.checkpoint is None else self.checkpoint.name,
             "checkpoint_sha256": None if self.checkpoint is None else self.checkpoint.sha256,
             "checkpoint_weights": None if self.checkpoint is None else self.checkpoint.weights,
@@ -125,9 +138,16 @@ def recorded_settings(attributes) -> dict:
     return {} if threshold is None else {"decoding": {"threshold": threshold}}
 
 
-def resolve_settings(checkpoint=None, *, config: str | Path | None = None, params: str | Path | None = None,
-                     overrides=(), recorded: dict | None = None, recorded_from: str = "recorded",
-                     mode: str | None = None) -> RunSettings:
+def resolve_settings(
+    checkpoint=None,
+    *,
+    config: str | Path | None = None,
+    params: str | Path | None = None,
+    overrides=(),
+    recorded: dict | None = None,
+    recorded_from: str = "recorded",
+    mode: str | None = None,
+) -> RunSettings:
     """Resolve a run's settings by the layers of the module docstring.
 
     ``checkpoint``: a path, a shipped model's name or a :class:`Checkpoint` (opened once here; None for runs
@@ -190,8 +210,10 @@ def _pytc_given(pytc) -> dict[str, str]:
     given: dict[str, str] = {}
     if pytc is not None:
         for mapping in pytc.translation.mappings:
-            if mapping.verdict == "set" and any(mapping.key == key or mapping.key.startswith((key + ".", key + "["))
-                                                for key in pytc.translation.overridden):
+            if mapping.verdict == "set" and any(
+                mapping.key == key or mapping.key.startswith((key + ".", key + "["))
+                for key in pytc.translation.overridden
+            ):
                 given.update({target: mapping.key for target in mapping.targets})
     return given
 
@@ -209,8 +231,7 @@ def _merge_layers(layers, own, recorded_layers, pytc_given: dict, config, handle
                     before = tree_get(recorded_tree, key)
                     if before is not None and before != value and not key.startswith("model."):
                         given = f"KEY=VALUE {pytc_given[key]}" if key in pytc_given else f"--config {config}"
-                        notes.append(f"{key} {value!r} from {given} replaces {before!r} recorded by "
-                                     f"{recorded_label}")
+                        notes.append(f"{key} {value!r} from {given} replaces {before!r} recorded by {recorded_label}")
         tree = deep_merge(tree, layer)
         for key, _ in leaves(layer):
             sources[key] = label
@@ -219,8 +240,10 @@ def _merge_layers(layers, own, recorded_layers, pytc_given: dict, config, handle
     if handle is not None:  # the weights define the network
         for key, value in leaves(handle.settings_tree()["model"], "model."):
             if tree_get(tree, key) != value:
-                notes.append(f"{key} stays {value!r} from the checkpoint ({sources.get(key)} said "
-                             f"{tree_get(tree, key)!r}): its weights define the network")
+                notes.append(
+                    f"{key} stays {value!r} from the checkpoint ({sources.get(key)} said "
+                    f"{tree_get(tree, key)!r}): its weights define the network"
+                )
                 assign(tree, key, value)
                 sources[key] = f"checkpoint {handle.name}"
     return tree, sources, notes
@@ -240,14 +263,18 @@ def check_tuned_for(params, handle: Checkpoint | None) -> None:
     if not tuned or handle is None or not tuned.get("checkpoint_sha256"):
         return
     if not same_hash(tuned["checkpoint_sha256"], handle.sha256):
-        raise ConfigError(f"--params {params} was tuned for checkpoint {tuned.get('checkpoint')} (sha256 "
-                          f"{tuned['checkpoint_sha256']}), not for {handle.name} (sha256 {handle.sha256}): its "
-                          "threshold belongs to that model; tune this checkpoint (nisbflow tune), or pass the "
-                          "checkpoint it was tuned for")
+        raise ConfigError(
+            f"--params {params} was tuned for checkpoint {tuned.get('checkpoint')} (sha256 "
+            f"{tuned['checkpoint_sha256']}), not for {handle.name} (sha256 {handle.sha256}): its "
+            "threshold belongs to that model; tune this checkpoint (nisbflow tune), or pass the "
+            "checkpoint it was tuned for"
+        )
     if tuned.get("weights") != handle.weights:
-        raise ConfigError(f"--params {params} was tuned with the {tuned.get('weights') or 'only'} weights of "
-                          f"checkpoint {handle.name}, but this run predicts with its {handle.weights or 'only'} "
-                          f"weights; pass --weights {tuned.get('weights') or 'auto'}, or tune with these weights")
+        raise ConfigError(
+            f"--params {params} was tuned with the {tuned.get('weights') or 'only'} weights of "
+            f"checkpoint {handle.name}, but this run predicts with its {handle.weights or 'only'} "
+            f"weights; pass --weights {tuned.get('weights') or 'auto'}, or tune with these weights"
+        )
 
 
 def check_params_carry(params, fragment: dict) -> None:
@@ -255,25 +282,31 @@ def check_params_carry(params, fragment: dict) -> None:
     ``nisbflow tune`` without the parameter its method tunes: the run would decode at the default with no word."""
     tuned = tuned_record(params)
     if not list(leaves(fragment)):
-        raise ConfigError(f"--params {params} sets no parameter"
-                          + (" (it holds only its _tuned_ record: was it cut?)" if tuned else "")
-                          + "; expected a configuration fragment such as best.yaml from nisbflow tune "
-                            "(decoding.threshold: 0.8)")
+        raise ConfigError(
+            f"--params {params} sets no parameter"
+            + (" (it holds only its _tuned_ record: was it cut?)" if tuned else "")
+            + "; expected a configuration fragment such as best.yaml from nisbflow tune "
+            "(decoding.threshold: 0.8)"
+        )
     if tuned:
         method = tuned.get("method") or "cc"
         key = "decoding.waterz.thresholds" if method == "waterz" else "decoding.threshold"
         if tree_get(fragment, key) is None:
-            raise ConfigError(f"--params {params} was written by nisbflow tune for {method} decoding but lacks {key}, "
-                              "the parameter it tunes (was it cut or edited?); re-run nisbflow tune, or set it")
+            raise ConfigError(
+                f"--params {params} was written by nisbflow tune for {method} decoding but lacks {key}, "
+                "the parameter it tunes (was it cut or edited?); re-run nisbflow tune, or set it"
+            )
 
 
 def check_tuned_method(params, config: Config) -> None:
     """Refuse a parameters file tuned for another decoding method than the run decodes with."""
     tuned = tuned_record(params)
     if tuned and tuned.get("method") and tuned["method"] != config.decoding.method:
-        raise ConfigError(f"--params {params} holds a threshold tuned for decoding.method {tuned['method']}, but "
-                          f"this run decodes with {config.decoding.method}; tune with decoding.method="
-                          f"{config.decoding.method}, or drop the override")
+        raise ConfigError(
+            f"--params {params} holds a threshold tuned for decoding.method {tuned['method']}, but "
+            f"this run decodes with {config.decoding.method}; tune with decoding.method="
+            f"{config.decoding.method}, or drop the override"
+        )
 
 
 def run_settings_of(run) -> RunSettings:

@@ -102,16 +102,20 @@ def resolve_slurm_job(slurm, tasks_per_gpu: int = 1) -> SlurmJobSettings:
     else:
         gpus, sources["gpus"] = int(slurm.gpus), "system.slurm.gpus"
     if gpus > 1:
-        raise ConfigError(f"system.slurm: {gpus} GPUs per job, but nisbflow runs one Dask worker per SLURM job and it "
-                          "uses one GPU; ask for one GPU per job (system.slurm.gpus=1) and more jobs (--workers N)")
+        raise ConfigError(
+            f"system.slurm: {gpus} GPUs per job, but nisbflow runs one Dask worker per SLURM job and it "
+            "uses one GPU; ask for one GPU per job (system.slurm.gpus=1) and more jobs (--workers N)"
+        )
     if gpus == 0:
         values["job_extra_directives"] = [d for d in values["job_extra_directives"] if d not in requested]
     elif not requested:
         values["job_extra_directives"].append(f"--gres=gpu:{gpus}")
     values["worker_extra_args"] = _with_gpu_resource(extra_args, tasks_per_gpu if gpus else 0)
     if values["worker_extra_args"] != extra_args:
-        sources["worker_extra_args"] = (f"{sources['worker_extra_args']}, GPU resource from system.slurm.gpus={gpus}"
-                                        f" and system.tasks_per_gpu={tasks_per_gpu}")
+        sources["worker_extra_args"] = (
+            f"{sources['worker_extra_args']}, GPU resource from system.slurm.gpus={gpus}"
+            f" and system.tasks_per_gpu={tasks_per_gpu}"
+        )
     return SlurmJobSettings(values, sources, gpus)
 
 
@@ -163,5 +167,6 @@ def render_job_script(slurm, tasks_per_gpu: int = 1, scheduler: str = SCHEDULER_
     """The batch script one worker job would be submitted with (dask-jobqueue's own rendering), for ``scheduler``."""
     dask_jobqueue = import_jobqueue()
     settings = resolve_slurm_job(slurm, tasks_per_gpu)
-    return dask_jobqueue.slurm.SLURMJob(scheduler=scheduler, name="nisbflow-worker",
-                                        **settings.job_kwargs()).job_script()
+    return dask_jobqueue.slurm.SLURMJob(
+        scheduler=scheduler, name="nisbflow-worker", **settings.job_kwargs()
+    ).job_script()

@@ -13,8 +13,15 @@ from typing import NamedTuple
 from collections.abc import Callable, Sequence
 
 import dask
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from nisbflow.errors import NisbflowError
@@ -32,8 +39,14 @@ def progress_bar(enabled: bool = True) -> Progress:
     """nisbflow's Rich progress bar (description, bar, done/total, elapsed, remaining, and the rate of bars that
     count a ``unit``); disabled when not enabled."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), _Rate(), disable=not enabled, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        _Rate(),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -133,21 +146,24 @@ def killed_worker_message(error, description: str) -> str:
     limit_text = f"memory limit {format_bytes(limit)}" if limit else "no memory limit"
     failures = getattr(error, "allowed_failures", None)
     times = f"{failures + 1} times" if isinstance(failures, int) else "repeatedly"
-    return (f"{description}: Dask workers died {times} running task "
-            f"{name} (last on {address}, {limit_text}); a worker that dies inside a task was usually killed for "
-            "going over its memory: give workers more memory (--memory-limit, system.memory_limit) or make blocks "
-            "smaller (--chunks; for infer also inference.sw_batch_size); finished blocks are kept: re-run to resume")
+    return (
+        f"{description}: Dask workers died {times} running task "
+        f"{name} (last on {address}, {limit_text}); a worker that dies inside a task was usually killed for "
+        "going over its memory: give workers more memory (--memory-limit, system.memory_limit) or make blocks "
+        "smaller (--chunks; for infer also inference.sw_batch_size); finished blocks are kept: re-run to resume"
+    )
 
 
 def worker_memory_limit(client, address: str) -> str:
-    """"memory limit 300.00 MiB" for the worker at ``address`` from the scheduler, or, once it is gone (died and
+    """ "memory limit 300.00 MiB" for the worker at ``address`` from the scheduler, or, once it is gone (died and
     restarted under another address), the largest limit of the workers there are."""
     from dask.utils import format_bytes
 
     try:
         workers = client.scheduler_info()["workers"]
         limit = (workers.get(address) or {}).get("memory_limit") or max(
-            (w.get("memory_limit") or 0 for w in workers.values()), default=0)
+            (w.get("memory_limit") or 0 for w in workers.values()), default=0
+        )
     except Exception:
         limit = None
     if not limit:  # none left to ask: the limit the cluster starts its workers with (a LocalCluster's spec)
@@ -277,11 +293,13 @@ def stalled_message(workers: list[dict], description: str, seconds: float) -> st
     share = f"{pause:.0%} of " if isinstance(pause, float) else ""
     who = "the Dask worker" if len(workers) == 1 else f"all {len(workers)} Dask workers"
     memory = format_bytes(used[0]) + ("" if used[0] == used[-1] else f"–{format_bytes(used[-1])}")
-    return (f"{description}: {who} paused for {seconds:.0f} s, over {share}the {format_bytes(limit)} memory limit "
-            f"(process memory {memory}), "
-            "so no task can start; give workers more memory (--memory-limit, system.memory_limit) or fewer, larger "
-            "workers, or make blocks smaller (--chunks; for infer also inference.sw_batch_size); finished blocks "
-            "are kept: re-run to resume")
+    return (
+        f"{description}: {who} paused for {seconds:.0f} s, over {share}the {format_bytes(limit)} memory limit "
+        f"(process memory {memory}), "
+        "so no task can start; give workers more memory (--memory-limit, system.memory_limit) or fewer, larger "
+        "workers, or make blocks smaller (--chunks; for infer also inference.sw_batch_size); finished blocks "
+        "are kept: re-run to resume"
+    )
 
 
 def lost_scheduler(error: BaseException, client) -> bool:
@@ -297,12 +315,21 @@ def lost_scheduler_message(client, description: str) -> str:
     """One line for a lost scheduler: which one, and that a re-run resumes."""
     address = getattr(client, "_start_arg", None)
     where = f" at {address}" if isinstance(address, str) else ""
-    return (f"{description}: lost the Dask scheduler{where} (it stopped or the network failed); finished blocks "
-            "are kept: re-run the same command once the scheduler is back to resume")
+    return (
+        f"{description}: lost the Dask scheduler{where} (it stopped or the network failed); finished blocks "
+        "are kept: re-run the same command once the scheduler is back to resume"
+    )
 
 
-def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, num_workers: int | None = None,
-                  track: Sequence | None = None, counter: Counter | None = None) -> list:
+def compute_tasks(
+    tasks: Sequence,
+    description: str,
+    *,
+    progress: bool = True,
+    num_workers: int | None = None,
+    track: Sequence | None = None,
+    counter: Counter | None = None,
+) -> list:
     """Compute ``tasks`` (dask delayed objects) and return their results in order.
 
     On a distributed client the tasks run there and the bar follows finished futures; otherwise they run on the
@@ -322,9 +349,9 @@ def compute_tasks(tasks: Sequence, description: str, *, progress: bool = True, n
             futures = []
             try:
                 futures = client.compute(tasks if track is None else tasks + tracked)
-                results = futures[:len(tasks)]
+                results = futures[: len(tasks)]
                 stall = MemoryStall(client, description)
-                finished = as_completed(futures if track is None else futures[len(tasks):])
+                finished = as_completed(futures if track is None else futures[len(tasks) :])
                 while not finished.is_empty():
                     if INTERRUPTED.is_set():  # an interrupt whose KeyboardInterrupt a finalizer swallowed
                         raise KeyboardInterrupt

@@ -86,8 +86,10 @@ class View:
     def _repr_html_(self) -> str:
         """In Jupyter: the viewer itself, inline (an iframe on neuroglancer's local server), and a link to open it
         in a browser tab. The server must be reachable from the browser: over SSH, forward its port."""
-        return (f'<iframe src="{self.url}" width="100%" height="{IFRAME_HEIGHT}" style="border: none"></iframe>'
-                f'<div><a href="{self.url}" target="_blank">open the viewer in a new tab</a> ({self.url})</div>')
+        return (
+            f'<iframe src="{self.url}" width="100%" height="{IFRAME_HEIGHT}" style="border: none"></iframe>'
+            f'<div><a href="{self.url}" target="_blank">open the viewer in a new tab</a> ({self.url})</div>'
+        )
 
     def chunk_url(self, layer: str, start, end) -> str:
         """Where neuroglancer's server serves the voxels ``start``..``end`` (layer axes) of a layer at full
@@ -95,16 +97,20 @@ class View:
         base = self.url.split("/v/")[0]
         key = f"{self.viewer.token}.{self.volumes[layer].token}"
         ones = ",".join("1" for _ in start)
-        return (f"{base}/neuroglancer/npz/{key}/{ones}/{','.join(str(int(v)) for v in start)}/"
-                f"{','.join(str(int(v)) for v in end)}")
+        return (
+            f"{base}/neuroglancer/npz/{key}/{ones}/{','.join(str(int(v)) for v in start)}/"
+            f"{','.join(str(int(v)) for v in end)}"
+        )
 
 
 def skeleton_points(arrays, error_type: dict) -> list[tuple[int, np.ndarray, str | None]]:
     """``(node id, voxel position (x, y, z), error type of its skeleton)`` for every node of a skeleton's
     :class:`~nisbflow.data.skeleton.SkeletonArrays`."""
     types = {int(k): v for k, v in error_type.items()}
-    return [(int(node), position, types.get(int(label)))
-            for node, position, label in zip(arrays.nodes, arrays.index_position, arrays.id)]
+    return [
+        (int(node), position, types.get(int(label)))
+        for node, position, label in zip(arrays.nodes, arrays.index_position, arrays.id)
+    ]
 
 
 def _volume(source, role: str, ndims: tuple[int, ...]):
@@ -119,8 +125,18 @@ def _volume(source, role: str, ndims: tuple[int, ...]):
     return array
 
 
-def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, skeleton=None, metrics=None,
-         voxel_size=None, bind: str = "127.0.0.1", port: int = 0) -> View:
+def view(
+    image=None,
+    *,
+    affinities=None,
+    segmentations=(),
+    ground_truth=None,
+    skeleton=None,
+    metrics=None,
+    voxel_size=None,
+    bind: str = "127.0.0.1",
+    port: int = 0,
+) -> View:
     """Start a neuroglancer viewer on the given volumes and return it (see the module docstring); in Jupyter the
     returned :class:`View` shows the viewer inline.
 
@@ -143,8 +159,11 @@ def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, sk
         arrays["affinities"] = _volume(affinities, "affinities", (4,))
     names = []
     for number, path in enumerate(segmentations, start=1):
-        name = str(path).rstrip("/").rsplit("/", 1)[-1] if isinstance(path, (str, Path)) \
+        name = (
+            str(path).rstrip("/").rsplit("/", 1)[-1]
+            if isinstance(path, (str, Path))
             else "segmentation" + (f" {number}" if number > 1 else "")
+        )
         arrays[name] = _volume(path, "segmentation", (3,))
         names.append(name)
     if ground_truth is not None:
@@ -158,11 +177,18 @@ def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, sk
         from nisbflow.errors import VolumeError
 
         shown = ", ".join(f"{name} {'×'.join(map(str, shape))}" for name, shape in spatial_shapes.items())
-        raise VolumeError(f"nisbflow view: the volumes are not of one shape (X, Y, Z): {shown}; each layer would "
-                          "cover another extent and nothing would line up (crop them to one region first)")
+        raise VolumeError(
+            f"nisbflow view: the volumes are not of one shape (X, Y, Z): {shown}; each layer would "
+            "cover another extent and nothing would line up (crop them to one region first)"
+        )
     first = next(iter(arrays.values()))
-    voxel_size = tuple(float(v) for v in voxel_size) if voxel_size is not None \
-        else voxel_size_of(first) if hasattr(first, "attrs") else DEFAULT_VOXEL_SIZE
+    voxel_size = (
+        tuple(float(v) for v in voxel_size)
+        if voxel_size is not None
+        else voxel_size_of(first)
+        if hasattr(first, "attrs")
+        else DEFAULT_VOXEL_SIZE
+    )
     space = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm", scales=list(voxel_size))
     neuroglancer.set_server_bind_address(bind, port)
     result = View(neuroglancer.Viewer())
@@ -174,12 +200,15 @@ def view(image=None, *, affinities=None, segmentations=(), ground_truth=None, sk
                 volume = neuroglancer.LocalVolume(data=data, dimensions=space, volume_type="image")
                 state.layers[name] = neuroglancer.ImageLayer(source=volume)
             elif name == "affinities":
-                channel_space = neuroglancer.CoordinateSpace(names=["c^", "x", "y", "z"], units=["", "nm", "nm", "nm"],
-                                                             scales=[1] + list(voxel_size))
-                volume = neuroglancer.LocalVolume(data=_ShortRange(array), dimensions=channel_space,
-                                                  volume_type="image")
-                state.layers.append(name=name, layer=neuroglancer.ImageLayer(source=volume, shader=RGB_SHADER),
-                                    visible=False)
+                channel_space = neuroglancer.CoordinateSpace(
+                    names=["c^", "x", "y", "z"], units=["", "nm", "nm", "nm"], scales=[1] + list(voxel_size)
+                )
+                volume = neuroglancer.LocalVolume(
+                    data=_ShortRange(array), dimensions=channel_space, volume_type="image"
+                )
+                state.layers.append(
+                    name=name, layer=neuroglancer.ImageLayer(source=volume, shader=RGB_SHADER), visible=False
+                )
             else:
                 volume = neuroglancer.LocalVolume(data=array, dimensions=space, volume_type="segmentation")
                 state.layers[name] = neuroglancer.SegmentationLayer(source=volume)
@@ -201,15 +230,18 @@ def read_metrics(path) -> dict:
     try:
         recorded = json.loads(Path(path).read_text())
     except ValueError as error:
-        raise ConfigError(f"--metrics {path} is not valid JSON ({error}); was it cut? write it again with nisbflow "
-                          "evaluate --json") from None
+        raise ConfigError(
+            f"--metrics {path} is not valid JSON ({error}); was it cut? write it again with nisbflow evaluate --json"
+        ) from None
     if not isinstance(recorded, dict):
-        raise ConfigError(f"--metrics {path} holds a JSON {type(recorded).__name__}, not the object nisbflow evaluate "
-                          "--json writes")
+        raise ConfigError(
+            f"--metrics {path} holds a JSON {type(recorded).__name__}, not the object nisbflow evaluate --json writes"
+        )
     for key in ("error_type", "per_skeleton_erl"):
         if not isinstance(recorded.get(key), dict):
-            raise ConfigError(f"--metrics {path} has no '{key}' map of skeleton ids; expected the JSON of nisbflow "
-                              "evaluate --json")
+            raise ConfigError(
+                f"--metrics {path} has no '{key}' map of skeleton ids; expected the JSON of nisbflow evaluate --json"
+            )
     return recorded
 
 
@@ -232,11 +264,15 @@ def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -
     arrays = skeleton_arrays(graph)
     result.nodes = skeleton_points(arrays, error_type)
     colour = neuroglancer.AnnotationPropertySpec(id="colour", type="rgb", default="#a0a0a0")
-    points = [neuroglancer.PointAnnotation(id=str(node), point=position.tolist(),
-                                           props=[ERROR_COLOURS.get(kind, ERROR_COLOURS[None])])
-              for node, position, kind in result.nodes]
+    points = [
+        neuroglancer.PointAnnotation(
+            id=str(node), point=position.tolist(), props=[ERROR_COLOURS.get(kind, ERROR_COLOURS[None])]
+        )
+        for node, position, kind in result.nodes
+    ]
     state.layers["skeleton"] = neuroglancer.LocalAnnotationLayer(
-        dimensions=space, annotation_properties=[colour], annotations=points, shader=POINT_SHADER)
+        dimensions=space, annotation_properties=[colour], annotations=points, shader=POINT_SHADER
+    )
     first_node: dict = {}
     for label, position in zip(arrays.id, arrays.index_position):
         first_node.setdefault(int(label), position)
@@ -245,9 +281,15 @@ def _add_skeleton(state, result: View, skeleton, metrics, segmentation, space) -
         chosen = sorted((s for s, k in error_type.items() if k == kind), key=lambda s: run_length.get(s, 0.0))
         for s in chosen[:WORST_ERRORS]:
             if int(s) in first_node:
-                worst.append(neuroglancer.PointAnnotation(
-                    id=f"{kind}-{s}", point=first_node[int(s)].tolist(), props=[ERROR_COLOURS[kind]],
-                    description=f"{'merger' if kind == 'merged' else 'split'}: skeleton {s}, run length "
-                                f"{float(run_length.get(s, 0.0)) / 1000:.2f} µm"))
+                worst.append(
+                    neuroglancer.PointAnnotation(
+                        id=f"{kind}-{s}",
+                        point=first_node[int(s)].tolist(),
+                        props=[ERROR_COLOURS[kind]],
+                        description=f"{'merger' if kind == 'merged' else 'split'}: skeleton {s}, run length "
+                        f"{float(run_length.get(s, 0.0)) / 1000:.2f} µm",
+                    )
+                )
     state.layers["worst errors"] = neuroglancer.LocalAnnotationLayer(
-        dimensions=space, annotation_properties=[colour], annotations=worst, shader=POINT_SHADER)
+        dimensions=space, annotation_properties=[colour], annotations=worst, shader=POINT_SHADER
+    )

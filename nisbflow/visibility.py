@@ -62,8 +62,9 @@ def _compared(expected: dict, found: dict) -> str | None:
     return None
 
 
-def check_on_workers(client, files: dict, *, checkpoint=None, staging: tuple | None = None,
-                     fingerprints: dict | None = None) -> None:
+def check_on_workers(
+    client, files: dict, *, checkpoint=None, staging: tuple | None = None, fingerprints: dict | None = None
+) -> None:
     """Refuse a run, in one line, unless every worker of ``client`` sees what the client sees.
 
     ``files``: ``{role: path or URL}`` of the run's inputs (None values skipped); ``fingerprints``: the client's
@@ -81,25 +82,32 @@ def check_on_workers(client, files: dict, *, checkpoint=None, staging: tuple | N
     results = client.run(_probe, files, checkpoint, staging, on_error="return")
     for worker, found in sorted(results.items()):
         if isinstance(found, BaseException):
-            raise NotVisibleOnWorkerError(f"cannot check the run's files on worker {worker}: "
-                                          f"{type(found).__name__}: {found}")
+            raise NotVisibleOnWorkerError(
+                f"cannot check the run's files on worker {worker}: {type(found).__name__}: {found}"
+            )
         where = f"on worker {worker} (working folder {found['cwd']})"
         for role, path in files.items():
             reason = _compared(expected[role], plain(found["files"].get(role, {})))
             if reason:
                 raise NotVisibleOnWorkerError(
                     f"{role} {path}: {reason} {where}; every worker must see the client's files at the same path "
-                    "(a shared file system, or an s3:// / gs:// URL)")
+                    "(a shared file system, or an s3:// / gs:// URL)"
+                )
         if checkpoint is not None and found["checkpoint"] != checkpoint.sha256:
-            reason = "does not exist there" if found["checkpoint"] is None else \
-                f"has sha256 {found['checkpoint']} there, not the client's {checkpoint.sha256}"
+            reason = (
+                "does not exist there"
+                if found["checkpoint"] is None
+                else f"has sha256 {found['checkpoint']} there, not the client's {checkpoint.sha256}"
+            )
             raise NotVisibleOnWorkerError(
                 f"checkpoint {checkpoint.name} ({checkpoint.worker_reference}) {reason} {where}; every worker must "
-                "load the same checkpoint file")
+                "load the same checkpoint file"
+            )
         if staging is not None and not found["staging"]["seen"]:
             raise NotVisibleOnWorkerError(
                 f"output folder {os.path.dirname(staging[0])}: the staging folder {staging[0]} the client created is "
-                f"not visible {where}; write the output where every worker sees it")
+                f"not visible {where}; write the output where every worker sees it"
+            )
         if staging is not None and not found["staging"]["writable"]:
             raise NotVisibleOnWorkerError(f"output staging folder {staging[0]} is not writable {where}")
 
@@ -147,5 +155,6 @@ class WorkerVisibility:
         ``(folder, lock file, lock token)`` and its inputs' ``fingerprints``, already computed for its manifest."""
         from nisbflow.tasks import current_client
 
-        check_on_workers(current_client(), self.inputs, checkpoint=self.checkpoint, staging=staging,
-                         fingerprints=fingerprints)
+        check_on_workers(
+            current_client(), self.inputs, checkpoint=self.checkpoint, staging=staging, fingerprints=fingerprints
+        )

@@ -59,9 +59,11 @@ def _refuse_pytorch_connectomics(tree: dict, bases: list, path: Path, inherited:
     sign = pytorch_connectomics_sign(tree, bases, path)
     if sign:
         where = "named as _base_ of a nisbflow file" if inherited else "given where a nisbflow YAML is read"
-        raise ConfigError(f"{path} is a PyTorch Connectomics configuration ({sign}) {where}; nisbflow reads such "
-                          "a file as the --config itself (nisbflow --config FILE --mode train|test|tune), not "
-                          "mixed with nisbflow's own files")
+        raise ConfigError(
+            f"{path} is a PyTorch Connectomics configuration ({sign}) {where}; nisbflow reads such "
+            "a file as the --config itself (nisbflow --config FILE --mode train|test|tune), not "
+            "mixed with nisbflow's own files"
+        )
 
 
 def _check_layer(tree: dict, bases: list, path: Path, inherited: bool) -> None:

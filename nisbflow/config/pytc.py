@@ -70,8 +70,18 @@ LIST_OVERRIDES = {"model.loss": "losses", "inference.model": "channel_activation
 
 TEMPLATE_LIBRARY = "decoding_templates"
 
-PYTC_ONLY_KEYS = ("description", "monitor", "model.mednext", "model.arch", "inference.window", "inference.model",
-                  "decoding.steps", "data.image_transform", "data.label_transform", "data.augmentation")
+PYTC_ONLY_KEYS = (
+    "description",
+    "monitor",
+    "model.mednext",
+    "model.arch",
+    "inference.window",
+    "inference.model",
+    "decoding.steps",
+    "data.image_transform",
+    "data.label_transform",
+    "data.augmentation",
+)
 """Keys only PyTC's schema has (sections there; ``model.arch`` is a word in nisbflow's): a flat file (no stage
 sections) holding one is PyTC's older form."""
 
@@ -90,8 +100,11 @@ def pytorch_connectomics_sign(tree: dict, bases: list, path: Path, depth: int = 
     sectioned = [k for k in ("default", "train", "test") if isinstance(tree.get(k), dict)]
     if sectioned:
         return f"{'its' if depth == 0 else path.name + ' has'} {', '.join(s + ':' for s in sectioned)} section(s)"
-    flat = [key for key in PYTC_ONLY_KEYS if isinstance(get(tree, key), (dict, list))
-            or (key == "description" and get(tree, key) is not None)]
+    flat = [
+        key
+        for key in PYTC_ONLY_KEYS
+        if isinstance(get(tree, key), (dict, list)) or (key == "description" and get(tree, key) is not None)
+    ]
     if flat:
         return f"{'its' if depth == 0 else path.name + ' has'} PyTC key(s) {', '.join(flat)}"
     profiles = [b for b in bases if "connectomics/config" in b.replace("\\", "/")]
@@ -137,16 +150,18 @@ def expand_profiles(tree: dict) -> tuple[dict, list[str]]:
                 continue
             entries = tree.get(library)
             if not isinstance(entries, dict):
-                raise ConfigError(f"{selector_path}: {chosen!r} names a profile of {library}, which no _base_ file "
-                                  "defines (PyTC's connectomics/config/all_profiles.yaml does)")
+                raise ConfigError(
+                    f"{selector_path}: {chosen!r} names a profile of {library}, which no _base_ file "
+                    "defines (PyTC's connectomics/config/all_profiles.yaml does)"
+                )
             if chosen not in entries:
-                raise ConfigError(f"{selector_path}: unknown profile {chosen!r}; {library} has "
-                                  f"{', '.join(sorted(map(str, entries)))}")
+                raise ConfigError(
+                    f"{selector_path}: unknown profile {chosen!r}; {library} has {', '.join(sorted(map(str, entries)))}"
+                )
             delete(tree, selector_path)
             target_path = f"{stage}.{target}" if target else stage
             existing = get(tree, target_path)
-            merged = merge(entries[chosen], existing) if isinstance(existing, dict) else copy.deepcopy(
-                entries[chosen])
+            merged = merge(entries[chosen], existing) if isinstance(existing, dict) else copy.deepcopy(entries[chosen])
             assign(tree, target_path, merged)
             list_key = LIST_OVERRIDES.get(target)
             patches = merged.get("overrides") if list_key else None
@@ -154,16 +169,20 @@ def expand_profiles(tree: dict) -> tuple[dict, list[str]]:
                 items = merged[list_key]
                 for index, patch in patches.items():
                     if not 0 <= int(index) < len(items):
-                        raise ConfigError(f"{target_path}.overrides: index {index} is outside {library}.{chosen}'s "
-                                          f"{len(items)}-entry {list_key}")
+                        raise ConfigError(
+                            f"{target_path}.overrides: index {index} is outside {library}.{chosen}'s "
+                            f"{len(items)}-entry {list_key}"
+                        )
                     items[int(index)] = merge(items[int(index)], patch)
                 merged.pop("overrides")
                 assign(tree, target_path, merged)
             notes.append(f"{selector_path}: {chosen} (from {library})")
     for path in _selector_paths(tree):
         if path not in allowed:
-            raise ConfigError(f"profile selector {path} stands where PyTorch Connectomics reads none; selectors go "
-                              "under a stage section, e.g. default.data.augmentation.profile")
+            raise ConfigError(
+                f"profile selector {path} stands where PyTorch Connectomics reads none; selectors go "
+                "under a stage section, e.g. default.data.augmentation.profile"
+            )
     _expand_templates(tree)
     for key in [k for k in tree if k.endswith("_profiles") or k == TEMPLATE_LIBRARY]:
         del tree[key]
@@ -197,8 +216,10 @@ def _expand_templates(tree: dict) -> None:
                 continue
             name = item["template"]
             if name not in templates:
-                raise ConfigError(f"{root}decoding.steps: unknown template {name!r}; {TEMPLATE_LIBRARY} has "
-                                  f"{', '.join(sorted(templates)) or 'none (no _base_ file defines it)'}")
+                raise ConfigError(
+                    f"{root}decoding.steps: unknown template {name!r}; {TEMPLATE_LIBRARY} has "
+                    f"{', '.join(sorted(templates)) or 'none (no _base_ file defines it)'}"
+                )
             payload = templates[name]
             listed = payload.get("steps", payload) if isinstance(payload, dict) else payload
             rest = {k: v for k, v in item.items() if k != "template"}
@@ -216,6 +237,7 @@ _REFERENCE = re.compile(r"^\$\{([A-Za-z0-9_.\-]+)\}$")
 def _resolve_references(tree: dict) -> None:
     """Whole-value interpolations ``${a.b.c}`` replaced by the value they name (OmegaConf's absolute references);
     any other use of ``${…}`` is refused (nisbflow does not evaluate resolvers)."""
+
     def walk(node, path):
         if isinstance(node, dict):
             for key, value in node.items():
@@ -226,10 +248,13 @@ def _resolve_references(tree: dict) -> None:
             match = _REFERENCE.match(node)
             target = get(tree, match.group(1)) if match else None
             if target is None:
-                raise ConfigError(f"{path[:-1]}: {node!r} is an OmegaConf interpolation nisbflow cannot resolve; "
-                                  "write the value itself")
+                raise ConfigError(
+                    f"{path[:-1]}: {node!r} is an OmegaConf interpolation nisbflow cannot resolve; "
+                    "write the value itself"
+                )
             return copy.deepcopy(target)
         return node
+
     walk(tree, "")
 
 
@@ -315,19 +340,27 @@ class PytcConfig:
         from collections import Counter
 
         counts = Counter(m.verdict for m in self.translation.mappings)
-        return (f"{self.path} read as PyTorch Connectomics' --mode {self.mode}: {counts['set']} keys set nisbflow's, "
-                f"{counts['matches']} match what nisbflow does, {counts['ignored']} have no effect in nisbflow "
-                f"(nisbflow config show --config {self.path} --mode {self.mode} lists each)")
+        return (
+            f"{self.path} read as PyTorch Connectomics' --mode {self.mode}: {counts['set']} keys set nisbflow's, "
+            f"{counts['matches']} match what nisbflow does, {counts['ignored']} have no effect in nisbflow "
+            f"(nisbflow config show --config {self.path} --mode {self.mode} lists each)"
+        )
 
     def describe(self) -> list[str]:
         """The mapping, one line per PyTC key, grouped: set, matches, ignored, refused."""
         from .pytc_keys import IGNORED, MATCHES, REFUSED, SET
 
-        lines = [f"{self.path}: PyTorch Connectomics configuration, --mode {self.mode} (top-level <- default: <- "
-                 f"{'tune' if self.mode == 'tune-test' else self.mode}: <- KEY=VALUE)"]
+        lines = [
+            f"{self.path}: PyTorch Connectomics configuration, --mode {self.mode} (top-level <- default: <- "
+            f"{'tune' if self.mode == 'tune-test' else self.mode}: <- KEY=VALUE)"
+        ]
         lines += [f"  profile {note}" for note in self.notes]
-        titles = {SET: "sets", MATCHES: "matches what nisbflow always does", IGNORED: "ignored (no effect in "
-                  "nisbflow)", REFUSED: "refused"}
+        titles = {
+            SET: "sets",
+            MATCHES: "matches what nisbflow always does",
+            IGNORED: "ignored (no effect in nisbflow)",
+            REFUSED: "refused",
+        }
         for verdict, title in titles.items():
             chosen = [m for m in self.translation.mappings if m.verdict == verdict]
             if chosen:
@@ -336,8 +369,17 @@ class PytcConfig:
         return lines
 
 
-TRAINING_ONLY = ("model.loss", "model.input_size", "model.output_size", "data.augmentation", "data.label_transform",
-                 "data.dataloader", "data.train", "optimization", "monitor")
+TRAINING_ONLY = (
+    "model.loss",
+    "model.input_size",
+    "model.output_size",
+    "data.augmentation",
+    "data.label_transform",
+    "data.dataloader",
+    "data.train",
+    "optimization",
+    "monitor",
+)
 """PyTC keys only training reads: a mode that does not train ignores what nisbflow would refuse of them."""
 
 
@@ -345,11 +387,14 @@ def _training_only(translation, mode: str) -> None:
     from .pytc_keys import IGNORED, REFUSED
 
     for mapping in translation.mappings:
-        if mapping.verdict == REFUSED and any(mapping.key == p or mapping.key.startswith(p + ".") or
-                                              mapping.key.startswith(p + "[") for p in TRAINING_ONLY):
+        if mapping.verdict == REFUSED and any(
+            mapping.key == p or mapping.key.startswith(p + ".") or mapping.key.startswith(p + "[")
+            for p in TRAINING_ONLY
+        ):
             mapping.verdict = IGNORED
-            mapping.reason = f"a training setting, and --mode {mode} does not train (refused in train: " \
-                             f"{mapping.reason})"
+            mapping.reason = (
+                f"a training setting, and --mode {mode} does not train (refused in train: {mapping.reason})"
+            )
 
 
 def _is_pytc_key(key: str) -> bool:
@@ -359,8 +404,9 @@ def _is_pytc_key(key: str) -> bool:
 
     plain = re.sub(r"\[-?\d+\]", "", key)
     head = plain.split(".")[0]
-    if head in ("default", "train", "test") or (head == "tune" and len(plain.split(".")) > 1
-                                                 and plain.split(".")[1] in TUNE_SECTIONS):
+    if head in ("default", "train", "test") or (
+        head == "tune" and len(plain.split(".")) > 1 and plain.split(".")[1] in TUNE_SECTIONS
+    ):
         return True
     if plain in LEAF_RULES or any(plain == p or plain.startswith(p + ".") for p in SUBTREE_RULES):
         return True
@@ -392,6 +438,10 @@ def load_pytc(path: str | Path, mode: str = "train", overrides=()) -> PytcConfig
             translation.tree.setdefault("data", {})["test"] = test_split
         translation.mappings += [m for m in tested.mappings if m.key.startswith("data.test")]
     if "save_path" not in resolved:
-        translation.set("save_path", f"outputs/{path.stem}", "save_path",
-                        "PyTC's default for a file without save_path: outputs/<file name>")
+        translation.set(
+            "save_path",
+            f"outputs/{path.stem}",
+            "save_path",
+            "PyTC's default for a file without save_path: outputs/<file name>",
+        )
     return PytcConfig(path, mode, translation, notes, own)

@@ -40,7 +40,8 @@ class KeyMapping:
         if self.verdict == SET:
             setting = "" if _same(self.setting, self.value) else f" = {_short(self.setting)}"
             return f"{self.key} = {given} -> {', '.join(self.targets)}{setting}" + (
-                f" ({self.reason})" if self.reason else "")
+                f" ({self.reason})" if self.reason else ""
+            )
         return f"{self.key} = {given}: {self.reason}"
 
 
@@ -88,15 +89,19 @@ Rule = Callable[[Translation, str, Any], None]
 
 def to(target: str, convert: Callable[[Any], Any] | None = None, reason: str = "") -> Rule:
     """The key sets nisbflow's ``target`` (through ``convert``)."""
+
     def rule(out: Translation, key: str, value) -> None:
         out.set(key, convert(value) if convert else value, target, reason, given=value)
+
     return rule
 
 
 def ignore(reason: str) -> Rule:
     """The key changes no output of nisbflow."""
+
     def rule(out: Translation, key: str, value) -> None:
         out.note(key, value, IGNORED, reason)
+
     return rule
 
 
@@ -109,6 +114,7 @@ def only(allowed, does: str, refusal: str) -> Rule:
             out.note(key, value, MATCHES, does)
         else:
             out.note(key, value, REFUSED, refusal)
+
     return rule
 
 
@@ -134,17 +140,32 @@ def _model_size(out: Translation, key: str, value) -> None:
     if list(value) == list(patch):
         out.note(key, value, MATCHES, "nisbflow's network input is the training patch, data.dataloader.patch_size")
     elif _follows(out, key, "data.dataloader.patch_size"):
-        out.note(key, value, MATCHES, f"follows data.dataloader.patch_size={list(patch)} given as KEY=VALUE (the "
-                                      "network input is the training patch)")
+        out.note(
+            key,
+            value,
+            MATCHES,
+            f"follows data.dataloader.patch_size={list(patch)} given as KEY=VALUE (the "
+            "network input is the training patch)",
+        )
     else:
-        out.note(key, value, REFUSED, f"it differs from data.dataloader.patch_size {list(patch)}; nisbflow trains "
-                                      "on patches the size of the network input")
+        out.note(
+            key,
+            value,
+            REFUSED,
+            f"it differs from data.dataloader.patch_size {list(patch)}; nisbflow trains "
+            "on patches the size of the network input",
+        )
 
 
 def _checkpoint_style(out: Translation, key: str, value) -> None:
     if value in (None, "", "outside_block"):
-        out.set(key, value == "outside_block", "model.activation_checkpointing",
-                "activations recomputed in the backward pass, as MIC-DKFZ's outside_block", given=value)
+        out.set(
+            key,
+            value == "outside_block",
+            "model.activation_checkpointing",
+            "activations recomputed in the backward pass, as MIC-DKFZ's outside_block",
+            given=value,
+        )
     else:
         out.note(key, value, REFUSED, "MIC-DKFZ's MedNeXt knows only outside_block (or none)")
 
@@ -157,19 +178,32 @@ def _losses(out: Translation, key: str, value) -> None:
     if plain and entry.get("function") == "WeightedBCEWithLogitsLoss" and kwargs in ({}, {"reduction": "mean"}):
         out.set(key, "WeightedBCEWithLogitsLoss", "model.loss", "BANIS's masked binary cross-entropy", given=value)
         return
-    if plain and entry.get("function") == "PerChannelBCEWithLogitsLoss" \
-            and set(kwargs) <= {"auto_pos_weight", "max_pos_weight", "reduction"} \
-            and kwargs.get("reduction", "mean") == "mean":
-        out.set(key, "PerChannelBCEWithLogitsLoss", "model.loss",
-                "BANIS+'s per-channel class-balanced BCE, the channel means summed", given=value)
+    if (
+        plain
+        and entry.get("function") == "PerChannelBCEWithLogitsLoss"
+        and set(kwargs) <= {"auto_pos_weight", "max_pos_weight", "reduction"}
+        and kwargs.get("reduction", "mean") == "mean"
+    ):
+        out.set(
+            key,
+            "PerChannelBCEWithLogitsLoss",
+            "model.loss",
+            "BANIS+'s per-channel class-balanced BCE, the channel means summed",
+            given=value,
+        )
         out.set(f"{key}[0].kwargs.auto_pos_weight", bool(kwargs.get("auto_pos_weight", True)), "model.auto_pos_weight")
         out.set(f"{key}[0].kwargs.max_pos_weight", float(kwargs.get("max_pos_weight", 10.0)), "model.max_pos_weight")
         return
     names = [e.get("function") for e in entries if isinstance(e, dict)]
-    out.note(key, value, REFUSED, "nisbflow trains with one loss of weight 1: WeightedBCEWithLogitsLoss (BANIS) or "
-                                  "PerChannelBCEWithLogitsLoss with auto_pos_weight / max_pos_weight (BANIS+), "
-                                  f"not {names}" + (f" with {sorted(set(entry) - {'function', 'weight', 'kwargs'})}"
-                                                    if entry and not plain else ""))
+    out.note(
+        key,
+        value,
+        REFUSED,
+        "nisbflow trains with one loss of weight 1: WeightedBCEWithLogitsLoss (BANIS) or "
+        "PerChannelBCEWithLogitsLoss with auto_pos_weight / max_pos_weight (BANIS+), "
+        f"not {names}"
+        + (f" with {sorted(set(entry) - {'function', 'weight', 'kwargs'})}" if entry and not plain else ""),
+    )
 
 
 def _target_context(out: Translation, key: str, value) -> None:
@@ -178,8 +212,12 @@ def _target_context(out: Translation, key: str, value) -> None:
     if len(values) in (3, 6) and (len(values) == 3 or not any(values[:3])) and len(set(trailing)) == 1:
         out.set(key, trailing[0], "data.target_context", "voxels read past the patch's trailing faces", given=value)
     else:
-        out.note(key, value, REFUSED, "nisbflow reads one context on the trailing side of each axis ([0, 0, 0, c, c, "
-                                      "c] or [c, c, c])")
+        out.note(
+            key,
+            value,
+            REFUSED,
+            "nisbflow reads one context on the trailing side of each axis ([0, 0, 0, c, c, c] or [c, c, c])",
+        )
 
 
 def _targets(out: Translation, key: str, value) -> None:
@@ -191,16 +229,29 @@ def _targets(out: Translation, key: str, value) -> None:
             out.set(key, offsets, "model.affinity_offsets", "source-voxel (banis) affinities", given=offsets)
             out.set(f"{key}[0].kwargs.affinity_mode", "banis", "model.affinity_mode")
             return
-    out.note(key, value, REFUSED, "nisbflow learns one target, BANIS's affinities (name: affinity, affinity_mode: "
-                                  "banis, offsets)")
+    out.note(
+        key,
+        value,
+        REFUSED,
+        "nisbflow learns one target, BANIS's affinities (name: affinity, affinity_mode: banis, offsets)",
+    )
 
 
 def _channel_activations(out: Translation, key: str, value) -> None:
     entries = value if isinstance(value, list) else []
-    if len(entries) == 1 and isinstance(entries[0], dict) and entries[0].get("channels") in (":", None) \
-            and entries[0].get("activation") in ("scale_sigmoid", "sigmoid"):
-        out.set(key, entries[0]["activation"], "inference.activation",
-                "scale_sigmoid: sigmoid(0.2·logit), BANIS's; sigmoid: plain", given=value)
+    if (
+        len(entries) == 1
+        and isinstance(entries[0], dict)
+        and entries[0].get("channels") in (":", None)
+        and entries[0].get("activation") in ("scale_sigmoid", "sigmoid")
+    ):
+        out.set(
+            key,
+            entries[0]["activation"],
+            "inference.activation",
+            "scale_sigmoid: sigmoid(0.2·logit), BANIS's; sigmoid: plain",
+            given=value,
+        )
         return
     out.note(key, value, REFUSED, "nisbflow applies one activation to every channel (scale_sigmoid or sigmoid)")
 
@@ -219,20 +270,30 @@ def _decoder(out: Translation, name_key: str, kwargs_key: str, name, kwargs: dic
     arguments under ``kwargs_key``) onto ``decoding.*``."""
     if name == "decode_affinity_cc":
         out.set(name_key, "cc", "decoding.method", "connected components of affinities > threshold", given=name)
-        rules = {"threshold": to("decoding.threshold"), "backend": to("decoding.backend"),
-                 "edge_offset": to("decoding.edge_offset")}
+        rules = {
+            "threshold": to("decoding.threshold"),
+            "backend": to("decoding.backend"),
+            "edge_offset": to("decoding.edge_offset"),
+        }
     elif name == "decode_waterz":
         out.set(name_key, "waterz", "decoding.method", "watershed + agglomeration (waterz)", given=name)
         rules = {
-            "thresholds": to("decoding.waterz.thresholds", lambda v: [float(t) for t in (
-                v if isinstance(v, list) else [v])]),
+            "thresholds": to(
+                "decoding.waterz.thresholds", lambda v: [float(t) for t in (v if isinstance(v, list) else [v])]
+            ),
             "merge_function": to("decoding.waterz.scoring"),
             "aff_threshold": _aff_threshold,
-            "channel_order": only("xyz", "affinities in X, Y, Z channel order, nisbflow's",
-                                  "nisbflow's affinities are in X, Y, Z channel order"),
+            "channel_order": only(
+                "xyz",
+                "affinities in X, Y, Z channel order, nisbflow's",
+                "nisbflow's affinities are in X, Y, Z channel order",
+            ),
             "use_aff_uint8": ignore("arithmetic width only (lossless for histogram scoring)"),
-            "dust_merge": only(False, "no dust merging, as nisbflow's waterz",
-                               "nisbflow's waterz does not merge dust segments; set dust_merge: false"),
+            "dust_merge": only(
+                False,
+                "no dust merging, as nisbflow's waterz",
+                "nisbflow's waterz does not merge dust segments; set dust_merge: false",
+            ),
         }
     else:
         out.note(name_key, name, REFUSED, "nisbflow decodes with decode_affinity_cc or decode_waterz")
@@ -259,8 +320,13 @@ def _metrics(out: Translation, key: str, value) -> None:
     if unknown:
         out.note(key, value, REFUSED, f"nisbflow's skeleton metrics are NERL's; {unknown} are not computed")
         return
-    out.set(key, ["nerl", "em_erl"], "evaluation.metrics",
-            "PyTC's nerl is em_erl's (metrics.json: em_erl), BANIS's NERL beside it (nerl)", given=value)
+    out.set(
+        key,
+        ["nerl", "em_erl"],
+        "evaluation.metrics",
+        "PyTC's nerl is em_erl's (metrics.json: em_erl), BANIS's NERL beside it (nerl)",
+        given=value,
+    )
 
 
 def _resolution(out: Translation, key: str, value) -> None:
@@ -283,11 +349,16 @@ def _t_max(out: Translation, key: str, value) -> None:
     if int(value) == int(steps):
         out.note(key, value, MATCHES, "nisbflow's cosine schedule spans optimization.max_steps")
     elif _follows(out, key, "optimization.max_steps"):
-        out.note(key, value, MATCHES, f"follows optimization.max_steps={steps} given as KEY=VALUE (nisbflow's cosine "
-                                      "schedule spans max_steps)")
+        out.note(
+            key,
+            value,
+            MATCHES,
+            f"follows optimization.max_steps={steps} given as KEY=VALUE (nisbflow's cosine schedule spans max_steps)",
+        )
     else:
-        out.note(key, value, REFUSED, f"nisbflow's cosine schedule spans optimization.max_steps ({steps}), not "
-                                      f"{value} steps")
+        out.note(
+            key, value, REFUSED, f"nisbflow's cosine schedule spans optimization.max_steps ({steps}), not {value} steps"
+        )
 
 
 def _scheduler_min_lr(out: Translation, key: str, value) -> None:
@@ -307,8 +378,9 @@ def _ema_detail(out: Translation, key: str, value) -> None:
 
 def _ema_device(out: Translation, key: str, value) -> None:
     if value in (None, "", "cuda", "cpu") or not out.get("optimization.ema.enabled", False):
-        out.note(key, value, IGNORED, "where the average is kept changes no value (nisbflow keeps it beside the "
-                                      "weights)")
+        out.note(
+            key, value, IGNORED, "where the average is kept changes no value (nisbflow keeps it beside the weights)"
+        )
     else:
         out.note(key, value, REFUSED, "nisbflow keeps the average on the weights' device")
 
@@ -322,12 +394,15 @@ def _flip_axes(value):
 
 def _tta_detail(convert=None):
     """A test-time augmentation setting: nisbflow's same-named key when it is on, no effect when it is off."""
+
     def rule(out: Translation, key: str, value) -> None:
         if out.get("inference.test_time_augmentation.enabled", False):
-            out.set(key, convert(value) if convert else value, key, "test-time augmentation of every window",
-                    given=value)
+            out.set(
+                key, convert(value) if convert else value, key, "test-time augmentation of every window", given=value
+            )
         else:
             out.note(key, value, IGNORED, "test-time augmentation is off")
+
     return rule
 
 
@@ -335,14 +410,24 @@ def _patch_first(out: Translation, key: str, value) -> None:
     if not out.get("inference.test_time_augmentation.enabled", False):
         out.note(key, value, IGNORED, "test-time augmentation is off")
     else:
-        out.note(key, value, MATCHES, "nisbflow augments each window and ensembles its views inside the window "
-                                      "before blending (PyTC's patch-first blends each view, then ensembles: the "
-                                      "same on one window, docs/inference.md)")
+        out.note(
+            key,
+            value,
+            MATCHES,
+            "nisbflow augments each window and ensembles its views inside the window "
+            "before blending (PyTC's patch-first blends each view, then ensembles: the "
+            "same on one window, docs/inference.md)",
+        )
 
 
 def _gaussian_only(out: Translation, key: str, value) -> None:
-    out.note(key, value, IGNORED, "read by gaussian blending and padding only; nisbflow blends by distance "
-                                  "transform on a grid snapped to the volume's edge")
+    out.note(
+        key,
+        value,
+        IGNORED,
+        "read by gaussian blending and padding only; nisbflow blends by distance "
+        "transform on a grid snapped to the volume's edge",
+    )
 
 
 def _scheduler_name(out: Translation, key: str, value) -> None:
@@ -364,12 +449,30 @@ NISBFLOW_AUGMENTATION: dict[str, dict[str, Any]] = {
     "rotate90_all": {"enabled": True, "prob": 1.0},
     "flip": {"enabled": True, "prob": 0.5, "spatial_axis": [0, 1, 2]},
     "slice_drop": {"enabled": True, "prob": 0.5, "slice_prob": 0.05, "spatial_axis": [0, 1, 2], "fill_value": 0.0},
-    "slice_shift": {"enabled": True, "prob": 0.5, "slice_prob": 0.05, "shift_magnitude": 10,
-                    "spatial_axis": [0, 1, 2], "wrap": True},
-    "affine": {"enabled": True, "prob": 0.5, "rotate_range": [math.pi] * 3, "scale_range": [0.2] * 3,
-               "shear_range": [0.5] * 3},
-    "intensity": {"enabled": True, "banis_style": True, "mul_add_prob": 0.5, "mul_range": [0.9, 1.1],
-                  "add_range": [-0.1, 0.1], "gaussian_noise_prob": 0.5, "gaussian_noise_std": 0.5},
+    "slice_shift": {
+        "enabled": True,
+        "prob": 0.5,
+        "slice_prob": 0.05,
+        "shift_magnitude": 10,
+        "spatial_axis": [0, 1, 2],
+        "wrap": True,
+    },
+    "affine": {
+        "enabled": True,
+        "prob": 0.5,
+        "rotate_range": [math.pi] * 3,
+        "scale_range": [0.2] * 3,
+        "shear_range": [0.5] * 3,
+    },
+    "intensity": {
+        "enabled": True,
+        "banis_style": True,
+        "mul_add_prob": 0.5,
+        "mul_range": [0.9, 1.1],
+        "add_range": [-0.1, 0.1],
+        "gaussian_noise_prob": 0.5,
+        "gaussian_noise_std": 0.5,
+    },
 }
 """nisbflow's training augmentation in PyTC's words: every group always on, with BANIS's train_base_long values
 (:class:`nisbflow.train.augment.Augmentations`)."""
@@ -385,17 +488,32 @@ def _augmentation(out: Translation, key: str, value) -> None:
                 if isinstance(settings, dict) and settings.get("enabled") is False:
                     out.note(where, given, MATCHES, f"{group} is off, and nisbflow does not apply it")
                 else:
-                    out.note(where, given, REFUSED, f"nisbflow's training does not apply {group} (its augmentation "
-                                                    "is BANIS's: PyTC's aug_banis)")
+                    out.note(
+                        where,
+                        given,
+                        REFUSED,
+                        f"nisbflow's training does not apply {group} (its augmentation is BANIS's: PyTC's aug_banis)",
+                    )
                 continue
             wanted = expected.get(str(name))
-            same = wanted is not None and (given == wanted or (
-                not isinstance(given, (bool, str)) and not isinstance(wanted, bool) and _equal_numbers(given, wanted)))
+            same = wanted is not None and (
+                given == wanted
+                or (
+                    not isinstance(given, (bool, str))
+                    and not isinstance(wanted, bool)
+                    and _equal_numbers(given, wanted)
+                )
+            )
             if same:
                 out.note(where, given, MATCHES, "BANIS's augmentation, which nisbflow trains with")
             else:
-                out.note(where, given, REFUSED, f"nisbflow trains with BANIS's augmentation ({group}.{name}: "
-                                                f"{wanted!r}, PyTC's aug_banis) and has no setting for another")
+                out.note(
+                    where,
+                    given,
+                    REFUSED,
+                    f"nisbflow trains with BANIS's augmentation ({group}.{name}: "
+                    f"{wanted!r}, PyTC's aug_banis) and has no setting for another",
+                )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -419,20 +537,33 @@ def _split(split: str) -> Rule:
             if split != "train" and (len(seeds) > 1 or globbing.has_magic(seeds[0])):
                 matched = sorted(globbing.glob(seeds[0])) if len(seeds) == 1 else seeds
                 if len(matched) != 1:
-                    out.note(f"{key}.image", image, REFUSED, f"data.{split} must name one seed; {seeds} name "
-                                                             f"{len(matched)}")
+                    out.note(
+                        f"{key}.image", image, REFUSED, f"data.{split} must name one seed; {seeds} name {len(matched)}"
+                    )
                     return
                 seeds = matched
             setting = seeds if len(seeds) > 1 else seeds[0]
-            out.set(f"{key}.path", setting, f"data.{split}.path",
-                    "the seed folder holding data.zarr: path joined with image/label as PyTC does",
-                    given=base if image is None else f"{base} + {image}")
+            out.set(
+                f"{key}.path",
+                setting,
+                f"data.{split}.path",
+                "the seed folder holding data.zarr: path joined with image/label as PyTC does",
+                given=base if image is None else f"{base} + {image}",
+            )
             for name, given in (("image", image), ("label", label)):
                 if given not in (None, "", []):
-                    out.mappings.append(KeyMapping(f"{key}.{name}", given, SET, (f"data.{split}.path",),
-                                                   f"<seed>/data.zarr/{'img' if name == 'image' else 'seg'} of "
-                                                   "that seed folder", setting))
+                    out.mappings.append(
+                        KeyMapping(
+                            f"{key}.{name}",
+                            given,
+                            SET,
+                            (f"data.{split}.path",),
+                            f"<seed>/data.zarr/{'img' if name == 'image' else 'seg'} of that seed folder",
+                            setting,
+                        )
+                    )
         _split_extras(out, key, split, settings)
+
     return rule
 
 
@@ -447,14 +578,17 @@ def _seed_folders(out: Translation, key: str, base: str, image, label) -> list |
         joined = [p if os.path.isabs(str(p)) or not base else os.path.join(base, str(p)) for p in listed]
         bad = [p for p in joined if not str(p).rstrip("/").endswith(suffix)]
         if bad:
-            out.note(f"{key}.{name}", given, REFUSED,
-                     f"nisbflow reads NISB seed folders (<seed>/{suffix}); {bad[0]} is not one: convert it "
-                     "with nisbflow convert into <seed>/data.zarr")
+            out.note(
+                f"{key}.{name}",
+                given,
+                REFUSED,
+                f"nisbflow reads NISB seed folders (<seed>/{suffix}); {bad[0]} is not one: convert it "
+                "with nisbflow convert into <seed>/data.zarr",
+            )
             return None
-        folders = [str(p).rstrip("/")[:-len(suffix)].rstrip("/") or "." for p in joined]
+        folders = [str(p).rstrip("/")[: -len(suffix)].rstrip("/") or "." for p in joined]
         if seeds and seeds != folders:
-            out.note(f"{key}.{name}", given, REFUSED, f"its seed folders {folders} differ from the image's "
-                                                      f"{seeds}")
+            out.note(f"{key}.{name}", given, REFUSED, f"its seed folders {folders} differ from the image's {seeds}")
             return None
         seeds = folders
     return seeds
@@ -473,11 +607,20 @@ def _split_extras(out: Translation, key: str, split: str, settings: dict) -> Non
     if resolution is not None:
         voxel = out.tree.get("data", {}).get("voxel_size")
         if voxel is not None and not _equal_numbers(voxel, resolution):
-            out.note(f"{key}.resolution", resolution, REFUSED, f"it differs from another split's resolution "
-                                                               f"{list(voxel)}; nisbflow has one voxel size")
+            out.note(
+                f"{key}.resolution",
+                resolution,
+                REFUSED,
+                f"it differs from another split's resolution {list(voxel)}; nisbflow has one voxel size",
+            )
         else:
-            out.set(f"{key}.resolution", [float(r) for r in resolution], "data.voxel_size", "nm, (x, y, z)",
-                    given=resolution)
+            out.set(
+                f"{key}.resolution",
+                [float(r) for r in resolution],
+                "data.voxel_size",
+                "nm, (x, y, z)",
+                given=resolution,
+            )
     for name, given in settings.items():
         out.note(f"{key}.{name}", given, REFUSED, "no such setting for a nisbflow data split (path, skeleton)")
 
@@ -522,8 +665,13 @@ def _grid_values(out: Translation, key: str, parameter: str, values) -> None:
         return
     step = steps.pop()
     target = _search_target(out)
-    out.set(key, {"low": values[0], "high": values[-1], "step": step}, target,
-            f"{len(values)} thresholds {values[0]:g}-{values[-1]:g} step {step:g}", given=values)
+    out.set(
+        key,
+        {"low": values[0], "high": values[-1], "step": step},
+        target,
+        f"{len(values)} thresholds {values[0]:g}-{values[-1]:g} step {step:g}",
+        given=values,
+    )
 
 
 def _objective(out: Translation, key: str, value) -> None:
@@ -537,8 +685,13 @@ def _objective(out: Translation, key: str, value) -> None:
     metric = objective.pop("metric", None)
     if metric is not None:
         if metric == "nerl":
-            out.set(f"{key}.single_objective.metric", "em_erl", "tune.metric",
-                    "PyTC's nerl is em_erl's NERL at evaluation.nerl_merge_threshold", given=metric)
+            out.set(
+                f"{key}.single_objective.metric",
+                "em_erl",
+                "tune.metric",
+                "PyTC's nerl is em_erl's NERL at evaluation.nerl_merge_threshold",
+                given=metric,
+            )
         else:
             out.note(f"{key}.single_objective.metric", metric, REFUSED, "nisbflow tunes on NERL (nerl)")
     if "direction" in objective:
@@ -568,8 +721,12 @@ def _parameter_space(out: Translation, key: str, value) -> None:
         already = out.tree.get("tune", {}).get(target.split(".")[1])
         wanted = {"low": low, "high": high, "step": step}
         if already and not all(math.isclose(already[k], wanted[k]) for k in wanted):
-            out.note(where, spec, REFUSED, f"its range {low:g}-{high:g} step {step:g} differs from the sampler's "
-                                           f"search space {already}")
+            out.note(
+                where,
+                spec,
+                REFUSED,
+                f"its range {low:g}-{high:g} step {step:g} differs from the sampler's search space {already}",
+            )
             continue
         out.set(where, wanted, target, "the search range", given=spec)
     for name, given in space.items():
@@ -621,8 +778,9 @@ LEAF_RULES: dict[str, Rule] = {
     "model.arch.type": only("mednext", "MedNeXt", "nisbflow's network is MedNeXt (arch type mednext)"),
     "model.in_channels": to("model.in_channels"),
     "model.out_channels": to("model.out_channels"),
-    "model.loss.deep_supervision": only(False, "no deep supervision, as BANIS",
-                                        "deep supervision is not implemented in nisbflow's training"),
+    "model.loss.deep_supervision": only(
+        False, "no deep supervision, as BANIS", "deep supervision is not implemented in nisbflow's training"
+    ),
     "model.mednext.size": to("model.size", reason="MIC-DKFZ's MedNeXt S/B/M/L"),
     "model.mednext.kernel_size": to("model.kernel_size"),
     "model.mednext.checkpoint_style": _checkpoint_style,
@@ -639,8 +797,9 @@ LEAF_RULES: dict[str, Rule] = {
     "data.dataloader.use_preloaded_cache_val": ignore(ON_ZARR),
     "data.dataloader.persistent_workers": ignore(ON_ZARR),
     "data.dataloader.use_lazy_zarr": ignore(ON_ZARR),
-    "data.dataloader.val_random_sampling": only(True, "nisbflow validates on seeded random crops",
-                                                "nisbflow validates on random crops only"),
+    "data.dataloader.val_random_sampling": only(
+        True, "nisbflow validates on seeded random crops", "nisbflow validates on random crops only"
+    ),
     "data.image_transform.normalize": to("data.normalize"),
     "data.label_transform.erosion": to("data.erosion"),
     "data.label_transform.relabel_connected_components": to("data.relabel_connected_components"),
@@ -648,8 +807,7 @@ LEAF_RULES: dict[str, Rule] = {
     "optimization.optimizer.name": to("optimization.optimizer.name"),
     "optimization.optimizer.lr": to("optimization.optimizer.lr"),
     "optimization.optimizer.weight_decay": to("optimization.optimizer.weight_decay"),
-    "optimization.optimizer.eps": only((1e-8,), "AdamW's eps 1e-8 (torch's default)",
-                                       "nisbflow's AdamW uses eps 1e-8"),
+    "optimization.optimizer.eps": only((1e-8,), "AdamW's eps 1e-8 (torch's default)", "nisbflow's AdamW uses eps 1e-8"),
     "optimization.scheduler.name": _scheduler_name,
     "optimization.scheduler.interval": only("step", "stepped every step", "nisbflow steps its schedule per step"),
     "optimization.scheduler.frequency": only(1, "every step", "nisbflow steps its schedule every step"),
@@ -661,12 +819,14 @@ LEAF_RULES: dict[str, Rule] = {
     "optimization.max_steps": to("optimization.max_steps"),
     "optimization.n_steps_per_epoch": to("optimization.n_steps_per_epoch"),
     "optimization.val_check_interval": to("optimization.val_check_interval"),
-    "optimization.val_check_interval_unit": only("step", "validation every val_check_interval steps",
-                                                 "nisbflow validates every val_check_interval steps"),
+    "optimization.val_check_interval_unit": only(
+        "step", "validation every val_check_interval steps", "nisbflow validates every val_check_interval steps"
+    ),
     "optimization.val_steps_per_epoch": to("optimization.val_steps_per_epoch"),
     "optimization.gradient_clip_val": to("optimization.gradient_clip_val"),
-    "optimization.accumulate_grad_batches": only(1, "one batch per update",
-                                                 "nisbflow updates after every batch (no gradient accumulation)"),
+    "optimization.accumulate_grad_batches": only(
+        1, "one batch per update", "nisbflow updates after every batch (no gradient accumulation)"
+    ),
     "optimization.precision": to("optimization.precision", str),
     "optimization.log_every_n_steps": ignore(LOGGING),
     "optimization.num_sanity_val_steps": ignore("Lightning's check before training; no effect on the weights"),
@@ -675,20 +835,26 @@ LEAF_RULES: dict[str, Rule] = {
     "optimization.ema.warmup_steps": _ema_detail,
     "optimization.ema.validate_with_ema": _ema_detail,
     "optimization.ema.device": _ema_device,
-    "optimization.ema.copy_buffers": only(True, "buffers copied into the average, as PyTorch Connectomics' default",
-                                          "nisbflow copies buffers into the average (copy_buffers: true)"),
+    "optimization.ema.copy_buffers": only(
+        True,
+        "buffers copied into the average, as PyTorch Connectomics' default",
+        "nisbflow copies buffers into the average (copy_buffers: true)",
+    ),
     "monitor.checkpoint.monitor": to("optimization.checkpoint.monitor"),
     "monitor.checkpoint.mode": to("optimization.checkpoint.mode"),
     "monitor.checkpoint.save_top_k": to("optimization.checkpoint.save_top_k"),
     "monitor.checkpoint.save_every_n_steps": to("optimization.checkpoint.every_n_train_steps"),
     "monitor.checkpoint.save_last": to("optimization.checkpoint.save_last"),
     "monitor.checkpoint.save_on_train_epoch_end": ignore("nisbflow saves checkpoints on steps"),
-    "monitor.checkpoint.checkpoint_filename": ignore("file names: nisbflow writes last.pt, step-N.pt and "
-                                                     "best-step-N.pt under <run>/checkpoints"),
+    "monitor.checkpoint.checkpoint_filename": ignore(
+        "file names: nisbflow writes last.pt, step-N.pt and best-step-N.pt under <run>/checkpoints"
+    ),
     "inference.model.output_dtype": to("inference.output_dtype"),
-    "inference.execution.strategy": only("whole_volume", "the whole-volume sliding window, which nisbflow's "
-                                         "block-wise inference equals exactly",
-                                         "nisbflow predicts the whole-volume sliding window (block-wise, equal to it)"),
+    "inference.execution.strategy": only(
+        "whole_volume",
+        "the whole-volume sliding window, which nisbflow's block-wise inference equals exactly",
+        "nisbflow predicts the whole-volume sliding window (block-wise, equal to it)",
+    ),
     "inference.window.overlap": to("inference.overlap"),
     "inference.window.blending": to("inference.blending"),
     "inference.window.snap_to_edge": to("inference.snap_to_edge"),
@@ -698,46 +864,59 @@ LEAF_RULES: dict[str, Rule] = {
     "inference.window.keep_input_on_cpu": ignore(WHERE_TENSORS_LIVE),
     "inference.window.sw_device": ignore(WHERE_TENSORS_LIVE),
     "inference.window.output_device": ignore(WHERE_TENSORS_LIVE),
-    "inference.window.distributed_sharding": ignore("how windows are shared out; nisbflow shares blocks among "
-                                                    "Dask workers"),
-    "inference.test_time_augmentation.enabled": to("inference.test_time_augmentation.enabled", bool,
-                                                   "test-time augmentation of every window"),
+    "inference.window.distributed_sharding": ignore(
+        "how windows are shared out; nisbflow shares blocks among Dask workers"
+    ),
+    "inference.test_time_augmentation.enabled": to(
+        "inference.test_time_augmentation.enabled", bool, "test-time augmentation of every window"
+    ),
     "inference.test_time_augmentation.ensemble_mode": _tta_detail(
-        lambda v: v if isinstance(v, str) else [[str(c), m] for c, m in v]),
+        lambda v: v if isinstance(v, str) else [[str(c), m] for c, m in v]
+    ),
     "inference.test_time_augmentation.flip_axes": _tta_detail(_flip_axes),
     "inference.test_time_augmentation.rotation90_axes": _tta_detail(
-        lambda v: v if isinstance(v, str) or v is None else [[int(a) for a in plane] for plane in v]),
+        lambda v: v if isinstance(v, str) or v is None else [[int(a) for a in plane] for plane in v]
+    ),
     "inference.test_time_augmentation.rotate90_k": _tta_detail(
-        lambda v: None if v is None else [int(k) for k in (v if isinstance(v, list) else [v])]),
+        lambda v: None if v is None else [int(k) for k in (v if isinstance(v, list) else [v])]
+    ),
     "inference.test_time_augmentation.patch_first_local": _patch_first,
-    "inference.test_time_augmentation.distributed_sharding": ignore("how views are shared among GPUs; nisbflow "
-                                                                    "shares blocks among Dask workers"),
+    "inference.test_time_augmentation.distributed_sharding": ignore(
+        "how views are shared among GPUs; nisbflow shares blocks among Dask workers"
+    ),
     "inference.test_time_augmentation.distributed_reduce_chunk_mb": ignore("how views are shared among GPUs"),
     "inference.test_time_augmentation.empty_cache_interval": ignore("GPU cache cleanup cadence"),
-    "inference.test_time_augmentation.apply_mask": ignore("PyTC multiplies the ensemble by an inference mask when "
-                                                          "one is given; nisbflow's inference takes none"),
-    "inference.test_time_augmentation.transforms": only(None, "no extra transforms",
-                                                        "nisbflow's views are flips and quarter turns"),
+    "inference.test_time_augmentation.apply_mask": ignore(
+        "PyTC multiplies the ensemble by an inference mask when one is given; nisbflow's inference takes none"
+    ),
+    "inference.test_time_augmentation.transforms": only(
+        None, "no extra transforms", "nisbflow's views are flips and quarter turns"
+    ),
     "inference.save_results": ignore("nisbflow test always writes affinities.zarr"),
-    "inference.save_backend": ignore("the file format: nisbflow writes zarr (nisbflow convert writes PyTC's "
-                                     "test_im_prediction.h5)"),
-    "decoding.enabled": only(True, "test decodes", "nisbflow test always decodes; use nisbflow infer to predict "
-                                                   "only"),
+    "inference.save_backend": ignore(
+        "the file format: nisbflow writes zarr (nisbflow convert writes PyTC's test_im_prediction.h5)"
+    ),
+    "decoding.enabled": only(True, "test decodes", "nisbflow test always decodes; use nisbflow infer to predict only"),
     "decoding.affinity_mask_path": _mask_path,
-    "evaluation.enabled": only(True, "test evaluates", "nisbflow test always evaluates; use nisbflow infer and "
-                                                       "decode without it"),
-    "evaluation.nerl_merge_threshold": to("evaluation.em_erl_merge_threshold", int,
-                                          "em_erl's merge threshold (metric em_erl)"),
+    "evaluation.enabled": only(
+        True, "test evaluates", "nisbflow test always evaluates; use nisbflow infer and decode without it"
+    ),
+    "evaluation.nerl_merge_threshold": to(
+        "evaluation.em_erl_merge_threshold", int, "em_erl's merge threshold (metric em_erl)"
+    ),
     "evaluation.nerl_chunk_num": ignore("how em_erl splits its work"),
     "evaluation.nerl_num_workers": ignore("how em_erl splits its work"),
     "evaluation.nerl_skeleton_id_attribute": only("id", "skeleton ids from 'id'", "nisbflow reads 'id'"),
-    "evaluation.nerl_skeleton_position_attribute": only("index_position", "positions from 'index_position'",
-                                                        "nisbflow reads 'index_position'"),
-    "evaluation.nerl_skeleton_edge_length_attribute": only("edge_length", "em_erl's lengths from 'edge_length'",
-                                                           "nisbflow's em_erl reads 'edge_length'"),
+    "evaluation.nerl_skeleton_position_attribute": only(
+        "index_position", "positions from 'index_position'", "nisbflow reads 'index_position'"
+    ),
+    "evaluation.nerl_skeleton_edge_length_attribute": only(
+        "edge_length", "em_erl's lengths from 'edge_length'", "nisbflow's em_erl reads 'edge_length'"
+    ),
     "evaluation.nerl_skeleton_position_order": only("xyz", "X, Y, Z positions", "nisbflow's skeletons are XYZ"),
-    "evaluation.nerl_prediction_position_order": only((None, "xyz"), "X, Y, Z segmentations",
-                                                      "nisbflow's segmentations are XYZ"),
+    "evaluation.nerl_prediction_position_order": only(
+        (None, "xyz"), "X, Y, Z segmentations", "nisbflow's segmentations are XYZ"
+    ),
     "tune.enabled": ignore("--mode tune (or nisbflow tune) chooses to tune"),
     "tune.n_trials": to("tune.n_trials"),
     "tune.study_name": to("tune.study_name"),
@@ -782,9 +961,16 @@ def _walk(out: Translation, node: dict, prefix: str, skip: set) -> None:
         else:
             from .schema import valid_keys
 
-            reason = (f"{key} is nisbflow's key, not PyTorch Connectomics': a PyTC file holds PyTC's keys (nisbflow "
-                      "config show lists them); give nisbflow's as KEY=VALUE") if key in valid_keys() else (
-                "nisbflow has no such setting and cannot tell whether ignoring it would change a result; remove it")
+            reason = (
+                (
+                    f"{key} is nisbflow's key, not PyTorch Connectomics': a PyTC file holds PyTC's keys (nisbflow "
+                    "config show lists them); give nisbflow's as KEY=VALUE"
+                )
+                if key in valid_keys()
+                else (
+                    "nisbflow has no such setting and cannot tell whether ignoring it would change a result; remove it"
+                )
+            )
             out.note(key, value, REFUSED, reason)
 
 
@@ -795,5 +981,7 @@ def refuse(translation: Translation, where: str) -> None:
         return
     first = refused[0]
     more = f"; also refused: {', '.join(m.key for m in refused[1:])}" if len(refused) > 1 else ""
-    raise ConfigError(f"{where}: {first.key} = {first.value!r} is refused: {first.reason}{more} "
-                      "(nisbflow config show --config FILE --mode MODE lists every key)")
+    raise ConfigError(
+        f"{where}: {first.key} = {first.value!r} is refused: {first.reason}{more} "
+        "(nisbflow config show --config FILE --mode MODE lists every key)"
+    )

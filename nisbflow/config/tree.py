@@ -143,8 +143,9 @@ class Overrides:
         if isinstance(overrides, Mapping):
             return cls(tuple(overrides.items()), None)
         if isinstance(overrides, str):
-            raise ConfigError(f"overrides must be a list of key.path=value strings or a mapping, not the one string "
-                              f"{overrides!r}")
+            raise ConfigError(
+                f"overrides must be a list of key.path=value strings or a mapping, not the one string {overrides!r}"
+            )
         texts = tuple(overrides)
         return cls(tuple(parse_override(text) for text in texts), texts)
 
@@ -193,8 +194,9 @@ def peek(path: str | Path) -> tuple[dict, list[str]] | None:
     return tree, [b for b in bases if isinstance(b, str)] if isinstance(bases, list) else []
 
 
-def read_layers(path: str | Path, check: LayerCheck | None = None,
-                _stack: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+def read_layers(
+    path: str | Path, check: LayerCheck | None = None, _stack: tuple[Path, ...] = ()
+) -> list[tuple[Path, dict]]:
     """One YAML file and the ``_base_`` files it names (a path or a list, relative to the file), as ``[(file, its own
     keys), …]`` in merge order: bases first (depth first, in list order), the named file last. A missing file, a
     cycle or a malformed ``_base_`` is a :class:`ConfigError`; ``check`` sees each file first (:data:`LayerCheck`)."""

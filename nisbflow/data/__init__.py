@@ -22,7 +22,22 @@ from .volumes import (
 )
 
 __all__ = [
-    "BANIS_OFFSETS", "NisbSeed", "RestrictedUnpickler", "affinities", "check_skeleton_in_volume", "convert_skeleton",
-    "crop_skeleton", "load_skeleton", "load_skeleton_arrays", "open_image", "open_seed", "open_segmentation",
-    "open_volume", "output_attrs", "save_skeleton", "skeleton_arrays", "summarize_skeleton", "widen_instance_borders",
+    "BANIS_OFFSETS",
+    "NisbSeed",
+    "RestrictedUnpickler",
+    "affinities",
+    "check_skeleton_in_volume",
+    "convert_skeleton",
+    "crop_skeleton",
+    "load_skeleton",
+    "load_skeleton_arrays",
+    "open_image",
+    "open_seed",
+    "open_segmentation",
+    "open_volume",
+    "output_attrs",
+    "save_skeleton",
+    "skeleton_arrays",
+    "summarize_skeleton",
+    "widen_instance_borders",
 ]

@@ -51,14 +51,18 @@ def check_blosc(data: bytes, nbytes: int, where: str, key: str, size: int | None
     ``nbytes`` decompressed bytes whose compressed size is the file's (``size``, default ``len(data)``)."""
     size = len(data) if size is None else size
     if len(data) < BLOSC_HEADER:
-        raise VolumeError(f"{where}: chunk {key} is damaged: {size} bytes, shorter than a blosc header; re-create "
-                          "the array or restore the chunk")
+        raise VolumeError(
+            f"{where}: chunk {key} is damaged: {size} bytes, shorter than a blosc header; re-create "
+            "the array or restore the chunk"
+        )
     stored_nbytes = int.from_bytes(data[4:8], "little")
     stored_cbytes = int.from_bytes(data[12:16], "little")
     if stored_cbytes != size or stored_nbytes != nbytes:
-        raise VolumeError(f"{where}: chunk {key} is damaged: {size} bytes where its blosc header says "
-                          f"{stored_cbytes} compressed and {stored_nbytes} decompressed (expected {nbytes}): cut, or "
-                          "overwritten; re-create the array or restore the chunk")
+        raise VolumeError(
+            f"{where}: chunk {key} is damaged: {size} bytes where its blosc header says "
+            f"{stored_cbytes} compressed and {stored_nbytes} decompressed (expected {nbytes}): cut, or "
+            "overwritten; re-create the array or restore the chunk"
+        )
 
 
 def _is_chunk(key: str) -> bool:
@@ -88,8 +92,11 @@ class CheckedStore(WrapperStore):
         return type(self)(store, where=self.where, complete=self.complete, blosc_nbytes=self.blosc_nbytes)
 
     def __eq__(self, other):
-        return isinstance(other, CheckedStore) and self._store == other._store and \
-            (self.where, self.complete, self.blosc_nbytes) == (other.where, other.complete, other.blosc_nbytes)
+        return (
+            isinstance(other, CheckedStore)
+            and self._store == other._store
+            and (self.where, self.complete, self.blosc_nbytes) == (other.where, other.complete, other.blosc_nbytes)
+        )
 
     def __repr__(self) -> str:
         return f"CheckedStore({self._store!r})"
@@ -100,9 +107,11 @@ class CheckedStore(WrapperStore):
             return value
         if value is None:
             if self.complete:
-                raise VolumeError(f"{self.where}: chunk {_file_of(self._store, key)} is missing, but the array "
-                                  "records that every chunk was written (nisbflow_chunks: all): a file was deleted "
-                                  "or not copied; re-create the array or restore the chunk")
+                raise VolumeError(
+                    f"{self.where}: chunk {_file_of(self._store, key)} is missing, but the array "
+                    "records that every chunk was written (nisbflow_chunks: all): a file was deleted "
+                    "or not copied; re-create the array or restore the chunk"
+                )
             return value
         if self.blosc_nbytes is not None and byte_range is None:
             check_blosc(value.to_bytes(), self.blosc_nbytes, self.where, _file_of(self._store, key))
@@ -131,7 +140,7 @@ def open_for_writing(url: str):
 
 def chunk_keys(array, region) -> list[tuple[int, ...]]:
     """The chunk coordinates of ``array`` that ``region`` (slices over all its axes, or its leading ones) touches."""
-    region = tuple(region) + tuple(slice(None) for _ in array.shape[len(tuple(region)):])
+    region = tuple(region) + tuple(slice(None) for _ in array.shape[len(tuple(region)) :])
     bounds = [r.indices(n)[:2] for r, n in zip(region, array.shape)]
     ranges = [range(start // c, -(-stop // c)) for (start, stop), c in zip(bounds, array.chunks)]
     return [tuple(r[i] for r, i in zip(ranges, index)) for index in np.ndindex(*[len(r) for r in ranges])]
@@ -145,7 +154,7 @@ def damaged_chunks(url: str, regions: dict) -> dict:
     array = zarr.open_array(url, mode="r")
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
-    sizes = {path[len(root) + 1:]: info.get("size") for path, info in fs.find(root, detail=True).items()}
+    sizes = {path[len(root) + 1 :]: info.get("size") for path, info in fs.find(root, detail=True).items()}
     nbytes = blosc_chunk_nbytes(array)
     damaged = {}
     for name, region in regions.items():
@@ -156,8 +165,9 @@ def damaged_chunks(url: str, regions: dict) -> dict:
                 break
             if nbytes is not None:
                 try:
-                    check_blosc(fs.cat_file(f"{root}/{key}", start=0, end=BLOSC_HEADER), nbytes, url, key,
-                                size=sizes[key])
+                    check_blosc(
+                        fs.cat_file(f"{root}/{key}", start=0, end=BLOSC_HEADER), nbytes, url, key, size=sizes[key]
+                    )
                 except VolumeError:
                     damaged[name] = f"chunk {key} is damaged"
                     break

@@ -49,9 +49,11 @@ def check_axes(axes: str, ndim: int, where: str) -> str:
     axes = str(axes).lower()
     wanted = {"x", "y", "z"} | ({"c"} if ndim == 4 else set())
     if len(axes) != ndim or set(axes) != wanted:
-        raise ConfigError(f"--axes {axes!r} for {where}: expected {ndim} letters naming "
-                          f"{', '.join(sorted(wanted))} once each (e.g. {'zyx' if ndim == 3 else 'czyx'}) for its "
-                          f"{ndim}-D array")
+        raise ConfigError(
+            f"--axes {axes!r} for {where}: expected {ndim} letters naming "
+            f"{', '.join(sorted(wanted))} once each (e.g. {'zyx' if ndim == 3 else 'czyx'}) for its "
+            f"{ndim}-D array"
+        )
     return axes
 
 
@@ -81,8 +83,9 @@ def _hdf5_dataset(location: VolumeLocation):
     name = location.dataset or (HDF5_DATASET if HDF5_DATASET in names else names[0] if len(names) == 1 else None)
     if name is None or name.strip("/") not in names:
         held = ", ".join(f"/{n}" for n in names) or "none"
-        asked = (f"dataset /{location.dataset}" if location.dataset
-                 else f"a dataset named /{HDF5_DATASET} or a single one")
+        asked = (
+            f"dataset /{location.dataset}" if location.dataset else f"a dataset named /{HDF5_DATASET} or a single one"
+        )
         raise VolumeError(f"{location.file}: no {asked} (it holds: {held}); name one as {location.file}:/DATASET")
     return handle[name.strip("/")]
 
@@ -125,8 +128,10 @@ def open_lazy(path: str | Path, axes: str | None = None) -> LazyVolume:
     location = locate(path)
     array, attrs, default = _source_array(location)
     if array.ndim not in (3, 4):
-        raise VolumeError(f"{location}: a {array.ndim}-D array of shape {tuple(array.shape)}; volumes are 3-D "
-                          "(X, Y, Z) or 4-D (C, X, Y, Z)")
+        raise VolumeError(
+            f"{location}: a {array.ndim}-D array of shape {tuple(array.shape)}; volumes are 3-D "
+            "(X, Y, Z) or 4-D (C, X, Y, Z)"
+        )
     source_axes = check_axes(axes or default or "", array.ndim, str(location))
     order = target_axes(array.ndim, source_axes)
     data = array.transpose([source_axes.index(a) for a in order])
@@ -154,9 +159,18 @@ def _output_chunks(volume: LazyVolume, chunks) -> tuple:
     return tuple(n if sizes[a] is None else min(sizes[a], n) for a, n in zip(volume.axes, shape))
 
 
-def write_volume(volume: LazyVolume, output: str, *, layout: str = "ngff", chunks=None, overwrite: bool = False,
-                 force: bool = False, attributes: dict | None = None, source: str | None = None,
-                 progress: bool = True) -> VolumeLocation:
+def write_volume(
+    volume: LazyVolume,
+    output: str,
+    *,
+    layout: str = "ngff",
+    chunks=None,
+    overwrite: bool = False,
+    force: bool = False,
+    attributes: dict | None = None,
+    source: str | None = None,
+    progress: bool = True,
+) -> VolumeLocation:
     """Write ``volume`` to ``output`` (format by its path, :func:`locate`), block by block (one output chunk read
     from the source at a time, on this process's threads): zarr in nisbflow's order (``layout`` ``ngff``: an
     OME-NGFF image group; ``plain``: the array at the store's root), HDF5 or TIFF in PyTorch Connectomics' ZYX order
@@ -171,8 +185,10 @@ def write_volume(volume: LazyVolume, output: str, *, layout: str = "ngff", chunk
     if layout == "plain" and location.kind != "zarr":
         raise ConfigError(f"--layout plain applies to zarr outputs; {location.file} is {location.kind.upper()}")
     if location.kind == "tiff" and "c" in volume.axes:
-        raise ConfigError(f"TIFF output {location.file}: a TIFF stack holds one channel (Z, Y, X); this volume is "
-                          f"{volume.axes.upper()} of shape {tuple(volume.data.shape)}")
+        raise ConfigError(
+            f"TIFF output {location.file}: a TIFF stack holds one channel (Z, Y, X); this volume is "
+            f"{volume.axes.upper()} of shape {tuple(volume.data.shape)}"
+        )
     attrs = dict(attributes or {}, source=source, source_axes=volume.source_axes)
     block = _output_chunks(volume, chunks)
     with staged_output(location.file, overwrite=overwrite) as temporary:
@@ -189,8 +205,10 @@ def write_volume(volume: LazyVolume, output: str, *, layout: str = "ngff", chunk
 def _block_slices(shape, block):
     import itertools
 
-    return [tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, block, shape))
-            for starts in itertools.product(*(range(0, n, b) for n, b in zip(shape, block)))]
+    return [
+        tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, block, shape))
+        for starts in itertools.product(*(range(0, n, b) for n, b in zip(shape, block)))
+    ]
 
 
 def _copy_blocks(volume: LazyVolume, block, write, location, progress: bool, shape_block=None) -> None:
@@ -211,12 +229,16 @@ def _create_zarr(target: str, data: da.Array, block, axes: str, attrs: dict, lay
     from .ngff import create_image
     from .volumes import DEFAULT_VOXEL_SIZE, output_attrs
 
-    attributes = output_attrs(attrs.pop("description", f"converted from {attrs.get('source')}"),
-                              attrs.pop("voxel_size", DEFAULT_VOXEL_SIZE), axes,
-                              **{k: v for k, v in attrs.items() if k not in ("axis_order", "multiscales")})
+    attributes = output_attrs(
+        attrs.pop("description", f"converted from {attrs.get('source')}"),
+        attrs.pop("voxel_size", DEFAULT_VOXEL_SIZE),
+        axes,
+        **{k: v for k, v in attrs.items() if k not in ("axis_order", "multiscales")},
+    )
     options = dict(shape=data.shape, chunks=block, dtype=data.dtype)
-    return zarr.open_array(create_image(target, attributes=attributes, zarr_format=2, layout=layout, **options),
-                           mode="r+")
+    return zarr.open_array(
+        create_image(target, attributes=attributes, zarr_format=2, layout=layout, **options), mode="r+"
+    )
 
 
 def stored_axes(kind: str, axes: str) -> str:
@@ -249,9 +271,14 @@ def _write_hdf5(target: str, dataset: str, volume: LazyVolume, block, attrs: dic
 
     with h5py.File(target, "w") as handle:
         handle.attrs[MARK] = VOLUME
-        written = handle.create_dataset(dataset, shape=shape, dtype=volume.data.dtype,
-                                        chunks=tuple(block[i] for i in order), compression="gzip",
-                                        compression_opts=4)
+        written = handle.create_dataset(
+            dataset,
+            shape=shape,
+            dtype=volume.data.dtype,
+            chunks=tuple(block[i] for i in order),
+            compression="gzip",
+            compression_opts=4,
+        )
         for key, value in dict(attrs, axis_order=stored_axes("hdf5", volume.axes)).items():
             if value is not None:
                 written.attrs[key] = _hdf5_attribute(value)
@@ -293,12 +320,18 @@ def _source_identity(location: VolumeLocation, axes: str) -> dict:
     import os
 
     stat = os.stat(location.file)
-    return {"file": os.path.abspath(location.file), "dataset": location.dataset, "axes": axes,
-            "size": int(stat.st_size), "mtime_ns": int(stat.st_mtime_ns)}
+    return {
+        "file": os.path.abspath(location.file),
+        "dataset": location.dataset,
+        "axes": axes,
+        "size": int(stat.st_size),
+        "mtime_ns": int(stat.st_mtime_ns),
+    }
 
 
-def zarr_input(path: str | Path, *, role: str, near: str | Path, axes: str | None = None, log=None,
-               progress: bool = True) -> str:
+def zarr_input(
+    path: str | Path, *, role: str, near: str | Path, axes: str | None = None, log=None, progress: bool = True
+) -> str:
     """The zarr array a command reads for the volume ``path``: ``path`` itself when it is zarr; for an HDF5 dataset
     or TIFF stack, a copy in nisbflow's XYZ order (the source read lazily through h5py / tifffile's zarr store, one
     128³ block at a time, :func:`write_volume`), staged in :data:`STAGED_INPUTS` beside the output ``near``.
@@ -325,9 +358,11 @@ def zarr_input(path: str | Path, *, role: str, near: str | Path, axes: str | Non
             array = open_volume(str(path), role=role)
             own = str(array.attrs.get("axis_order") or {3: "xyz", 4: "cxyz"}.get(array.ndim, "")).lower()
             if str(axes).lower() != own:
-                raise ConfigError(f"--axes {axes}: {role} {path} is zarr in {own.upper() or 'its stored'} order, which "
-                                  "nisbflow reads as it is; --axes applies to HDF5 and TIFF inputs (transpose a zarr "
-                                  "array with nisbflow convert --axes)")
+                raise ConfigError(
+                    f"--axes {axes}: {role} {path} is zarr in {own.upper() or 'its stored'} order, which "
+                    "nisbflow reads as it is; --axes applies to HDF5 and TIFF inputs (transpose a zarr "
+                    "array with nisbflow convert --axes)"
+                )
         return str(path)
     volume = open_lazy(path, axes)
     identity = _source_identity(location, volume.source_axes)
@@ -341,24 +376,36 @@ def zarr_input(path: str | Path, *, role: str, near: str | Path, axes: str | Non
                 return str(staged)
         except Exception:
             pass
-        raise VolumeError(f"{role}: {staged}, the zarr copy of {location}, is not one nisbflow staged from this file "
-                          "as it is now; delete it and re-run")
+        raise VolumeError(
+            f"{role}: {staged}, the zarr copy of {location}, is not one nisbflow staged from this file "
+            "as it is now; delete it and re-run"
+        )
     folder.mkdir(parents=True, exist_ok=True)
 
     def locked(holder: dict, url: str) -> Exception:
-        return LockedError(f"{role}: another run (pid {holder.get('pid', '?')} on {holder.get('host', '?')}) is "
-                           f"staging {location} as {staged}; re-run when it is done (or, if that run is gone, delete "
-                           f"{url})")
+        return LockedError(
+            f"{role}: another run (pid {holder.get('pid', '?')} on {holder.get('host', '?')}) is "
+            f"staging {location} as {staged}; re-run when it is done (or, if that run is gone, delete "
+            f"{url})"
+        )
 
     lock = RunLock(str(staged) + ".lock", locked=locked, log=say, what=f"the zarr copy of {location}")
     lock.acquire()
     try:
         if not staged.exists():  # another run may have finished it between the check above and the lock
-            say(f"{role}: {location} is {location.kind.upper()} ({volume.source_axes.upper()}); copying it block by "
-                f"block to {staged} (nisbflow's {volume.axes.upper()} order) for the workers to read")
+            say(
+                f"{role}: {location} is {location.kind.upper()} ({volume.source_axes.upper()}); copying it block by "
+                f"block to {staged} (nisbflow's {volume.axes.upper()} order) for the workers to read"
+            )
             recorded = {k: v for k, v in volume.attrs.items() if k == "voxel_size"}
-            write_volume(volume, str(staged), layout="plain", attributes=dict(recorded, staged_from=identity),
-                         source=str(path), progress=progress)
+            write_volume(
+                volume,
+                str(staged),
+                layout="plain",
+                attributes=dict(recorded, staged_from=identity),
+                source=str(path),
+                progress=progress,
+            )
     finally:
         lock.release()
     return str(staged)

@@ -39,13 +39,19 @@ def multiscales_attributes(axis_order: str, voxel_size, zarr_format: int, name: 
     ``"xyz"``) and whose space axes have ``voxel_size`` (x, y, z) nm: ``{"multiscales": [...]}`` for zarr format 2
     (NGFF 0.4), ``{"ome": {"version": "0.5", "multiscales": [...]}}`` for format 3."""
     spacing = dict(zip("xyz", (float(v) for v in voxel_size)))
-    axes = [{"name": a, "type": AXIS_TYPES[a], **({"unit": "nanometer"} if AXIS_TYPES[a] == "space" else {})}
-            for a in axis_order]
+    axes = [
+        {"name": a, "type": AXIS_TYPES[a], **({"unit": "nanometer"} if AXIS_TYPES[a] == "space" else {})}
+        for a in axis_order
+    ]
     multiscale = {
         "name": name,
         "axes": axes,
-        "datasets": [{"path": IMAGE_LEVEL, "coordinateTransformations": [
-            {"type": "scale", "scale": [spacing.get(a, 1.0) for a in axis_order]}]}],
+        "datasets": [
+            {
+                "path": IMAGE_LEVEL,
+                "coordinateTransformations": [{"type": "scale", "scale": [spacing.get(a, 1.0) for a in axis_order]}],
+            }
+        ],
     }
     version = NGFF_VERSION[zarr_format]
     if zarr_format == 2:
@@ -63,8 +69,10 @@ def check_layout(layout: str) -> str:
     if layout not in LAYOUTS:
         from nisbflow.errors import ConfigError
 
-        raise ConfigError(f"--layout {layout!r}: expected ngff (an OME-NGFF image group) or plain (the array at the "
-                          "output path, as BANIS's metrics.py reads it)")
+        raise ConfigError(
+            f"--layout {layout!r}: expected ngff (an OME-NGFF image group) or plain (the array at the "
+            "output path, as BANIS's metrics.py reads it)"
+        )
     return layout
 
 
@@ -88,8 +96,9 @@ def image_level_path(attributes) -> str | None:
         return None
 
 
-def create_image(target: str, *, attributes: dict, zarr_format: Literal[2, 3], name: str = "", layout: str = "ngff",
-                 **array_options) -> str:
+def create_image(
+    target: str, *, attributes: dict, zarr_format: Literal[2, 3], name: str = "", layout: str = "ngff", **array_options
+) -> str:
     """Create (replacing whatever is there) an NGFF image group at ``target`` holding one empty array, and return
     the URL of that array for block writes; ``layout="plain"``: the array itself at ``target``, with the same
     attributes and named axes but no NGFF ``multiscales``.
@@ -99,15 +108,17 @@ def create_image(target: str, *, attributes: dict, zarr_format: Literal[2, 3], n
     (:func:`named_axes`). ``array_options`` go to :func:`zarr.create_array` (shape, chunks,
     dtype, compressors)."""
     if check_layout(layout) == "plain":
-        zarr.create_array(target, zarr_format=zarr_format, overwrite=True, **named_axes(attributes, zarr_format),
-                          **array_options)
+        zarr.create_array(
+            target, zarr_format=zarr_format, overwrite=True, **named_axes(attributes, zarr_format), **array_options
+        )
         return target
     ngff = multiscales_attributes(attributes["axis_order"], attributes["voxel_size"], zarr_format, name)
     group = zarr.open_group(target, mode="w", zarr_format=zarr_format)
     group.attrs.update({**attributes, **ngff})
     array = level_url(target)
-    zarr.create_array(array, zarr_format=zarr_format, overwrite=True, **named_axes(attributes, zarr_format),
-                      **array_options)
+    zarr.create_array(
+        array, zarr_format=zarr_format, overwrite=True, **named_axes(attributes, zarr_format), **array_options
+    )
     return array
 
 

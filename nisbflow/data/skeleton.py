@@ -45,8 +45,21 @@ _ALLOWED_GLOBALS = {
     ("collections", "defaultdict"),
 }
 _ALLOWED_BUILTINS = {
-    "object", "dict", "list", "tuple", "set", "frozenset", "int", "float", "complex",
-    "str", "bytes", "bytearray", "bool", "slice", "range",
+    "object",
+    "dict",
+    "list",
+    "tuple",
+    "set",
+    "frozenset",
+    "int",
+    "float",
+    "complex",
+    "str",
+    "bytes",
+    "bytearray",
+    "bool",
+    "slice",
+    "range",
 }
 
 
@@ -182,12 +195,16 @@ def validate_skeleton(graph: nx.Graph, where: str = "<skeleton>") -> None:
     for node, attrs in graph.nodes(data=True):
         for key in ("id", "index_position"):
             if key not in attrs:
-                raise SkeletonError(f"skeleton {where}: node {node!r} has no '{key}' attribute (NISB nodes carry "
-                                    "id, index_position, nm_position)")
+                raise SkeletonError(
+                    f"skeleton {where}: node {node!r} has no '{key}' attribute (NISB nodes carry "
+                    "id, index_position, nm_position)"
+                )
         neuron = attrs["id"]
         if isinstance(neuron, (bool, np.bool_)) or not isinstance(neuron, (int, np.integer)):
-            raise SkeletonError(f"skeleton {where}: node {node!r} has id {neuron!r} ({type(neuron).__name__}); "
-                                "ids must be integers naming the ground-truth neuron (convert them, e.g. int(id))")
+            raise SkeletonError(
+                f"skeleton {where}: node {node!r} has id {neuron!r} ({type(neuron).__name__}); "
+                "ids must be integers naming the ground-truth neuron (convert them, e.g. int(id))"
+            )
         if np.asarray(attrs["index_position"]).shape != (3,):
             raise SkeletonError(
                 f"skeleton {where}: node {node!r} index_position must be (x, y, z), found {attrs['index_position']!r}"
@@ -216,8 +233,9 @@ LENGTH_TOLERANCE = 1e-3
 """Relative difference above which a stored ``edge_length`` counts as disagreeing with ``nm_position``."""
 
 
-def edge_lengths(nm: np.ndarray, rows: np.ndarray, stored: np.ndarray | None, from_positions: bool,
-                 where: str) -> tuple[np.ndarray, str | None]:
+def edge_lengths(
+    nm: np.ndarray, rows: np.ndarray, stored: np.ndarray | None, from_positions: bool, where: str
+) -> tuple[np.ndarray, str | None]:
     """Edge lengths (nm) by BANIS's rule and a note when the file says otherwise.
 
     BANIS's ``metrics.py`` calls funlib.evaluate's ``expected_run_length`` with ``skeleton_position_attributes=
@@ -237,9 +255,11 @@ def edge_lengths(nm: np.ndarray, rows: np.ndarray, stored: np.ndarray | None, fr
     if not differs.any():
         return computed, None
     first = int(np.flatnonzero(differs)[0])
-    note = (f"skeleton {where}: {int(differs.sum())} of {int(given.sum())} stored edge_length values differ from "
-            f"their nodes' nm_position distance (edge {first}: {stored[first]:.6g} stored, {computed[first]:.6g} nm "
-            "from nm_position); lengths are taken from nm_position, as BANIS's metrics.py (funlib.evaluate) does")
+    note = (
+        f"skeleton {where}: {int(differs.sum())} of {int(given.sum())} stored edge_length values differ from "
+        f"their nodes' nm_position distance (edge {first}: {stored[first]:.6g} stored, {computed[first]:.6g} nm "
+        "from nm_position); lengths are taken from nm_position, as BANIS's metrics.py (funlib.evaluate) does"
+    )
     return computed, note
 
 
@@ -251,9 +271,11 @@ def check_positions(nodes, positions: np.ndarray, key: str, where: str) -> None:
         first = int(np.argmax(bad))
         node = np.asarray(nodes)[first]
         node = node.item() if isinstance(node, np.generic) else node
-        raise SkeletonError(f"skeleton {where}: node {node!r} has {key} "
-                            f"{positions[first].tolist()} ({int(bad.sum())} node(s) with a NaN or infinite {key}); "
-                            "every node needs a finite position: fix or drop those nodes")
+        raise SkeletonError(
+            f"skeleton {where}: node {node!r} has {key} "
+            f"{positions[first].tolist()} ({int(bad.sum())} node(s) with a NaN or infinite {key}); "
+            "every node needs a finite position: fix or drop those nodes"
+        )
 
 
 def skeleton_arrays(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0), where: str = "<graph>") -> SkeletonArrays:
@@ -262,13 +284,17 @@ def skeleton_arrays(graph: nx.Graph, voxel_size=(9.0, 9.0, 20.0), where: str = "
     nodes = list(graph.nodes)
     row = {node: i for i, node in enumerate(nodes)}
     ids = np.array([graph.nodes[n]["id"] for n in nodes], dtype=np.int64)
-    index = np.array([np.asarray(graph.nodes[n]["index_position"], dtype=np.float64) for n in nodes],
-                     dtype=np.float64).reshape(-1, 3)
+    index = np.array(
+        [np.asarray(graph.nodes[n]["index_position"], dtype=np.float64) for n in nodes], dtype=np.float64
+    ).reshape(-1, 3)
     check_positions(nodes, index, "index_position", where)
     index = index.astype(np.int64)
     with_nm = all("nm_position" in graph.nodes[n] for n in nodes)
-    nm = np.array([np.asarray(graph.nodes[n]["nm_position"]) for n in nodes], dtype=np.float64).reshape(-1, 3) \
-        if with_nm else index * np.asarray(voxel_size, dtype=np.float64)
+    nm = (
+        np.array([np.asarray(graph.nodes[n]["nm_position"]) for n in nodes], dtype=np.float64).reshape(-1, 3)
+        if with_nm
+        else index * np.asarray(voxel_size, dtype=np.float64)
+    )
     if with_nm:
         check_positions(nodes, nm, "nm_position", where)
     edges = np.array([(row[u], row[v]) for u, v in graph.edges], dtype=np.int64).reshape(-1, 2)
@@ -288,24 +314,34 @@ def load_skeleton_arrays(path: str | Path, voxel_size=(9.0, 9.0, 20.0)) -> Skele
         return skeleton_arrays(load_skeleton(path), voxel_size, where=path)
     stored = _read_npz(path)
     if stored["id"].dtype.kind not in "iu":
-        raise SkeletonError(f"skeleton {path}: its ids are {stored['id'].dtype} values; ids must be integers naming "
-                            "the ground-truth neuron")
-    nodes, ids, index, edge_names = stored["nodes"], stored["id"].astype(np.int64), stored["index_position"], \
-        stored["edges"]
+        raise SkeletonError(
+            f"skeleton {path}: its ids are {stored['id'].dtype} values; ids must be integers naming "
+            "the ground-truth neuron"
+        )
+    nodes, ids, index, edge_names = (
+        stored["nodes"],
+        stored["id"].astype(np.int64),
+        stored["index_position"],
+        stored["edges"],
+    )
     nm = None if stored["nm_position"] is None else stored["nm_position"].astype(np.float64)
     lengths = None if stored["edge_length"] is None else stored["edge_length"].astype(np.float64)
     if len(nodes) == 0:
         raise SkeletonError(f"skeleton {path} has no nodes")
     if index.ndim != 2 or index.shape[1] != 3 or len(index) != len(nodes) or ids.shape != (len(nodes),):
-        raise SkeletonError(f"skeleton {path}: expected index_position of shape ({len(nodes)}, 3) and id of shape "
-                            f"({len(nodes)},), found {index.shape} and {ids.shape}")
+        raise SkeletonError(
+            f"skeleton {path}: expected index_position of shape ({len(nodes)}, 3) and id of shape "
+            f"({len(nodes)},), found {index.shape} and {ids.shape}"
+        )
     order = np.argsort(nodes, kind="stable")
     edge_names = edge_names.reshape(-1, 2)
     rows = order[np.clip(np.searchsorted(nodes[order], edge_names), 0, len(nodes) - 1)]
     if len(rows) and not np.array_equal(nodes[rows], edge_names):
         bad = np.argwhere(nodes[rows] != edge_names)[0]
-        raise SkeletonError(f"skeleton {path}: edge {edge_names[bad[0]].tolist()} names node "
-                            f"{edge_names[tuple(bad)]!r}, which is not among its nodes")
+        raise SkeletonError(
+            f"skeleton {path}: edge {edge_names[bad[0]].tolist()} names node "
+            f"{edge_names[tuple(bad)]!r}, which is not among its nodes"
+        )
     check_positions(nodes, index.astype(np.float64), "index_position", path)
     index = index.astype(np.int64)
     rows = rows.astype(np.int64).reshape(-1, 2)
@@ -344,8 +380,11 @@ def crop_skeleton(graph: nx.Graph, start, stop) -> nx.Graph:
     [[1, 5, 5]]
     """
     start, stop = np.asarray(start[:3]), np.asarray(stop[:3])
-    kept = [n for n, a in graph.nodes(data=True)
-            if np.all(np.asarray(a["index_position"]) >= start) and np.all(np.asarray(a["index_position"]) < stop)]
+    kept = [
+        n
+        for n, a in graph.nodes(data=True)
+        if np.all(np.asarray(a["index_position"]) >= start) and np.all(np.asarray(a["index_position"]) < stop)
+    ]
     cropped = graph.subgraph(kept).copy()
     for node in kept:
         position = np.asarray(graph.nodes[node]["index_position"]) - start
@@ -400,8 +439,9 @@ def check_skeleton_suffix(path: str | Path) -> None:
     """Refuse, before any work, a skeleton output whose suffix names no format nisbflow writes."""
     suffix = Path(str(path)).suffix.lower()
     if suffix not in SKELETON_SUFFIXES:
-        raise SkeletonError(f"unknown skeleton format '{suffix or path}' for {path}: expected one of "
-                            f"{', '.join(SKELETON_SUFFIXES)}")
+        raise SkeletonError(
+            f"unknown skeleton format '{suffix or path}' for {path}: expected one of {', '.join(SKELETON_SUFFIXES)}"
+        )
 
 
 def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
@@ -423,12 +463,15 @@ def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
     elif suffix == ".npz":
         arrays = skeleton_arrays(graph)
         buffer = io.BytesIO()
-        lengths = np.array(
-            [data.get("edge_length", np.nan) for _, _, data in graph.edges(data=True)], dtype=np.float64
-        )
+        lengths = np.array([data.get("edge_length", np.nan) for _, _, data in graph.edges(data=True)], dtype=np.float64)
         has_nm = all("nm_position" in attrs for _, attrs in graph.nodes(data=True))
-        fields = dict(nodes=arrays.nodes, id=arrays.id, index_position=arrays.index_position,
-                      edges=arrays.nodes[arrays.edges] if len(arrays.edges) else arrays.edges, edge_length=lengths)
+        fields = dict(
+            nodes=arrays.nodes,
+            id=arrays.id,
+            index_position=arrays.index_position,
+            edges=arrays.nodes[arrays.edges] if len(arrays.edges) else arrays.edges,
+            edge_length=lengths,
+        )
         if has_nm:
             fields["nm_position"] = arrays.nm_position
         fields[MARK] = np.array(SKELETON)
@@ -437,8 +480,9 @@ def save_skeleton(graph: nx.Graph, path: str | Path) -> None:
         np.savez_compressed(buffer, **fields)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         payload = buffer.getvalue()
     else:
-        raise SkeletonError(f"unknown skeleton format '{suffix}' for {path}: expected one of "
-                            f"{', '.join(SKELETON_SUFFIXES)}")
+        raise SkeletonError(
+            f"unknown skeleton format '{suffix}' for {path}: expected one of {', '.join(SKELETON_SUFFIXES)}"
+        )
     with fsspec.open(path, "wb") as handle:
         handle.write(payload)
 

@@ -76,10 +76,7 @@ def _missing_array_message(path: str, role: str) -> str:
         members = _members(parent)
         if members:
             missing = "/".join(parts[cut:])
-            return (
-                f"{role} array not found: '{missing}' is not in zarr store {parent} "
-                f"(it holds: {', '.join(members)})"
-            )
+            return f"{role} array not found: '{missing}' is not in zarr store {parent} (it holds: {', '.join(members)})"
     return f"{role} array not found: {path} does not exist or is not a zarr array"
 
 
@@ -111,9 +108,11 @@ def open_volume(
     where = locate(path)
     if where.kind != "zarr":
         stem = Path(where.file).stem
-        raise VolumeError(f"{role}: {path} is {where.kind.upper()}; this command reads zarr arrays: convert it first "
-                          f"with `nisbflow convert {path} {stem}.zarr` (add --axes if it is not "
-                          f"{'ZYX / CZYX' if where.kind == 'hdf5' else 'ZYX'}, as PyTorch Connectomics writes)")
+        raise VolumeError(
+            f"{role}: {path} is {where.kind.upper()}; this command reads zarr arrays: convert it first "
+            f"with `nisbflow convert {path} {stem}.zarr` (add --axes if it is not "
+            f"{'ZYX / CZYX' if where.kind == 'hdf5' else 'ZYX'}, as PyTorch Connectomics writes)"
+        )
     try:
         array = zarr.open_array(array_url(path), mode="r")
     except (FileNotFoundError, zarr.errors.NodeTypeValidationError):
@@ -160,16 +159,23 @@ def check_volume(
     """Raise :class:`VolumeError` unless ``shape`` and ``dtype`` are of an allowed rank and dtype."""
     dtype = np.dtype(dtype)
     if any(int(n) == 0 for n in shape):
-        raise VolumeError(f"{role} {where}: the array is empty (shape {tuple(shape)}); every axis needs at least one "
-                          "voxel")
+        raise VolumeError(
+            f"{role} {where}: the array is empty (shape {tuple(shape)}); every axis needs at least one voxel"
+        )
     if ndims is not None and len(shape) not in ndims:
         expected = " or ".join(str(n) for n in ndims)
         raise VolumeError(f"{role} {where}: expected {expected} dimensions, found {len(shape)} (shape {tuple(shape)})")
     if dtypes is not None and dtype.name not in dtypes:
         raise VolumeError(f"{role} {where}: expected dtype {' or '.join(dtypes)}, found {dtype.name}")
     if dtype_kinds is not None and dtype.kind not in dtype_kinds:
-        names = {"iu": "an integer", "ui": "an integer", "u": "an unsigned integer", "i": "a signed integer",
-                 "f": "a floating-point", "b": "a boolean"}
+        names = {
+            "iu": "an integer",
+            "ui": "an integer",
+            "u": "an unsigned integer",
+            "i": "a signed integer",
+            "f": "a floating-point",
+            "b": "a boolean",
+        }
         expected = names.get(dtype_kinds, f"a '{dtype_kinds}'-kind")
         raise VolumeError(f"{role} {where}: expected {expected} dtype, found {dtype.name}")
 
@@ -178,8 +184,10 @@ def open_image(path: str | Path) -> zarr.Array:
     """Open an EM image, ``(X, Y, Z, 1) uint8`` (a 3-D ``(X, Y, Z)`` array is accepted as one channel)."""
     image = open_volume(path, role="image", ndims=(3, 4), dtypes=("uint8",))
     if image.ndim == 4 and image.shape[3] != 1:
-        raise VolumeError(f"image {path}: expected one grey channel, shape (X, Y, Z, 1) or (X, Y, Z), found shape "
-                          f"{tuple(image.shape)}; select the channel to segment, e.g. into an (X, Y, Z) array")
+        raise VolumeError(
+            f"image {path}: expected one grey channel, shape (X, Y, Z, 1) or (X, Y, Z), found shape "
+            f"{tuple(image.shape)}; select the channel to segment, e.g. into an (X, Y, Z) array"
+        )
     return image
 
 
@@ -198,13 +206,19 @@ def check_affinity_layout(shape, dtype, where: str = "affinities") -> None:
         raise VolumeError(f"{where}: expected affinities of shape (C, X, Y, Z) with C = 3 or 6, found shape {shape}")
     if shape[0] not in AFFINITY_CHANNELS:
         if shape[3] in AFFINITY_CHANNELS:
-            raise VolumeError(f"{where}: shape {shape} looks channels-last (X, Y, Z, C); nisbflow reads channels "
-                              f"first, (C, X, Y, Z): store it transposed, e.g. numpy.moveaxis(a, -1, 0)")
-        raise VolumeError(f"{where}: expected 3 or 6 affinity channels (offsets x, y, z, then long-range) on axis 0 "
-                          f"of (C, X, Y, Z), found shape {shape}")
+            raise VolumeError(
+                f"{where}: shape {shape} looks channels-last (X, Y, Z, C); nisbflow reads channels "
+                f"first, (C, X, Y, Z): store it transposed, e.g. numpy.moveaxis(a, -1, 0)"
+            )
+        raise VolumeError(
+            f"{where}: expected 3 or 6 affinity channels (offsets x, y, z, then long-range) on axis 0 "
+            f"of (C, X, Y, Z), found shape {shape}"
+        )
     if dtype.kind != "f":
-        raise VolumeError(f"{where}: expected float16 or float32 affinities in [0, 1], found dtype {dtype.name} "
-                          "(convert integer predictions to probabilities first)")
+        raise VolumeError(
+            f"{where}: expected float16 or float32 affinities in [0, 1], found dtype {dtype.name} "
+            "(convert integer predictions to probabilities first)"
+        )
 
 
 AFFINITY_SAMPLE_CHUNKS = 8
@@ -228,8 +242,13 @@ def sample_affinity_range(array: zarr.Array, n_chunks: int = AFFINITY_SAMPLE_CHU
         outside += int(((finite < 0) | (finite > 1)).sum()) + int(np.isinf(values).sum())
         if finite.size:
             low, high = min(low, float(finite.min())), max(high, float(finite.max()))
-    return {"sampled": total, "nan_fraction": nan / max(total, 1), "outside_fraction": outside / max(total, 1),
-            "min": low, "max": high}
+    return {
+        "sampled": total,
+        "nan_fraction": nan / max(total, 1),
+        "outside_fraction": outside / max(total, 1),
+        "min": low,
+        "max": high,
+    }
 
 
 def open_affinities(path: str | Path, *, log=None, sample: bool = True) -> zarr.Array:
@@ -241,19 +260,25 @@ def open_affinities(path: str | Path, *, log=None, sample: bool = True) -> zarr.
     check_affinity_layout(array.shape, array.dtype, where=f"affinities {path}")
     offsets: Any = array.attrs.get("offsets")
     if offsets is not None and tuple(str(o) for o in list(offsets)[:3]) != SHORT_RANGE_OFFSETS:
-        raise VolumeError(f"affinities {path}: channels 0, 1, 2 must be the short-range offsets "
-                          f"{list(SHORT_RANGE_OFFSETS)}, but its offsets attribute records {list(offsets)}; infer "
-                          "with inference.select_channel starting 0,1,2")
+        raise VolumeError(
+            f"affinities {path}: channels 0, 1, 2 must be the short-range offsets "
+            f"{list(SHORT_RANGE_OFFSETS)}, but its offsets attribute records {list(offsets)}; infer "
+            "with inference.select_channel starting 0,1,2"
+        )
     if sample:
         found = sample_affinity_range(array)
         say = log or (lambda message: print(message, file=sys.stderr))
         if found["outside_fraction"] > 0:
-            say(f"warning: affinities {path}: {100 * found['outside_fraction']:.2f} % of sampled values lie outside "
+            say(
+                f"warning: affinities {path}: {100 * found['outside_fraction']:.2f} % of sampled values lie outside "
                 f"[0, 1] (min {found['min']:.3g}, max {found['max']:.3g}); they look like logits, not probabilities "
-                "(inference.activation); thresholds compare with the stored values as they are")
+                "(inference.activation); thresholds compare with the stored values as they are"
+            )
         if found["nan_fraction"] > 0:
-            say(f"warning: affinities {path}: {100 * found['nan_fraction']:.2f} % of sampled values are NaN; NaN "
-                "affinities count as no edge")
+            say(
+                f"warning: affinities {path}: {100 * found['nan_fraction']:.2f} % of sampled values are NaN; NaN "
+                "affinities count as no edge"
+            )
     return array
 
 
@@ -360,8 +385,10 @@ def seed_of(config, split: str) -> tuple[NisbSeed, str]:
     section = getattr(config.data, split)
     if not section.path:
         example = f"outputs/synthetic/{split}/seed{100 if split == 'val' else 101}"
-        raise ConfigError(f"data.{split}.path is not set: {SPLIT_USE.get(split, 'this needs the seed')} folder "
-                          f"(holding data.zarr), e.g. data.{split}.path={example}")
+        raise ConfigError(
+            f"data.{split}.path is not set: {SPLIT_USE.get(split, 'this needs the seed')} folder "
+            f"(holding data.zarr), e.g. data.{split}.path={example}"
+        )
     seed = open_seed(section.path)
     skeleton = section.skeleton or seed.skeleton_path
     if not skeleton or "://" not in str(skeleton) and not Path(skeleton).exists():
@@ -378,8 +405,9 @@ def fast_compressors(zarr_format: int, shuffle: bool = True):
     without it (long runs of equal ids): ``shuffle=False``.
     """
     if zarr_format == 2:
-        return numcodecs.Blosc(cname="lz4", clevel=5,
-                               shuffle=numcodecs.Blosc.SHUFFLE if shuffle else numcodecs.Blosc.NOSHUFFLE)
+        return numcodecs.Blosc(
+            cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE if shuffle else numcodecs.Blosc.NOSHUFFLE
+        )
     return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle" if shuffle else "noshuffle")
 
 
@@ -408,12 +436,19 @@ def open_dataarray(path: str | Path) -> xr.DataArray:
     group (a seed's ``data.zarr``, a multi-threshold segmentation) opens with ``xarray.open_zarr`` directly."""
     array = open_volume(path)
     attrs: dict[str, Any] = dict(array.attrs)
-    names = attrs.pop("_ARRAY_DIMENSIONS", None) or getattr(array.metadata, "dimension_names", None) \
-        or list(attrs.get("axis_order", "")) or None
+    names = (
+        attrs.pop("_ARRAY_DIMENSIONS", None)
+        or getattr(array.metadata, "dimension_names", None)
+        or list(attrs.get("axis_order", ""))
+        or None
+    )
     if names is None or len(names) != array.ndim:
-        raise VolumeError(f"{path}: its axes are not named (no _ARRAY_DIMENSIONS, dimension_names or axis_order "
-                          f"for {array.ndim} dimensions)")
+        raise VolumeError(
+            f"{path}: its axes are not named (no _ARRAY_DIMENSIONS, dimension_names or axis_order "
+            f"for {array.ndim} dimensions)"
+        )
     voxel_size = dict(zip("xyz", voxel_size_of(array)))
     coords = {name: np.arange(n) * voxel_size[name] for name, n in zip(names, array.shape) if name in voxel_size}
-    return xr.DataArray(da.from_zarr(array), dims=list(names), coords=coords, attrs=attrs,
-                        name=str(path).rstrip("/").rsplit("/", 1)[-1])
+    return xr.DataArray(
+        da.from_zarr(array), dims=list(names), coords=coords, attrs=attrs, name=str(path).rstrip("/").rsplit("/", 1)[-1]
+    )

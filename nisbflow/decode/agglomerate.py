@@ -67,8 +67,10 @@ class Scoring:
         return f"OneMinus<HistogramQuantileAffinity<RegionGraphType, {self.quantile}, ScoreValue, {HISTOGRAM_BINS}>>"
 
 
-SCORING_FUNCTIONS = {name: Scoring(name, "mean") if name == "mean_aff" else
-                     Scoring(name, "quantile", int(name[3:].split("_")[0])) for name in WATERZ_SCORING_NAMES}
+SCORING_FUNCTIONS = {
+    name: Scoring(name, "mean") if name == "mean_aff" else Scoring(name, "quantile", int(name[3:].split("_")[0]))
+    for name in WATERZ_SCORING_NAMES
+}
 """Scoring functions by the names PyTorch Connectomics gives them: ``mean_aff`` and ``affQ_his256`` for Q = 10, 15,
 …, 95 (waterz ships these precompiled)."""
 
@@ -79,14 +81,17 @@ def scoring_function(name: str) -> Scoring:
         return SCORING_FUNCTIONS[name]
     except KeyError:
         known = ", ".join(n for n in SCORING_FUNCTIONS if n in ("mean_aff", "aff50_his256", "aff85_his256"))
-        raise ConfigError(f"decoding.waterz.scoring: unknown scoring function {name!r}; use mean_aff or affQ_his256 "
-                          f"with Q in 10, 15, …, 95 (e.g. {known})") from None
+        raise ConfigError(
+            f"decoding.waterz.scoring: unknown scoring function {name!r}; use mean_aff or affQ_his256 "
+            f"with Q in 10, 15, …, 95 (e.g. {known})"
+        ) from None
 
 
 def check_watershed_thresholds(aff_low: float, aff_high: float) -> None:
     if not 0.0 <= aff_low < aff_high <= 1.0:
-        raise ConfigError(f"decoding.waterz.aff_low ({aff_low}) and aff_high ({aff_high}) must satisfy "
-                          "0 <= aff_low < aff_high <= 1")
+        raise ConfigError(
+            f"decoding.waterz.aff_low ({aff_low}) and aff_high ({aff_high}) must satisfy 0 <= aff_low < aff_high <= 1"
+        )
 
 
 def _waterz():
@@ -149,15 +154,29 @@ def _quiet_stdout():
             os.close(saved)
 
 
-def run_waterz(waterz_affinities: np.ndarray, thresholds, scoring: Scoring, aff_low: float = DEFAULT_AFF_LOW,
-               aff_high: float = DEFAULT_AFF_HIGH, fragments: np.ndarray | None = None) -> list[np.ndarray]:
+def run_waterz(
+    waterz_affinities: np.ndarray,
+    thresholds,
+    scoring: Scoring,
+    aff_low: float = DEFAULT_AFF_LOW,
+    aff_high: float = DEFAULT_AFF_HIGH,
+    fragments: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """waterz's ``agglomerate`` on ``(3, Z, Y, X) float32`` affinities: one ``(Z, Y, X) uint64`` segmentation (waterz's
     own ids) per threshold, thresholds ascending. ``fragments`` (``(Z, Y, X) uint64``) skips the watershed."""
     waterz = _waterz()
     with _quiet_stdout():
-        return [np.array(segmentation, copy=True) for segmentation in waterz.agglomerate(
-            waterz_affinities, sorted(float(t) for t in thresholds), fragments=fragments,
-            aff_threshold_low=aff_low, aff_threshold_high=aff_high, scoring_function=scoring.waterz)]
+        return [
+            np.array(segmentation, copy=True)
+            for segmentation in waterz.agglomerate(
+                waterz_affinities,
+                sorted(float(t) for t in thresholds),
+                fragments=fragments,
+                aff_threshold_low=aff_low,
+                aff_threshold_high=aff_high,
+                scoring_function=scoring.waterz,
+            )
+        ]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -192,8 +211,15 @@ def raster_relabel(labels: np.ndarray, dtype=None) -> tuple[np.ndarray, int]:
     return wide.astype(dtype or segmentation_dtype(n), copy=False), n
 
 
-def decode_affinity_waterz(affinities, thresholds=(0.3,), mask=None, *, scoring: str = DEFAULT_SCORING,
-                           aff_low: float = DEFAULT_AFF_LOW, aff_high: float = DEFAULT_AFF_HIGH) -> list[np.ndarray]:
+def decode_affinity_waterz(
+    affinities,
+    thresholds=(0.3,),
+    mask=None,
+    *,
+    scoring: str = DEFAULT_SCORING,
+    aff_low: float = DEFAULT_AFF_LOW,
+    aff_high: float = DEFAULT_AFF_HIGH,
+) -> list[np.ndarray]:
     """Watershed fragments and agglomeration of in-memory affinities with waterz, one segmentation per threshold.
 
     ``affinities``: ``(C >= 3, X, Y, Z)`` float16/float32, source-voxel storage (channels 0..2 are read).
@@ -212,11 +238,14 @@ def decode_affinity_waterz(affinities, thresholds=(0.3,), mask=None, *, scoring:
     chosen = scoring_function(scoring)
     nan = int((~np.isfinite(affinities[:3])).sum())
     if nan:
-        warnings.warn(f"affinities: {nan} NaN or infinite affinities (not probabilities: NaN counts as 0, no edge; "
-                      "±inf as the largest or smallest value)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"affinities: {nan} NaN or infinite affinities (not probabilities: NaN counts as 0, no edge; "
+            "±inf as the largest or smallest value)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     ascending = sorted(set(values))
-    results = run_waterz(to_waterz_affinities(clean_affinities(affinities, mask)), ascending, chosen, aff_low,
-                         aff_high)
+    results = run_waterz(to_waterz_affinities(clean_affinities(affinities, mask)), ascending, chosen, aff_low, aff_high)
     by_threshold = {t: raster_relabel(seg.transpose(2, 1, 0))[0] for t, seg in zip(ascending, results)}
     return [by_threshold[t] for t in values]
 
@@ -225,16 +254,18 @@ def decode_affinity_waterz(affinities, thresholds=(0.3,), mask=None, *, scoring:
 # fragments and region adjacency graph of one block
 
 
-def watershed_fragments(affinities: np.ndarray, aff_low: float = DEFAULT_AFF_LOW,
-                        aff_high: float = DEFAULT_AFF_HIGH) -> tuple[np.ndarray, int]:
+def watershed_fragments(
+    affinities: np.ndarray, aff_low: float = DEFAULT_AFF_LOW, aff_high: float = DEFAULT_AFF_HIGH
+) -> tuple[np.ndarray, int]:
     """waterz's watershed of ``(3, X, Y, Z) float32`` cleaned affinities (:func:`clean_affinities`): ``(X, Y, Z)
     uint32`` fragments, 0 = background, and their number N.
 
     The ids are waterz's own, 1..N in the order of each fragment's first voxel in waterz's (Z, Y, X) raster, i.e.
     with x varying fastest (:func:`fragment_order_relabel` keeps that order for a crop), so the region adjacency
     graph's edges come in waterz's order too."""
-    [fragments] = run_waterz(to_waterz_affinities(affinities), [0.0], SCORING_FUNCTIONS["mean_aff"], aff_low,
-                             aff_high)  # threshold 0 merges nothing: the watershed alone
+    [fragments] = run_waterz(
+        to_waterz_affinities(affinities), [0.0], SCORING_FUNCTIONS["mean_aff"], aff_low, aff_high
+    )  # threshold 0 merges nothing: the watershed alone
     n = int(fragments.max(initial=0))
     return np.ascontiguousarray(fragments.transpose(2, 1, 0)).astype(np.uint32), n
 
@@ -306,14 +337,28 @@ class EdgeStatistics:
 
     @classmethod
     def empty(cls) -> EdgeStatistics:
-        return cls(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.float64), np.empty(0, np.int64),
-                   np.empty(0, np.int16))
+        return cls(
+            np.empty(0, np.uint64),
+            np.empty(0, np.uint64),
+            np.empty(0, np.float64),
+            np.empty(0, np.int64),
+            np.empty(0, np.int16),
+        )
 
     @classmethod
     def from_contacts(cls, u: np.ndarray, v: np.ndarray, affinity: np.ndarray) -> EdgeStatistics:
         """Statistics of voxel-pair contacts ``(u, v, affinity)`` (``u < v``), grouped by region pair."""
-        return cls.combine([cls(u.astype(np.uint64), v.astype(np.uint64), affinity.astype(np.float64),
-                                np.ones(len(u), np.int64), affinity_bin(affinity))])
+        return cls.combine(
+            [
+                cls(
+                    u.astype(np.uint64),
+                    v.astype(np.uint64),
+                    affinity.astype(np.float64),
+                    np.ones(len(u), np.int64),
+                    affinity_bin(affinity),
+                )
+            ]
+        )
 
     @classmethod
     def combine(cls, parts: list[EdgeStatistics]) -> EdgeStatistics:
@@ -325,15 +370,19 @@ class EdgeStatistics:
         order = np.lexsort((v, u))
         u, v = u[order], v[order]
         starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])])
-        return cls(u[starts], v[starts],
-                   np.add.reduceat(np.concatenate([p.total for p in parts])[order], starts),
-                   np.add.reduceat(np.concatenate([p.count for p in parts])[order], starts),
-                   np.maximum.reduceat(np.concatenate([p.max_bin for p in parts])[order], starts))
+        return cls(
+            u[starts],
+            v[starts],
+            np.add.reduceat(np.concatenate([p.total for p in parts])[order], starts),
+            np.add.reduceat(np.concatenate([p.count for p in parts])[order], starts),
+            np.maximum.reduceat(np.concatenate([p.max_bin for p in parts])[order], starts),
+        )
 
     def offset(self, u_offset, v_offset) -> EdgeStatistics:
         """The same edges with region ids shifted (to global ids); order ``u < v`` must still hold."""
-        return EdgeStatistics(self.u + np.uint64(u_offset), self.v + np.uint64(v_offset), self.total, self.count,
-                              self.max_bin)
+        return EdgeStatistics(
+            self.u + np.uint64(u_offset), self.v + np.uint64(v_offset), self.total, self.count, self.max_bin
+        )
 
     def arrays(self, prefix: str = "") -> dict:
         return {f"{prefix}{k}": getattr(self, k) for k in ("u", "v", "total", "count", "max_bin")}
@@ -349,13 +398,23 @@ def region_graph(fragments: np.ndarray, affinities: np.ndarray) -> EdgeStatistic
     size = 3 * fragments.size
     first, second = np.empty(size, np.uint32), np.empty(size, np.uint32)
     value = np.empty(size, np.float32)
-    n = _contacts(np.ascontiguousarray(fragments, dtype=np.uint32), np.ascontiguousarray(affinities, np.float32),
-                  first, second, value)
+    n = _contacts(
+        np.ascontiguousarray(fragments, dtype=np.uint32),
+        np.ascontiguousarray(affinities, np.float32),
+        first,
+        second,
+        value,
+    )
     return EdgeStatistics.from_contacts(first[:n], second[:n], value[:n])
 
 
-def face_contacts(lower_face: np.ndarray, lower_face_affinity: np.ndarray, upper_face: np.ndarray,
-                  lower_offset: int, upper_offset: int) -> EdgeStatistics:
+def face_contacts(
+    lower_face: np.ndarray,
+    lower_face_affinity: np.ndarray,
+    upper_face: np.ndarray,
+    lower_offset: int,
+    upper_offset: int,
+) -> EdgeStatistics:
     """Edges across one block face: ``lower_face`` are the lower block's fragment ids on its last plane,
     ``lower_face_affinity`` the affinities it stores there along the face's axis (they join each voxel with the
     one above it), ``upper_face`` the upper block's ids on its first plane (all three the same 2-D shape). Ids get
@@ -454,8 +513,9 @@ def _queue_push_all(scores, edges, initial):
     return size
 
 
-def agglomerate_graph(n_regions: int, edges: EdgeStatistics, thresholds,
-                      scoring: str | Scoring = DEFAULT_SCORING) -> list[np.ndarray]:
+def agglomerate_graph(
+    n_regions: int, edges: EdgeStatistics, thresholds, scoring: str | Scoring = DEFAULT_SCORING
+) -> list[np.ndarray]:
     """Greedy agglomeration of a region adjacency graph, as waterz's ``IterativeRegionMerging`` does it.
 
     ``n_regions``: regions are 1..n_regions (0 is background and never merges); ``edges``: one row per adjacent
@@ -500,8 +560,13 @@ def agglomerate_graph(n_regions: int, edges: EdgeStatistics, thresholds,
         if mean:
             stats[target] = (stats[target][0] + stats[source][0], stats[target][1] + stats[source][1])
         else:
-            small, large = sorted(({stats[source]: 1} if type(stats[source]) is int else stats[source],
-                                   {stats[target]: 1} if type(stats[target]) is int else stats[target]), key=len)
+            small, large = sorted(
+                (
+                    {stats[source]: 1} if type(stats[source]) is int else stats[source],
+                    {stats[target]: 1} if type(stats[target]) is int else stats[target],
+                ),
+                key=len,
+            )
             for bin_, count in small.items():
                 large[bin_] = large.get(bin_, 0) + count
             stats[target] = large

@@ -34,12 +34,30 @@ from nisbflow.blocks import BlockGrid, task_priority
 from nisbflow.staging import BlockwisePass, ScratchFiles, write_marker
 from nisbflow.data.chunks import open_checked
 from nisbflow.data.volumes import array_url
-from nisbflow.decode.agglomerate import (DEFAULT_AFF_HIGH, DEFAULT_AFF_LOW, DEFAULT_SCORING, EdgeStatistics,
-                                         agglomerate_graph, check_watershed_thresholds, clean_affinities,
-                                         face_contacts, first_voxels, fragment_order_relabel, number_regions,
-                                         region_graph, scoring_function, watershed_fragments)
-from nisbflow.decode.outputs import (DecodeResult, LocalIdScratch, open_decoding_inputs, relabel_outputs,
-                                     segmentation_attrs, decoding_run)
+from nisbflow.decode.agglomerate import (
+    DEFAULT_AFF_HIGH,
+    DEFAULT_AFF_LOW,
+    DEFAULT_SCORING,
+    EdgeStatistics,
+    agglomerate_graph,
+    check_watershed_thresholds,
+    clean_affinities,
+    face_contacts,
+    first_voxels,
+    fragment_order_relabel,
+    number_regions,
+    region_graph,
+    scoring_function,
+    watershed_fragments,
+)
+from nisbflow.decode.outputs import (
+    DecodeResult,
+    LocalIdScratch,
+    open_decoding_inputs,
+    relabel_outputs,
+    segmentation_attrs,
+    decoding_run,
+)
 from nisbflow.decode.kernel import check_thresholds, segmentation_dtype
 from nisbflow.decode.stitch import SPATIAL_AXES
 from nisbflow.tasks import compute_tasks
@@ -50,8 +68,9 @@ strong affinity across the face joins two whole fragments that the volume's wate
 small fragment between them (with max-initialised histogram scores that edge scores 0); docs/BENCHMARKS.md measures
 0, 2, 4 and 8."""
 
-AGGLOMERATION_DESCRIPTION = ("neuron segmentation: waterz watershed fragments agglomerated by {scoring} until "
-                             "threshold, 0 = background")
+AGGLOMERATION_DESCRIPTION = (
+    "neuron segmentation: waterz watershed fragments agglomerated by {scoring} until threshold, 0 = background"
+)
 
 
 @dataclass(frozen=True)
@@ -100,8 +119,14 @@ class FragmentScratch(LocalIdScratch):
         return self.read_arrays(block_id)
 
 
-def fragment_block(affinities: np.ndarray, mask: np.ndarray | None, write_in_read, options: WaterzOptions,
-                   origin=(0, 0, 0), volume_shape=None):
+def fragment_block(
+    affinities: np.ndarray,
+    mask: np.ndarray | None,
+    write_in_read,
+    options: WaterzOptions,
+    origin=(0, 0, 0),
+    volume_shape=None,
+):
     """Pure body of pass 1 for one block.
 
     ``affinities (C >= 3, x, y, z)`` float16/float32 of the read region, ``mask`` the same region or None,
@@ -129,8 +154,18 @@ def fragment_block(affinities: np.ndarray, mask: np.ndarray | None, write_in_rea
     return fragments, n, arrays
 
 
-def _fragment_task(source: str, mask: str | None, read_region, write_in_read, volume_shape, options: WaterzOptions,
-                   scratch: FragmentScratch, block_id: int, marker: str, run_id: str) -> int:
+def _fragment_task(
+    source: str,
+    mask: str | None,
+    read_region,
+    write_in_read,
+    volume_shape,
+    options: WaterzOptions,
+    scratch: FragmentScratch,
+    block_id: int,
+    marker: str,
+    run_id: str,
+) -> int:
     """Task: pass 1 for one block (reads zarr, writes the scratch, then the marker); returns its fragment count."""
     affinities = open_checked(source, f"affinities {source}")[(slice(0, 3),) + tuple(read_region)]
     mask_values = None if mask is None else open_checked(mask, f"affinity mask {mask}")[tuple(read_region)]
@@ -149,8 +184,15 @@ def _block_edges(scratch: FragmentScratch, block_id: int, offset: int, lower_ids
         if lower is None:
             continue
         theirs = scratch.read_block(lower)
-        parts.append(face_contacts(theirs[f"upper-ids-{axis}"], theirs[f"upper-affinity-{axis}"],
-                                   mine[f"lower-ids-{axis}"], lower_offset, offset))
+        parts.append(
+            face_contacts(
+                theirs[f"upper-ids-{axis}"],
+                theirs[f"upper-affinity-{axis}"],
+                mine[f"lower-ids-{axis}"],
+                lower_offset,
+                offset,
+            )
+        )
     return EdgeStatistics.combine(parts), mine["first-voxel"][1:]
 
 
@@ -185,7 +227,7 @@ class FragmentNumbering:
     def lookup_table(self, block_id: int) -> np.ndarray:
         """``(count + 1,)`` segment id of each local fragment id of block ``block_id`` (index 0 → 0)."""
         start = int(self.offsets[block_id])
-        table = self.segment_of[start:start + int(self.counts[block_id]) + 1].astype(self.dtype)
+        table = self.segment_of[start : start + int(self.counts[block_id]) + 1].astype(self.dtype)
         table[0] = 0
         return table
 
@@ -225,33 +267,73 @@ def agglomerate_to_zarr(
     spatial_chunks = tuple(chunks) if chunks is not None else source.chunks[1:]
     grid = BlockGrid.regular(source.shape[1:], spatial_chunks)
     run = decoding_run(run)
-    identity = dict(method="waterz", thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks],
-                    scoring=options.scoring, aff_low=options.aff_low, aff_high=options.aff_high,
-                    context=int(options.context))
-    with StagedRun(output, kind="segmentation", inputs={"affinities": affinities, "affinity mask": mask},
-                   identity=identity, overwrite=overwrite, force=force, log=log, layout=layout) as staged:
+    identity = dict(
+        method="waterz",
+        thresholds=list(thresholds),
+        chunks=[list(c) for c in grid.chunks],
+        scoring=options.scoring,
+        aff_low=options.aff_low,
+        aff_high=options.aff_high,
+        context=int(options.context),
+    )
+    with StagedRun(
+        output,
+        kind="segmentation",
+        inputs={"affinities": affinities, "affinity mask": mask},
+        identity=identity,
+        overwrite=overwrite,
+        force=force,
+        log=log,
+        layout=layout,
+    ) as staged:
         scratch = FragmentScratch(staged.scratch("fragments"))
         token = tokenize(staged.run_id, identity)
         counts = _fragment_pass(staged, scratch, array_url(affinities), mask_url, grid, options, token, progress)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         numbered, size = _agglomerate(scratch, grid, counts, offsets, thresholds, options.scoring, token, progress)
-        numberings = [FragmentNumbering(segment_of, offsets, counts, n_segments)
-                      for segment_of, n_segments in numbered]
-        settings = dict(method="waterz", waterz=dict(scoring=options.scoring, aff_low=options.aff_low,
-                                                     aff_high=options.aff_high, context=int(options.context)))
-        attributes = functools.partial(segmentation_attrs, source, affinities, mask, run,
-                                       run_id=staged.run_id, region_graph=size, decoding=settings,
-                                       description=AGGLOMERATION_DESCRIPTION.format(scoring=options.scoring))
-        result = relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token, progress,
-                                 ids_per_threshold=False)
+        numberings = [FragmentNumbering(segment_of, offsets, counts, n_segments) for segment_of, n_segments in numbered]
+        settings = dict(
+            method="waterz",
+            waterz=dict(
+                scoring=options.scoring,
+                aff_low=options.aff_low,
+                aff_high=options.aff_high,
+                context=int(options.context),
+            ),
+        )
+        attributes = functools.partial(
+            segmentation_attrs,
+            source,
+            affinities,
+            mask,
+            run,
+            run_id=staged.run_id,
+            region_graph=size,
+            decoding=settings,
+            description=AGGLOMERATION_DESCRIPTION.format(scoring=options.scoring),
+        )
+        result = relabel_outputs(
+            staged, scratch, grid, source, thresholds, numberings, attributes, token, progress, ids_per_threshold=False
+        )
     return DecodeResult(result, size)
 
 
-def _fragment_pass(staged, scratch: FragmentScratch, source: str, mask: str | None, grid: BlockGrid,
-                   options: WaterzOptions, token: str, progress: bool) -> np.ndarray:
+def _fragment_pass(
+    staged,
+    scratch: FragmentScratch,
+    source: str,
+    mask: str | None,
+    grid: BlockGrid,
+    options: WaterzOptions,
+    token: str,
+    progress: bool,
+) -> np.ndarray:
     """Pass 1 over every block not yet done; returns ``(B,) int64`` fragments per block (C order)."""
-    work = staged.pending(BlockwisePass("fragments", grid, (ScratchFiles(scratch.blocks_present),),
-                                        what="blocks already cut into fragments"))
+    work = staged.pending(
+        BlockwisePass(
+            "fragments", grid, (ScratchFiles(scratch.blocks_present),), what="blocks already cut into fragments"
+        )
+    )
     counts = np.zeros(grid.n_blocks, dtype=np.int64)
     for block, payload in work.done.items():
         counts[grid.linear(block)] = int(json.loads(payload))
@@ -261,10 +343,21 @@ def _fragment_pass(staged, scratch: FragmentScratch, source: str, mask: str | No
             read = grid.read_region(block, options.context, options.context)
             write = grid.write_region(block)
             write_in_read = write.local(read)
-            tasks.append(dask.delayed(_fragment_task, pure=True)(
-                source, mask, read, write_in_read, grid.shape, options, scratch, grid.linear(block),
-                staged.marker("fragments", grid.key(block)), staged.run_id,
-                dask_key_name=(f"waterz-fragments-{token}",) + block))
+            tasks.append(
+                dask.delayed(_fragment_task, pure=True)(
+                    source,
+                    mask,
+                    read,
+                    write_in_read,
+                    grid.shape,
+                    options,
+                    scratch,
+                    grid.linear(block),
+                    staged.marker("fragments", grid.key(block)),
+                    staged.run_id,
+                    dask_key_name=(f"waterz-fragments-{token}",) + block,
+                )
+            )
             order.append(grid.linear(block))
     if tasks:
         for block_id, n in zip(order, compute_tasks(tasks, "decode (waterz): fragments", progress=progress)):
@@ -272,20 +365,29 @@ def _fragment_pass(staged, scratch: FragmentScratch, source: str, mask: str | No
     return counts
 
 
-def _agglomerate(scratch: FragmentScratch, grid: BlockGrid, counts, offsets, thresholds, scoring: str, token: str,
-                 progress: bool):
+def _agglomerate(
+    scratch: FragmentScratch, grid: BlockGrid, counts, offsets, thresholds, scoring: str, token: str, progress: bool
+):
     """Passes 2 and 3: edge tables per block, then one agglomeration task."""
     tables = []
     with dask.annotate(priority=task_priority):
         for block in grid.indices():
             lower = [grid.lower_neighbour(block, axis) for axis in SPATIAL_AXES]
             lower_ids = [None if n is None else grid.linear(n) for n in lower]
-            tables.append(dask.delayed(_block_edges, pure=True)(
-                scratch, grid.linear(block), int(offsets[grid.linear(block)]), lower_ids,
-                [None if i is None else int(offsets[i]) for i in lower_ids],
-                dask_key_name=(f"waterz-block-edges-{token}",) + block))
-    task = dask.delayed(_agglomerate_task, pure=True)(int(np.sum(counts)), list(thresholds), scoring, *tables,
-                                                        dask_key_name=f"waterz-agglomerate-{token}")
-    [(numbered, size)] = compute_tasks([task], "decode (waterz): region graph and agglomeration", progress=progress,
-                                       track=tables)
+            tables.append(
+                dask.delayed(_block_edges, pure=True)(
+                    scratch,
+                    grid.linear(block),
+                    int(offsets[grid.linear(block)]),
+                    lower_ids,
+                    [None if i is None else int(offsets[i]) for i in lower_ids],
+                    dask_key_name=(f"waterz-block-edges-{token}",) + block,
+                )
+            )
+    task = dask.delayed(_agglomerate_task, pure=True)(
+        int(np.sum(counts)), list(thresholds), scoring, *tables, dask_key_name=f"waterz-agglomerate-{token}"
+    )
+    [(numbered, size)] = compute_tasks(
+        [task], "decode (waterz): region graph and agglomeration", progress=progress, track=tables
+    )
     return numbered, size

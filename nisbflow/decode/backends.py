@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nisbflow.decode.kernel import (check_affinities, check_mask, label_affinities, masked_bits, threshold_bits,
-                                    warn_nan)
+from nisbflow.decode.kernel import check_affinities, check_mask, label_affinities, masked_bits, threshold_bits, warn_nan
 from nisbflow.errors import ConfigError
 
 BACKENDS = ("numba", "cupy")
@@ -21,13 +20,15 @@ def check_backend(backend: str) -> str:
         import importlib.util
 
         if importlib.util.find_spec("cupy") is None:
-            raise ConfigError("--backend cupy needs cupy and a CUDA GPU: pip install 'nisbflow[gpu]' "
-                              "(or use --backend numba)")
+            raise ConfigError(
+                "--backend cupy needs cupy and a CUDA GPU: pip install 'nisbflow[gpu]' (or use --backend numba)"
+            )
     return backend
 
 
-def label_bits(bits: np.ndarray, threshold: float, dtype, backend: str = "numba",
-               labels_dtype=np.uint32) -> tuple[np.ndarray, int]:
+def label_bits(
+    bits: np.ndarray, threshold: float, dtype, backend: str = "numba", labels_dtype=np.uint32
+) -> tuple[np.ndarray, int]:
     """Components of ``bits (3, X, Y, Z)`` (affinity bit patterns of ``dtype``,
     :func:`~nisbflow.decode.kernel.masked_bits`)
     at ``threshold`` on ``backend``: ``(labels (X, Y, Z) labels_dtype, n)``, ids 1..n in raster order."""
@@ -39,8 +40,9 @@ def label_bits(bits: np.ndarray, threshold: float, dtype, backend: str = "numba"
     return label_affinities(bits, threshold, dtype, labels_dtype=labels_dtype)
 
 
-def decode_in_memory(affinities: np.ndarray, thresholds: tuple[float, ...], mask: np.ndarray | None,
-                     backend: str = "numba") -> list[np.ndarray]:
+def decode_in_memory(
+    affinities: np.ndarray, thresholds: tuple[float, ...], mask: np.ndarray | None, backend: str = "numba"
+) -> list[np.ndarray]:
     """One segmentation per threshold for an in-memory ``(C >= 3, X, Y, Z)`` float array, on ``backend`` (cupy:
     the affinities go to the GPU once, :func:`nisbflow.decode.gpu.decode_on_gpu`)."""
     check_affinities(affinities.shape, affinities.dtype)

@@ -29,11 +29,27 @@ from dask.delayed import Delayed
 from nisbflow.blocks import BlockGrid, task_priority, tree_reduce
 from nisbflow.decode.backends import check_backend, decode_in_memory
 from nisbflow.decode.kernel import NON_FINITE, check_affinities, check_mask, check_thresholds
-from nisbflow.decode.outputs import (DecodeResult, LocalIdScratch, open_decoding_inputs, relabel_outputs,
-                                     segmentation_attrs, decoding_run)
-from nisbflow.decode.stitch import (SPATIAL_AXES, BlockLabels, SegmentNumbering, block_counts, face_pairs,
-                                    label_block, merge_equivalences, number_segments, relabel_block, upper_planes,
-                                    without_labels)
+from nisbflow.decode.outputs import (
+    DecodeResult,
+    LocalIdScratch,
+    open_decoding_inputs,
+    relabel_outputs,
+    segmentation_attrs,
+    decoding_run,
+)
+from nisbflow.decode.stitch import (
+    SPATIAL_AXES,
+    BlockLabels,
+    SegmentNumbering,
+    block_counts,
+    face_pairs,
+    label_block,
+    merge_equivalences,
+    number_segments,
+    relabel_block,
+    upper_planes,
+    without_labels,
+)
 from nisbflow.tasks import compute_tasks
 from nisbflow.staging import BlockwisePass, ScratchFiles, write_marker
 
@@ -44,8 +60,9 @@ MERGE_FAN_IN = 16
 """Equivalence lists merged by one union-find task of the reduction tree."""
 
 
-def decode_affinity_cc(affinities, threshold: float = 0.75, mask=None, *, thresholds=None, backend: str = "numba",
-                       progress: bool = False):
+def decode_affinity_cc(
+    affinities, threshold: float = 0.75, mask=None, *, thresholds=None, backend: str = "numba", progress: bool = False
+):
     """Connected components of thresholded affinities (BANIS ``decode_affinity_cc``).
 
     Parameters
@@ -110,7 +127,8 @@ class _BlockInputs:
         key = (name, block)
         if key not in self._planes_of:
             self._planes_of[key] = dask.delayed(upper_planes, pure=True)(
-                source[block], dask_key_name=(f"decode-{name}-halo-{self.token}",) + block)
+                source[block], dask_key_name=(f"decode-{name}-halo-{self.token}",) + block
+            )
         return self._planes_of[key]
 
     def of(self, block) -> dict:
@@ -130,9 +148,18 @@ def _along_axes(planes) -> list:
     return [None if p is None else p[axis] for axis, p in enumerate(planes)]
 
 
-def _label_and_store(affinities, halo_affinities, thresholds, backend, mask=None, halo_mask=(None, None, None),
-                     scratch: LocalIdScratch | None = None, block_id: int | None = None, marker: str | None = None,
-                     run_id: str | None = None):
+def _label_and_store(
+    affinities,
+    halo_affinities,
+    thresholds,
+    backend,
+    mask=None,
+    halo_mask=(None, None, None),
+    scratch: LocalIdScratch | None = None,
+    block_id: int | None = None,
+    marker: str | None = None,
+    run_id: str | None = None,
+):
     """Task: label one block; with ``scratch``, write its local ids and faces there, then its ``marker`` (payload:
     each threshold's label count and the NaN count, which is all a resumed run needs of it). Returns the summaries
     without labels (and without faces when they went to ``scratch``).
@@ -156,8 +183,9 @@ def _summary_from_marker(payload: bytes) -> list[BlockLabels]:
     return [BlockLabels(None, (), (), int(count), int(nan)) for count, nan in json.loads(payload)]
 
 
-def _block_summary(block, block_id: int, lower: list, lower_ids: list, label_bits: int,
-                   scratch: LocalIdScratch | None = None) -> tuple:
+def _block_summary(
+    block, block_id: int, lower: list, lower_ids: list, label_bits: int, scratch: LocalIdScratch | None = None
+) -> tuple:
     """Task: one block's face pairs with its lower neighbours and its label counts, for the merge tree.
 
     With ``scratch`` the faces are read from there (the label tasks stored them)."""
@@ -181,8 +209,13 @@ def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, st
     With ``staged`` (a :class:`~nisbflow.staging.StagedRun`), blocks whose ``label`` marker and scratch files exist
     are not labelled again: their summaries come from the markers and their faces from the scratch."""
     grid, token = inputs.grid, inputs.token
-    done = {} if staged is None else staged.pending(BlockwisePass(
-        "label", grid, (ScratchFiles(scratch.blocks_present),), what="blocks already labelled")).done
+    done = (
+        {}
+        if staged is None
+        else staged.pending(
+            BlockwisePass("label", grid, (ScratchFiles(scratch.blocks_present),), what="blocks already labelled")
+        ).done
+    )
     labelled = {index: _summary_from_marker(payload) for index, payload in done.items()}
     summaries = []
     with dask.annotate(priority=task_priority):
@@ -190,18 +223,31 @@ def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, st
             if block in labelled:
                 continue
             labelled[block] = dask.delayed(_label_and_store, pure=True)(
-                **inputs.of(block), thresholds=thresholds, backend=backend, scratch=scratch,
-                block_id=grid.linear(block), marker=None if staged is None else staged.marker("label", grid.key(block)),
+                **inputs.of(block),
+                thresholds=thresholds,
+                backend=backend,
+                scratch=scratch,
+                block_id=grid.linear(block),
+                marker=None if staged is None else staged.marker("label", grid.key(block)),
                 run_id=None if staged is None else staged.run_id,
-                dask_key_name=(f"decode-label-block-{token}",) + block)
+                dask_key_name=(f"decode-label-block-{token}",) + block,
+            )
         for block in grid.indices():
             lower = [grid.lower_neighbour(block, axis) for axis in SPATIAL_AXES]
-            summaries.append(dask.delayed(_block_summary, pure=True)(
-                labelled[block], grid.linear(block), [None if n is None else labelled[n] for n in lower],
-                [None if n is None else grid.linear(n) for n in lower], grid.label_bits, scratch,
-                dask_key_name=(f"decode-face-pairs-{token}",) + block))
-    merged = tree_reduce(summaries, _merge_summaries, f"decode-merge-equivalences-{token}", fan_in=MERGE_FAN_IN,
-                         at_least_once=True)
+            summaries.append(
+                dask.delayed(_block_summary, pure=True)(
+                    labelled[block],
+                    grid.linear(block),
+                    [None if n is None else labelled[n] for n in lower],
+                    [None if n is None else grid.linear(n) for n in lower],
+                    grid.label_bits,
+                    scratch,
+                    dask_key_name=(f"decode-face-pairs-{token}",) + block,
+                )
+            )
+    merged = tree_reduce(
+        summaries, _merge_summaries, f"decode-merge-equivalences-{token}", fan_in=MERGE_FAN_IN, at_least_once=True
+    )
     track = [task for task in labelled.values() if isinstance(task, Delayed)] or [merged]
     [(equivalences, counts_of)] = compute_tasks([merged], "decode: label blocks", progress=progress, track=track)
     counts = np.stack([counts_of[b] for b in range(grid.n_blocks)])
@@ -211,11 +257,13 @@ def _label_pass(inputs: _BlockInputs, thresholds, backend, scratch, progress, st
     return [number_segments(counts[:, t], equivalences[t], grid.label_bits) for t in range(len(thresholds))]
 
 
-def _relabel_recomputed(affinities, halo_affinities, threshold, backend, numbering, block_id, mask=None,
-                        halo_mask=(None, None, None)):
+def _relabel_recomputed(
+    affinities, halo_affinities, threshold, backend, numbering, block_id, mask=None, halo_mask=(None, None, None)
+):
     """Task: label one block again and map its local ids to final ids."""
-    [labelled] = label_block(affinities, _along_axes(halo_affinities), (threshold,), mask, _along_axes(halo_mask),
-                             backend)
+    [labelled] = label_block(
+        affinities, _along_axes(halo_affinities), (threshold,), mask, _along_axes(halo_mask), backend
+    )
     return relabel_block(labelled.labels, numbering, block_id)
 
 
@@ -231,9 +279,13 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
         for block in grid.indices():
             shape = grid.write_region(block).shape
             task = dask.delayed(_relabel_recomputed, pure=True)(
-                **inputs.of(block), threshold=threshold, backend=backend, numbering=shared,
+                **inputs.of(block),
+                threshold=threshold,
+                backend=backend,
+                numbering=shared,
                 block_id=grid.linear(block),
-                dask_key_name=(f"decode-relabel-block-{tokenize(token, threshold)}",) + block)
+                dask_key_name=(f"decode-relabel-block-{tokenize(token, threshold)}",) + block,
+            )
             blocks[block] = da.from_delayed(task, shape=shape, dtype=numbering.dtype)
         segmentations.append(da.block(blocks.tolist()))
     return segmentations
@@ -243,9 +295,21 @@ def _decode_dask(affinities: da.Array, thresholds, mask, backend, progress) -> l
 # zarr to zarr
 
 
-def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backend: str = "numba",
-               overwrite: bool = False, force: bool = False, progress: bool = True, run=None, log=None,
-               layout: str = "ngff") -> DecodeResult:
+def cc_to_zarr(
+    affinities,
+    output,
+    *,
+    thresholds,
+    mask=None,
+    chunks=None,
+    backend: str = "numba",
+    overwrite: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    run=None,
+    log=None,
+    layout: str = "ngff",
+) -> DecodeResult:
     """Connected components of a zarr array of affinities at each of ``thresholds``, block by block, into a staged
     zarr segmentation: the ``cc`` method of :func:`~nisbflow.decode.to_zarr.decode_to_zarr` (see there for the
     arguments, the output and how it resumes). Returns a :class:`~nisbflow.decode.outputs.DecodeResult`."""
@@ -261,13 +325,33 @@ def cc_to_zarr(affinities, output, *, thresholds, mask=None, chunks=None, backen
         array, mask_array, grid = _prepare(array, mask_array, chunks)
     run = decoding_run(run)
     identity = dict(thresholds=list(thresholds), chunks=[list(c) for c in grid.chunks])
-    with StagedRun(output, kind="segmentation", inputs={"affinities": affinities, "affinity mask": mask},
-                   identity=identity, overwrite=overwrite, force=force, log=log, layout=layout) as staged:
+    with StagedRun(
+        output,
+        kind="segmentation",
+        inputs={"affinities": affinities, "affinity mask": mask},
+        identity=identity,
+        overwrite=overwrite,
+        force=force,
+        log=log,
+        layout=layout,
+    ) as staged:
         scratch = LocalIdScratch(staged.scratch("local-ids"), len(thresholds))
         token = tokenize(staged.run_id, thresholds, grid)
-        numberings = _label_pass(_BlockInputs(array, mask_array, grid, token), thresholds, backend, scratch,
-                                 progress, staged)
-        attributes = functools.partial(segmentation_attrs, source, affinities, mask, run,
-                                       run_id=staged.run_id)
-        return DecodeResult(relabel_outputs(staged, scratch, grid, source, thresholds, numberings, attributes, token,
-                                            progress, ids_per_threshold=True))
+        numberings = _label_pass(
+            _BlockInputs(array, mask_array, grid, token), thresholds, backend, scratch, progress, staged
+        )
+        attributes = functools.partial(segmentation_attrs, source, affinities, mask, run, run_id=staged.run_id)
+        return DecodeResult(
+            relabel_outputs(
+                staged,
+                scratch,
+                grid,
+                source,
+                thresholds,
+                numberings,
+                attributes,
+                token,
+                progress,
+                ids_per_threshold=True,
+            )
+        )

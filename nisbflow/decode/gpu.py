@@ -55,8 +55,10 @@ def _cupy():
     try:
         import cupy
     except ImportError as error:  # pragma: no cover - depends on the machine
-        raise ImportError("decoding backend 'cupy' needs cupy (pip install 'nisbflow[gpu]') and an NVIDIA GPU; "
-                          "use backend 'numba' on CPU machines") from error
+        raise ImportError(
+            "decoding backend 'cupy' needs cupy (pip install 'nisbflow[gpu]') and an NVIDIA GPU; "
+            "use backend 'numba' on CPU machines"
+        ) from error
     return cupy
 
 

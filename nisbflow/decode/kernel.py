@@ -38,8 +38,10 @@ def check_affinities(shape: tuple[int, ...], dtype, where: str = "affinities") -
 def check_mask(mask_shape: tuple[int, ...], spatial_shape: tuple[int, ...], where: str = "affinity mask") -> None:
     """Raise :class:`VolumeError` unless the mask is ``(X, Y, Z)`` equal to the affinities' spatial shape."""
     if tuple(mask_shape) != tuple(spatial_shape):
-        raise VolumeError(f"{where}: expected shape {tuple(spatial_shape)} (X, Y, Z) to match the affinities, "
-                          f"found {tuple(mask_shape)}")
+        raise VolumeError(
+            f"{where}: expected shape {tuple(spatial_shape)} (X, Y, Z) to match the affinities, "
+            f"found {tuple(mask_shape)}"
+        )
 
 
 def check_thresholds(thresholds) -> tuple[float, ...]:
@@ -55,8 +57,10 @@ def check_thresholds(thresholds) -> tuple[float, ...]:
     if not values or any(not 0.0 <= t <= 1.0 for t in values):  # NaN fails both comparisons
         percent = [t for t in values if 1.0 < t <= 100.0]
         hint = f"; did you mean {', '.join(f'{t / 100:g}' for t in percent)}?" if percent else ""
-        raise ConfigError(f"decoding threshold / -t: every threshold must be a number in [0, 1], got "
-                          f"{', '.join(f'{t:g}' for t in values) or 'none'}{hint}")
+        raise ConfigError(
+            f"decoding threshold / -t: every threshold must be a number in [0, 1], got "
+            f"{', '.join(f'{t:g}' for t in values) or 'none'}{hint}"
+        )
     return values
 
 
@@ -194,8 +198,9 @@ def _label_affinity_bits(bits, threshold, infinity, labels):
                 if previous != 0 and previous != label:
                     label = _union(parent, label, previous)
                 up = _is_hard(out_z[z], threshold, infinity)
-                if label == 0 and (up | _is_hard(out_x[z], threshold, infinity)
-                                   | _is_hard(out_y[z], threshold, infinity)):
+                if label == 0 and (
+                    up | _is_hard(out_x[z], threshold, infinity) | _is_hard(out_y[z], threshold, infinity)
+                ):
                     n_provisional += 1
                     if n_provisional == parent.shape[0]:
                         grown = np.empty(2 * parent.shape[0], dtype=np.int64)

@@ -60,11 +60,21 @@ def check_label_memory(block_shape, itemsize: int, n_thresholds: int, log, clien
     total = label_task_bytes(block_shape, itemsize, n_thresholds)
     limit, where = memory_per_task(client if client is not None else current_client())
     block = "×".join(str(int(b)) for b in block_shape)
-    said = (f"decode: about {format_bytes(total)} per label task ({block} block, {n_thresholds} threshold(s)); "
-            f"{where} has {format_bytes(limit)} per task")
+    said = (
+        f"decode: about {format_bytes(total)} per label task ({block} block, {n_thresholds} threshold(s)); "
+        f"{where} has {format_bytes(limit)} per task"
+    )
     if total > limit:
-        raise DecodeMemoryError(f"{said}: a task would not fit; give workers more memory (--memory-limit), use "
-                                "smaller blocks (--chunks), or fewer thresholds per run")
-    log(said + (" — close to the limit, Dask pauses a worker at 80 %: consider smaller --chunks"
-                if total > WARN_FRACTION * limit else ""))
+        raise DecodeMemoryError(
+            f"{said}: a task would not fit; give workers more memory (--memory-limit), use "
+            "smaller blocks (--chunks), or fewer thresholds per run"
+        )
+    log(
+        said
+        + (
+            " — close to the limit, Dask pauses a worker at 80 %: consider smaller --chunks"
+            if total > WARN_FRACTION * limit
+            else ""
+        )
+    )
     return LabelTaskMemory(total, limit, where)

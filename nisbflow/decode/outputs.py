@@ -64,14 +64,19 @@ def unseal(data: bytes, path: str, fs=None) -> bytes:
     bytes of the same size, a cut) is removed, so the next run computes its block again, and named in one line:
     it is never decoded into the output."""
     payload, trailer = data[:-8], data[-8:]
-    if len(data) >= 8 and trailer[:4] == SCRATCH_TRAILER and zlib.crc32(payload) == int.from_bytes(trailer[4:],
-                                                                                                   "little"):
+    if (
+        len(data) >= 8
+        and trailer[:4] == SCRATCH_TRAILER
+        and zlib.crc32(payload) == int.from_bytes(trailer[4:], "little")
+    ):
         return payload
     if fs is not None:
         with contextlib.suppress(OSError):
             fs.rm(path)
-    raise ScratchDamagedError(f"scratch file {path} is damaged (its checksum does not match its content); it was "
-                              "removed: re-run the same command, which computes that block again")
+    raise ScratchDamagedError(
+        f"scratch file {path} is damaged (its checksum does not match its content); it was "
+        "removed: re-run the same command, which computes that block again"
+    )
 
 
 class LocalIdScratch:
@@ -118,10 +123,13 @@ class LocalIdScratch:
     def read_faces(self, block_id: int, summary: list[BlockLabels]) -> list[BlockLabels]:
         """``summary`` (from a label task) with its faces read back."""
         data = self.read_arrays(block_id)
-        return [block_labels._replace(
-            halo_faces=tuple(data.get(f"halo-{t}-{a}") for a in SPATIAL_AXES),
-            upper_faces=tuple(data[f"upper-{t}-{a}"] for a in SPATIAL_AXES))
-            for t, block_labels in enumerate(summary)]
+        return [
+            block_labels._replace(
+                halo_faces=tuple(data.get(f"halo-{t}-{a}") for a in SPATIAL_AXES),
+                upper_faces=tuple(data[f"upper-{t}-{a}"] for a in SPATIAL_AXES),
+            )
+            for t, block_labels in enumerate(summary)
+        ]
 
     def write_arrays(self, block_id: int, arrays: dict) -> None:
         """One block's named arrays, as one LZ4-compressed ``.npz`` (the block's faces file)."""
@@ -148,17 +156,25 @@ class LocalIdScratch:
             ids = set()
             for entry in listing:
                 name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-                if not (name.endswith(suffix) and name[:-len(suffix)].isdigit()):
+                if not (name.endswith(suffix) and name[: -len(suffix)].isdigit()):
                     continue
                 header = fs.cat_file(entry["name"], start=0, end=16)
                 if len(header) == 16 and int.from_bytes(header[12:16], "little") + 8 == entry.get("size"):
-                    ids.add(int(name[:-len(suffix)]))
+                    ids.add(int(name[: -len(suffix)]))
             present = ids if present is None else present & ids
         return present or set()
 
 
-def _relabel_in_zarr(scratch: LocalIdScratch, threshold_index: int, target: str, write_region,
-                     numbering: SegmentNumbering, block_id: int, marker: str, run_id: str) -> int:
+def _relabel_in_zarr(
+    scratch: LocalIdScratch,
+    threshold_index: int,
+    target: str,
+    write_region,
+    numbering: SegmentNumbering,
+    block_id: int,
+    marker: str,
+    run_id: str,
+) -> int:
     """Task: read one block's local ids from ``scratch``, write final ids to ``target``, then its ``marker``;
     returns the block id."""
     shape = Region(write_region).shape
@@ -196,8 +212,10 @@ def decoding_run(run) -> RunSettings | None:
 
     if run is None or isinstance(run, RunSettings):
         return run
-    raise TypeError(f"decoding run settings: expected a nisbflow.settings.RunSettings (resolve_settings) or None, got "
-                    f"{type(run).__name__}")
+    raise TypeError(
+        f"decoding run settings: expected a nisbflow.settings.RunSettings (resolve_settings) or None, got "
+        f"{type(run).__name__}"
+    )
 
 
 @dataclass(frozen=True)
@@ -210,8 +228,19 @@ class DecodeResult:
     region_graph: dict[str, int] | None = None
 
 
-def relabel_outputs(staged, scratch: LocalIdScratch, grid, source, thresholds, numberings, attributes, token: str,
-                    progress: bool, *, ids_per_threshold: bool) -> dict[float, int]:
+def relabel_outputs(
+    staged,
+    scratch: LocalIdScratch,
+    grid,
+    source,
+    thresholds,
+    numberings,
+    attributes,
+    token: str,
+    progress: bool,
+    *,
+    ids_per_threshold: bool,
+) -> dict[float, int]:
     """Pass 2 for every threshold: one OME-NGFF image (a group of them for several thresholds, with
     ``attributes(thresholds)``), each written block by block from the scratch's local ids through its numbering.
     ``ids_per_threshold``: the scratch holds local ids per threshold (connected components), or one set for all
@@ -219,13 +248,25 @@ def relabel_outputs(staged, scratch: LocalIdScratch, grid, source, thresholds, n
     multiple = len(thresholds) > 1
     if multiple and not staged.owns(staged.data):
         zarr.open_group(staged.data, mode="w", zarr_format=source.metadata.zarr_format).attrs.update(
-            attributes(thresholds))
+            attributes(thresholds)
+        )
     counts = {}
     for t, (threshold, numbering) in enumerate(zip(thresholds, numberings)):
         target = f"{staged.data}/{threshold_array_name(threshold)}" if multiple else staged.data
         attrs = attributes((threshold,), threshold=threshold, n_segments=numbering.n_segments)
-        _relabel_pass(staged, f"relabel-{t}", scratch, t if ids_per_threshold else 0, target, attrs, grid, numbering,
-                      source.metadata.zarr_format, tokenize(token, threshold), progress)
+        _relabel_pass(
+            staged,
+            f"relabel-{t}",
+            scratch,
+            t if ids_per_threshold else 0,
+            target,
+            attrs,
+            grid,
+            numbering,
+            source.metadata.zarr_format,
+            tokenize(token, threshold),
+            progress,
+        )
         counts[threshold] = numbering.n_segments
     return counts
 
@@ -233,8 +274,18 @@ def relabel_outputs(staged, scratch: LocalIdScratch, grid, source, thresholds, n
 SEGMENTATION_DESCRIPTION = "neuron segmentation: connected components of affinities > threshold, 0 = background"
 
 
-def segmentation_attrs(source, affinities, mask, run: RunSettings | None, thresholds, run_id, *,
-                        description: str = SEGMENTATION_DESCRIPTION, decoding: dict | None = None, **extra) -> dict:
+def segmentation_attrs(
+    source,
+    affinities,
+    mask,
+    run: RunSettings | None,
+    thresholds,
+    run_id,
+    *,
+    description: str = SEGMENTATION_DESCRIPTION,
+    decoding: dict | None = None,
+    **extra,
+) -> dict:
     """Attributes of a segmentation (or of the group of several): provenance, inputs, and for one threshold the
     run's settings with that threshold (``nisbflow_settings``). ``decoding``: the decoding settings to record beside
     the threshold (the method's own, for agglomeration)."""
@@ -244,28 +295,72 @@ def segmentation_attrs(source, affinities, mask, run: RunSettings | None, thresh
         section = dict(decoding or {}, threshold=thresholds[0])
     recorded = {} if run is None else run.record()
     settings = {"nisbflow_settings": dict(recorded, decoding=section)} if recorded and len(thresholds) == 1 else {}
-    return output_attrs(description, voxel_size_of(source), "xyz", None if run is None else run.config,
-                        nisbflow_output="segmentation", nisbflow_run=run_id, affinities=str(affinities),
-                        affinity_mask=None if mask is None else str(mask), thresholds=list(thresholds), **extra,
-                        **staged_source(source.attrs), **settings)
+    return output_attrs(
+        description,
+        voxel_size_of(source),
+        "xyz",
+        None if run is None else run.config,
+        nisbflow_output="segmentation",
+        nisbflow_run=run_id,
+        affinities=str(affinities),
+        affinity_mask=None if mask is None else str(mask),
+        thresholds=list(thresholds),
+        **extra,
+        **staged_source(source.attrs),
+        **settings,
+    )
 
 
-def _relabel_pass(staged, stage: str, scratch: LocalIdScratch, threshold_index: int, target: str, attrs: dict, grid,
-                  numbering: SegmentNumbering, zarr_format: Literal[2, 3], token: str, progress: bool) -> None:
+def _relabel_pass(
+    staged,
+    stage: str,
+    scratch: LocalIdScratch,
+    threshold_index: int,
+    target: str,
+    attrs: dict,
+    grid,
+    numbering: SegmentNumbering,
+    zarr_format: Literal[2, 3],
+    token: str,
+    progress: bool,
+) -> None:
     """Pass 2 for one threshold: final ids of every block not yet written, into ``target`` in the staged output
     (created as an OME-NGFF image group, and its markers dropped, unless this run created it)."""
     level = output_array(target, staged.layout)
-    work = staged.pending(BlockwisePass.into_array(
-        stage, grid, level, what="blocks already relabelled", create=lambda: create_image(
-            target, attributes=attrs, zarr_format=zarr_format, layout=staged.layout,
-            name=target.rstrip("/").rsplit("/", 1)[-1], shape=grid.shape, chunks=grid.block_shape,
-            dtype=numbering.dtype, compressors=fast_compressors(zarr_format, shuffle=False))))
+    work = staged.pending(
+        BlockwisePass.into_array(
+            stage,
+            grid,
+            level,
+            what="blocks already relabelled",
+            create=lambda: create_image(
+                target,
+                attributes=attrs,
+                zarr_format=zarr_format,
+                layout=staged.layout,
+                name=target.rstrip("/").rsplit("/", 1)[-1],
+                shape=grid.shape,
+                chunks=grid.block_shape,
+                dtype=numbering.dtype,
+                compressors=fast_compressors(zarr_format, shuffle=False),
+            ),
+        )
+    )
     target = level
     shared = dask.delayed(numbering, traverse=False, name=f"decode-numbering-{token}")
-    tasks = [dask.delayed(_relabel_in_zarr, pure=True)(
-        scratch, threshold_index, target, grid.write_region(block), shared, grid.linear(block),
-        staged.marker(stage, grid.key(block)), staged.run_id, dask_key_name=(f"decode-relabel-block-{token}",) + block)
-        for block in work.pending]
+    tasks = [
+        dask.delayed(_relabel_in_zarr, pure=True)(
+            scratch,
+            threshold_index,
+            target,
+            grid.write_region(block),
+            shared,
+            grid.linear(block),
+            staged.marker(stage, grid.key(block)),
+            staged.run_id,
+            dask_key_name=(f"decode-relabel-block-{token}",) + block,
+        )
+        for block in work.pending
+    ]
     if tasks:
-        compute_tasks(tasks, f"decode: relabel (threshold {attrs['threshold']:g})",
-                      progress=progress)
+        compute_tasks(tasks, f"decode: relabel (threshold {attrs['threshold']:g})", progress=progress)

@@ -52,8 +52,9 @@ def upper_planes(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return x, y, z
 
 
-def label_block(affinities, halo_affinities, thresholds, mask=None, halo_mask=(None, None, None),
-                backend: str = "numba") -> list[BlockLabels]:
+def label_block(
+    affinities, halo_affinities, thresholds, mask=None, halo_mask=(None, None, None), backend: str = "numba"
+) -> list[BlockLabels]:
     """Label one block's read region at each threshold.
 
     ``affinities (3, x, y, z)`` float: the write region; ``halo_affinities[a] (3, ...)``: the plane below it along
@@ -67,10 +68,13 @@ def label_block(affinities, halo_affinities, thresholds, mask=None, halo_mask=(N
     results = []
     for threshold in thresholds:
         labels, count = label_bits(region, threshold, affinities.dtype, backend)
-        write = labels[halo[0]:, halo[1]:, halo[2]:]
+        write = labels[halo[0] :, halo[1] :, halo[2] :]
         halo_faces = tuple(_halo_plane(labels, halo, axis) for axis in SPATIAL_AXES)
-        upper_faces = (np.ascontiguousarray(write[-1]), np.ascontiguousarray(write[:, -1]),
-                       np.ascontiguousarray(write[:, :, -1]))
+        upper_faces = (
+            np.ascontiguousarray(write[-1]),
+            np.ascontiguousarray(write[:, -1]),
+            np.ascontiguousarray(write[:, :, -1]),
+        )
         results.append(BlockLabels(write, halo_faces, upper_faces, int(count), nan_count))
     return results
 
@@ -87,7 +91,7 @@ def read_region_bits(affinities, halo_affinities, mask=None, halo_mask=(None, No
     if not any(halo):
         return bits, halo
     region = np.zeros((3,) + tuple(n + h for n, h in zip(bits.shape[1:], halo)), dtype=bits.dtype)
-    region[:, halo[0]:, halo[1]:, halo[2]:] = bits
+    region[:, halo[0] :, halo[1] :, halo[2] :] = bits
     for axis, face in enumerate(halo_affinities):
         if face is not None:
             index = [slice(None), slice(halo[0], None), slice(halo[1], None), slice(halo[2], None)]
@@ -132,9 +136,15 @@ def face_pairs(block: list[BlockLabels], block_id: int, lower: list, lower_ids: 
             keep = (halo > 0) & (theirs > 0)
             # local ids are uint32: one uint64 per pair makes the de-duplication a fast 1-D unique
             unique = np.unique((theirs[keep] << np.uint64(32)) | halo[keep])
-            found.append(np.stack([(np.uint64(lower_ids[axis]) << np.uint64(label_bits)) | (unique >> np.uint64(32)),
-                                   (np.uint64(block_id) << np.uint64(label_bits)) | (unique & np.uint64(0xFFFFFFFF))],
-                                  axis=1))
+            found.append(
+                np.stack(
+                    [
+                        (np.uint64(lower_ids[axis]) << np.uint64(label_bits)) | (unique >> np.uint64(32)),
+                        (np.uint64(block_id) << np.uint64(label_bits)) | (unique & np.uint64(0xFFFFFFFF)),
+                    ],
+                    axis=1,
+                )
+            )
         pairs.append(np.concatenate(found))
     return pairs
 
@@ -154,8 +164,9 @@ def merge_equivalences(*parts: list) -> list:
             continue
         ids, inverse = np.unique(edges.ravel(), return_inverse=True)
         inverse = inverse.reshape(-1, 2)
-        graph = scipy.sparse.coo_matrix((np.ones(len(inverse), dtype=np.int8), (inverse[:, 0], inverse[:, 1])),
-                                        shape=(len(ids), len(ids)))
+        graph = scipy.sparse.coo_matrix(
+            (np.ones(len(inverse), dtype=np.int8), (inverse[:, 0], inverse[:, 1])), shape=(len(ids), len(ids))
+        )
         _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
         _, first = np.unique(component, return_index=True)  # ids are sorted: the first member is the smallest
         root = ids[first[component]]
@@ -210,11 +221,13 @@ def number_segments(counts: np.ndarray, equivalences: np.ndarray, label_bits: in
     offsets = np.concatenate([[0], np.cumsum(roots_per_block)[:-1]]).astype(np.int64)
     root_block = (roots >> bits).astype(np.int64)
     root_local = (roots & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
-    members_below_root = (np.searchsorted(members, roots)
-                          - np.searchsorted(members, root_block.astype(np.uint64) << bits))
+    members_below_root = np.searchsorted(members, roots) - np.searchsorted(
+        members, root_block.astype(np.uint64) << bits
+    )
     member_ids = offsets[root_block] + root_local - members_below_root
-    return SegmentNumbering(members, member_ids.astype(np.int64), offsets, counts.astype(np.int64), label_bits,
-                            int(roots_per_block.sum()))
+    return SegmentNumbering(
+        members, member_ids.astype(np.int64), offsets, counts.astype(np.int64), label_bits, int(roots_per_block.sum())
+    )
 
 
 def relabel_block(labels: np.ndarray, numbering: SegmentNumbering, block_id: int) -> np.ndarray:

@@ -56,8 +56,12 @@ def recorded_thresholds(affinities, run, method: str, log) -> tuple[float, ...]:
 
     if run is None:
         attrs = dict(open_affinities(affinities).attrs)
-        run = resolve_settings(None, overrides={"decoding.method": method}, recorded=recorded_settings(attrs),
-                               recorded_from=f"the attributes of {affinities}")
+        run = resolve_settings(
+            None,
+            overrides={"decoding.method": method},
+            recorded=recorded_settings(attrs),
+            recorded_from=f"the attributes of {affinities}",
+        )
     choice = choose_thresholds(run)
     log(choice.describe())
     return choice.values

@@ -68,10 +68,33 @@ def decode_to_zarr(
     if method == "waterz":
         from nisbflow.decode.agglomerate_blockwise import WaterzOptions, agglomerate_to_zarr
 
-        return agglomerate_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=chunks,
-                                   options=waterz or WaterzOptions(), overwrite=overwrite, force=force,
-                                   progress=progress, run=run, log=log, layout=layout)
+        return agglomerate_to_zarr(
+            affinities,
+            output,
+            thresholds=thresholds,
+            mask=mask,
+            chunks=chunks,
+            options=waterz or WaterzOptions(),
+            overwrite=overwrite,
+            force=force,
+            progress=progress,
+            run=run,
+            log=log,
+            layout=layout,
+        )
     from nisbflow.decode.cc_blockwise import cc_to_zarr
 
-    return cc_to_zarr(affinities, output, thresholds=thresholds, mask=mask, chunks=chunks, backend=backend,
-                      overwrite=overwrite, force=force, progress=progress, run=run, log=log, layout=layout)
+    return cc_to_zarr(
+        affinities,
+        output,
+        thresholds=thresholds,
+        mask=mask,
+        chunks=chunks,
+        backend=backend,
+        overwrite=overwrite,
+        force=force,
+        progress=progress,
+        run=run,
+        log=log,
+        layout=layout,
+    )

@@ -13,16 +13,33 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from nisbflow.data.skeleton import (SkeletonArrays, load_skeleton_arrays, skeleton_arrays, undirected,
-                                    validate_skeleton)
+from nisbflow.data.skeleton import SkeletonArrays, load_skeleton_arrays, skeleton_arrays, undirected, validate_skeleton
 from nisbflow.errors import SkeletonError
 from nisbflow.visibility import check_arrays_on_workers
 from nisbflow.evaluate.gather import dense_contingency, node_labels
-from nisbflow.evaluate.kernel import (NERL_VARIANTS, DenseMetrics, EmErl, RunLength, dense_metrics_from_contingency,
-                                      em_erl_run_length, expected_run_length, node_voi)
+from nisbflow.evaluate.kernel import (
+    NERL_VARIANTS,
+    DenseMetrics,
+    EmErl,
+    RunLength,
+    dense_metrics_from_contingency,
+    em_erl_run_length,
+    expected_run_length,
+    node_voi,
+)
 
-__all__ = ["NerlResult", "DenseMetrics", "EmErl", "RunLength", "dense_metrics", "em_erl_run_length",
-           "expected_run_length", "nerl", "node_labels", "pytc_graph"]
+__all__ = [
+    "NerlResult",
+    "DenseMetrics",
+    "EmErl",
+    "RunLength",
+    "dense_metrics",
+    "em_erl_run_length",
+    "expected_run_length",
+    "nerl",
+    "node_labels",
+    "pytc_graph",
+]
 
 METRICS = ("nerl", "em_erl")
 """Skeleton metrics ``nerl`` computes: ``nerl`` (BANIS's metrics.py over funlib.evaluate, the NISB leaderboard's;
@@ -83,9 +100,16 @@ def pytc_graph(arrays: SkeletonArrays) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return ids, edges[same], lengths[same]
 
 
-def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float = 1, *,
-         progress: bool = False, metrics=("nerl",), em_erl_merge_threshold: int = EM_ERL_MERGE_THRESHOLD
-         ) -> NerlResult:
+def nerl(
+    segmentation,
+    skeleton,
+    voxel_size=(9, 9, 20),
+    merge_threshold: float = 1,
+    *,
+    progress: bool = False,
+    metrics=("nerl",),
+    em_erl_merge_threshold: int = EM_ERL_MERGE_THRESHOLD,
+) -> NerlResult:
     """Normalised expected run length of a segmentation on NISB skeletons, with the BANIS error counts.
 
     ``segmentation``: ``(X, Y, Z)`` numpy, zarr or dask array of segment ids (0 = background). ``skeleton``: a
@@ -106,8 +130,9 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
     if unknown:
         from nisbflow.errors import ConfigError
 
-        raise ConfigError(f"--metric / evaluation.metrics: unknown metric {unknown[0]!r}; expected one of "
-                          f"{', '.join(METRICS)}")
+        raise ConfigError(
+            f"--metric / evaluation.metrics: unknown metric {unknown[0]!r}; expected one of {', '.join(METRICS)}"
+        )
     where = str(skeleton) if isinstance(skeleton, (str, Path)) else "<graph>"
     if isinstance(skeleton, (str, Path)):
         arrays = load_skeleton_arrays(skeleton, voxel_size)  # .npz: straight to arrays, no graph in memory
@@ -124,9 +149,11 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
     if outside.any():
         first = int(np.flatnonzero(outside)[0])
         node = arrays.nodes[first].item() if hasattr(arrays.nodes[first], "item") else arrays.nodes[first]
-        raise SkeletonError(f"skeleton {where}: node {node!r} at voxel "
-                            f"{arrays.index_position[first].tolist()} lies outside the segmentation of shape "
-                            f"{shape.tolist()} (X, Y, Z); {int(outside.sum())} nodes are outside")
+        raise SkeletonError(
+            f"skeleton {where}: node {node!r} at voxel "
+            f"{arrays.index_position[first].tolist()} lies outside the segmentation of shape "
+            f"{shape.tolist()} (X, Y, Z); {int(outside.sum())} nodes are outside"
+        )
     ids, edges, lengths = arrays.id, arrays.edges, arrays.edge_length
     check_arrays_on_workers({"segmentation": segmentation})
     labels = node_labels(segmentation, arrays.index_position, progress=progress).astype(np.int64)
@@ -137,17 +164,33 @@ def nerl(segmentation, skeleton, voxel_size=(9, 9, 20), merge_threshold: float =
     def normalised(erl: float) -> float:
         return erl / max_erl if max_erl > 0 else 0.0
 
-    variants = {name: normalised(expected_run_length(ids, edges, lengths, labels, m).erl)
-                for name, m in NERL_VARIANTS.items()}
+    variants = {
+        name: normalised(expected_run_length(ids, edges, lengths, labels, m).erl) for name, m in NERL_VARIANTS.items()
+    }
     voi_split, voi_merge = node_voi(ids, labels)
     em_erl = em_erl_run_length(*pytc_graph(arrays), labels, em_erl_merge_threshold) if "em_erl" in metrics else None
     return NerlResult(
-        nerl=normalised(run.erl), erl=run.erl, max_erl=max_erl, voi_split=voi_split, voi_merge=voi_merge,
-        voi_sum=voi_split + voi_merge, n_mergers=run.n_mergers, n_non0_mergers=run.n_non0_mergers,
-        n_splits=run.n_splits, n_omitted=run.n_omitted, n_merged_edges=run.n_merged_edges, **variants,
-        merge_threshold=float(merge_threshold), n_nodes=len(ids), n_skeletons=len(best.skeleton_length),
-        per_skeleton_erl=run.per_skeleton_erl, skeleton_length=run.skeleton_length,
-        error_type=run.error_type, em_erl=em_erl, notes=[arrays.length_note] if arrays.length_note else [])
+        nerl=normalised(run.erl),
+        erl=run.erl,
+        max_erl=max_erl,
+        voi_split=voi_split,
+        voi_merge=voi_merge,
+        voi_sum=voi_split + voi_merge,
+        n_mergers=run.n_mergers,
+        n_non0_mergers=run.n_non0_mergers,
+        n_splits=run.n_splits,
+        n_omitted=run.n_omitted,
+        n_merged_edges=run.n_merged_edges,
+        **variants,
+        merge_threshold=float(merge_threshold),
+        n_nodes=len(ids),
+        n_skeletons=len(best.skeleton_length),
+        per_skeleton_erl=run.per_skeleton_erl,
+        skeleton_length=run.skeleton_length,
+        error_type=run.error_type,
+        em_erl=em_erl,
+        notes=[arrays.length_note] if arrays.length_note else [],
+    )
 
 
 def dense_metrics(ground_truth, segmentation, *, progress: bool = False) -> DenseMetrics:

@@ -24,10 +24,12 @@ def check_integral_ids(values: np.ndarray, role: str = "segmentation", positions
     if bad.any():
         first = int(np.argmax(bad.ravel()))
         where = f" at voxel {positions[first].tolist()}" if positions is not None else ""
-        raise VolumeError(f"{role}: a {values.dtype} volume whose ids are not whole numbers "
-                          f"({values.ravel()[first].item()!r}"
-                          f"{where}; {int(bad.sum())} such value(s)): as integer ids they would be truncated and "
-                          "merged; write the segmentation with integer ids")
+        raise VolumeError(
+            f"{role}: a {values.dtype} volume whose ids are not whole numbers "
+            f"({values.ravel()[first].item()!r}"
+            f"{where}; {int(bad.sum())} such value(s)): as integer ids they would be truncated and "
+            "merged; write the segmentation with integer ids"
+        )
 
 
 def _contingency_checked(true: np.ndarray, test: np.ndarray):
@@ -64,10 +66,14 @@ def node_labels(segmentation, positions: np.ndarray, *, progress: bool = False) 
     for key, start, end in zip(keys, starts, ends):
         rows = order[start:end]
         origin = grid.origin(tuple(key))
-        tasks.append(dask.delayed(_labels_in_chunk, pure=True)(
-            blocks[tuple(key)], positions[rows] - origin,
-            dask_key_name=("evaluate-node-labels-" + dask.base.tokenize(array.name, positions[rows]),) + tuple(
-                int(k) for k in key)))
+        tasks.append(
+            dask.delayed(_labels_in_chunk, pure=True)(
+                blocks[tuple(key)],
+                positions[rows] - origin,
+                dask_key_name=("evaluate-node-labels-" + dask.base.tokenize(array.name, positions[rows]),)
+                + tuple(int(k) for k in key),
+            )
+        )
     results = compute_tasks(tasks, "evaluate: node labels", progress=progress)
     labels = np.zeros(len(positions), dtype=array.dtype)
     for (start, end), values in zip(zip(starts, ends), results):
@@ -81,16 +87,28 @@ def dense_contingency(true, test, *, progress: bool = False):
     accumulated block by block (``evaluate-contingency``) and summed in a tree, so neither volume is loaded whole."""
     if isinstance(true, np.ndarray) and isinstance(test, np.ndarray):
         return _contingency_checked(true, test)
-    true = true if isinstance(true, da.Array) else da.from_array(true) if isinstance(true, np.ndarray) \
+    true = (
+        true
+        if isinstance(true, da.Array)
+        else da.from_array(true)
+        if isinstance(true, np.ndarray)
         else da.from_zarr(true)
-    test = test if isinstance(test, da.Array) else da.from_array(test) if isinstance(test, np.ndarray) \
+    )
+    test = (
+        test
+        if isinstance(test, da.Array)
+        else da.from_array(test)
+        if isinstance(test, np.ndarray)
         else da.from_zarr(test)
+    )
     if true.shape != test.shape:
         raise VolumeError(f"segmentation shape {test.shape} differs from ground truth shape {true.shape} (X, Y, Z)")
     test = test.rechunk(true.chunks)
     token = dask.base.tokenize(true.name, test.name)
-    parts = [dask.delayed(_contingency_checked, pure=True)(t, p, dask_key_name=(f"evaluate-contingency-{token}", i))
-             for i, (t, p) in enumerate(zip(true.to_delayed().ravel(), test.to_delayed().ravel()))]
+    parts = [
+        dask.delayed(_contingency_checked, pure=True)(t, p, dask_key_name=(f"evaluate-contingency-{token}", i))
+        for i, (t, p) in enumerate(zip(true.to_delayed().ravel(), test.to_delayed().ravel()))
+    ]
     table = tree_reduce(parts, sum_contingencies, f"evaluate-sum-contingency-{token}", fan_in=CONTINGENCY_FAN_IN)
     [table] = compute_tasks([table], "evaluate: contingency", progress=progress, track=parts)
     return table

@@ -18,8 +18,15 @@ def _kimimaro():
     return kimimaro
 
 
-def skeletonize(segmentation, voxel_size=(9, 9, 20), *, dust_threshold: int = 1000, scale: float = 1.5,
-                const_nm: float = 300.0, parallel: int = 1) -> nx.Graph:
+def skeletonize(
+    segmentation,
+    voxel_size=(9, 9, 20),
+    *,
+    dust_threshold: int = 1000,
+    scale: float = 1.5,
+    const_nm: float = 300.0,
+    parallel: int = 1,
+) -> nx.Graph:
     """TEASAR skeletons of every segment of an ``(X, Y, Z)`` segmentation as one NISB-style networkx graph.
 
     Nodes get consecutive integer names and carry ``id`` (the segment), ``index_position`` (voxel x, y, z, int64)
@@ -29,8 +36,14 @@ def skeletonize(segmentation, voxel_size=(9, 9, 20), *, dust_threshold: int = 10
     kimimaro = _kimimaro()
     labels = np.ascontiguousarray(np.asarray(segmentation[...]))
     anisotropy = tuple(float(v) for v in voxel_size)
-    skeletons = kimimaro.skeletonize(labels, teasar_params=dict(scale=scale, const=const_nm), anisotropy=anisotropy,
-                                     dust_threshold=dust_threshold, progress=False, parallel=parallel)
+    skeletons = kimimaro.skeletonize(
+        labels,
+        teasar_params=dict(scale=scale, const=const_nm),
+        anisotropy=anisotropy,
+        dust_threshold=dust_threshold,
+        progress=False,
+        parallel=parallel,
+    )
     graph = nx.Graph()
     first = 0
     upper = np.array(labels.shape) - 1

@@ -66,8 +66,9 @@ def _merging_segments(node_skeleton: np.ndarray, labels: np.ndarray, merge_thres
     return pairs, present, segments[n_skeletons > 1]
 
 
-def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray,
-                        merge_threshold: float = 1) -> RunLength:
+def expected_run_length(
+    skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray, merge_threshold: float = 1
+) -> RunLength:
     """ERL and error counts by the rules of the module docstring.
 
     ``skeleton_id (N,)`` int, the ground-truth neuron of each node; ``edges (E, 2)`` int, node rows (both ends of
@@ -108,16 +109,20 @@ def expected_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length:
     # correct length per (skeleton, segment), then Σ c² per skeleton
     groups, group_row = np.unique(np.stack([edge_row[correct], label_u[correct]], axis=1), axis=0, return_inverse=True)
     correct_length = np.bincount(group_row.ravel(), weights=edge_length[correct], minlength=len(groups))
-    squares = np.bincount(groups[:, 0], weights=correct_length ** 2, minlength=len(skeletons)) if len(groups) else \
-        np.zeros(len(skeletons))
+    squares = (
+        np.bincount(groups[:, 0], weights=correct_length**2, minlength=len(skeletons))
+        if len(groups)
+        else np.zeros(len(skeletons))
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         per_skeleton = np.where(length > 0, squares / length, 0.0)
     erl = float(squares.sum() / total) if total > 0 else 0.0
 
     has_merged = np.bincount(edge_row[merged], minlength=len(skeletons)) > 0
     has_broken = np.bincount(edge_row[omitted | split], minlength=len(skeletons)) > 0
-    error_type = {int(s): "merged" if m else "split" if b else "correct"
-                  for s, m, b in zip(skeletons, has_merged, has_broken)}
+    error_type = {
+        int(s): "merged" if m else "split" if b else "correct" for s, m, b in zip(skeletons, has_merged, has_broken)
+    }
     return RunLength(
         erl=erl,
         per_skeleton_erl={int(s): float(e) for s, e in zip(skeletons, per_skeleton)},
@@ -218,8 +223,9 @@ class EmErl:
     n_merged_skeletons: int
 
 
-def em_erl_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray,
-                      merge_threshold: int = 50) -> EmErl:
+def em_erl_run_length(
+    skeleton_id: np.ndarray, edges: np.ndarray, edge_length: np.ndarray, labels: np.ndarray, merge_threshold: int = 50
+) -> EmErl:
     """ERL by em_erl's rules, which differ from funlib's (:func:`expected_run_length`) in three ways:
 
     - a (skeleton, segment) pair is *big* when at least ``merge_threshold`` of the skeleton's nodes lie in the
@@ -250,12 +256,17 @@ def em_erl_run_length(skeleton_id: np.ndarray, edges: np.ndarray, edge_length: n
     correct = (seg_u == seg_v) & (seg_u != 0) & ~(merged[edge_skeleton] & np.isin(seg_u, merging))
     squares = 0.0
     if correct.any():
-        groups, row = np.unique(np.stack([edge_skeleton[correct], seg_u[correct]], axis=1), axis=0,
-                                return_inverse=True)
+        groups, row = np.unique(np.stack([edge_skeleton[correct], seg_u[correct]], axis=1), axis=0, return_inverse=True)
         sums = np.bincount(row.ravel(), weights=edge_length[correct], minlength=len(groups))
-        squares = float((sums ** 2).sum())
+        squares = float((sums**2).sum())
     erl = squares / total if total > 0 else 0.0
-    max_erl = float((length ** 2).sum() / total) if total > 0 else 0.0
-    return EmErl(nerl=erl / max_erl if max_erl > 0 else float("nan"), erl=erl, max_erl=max_erl,
-                 merge_threshold=int(merge_threshold), n_skeletons=len(skeletons), n_merging_segments=len(merging),
-                 n_merged_skeletons=int(merged.sum()))
+    max_erl = float((length**2).sum() / total) if total > 0 else 0.0
+    return EmErl(
+        nerl=erl / max_erl if max_erl > 0 else float("nan"),
+        erl=erl,
+        max_erl=max_erl,
+        merge_threshold=int(merge_threshold),
+        n_skeletons=len(skeletons),
+        n_merging_segments=len(merging),
+        n_merged_skeletons=int(merged.sum()),
+    )

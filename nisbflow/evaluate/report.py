@@ -20,8 +20,13 @@ def write_json(path: str | Path, result: NerlResult, dense: DenseMetrics | None 
 
     data = {MARK: METRICS, **result.to_dict()}
     if dense is not None:
-        data.update(adapted_rand_error=dense.adapted_rand_error, rand_precision=dense.rand_precision,
-                    rand_recall=dense.rand_recall, dense_voi_split=dense.voi_split, dense_voi_merge=dense.voi_merge)
+        data.update(
+            adapted_rand_error=dense.adapted_rand_error,
+            rand_precision=dense.rand_precision,
+            rand_recall=dense.rand_recall,
+            dense_voi_split=dense.voi_split,
+            dense_voi_merge=dense.voi_merge,
+        )
     data.update(extra)
     from nisbflow.staging import write_file
 
@@ -44,11 +49,23 @@ def plot_run_lengths(path: str | Path, result: NerlResult, title: str = "") -> N
         chosen = [(i, s) for i, s in enumerate(skeletons) if result.error_type.get(s) == kind]
         if not chosen:
             continue
-        axes.bar([i for i, _ in chosen], [result.per_skeleton_erl[s] / 1000 for _, s in chosen], color=colour,
-                 width=1.0, label=f"run length: {LABELS[kind]}")
+        axes.bar(
+            [i for i, _ in chosen],
+            [result.per_skeleton_erl[s] / 1000 for _, s in chosen],
+            color=colour,
+            width=1.0,
+            label=f"run length: {LABELS[kind]}",
+        )
         if kind == "merged":  # a merged skeleton's run is often 0: mark it where its grey bar ends, so it shows
-            axes.scatter([i for i, _ in chosen], [result.skeleton_length[s] / 1000 for _, s in chosen],
-                         color=colour, marker="v", s=12, zorder=3, label="merged skeleton")
+            axes.scatter(
+                [i for i, _ in chosen],
+                [result.skeleton_length[s] / 1000 for _, s in chosen],
+                color=colour,
+                marker="v",
+                s=12,
+                zorder=3,
+                label="merged skeleton",
+            )
     axes.set_xlabel("skeleton (sorted by length)")
     axes.set_ylabel("µm")
     axes.set_title(title or f"NERL {result.nerl:.3f}")

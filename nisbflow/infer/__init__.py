@@ -7,8 +7,16 @@ stays light.
 
 from nisbflow.infer.geometry import blending_weight, read_region, window_grid, window_starts
 
-__all__ = ["WindowSettings", "blending_weight", "infer_to_zarr", "predict_affinities", "predict_affinities_whole",
-           "read_region", "window_grid", "window_starts"]
+__all__ = [
+    "WindowSettings",
+    "blending_weight",
+    "infer_to_zarr",
+    "predict_affinities",
+    "predict_affinities_whole",
+    "read_region",
+    "window_grid",
+    "window_starts",
+]
 
 _BLOCKWISE = {"WindowSettings", "infer_to_zarr", "predict_affinities", "predict_affinities_whole"}
 

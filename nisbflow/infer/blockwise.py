@@ -27,8 +27,15 @@ from nisbflow.infer.geometry import window_grid
 from nisbflow.infer.plan import WindowPlan, largest_footprint, plan_windows
 from nisbflow.infer.device import fit_to_memory, gpu_annotations, warm_up_workers
 from nisbflow.infer.predict import check_image, pad_to_window, predict_whole
-from nisbflow.infer.windows import (WindowSettings, blend_block, check_channels, default_device, is_checkpoint,
-                                    out_channels_of, predict_windows)
+from nisbflow.infer.windows import (
+    WindowSettings,
+    blend_block,
+    check_channels,
+    default_device,
+    is_checkpoint,
+    out_channels_of,
+    predict_windows,
+)
 from nisbflow.tasks import Counter, compute_tasks
 
 DEFAULT_BLOCK = (768, 768, 768)
@@ -54,8 +61,16 @@ def _pieces_for(result: dict, target) -> list:
     return result[tuple(target)]
 
 
-def prediction_graph(image, grid: BlockGrid, plan: WindowPlan, settings: WindowSettings, model, device,
-                     token: str, topic: str | None = None) -> dict:
+def prediction_graph(
+    image,
+    grid: BlockGrid,
+    plan: WindowPlan,
+    settings: WindowSettings,
+    model,
+    device,
+    token: str,
+    topic: str | None = None,
+) -> dict:
     """Per pending block index of ``plan``: a delayed ``(C, x, y, z)`` array of its affinities.
 
     Per unit: a task reading its footprint's input (``infer-read``) and one predicting its windows
@@ -67,15 +82,26 @@ def prediction_graph(image, grid: BlockGrid, plan: WindowPlan, settings: WindowS
         piece = _read_task(image, unit.footprint, settings, (f"infer-read-{token}",) + key)
         with dask.annotate(**gpu_annotations(device)):
             results[key] = dask.delayed(predict_windows, pure=True)(
-                piece, model, tuple(r.start for r in unit.footprint), unit, settings, device, topic,
-                dask_key_name=(f"infer-predict-windows-{token}",) + key)
+                piece,
+                model,
+                tuple(r.start for r in unit.footprint),
+                unit,
+                settings,
+                device,
+                topic,
+                dask_key_name=(f"infer-predict-windows-{token}",) + key,
+            )
     blocks = {}
     for index, sources in plan.blocks.items():
-        parts = [dask.delayed(_pieces_for, pure=True)(results[key], index,
-                                                     dask_key_name=(f"infer-pieces-{token}",) + key + index)
-                 for key in sources.units]
-        blocks[index] = dask.delayed(blend_block, pure=True)(parts, sources, settings,
-                                                           dask_key_name=(f"infer-blend-{token}",) + index)
+        parts = [
+            dask.delayed(_pieces_for, pure=True)(
+                results[key], index, dask_key_name=(f"infer-pieces-{token}",) + key + index
+            )
+            for key in sources.units
+        ]
+        blocks[index] = dask.delayed(blend_block, pure=True)(
+            parts, sources, settings, dask_key_name=(f"infer-blend-{token}",) + index
+        )
     return blocks
 
 
@@ -86,8 +112,16 @@ def _read_task(image, read, settings: WindowSettings, key):
     return dask.delayed(_pad_piece, pure=True)(image[inside], read, settings.window, dask_key_name=key)
 
 
-def predict_affinities(image, model, settings: WindowSettings | None = None, *, block=DEFAULT_BLOCK,
-                       split: int = 1, device: str | None = None, progress: bool = False) -> da.Array:
+def predict_affinities(
+    image,
+    model,
+    settings: WindowSettings | None = None,
+    *,
+    block=DEFAULT_BLOCK,
+    split: int = 1,
+    device: str | None = None,
+    progress: bool = False,
+) -> da.Array:
     """Affinities ``(C, X, Y, Z)`` of an image ``(X, Y, Z)`` or ``(X, Y, Z, 1)`` uint8, as a lazy dask array chunked
     by ``block`` whose blocks are computed as the module docstring describes (``infer-predict-windows`` tasks, with
     a ``GPU`` resource annotation when ``device`` is CUDA, and ``infer-blend`` tasks). A numpy image is read as a
@@ -107,19 +141,24 @@ def predict_affinities(image, model, settings: WindowSettings | None = None, *, 
     grid = BlockGrid.regular(spatial.shape, block)
     plan = plan_windows(grid, settings.window, settings.stride, settings.sw_batch_size, split)
     n_channels = len(settings.channels) if settings.channels is not None else out_channels_of(model)
-    token = dask.base.tokenize(spatial.name, settings, block, split,
-                               (model.path, model.sha256, model.weights) if is_checkpoint(model) else id(model))
+    token = dask.base.tokenize(
+        spatial.name,
+        settings,
+        block,
+        split,
+        (model.path, model.sha256, model.weights) if is_checkpoint(model) else id(model),
+    )
     shared_model = model if is_checkpoint(model) else dask.delayed(model, name=f"infer-model-{token}")
     blocks = np.empty(grid.blocks_per_axis, dtype=object)
     for index, task in prediction_graph(spatial, grid, plan, settings, shared_model, device, token).items():
         write = plan.blocks[index].write
-        blocks[index] = da.from_delayed(task, shape=(n_channels,) + write.shape,
-                                        dtype=settings.output_dtype)
+        blocks[index] = da.from_delayed(task, shape=(n_channels,) + write.shape, dtype=settings.output_dtype)
     return da.block([blocks.tolist()])  # the outer list is the channel axis
 
 
-def predict_affinities_whole(image: np.ndarray, model, settings: WindowSettings | None = None, *,
-                             device: str | None = None) -> np.ndarray:
+def predict_affinities_whole(
+    image: np.ndarray, model, settings: WindowSettings | None = None, *, device: str | None = None
+) -> np.ndarray:
     """The whole-volume reference: affinities ``(C, X, Y, Z)`` in ``settings.output_dtype`` of an image ``(X, Y, Z)``
     or ``(X, Y, Z, 1)`` uint8 held in memory, in one process (:func:`nisbflow.infer.predict.predict_whole`);
     :func:`predict_affinities` equals it for any block."""
@@ -128,10 +167,18 @@ def predict_affinities_whole(image: np.ndarray, model, settings: WindowSettings 
     device = device or default_device()
     if is_checkpoint(model):
         model = model.network(device)
-    return predict_whole(np.asarray(image), model, window=settings.window, stride=settings.stride,
-                         sw_batch_size=settings.sw_batch_size, activation=settings.activation,
-                         channels=settings.channels, output_dtype=settings.output_dtype, device=device,
-                         augmentation=settings.augmentation)
+    return predict_whole(
+        np.asarray(image),
+        model,
+        window=settings.window,
+        stride=settings.stride,
+        sw_batch_size=settings.sw_batch_size,
+        activation=settings.activation,
+        channels=settings.channels,
+        output_dtype=settings.output_dtype,
+        device=device,
+        augmentation=settings.augmentation,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,12 +210,16 @@ class InferSummary:
         """``1575 windows for a grid of 1575 (redundancy 1.00)``, or after a resume ``… for the 420 grid windows the
         3 remaining blocks need (redundancy 1.00)``."""
         if self.blocks_skipped == 0 or self.windows_needed is None:
-            return (f"{self.windows_computed} windows for a grid of {self.windows_in_grid} "
-                    f"(redundancy {self.redundancy:.2f})")
+            return (
+                f"{self.windows_computed} windows for a grid of {self.windows_in_grid} "
+                f"(redundancy {self.redundancy:.2f})"
+            )
         left = self.blocks - self.blocks_skipped
-        return (f"{self.windows_computed} windows for the {self.windows_needed} grid windows (of "
-                f"{self.windows_in_grid}) the {left} remaining block{'s' if left != 1 else ''} need "
-                f"(redundancy {self.redundancy:.2f})")
+        return (
+            f"{self.windows_computed} windows for the {self.windows_needed} grid windows (of "
+            f"{self.windows_in_grid}) the {left} remaining block{'s' if left != 1 else ''} need "
+            f"(redundancy {self.redundancy:.2f})"
+        )
 
     @property
     def voxels_per_second(self) -> float:
@@ -189,8 +240,10 @@ def _store_block(values: np.ndarray, target: str, write_region, marker: str, run
     return n_windows
 
 
-AFFINITY_DESCRIPTION = ("affinities: sigmoid(0.2 logit) blended over BANIS windows; channel c is the edge "
-                        "v → v + offset_c (source-voxel storage)")
+AFFINITY_DESCRIPTION = (
+    "affinities: sigmoid(0.2 logit) blended over BANIS windows; channel c is the edge "
+    "v → v + offset_c (source-voxel storage)"
+)
 
 
 def affinity_attrs(run, settings: WindowSettings, source, description: str = AFFINITY_DESCRIPTION, **extra) -> dict:
@@ -202,18 +255,37 @@ def affinity_attrs(run, settings: WindowSettings, source, description: str = AFF
 
     handle = run.checkpoint
     offsets = list(handle.model.affinity_offsets)
-    return output_attrs(description, voxel_size_of(source), "cxyz", run.config, nisbflow_output="affinities",
-                        checkpoint=handle.name,
-                        checkpoint_sha256=handle.sha256, checkpoint_weights=handle.weights,
-                        offsets=offsets if settings.channels is None else [offsets[c] for c in settings.channels],
-                        nisbflow_settings=dict(run.record(), inference=settings.record()),
-                        **staged_source(source.attrs), **extra)
+    return output_attrs(
+        description,
+        voxel_size_of(source),
+        "cxyz",
+        run.config,
+        nisbflow_output="affinities",
+        checkpoint=handle.name,
+        checkpoint_sha256=handle.sha256,
+        checkpoint_weights=handle.weights,
+        offsets=offsets if settings.channels is None else [offsets[c] for c in settings.channels],
+        nisbflow_settings=dict(run.record(), inference=settings.record()),
+        **staged_source(source.attrs),
+        **extra,
+    )
 
 
-def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: WindowSettings | None = None,
-                  block=DEFAULT_BLOCK, split: int = 1,
-                  overwrite: bool = False, force: bool = False, progress: bool = True, device: str | None = None,
-                  log=None, layout: str = "ngff") -> InferSummary:
+def infer_to_zarr(
+    image_path: str | Path,
+    output: str | Path,
+    run,
+    *,
+    window: WindowSettings | None = None,
+    block=DEFAULT_BLOCK,
+    split: int = 1,
+    overwrite: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    log=None,
+    layout: str = "ngff",
+) -> InferSummary:
     """Predict affinities of a zarr image into a zarr array ``(C, X, Y, Z)``, block by block, resumably.
 
     ``run``: the run's :class:`~nisbflow.settings.RunSettings` (its checkpoint handle included), or a checkpoint (a
@@ -258,18 +330,45 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
     footprint = largest_footprint(grid, window_settings.window, window_settings.stride)
     window_settings = fit_to_memory(window_settings, handle.model, footprint, n_channels, device, log or default_log)
     identity = dict(**handle.identity(), settings=window_settings.record(), block=list(grid.block_shape))
-    with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity, overwrite=overwrite,
-                   force=force, log=log or default_log, checkpoint=handle, layout=layout) as staged:
+    with StagedRun(
+        output,
+        kind="affinities",
+        inputs={"image": image_path},
+        identity=identity,
+        overwrite=overwrite,
+        force=force,
+        log=log or default_log,
+        checkpoint=handle,
+        layout=layout,
+    ) as staged:
         zarr_format = source.metadata.zarr_format
-        work = staged.pending(BlockwisePass.into_array(
-            "predict", grid, staged.image, region=lambda index: (slice(None),) + grid.write_region(index),
-            create=lambda: create_image(
-                staged.data, attributes=affinity_attrs(run, window_settings, source, nisbflow_run=staged.run_id),
-                zarr_format=zarr_format, name="affinities", layout=layout, shape=(n_channels,) + grid.shape,
-                chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
-                dtype=window_settings.output_dtype, compressors=fast_compressors(zarr_format))))
-        plan = plan_windows(grid, window_settings.window, window_settings.stride, window_settings.sw_batch_size,
-                            split, pending=work.pending)
+        work = staged.pending(
+            BlockwisePass.into_array(
+                "predict",
+                grid,
+                staged.image,
+                region=lambda index: (slice(None),) + grid.write_region(index),
+                create=lambda: create_image(
+                    staged.data,
+                    attributes=affinity_attrs(run, window_settings, source, nisbflow_run=staged.run_id),
+                    zarr_format=zarr_format,
+                    name="affinities",
+                    layout=layout,
+                    shape=(n_channels,) + grid.shape,
+                    chunks=(n_channels,) + output_chunks(grid.block_shape, grid.shape),
+                    dtype=window_settings.output_dtype,
+                    compressors=fast_compressors(zarr_format),
+                ),
+            )
+        )
+        plan = plan_windows(
+            grid,
+            window_settings.window,
+            window_settings.stride,
+            window_settings.sw_batch_size,
+            split,
+            pending=work.pending,
+        )
         token = dask.base.tokenize(staged.run_id, window_settings, grid, split, sorted(work.pending))
         topic = f"nisbflow-infer-windows-{token}"
         predicted = prediction_graph(image, grid, plan, window_settings, handle, device, token, topic)
@@ -277,24 +376,55 @@ def infer_to_zarr(image_path: str | Path, output: str | Path, run, *, window: Wi
         for index in work.pending:
             write = grid.write_region(index)
             voxels += write.size
-            tasks.append(dask.delayed(_store_block, pure=True)(
-                predicted[index], staged.image, write, staged.marker("predict", grid.key(index)), staged.run_id,
-                plan.counted(index), dask_key_name=(f"infer-store-block-{token}",) + index))
+            tasks.append(
+                dask.delayed(_store_block, pure=True)(
+                    predicted[index],
+                    staged.image,
+                    write,
+                    staged.marker("predict", grid.key(index)),
+                    staged.run_id,
+                    plan.counted(index),
+                    dask_key_name=(f"infer-store-block-{token}",) + index,
+                )
+            )
         warm = warm_up_workers(handle, window_settings, device, log=log or default_log) if tasks else None
         start = time.perf_counter()
         views = window_settings.views  # each window predicted once per view
-        counter = Counter(topic, "infer: windows" + (f" × {views} views" if views > 1 else ""),
-                          plan.windows_run * views, "predictions" if views > 1 else "windows")
-        computed = sum(compute_tasks(tasks, "infer: predict blocks", progress=progress, counter=counter)) \
-            if tasks else 0
+        counter = Counter(
+            topic,
+            "infer: windows" + (f" × {views} views" if views > 1 else ""),
+            plan.windows_run * views,
+            "predictions" if views > 1 else "windows",
+        )
+        computed = (
+            sum(compute_tasks(tasks, "infer: predict blocks", progress=progress, counter=counter)) if tasks else 0
+        )
         seconds = time.perf_counter() - start
-    return InferSummary(str(output), grid.shape, seconds, voxels, computed, plan.windows_in_grid, grid.n_blocks,
-                        grid.n_blocks - len(tasks), warm, plan.windows_needed)
+    return InferSummary(
+        str(output),
+        grid.shape,
+        seconds,
+        voxels,
+        computed,
+        plan.windows_in_grid,
+        grid.n_blocks,
+        grid.n_blocks - len(tasks),
+        warm,
+        plan.windows_needed,
+    )
 
 
-def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, overwrite: bool = False,
-                        force: bool = False, device: str | None = None,
-                        log=None, layout: str = "ngff") -> InferSummary:
+def infer_whole_to_zarr(
+    image_path: str | Path,
+    output: str | Path,
+    run,
+    *,
+    overwrite: bool = False,
+    force: bool = False,
+    device: str | None = None,
+    log=None,
+    layout: str = "ngff",
+) -> InferSummary:
     """The single-process reference of :func:`infer_to_zarr`: load the whole image, predict it in one process
     (:func:`~nisbflow.infer.predict.predict_whole`) and write ``(C, X, Y, Z)`` affinities with the same settings and
     attributes. For checking block-wise results on volumes that fit in memory. ``run``: as for
@@ -310,26 +440,54 @@ def infer_whole_to_zarr(image_path: str | Path, output: str | Path, run, *, over
     check_channels(window_settings, handle.model.out_channels, f"checkpoint {handle.name}")
     source = open_image(image_path)  # uint8, (X, Y, Z) or (X, Y, Z, 1)
     n_channels = handle.model.out_channels if window_settings.channels is None else len(window_settings.channels)
-    window_settings = fit_to_memory(window_settings, handle.model, source.shape[:3], n_channels,
-                                    device or default_device(), log or default_log, threads=1)
+    window_settings = fit_to_memory(
+        window_settings,
+        handle.model,
+        source.shape[:3],
+        n_channels,
+        device or default_device(),
+        log or default_log,
+        threads=1,
+    )
     identity = dict(**handle.identity(), settings=window_settings.record(), whole=True)
-    with StagedRun(output, kind="affinities", inputs={"image": image_path}, identity=identity,
-                   overwrite=overwrite, force=force, log=log or default_log, layout=layout) as staged:
+    with StagedRun(
+        output,
+        kind="affinities",
+        inputs={"image": image_path},
+        identity=identity,
+        overwrite=overwrite,
+        force=force,
+        log=log or default_log,
+        layout=layout,
+    ) as staged:
         model = handle.network(device or default_device())
         start = time.perf_counter()
-        values = predict_whole(source[...], model, window=window_settings.window, stride=window_settings.stride,
-                               sw_batch_size=window_settings.sw_batch_size, activation=window_settings.activation,
-                               channels=window_settings.channels, output_dtype=window_settings.output_dtype,
-                               device=device or default_device(), augmentation=window_settings.augmentation)
+        values = predict_whole(
+            source[...],
+            model,
+            window=window_settings.window,
+            stride=window_settings.stride,
+            sw_batch_size=window_settings.sw_batch_size,
+            activation=window_settings.activation,
+            channels=window_settings.channels,
+            output_dtype=window_settings.output_dtype,
+            device=device or default_device(),
+            augmentation=window_settings.augmentation,
+        )
         seconds = time.perf_counter() - start
         fmt = source.metadata.zarr_format
-        level = create_image(staged.data, attributes=affinity_attrs(run, window_settings, source,
-                                                                    AFFINITY_DESCRIPTION + " (whole-volume reference)"),
-                             zarr_format=fmt, name="affinities", layout=layout, shape=values.shape,
-                             chunks=(values.shape[0], 128, 128, 128), dtype=values.dtype,
-                             compressors=fast_compressors(fmt))
+        level = create_image(
+            staged.data,
+            attributes=affinity_attrs(run, window_settings, source, AFFINITY_DESCRIPTION + " (whole-volume reference)"),
+            zarr_format=fmt,
+            name="affinities",
+            layout=layout,
+            shape=values.shape,
+            chunks=(values.shape[0], 128, 128, 128),
+            dtype=values.dtype,
+            compressors=fast_compressors(fmt),
+        )
         open_for_writing(level)[...] = values
     grid = window_grid(values.shape[1:], window_settings.window, window_settings.stride)
     n_windows = int(np.prod([len(g) for g in grid]))
-    return InferSummary(str(output), tuple(values.shape[1:]), seconds, int(values[0].size), n_windows, n_windows,
-                        1, 0)
+    return InferSummary(str(output), tuple(values.shape[1:]), seconds, int(values[0].size), n_windows, n_windows, 1, 0)

@@ -31,15 +31,24 @@ def runs_on_cpu(device: str | None) -> bool:
         if isinstance(answer, BaseException):
             from nisbflow.tasks import WorkerDiedError, worker_memory_limit
 
-            raise WorkerDiedError(f"Dask worker {address} failed while importing torch to look for a GPU "
-                                  f"({type(answer).__name__}: {answer}); with {worker_memory_limit(client, address)} "
-                                  "this is usually its memory: torch alone needs about 0.45 GiB per worker before "
-                                  "any block, so give workers more memory (--memory-limit, system.memory_limit)")
+            raise WorkerDiedError(
+                f"Dask worker {address} failed while importing torch to look for a GPU "
+                f"({type(answer).__name__}: {answer}); with {worker_memory_limit(client, address)} "
+                "this is usually its memory: torch alone needs about 0.45 GiB per worker before "
+                "any block, so give workers more memory (--memory-limit, system.memory_limit)"
+            )
     return not any(answers.values())
 
 
-def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channels: int, device: str | None,
-                  log, threads: int | None = None) -> WindowSettings:
+def fit_to_memory(
+    settings: WindowSettings,
+    model_config,
+    block_shape,
+    n_channels: int,
+    device: str | None,
+    log,
+    threads: int | None = None,
+) -> WindowSettings:
     """On a CPU: ``settings`` with the largest ``sw_batch_size`` (at most the configured one) whose task (its sums
     over ``block_shape``, a unit's footprint) fits the
     workers' memory (:mod:`nisbflow.infer.memory`), saying so through ``log`` when it is lowered; refused with the
@@ -56,15 +65,19 @@ def fit_to_memory(settings: WindowSettings, model_config, block_shape, n_channel
     limit, where = memory_per_task(current_client(), threads)
     estimate = fit_batch(model_config, settings.window, block_shape, n_channels, settings.sw_batch_size, limit, where)
     if estimate.batch == settings.sw_batch_size:
-        log(f"inference: about {format_bytes(estimate.total)} per prediction task on the CPU (network "
+        log(
+            f"inference: about {format_bytes(estimate.total)} per prediction task on the CPU (network "
             f"{format_bytes(estimate.network)} for {estimate.batch} window(s) at once, weighted sums "
             f"{format_bytes(estimate.block_sums)} over a {'×'.join(map(str, block_shape))} footprint); {where} has "
-            f"{format_bytes(limit)} per task")
+            f"{format_bytes(limit)} per task"
+        )
         return settings
-    log(f"inference.sw_batch_size {settings.sw_batch_size} → {estimate.batch} on the CPU, so a task fits {where}'s "
+    log(
+        f"inference.sw_batch_size {settings.sw_batch_size} → {estimate.batch} on the CPU, so a task fits {where}'s "
         f"{format_bytes(limit)}: about {format_bytes(estimate.total)} (network {format_bytes(estimate.network)} for "
         f"{estimate.batch} window(s), weighted sums {format_bytes(estimate.block_sums)} over a "
-        f"{'×'.join(map(str, block_shape))} footprint)")
+        f"{'×'.join(map(str, block_shape))} footprint)"
+    )
     return replace(settings, sw_batch_size=estimate.batch)
 
 
@@ -80,10 +93,20 @@ def warm_up_workers(model, settings: WindowSettings, device: str | None, log=Non
     workers = list(client.scheduler_info().get("workers", {}))
     if log is not None:
         log(f"compiling the network (inference.compile) on {len(workers)} worker(s)")
-    futures = [client.submit(warm_up, model, settings, device, workers=[address], allow_other_workers=False,
-                             pure=False, key=f"infer-warm-up-{i}-{dask.base.tokenize(model, settings)}",
-                             **gpu_annotations(device))
-               for i, address in enumerate(workers)]
+    futures = [
+        client.submit(
+            warm_up,
+            model,
+            settings,
+            device,
+            workers=[address],
+            allow_other_workers=False,
+            pure=False,
+            key=f"infer-warm-up-{i}-{dask.base.tokenize(model, settings)}",
+            **gpu_annotations(device),
+        )
+        for i, address in enumerate(workers)
+    ]
     return max(client.gather(futures))
 
 

@@ -45,8 +45,9 @@ def activation_bytes(model_config, window: tuple[int, int, int]) -> int:
     (X, Y, Z voxels), counted on the ``meta`` device (once per architecture and window in a process)."""
     import json
 
-    return _activation_bytes(json.dumps(model_config.model_dump(mode="json"), sort_keys=True),
-                             tuple(int(w) for w in window))
+    return _activation_bytes(
+        json.dumps(model_config.model_dump(mode="json"), sort_keys=True), tuple(int(w) for w in window)
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,7 +72,7 @@ class LiveBytes(TorchDispatchMode):
     """A dispatch mode that counts the bytes of live tensor storages and their peak (``live``, ``peak``): what a
     pass run inside it holds at most (meta tensors included)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.live = self.peak = 0
         self.seen: set[int] = set()
@@ -125,8 +126,9 @@ def task_peak(model_config, window, block_shape, n_channels: int, batch: int) ->
     return TaskMemory(batch, RUNTIME_BYTES, network, sums)
 
 
-def fit_batch(model_config, window, block_shape, n_channels: int, batch: int, memory_per_task: int,
-              where: str = "each worker") -> TaskMemory:
+def fit_batch(
+    model_config, window, block_shape, n_channels: int, batch: int, memory_per_task: int, where: str = "each worker"
+) -> TaskMemory:
     """The estimate at the largest batch from ``batch`` down to 1 whose task fits
     :data:`MEMORY_FRACTION` × ``memory_per_task`` bytes; raise :class:`InferenceMemoryError` with the numbers when
     not even one window fits."""
@@ -144,4 +146,5 @@ def fit_batch(model_config, window, block_shape, n_channels: int, batch: int, me
         f"{'×'.join(map(str, window))} window, weighted sums {format_bytes(one.block_sums)} over a "
         f"{'×'.join(map(str, block_shape))} footprint), but {where} has {format_bytes(memory_per_task)} per task "
         f"(plans use {int(MEMORY_FRACTION * 100)} %): give workers more memory (--memory-limit), or use smaller blocks "
-        "(--chunks)")
+        "(--chunks)"
+    )

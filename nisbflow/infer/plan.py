@@ -104,8 +104,13 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
     every_block = len(pending) == grid.n_blocks
     # per axis: the block holding each start, and the blocks each window reaches (inside the volume)
     owner = [np.searchsorted(b, starts, side="right") - 1 for b, starts in zip(bounds, axes)]
-    reach = [[(int(np.searchsorted(b, s, side="right") - 1), int(np.searchsorted(b, min(s + w, n), side="left") - 1))
-              for s in starts] for b, starts, w, n in zip(bounds, axes, window, shape)]
+    reach = [
+        [
+            (int(np.searchsorted(b, s, side="right") - 1), int(np.searchsorted(b, min(s + w, n), side="left") - 1))
+            for s in starts
+        ]
+        for b, starts, w, n in zip(bounds, axes, window, shape)
+    ]
 
     units: dict = {}
     contributions: dict = {index: {} for index in pending}  # block → unit key → its region there
@@ -119,14 +124,17 @@ def plan_windows(grid, window, stride, sw_batch_size: int, split: int = 1, pendi
         cuts = np.linspace(0, len(owned), parts + 1).round().astype(int)
         for part, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             key = tuple(index) + (part,)
-            batches, boxes, reached_windows = _unit_windows(owned[a:b], axes, reach, pending, every_block, window,
-                                                            sw_batch_size)
+            batches, boxes, reached_windows = _unit_windows(
+                owned[a:b], axes, reach, pending, every_block, window, sw_batch_size
+            )
             if not batches:
                 continue
             needed += reached_windows
             windows = [s for batch in batches for s in batch]
-            footprint = Region(slice(min(s[a_] for s in windows), min(max(s[a_] for s in windows) + w, p))
-                               for a_, (w, p) in enumerate(zip(window, padded)))
+            footprint = Region(
+                slice(min(s[a_] for s in windows), min(max(s[a_] for s in windows) + w, p))
+                for a_, (w, p) in enumerate(zip(window, padded))
+            )
             units[key] = (batches, footprint)
             for block, box in boxes.items():
                 region = grid.write_region(block).intersect(Region(slice(lo, hi) for lo, hi in box))
@@ -150,7 +158,7 @@ def _unit_windows(owned, axes, reach, pending, every_block, window, sw_batch_siz
     boxes: dict = {}
     reached_windows = 0
     for i in range(0, len(owned), sw_batch_size):
-        batch = owned[i:i + sw_batch_size]
+        batch = owned[i : i + sw_batch_size]
         reached = [_reached_pending(reach, position, pending, every_block) for position in batch]
         if not any(reached):
             continue
@@ -177,8 +185,9 @@ def _block_sources(grid, pending, contributions: dict, units: dict) -> tuple[dic
         own = [key for key in sources if key[:3] == tuple(index)]
         exclusive = None
         if len(own) == 1:
-            others = sorted((region for key, region in sources.items() if key != own[0]), key=lambda r: r.size,
-                            reverse=True)
+            others = sorted(
+                (region for key, region in sources.items() if key != own[0]), key=lambda r: r.size, reverse=True
+            )
             exclusive = _exclusive_box(write, others)
         shared = tuple(box_difference(write, exclusive)) if exclusive is not None else (write,)
         for key, region in sources.items():
@@ -199,11 +208,13 @@ def largest_footprint(grid, window, stride) -> tuple[int, int, int]:
     window = tuple(int(w) for w in window)
     bounds = [np.cumsum((0,) + tuple(c)) for c in grid.chunks]
     longest = []
-    for b, starts, w, p in zip(bounds, window_grid(grid.shape, window, stride), window,
-                               padded_shape(grid.shape, window)):
+    for b, starts, w, p in zip(
+        bounds, window_grid(grid.shape, window, stride), window, padded_shape(grid.shape, window)
+    ):
         owner = np.searchsorted(b, starts, side="right") - 1
-        longest.append(max(min(int(starts[owner == i].max()) + w, p) - int(starts[owner == i].min())
-                           for i in np.unique(owner)))
+        longest.append(
+            max(min(int(starts[owner == i].max()) + w, p) - int(starts[owner == i].min()) for i in np.unique(owner))
+        )
     return triple(longest)
 
 
@@ -230,8 +241,9 @@ def _exclusive_box(write: Box, others: list[Box]) -> Box | None:
                 options.append((axis, [lo, o.start]))
         if not options:
             return None
-        axis, kept = max(options, key=lambda option: (option[1][1] - option[1][0]) /
-                         (box[option[0]][1] - box[option[0]][0]))
+        axis, kept = max(
+            options, key=lambda option: (option[1][1] - option[1][0]) / (box[option[0]][1] - box[option[0]][0])
+        )
         box[axis] = kept
     return Region(slice(lo, hi) for lo, hi in box)
 

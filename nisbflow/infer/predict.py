@@ -43,8 +43,10 @@ def apply_model(model, crops: torch.Tensor, activation: str) -> torch.Tensor:
     """``crops (N, Wx, Wy, Wz) uint8`` tensor → ``(N, C, Wx, Wy, Wz) float32`` activations on the crops' device:
     /255, the network (float16 autocast on CUDA), then the activation in float32."""
     batch = crops.to(dtype=torch.float32).div_(255.0).unsqueeze(1)
-    with torch.inference_mode(), torch.autocast(device_type=crops.device.type, dtype=torch.float16,
-                                                enabled=crops.device.type == "cuda"):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device_type=crops.device.type, dtype=torch.float16, enabled=crops.device.type == "cuda"),
+    ):
         logits = model(batch)
     return ACTIVATIONS[activation](logits.float())
 
@@ -62,8 +64,9 @@ class Augmentation:
         return {"views": [view.name() for view in self.views], "ensemble": list(self.modes)}
 
 
-def predict_crops(model, crops: torch.Tensor, activation: str, channels=None,
-                  augmentation: Augmentation | None = None) -> torch.Tensor:
+def predict_crops(
+    model, crops: torch.Tensor, activation: str, channels=None, augmentation: Augmentation | None = None
+) -> torch.Tensor:
     """``crops (N, Wx, Wy, Wz) uint8`` tensor → ``(N, C, Wx, Wy, Wz)`` float32 activations of the kept
     ``channels`` (None: all): the network once (:func:`apply_model`), or in every view of ``augmentation``, turned
     back and ensembled (:func:`nisbflow.infer.tta.predict_views`)."""
@@ -72,21 +75,43 @@ def predict_crops(model, crops: torch.Tensor, activation: str, channels=None,
         return predictions if channels is None else predictions[:, list(channels)]
     from nisbflow.infer.tta import predict_views
 
-    return predict_views(lambda views: apply_model(model, views[:, 0], activation), crops[:, None],
-                         list(augmentation.views), augmentation.offsets, channels, list(augmentation.modes))
+    return predict_views(
+        lambda views: apply_model(model, views[:, 0], activation),
+        crops[:, None],
+        list(augmentation.views),
+        augmentation.offsets,
+        channels,
+        list(augmentation.modes),
+    )
 
 
-def run_windows(model, crops: np.ndarray, activation: str, device, channels=None,
-                augmentation: Augmentation | None = None) -> np.ndarray:
+def run_windows(
+    model, crops: np.ndarray, activation: str, device, channels=None, augmentation: Augmentation | None = None
+) -> np.ndarray:
     """``crops (N, Wx, Wy, Wz) uint8`` → ``(N, C, Wx, Wy, Wz) float32`` activations (autocast float16 on CUDA) of the
     kept ``channels`` (:func:`predict_crops`)."""
-    return predict_crops(model, torch.from_numpy(np.ascontiguousarray(crops)).to(device), activation, channels,
-                         augmentation).cpu().numpy()
+    return (
+        predict_crops(
+            model, torch.from_numpy(np.ascontiguousarray(crops)).to(device), activation, channels, augmentation
+        )
+        .cpu()
+        .numpy()
+    )
 
 
-def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), sw_batch_size: int = 8,
-                  activation: str = "scale_sigmoid", channels=None, output_dtype="float16",
-                  device="cpu", augmentation: Augmentation | None = None) -> np.ndarray:
+def predict_whole(
+    image,
+    model,
+    *,
+    window=(128, 128, 128),
+    stride=(64, 64, 64),
+    sw_batch_size: int = 8,
+    activation: str = "scale_sigmoid",
+    channels=None,
+    output_dtype="float16",
+    device="cpu",
+    augmentation: Augmentation | None = None,
+) -> np.ndarray:
     """Affinities of a whole in-memory image; see the module docstring. ``augmentation``: test-time augmentation
     of every window (:class:`Augmentation`)."""
     check_image(image)
@@ -103,7 +128,7 @@ def predict_whole(image, model, *, window=(128, 128, 128), stride=(64, 64, 64), 
     total: np.ndarray | None = None
     model = model.to(device).eval()
     for i in range(0, len(starts), sw_batch_size):
-        batch = starts[i:i + sw_batch_size]
+        batch = starts[i : i + sw_batch_size]
         crops = np.stack([padded[tuple(slice(s, s + w) for s, w in zip(start, window))] for start in batch])
         predictions = run_windows(model, crops, activation, device, channels, augmentation)
         if total is None:

@@ -58,8 +58,9 @@ def _axes(value, where: str) -> list[int]:
     out = []
     for axis in axes:
         if int(axis) not in (0, 1, 2):
-            raise ConfigError(f"inference.test_time_augmentation.{where}: axis {axis} is not a spatial axis 0, 1 or 2 "
-                              "(x, y, z)")
+            raise ConfigError(
+                f"inference.test_time_augmentation.{where}: axis {axis} is not a spatial axis 0, 1 or 2 (x, y, z)"
+            )
         if int(axis) not in out:
             out.append(int(axis))
     return out
@@ -74,8 +75,9 @@ def views(flip_axes="all", rotation90_axes=None, rotate90_k=None) -> list[View]:
     elif flip_axes == "all" or flip_axes == []:
         flips = [combo for r in range(4) for combo in itertools.combinations(range(3), r)]
     elif isinstance(flip_axes, str):
-        raise ConfigError(f"inference.test_time_augmentation.flip_axes: {flip_axes!r} is not all, none or a list of "
-                          "axis lists")
+        raise ConfigError(
+            f"inference.test_time_augmentation.flip_axes: {flip_axes!r} is not all, none or a list of axis lists"
+        )
     else:
         flips = [()] + [tuple(_axes(entry, "flip_axes")) for entry in flip_axes]
     if rotation90_axes is None or (isinstance(rotation90_axes, str) and rotation90_axes.lower() == "none"):
@@ -87,8 +89,9 @@ def views(flip_axes="all", rotation90_axes=None, rotate90_k=None) -> list[View]:
         for entry in rotation90_axes:
             axes = _axes(entry, "rotation90_axes")
             if len(axes) != 2:
-                raise ConfigError(f"inference.test_time_augmentation.rotation90_axes: {entry} is not a plane of two "
-                                  "axes")
+                raise ConfigError(
+                    f"inference.test_time_augmentation.rotation90_axes: {entry} is not a plane of two axes"
+                )
             plane = (int(axes[0]), int(axes[1]))
             if plane not in planes:
                 planes.append(plane)
@@ -156,9 +159,11 @@ def channel_moves(offsets, view: View) -> list[Move]:
         reverse = [i for i, o in enumerate(offsets) if tuple(-v for v in o) == directed]
         candidates = exact or reverse
         if len(candidates) != 1 or candidates[0] in taken:
-            raise ConfigError(f"test-time augmentation {view.name()}: the affinity offset {offset} becomes "
-                              f"{directed}, which is not one of the offsets {offsets} (or their reverses) exactly "
-                              "once; choose flips and turns that map the offsets onto themselves")
+            raise ConfigError(
+                f"test-time augmentation {view.name()}: the affinity offset {offset} becomes "
+                f"{directed}, which is not one of the offsets {offsets} (or their reverses) exactly "
+                "once; choose flips and turns that map the offsets onto themselves"
+            )
         target = candidates[0]
         taken.add(target)
         shift = None if exact else tuple(-v for v in offsets[target])
@@ -198,20 +203,25 @@ def ensemble_modes(ensemble_mode, channels: int) -> list[str]:
     """One mode per output channel from ``ensemble_mode`` (module docstring); every channel must get one."""
     if isinstance(ensemble_mode, str):
         if ensemble_mode not in MODES:
-            raise ConfigError(f"inference.test_time_augmentation.ensemble_mode {ensemble_mode!r}: one of "
-                              f"{', '.join(MODES)}, or a list of [channels, mode] pairs")
+            raise ConfigError(
+                f"inference.test_time_augmentation.ensemble_mode {ensemble_mode!r}: one of "
+                f"{', '.join(MODES)}, or a list of [channels, mode] pairs"
+            )
         return [ensemble_mode] * channels
     modes: list = [None] * channels
     for entry in ensemble_mode:
         if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] not in MODES:
-            raise ConfigError(f"inference.test_time_augmentation.ensemble_mode entry {entry!r}: expected [channels, "
-                              f"mode] with a mode among {', '.join(MODES)}")
+            raise ConfigError(
+                f"inference.test_time_augmentation.ensemble_mode entry {entry!r}: expected [channels, "
+                f"mode] with a mode among {', '.join(MODES)}"
+            )
         for channel in range(channels)[_selector(str(entry[0]), channels)]:
             modes[channel] = entry[1]
     missing = [c for c, m in enumerate(modes) if m is None]
     if missing:
-        raise ConfigError(f"inference.test_time_augmentation.ensemble_mode gives no mode to output channel(s) "
-                          f"{missing} of {channels}")
+        raise ConfigError(
+            f"inference.test_time_augmentation.ensemble_mode gives no mode to output channel(s) {missing} of {channels}"
+        )
     return modes
 
 
@@ -223,8 +233,10 @@ def _selector(text: str, channels: int) -> slice:
         index = int(text) % channels
         return slice(index, index + 1)
     except ValueError:
-        raise ConfigError(f"inference.test_time_augmentation.ensemble_mode channel selector {text!r}: expected "
-                          "'3', '0:3', '3:' or '-1:'") from None
+        raise ConfigError(
+            f"inference.test_time_augmentation.ensemble_mode channel selector {text!r}: expected "
+            "'3', '0:3', '3:' or '-1:'"
+        ) from None
 
 
 class Ensemble:

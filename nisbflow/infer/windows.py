@@ -60,18 +60,34 @@ class WindowSettings:
 
             if offsets is None:  # re-anchoring needs the network's own offsets: no default could be right
                 raise ValueError("test-time augmentation needs the network's affinity offsets (offsets=…)")
-            augmentation = Augmentation(tuple(views(tta.flip_axes, tta.rotation90_axes, tta.rotate90_k)),
-                                        tuple(ensemble_modes(tta.ensemble_mode, len(channels))),
-                                        tuple(triple(o) for o in offsets))
-        return cls(window, stride, inference.sw_batch_size, inference.activation, channels,
-                   inference.output_dtype, inference.compile, augmentation)
+            augmentation = Augmentation(
+                tuple(views(tta.flip_axes, tta.rotation90_axes, tta.rotate90_k)),
+                tuple(ensemble_modes(tta.ensemble_mode, len(channels))),
+                tuple(triple(o) for o in offsets),
+            )
+        return cls(
+            window,
+            stride,
+            inference.sw_batch_size,
+            inference.activation,
+            channels,
+            inference.output_dtype,
+            inference.compile,
+            augmentation,
+        )
 
     def record(self) -> dict:
         """JSON-ready, for output attributes (and the identities resume and tuning key on: the augmentation's views
         and modes only when it is on, so records without it stay as they were)."""
-        record = {"window": list(self.window), "stride": list(self.stride), "sw_batch_size": self.sw_batch_size,
-                  "activation": self.activation, "channels": None if self.channels is None else list(self.channels),
-                  "output_dtype": self.output_dtype, "compile": self.compile}
+        record = {
+            "window": list(self.window),
+            "stride": list(self.stride),
+            "sw_batch_size": self.sw_batch_size,
+            "activation": self.activation,
+            "channels": None if self.channels is None else list(self.channels),
+            "output_dtype": self.output_dtype,
+            "compile": self.compile,
+        }
         if self.augmentation is not None:
             record["test_time_augmentation"] = self.augmentation.record()
         return record
@@ -100,8 +116,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def predict_windows(piece: np.ndarray, model, read_start, unit: Unit, settings: WindowSettings,
-                    device: str | None = None, topic: str | None = None) -> dict[tuple, list[PredictedPiece]]:
+def predict_windows(
+    piece: np.ndarray,
+    model,
+    read_start,
+    unit: Unit,
+    settings: WindowSettings,
+    device: str | None = None,
+    topic: str | None = None,
+) -> dict[tuple, list[PredictedPiece]]:
     """Task (``infer-predict-windows``): one :class:`~nisbflow.infer.plan.Unit`'s windows, on the model's device.
 
     ``piece``: the (padded-frame) input of the unit's footprint starting at ``read_start``, uint8 ``(x, y, z)``;
@@ -115,18 +138,21 @@ def predict_windows(piece: np.ndarray, model, read_start, unit: Unit, settings: 
     from nisbflow.tasks import count_done
 
     device = device or default_device()
-    total, weights = _weighted_sum(piece, model, read_start, unit.footprint, unit.windows, settings, device,
-                                   report=lambda n: count_done(topic, n))
+    total, weights = _weighted_sum(
+        piece, model, read_start, unit.footprint, unit.windows, settings, device, report=lambda n: count_done(topic, n)
+    )
     pieces: dict[tuple, list[PredictedPiece]] = {}
     for part in unit.pieces:
         local = part.region.local(unit.footprint)
         sums, weight = total[(slice(None),) + local], weights[local]
         if part.box == FINAL:
-            entry = PredictedPiece(part.box, part.region,
-                                   (sums / weight).to(getattr(torch, settings.output_dtype)).cpu().numpy(), None)
+            entry = PredictedPiece(
+                part.box, part.region, (sums / weight).to(getattr(torch, settings.output_dtype)).cpu().numpy(), None
+            )
         else:  # copies, so the footprint's sums are freed when the task ends
-            entry = PredictedPiece(part.box, part.region, sums.to("cpu", copy=True).numpy(),
-                                   weight.to("cpu", copy=True).numpy())
+            entry = PredictedPiece(
+                part.box, part.region, sums.to("cpu", copy=True).numpy(), weight.to("cpu", copy=True).numpy()
+            )
         pieces.setdefault(part.target, []).append(entry)
     return pieces
 
@@ -173,14 +199,18 @@ def _weighted_sum(piece, model, read_start, region, windows, settings: WindowSet
     shape = Region(region).shape
     total, weights = None, torch.zeros(shape, dtype=torch.float32, device=device)
     for i in range(0, len(windows), settings.sw_batch_size):
-        batch = windows[i:i + settings.sw_batch_size]
-        crops = torch.stack([image[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start,
-                                                                                    settings.window))]
-                             for start in batch])
+        batch = windows[i : i + settings.sw_batch_size]
+        crops = torch.stack(
+            [
+                image[tuple(slice(s - r, s - r + w) for s, r, w in zip(start, read_start, settings.window))]
+                for start in batch
+            ]
+        )
         if compiled and len(batch) < settings.sw_batch_size:  # one batch shape: no recompilation for the last
             crops = torch.cat([crops, crops[-1:].expand(settings.sw_batch_size - len(batch), *crops.shape[1:])])
-        predictions = predict_crops(model, crops, settings.activation, settings.channels,
-                                    settings.augmentation)[:len(batch)]
+        predictions = predict_crops(model, crops, settings.activation, settings.channels, settings.augmentation)[
+            : len(batch)
+        ]
         if total is None:
             total = torch.zeros((predictions.shape[1],) + shape, dtype=torch.float32, device=device)
         for start, prediction in zip(batch, predictions):
@@ -205,8 +235,15 @@ def warm_up(model, settings: WindowSettings, device: str | None = None) -> float
     device = device or default_device()
     start = time.perf_counter()
     window = settings.window
-    _weighted_sum(np.zeros(window, dtype=np.uint8), model, (0, 0, 0), tuple(slice(0, w) for w in window),
-                  [(0, 0, 0)], settings, device)
+    _weighted_sum(
+        np.zeros(window, dtype=np.uint8),
+        model,
+        (0, 0, 0),
+        tuple(slice(0, w) for w in window),
+        [(0, 0, 0)],
+        settings,
+        device,
+    )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     release_compile_workers()
@@ -217,10 +254,13 @@ def check_channels(settings: WindowSettings, out_channels: int, where: str) -> N
     """Raise :class:`~nisbflow.errors.ConfigError` unless every selected channel is one the model outputs."""
     from nisbflow.errors import ConfigError
 
-    if settings.channels is not None and (not settings.channels or
-                                          any(c < 0 or c >= out_channels for c in settings.channels)):
-        raise ConfigError(f"inference.select_channel / --channels {list(settings.channels)}: {where} outputs "
-                          f"{out_channels} channels (0 to {out_channels - 1})")
+    if settings.channels is not None and (
+        not settings.channels or any(c < 0 or c >= out_channels for c in settings.channels)
+    ):
+        raise ConfigError(
+            f"inference.select_channel / --channels {list(settings.channels)}: {where} outputs "
+            f"{out_channels} channels (0 to {out_channels - 1})"
+        )
 
 
 def is_checkpoint(model) -> bool:

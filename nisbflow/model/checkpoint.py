@@ -20,8 +20,17 @@ import torch
 
 from nisbflow.config.schema import INFERENCE_WEIGHTS, ModelConfig
 from nisbflow.model.network import build
-from nisbflow.model.reader import (CHECKPOINT_FORMAT, SHIPPED_DIR, SHIPPED_MODELS, CheckpointError,
-                                   CheckpointFile, file_sha256, has_ema, read_checkpoint, same_hash)
+from nisbflow.model.reader import (
+    CHECKPOINT_FORMAT,
+    SHIPPED_DIR,
+    SHIPPED_MODELS,
+    CheckpointError,
+    CheckpointFile,
+    file_sha256,
+    has_ema,
+    read_checkpoint,
+    same_hash,
+)
 
 WEIGHTS = INFERENCE_WEIGHTS
 """Which weights of a checkpoint predict (``inference.weights``): auto (the EMA weights when it keeps them), ema,
@@ -72,8 +81,12 @@ class Checkpoint:
         a :class:`Checkpoint` is returned as it is unless ``weights`` asks for another of its weight sets.
         ``weights``: auto (default), ema or raw (:func:`chosen_weights`)."""
         if isinstance(checkpoint, Checkpoint):
-            if weights is None or weights == "auto" or weights == checkpoint.weights \
-                    or (weights == "raw" and checkpoint.weights is None):
+            if (
+                weights is None
+                or weights == "auto"
+                or weights == checkpoint.weights
+                or (weights == "raw" and checkpoint.weights is None)
+            ):
                 return checkpoint
             checkpoint = checkpoint.source
         weights = weights or "auto"
@@ -88,10 +101,13 @@ class Checkpoint:
             recorded = load_yaml_tree(shipped)
         if read.weights is not None and read.ours:
             ema = metadata.get("ema") or {}
-            said = (f"weights: the EMA weights (ema_state_dict, {ema.get('updates', '?')} updates, decay "
-                    f"{ema.get('decay', '?')}) of checkpoint {checkpoint}; --weights raw for the training weights"
-                    if read.weights == "ema" else f"weights: the training weights (state_dict) of checkpoint "
-                    f"{checkpoint}, not the EMA weights it also keeps")
+            said = (
+                f"weights: the EMA weights (ema_state_dict, {ema.get('updates', '?')} updates, decay "
+                f"{ema.get('decay', '?')}) of checkpoint {checkpoint}; --weights raw for the training weights"
+                if read.weights == "ema"
+                else f"weights: the training weights (state_dict) of checkpoint "
+                f"{checkpoint}, not the EMA weights it also keeps"
+            )
             metadata["notes"] = list(metadata.get("notes") or []) + [said]
         return cls(str(checkpoint), str(path), read.sha256, read.model, recorded, metadata, read.weights)
 
@@ -115,8 +131,9 @@ class Checkpoint:
         """What workers load: a shipped model by its name (each machine resolves it inside its own nisbflow
         install), any other checkpoint by its absolute path. Workers check the file's hash against :attr:`sha256`
         (:meth:`network`)."""
-        return self.source if _shipped_yaml(Path(self.path)) is not None and self.source in SHIPPED_MODELS \
-            else self.path
+        return (
+            self.source if _shipped_yaml(Path(self.path)) is not None and self.source in SHIPPED_MODELS else self.path
+        )
 
     def sha256_here(self) -> str | None:
         """The hash of the file this process finds at :attr:`worker_reference` (None when there is none): what a
@@ -130,8 +147,13 @@ class Checkpoint:
         torch.compile's ``mode``, e.g. ``reduce-overhead`` for CUDA graphs). The file read
         must still have :attr:`sha256`, the hash the client resolved: a checkpoint replaced or rewritten during the
         run, or another file at the same path on a worker, is a :class:`CheckpointError` naming both hashes."""
-        return _cached_network(self.worker_reference, self.sha256, device,
-                               compiled if isinstance(compiled, str) else bool(compiled), self.weights or "auto")
+        return _cached_network(
+            self.worker_reference,
+            self.sha256,
+            device,
+            compiled if isinstance(compiled, str) else bool(compiled),
+            self.weights or "auto",
+        )
 
     def load(self, map_location="cpu") -> torch.nn.Module:
         """The network with its weights (:attr:`weights`), in eval mode (reads the file)."""
@@ -161,8 +183,14 @@ def save_random_checkpoint(path: str | Path, config: ModelConfig, seed: int = 0)
 def checkpoint_payload(model: torch.nn.Module, config: ModelConfig, metadata: dict, **training_state) -> dict:
     """The dict a checkpoint file holds: format header, model configuration, weights, ``metadata``, and any
     ``training_state`` entries (``optimizer``, ``scheduler``, ``scaler`` from training, for resuming)."""
-    return {"format": CHECKPOINT_FORMAT, "version": 1, "model": config.model_dump(mode="json"),
-            "state_dict": model.state_dict(), **training_state, "metadata": metadata}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "model": config.model_dump(mode="json"),
+        "state_dict": model.state_dict(),
+        **training_state,
+        "metadata": metadata,
+    }
 
 
 def write_checkpoint(path: str | Path, payload: dict) -> None:
@@ -195,24 +223,30 @@ def _load_verified(reference: str, sha256: str, map_location="cpu", weights: str
     path = resolve_checkpoint(reference)
     read = read_checkpoint(path, weights, map_location)
     if not same_hash(sha256, read.sha256):
-        raise CheckpointError(f"checkpoint {reference}: the file this process reads ({path}) has sha256 "
-                              f"{read.sha256}, not {sha256} as when the run started: it was replaced or rewritten "
-                              "during the run, or this worker sees another file at that path; every task must load "
-                              "the same checkpoint: re-run once it no longer changes")
+        raise CheckpointError(
+            f"checkpoint {reference}: the file this process reads ({path}) has sha256 "
+            f"{read.sha256}, not {sha256} as when the run started: it was replaced or rewritten "
+            "during the run, or this worker sees another file at that path; every task must load "
+            "the same checkpoint: re-run once it no longer changes"
+        )
     return _network(read)[0]
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_network(reference: str, sha256: str, device: str, compiled: bool | str,
-                    weights: str = "auto") -> torch.nn.Module:
+def _cached_network(
+    reference: str, sha256: str, device: str, compiled: bool | str, weights: str = "auto"
+) -> torch.nn.Module:
     """:meth:`Checkpoint.network`'s per-process cache (``sha256`` keys a re-written file)."""
     model = _load_verified(reference, sha256, map_location=device, weights=weights).to(device)
     if compiled:
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True  # fall back to eager rather than fail a block
-        return torch.compile(model, dynamic=False,  # type: ignore[return-value]  # an OptimizedModule
-                             mode=compiled if isinstance(compiled, str) else None)
+        return torch.compile(
+            model,
+            dynamic=False,  # type: ignore[return-value]  # an OptimizedModule
+            mode=compiled if isinstance(compiled, str) else None,
+        )
     return model
 
 
@@ -223,25 +257,32 @@ def _network(read: CheckpointFile, expected: ModelConfig | None = None) -> tuple
     if expected is not None:
         for key in ("arch", "size", "init_filters", "kernel_size", "in_channels", "out_channels"):
             if getattr(config, key) != getattr(expected, key):
-                raise CheckpointError(f"checkpoint {path} holds model.{key}={getattr(config, key)!r}, but "
-                                      f"model.{key}={getattr(expected, key)!r} was asked for")
+                raise CheckpointError(
+                    f"checkpoint {path} holds model.{key}={getattr(config, key)!r}, but "
+                    f"model.{key}={getattr(expected, key)!r} was asked for"
+                )
     model = build(config)
     try:
         missing, unexpected = model.load_state_dict(read.state, strict=False)
     except RuntimeError as error:  # tensors of other shapes: another network under the same configuration
         mismatch = str(error).split("size mismatch for ", 1)[-1].split("\n")[0].strip()
-        raise CheckpointError(f"checkpoint {path} does not fit {config.arch}-{config.size} (init_filters "
-                              f"{config.init_filters}, kernel {config.kernel_size}): its weights have other shapes "
-                              f"({mismatch})") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {config.arch}-{config.size} (init_filters "
+            f"{config.init_filters}, kernel {config.kernel_size}): its weights have other shapes "
+            f"({mismatch})"
+        ) from None
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not fit {config.arch}-{config.size} "
-                              f"(init_filters {config.init_filters}): {len(missing)} missing keys "
-                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {config.arch}-{config.size} "
+            f"(init_filters {config.init_filters}): {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
     return model.eval(), config
 
 
-def load_checkpoint(path, expected: ModelConfig | None = None,
-                    map_location="cpu", weights: str = "auto") -> tuple[torch.nn.Module, ModelConfig]:
+def load_checkpoint(
+    path, expected: ModelConfig | None = None, map_location="cpu", weights: str = "auto"
+) -> tuple[torch.nn.Module, ModelConfig]:
     """Load a nisbflow or Lightning checkpoint (a path, a shipped name or a :class:`Checkpoint`) →
     ``(model in eval mode, its ModelConfig)``.
 
@@ -252,8 +293,9 @@ def load_checkpoint(path, expected: ModelConfig | None = None,
     return _network(read_checkpoint(path, weights, map_location), expected)
 
 
-def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, require_config: bool = False,
-                      **metadata) -> dict:
+def export_checkpoint(
+    source: str | Path, output: str | Path, overrides=(), *, require_config: bool = False, **metadata
+) -> dict:
     """Weights-only copy of a checkpoint (training state dropped; EMA weights kept beside the training weights), keeping
     its model configuration and metadata.
 
@@ -275,8 +317,9 @@ def export_checkpoint(source: str | Path, output: str | Path, overrides=(), *, r
     if require_config and kept.get("config") is None:
         raise CheckpointError(f"checkpoint {source} records no training configuration; --config-yaml needs one")
     if "exported_from" in kept:  # exporting an export: keep the chain back to the training run
-        kept.setdefault("export_history", []).append({"exported_from": kept["exported_from"],
-                                                      "source_sha256": kept.get("source_sha256")})
+        kept.setdefault("export_history", []).append(
+            {"exported_from": kept["exported_from"], "source_sha256": kept.get("source_sha256")}
+        )
     if kept.get("config") is not None:
         tree = apply_overrides(without_derived_paths(kept["config"]), overrides)
         kept["config"] = without_derived_paths(Config.model_validate(tree).model_dump(mode="json"))
@@ -293,10 +336,18 @@ def import_checkpoint(source: str | Path, output: str | Path, *, weights: str = 
     path = resolve_checkpoint(source)
     read = read_checkpoint(path, weights)
     if read.layout not in ("banis", "pytc"):
-        raise CheckpointError(f"checkpoint {source} is not a BANIS or PyTorch Connectomics checkpoint (no MIC-DKFZ "
-                              "MedNeXt tensors, enc_block_0.…); nisbflow checkpoints need no import")
+        raise CheckpointError(
+            f"checkpoint {source} is not a BANIS or PyTorch Connectomics checkpoint (no MIC-DKFZ "
+            "MedNeXt tensors, enc_block_0.…); nisbflow checkpoints need no import"
+        )
     model, config = _network(read)  # the weights must fit, as for any checkpoint
-    metadata = dict(imported_from=str(source), source_sha256=read.sha256, source_format=read.layout,
-                    weights=read.metadata["weights"], recorded=read.recorded, notes=read.metadata["notes"])
+    metadata = dict(
+        imported_from=str(source),
+        source_sha256=read.sha256,
+        source_format=read.layout,
+        weights=read.metadata["weights"],
+        recorded=read.recorded,
+        notes=read.metadata["notes"],
+    )
     save_checkpoint(output, model, config, **metadata)
     return metadata

@@ -19,14 +19,38 @@ from nisbflow.config.schema import MEDNEXT_DOWNSAMPLING, ModelConfig
 
 # MONAI create_mednext's settings per size, so other init_filters keep the same architecture
 _VARIANTS: dict[str, dict[str, Any]] = {
-    "S": dict(encoder_expansion_ratio=2, decoder_expansion_ratio=2, bottleneck_expansion_ratio=2,
-              blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2)),
-    "B": dict(encoder_expansion_ratio=(2, 3, 4, 4), decoder_expansion_ratio=(4, 4, 3, 2), bottleneck_expansion_ratio=4,
-              blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2)),
-    "M": dict(encoder_expansion_ratio=(2, 3, 4, 4), decoder_expansion_ratio=(4, 4, 3, 2), bottleneck_expansion_ratio=4,
-              blocks_down=(3, 4, 4, 4), blocks_bottleneck=4, blocks_up=(4, 4, 4, 3)),
-    "L": dict(encoder_expansion_ratio=(3, 4, 8, 8), decoder_expansion_ratio=(8, 8, 4, 3), bottleneck_expansion_ratio=8,
-              blocks_down=(3, 4, 8, 8), blocks_bottleneck=8, blocks_up=(8, 8, 4, 3)),
+    "S": dict(
+        encoder_expansion_ratio=2,
+        decoder_expansion_ratio=2,
+        bottleneck_expansion_ratio=2,
+        blocks_down=(2, 2, 2, 2),
+        blocks_bottleneck=2,
+        blocks_up=(2, 2, 2, 2),
+    ),
+    "B": dict(
+        encoder_expansion_ratio=(2, 3, 4, 4),
+        decoder_expansion_ratio=(4, 4, 3, 2),
+        bottleneck_expansion_ratio=4,
+        blocks_down=(2, 2, 2, 2),
+        blocks_bottleneck=2,
+        blocks_up=(2, 2, 2, 2),
+    ),
+    "M": dict(
+        encoder_expansion_ratio=(2, 3, 4, 4),
+        decoder_expansion_ratio=(4, 4, 3, 2),
+        bottleneck_expansion_ratio=4,
+        blocks_down=(3, 4, 4, 4),
+        blocks_bottleneck=4,
+        blocks_up=(4, 4, 4, 3),
+    ),
+    "L": dict(
+        encoder_expansion_ratio=(3, 4, 8, 8),
+        decoder_expansion_ratio=(8, 8, 4, 3),
+        bottleneck_expansion_ratio=8,
+        blocks_down=(3, 4, 8, 8),
+        blocks_bottleneck=8,
+        blocks_up=(8, 8, 4, 3),
+    ),
 }
 assert all(2 ** len(v["blocks_down"]) == MEDNEXT_DOWNSAMPLING for v in _VARIANTS.values())
 
@@ -38,8 +62,11 @@ def mic_dkfz_variant(block_counts, expansion_ratios) -> str | None:
     """The variant (S, B, M, L) with these nine block counts and expansion ratios (encoder stages 0-3, bottleneck,
     decoder stages 3-0, as MIC-DKFZ lists them), or None."""
     for size, v in _VARIANTS.items():
-        ratios = _expanded(v["encoder_expansion_ratio"]) + [v["bottleneck_expansion_ratio"]] + \
-            _expanded(v["decoder_expansion_ratio"])
+        ratios = (
+            _expanded(v["encoder_expansion_ratio"])
+            + [v["bottleneck_expansion_ratio"]]
+            + _expanded(v["decoder_expansion_ratio"])
+        )
         counts = list(v["blocks_down"]) + [v["blocks_bottleneck"]] + list(v["blocks_up"])
         if counts == list(block_counts) and ratios == list(expansion_ratios):
             return size
@@ -63,9 +90,14 @@ def _with_mic_dkfz_down_blocks(network: torch.nn.Module, config: ModelConfig) ->
         if following[i] == ratios[i]:
             continue
         down_blocks[i] = MedNeXtDownBlock(
-            in_channels=config.init_filters * 2 ** i, out_channels=config.init_filters * 2 ** (i + 1),
-            expansion_ratio=following[i], kernel_size=config.kernel_size, use_residual_connection=True,
-            norm_type="group", dim="3d")
+            in_channels=config.init_filters * 2**i,
+            out_channels=config.init_filters * 2 ** (i + 1),
+            expansion_ratio=following[i],
+            kernel_size=config.kernel_size,
+            use_residual_connection=True,
+            norm_type="group",
+            dim="3d",
+        )
     return network
 
 
@@ -82,14 +114,27 @@ def build(config: ModelConfig | None = None) -> torch.nn.Module:
 
     config = config or ModelConfig()
     if config.init_filters == 32:
-        network = create_mednext(config.size, spatial_dims=3, in_channels=config.in_channels,
-                                 out_channels=config.out_channels, kernel_size=config.kernel_size,
-                                 deep_supervision=config.deep_supervision)
+        network = create_mednext(
+            config.size,
+            spatial_dims=3,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            kernel_size=config.kernel_size,
+            deep_supervision=config.deep_supervision,
+        )
     else:
-        network = MedNeXt(spatial_dims=3, init_filters=config.init_filters, in_channels=config.in_channels,
-                          out_channels=config.out_channels, kernel_size=config.kernel_size,
-                          deep_supervision=config.deep_supervision, use_residual_connection=True, norm_type="group",
-                          global_resp_norm=False, **_VARIANTS[config.size])
+        network = MedNeXt(
+            spatial_dims=3,
+            init_filters=config.init_filters,
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            kernel_size=config.kernel_size,
+            deep_supervision=config.deep_supervision,
+            use_residual_connection=True,
+            norm_type="group",
+            global_resp_norm=False,
+            **_VARIANTS[config.size],
+        )
     return _with_mic_dkfz_down_blocks(network, config)
 
 
@@ -112,8 +157,10 @@ def checkpoint_activations(network: torch.nn.Module) -> torch.nn.Module:
 
     for stage in CHECKPOINTED_STAGES:
         for block in getattr(network, stage).modules():
-            if block is not getattr(network, stage) and not isinstance(block, (torch.nn.Sequential,
-                                                                                torch.nn.ModuleList)) \
-                    and block.__class__.__name__.startswith("MedNeXt"):
+            if (
+                block is not getattr(network, stage)
+                and not isinstance(block, (torch.nn.Sequential, torch.nn.ModuleList))
+                and block.__class__.__name__.startswith("MedNeXt")
+            ):
                 block.forward = partial(checkpointed, block, block.forward)
     return network

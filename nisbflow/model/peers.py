@@ -57,7 +57,7 @@ def is_mic_dkfz(state: dict) -> bool:
 def _strip(state: dict) -> tuple[dict, str]:
     for prefix in PREFIXES:
         if any(key.startswith(prefix + "enc_block_0.") for key in state):
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, prefix
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, prefix
     return dict(state), ""
 
 
@@ -72,8 +72,11 @@ def monai_name(key: str) -> str | None:
     found = _STAGE.match(key)
     if found:
         kind, stage, block, rest = found.groups()
-        return (f"enc_stages.{stage}.{block}.{rest}" if kind == "enc_block"
-                else f"dec_stages.{3 - int(stage)}.{block}.{rest}")
+        return (
+            f"enc_stages.{stage}.{block}.{rest}"
+            if kind == "enc_block"
+            else f"dec_stages.{3 - int(stage)}.{block}.{rest}"
+        )
     found = _UPDOWN.match(key)
     if found:
         kind, stage, rest = found.groups()
@@ -92,22 +95,32 @@ def mednext_config(state: dict) -> ModelConfig:
     stem = state["stem.weight"]
     width, in_channels = int(stem.shape[0]), int(stem.shape[1])
     kernel = int(state["enc_block_0.0.conv1.weight"].shape[-1])
-    counts = [_blocks(state, f"enc_block_{i}") for i in range(4)] + [_blocks(state, "bottleneck")] + \
-        [_blocks(state, f"dec_block_{i}") for i in (3, 2, 1, 0)]
-    ratios = [int(state[f"enc_block_{i}.0.conv2.weight"].shape[0]) // (width * 2 ** i) for i in range(4)] + \
-        [int(state["bottleneck.0.conv2.weight"].shape[0]) // (width * 16)] + \
-        [int(state[f"dec_block_{i}.0.conv2.weight"].shape[0]) // (width * 2 ** i) for i in (3, 2, 1, 0)]
+    counts = (
+        [_blocks(state, f"enc_block_{i}") for i in range(4)]
+        + [_blocks(state, "bottleneck")]
+        + [_blocks(state, f"dec_block_{i}") for i in (3, 2, 1, 0)]
+    )
+    ratios = (
+        [int(state[f"enc_block_{i}.0.conv2.weight"].shape[0]) // (width * 2**i) for i in range(4)]
+        + [int(state["bottleneck.0.conv2.weight"].shape[0]) // (width * 16)]
+        + [int(state[f"dec_block_{i}.0.conv2.weight"].shape[0]) // (width * 2**i) for i in (3, 2, 1, 0)]
+    )
     size = mic_dkfz_variant(counts, ratios)
     if size is None:
-        raise PeerCheckpointError(f"a MedNeXt with block counts {counts} and expansion ratios {ratios} is none of "
-                                  "MIC-DKFZ's S, B, M, L")
+        raise PeerCheckpointError(
+            f"a MedNeXt with block counts {counts} and expansion ratios {ratios} is none of MIC-DKFZ's S, B, M, L"
+        )
     outputs = int(state["out_0.conv_out.bias"].shape[0])
     if kernel not in (3, 5):
-        raise PeerCheckpointError(f"kernel size {kernel} (enc_block_0.0.conv1.weight "
-                                  f"{tuple(state['enc_block_0.0.conv1.weight'].shape)}); nisbflow runs 3 or 5")
+        raise PeerCheckpointError(
+            f"kernel size {kernel} (enc_block_0.0.conv1.weight "
+            f"{tuple(state['enc_block_0.0.conv1.weight'].shape)}); nisbflow runs 3 or 5"
+        )
     if outputs != 6:
-        raise PeerCheckpointError(f"the network outputs {outputs} channels (out_0.conv_out.bias); BANIS's 6 "
-                                  "affinities (3 short-range, 3 long-range) are what nisbflow decodes")
+        raise PeerCheckpointError(
+            f"the network outputs {outputs} channels (out_0.conv_out.bias); BANIS's 6 "
+            "affinities (3 short-range, 3 long-range) are what nisbflow decodes"
+        )
     return ModelConfig(size=size, init_filters=width, kernel_size=kernel, in_channels=in_channels, out_channels=6)
 
 
@@ -139,8 +152,10 @@ def read_peer(payload: dict, path: Path, weights: str = "auto") -> PeerCheckpoin
     if weights in ("auto", "ema") and ema_state:
         state, _ = _strip({f"model.{k}": v for k, v in ema_state.items()})
         chosen = "ema"
-        notes.append(f"weights: the EMA weights (callbacks.{EMA_CALLBACK}.ema_state), as PyTorch Connectomics "
-                     "validates with them; --weights raw for the training weights")
+        notes.append(
+            f"weights: the EMA weights (callbacks.{EMA_CALLBACK}.ema_state), as PyTorch Connectomics "
+            "validates with them; --weights raw for the training weights"
+        )
     elif weights == "ema":
         raise PeerCheckpointError(f"--weights ema, but the checkpoint has no callbacks.{EMA_CALLBACK}.ema_state")
     else:
@@ -151,8 +166,10 @@ def read_peer(payload: dict, path: Path, weights: str = "auto") -> PeerCheckpoin
     hyper = payload.get("hyper_parameters") or {}
     for key, ours in (("model_id", model.size), ("kernel_size", model.kernel_size)):
         if key in hyper and hyper[key] != ours:
-            raise PeerCheckpointError(f"hyper_parameters.{key} is {hyper[key]!r}, but the tensors are a MedNeXt-"
-                                      f"{model.size} with kernel {model.kernel_size}")
+            raise PeerCheckpointError(
+                f"hyper_parameters.{key} is {hyper[key]!r}, but the tensors are a MedNeXt-"
+                f"{model.size} with kernel {model.kernel_size}"
+            )
     deep = sorted(k for k in state if re.match(r"^out_[1-4]\.", k))
     mapped = {}
     for key, value in state.items():
@@ -161,16 +178,19 @@ def read_peer(payload: dict, path: Path, weights: str = "auto") -> PeerCheckpoin
         target = monai_name(key)
         if target is not None:
             mapped[target] = value
-    notes.append(f"model: MedNeXt-{model.size}, kernel {model.kernel_size}, width {model.init_filters}, "
-                 f"{model.in_channels} → {model.out_channels} channels (read off its tensors"
-                 + (f"; hyper_parameters model_id {hyper['model_id']!r} agrees)" if "model_id" in hyper else ")")
-                 + ("; its deep-supervision heads are not used for inference" if deep else ""))
+    notes.append(
+        f"model: MedNeXt-{model.size}, kernel {model.kernel_size}, width {model.init_filters}, "
+        f"{model.in_channels} → {model.out_channels} channels (read off its tensors"
+        + (f"; hyper_parameters model_id {hyper['model_id']!r} agrees)" if "model_id" in hyper else ")")
+        + ("; its deep-supervision heads are not used for inference" if deep else "")
+    )
     recorded: dict = {}
     window = hyper.get("small_size")
     if isinstance(window, int) and window > 0:
         recorded["inference"] = {"window_size": [window, window, window]}
-        notes.append(f"inference.window_size {window}³ from hyper_parameters.small_size (BANIS's training and "
-                     "inference window)")
+        notes.append(
+            f"inference.window_size {window}³ from hyper_parameters.small_size (BANIS's training and inference window)"
+        )
     threshold, where = _threshold(payload, path)
     if threshold is not None:
         recorded["decoding"] = {"threshold": threshold}
@@ -232,21 +252,26 @@ def _pytc_run_settings(path: Path, model: ModelConfig, recorded: dict, notes: li
         config = _read_yaml(where)
         arch = tree_get(config, "model.arch.type")
         if arch is not None and arch != "mednext":
-            raise PeerCheckpointError(f"{where}: model.arch.type is {arch!r}, but the checkpoint holds a MedNeXt; "
-                                      "this configuration is another run's")
+            raise PeerCheckpointError(
+                f"{where}: model.arch.type is {arch!r}, but the checkpoint holds a MedNeXt; "
+                "this configuration is another run's"
+            )
         for key, ours in (("model.mednext.size", model.size), ("model.mednext.kernel_size", model.kernel_size)):
             theirs = tree_get(config, key)
             if theirs is not None and theirs != ours:
-                raise PeerCheckpointError(f"{where}: {key} is {theirs!r}, but the checkpoint's tensors are a "
-                                          f"MedNeXt-{model.size} with kernel {model.kernel_size}; this configuration "
-                                          "is another run's")
+                raise PeerCheckpointError(
+                    f"{where}: {key} is {theirs!r}, but the checkpoint's tensors are a "
+                    f"MedNeXt-{model.size} with kernel {model.kernel_size}; this configuration "
+                    "is another run's"
+                )
         for key in ("inference.window.window_size", "data.dataloader.patch_size"):
             window = tree_get(config, key)
             if window is not None:
                 break
         if window is not None:
-            if not (isinstance(window, list) and len(window) == 3 and all(isinstance(v, int) and v > 0
-                                                                          for v in window)):
+            if not (
+                isinstance(window, list) and len(window) == 3 and all(isinstance(v, int) and v > 0 for v in window)
+            ):
                 raise PeerCheckpointError(f"{where}: {key} is {window!r}; expected three positive voxel counts")
             recorded["inference"] = {"window_size": list(window)}
             notes.append(f"inference.window_size {window} from {where} ({key})")
@@ -257,27 +282,34 @@ def _pytc_run_settings(path: Path, model: ModelConfig, recorded: dict, notes: li
         for candidate in sorted(folder.glob("best_params*.yaml")):
             result = _read_yaml(candidate)
             if result.get("decoding_function") not in (None, "decode_affinity_cc"):
-                notes.append(f"{candidate}: tuned {result.get('decoding_function')}, not decode_affinity_cc; "
-                             "its parameters are not taken")
+                notes.append(
+                    f"{candidate}: tuned {result.get('decoding_function')}, not decode_affinity_cc; "
+                    "its parameters are not taken"
+                )
                 continue
             value = (result.get("decoding_params") or {}).get("threshold")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 tuned[candidate] = float(value)
     if len(set(tuned.values())) > 1:
         found = ", ".join(f"{file} {value:g}" for file, value in tuned.items())
-        raise PeerCheckpointError(f"the tuning results beside the checkpoint disagree ({found}); which one is "
-                                  "this checkpoint's cannot be told: move the others out of the run folder")
+        raise PeerCheckpointError(
+            f"the tuning results beside the checkpoint disagree ({found}); which one is "
+            "this checkpoint's cannot be told: move the others out of the run folder"
+        )
     if tuned:
         file, threshold = next(iter(tuned.items()))
         source = f"{file} (decoding_params, tuned by PyTorch Connectomics)"
     if threshold is not None:
         recorded["decoding"] = {"threshold": float(threshold)}
         notes.append(f"decoding.threshold {float(threshold):g} from {source}")
-    missing = [what for what, found in (("window", "inference" in recorded), ("threshold", threshold is not None))
-               if not found]
+    missing = [
+        what for what, found in (("window", "inference" in recorded), ("threshold", threshold is not None)) if not found
+    ]
     if missing:
-        notes.append(f"{' and '.join(missing)}: not found beside the checkpoint (PyTorch Connectomics keeps them "
-                     f"in the run's {PYTC_RUN_CONFIG} and best_params*.yaml); give them with --config or KEY=VALUE")
+        notes.append(
+            f"{' and '.join(missing)}: not found beside the checkpoint (PyTorch Connectomics keeps them "
+            f"in the run's {PYTC_RUN_CONFIG} and best_params*.yaml); give them with --config or KEY=VALUE"
+        )
 
 
 def _threshold(payload: dict, path: Path) -> tuple[float | None, str]:

@@ -93,10 +93,13 @@ def load_payload(path: Path, map_location="cpu") -> tuple[dict, str]:
         twins = [path.with_suffix(suffix) for suffix in (".pt", ".ckpt") if suffix != path.suffix]
         there = [twin for twin in twins if path.suffix in (".pt", ".ckpt") and twin.is_file()]
         if there:  # PyTorch Connectomics' tutorial names <run>/checkpoints/last.ckpt; nisbflow writes last.pt
-            raise CheckpointError(f"checkpoint {path} does not exist, but {there[0]} does (nisbflow writes .pt "
-                                  "checkpoints where PyTorch Connectomics writes .ckpt): give that file")
-        raise CheckpointError(f"checkpoint {path} does not exist (give a .pt file or a shipped model name: "
-                              f"{', '.join(SHIPPED_MODELS)})")
+            raise CheckpointError(
+                f"checkpoint {path} does not exist, but {there[0]} does (nisbflow writes .pt "
+                "checkpoints where PyTorch Connectomics writes .ckpt): give that file"
+            )
+        raise CheckpointError(
+            f"checkpoint {path} does not exist (give a .pt file or a shipped model name: {', '.join(SHIPPED_MODELS)})"
+        )
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; give the .pt file inside it")
     data = path.read_bytes()
@@ -106,11 +109,14 @@ def load_payload(path: Path, map_location="cpu") -> tuple[dict, str]:
         with torch.serialization.safe_globals(READ_AS):
             payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for foreign or corrupt files
-        raise CheckpointError(f"checkpoint {path} cannot be read as a torch checkpoint with weights_only=True: "
-                              f"{error}") from error
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read as a torch checkpoint with weights_only=True: {error}"
+        ) from error
     if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise CheckpointError(f"checkpoint {path} has no state_dict; expected a nisbflow, BANIS, PyTorch "
-                              "Connectomics or Lightning checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} has no state_dict; expected a nisbflow, BANIS, PyTorch "
+            "Connectomics or Lightning checkpoint"
+        )
     return payload, sha256_of_bytes(data)
 
 
@@ -142,8 +148,10 @@ def chosen_weights(payload, path, weights: str = "auto") -> str | None:
     if has_ema(payload):
         return "raw" if weights == "raw" else "ema"
     if weights == "ema":
-        raise CheckpointError(f"checkpoint {path} keeps no EMA weights (trained with optimization.ema.enabled "
-                              "false); inference.weights ema (--weights ema) needs them: use auto or raw")
+        raise CheckpointError(
+            f"checkpoint {path} keeps no EMA weights (trained with optimization.ema.enabled "
+            "false); inference.weights ema (--weights ema) needs them: use auto or raw"
+        )
     return None
 
 
@@ -156,8 +164,17 @@ def read_checkpoint(path: str | Path, weights: str = "auto", map_location="cpu")
         metadata = dict(payload.get("metadata") or {})
         state = payload["ema_state_dict"] if which == "ema" else payload["state_dict"]
         recorded = metadata.pop("config", None) or metadata.get("recorded")
-        return CheckpointFile(path, digest, "nisbflow", ModelConfig.model_validate(payload["model"]), state, which,
-                              recorded, metadata, payload)
+        return CheckpointFile(
+            path,
+            digest,
+            "nisbflow",
+            ModelConfig.model_validate(payload["model"]),
+            state,
+            which,
+            recorded,
+            metadata,
+            payload,
+        )
     from nisbflow.model.peers import PeerCheckpointError, is_mic_dkfz, read_peer
 
     if is_mic_dkfz(payload.get("state_dict") or {}):
@@ -165,14 +182,26 @@ def read_checkpoint(path: str | Path, weights: str = "auto", map_location="cpu")
             peer = read_peer(payload, path, weights)
         except PeerCheckpointError as error:
             raise CheckpointError(f"checkpoint {path}: {error}") from None
-        return CheckpointFile(path, digest, peer.layout, peer.model, peer.state, which, peer.recorded,
-                              {"notes": peer.notes, "weights": peer.weights}, payload)
+        return CheckpointFile(
+            path,
+            digest,
+            peer.layout,
+            peer.model,
+            peer.state,
+            which,
+            peer.recorded,
+            {"notes": peer.notes, "weights": peer.weights},
+            payload,
+        )
     hyper = payload.get("hyper_parameters") or {}  # Lightning: "model." prefixes, configuration in hyper_parameters
     config = hyper.get("model") or (hyper.get("config") or {}).get("model")
     if config is None:
-        raise CheckpointError(f"checkpoint {path} carries no model configuration (hyper_parameters.model) and "
-                              "no MIC-DKFZ MedNeXt tensors (enc_block_0.…) as BANIS and PyTorch Connectomics "
-                              "save them")
+        raise CheckpointError(
+            f"checkpoint {path} carries no model configuration (hyper_parameters.model) and "
+            "no MIC-DKFZ MedNeXt tensors (enc_block_0.…) as BANIS and PyTorch Connectomics "
+            "save them"
+        )
     state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items()}
-    return CheckpointFile(path, digest, "lightning", ModelConfig.model_validate(config), state, which,
-                          hyper.get("config"), {}, payload)
+    return CheckpointFile(
+        path, digest, "lightning", ModelConfig.model_validate(config), state, which, hyper.get("config"), {}, payload
+    )

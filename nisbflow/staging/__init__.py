@@ -27,10 +27,16 @@ Single files (a skeleton, a checkpoint, ``best.yaml``) are replaced whole throug
 """
 
 from nisbflow.staging.files import staged_output, write_file
-from nisbflow.staging.markers import (BlockPass, BlockwisePass, CreatedByRun, ScratchFiles, WholeChunks, store_block,
-                                      write_marker)
-from nisbflow.staging.replace import (OutputOverlapsInputError, check_not_input, check_replaceable,
-                                      written_by_nisbflow)
+from nisbflow.staging.markers import (
+    BlockPass,
+    BlockwisePass,
+    CreatedByRun,
+    ScratchFiles,
+    WholeChunks,
+    store_block,
+    write_marker,
+)
+from nisbflow.staging.replace import OutputOverlapsInputError, check_not_input, check_replaceable, written_by_nisbflow
 from nisbflow.staging.run import InputChangedError, OutputLockedError, StagedRun
 
 
@@ -41,7 +47,22 @@ def default_log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-__all__ = ["BlockPass", "BlockwisePass", "CreatedByRun", "InputChangedError", "OutputLockedError",
-           "OutputOverlapsInputError", "ScratchFiles", "StagedRun", "WholeChunks", "check_not_input",
-           "check_replaceable", "default_log", "staged_output", "store_block", "write_file", "write_marker",
-           "written_by_nisbflow"]
+__all__ = [
+    "BlockPass",
+    "BlockwisePass",
+    "CreatedByRun",
+    "InputChangedError",
+    "OutputLockedError",
+    "OutputOverlapsInputError",
+    "ScratchFiles",
+    "StagedRun",
+    "WholeChunks",
+    "check_not_input",
+    "check_replaceable",
+    "default_log",
+    "staged_output",
+    "store_block",
+    "write_file",
+    "write_marker",
+    "written_by_nisbflow",
+]

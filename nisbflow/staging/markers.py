@@ -67,8 +67,11 @@ class Markers:
         paths = self.fs.ls(folder, detail=False)
         contents = self.fs.cat(paths) if paths else {}
         prefix = self.run_id.encode() + b"\n"
-        return {p.rstrip("/").rsplit("/", 1)[-1]: content[len(prefix):]
-                for p, content in contents.items() if content.startswith(prefix)}
+        return {
+            p.rstrip("/").rsplit("/", 1)[-1]: content[len(prefix) :]
+            for p, content in contents.items()
+            if content.startswith(prefix)
+        }
 
     def forget(self, stage: str, keys=None) -> None:
         """Drop the markers of ``stage`` named by ``keys`` (every one of them when None): their evidence is gone."""
@@ -95,8 +98,7 @@ class Evidence(Protocol):
     """What a marker needs besides itself to count: :meth:`keep` returns the markers of ``finished`` it backs
     (``{block key: payload}``), dropping the others from ``markers`` and saying so through its ``log``."""
 
-    def keep(self, markers: Markers, stage: str, finished: dict[str, bytes], grid: BlockGrid) -> dict[str, bytes]:
-        ...
+    def keep(self, markers: Markers, stage: str, finished: dict[str, bytes], grid: BlockGrid) -> dict[str, bytes]: ...
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,10 @@ class CreatedByRun:
         if markers.owns(self.url):
             return finished
         if finished:
-            markers.log(f"{len(finished)} block markers in {join_protocol(markers.fs, markers.staging)} have no "
-                        "array of this run behind them; recomputing every block")
+            markers.log(
+                f"{len(finished)} block markers in {join_protocol(markers.fs, markers.staging)} have no "
+                "array of this run behind them; recomputing every block"
+            )
         markers.forget(stage)
         if self.create is not None:
             self.create()
@@ -138,8 +142,10 @@ class WholeChunks:
             damaged = damaged_chunks(array, {key: region(index_of(key)) for key in finished})
             if damaged:
                 key, reason = next(iter(sorted(damaged.items())))
-                markers.log(f"{len(damaged)} finished block(s) of {markers.output} lost or damaged their data since "
-                            f"(block {key}: {reason}); computing them again")
+                markers.log(
+                    f"{len(damaged)} finished block(s) of {markers.output} lost or damaged their data since "
+                    f"(block {key}: {reason}); computing them again"
+                )
                 markers.forget(stage, damaged)
                 finished = {key: payload for key, payload in finished.items() if key not in damaged}
         return finished
@@ -158,8 +164,9 @@ class ScratchFiles:
         present = self.blocks_present()
         kept = {key: payload for key, payload in finished.items() if grid.linear(index_of(key)) in present}
         if len(kept) < len(finished):
-            markers.log(f"{len(finished) - len(kept)} {stage} markers without their scratch files; computing those "
-                        "blocks again")
+            markers.log(
+                f"{len(finished) - len(kept)} {stage} markers without their scratch files; computing those blocks again"
+            )
         return kept
 
 
@@ -175,9 +182,17 @@ class BlockwisePass:
     what: str = "blocks already done"
 
     @classmethod
-    def into_array(cls, name: str, grid: BlockGrid, array: str, *, create: Callable[[], object],
-                   arrays: tuple[str, ...] | None = None, region: Callable | None = None,
-                   what: str = "blocks already done") -> BlockwisePass:
+    def into_array(
+        cls,
+        name: str,
+        grid: BlockGrid,
+        array: str,
+        *,
+        create: Callable[[], object],
+        arrays: tuple[str, ...] | None = None,
+        region: Callable | None = None,
+        what: str = "blocks already done",
+    ) -> BlockwisePass:
         """A pass that writes its blocks into an output this run creates (``array``, a zarr array or group, made by
         ``create``) and whose chunks in ``arrays`` (default ``(array,)``) must be whole."""
         return cls(name, grid, (CreatedByRun(array, create), WholeChunks(arrays or (array,), region)), what)

@@ -38,8 +38,19 @@ class Publisher:
     ``final`` (the output's path), and the replacement policy (``kind``, ``overwrite``, ``force``, see
     :func:`~nisbflow.staging.replace.check_replaceable`). ``output``: the output as the user named it, for messages."""
 
-    def __init__(self, fs, staging: str, name: str, final: str, *, output: str, kind: str, overwrite: bool,
-                 force: bool, log: Callable[[str], None]):
+    def __init__(
+        self,
+        fs,
+        staging: str,
+        name: str,
+        final: str,
+        *,
+        output: str,
+        kind: str,
+        overwrite: bool,
+        force: bool,
+        log: Callable[[str], None],
+    ):
         self.fs, self.staging, self.name, self.final = fs, staging, name, final
         self.output, self.kind, self.overwrite, self.force, self.log = output, kind, overwrite, force, log
         self.staged, self.retired = f"{staging}/{name}", f"{staging}/{RETIRED}"
@@ -59,8 +70,7 @@ class Publisher:
         if journal is not None:
             if not journal.get("had_output"):  # whatever is at the output now, that publish put there
                 return False
-            if (journal.get("state") == "moving" and not self.fs.exists(self.final)
-                    and self.fs.exists(self.retired)):
+            if journal.get("state") == "moving" and not self.fs.exists(self.final) and self.fs.exists(self.retired):
                 where = join_protocol(self.fs, self.retired)
         return check_replaceable(self.output, self.kind, overwrite=self.overwrite, force=self.force, where=where)
 
@@ -79,8 +89,10 @@ class Publisher:
         self._write_journal(run_id, "published", had_output)
 
     def _write_journal(self, run_id: str | None, state: str, had_output: bool) -> None:
-        self.fs.pipe_file(f"{self.staging}/{JOURNAL}", json.dumps(
-            {"run_id": run_id, "state": state, "had_output": bool(had_output)}).encode())
+        self.fs.pipe_file(
+            f"{self.staging}/{JOURNAL}",
+            json.dumps({"run_id": run_id, "state": state, "had_output": bool(had_output)}).encode(),
+        )
         publish_step(state)
 
     def recover(self, journal: dict, same: bool) -> None:
@@ -100,11 +112,15 @@ class Publisher:
             self.log(f"recovering {self.output}: a publish of this run was interrupted; publishing it again")
         elif not moved and journal.get("had_output") and fs.exists(retired) and not fs.exists(final):
             move(fs, retired, final)
-            self.log(f"recovering {self.output}: an interrupted publish had moved the previous output aside; it is "
-                     "back in place")
+            self.log(
+                f"recovering {self.output}: an interrupted publish had moved the previous output aside; it is "
+                "back in place"
+            )
         elif moved:
-            self.log(f"recovering {self.output}: a run on it had published its result when it was interrupted; "
-                     "removing what it left")
+            self.log(
+                f"recovering {self.output}: a run on it had published its result when it was interrupted; "
+                "removing what it left"
+            )
             with contextlib.suppress(FileNotFoundError):
                 fs.rm(f"{self.staging}/{MANIFEST}")  # its markers vouch for nothing now
         if fs.exists(retired) and fs.exists(final):
@@ -120,7 +136,7 @@ def move(fs, source: str, destination: str) -> None:
     # object stores: copy every stored key, then delete them (fsspec's recursive mv also copies the folder
     # placeholders it lists, which S3 does not store, and fails on them)
     files = fs.find(source)
-    fs.copy(files, [destination + path[len(source):] for path in files])
+    fs.copy(files, [destination + path[len(source) :] for path in files])
     remove_tree(fs, source, files)
 
 

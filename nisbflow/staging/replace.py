@@ -47,13 +47,15 @@ def check_not_input(output, inputs: dict, option: str | None = None) -> None:
         elif protocol == "file" and _same_file(out_path, where):
             raise OutputOverlapsInputError(
                 f"{named} is the {role} {path} (the same file under another name): writing it would destroy an "
-                "input; choose another output path (no flag overrides this)")
+                "input; choose another output path (no flag overrides this)"
+            )
         else:
             continue
         raise OutputOverlapsInputError(
             f"{named} {relation} the {role} {path}{' ' if relation == 'is' else ''}"
             f"{'(the input itself)' if relation == 'is' else ''}: writing it would destroy an input; "
-            "choose another output path (no flag overrides this)")
+            "choose another output path (no flag overrides this)"
+        )
 
 
 def written_by_nisbflow(path, kind: str | None) -> bool:
@@ -94,8 +96,10 @@ def check_replaceable(output, kind: str | None, *, overwrite: bool, force: bool,
     if not overwrite:
         raise OutputExistsError(f"output {output} already exists; pass --overwrite to replace it")
     if not written_by_nisbflow(url, kind):
-        raise OutputExistsError(f"output {output} exists and is not {f'a {kind}' if kind else 'an'} output written by "
-                                "nisbflow (its "
-                                "attributes do not say so); --overwrite replaces only those, pass --force to "
-                                "replace it anyway")
+        raise OutputExistsError(
+            f"output {output} exists and is not {f'a {kind}' if kind else 'an'} output written by "
+            "nisbflow (its "
+            "attributes do not say so); --overwrite replaces only those, pass --force to "
+            "replace it anyway"
+        )
     return True

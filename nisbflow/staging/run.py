@@ -68,9 +68,19 @@ class StagedRun:
 
     LOCK = "lock.json"
 
-    def __init__(self, output, *, kind: str, inputs: dict | None = None, identity: dict | None = None,
-                 overwrite: bool = False, force: bool = False, log: Callable[[str], None] | None = None,
-                 checkpoint=None, layout: str = "ngff"):
+    def __init__(
+        self,
+        output,
+        *,
+        kind: str,
+        inputs: dict | None = None,
+        identity: dict | None = None,
+        overwrite: bool = False,
+        force: bool = False,
+        log: Callable[[str], None] | None = None,
+        checkpoint=None,
+        layout: str = "ngff",
+    ):
         from nisbflow.data.ngff import check_layout
 
         self.output = str(output).rstrip("/")
@@ -84,8 +94,17 @@ class StagedRun:
         self._parent, self._name = parent, name
         self._staging = f"{parent}/.{name}.nisbflow-run"
         self._identity = dict(identity or {}, **({"layout": layout} if layout != "ngff" else {}))
-        self.publisher = Publisher(self._fs, self._staging, name, final, output=self.output, kind=kind,
-                                   overwrite=overwrite, force=force, log=self.log)
+        self.publisher = Publisher(
+            self._fs,
+            self._staging,
+            name,
+            final,
+            output=self.output,
+            kind=kind,
+            overwrite=overwrite,
+            force=force,
+            log=self.log,
+        )
         self.workers = WorkerVisibility(self.inputs, checkpoint)
         self.markers: Markers | None = None
         self.resumed = False
@@ -136,18 +155,22 @@ class StagedRun:
 
     def _lock(self) -> RunLock:
         if self._run_lock is None:
-            self._run_lock = RunLock(self._url(f"{self._staging}/{self.LOCK}"), locked=self._locked, log=self.log,
-                                     what=self.output)
+            self._run_lock = RunLock(
+                self._url(f"{self._staging}/{self.LOCK}"), locked=self._locked, log=self.log, what=self.output
+            )
         return self._run_lock
 
     def _locked(self, holder: dict, lock: str) -> OutputLockedError:
         if not holder.get("pid"):
-            return OutputLockedError(f"output {self.output}: its lock {lock} is unreadable; if no other run is "
-                                     f"writing this output, delete {lock}")
+            return OutputLockedError(
+                f"output {self.output}: its lock {lock} is unreadable; if no other run is "
+                f"writing this output, delete {lock}"
+            )
         return OutputLockedError(
             f"output {self.output} is being written by another run (pid {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')} since {holder.get('started', '?')}); wait for it to finish, or if that "
-            f"run is gone delete {lock}")
+            f"run is gone delete {lock}"
+        )
 
     def __enter__(self) -> StagedRun:
         self.preflight()
@@ -158,8 +181,9 @@ class StagedRun:
             for leftover in self._fs.glob(f"{self._staging}.removing-*"):  # a published run killed while cleaning up
                 remove_tree(self._fs, leftover)
             self._open_manifest()
-            self.workers.check((self.staging, self._url(f"{self._staging}/{self.LOCK}"), self._lock_token),
-                               self.input_fingerprints)
+            self.workers.check(
+                (self.staging, self._url(f"{self._staging}/{self.LOCK}"), self._lock_token), self.input_fingerprints
+            )
         except BaseException:
             self._release_lock()
             raise
@@ -192,14 +216,17 @@ class StagedRun:
             while not os.path.exists(ancestor):
                 ancestor = os.path.dirname(ancestor)
             if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
-                raise NisbflowError(f"output {self.output}: cannot create its folder {self._parent} "
-                                    f"({ancestor} is not a writable folder)")
+                raise NisbflowError(
+                    f"output {self.output}: cannot create its folder {self._parent} "
+                    f"({ancestor} is not a writable folder)"
+                )
             return
         try:
             self._fs.makedirs(self._parent, exist_ok=True)
         except OSError as error:
-            raise NisbflowError(f"output {self.output}: cannot create its folder {self._parent}: "
-                                f"{error.strerror or error}") from None
+            raise NisbflowError(
+                f"output {self.output}: cannot create its folder {self._parent}: {error.strerror or error}"
+            ) from None
 
     def _release_lock(self) -> None:
         if self._lock_token is None:
@@ -219,7 +246,8 @@ class StagedRun:
                 raise InputChangedError(
                     f"{role} {path} changed while this run read it (another process rewrote or replaced it: "
                     f"{', '.join(_differences(self.input_fingerprints.get(role, {}), now)) or 'its files'} differ); "
-                    f"nothing was published to {self.output}: re-run once the {role} no longer change")
+                    f"nothing was published to {self.output}: re-run once the {role} no longer change"
+                )
 
     def _read_manifest(self, path: str, identity: dict) -> tuple[dict | None, list[str] | None, str | None]:
         """The staging folder's manifest, the identity keys it differs in, and why it cannot be used (unreadable)."""
@@ -227,8 +255,11 @@ class StagedRun:
             return None, None, None
         try:
             manifest = json.loads(self._fs.cat_file(path))
-            if not (isinstance(manifest, dict) and isinstance(manifest.get("run_id"), str)
-                    and isinstance(manifest.get("identity"), dict)):
+            if not (
+                isinstance(manifest, dict)
+                and isinstance(manifest.get("run_id"), str)
+                and isinstance(manifest.get("identity"), dict)
+            ):
                 raise ValueError("not a run manifest")
         except Exception:
             return None, None, f"its manifest {self._url(path)} is unreadable or malformed"
@@ -239,20 +270,23 @@ class StagedRun:
         there (saying why) and start a fresh run. An interrupted publish is recovered first."""
         path = f"{self._staging}/{MANIFEST}"
         self.input_fingerprints = plain({role: fingerprint(p) for role, p in self.inputs.items()})
-        identity = plain(dict(kind=self.kind, output=storage_url(self.output), inputs=self.input_fingerprints,
-                              **self._identity))
+        identity = plain(
+            dict(kind=self.kind, output=storage_url(self.output), inputs=self.input_fingerprints, **self._identity)
+        )
         manifest, changed, reason = self._read_manifest(path, identity)
         journal = self.publisher.journal()
         if journal is not None:  # before anything in the staging folder is discarded: the old output may be there
-            self.publisher.recover(journal, same=manifest is not None and not changed
-                                   and journal.get("run_id") == manifest["run_id"])
+            self.publisher.recover(
+                journal, same=manifest is not None and not changed and journal.get("run_id") == manifest["run_id"]
+            )
         if manifest is not None and not changed:
             self._start(manifest["run_id"], resumed=True)
             return
         if manifest is not None:
             reason = "it was made with different " + ", ".join(changed or [])
-        elif reason is None and any(p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK
-                                    for p in self._fs.ls(self._staging, detail=False)):
+        elif reason is None and any(
+            p.rstrip("/").rsplit("/", 1)[-1] != self.LOCK for p in self._fs.ls(self._staging, detail=False)
+        ):
             reason = "it has no manifest"
         if reason:
             self.log(f"discarding the unfinished run in {self.staging}: {reason}; starting fresh")
@@ -260,8 +294,9 @@ class StagedRun:
             if entry.rstrip("/").rsplit("/", 1)[-1] != self.LOCK:
                 remove_tree(self._fs, entry)
         self._start(uuid.uuid4().hex, resumed=False)
-        self._fs.pipe_file(path, json.dumps({"run_id": self.run_id, "created": _now(), "identity": identity},
-                                            indent=1).encode())
+        self._fs.pipe_file(
+            path, json.dumps({"run_id": self.run_id, "created": _now(), "identity": identity}, indent=1).encode()
+        )
 
     def _start(self, run_id: str, resumed: bool) -> None:
         self.resumed = resumed
@@ -296,4 +331,3 @@ class StagedRun:
         self.check_inputs_unchanged()
         self.publisher.publish(self.run_id)
         self.published = True
-

@@ -21,8 +21,14 @@ from nisbflow.region import Region
 from nisbflow.staging import BlockwisePass, StagedRun, default_log, store_block
 from nisbflow.data.chunks import open_checked
 from nisbflow.data.ngff import create_image
-from nisbflow.data.volumes import (SHORT_RANGE_OFFSETS, array_url, fast_compressors, open_segmentation, output_attrs,
-                                   voxel_size_of)
+from nisbflow.data.volumes import (
+    SHORT_RANGE_OFFSETS,
+    array_url,
+    fast_compressors,
+    open_segmentation,
+    output_attrs,
+    voxel_size_of,
+)
 from nisbflow.errors import ConfigError
 from nisbflow.tasks import compute_tasks
 
@@ -53,26 +59,44 @@ def noisy_affinities(segmentation, noise: float = 0.15, seed: int = 0):
     targets = [_same_neuron(segmentation, axis) for axis in range(3)]
     if isinstance(segmentation, da.Array):
         stacked = da.stack(targets).rechunk((3,) + segmentation.chunks)
-        return stacked.map_blocks(lambda block, block_id=None: _add_noise(block, noise, seed, block_id),
-                                  dtype=np.float16, name="synth-noisy-affinities")
+        return stacked.map_blocks(
+            lambda block, block_id=None: _add_noise(block, noise, seed, block_id),
+            dtype=np.float16,
+            name="synth-noisy-affinities",
+        )
     return _add_noise(np.stack(targets), noise, seed)
 
 
-def _write_noisy_block(segmentation: str, read_region, write_region, index, noise: float, seed: int, target: str,
-                       marker: str, run_id: str) -> None:
+def _write_noisy_block(
+    segmentation: str, read_region, write_region, index, noise: float, seed: int, target: str, marker: str, run_id: str
+) -> None:
     """Task: one block's noisy affinities from its read region (write region plus one voxel above on each axis, the
     +1 neighbours its edges reach), written to ``target`` with its marker. Noise is seeded by ``(seed, 0, i, j, k)``,
     as :func:`noisy_affinities` seeds the same block of a dask array."""
     values = open_checked(segmentation, f"segmentation {segmentation}")[tuple(read_region)]
     targets = np.stack([_same_neuron(values, axis) for axis in range(3)])
     inside = (slice(None),) + Region(write_region).local(read_region)
-    store_block(_add_noise(targets[inside], noise, seed, (0,) + tuple(index)), target,
-                (slice(None),) + tuple(write_region), marker, run_id)
+    store_block(
+        _add_noise(targets[inside], noise, seed, (0,) + tuple(index)),
+        target,
+        (slice(None),) + tuple(write_region),
+        marker,
+        run_id,
+    )
 
 
-def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *, noise: float = 0.15, seed: int = 0,
-                           chunks=None, overwrite: bool = False, force: bool = False, progress: bool = True,
-                           log=None) -> str:
+def write_noisy_affinities(
+    segmentation_path: str | Path,
+    output: str | Path,
+    *,
+    noise: float = 0.15,
+    seed: int = 0,
+    chunks=None,
+    overwrite: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    log=None,
+) -> str:
     """Write :func:`noisy_affinities` of a segmentation zarr array to a ``(3, X, Y, Z) float16`` zarr array, equal to
     it for the same chunking (``chunks``, default the segmentation's).
 
@@ -84,23 +108,61 @@ def write_noisy_affinities(segmentation_path: str | Path, output: str | Path, *,
     source = open_segmentation(segmentation_path)
     grid = BlockGrid.regular(source.shape, chunks or source.chunks)
     identity = dict(noise=float(noise), seed=int(seed), chunks=[list(c) for c in grid.chunks])
-    with StagedRun(output, kind="affinities", inputs={"segmentation": segmentation_path}, identity=identity,
-                   overwrite=overwrite, force=force, log=log or default_log) as staged:
+    with StagedRun(
+        output,
+        kind="affinities",
+        inputs={"segmentation": segmentation_path},
+        identity=identity,
+        overwrite=overwrite,
+        force=force,
+        log=log or default_log,
+    ) as staged:
         zarr_format = source.metadata.zarr_format
         attributes = output_attrs(
             "synthetic affinities: ground truth 0.9/0.1 plus Gaussian noise, channels x,y,z offsets, source-voxel "
-            "storage", voxel_size_of(source), "cxyz", nisbflow_output="affinities", nisbflow_run=staged.run_id,
-            offsets=list(SHORT_RANGE_OFFSETS), noise=noise, seed=seed, segmentation=str(segmentation_path))
-        work = staged.pending(BlockwisePass.into_array(
-            "synth", grid, staged.image, region=lambda index: (slice(None),) + grid.write_region(index),
-            create=lambda: create_image(staged.data, attributes=attributes, zarr_format=zarr_format,
-                                        name="affinities", shape=(3,) + grid.shape, chunks=(3,) + grid.block_shape,
-                                        dtype="float16", compressors=fast_compressors(zarr_format))))
+            "storage",
+            voxel_size_of(source),
+            "cxyz",
+            nisbflow_output="affinities",
+            nisbflow_run=staged.run_id,
+            offsets=list(SHORT_RANGE_OFFSETS),
+            noise=noise,
+            seed=seed,
+            segmentation=str(segmentation_path),
+        )
+        work = staged.pending(
+            BlockwisePass.into_array(
+                "synth",
+                grid,
+                staged.image,
+                region=lambda index: (slice(None),) + grid.write_region(index),
+                create=lambda: create_image(
+                    staged.data,
+                    attributes=attributes,
+                    zarr_format=zarr_format,
+                    name="affinities",
+                    shape=(3,) + grid.shape,
+                    chunks=(3,) + grid.block_shape,
+                    dtype="float16",
+                    compressors=fast_compressors(zarr_format),
+                ),
+            )
+        )
         segmentation_url = array_url(storage_url(segmentation_path))
-        tasks = [dask.delayed(_write_noisy_block, pure=True)(
-            segmentation_url, grid.read_region(index, upper=1), grid.write_region(index), index, noise, seed,
-            staged.image, staged.marker("synth", grid.key(index)), staged.run_id,
-            dask_key_name=("synth-noisy-affinities-" + staged.run_id,) + tuple(index))
-            for index in work.pending]
+        tasks = [
+            dask.delayed(_write_noisy_block, pure=True)(
+                segmentation_url,
+                grid.read_region(index, upper=1),
+                grid.write_region(index),
+                index,
+                noise,
+                seed,
+                staged.image,
+                staged.marker("synth", grid.key(index)),
+                staged.run_id,
+                dask_key_name=("synth-noisy-affinities-" + staged.run_id,) + tuple(index),
+            )
+            for index in work.pending
+        ]
         compute_tasks(tasks, "synth: affinities", progress=progress)
     return str(output)

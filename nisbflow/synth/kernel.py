@@ -64,8 +64,13 @@ class SynthParams:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "thin": dict(axon_radius_nm=(30.0, 60.0), dendrite_radius_nm=(80.0, 160.0), dendrite_fraction=0.15,
-                 membrane_width_nm=7.0, max_gap_nm=150.0),
+    "thin": dict(
+        axon_radius_nm=(30.0, 60.0),
+        dendrite_radius_nm=(80.0, 160.0),
+        dendrite_fraction=0.15,
+        membrane_width_nm=7.0,
+        max_gap_nm=150.0,
+    ),
     "slice_defects": dict(dropped_slice_probability=0.03, shifted_slice_probability=0.03),
     "low_contrast": dict(contrast=0.35, noise_sigma=14.0),
 }
@@ -105,8 +110,7 @@ class NeuriteForest:
         Computed once per forest (every block task selects from it)."""
         child = np.flatnonzero(self.node_parent >= 0)
         parent = self.node_parent[child]
-        return (self.node_position[parent], self.node_position[child], self.node_radius[child],
-                self.node_neuron[child])
+        return (self.node_position[parent], self.node_position[child], self.node_radius[child], self.node_neuron[child])
 
 
 @numba.njit(cache=True)
@@ -202,8 +206,19 @@ def _unit(v):
 
 
 @numba.njit(cache=True)
-def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, branch_length, neuron_length,
-          tortuosity, gap, target_fill):
+def _grow(
+    seed,
+    low,
+    high,
+    axon_radius,
+    dendrite_radius,
+    dendrite_fraction,
+    branch_length,
+    neuron_length,
+    tortuosity,
+    gap,
+    target_fill,
+):
     """Numba core of :func:`grow_forest`; returns node positions, radii, neurons, parents and the neuron count."""
     np.random.seed(seed)
     r_min, r_max = axon_radius[0], dendrite_radius[1]
@@ -241,8 +256,20 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
             for a in range(3):
                 candidate[a] = np.random.uniform(low[a], high[a])
             # only a candidate freer than the best so far matters: stop at any distance <= best_free
-            free = _clearance(candidate, -1, 2.0 * r_max, np.nextafter(best_free, np.inf), r_max, low, cell, dims,
-                              cell_head, bucket_next, bucket_fill, records)
+            free = _clearance(
+                candidate,
+                -1,
+                2.0 * r_max,
+                np.nextafter(best_free, np.inf),
+                r_max,
+                low,
+                cell,
+                dims,
+                cell_head,
+                bucket_next,
+                bucket_fill,
+                records,
+            )
             if free > best_free:
                 best_free = free
                 best_point[:] = candidate
@@ -283,8 +310,23 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
                         trial = _unit(d + sigma * np.random.normal(0.0, 1.0, 3))
                         q = p + step * trial
                         needed = r + gap + 0.25 * step
-                        if _clearance(q, n_neurons, r + gap + step, needed, r_max, low, cell, dims, cell_head,
-                                      bucket_next, bucket_fill, records) >= needed:
+                        if (
+                            _clearance(
+                                q,
+                                n_neurons,
+                                r + gap + step,
+                                needed,
+                                r_max,
+                                low,
+                                cell,
+                                dims,
+                                cell_head,
+                                bucket_next,
+                                bucket_fill,
+                                records,
+                            )
+                            >= needed
+                        ):
                             d = trial
                             accepted = True
                             break
@@ -310,7 +352,8 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
                 neuron[count] = n_neurons
                 parent[count] = current
                 records, bucket_next, bucket_fill, n_buckets = _add_to_grid(
-                    q, r, n_neurons, low, cell, dims, cell_head, bucket_next, bucket_fill, records, n_buckets)
+                    q, r, n_neurons, low, cell, dims, cell_head, bucket_next, bucket_fill, records, n_buckets
+                )
                 current = count
                 count += 1
                 p = q
@@ -342,8 +385,23 @@ def _grow(seed, low, high, axon_radius, dendrite_radius, dendrite_fraction, bran
             filled = 0
             for i in range(n_probes):
                 if unfilled[i]:
-                    unfilled[i] = _clearance(probes[i], -1, r_max, 0.0, r_max, low, cell, dims, cell_head,
-                                             bucket_next, bucket_fill, records) >= 0.0
+                    unfilled[i] = (
+                        _clearance(
+                            probes[i],
+                            -1,
+                            r_max,
+                            0.0,
+                            r_max,
+                            low,
+                            cell,
+                            dims,
+                            cell_head,
+                            bucket_next,
+                            bucket_fill,
+                            records,
+                        )
+                        >= 0.0
+                    )
                 filled += not unfilled[i]
             if filled >= target_fill * n_probes:
                 break
@@ -363,14 +421,33 @@ def grow_forest(params: SynthParams) -> NeuriteForest:
     margin = params.dendrite_radius_nm[1]
     low, high = -margin - voxel / 2, extent + margin
     position, radius, neuron, parent, n_neurons = _grow(
-        int(params.seed) % (2**32), low, high, np.asarray(params.axon_radius_nm, dtype=np.float64),
-        np.asarray(params.dendrite_radius_nm, dtype=np.float64), params.dendrite_fraction, params.branch_length_nm,
-        params.neuron_length_nm, params.tortuosity, 2.0 * params.membrane_width_nm, params.target_fill)
+        int(params.seed) % (2**32),
+        low,
+        high,
+        np.asarray(params.axon_radius_nm, dtype=np.float64),
+        np.asarray(params.dendrite_radius_nm, dtype=np.float64),
+        params.dendrite_fraction,
+        params.branch_length_nm,
+        params.neuron_length_nm,
+        params.tortuosity,
+        2.0 * params.membrane_width_nm,
+        params.target_fill,
+    )
     rng = np.random.default_rng([params.seed, 0x5EED])
     organelle_position, organelle_radius = _place_organelles(params, position, radius, parent, rng)
     dropped, shifted, shift = _slice_defects(params, rng)
-    return NeuriteForest(position, radius, neuron.astype(np.uint32), parent, organelle_position,
-                         organelle_radius, dropped, shifted, shift, int(n_neurons))
+    return NeuriteForest(
+        position,
+        radius,
+        neuron.astype(np.uint32),
+        parent,
+        organelle_position,
+        organelle_radius,
+        dropped,
+        shifted,
+        shift,
+        int(n_neurons),
+    )
 
 
 def _place_organelles(params, position, radius, parent, rng):
@@ -462,8 +539,9 @@ def _prune(px, py, pz, candidates, n_candidates, start, end, radius, slack, cent
     best = np.inf
     for k in range(n_candidates):
         s = candidates[k]
-        d = _capsule_distance(px, py, pz, start[s, 0], start[s, 1], start[s, 2], end[s, 0], end[s, 1], end[s, 2],
-                              radius[s])
+        d = _capsule_distance(
+            px, py, pz, start[s, 0], start[s, 1], start[s, 2], end[s, 0], end[s, 1], end[s, 2], radius[s]
+        )
         centre_distance[k] = d
         best = min(best, d)
     n_kept = 0
@@ -475,8 +553,24 @@ def _prune(px, py, pz, candidates, n_candidates, start, end, radius, slack, cent
 
 
 @numba.njit(cache=True, nogil=True)
-def _rasterise(origin, shape, voxel, cell, shift_x, shift_y, start, end, radius, neuron, membrane_width, max_gap,
-               margin_cap, labels, nearest, margin):
+def _rasterise(
+    origin,
+    shape,
+    voxel,
+    cell,
+    shift_x,
+    shift_y,
+    start,
+    end,
+    radius,
+    neuron,
+    membrane_width,
+    max_gap,
+    margin_cap,
+    labels,
+    nearest,
+    margin,
+):
     """Label each voxel of the region ``origin + [0, shape)`` (voxel indices, x, y, z) by its nearest neuron.
 
     Writes ``labels (X, Y, Z) uint32`` (0 = membrane or extracellular space), ``nearest`` = f₁ (nm) and
@@ -503,26 +597,87 @@ def _rasterise(origin, shape, voxel, cell, shift_x, shift_y, start, end, radius,
         for gy0 in range(0, shape[1], gy):
             for gz0 in range(0, shape[2], gz):
                 gx1, gy1, gz1 = min(gx0 + gx, shape[0]), min(gy0 + gy, shape[1]), min(gz0 + gz, shape[2])
-                n_group = _prune((origin[0] + 0.5 * (gx0 + gx1 - 1)) * voxel[0] + shift_x,
-                                 (origin[1] + 0.5 * (gy0 + gy1 - 1)) * voxel[1] + shift_y,
-                                 (origin[2] + 0.5 * (gz0 + gz1 - 1)) * voxel[2], every, n_segments, start, end,
-                                 radius, 2.0 * group_half + 2.0 * cell_half + margin_cap, centre_distance, group_kept)
+                n_group = _prune(
+                    (origin[0] + 0.5 * (gx0 + gx1 - 1)) * voxel[0] + shift_x,
+                    (origin[1] + 0.5 * (gy0 + gy1 - 1)) * voxel[1] + shift_y,
+                    (origin[2] + 0.5 * (gz0 + gz1 - 1)) * voxel[2],
+                    every,
+                    n_segments,
+                    start,
+                    end,
+                    radius,
+                    2.0 * group_half + 2.0 * cell_half + margin_cap,
+                    centre_distance,
+                    group_kept,
+                )
                 for x0 in range(gx0, gx1, cx):
                     for y0 in range(gy0, gy1, cy):
                         for z0 in range(gz0, gz1, cz):
                             x1, y1, z1 = min(x0 + cx, gx1), min(y0 + cy, gy1), min(z0 + cz, gz1)
-                            n_kept = _prune((origin[0] + 0.5 * (x0 + x1 - 1)) * voxel[0] + shift_x,
-                                            (origin[1] + 0.5 * (y0 + y1 - 1)) * voxel[1] + shift_y,
-                                            (origin[2] + 0.5 * (z0 + z1 - 1)) * voxel[2], group_kept, n_group, start,
-                                            end, radius, 2.0 * cell_half + margin_cap, centre_distance, kept)
-                            _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n_kept, start,
-                                        end, radius, neuron, membrane_width, max_gap, margin_cap, labels, nearest,
-                                        margin)
+                            n_kept = _prune(
+                                (origin[0] + 0.5 * (x0 + x1 - 1)) * voxel[0] + shift_x,
+                                (origin[1] + 0.5 * (y0 + y1 - 1)) * voxel[1] + shift_y,
+                                (origin[2] + 0.5 * (z0 + z1 - 1)) * voxel[2],
+                                group_kept,
+                                n_group,
+                                start,
+                                end,
+                                radius,
+                                2.0 * cell_half + margin_cap,
+                                centre_distance,
+                                kept,
+                            )
+                            _label_cell(
+                                origin,
+                                voxel,
+                                shift_x,
+                                shift_y,
+                                x0,
+                                x1,
+                                y0,
+                                y1,
+                                z0,
+                                z1,
+                                kept,
+                                n_kept,
+                                start,
+                                end,
+                                radius,
+                                neuron,
+                                membrane_width,
+                                max_gap,
+                                margin_cap,
+                                labels,
+                                nearest,
+                                margin,
+                            )
 
 
 @numba.njit(cache=True, nogil=True)
-def _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n_kept, start, end, radius, neuron,
-                membrane_width, max_gap, margin_cap, labels, nearest, margin):
+def _label_cell(
+    origin,
+    voxel,
+    shift_x,
+    shift_y,
+    x0,
+    x1,
+    y0,
+    y1,
+    z0,
+    z1,
+    kept,
+    n_kept,
+    start,
+    end,
+    radius,
+    neuron,
+    membrane_width,
+    max_gap,
+    margin_cap,
+    labels,
+    nearest,
+    margin,
+):
     """The voxels ``[x0, x1) × [y0, y1) × [z0, z1)`` of :func:`_rasterise`, from the cell's kept segments.
 
     The kept capsules are first copied into one contiguous table (start, direction, length², radius), so the
@@ -572,8 +727,21 @@ def _label_cell(origin, voxel, shift_x, shift_y, x0, x1, y0, y1, z0, z1, kept, n
 
 
 @numba.njit(cache=True, nogil=True)
-def _shade(origin, voxel, shift_x, shift_y, labels, nearest, margin, organelle, seed, membrane_width, max_gap,
-           contrast, intensity):
+def _shade(
+    origin,
+    voxel,
+    shift_x,
+    shift_y,
+    labels,
+    nearest,
+    margin,
+    organelle,
+    seed,
+    membrane_width,
+    max_gap,
+    contrast,
+    intensity,
+):
     """Noise-free image intensity (0..255 float) of each voxel: textured cytoplasm, dark membranes and organelles,
     grey extracellular space."""
     for x in range(labels.shape[0]):
@@ -590,7 +758,7 @@ def _shade(origin, voxel, shift_x, shift_y, labels, nearest, margin, organelle, 
                 if nearest[x, y, z] > max_gap:
                     value = 140.0 + 10.0 * texture
                 width = 0.8 * membrane_width + 6.0
-                value -= contrast * 118.0 * math.exp(-(margin[x, y, z] / width) ** 2)
+                value -= contrast * 118.0 * math.exp(-((margin[x, y, z] / width) ** 2))
                 value -= contrast * 75.0 * organelle[x, y, z]
                 intensity[x, y, z] = value
 
@@ -633,8 +801,12 @@ def _select_segments(forest: NeuriteForest | ForestRegion, low_nm: np.ndarray, h
     box_low = np.minimum(start, end) - radius[:, None]
     box_high = np.maximum(start, end) + radius[:, None]
     hit = np.all(box_high >= low_nm - reach, axis=1) & np.all(box_low <= high_nm + reach, axis=1)
-    return (np.ascontiguousarray(start[hit]), np.ascontiguousarray(end[hit]),
-            np.ascontiguousarray(radius[hit]), np.ascontiguousarray(neuron[hit]))
+    return (
+        np.ascontiguousarray(start[hit]),
+        np.ascontiguousarray(end[hit]),
+        np.ascontiguousarray(radius[hit]),
+        np.ascontiguousarray(neuron[hit]),
+    )
 
 
 def _segment_reach(params: SynthParams) -> float:
@@ -684,18 +856,37 @@ def forest_regions(forest: NeuriteForest, params: SynthParams, bounds) -> dict[t
     blocks = tuple(len(b) - 1 for b in bounds)
     start, end, radius, neuron = forest.segment_arrays
     reach = _segment_reach(params)
-    segments = _bin_boxes(np.minimum(start, end) - radius[:, None] - reach,
-                          np.maximum(start, end) + radius[:, None] + reach, box_low, box_high, blocks)
+    segments = _bin_boxes(
+        np.minimum(start, end) - radius[:, None] - reach,
+        np.maximum(start, end) + radius[:, None] + reach,
+        box_low,
+        box_high,
+        blocks,
+    )
     centre, organelle_radius = forest.organelle_position, forest.organelle_radius
-    organelles = _bin_boxes(centre - organelle_radius[:, None] - ORGANELLE_REACH_NM,
-                            centre + organelle_radius[:, None] + ORGANELLE_REACH_NM, box_low, box_high, blocks)
+    organelles = _bin_boxes(
+        centre - organelle_radius[:, None] - ORGANELLE_REACH_NM,
+        centre + organelle_radius[:, None] + ORGANELLE_REACH_NM,
+        box_low,
+        box_high,
+        blocks,
+    )
     regions = {}
     for linear, index in enumerate(np.ndindex(*blocks)):
         s, o = segments[linear], organelles[linear]
-        regions[index] = ForestRegion((np.ascontiguousarray(start[s]), np.ascontiguousarray(end[s]),
-                                       np.ascontiguousarray(radius[s]), np.ascontiguousarray(neuron[s])),
-                                      np.ascontiguousarray(centre[o]), np.ascontiguousarray(organelle_radius[o]),
-                                      forest.dropped_slices, forest.shifted_slices, forest.slice_shift)
+        regions[index] = ForestRegion(
+            (
+                np.ascontiguousarray(start[s]),
+                np.ascontiguousarray(end[s]),
+                np.ascontiguousarray(radius[s]),
+                np.ascontiguousarray(neuron[s]),
+            ),
+            np.ascontiguousarray(centre[o]),
+            np.ascontiguousarray(organelle_radius[o]),
+            forest.dropped_slices,
+            forest.shifted_slices,
+            forest.slice_shift,
+        )
     return regions
 
 
@@ -712,8 +903,9 @@ def _bin_boxes(item_low, item_high, box_low, box_high, blocks) -> list[np.ndarra
         for dy in range(int(span[1].max(initial=0))):
             for dz in range(int(span[2].max(initial=0))):
                 keep = (dx < span[0]) & (dy < span[1]) & (dz < span[2])
-                pair_block.append(np.ravel_multi_index((first[0][keep] + dx, first[1][keep] + dy,
-                                                        first[2][keep] + dz), blocks))
+                pair_block.append(
+                    np.ravel_multi_index((first[0][keep] + dx, first[1][keep] + dy, first[2][keep] + dz), blocks)
+                )
                 pair_item.append(items[keep])
     n_blocks = int(np.prod(blocks))
     if not pair_block:
@@ -742,17 +934,57 @@ def rasterise_region(forest: NeuriteForest | ForestRegion, params: SynthParams, 
     labels = np.zeros(tuple(shape), dtype=np.uint32)
     nearest = np.empty(tuple(shape), dtype=np.float64)
     margin = np.empty(tuple(shape), dtype=np.float64)
-    _rasterise(origin, shape, voxel, np.asarray(CELL_VOXELS, dtype=np.int64), shift[0], shift[1], start, end, radius,
-               neuron, params.membrane_width_nm, params.max_gap_nm, margin_cap, labels, nearest, margin)
+    _rasterise(
+        origin,
+        shape,
+        voxel,
+        np.asarray(CELL_VOXELS, dtype=np.int64),
+        shift[0],
+        shift[1],
+        start,
+        end,
+        radius,
+        neuron,
+        params.membrane_width_nm,
+        params.max_gap_nm,
+        margin_cap,
+        labels,
+        nearest,
+        margin,
+    )
     organelle = np.zeros(tuple(shape), dtype=np.float64)
     centre, organelle_radius = forest.organelle_position, forest.organelle_radius
-    near = np.all((centre + organelle_radius[:, None] + ORGANELLE_REACH_NM >= low) &
-                  (centre - organelle_radius[:, None] - ORGANELLE_REACH_NM <= high), axis=1)
-    _organelles(origin, shape, voxel, shift[0], shift[1], np.ascontiguousarray(centre[near]),
-                np.ascontiguousarray(organelle_radius[near]), organelle)
+    near = np.all(
+        (centre + organelle_radius[:, None] + ORGANELLE_REACH_NM >= low)
+        & (centre - organelle_radius[:, None] - ORGANELLE_REACH_NM <= high),
+        axis=1,
+    )
+    _organelles(
+        origin,
+        shape,
+        voxel,
+        shift[0],
+        shift[1],
+        np.ascontiguousarray(centre[near]),
+        np.ascontiguousarray(organelle_radius[near]),
+        organelle,
+    )
     intensity = np.empty(tuple(shape), dtype=np.float32)
-    _shade(origin, voxel, shift[0], shift[1], labels, nearest, margin, organelle, np.uint64(params.seed),
-           params.membrane_width_nm, params.max_gap_nm, params.contrast, intensity)
+    _shade(
+        origin,
+        voxel,
+        shift[0],
+        shift[1],
+        labels,
+        nearest,
+        margin,
+        organelle,
+        np.uint64(params.seed),
+        params.membrane_width_nm,
+        params.max_gap_nm,
+        params.contrast,
+        intensity,
+    )
     return labels, intensity
 
 
@@ -779,8 +1011,9 @@ def render_block(forest: NeuriteForest | ForestRegion, params: SynthParams, orig
         local = z - read_origin[2]
         if 0 <= local < read_shape[2]:
             slab_origin = (read_origin[0], read_origin[1], z)
-            _, slab = rasterise_region(forest, params, slab_origin, (read_shape[0], read_shape[1], 1),
-                                       shift_nm=(sx * voxel[0], sy * voxel[1]))
+            _, slab = rasterise_region(
+                forest, params, slab_origin, (read_shape[0], read_shape[1], 1), shift_nm=(sx * voxel[0], sy * voxel[1])
+            )
             intensity[:, :, local] = slab[:, :, 0]
     if any(params.blur_sigma_voxels):
         intensity = ndimage.gaussian_filter(intensity, params.blur_sigma_voxels, truncate=4.0)

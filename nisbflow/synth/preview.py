@@ -22,16 +22,19 @@ def save_preview(image_xy, seg_xy, image_xz, seg_xz, path: str, title: str = "",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    views = [("XY slice", image_xy, seg_xy, voxel_size[0] / voxel_size[1]),
-             ("XZ slice", image_xz, seg_xz, voxel_size[0] / voxel_size[2])]
+    views = [
+        ("XY slice", image_xy, seg_xy, voxel_size[0] / voxel_size[1]),
+        ("XZ slice", image_xz, seg_xz, voxel_size[0] / voxel_size[2]),
+    ]
     figure, axes = plt.subplots(2, 3, figsize=(13, 9), squeeze=False)
     for row, (name, grey, labels, aspect) in enumerate(views):
         colours = label_colours(labels)
         overlay = 0.55 * np.repeat(grey[..., None] / 255.0, 3, axis=-1) + 0.45 * colours
         panels = (("image", grey), ("segmentation", colours), ("overlay", overlay))
         for col, (what, picture) in enumerate(panels):
-            axes[row, col].imshow(picture, cmap="gray" if col == 0 else None, vmin=0, vmax=255,
-                                  aspect=aspect, interpolation="nearest")
+            axes[row, col].imshow(
+                picture, cmap="gray" if col == 0 else None, vmin=0, vmax=255, aspect=aspect, interpolation="nearest"
+            )
             axes[row, col].set_title(f"{what} — {name}", fontsize=9)
             axes[row, col].set_axis_off()
     if title:

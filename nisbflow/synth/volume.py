@@ -100,8 +100,9 @@ def _block_result(payload: bytes) -> dict:
         return {k: (data[k] if data[k].ndim else data[k].item()) for k in data.files}
 
 
-def build_skeleton(forest: NeuriteForest, params: SynthParams, node_index: np.ndarray, node_voxels: np.ndarray,
-                   node_labels: np.ndarray) -> nx.Graph:
+def build_skeleton(
+    forest: NeuriteForest, params: SynthParams, node_index: np.ndarray, node_voxels: np.ndarray, node_labels: np.ndarray
+) -> nx.Graph:
     """The NISB skeleton graph: forest nodes inside the volume whose voxel carries their neuron's label.
 
     Nodes carry ``id``, ``index_position`` (voxel x, y, z, int64) and ``nm_position`` (= voxel × voxel size);
@@ -112,8 +113,12 @@ def build_skeleton(forest: NeuriteForest, params: SynthParams, node_index: np.nd
     graph = nx.Graph()
     kept = set()
     for index, position in zip(node_index[keep], node_voxels[keep]):
-        graph.add_node(int(index), id=int(forest.node_neuron[index]), index_position=position.astype(np.int64),
-                       nm_position=position * voxel_size)
+        graph.add_node(
+            int(index),
+            id=int(forest.node_neuron[index]),
+            index_position=position.astype(np.int64),
+            nm_position=position * voxel_size,
+        )
         kept.add(int(index))
     for index in kept:
         parent = int(forest.node_parent[index])
@@ -155,17 +160,26 @@ def synthesize_seed(
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(params).items()}
     grid = BlockGrid.regular(params.shape, chunks)
     identity = dict(synth=settings, chunks=list(grid.block_shape), zarr_format=zarr_format)
-    with StagedRun(store_path, kind="seed", identity=identity, overwrite=overwrite, force=force,
-                   log=log or default_log) as staged:
+    with StagedRun(
+        store_path, kind="seed", identity=identity, overwrite=overwrite, force=force, log=log or default_log
+    ) as staged:
         forest = grow_forest(params)
         node_index, node_voxels = _node_voxels(forest, params)
-        work = staged.pending(BlockwisePass.into_array(
-            "synth", grid, staged.data, arrays=(f"{staged.data}/img", f"{staged.data}/seg"),
-            create=lambda: _create_seed_store(staged.data, params, grid, zarr_format, description, settings,
-                                              staged.run_id)))
+        work = staged.pending(
+            BlockwisePass.into_array(
+                "synth",
+                grid,
+                staged.data,
+                arrays=(f"{staged.data}/img", f"{staged.data}/seg"),
+                create=lambda: _create_seed_store(
+                    staged.data, params, grid, zarr_format, description, settings, staged.run_id
+                ),
+            )
+        )
         block_nodes = _nodes_by_block(grid, node_voxels)
-        results = _render_blocks(staged, work, grid, forest, params, node_voxels, block_nodes, seed, progress,
-                                 num_workers)
+        results = _render_blocks(
+            staged, work, grid, forest, params, node_voxels, block_nodes, seed, progress, num_workers
+        )
         node_labels = np.zeros(len(node_index), dtype=np.uint32)
         for rows, result in zip(block_nodes, results):
             node_labels[rows] = result["node_labels"]
@@ -178,34 +192,58 @@ def synthesize_seed(
     return summary
 
 
-def _create_seed_store(store: str, params, grid: BlockGrid, zarr_format: Literal[2, 3], description: str,
-                       settings: dict, run_id: str) -> None:
+def _create_seed_store(
+    store: str, params, grid: BlockGrid, zarr_format: Literal[2, 3], description: str, settings: dict, run_id: str
+) -> None:
     """The seed's empty zarr group: ``img (X, Y, Z, 1) uint8`` and ``seg (X, Y, Z) uint32``, chunked by the grid,
     with the attributes that say what they are and which run made them."""
     group = zarr.open_group(store, mode="w", zarr_format=zarr_format)
-    group.attrs.update(output_attrs(description, params.voxel_size, "xyz", synth=settings, nisbflow_output="seed",
-                                    nisbflow_run=run_id))
-    group.create_array("img", shape=params.shape + (1,), chunks=grid.block_shape + (1,), dtype="uint8",
-                       **named_axes(output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size,
-                                                 "xyzc", nisbflow_output="image"), zarr_format))
-    group.create_array("seg", shape=params.shape, chunks=grid.block_shape, dtype="uint32",
-                       **named_axes(output_attrs("neuron ids; 0 = membrane / extracellular space",
-                                                 params.voxel_size, "xyz", nisbflow_output="segmentation"),
-                                    zarr_format))
+    group.attrs.update(
+        output_attrs(description, params.voxel_size, "xyz", synth=settings, nisbflow_output="seed", nisbflow_run=run_id)
+    )
+    group.create_array(
+        "img",
+        shape=params.shape + (1,),
+        chunks=grid.block_shape + (1,),
+        dtype="uint8",
+        **named_axes(
+            output_attrs("EM image, grey levels 0-255 (synthetic)", params.voxel_size, "xyzc", nisbflow_output="image"),
+            zarr_format,
+        ),
+    )
+    group.create_array(
+        "seg",
+        shape=params.shape,
+        chunks=grid.block_shape,
+        dtype="uint32",
+        **named_axes(
+            output_attrs(
+                "neuron ids; 0 = membrane / extracellular space",
+                params.voxel_size,
+                "xyz",
+                nisbflow_output="segmentation",
+            ),
+            zarr_format,
+        ),
+    )
 
 
 def _nodes_by_block(grid: BlockGrid, node_voxels: np.ndarray) -> list[np.ndarray]:
     """Per block (C order), the rows of ``node_voxels (N, 3)`` inside it, in node order: grouped in one sort (a scan
     of every node per block grew as blocks × nodes)."""
-    node_block = np.ravel_multi_index(grid.block_of(node_voxels).T, grid.blocks_per_axis) \
-        if len(node_voxels) else np.zeros(0, dtype=np.int64)
+    node_block = (
+        np.ravel_multi_index(grid.block_of(node_voxels).T, grid.blocks_per_axis)
+        if len(node_voxels)
+        else np.zeros(0, dtype=np.int64)
+    )
     by_block = np.argsort(node_block, kind="stable")
     bounds = np.searchsorted(node_block[by_block], np.arange(grid.n_blocks + 1))
-    return [by_block[bounds[i]:bounds[i + 1]] for i in range(grid.n_blocks)]
+    return [by_block[bounds[i] : bounds[i + 1]] for i in range(grid.n_blocks)]
 
 
-def _render_blocks(staged, work, grid: BlockGrid, forest, params, node_voxels, block_nodes, seed: int,
-                   progress: bool, num_workers) -> list[dict]:
+def _render_blocks(
+    staged, work, grid: BlockGrid, forest, params, node_voxels, block_nodes, seed: int, progress: bool, num_workers
+) -> list[dict]:
     """Render every block not done yet (one task each, ``synth-block-i-j-k-<seed>``) and return every block's
     result in C order, the finished ones from their markers. Each task carries only the capsules and organelles near
     its block, not the whole forest (168 MB at 1536³), so a worker's memory does not grow with the volume."""
@@ -220,9 +258,16 @@ def _render_blocks(staged, work, grid: BlockGrid, forest, params, node_voxels, b
         corner = tuple(int(o) for o in grid.origin(index))
         size = grid.write_region(index).shape
         tasks[key] = dask.delayed(_write_block, pure=False)(
-            regions[triple(index)], params, staged.data, corner, size,
-            node_voxels[block_nodes[grid.linear(index)]], staged.marker("synth", key), staged.run_id,
-            dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}")
+            regions[triple(index)],
+            params,
+            staged.data,
+            corner,
+            size,
+            node_voxels[block_nodes[grid.linear(index)]],
+            staged.marker("synth", key),
+            staged.run_id,
+            dask_key_name=f"synth-block-{key.replace('.', '-')}-{seed}",
+        )
     computed = compute_tasks(list(tasks.values()), f"synth seed {seed}", progress=progress, num_workers=num_workers)
     results.update(zip(tasks, computed))
     return [results[grid.key(index)] for index in grid.indices()]
@@ -273,5 +318,3 @@ def synthesize_layout(root: str | Path, shape, train_seeds: int = 2, **kwargs) -
             if Path(path, "data.zarr").exists():
                 raise OutputExistsError(f"output {path}/data.zarr already exists; pass --overwrite to replace it")
     return [synthesize_seed(path, shape, seed, **kwargs) for path, seed in targets]
-
-

@@ -36,8 +36,9 @@ class Augmentations:
         return cls(drop_slice_prob=0, shift_slice_prob=0, intensity=False, noise_scale=0)
 
 
-def augment(image: np.ndarray, segmentation: np.ndarray, rng: np.random.Generator,
-            settings: Augmentations = Augmentations()) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    image: np.ndarray, segmentation: np.ndarray, rng: np.random.Generator, settings: Augmentations = Augmentations()
+) -> tuple[np.ndarray, np.ndarray]:
     """``image (X, Y, Z)`` float32 in [0, 1] and ``segmentation (X, Y, Z)`` int → both augmented (new arrays)."""
     order = rng.permutation(3)
     image, segmentation = image.transpose(order), segmentation.transpose(order)
@@ -62,8 +63,9 @@ def augment(image: np.ndarray, segmentation: np.ndarray, rng: np.random.Generato
                 index[axis] = i
                 plane = image[tuple(index)]
                 for other in (0, 1):  # the plane's two axes
-                    plane = np.roll(plane, int(rng.integers(-settings.shift_magnitude, settings.shift_magnitude + 1)),
-                                    axis=other)
+                    plane = np.roll(
+                        plane, int(rng.integers(-settings.shift_magnitude, settings.shift_magnitude + 1)), axis=other
+                    )
                 image[tuple(index)] = plane
     if settings.intensity and rng.random() < 0.5:
         image = image * rng.uniform(1 - settings.mul_int, 1 + settings.mul_int)
@@ -78,9 +80,15 @@ def augment(image: np.ndarray, segmentation: np.ndarray, rng: np.random.Generato
 def _random_affine(image, segmentation, rng, settings: Augmentations):
     from monai.transforms import RandAffined
 
-    transform = RandAffined(keys=["image", "seg"], mode=("bilinear", "nearest"), prob=1.0,
-                            rotate_range=(np.pi, np.pi, np.pi), scale_range=(settings.affine_scale,) * 3,
-                            shear_range=(settings.affine_shear,) * 6, padding_mode="reflection")
+    transform = RandAffined(
+        keys=["image", "seg"],
+        mode=("bilinear", "nearest"),
+        prob=1.0,
+        rotate_range=(np.pi, np.pi, np.pi),
+        scale_range=(settings.affine_scale,) * 3,
+        shear_range=(settings.affine_shear,) * 6,
+        padding_mode="reflection",
+    )
     transform.set_random_state(seed=int(rng.integers(2**31)))
     data = transform({"image": image[None].astype(np.float32), "seg": segmentation[None].astype(np.float32)})
     image = np.asarray(data["image"][0], dtype=np.float32)

@@ -31,9 +31,18 @@ class AffinityCrops(torch.utils.data.Dataset):
     (voxel x, y, z of the crop in its seed).
     """
 
-    def __init__(self, seeds, patch_size=(128, 128, 128), context: int = 10, offsets=BANIS_OFFSETS,
-                 erosion: int = 0, length: int = 1000, seed: int = 0, augmentations: Augmentations | None = None,
-                 relabel: int | None = 6):
+    def __init__(
+        self,
+        seeds,
+        patch_size=(128, 128, 128),
+        context: int = 10,
+        offsets=BANIS_OFFSETS,
+        erosion: int = 0,
+        length: int = 1000,
+        seed: int = 0,
+        augmentations: Augmentations | None = None,
+        relabel: int | None = 6,
+    ):
         from nisbflow.data import open_seed
 
         self.seeds = [str(s) for s in seeds]
@@ -52,9 +61,11 @@ class AffinityCrops(torch.utils.data.Dataset):
         for path in self.seeds:
             shape = open_seed(path).segmentation().shape  # a seed without seg is refused there, in one line
             if np.any(np.array(shape) < crop):
-                raise ConfigError(f"seed {path}: volume {tuple(shape)} is smaller than a crop of "
-                                 f"{tuple(crop.tolist())} voxels (data.patch_size + context); use larger "
-                                  "seeds or a smaller data.patch_size")
+                raise ConfigError(
+                    f"seed {path}: volume {tuple(shape)} is smaller than a crop of "
+                    f"{tuple(crop.tolist())} voxels (data.patch_size + context); use larger "
+                    "seeds or a smaller data.patch_size"
+                )
             self.shapes.append(shape)
         self._opened = None
 
@@ -93,8 +104,9 @@ class AffinityCrops(torch.utils.data.Dataset):
         if self.relabel is not None:
             segmentation = cc3d.connected_components(segmentation, connectivity=self.relabel)  # type: ignore[call-overload]  # cc3d's stub
         if self.augmentations is not None:
-            image, segmentation = augment(image, segmentation, np.random.default_rng([self.seed, index, 1]),
-                                          self.augmentations)
+            image, segmentation = augment(
+                image, segmentation, np.random.default_rng([self.seed, index, 1]), self.augmentations
+            )
         targets, mask = affinities(segmentation, self.offsets, erosion=self.erosion)
         patch = tuple(slice(0, s) for s in self.patch_size)
         return {

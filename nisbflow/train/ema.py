@@ -24,22 +24,34 @@ import torch
 class WeightAverage:
     """The EMA of ``model``'s weights (module docstring). ``state``/``updates``: a checkpoint's, to resume."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup_steps: int = 0, *,
-                 state: dict | None = None, updates: int = 0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        decay: float,
+        warmup_steps: int = 0,
+        *,
+        state: dict | None = None,
+        updates: int = 0,
+    ):
         self.decay, self.warmup_steps, self.updates = float(decay), int(warmup_steps), int(updates)
         live = model.state_dict()
         if state is not None:
             missing = sorted(set(live) - set(state))
             if missing:
-                raise ValueError(f"the saved EMA weights do not fit the network: {len(missing)} tensor(s) missing, "
-                                 f"e.g. {missing[:3]}")
+                raise ValueError(
+                    f"the saved EMA weights do not fit the network: {len(missing)} tensor(s) missing, "
+                    f"e.g. {missing[:3]}"
+                )
             source = state
         else:
             source = live
         with torch.no_grad():
             self.state = {name: source[name].detach().clone().to(live[name].device) for name in live}
-        self._averaged = [(self.state[name], parameter) for name, parameter in model.named_parameters()
-                          if parameter.requires_grad and torch.is_floating_point(self.state[name])]
+        self._averaged = [
+            (self.state[name], parameter)
+            for name, parameter in model.named_parameters()
+            if parameter.requires_grad and torch.is_floating_point(self.state[name])
+        ]
         self._copied = [(self.state[name], buffer) for name, buffer in model.named_buffers()]
 
     @torch.no_grad()

@@ -80,8 +80,9 @@ def _loader(dataset, batch_size: int, rank: int, world: int, workers: int, start
     an uninterrupted run reads from there."""
     steps = len(dataset) // (batch_size * world)
     order = [(step * world + rank) * batch_size + j for step in range(start_step, steps) for j in range(batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
-                                       persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=order, num_workers=workers, persistent_workers=workers > 0
+    )
 
 
 def learning_rate(step: int, optimization) -> float:
@@ -100,8 +101,9 @@ def _set_learning_rate(optimizer, value: float) -> None:
         group["lr"] = value
 
 
-def train(config, *, run_dir: str | Path | None = None, workers: int | None = None,
-          progress: bool = True) -> tuple[Path, torch.nn.Module]:
+def train(
+    config, *, run_dir: str | Path | None = None, workers: int | None = None, progress: bool = True
+) -> tuple[Path, torch.nn.Module]:
     """Train with a configuration; returns the run folder (``<save_path>/<timestamp>`` unless given) and this
     process's model.
 
@@ -117,10 +119,12 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     checkpoints = run / "checkpoints"
     optimization = config.optimization
     mixed = AUTOCAST.get(optimization.precision) if use_cuda else None
-    model, net, optimizer, scaler = _network_and_optimizer(config, device, local_rank if use_cuda else None, world,
-                                                           mixed)
-    step, best, saved_ema = _resume(checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda,
-                                    optimization, say=rank == 0)
+    model, net, optimizer, scaler = _network_and_optimizer(
+        config, device, local_rank if use_cuda else None, world, mixed
+    )
+    step, best, saved_ema = _resume(
+        checkpoints / "last.pt", model, optimizer, scaler, device, use_cuda, optimization, say=rank == 0
+    )
     ema = _weight_average(model, optimization.ema, saved_ema, step, checkpoints / "last.pt", say=rank == 0)
     loss_of = loss_function(config.model)
     remaining = optimization.max_steps - step
@@ -128,8 +132,9 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
     train_set, val_loader = _data(config, rank, world)
     # after the resume and data checks, whose errors say more; the blocks' forward is patched in place, so the
     # wrapped (DDP) model recomputes too
-    if plan_training_memory(config, *_device_memory(device, world), log=_say if rank == 0 else (lambda line: None),
-                            mixed=mixed is not None):
+    if plan_training_memory(
+        config, *_device_memory(device, world), log=_say if rank == 0 else (lambda line: None), mixed=mixed is not None
+    ):
         checkpoint_activations(model)
     workers = _loader_workers(config) if workers is None else workers
     writer = _writer(run) if rank == 0 else None
@@ -148,8 +153,11 @@ def train(config, *, run_dir: str | Path | None = None, workers: int | None = No
         if writer is not None:
             _log_step(writer, float(loss.detach()), optimizer, step, epoch_losses, optimization)
         validate = step % optimization.val_check_interval == 0 or step == optimization.max_steps
-        val_loss = _validate(net, model, ema, val_loader, device, mixed, world, loss_of, optimization) \
-            if validate and val_loader else None
+        val_loss = (
+            _validate(net, model, ema, val_loader, device, mixed, world, loss_of, optimization)
+            if validate and val_loader
+            else None
+        )
         if rank == 0:
             if writer is not None and val_loss is not None:
                 writer.add_scalar(optimization.checkpoint.monitor, val_loss, step)
@@ -176,19 +184,26 @@ def _network_and_optimizer(config, device, device_id, world: int, mixed):
     optimization = config.optimization
     torch.manual_seed(0)
     model = build(config.model).to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device_id is None else [device_id]) \
-        if world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optimization.optimizer.lr,
-                                  weight_decay=optimization.optimizer.weight_decay,
-                                  betas=tuple(optimization.optimizer.betas))
+    net = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device_id is None else [device_id])
+        if world > 1
+        else model
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=optimization.optimizer.lr,
+        weight_decay=optimization.optimizer.weight_decay,
+        betas=tuple(optimization.optimizer.betas),
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=mixed is torch.float16)
     return model, net, optimizer, scaler
 
 
 def _validate(net, model, ema, val_loader, device, mixed, world, loss_of, optimization) -> float:
     """The validation loss, with the EMA weights swapped in when ``optimization.ema.validate_with_ema``."""
-    with ema.swapped_into(model) if ema is not None and optimization.ema.validate_with_ema \
-            else contextlib.nullcontext():
+    with (
+        ema.swapped_into(model) if ema is not None and optimization.ema.validate_with_ema else contextlib.nullcontext()
+    ):
         return _validation_loss(net, val_loader, device, mixed, world, loss_of)
 
 
@@ -244,8 +259,9 @@ def _run_folder(config, run_dir, rank: int, world: int) -> Path:
     """The run folder (``run_dir``, else ``<save_path>/<timestamp>``), the same on every rank; rank 0 creates its
     ``checkpoints`` folder and writes the resolved configuration to ``config.yaml`` (what ``--config`` loads; a
     resumed run rewrites it with its own)."""
-    folder = [str(run_dir) if run_dir else str(Path(config.save_path)
-                                               / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))]
+    folder = [
+        str(run_dir) if run_dir else str(Path(config.save_path) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    ]
     if world > 1:
         dist.broadcast_object_list(folder, src=0)  # one run folder for all ranks
     run = Path(folder[0])
@@ -282,18 +298,26 @@ def _resume(last: Path, model, optimizer, scaler, device, use_cuda: bool, optimi
             if use_cuda and state["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
     except Exception as error:  # truncated, not a checkpoint, or another model's
-        raise ConfigError(f"cannot resume from {last}: {type(error).__name__}: {str(error).split('. ')[0][:160]}"
-                          "; it is damaged or from another model: move it away to start from step 0, or "
-                          "resume from a step-N.pt copied to last.pt") from error
+        raise ConfigError(
+            f"cannot resume from {last}: {type(error).__name__}: {str(error).split('. ')[0][:160]}"
+            "; it is damaged or from another model: move it away to start from step 0, or "
+            "resume from a step-N.pt copied to last.pt"
+        ) from error
     trained_for = (state["metadata"].get("config") or {}).get("optimization", {}).get("max_steps")
     if say and trained_for is not None and trained_for != optimization.max_steps:
-        print(f"resuming {last} at step {step} with optimization.max_steps {optimization.max_steps} (it was "
-              f"trained for {trained_for}): the learning rate continues the {optimization.max_steps}-step cosine "
-              f"schedule at step {step} ({learning_rate(step, optimization):.3g})", flush=True)
+        print(
+            f"resuming {last} at step {step} with optimization.max_steps {optimization.max_steps} (it was "
+            f"trained for {trained_for}): the learning rate continues the {optimization.max_steps}-step cosine "
+            f"schedule at step {step} ({learning_rate(step, optimization):.3g})",
+            flush=True,
+        )
     kept = [entry for entry in best if (last.parent / f"best-step-{int(entry[1])}.pt").exists()]
     if say and len(kept) < len(best):
-        print(f"{last} names {len(best) - len(kept)} best checkpoint(s) that are not in {last.parent} (deleted, or "
-              "never written by a killed run); ranking the others", flush=True)
+        print(
+            f"{last} names {len(best) - len(kept)} best checkpoint(s) that are not in {last.parent} (deleted, or "
+            "never written by a killed run); ranking the others",
+            flush=True,
+        )
     return step, kept, saved_ema
 
 
@@ -302,13 +326,19 @@ def _weight_average(model, settings, saved, step: int, last: Path, say: bool) ->
     resuming, else seeded from the network's weights. A resume that turns EMA on or off says so."""
     if not settings.enabled:
         if saved is not None and say:
-            print(f"{last} keeps EMA weights, but optimization.ema.enabled is false: training goes on without them "
-                  "(the checkpoints this run writes hold the training weights only)", flush=True)
+            print(
+                f"{last} keeps EMA weights, but optimization.ema.enabled is false: training goes on without them "
+                "(the checkpoints this run writes hold the training weights only)",
+                flush=True,
+            )
         return None
     if saved is None:
         if step > 0 and say:
-            print(f"{last} keeps no EMA weights (trained with optimization.ema.enabled false): the average starts "
-                  f"from the weights of step {step}", flush=True)
+            print(
+                f"{last} keeps no EMA weights (trained with optimization.ema.enabled false): the average starts "
+                f"from the weights of step {step}",
+                flush=True,
+            )
         return WeightAverage(model, settings.decay, settings.warmup_steps)
     try:
         return WeightAverage(model, settings.decay, settings.warmup_steps, state=saved[0], updates=saved[1])
@@ -322,15 +352,29 @@ def _data(config, rank: int, world: int):
     optimization, batch = config.optimization, config.data.dataloader.batch_size
     offsets = [parse_offset(o) for o in config.model.affinity_offsets]
     relabel = config.data.relabel_connectivity if config.data.relabel_connected_components else None
-    train_set = AffinityCrops(seed_folders(config.data.train.path), config.data.patch_size,
-                              config.data.target_context, offsets, config.data.erosion,
-                              length=optimization.max_steps * batch * world, seed=1,
-                              augmentations=Augmentations(), relabel=relabel)
+    train_set = AffinityCrops(
+        seed_folders(config.data.train.path),
+        config.data.patch_size,
+        config.data.target_context,
+        offsets,
+        config.data.erosion,
+        length=optimization.max_steps * batch * world,
+        seed=1,
+        augmentations=Augmentations(),
+        relabel=relabel,
+    )
     if not (config.data.val.path and optimization.val_steps_per_epoch > 0):
         return train_set, None
-    val_set = AffinityCrops(seed_folders(config.data.val.path), config.data.patch_size,
-                            config.data.target_context, offsets, config.data.erosion,
-                            length=optimization.val_steps_per_epoch * batch * world, seed=10**6, relabel=relabel)
+    val_set = AffinityCrops(
+        seed_folders(config.data.val.path),
+        config.data.patch_size,
+        config.data.target_context,
+        offsets,
+        config.data.erosion,
+        length=optimization.val_steps_per_epoch * batch * world,
+        seed=10**6,
+        relabel=relabel,
+    )
     return train_set, _loader(val_set, batch, rank, world, 0)
 
 
@@ -366,8 +410,9 @@ def _log_slices(writer, image, target, net, step: int) -> None:
     writer.add_image("prediction", prediction[0, :3, :, :, middle], step)
 
 
-def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, folder: Path,
-          ema: WeightAverage | None = None) -> list:
+def _save(
+    model, config, optimizer, scaler, step: int, val_loss, best: list, folder: Path, ema: WeightAverage | None = None
+) -> list:
     """Write the top-k by validation loss, step-N.pt (every_n_train_steps) and last.pt (each with the EMA weights
     under ``ema_state_dict`` when training keeps them), in that order: last.pt,
     which names the best checkpoints, is written after them, and a best checkpoint dropped from the top-k is deleted
@@ -376,17 +421,22 @@ def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, fol
     dropped = []
     if val_loss is not None and settings.save_top_k != 0:
         ranked = sorted(best + [[val_loss, step]], reverse=settings.mode == "max")
-        best = ranked if settings.save_top_k < 0 else ranked[:settings.save_top_k]
-        dropped = [entry[1] for entry in ranked[len(best):]]
+        best = ranked if settings.save_top_k < 0 else ranked[: settings.save_top_k]
+        dropped = [entry[1] for entry in ranked[len(best) :]]
     metadata = {"step": step, "val_loss": val_loss, "best": best, "config": config.model_dump(mode="json")}
     extra = {}
     if ema is not None:
         metadata["ema"] = ema.record()
         extra["ema_state_dict"] = ema.state_dict()
-    state = checkpoint_payload(model, config.model, metadata, **extra,
-                               optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                               rng={"cpu": torch.get_rng_state(),
-                                    "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None})
+    state = checkpoint_payload(
+        model,
+        config.model,
+        metadata,
+        **extra,
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict(),
+        rng={"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
+    )
     targets = []
     if val_loss is not None and [val_loss, step] in best:
         targets.append(folder / f"best-step-{step}.pt")
@@ -399,4 +449,3 @@ def _save(model, config, optimizer, scaler, step: int, val_loss, best: list, fol
     for old in dropped:
         (folder / f"best-step-{old}.pt").unlink(missing_ok=True)
     return best
-

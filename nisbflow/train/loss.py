@@ -44,8 +44,14 @@ def positive_weights(target: torch.Tensor, mask: torch.Tensor, max_pos_weight: f
     return weights
 
 
-def per_channel_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, auto_pos_weight: bool = True,
-                     max_pos_weight: float = 10.0) -> torch.Tensor:
+def per_channel_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    auto_pos_weight: bool = True,
+    max_pos_weight: float = 10.0,
+) -> torch.Tensor:
     """BANIS+'s PerChannelBCEWithLogitsLoss (module docstring): the sum over channels of each channel's mean
     class-balanced BCE over its kept voxels."""
     logits, target = logits.float(), target.float()
@@ -65,8 +71,11 @@ def per_channel_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 def loss_function(model) -> LossFunction:
     """The loss ``model.loss`` names, with its settings (a :class:`~nisbflow.config.schema.ModelConfig`)."""
     if model.loss == "PerChannelBCEWithLogitsLoss":
+
         def loss(logits, target, mask):
-            return per_channel_loss(logits, target, mask, auto_pos_weight=model.auto_pos_weight,
-                                    max_pos_weight=model.max_pos_weight)
+            return per_channel_loss(
+                logits, target, mask, auto_pos_weight=model.auto_pos_weight, max_pos_weight=model.max_pos_weight
+            )
+
         return loss
     return affinity_loss

@@ -34,8 +34,11 @@ MEMORY_FRACTION = 0.9
 def counted_step_bytes(model_config, patch: tuple[int, int, int], checkpointing: bool) -> int:
     """Peak bytes of live tensors in one forward and backward pass of ``model_config``'s network on one crop of
     ``patch`` voxels (X, Y, Z), batch 1, counted on the ``meta`` device (cached per architecture, crop and mode)."""
-    return _counted(json.dumps(model_config.model_dump(mode="json"), sort_keys=True),
-                    tuple(int(p) for p in patch), bool(checkpointing))
+    return _counted(
+        json.dumps(model_config.model_dump(mode="json"), sort_keys=True),
+        tuple(int(p) for p in patch),
+        bool(checkpointing),
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -80,10 +83,12 @@ class TrainingMemory:
     def line(self) -> str:
         from dask.utils import format_bytes
 
-        return (f"about {format_bytes(self.total)} per training process (weights, gradients, AdamW"
-                f"{' and EMA' if self.ema else ''} {format_bytes(self.state)}; activations "
-                f"{format_bytes(self.activations)} for {self.batch} crop(s)"
-                f"{' with activation checkpointing' if self.checkpointing else ''}; data {format_bytes(self.data)})")
+        return (
+            f"about {format_bytes(self.total)} per training process (weights, gradients, AdamW"
+            f"{' and EMA' if self.ema else ''} {format_bytes(self.state)}; activations "
+            f"{format_bytes(self.activations)} for {self.batch} crop(s)"
+            f"{' with activation checkpointing' if self.checkpointing else ''}; data {format_bytes(self.data)})"
+        )
 
 
 def training_peak(config, checkpointing: bool | None = None, mixed: bool = False) -> TrainingMemory:
@@ -97,8 +102,12 @@ def training_peak(config, checkpointing: bool | None = None, mixed: bool = False
     batch = config.data.dataloader.batch_size
     patch = tuple(config.data.patch_size)
     voxels = math.prod(patch)
-    activations = int(TRAIN_WORKSPACE_FACTOR * batch * counted_step_bytes(model, patch, checkpointing)
-                      * (MIXED_ACTIVATIONS if mixed else 1.0))
+    activations = int(
+        TRAIN_WORKSPACE_FACTOR
+        * batch
+        * counted_step_bytes(model, patch, checkpointing)
+        * (MIXED_ACTIVATIONS if mixed else 1.0)
+    )
     data = batch * voxels * 4 * (model.in_channels + 2 * model.out_channels)
     return TrainingMemory(batch, checkpointing, copies * 4 * parameters, activations, data, copies == 5)
 
@@ -130,11 +139,15 @@ def plan_training_memory(config, memory: int, where: str, log, mixed: bool = Fal
     if not config.model.activation_checkpointing:
         checkpointed = training_peak(config, checkpointing=True, mixed=mixed)
         if checkpointed.total <= budget:
-            log(f"training: activation checkpointing turned on (model.activation_checkpointing), as without it the "
+            log(
+                f"training: activation checkpointing turned on (model.activation_checkpointing), as without it the "
                 f"step does not fit {where}: {checkpointed.line()}; the same gradients, about a third more time "
-                "per step")
+                "per step"
+            )
             return True
         planned = checkpointed
-    raise ConfigError(f"training needs {planned.line()}, but {where} has {format_bytes(memory)} (plans use "
-                      f"{int(MEMORY_FRACTION * 100)} %): lower data.dataloader.batch_size or data.patch_size, or "
-                      "use a device with more memory")
+    raise ConfigError(
+        f"training needs {planned.line()}, but {where} has {format_bytes(memory)} (plans use "
+        f"{int(MEMORY_FRACTION * 100)} %): lower data.dataloader.batch_size or data.patch_size, or "
+        "use a device with more memory"
+    )

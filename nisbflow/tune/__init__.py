@@ -38,8 +38,15 @@ from .scoring import ThresholdScorer, threshold_grid, threshold_key
 from nisbflow.config.load import TUNED_KEY
 from nisbflow.staging import write_file
 
-__all__ = ["ThresholdScorer", "TuneResult", "mark_interrupted_trials_failed", "open_study",
-           "plot_threshold_curve", "threshold_grid", "tune"]
+__all__ = [
+    "ThresholdScorer",
+    "TuneResult",
+    "mark_interrupted_trials_failed",
+    "open_study",
+    "plot_threshold_curve",
+    "threshold_grid",
+    "tune",
+]
 
 
 @dataclass
@@ -109,14 +116,21 @@ def study_identity(run, seed_path: str, skeleton: str) -> dict:
         "scoring": config.decoding.waterz.scoring if config.decoding.method == "waterz" else None,
         "validation": {"image": fingerprint(f"{seed_path}/data.zarr/img"), "skeleton": fingerprint(skeleton)},
         "inference": geometry,
-        "affinity_mask": None if config.decoding.affinity_mask_path is None else
-        fingerprint(config.decoding.affinity_mask_path),
-        "search": {"banis_grid": banis_grid()} if config.tune.sampler == "banis" else
-        {"low": search.low, "high": search.high, "step": search.step},
-        "metric": config.tune.metric, "direction": config.tune.direction,
-        "merge_threshold": config.evaluation.merge_threshold, "voxel_size": list(config.data.voxel_size),
-        **({"em_erl_merge_threshold": config.evaluation.em_erl_merge_threshold}
-           if config.tune.metric == "em_erl" else {}),
+        "affinity_mask": None
+        if config.decoding.affinity_mask_path is None
+        else fingerprint(config.decoding.affinity_mask_path),
+        "search": {"banis_grid": banis_grid()}
+        if config.tune.sampler == "banis"
+        else {"low": search.low, "high": search.high, "step": search.step},
+        "metric": config.tune.metric,
+        "direction": config.tune.direction,
+        "merge_threshold": config.evaluation.merge_threshold,
+        "voxel_size": list(config.data.voxel_size),
+        **(
+            {"em_erl_merge_threshold": config.evaluation.em_erl_merge_threshold}
+            if config.tune.metric == "em_erl"
+            else {}
+        ),
     }
     return json.loads(json.dumps(identity, default=str))
 
@@ -146,16 +160,24 @@ def open_study(tune_config, grid: list[float], identity: dict | None = None):
     name = tune_config.study_name if identity is None else f"{tune_config.study_name}-{identity_digest(identity)}"
     check_study_file(tune_config.storage)
     try:
-        study = optuna.create_study(storage=_storage_url(tune_config.storage), study_name=name,
-                                    sampler=_sampler(tune_config, grid), direction=tune_config.direction,
-                                    load_if_exists=tune_config.load_if_exists)
+        study = optuna.create_study(
+            storage=_storage_url(tune_config.storage),
+            study_name=name,
+            sampler=_sampler(tune_config, grid),
+            direction=tune_config.direction,
+            load_if_exists=tune_config.load_if_exists,
+        )
         study.get_trials(deepcopy=False)  # reads every table: a damaged page fails here, not mid-tuning
     except optuna.exceptions.DuplicatedStudyError:
-        raise ConfigError(f"study {name!r} already exists in {tune_config.storage}; set "
-                          f"tune.load_if_exists=true to append to it, or choose another tune.study_name") from None
+        raise ConfigError(
+            f"study {name!r} already exists in {tune_config.storage}; set "
+            f"tune.load_if_exists=true to append to it, or choose another tune.study_name"
+        ) from None
     except Exception as error:  # sqlalchemy's DatabaseError and kin: a damaged or foreign file
-        if not (type(error).__module__.split(".")[0] == "sqlalchemy"
-                or isinstance(error, optuna.exceptions.StorageInternalError)):
+        if not (
+            type(error).__module__.split(".")[0] == "sqlalchemy"
+            or isinstance(error, optuna.exceptions.StorageInternalError)
+        ):
             raise
         raise _damaged_study_file(tune_config.storage, error) from None
     if identity is not None:
@@ -163,9 +185,11 @@ def open_study(tune_config, grid: list[float], identity: dict | None = None):
         if recorded is None and not study.trials:
             study.set_user_attr(IDENTITY_ATTRIBUTE, identity)
         elif recorded != identity:
-            raise ConfigError(f"study {name!r} in {tune_config.storage} records another question than this run's "
-                              "(checkpoint, method, validation seed or search space); choose another "
-                              "tune.study_name")
+            raise ConfigError(
+                f"study {name!r} in {tune_config.storage} records another question than this run's "
+                "(checkpoint, method, validation seed or search space); choose another "
+                "tune.study_name"
+            )
     return study
 
 
@@ -173,9 +197,11 @@ def _damaged_study_file(storage: str, error: BaseException) -> ConfigError:
     cause = getattr(error, "orig", None) or error.__cause__ or error.__context__ or error
     reason = str(getattr(cause, "orig", None) or cause).splitlines()[0]
     where = storage.removeprefix("sqlite:///")
-    return ConfigError(f"tune.storage {where} cannot be read as an Optuna study database ({reason}); it is damaged "
-                       f"or not one: move it aside (its trials are lost) to start afresh, or set tune.storage to "
-                       "another file")
+    return ConfigError(
+        f"tune.storage {where} cannot be read as an Optuna study database ({reason}); it is damaged "
+        f"or not one: move it aside (its trials are lost) to start afresh, or set tune.storage to "
+        "another file"
+    )
 
 
 def check_study_file(storage: str) -> None:
@@ -187,25 +213,37 @@ def check_study_file(storage: str) -> None:
     if not path.exists():
         return
     if path.stat().st_size == 0:
-        raise ConfigError(f"tune.storage {path} is empty (0 bytes): the study it held is gone (a full disk, a cut "
-                          f"copy?); delete it to start a new study, or set tune.storage to the study's file")
+        raise ConfigError(
+            f"tune.storage {path} is empty (0 bytes): the study it held is gone (a full disk, a cut "
+            f"copy?); delete it to start a new study, or set tune.storage to the study's file"
+        )
     with open(path, "rb") as handle:
         header = handle.read(16)
     if header != b"SQLite format 3\x00":
-        raise ConfigError(f"tune.storage {path} is not a sqlite database (its first bytes are {header[:16]!r}); it "
-                          "is damaged or another file: move it aside to start afresh, or set tune.storage to the "
-                          "study's file")
+        raise ConfigError(
+            f"tune.storage {path} is not a sqlite database (its first bytes are {header[:16]!r}); it "
+            "is damaged or another file: move it aside to start afresh, or set tune.storage to the "
+            "study's file"
+        )
 
 
 def study_lock(config, study_name: str, log=None):
     """The lock that keeps a second tuner off a study: ``<sqlite file>.locks/<study>.json`` beside a sqlite storage,
     else ``<save_path>/tune-locks/<study>.json``."""
     storage = config.tune.storage
-    folder = Path(storage.removeprefix("sqlite:///") + ".locks") if storage.startswith("sqlite:///") \
+    folder = (
+        Path(storage.removeprefix("sqlite:///") + ".locks")
+        if storage.startswith("sqlite:///")
         else Path(config.save_path) / "tune-locks"
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    return _tuner_lock(folder / f"{study_name}.json", f"study {study_name!r}", f"study {study_name!r} in {storage} is "
-                       "being tuned by another run", "run one tuner per study", log)
+    return _tuner_lock(
+        folder / f"{study_name}.json",
+        f"study {study_name!r}",
+        f"study {study_name!r} in {storage} is being tuned by another run",
+        "run one tuner per study",
+        log,
+    )
 
 
 def _tuner_lock(path: Path, subject: str, busy: str, advice: str, log=None):
@@ -215,10 +253,13 @@ def _tuner_lock(path: Path, subject: str, busy: str, advice: str, log=None):
 
     def locked(holder, url):
         if not holder.get("pid"):
-            return ConfigError(f"{subject}: its lock {url} is unreadable; if no other nisbflow tune works on it, "
-                               f"delete {url}")
-        return ConfigError(f"{busy} (pid {holder.get('pid')} on {holder.get('host', '?')} since "
-                           f"{holder.get('started', '?')}); {advice}: wait for it, or if that run is gone delete {url}")
+            return ConfigError(
+                f"{subject}: its lock {url} is unreadable; if no other nisbflow tune works on it, delete {url}"
+            )
+        return ConfigError(
+            f"{busy} (pid {holder.get('pid')} on {holder.get('host', '?')} since "
+            f"{holder.get('started', '?')}); {advice}: wait for it, or if that run is gone delete {url}"
+        )
 
     return RunLock(path, locked=locked, log=log, what=subject)
 
@@ -248,18 +289,27 @@ def cache_key(run, image: str) -> dict:
     settings."""
     from nisbflow.fingerprints import fingerprint, plain
 
-    return json.loads(json.dumps(dict(checkpoint=run.checkpoint.sha256, image=image,
-                                      **({"weights": run.checkpoint.weights} if run.checkpoint.weights else {}),
-                                      image_fingerprint=plain(fingerprint(image)),
-                                      settings=_inference_geometry(run.config)), default=str))
+    return json.loads(
+        json.dumps(
+            dict(
+                checkpoint=run.checkpoint.sha256,
+                image=image,
+                **({"weights": run.checkpoint.weights} if run.checkpoint.weights else {}),
+                image_fingerprint=plain(fingerprint(image)),
+                settings=_inference_geometry(run.config),
+            ),
+            default=str,
+        )
+    )
 
 
 CACHE_ATTRIBUTE = "nisbflow_tune_cache"
 """The attribute of the cached validation affinities that records their :func:`cache_key`."""
 
 
-def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: bool = True,
-                       log=print) -> tuple[Path, dict]:
+def _cached_affinities(
+    run, out: Path, seed_path: str, *, block=None, progress: bool = True, log=print
+) -> tuple[Path, dict]:
     """Infer the validation seed once: reuse ``out/val-affinities.zarr`` while it records this run's
     :func:`cache_key` (checkpoint, image content, settings), else infer it again (saying why). Returns the path and
     the key."""
@@ -278,8 +328,7 @@ def _cached_affinities(run, out: Path, seed_path: str, *, block=None, progress: 
         if attrs.get(CACHE_ATTRIBUTE) == key:
             return path, key
         log(f"{path} was inferred from another checkpoint, image content or settings; inferring it again")
-    infer_to_zarr(key["image"], path, run, block=block or DEFAULT_BLOCK, overwrite=True,
-                  progress=progress)
+    infer_to_zarr(key["image"], path, run, block=block or DEFAULT_BLOCK, overwrite=True, progress=progress)
     zarr.open_array(array_url(path), mode="r+").attrs[CACHE_ATTRIBUTE] = key
     return path, key
 
@@ -297,9 +346,11 @@ def check_affinities_unchanged(path: Path, key: dict, fingerprint_at_start: dict
     except Exception:
         recorded = None
     if recorded != key or plain(fingerprint(path)) != fingerprint_at_start:
-        raise ConfigError(f"the validation affinities {path} changed while this tuning scored them (another run "
-                          "rewrote or replaced them); the trials scored before are kept in the study: re-run to go "
-                          "on, one tuner per checkpoint folder")
+        raise ConfigError(
+            f"the validation affinities {path} changed while this tuning scored them (another run "
+            "rewrote or replaced them); the trials scored before are kept in the study: re-run to go "
+            "on, one tuner per checkpoint folder"
+        )
 
 
 def _metric(result, name: str) -> float:
@@ -307,8 +358,14 @@ def _metric(result, name: str) -> float:
     return float(result.em_erl.nerl if name == "em_erl" else getattr(result, name))
 
 
-def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: float, metric: str, title: str = "",
-                         xlabel: str = "decoding threshold (hard edge: affinity > threshold)") -> None:
+def plot_threshold_curve(
+    path: str | Path,
+    curve: dict[float, float],
+    best: float,
+    metric: str,
+    title: str = "",
+    xlabel: str = "decoding threshold (hard edge: affinity > threshold)",
+) -> None:
     """PNG of the metric against the decoding threshold, the best threshold marked."""
     import matplotlib
 
@@ -322,8 +379,9 @@ def plot_threshold_curve(path: str | Path, curve: dict[float, float], best: floa
     axis.plot(thresholds, [curve[t] for t in thresholds], "o-")
     axis.axvline(best, color="grey", linewidth=0.8, label=f"best {best:g}")
     axis.set_xlabel(xlabel)
-    axis.set_ylabel({"voi_sum": "VOI sum (bits)", "em_erl": "NERL (em_erl, PyTorch Connectomics')"}.get(
-        metric, metric.upper()))
+    axis.set_ylabel(
+        {"voi_sum": "VOI sum (bits)", "em_erl": "NERL (em_erl, PyTorch Connectomics')"}.get(metric, metric.upper())
+    )
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
@@ -342,22 +400,35 @@ def _record_grid_trials(study, search, metric: str, scorer, thresholds, stepped:
     ``stepped``: the thresholds lie on ``search``'s steps (else, BANIS's grid, on no step)."""
     import optuna
 
-    distribution = optuna.distributions.FloatDistribution(search.low, search.high, step=search.step) if stepped \
+    distribution = (
+        optuna.distributions.FloatDistribution(search.low, search.high, step=search.step)
+        if stepped
         else optuna.distributions.FloatDistribution(min(thresholds), max(thresholds))
+    )
     for threshold in thresholds:
         result = scorer.score(threshold)
-        study.add_trial(optuna.trial.create_trial(
-            params={"threshold": threshold}, distributions={"threshold": distribution},
-            value=_metric(result, metric), user_attrs=_trial_attrs(result, scorer.segments[threshold])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"threshold": threshold},
+                distributions={"threshold": distribution},
+                value=_metric(result, metric),
+                user_attrs=_trial_attrs(result, scorer.segments[threshold]),
+            )
+        )
 
 
 def _trial_attrs(result, segments: int) -> dict:
-    return {"nerl": result.nerl, "erl_nm": result.erl, "voi_sum": result.voi_sum, "n_mergers": result.n_mergers,
-            "n_splits": result.n_splits, "segments": segments}
+    return {
+        "nerl": result.nerl,
+        "erl_nm": result.erl,
+        "voi_sum": result.voi_sum,
+        "n_mergers": result.n_mergers,
+        "n_splits": result.n_splits,
+        "segments": segments,
+    }
 
 
-def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool = True,
-         log=print) -> TuneResult:
+def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool = True, log=print) -> TuneResult:
     """Search ``decoding.threshold`` on ``data.val`` with Optuna; write ``best.yaml`` and a threshold curve PNG.
 
     With ``decoding.method: waterz`` the agglomeration threshold is searched instead (``tune.waterz_threshold``;
@@ -381,8 +452,10 @@ def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool =
     search = _search_range(config)
     if tune_config.sampler == "banis":
         if config.decoding.method != "cc":
-            raise ConfigError("tune.sampler=banis is BANIS's grid of connected-components thresholds; for "
-                              f"decoding.method {config.decoding.method} use tune.sampler=grid")
+            raise ConfigError(
+                "tune.sampler=banis is BANIS's grid of connected-components thresholds; for "
+                f"decoding.method {config.decoding.method} use tune.sampler=grid"
+            )
         grid = banis_grid()
         searched = f"BANIS's {len(grid)} thresholds sigmoid(0.2 k), k = -1…11 ({grid[0]:g}–{grid[-1]:g})"
     else:
@@ -390,9 +463,11 @@ def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool =
         searched = f"thresholds {search.low:g}–{search.high:g} step {search.step:g}"
     identity = study_identity(run, str(seed.path), str(skeleton))
     study = open_study(tune_config, grid, identity)
-    log(f"study {study.study_name!r} in {tune_config.storage}: checkpoint {run.checkpoint.name} (sha256 "
+    log(
+        f"study {study.study_name!r} in {tune_config.storage}: checkpoint {run.checkpoint.name} (sha256 "
         f"{run.checkpoint.short_sha256}), {config.decoding.method} decoding, validation seed {config.data.val.path}, "
-        f"{searched}; outputs in {out}")
+        f"{searched}; outputs in {out}"
+    )
     lock, folder_lock = study_lock(config, study.study_name, log=log), _folder_lock(out, log)
     lock.acquire()
     try:
@@ -408,8 +483,13 @@ def tune(run, *, out_dir: str | Path | None = None, block=None, progress: bool =
 def _folder_lock(out: Path, log=None):
     """The lock that keeps a second tuner out of one checkpoint's and method's tuning folder (its best.yaml, curve
     and test output), whatever study it tunes."""
-    return _tuner_lock(out / ".tune-lock.json", f"tuning folder {out}", f"tuning folder {out} is in use by another "
-                       "tuner", "its best.yaml would be overwritten", log)
+    return _tuner_lock(
+        out / ".tune-lock.json",
+        f"tuning folder {out}",
+        f"tuning folder {out} is in use by another tuner",
+        "its best.yaml would be overwritten",
+        log,
+    )
 
 
 def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, block, progress, log) -> TuneResult:
@@ -438,22 +518,40 @@ def _tune_study(run, study, identity, seed, skeleton, search, grid, out: Path, b
     best = study.best_trial
     best_threshold = threshold_key(best.params["threshold"])
     params_path, plot_path = _write_best(run, study, identity, out, best, best_threshold, curve, len(completed))
-    return TuneResult(best_threshold, float(best.value), tune_config.metric, dict(sorted(curve.items())),
-                      study.study_name, tune_config.storage, len(completed), marked, params_path, plot_path,
-                      affinities, details=dict(best.user_attrs))
+    return TuneResult(
+        best_threshold,
+        float(best.value),
+        tune_config.metric,
+        dict(sorted(curve.items())),
+        study.study_name,
+        tune_config.storage,
+        len(completed),
+        marked,
+        params_path,
+        plot_path,
+        affinities,
+        details=dict(best.user_attrs),
+    )
 
 
 def _scorer(config, affinities, skeleton, out: Path) -> ThresholdScorer:
     """The scorer of a study's trials on the cached validation affinities, by the run's decoding and evaluation."""
     from nisbflow.decode.agglomerate_blockwise import WaterzOptions
 
-    return ThresholdScorer(affinities, skeleton, voxel_size=config.data.voxel_size,
-                           merge_threshold=config.evaluation.merge_threshold,
-                           mask=config.decoding.affinity_mask_path, backend=config.decoding.backend,
-                           scratch=out / "scratch", progress=False, method=config.decoding.method,
-                           waterz=WaterzOptions.from_config(config.decoding),
-                           metrics=("nerl", "em_erl") if config.tune.metric == "em_erl" else ("nerl",),
-                           em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold)
+    return ThresholdScorer(
+        affinities,
+        skeleton,
+        voxel_size=config.data.voxel_size,
+        merge_threshold=config.evaluation.merge_threshold,
+        mask=config.decoding.affinity_mask_path,
+        backend=config.decoding.backend,
+        scratch=out / "scratch",
+        progress=False,
+        method=config.decoding.method,
+        waterz=WaterzOptions.from_config(config.decoding),
+        metrics=("nerl", "em_erl") if config.tune.metric == "em_erl" else ("nerl",),
+        em_erl_merge_threshold=config.evaluation.em_erl_merge_threshold,
+    )
 
 
 def _run_trials(study, tune_config, scorer: ThresholdScorer, search, grid, unchanged, progress, log) -> None:
@@ -461,16 +559,18 @@ def _run_trials(study, tune_config, scorer: ThresholdScorer, search, grid, uncha
     sampler; ``unchanged()`` refuses affinities rewritten under the study."""
     from optuna.trial import TrialState
 
-    done = {threshold_key(t.params["threshold"]) for t in study.get_trials(states=(TrialState.COMPLETE,))
-            if "threshold" in t.params}
+    done = {
+        threshold_key(t.params["threshold"])
+        for t in study.get_trials(states=(TrialState.COMPLETE,))
+        if "threshold" in t.params
+    }
     if tune_config.sampler in GRID_SAMPLERS:
         todo = [t for t in grid if t not in done]
         if todo:  # one multi-threshold decoding pass scores the whole remaining grid
             log(f"grid: scoring {len(todo)} thresholds not yet in the study from one decoding pass")
             scorer.score_many(todo)
             unchanged()
-            _record_grid_trials(study, search, tune_config.metric, scorer, todo,
-                                stepped=tune_config.sampler == "grid")
+            _record_grid_trials(study, search, tune_config.metric, scorer, todo, stepped=tune_config.sampler == "grid")
         else:
             log("the threshold grid is already complete in this study")
         return
@@ -491,26 +591,48 @@ def _run_trials(study, tune_config, scorer: ThresholdScorer, search, grid, uncha
         study.optimize(objective, n_trials=tune_config.n_trials, callbacks=[lambda *_: bar.advance(task)])
 
 
-def _write_best(run, study, identity, out: Path, best, best_threshold: float, curve: dict,
-                n_completed: int) -> tuple[Path, Path]:
+def _write_best(
+    run, study, identity, out: Path, best, best_threshold: float, curve: dict, n_completed: int
+) -> tuple[Path, Path]:
     """``best.yaml`` (the best setting, with the ``_tuned_`` record of what it was tuned for) and the curve's plot."""
     config, tune_config = run.config, run.config.tune
     params_path = out / "best.yaml"
-    header = (f"# nisbflow tune: best {tune_config.metric} {best.value:.4f} on {config.data.val.path} "
-              f"(study {study.study_name}, {n_completed} completed trials, checkpoint {run.checkpoint.name}, "
-              f"sha256 {run.checkpoint.sha256})\n")
-    tuned = {TUNED_KEY: {"checkpoint": run.checkpoint.name, "checkpoint_sha256": run.checkpoint.sha256,
-                         **({"weights": run.checkpoint.weights} if run.checkpoint.weights else {}),
-                         "method": config.decoding.method, "study": study.study_name,
-                         "storage": tune_config.storage, "validation": str(config.data.val.path),
-                         "identity": identity_digest(identity)}}
-    best_params = ({"decoding": {"method": "waterz", "waterz": {"thresholds": [best_threshold]}}}
-                   if config.decoding.method == "waterz" else {"decoding": {"threshold": best_threshold}})
-    write_file(params_path,
-               header + yaml.safe_dump(tuned, sort_keys=False) + yaml.safe_dump(best_params, sort_keys=False))
+    header = (
+        f"# nisbflow tune: best {tune_config.metric} {best.value:.4f} on {config.data.val.path} "
+        f"(study {study.study_name}, {n_completed} completed trials, checkpoint {run.checkpoint.name}, "
+        f"sha256 {run.checkpoint.sha256})\n"
+    )
+    tuned = {
+        TUNED_KEY: {
+            "checkpoint": run.checkpoint.name,
+            "checkpoint_sha256": run.checkpoint.sha256,
+            **({"weights": run.checkpoint.weights} if run.checkpoint.weights else {}),
+            "method": config.decoding.method,
+            "study": study.study_name,
+            "storage": tune_config.storage,
+            "validation": str(config.data.val.path),
+            "identity": identity_digest(identity),
+        }
+    }
+    best_params = (
+        {"decoding": {"method": "waterz", "waterz": {"thresholds": [best_threshold]}}}
+        if config.decoding.method == "waterz"
+        else {"decoding": {"threshold": best_threshold}}
+    )
+    write_file(
+        params_path, header + yaml.safe_dump(tuned, sort_keys=False) + yaml.safe_dump(best_params, sort_keys=False)
+    )
     plot_path = out / "threshold_curve.png"
-    plot_threshold_curve(plot_path, curve, best_threshold, tune_config.metric,
-                         title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold",
-                         **({"xlabel": f"agglomeration threshold ({config.decoding.waterz.scoring})"}
-                            if config.decoding.method == "waterz" else {}))
+    plot_threshold_curve(
+        plot_path,
+        curve,
+        best_threshold,
+        tune_config.metric,
+        title=f"{Path(str(config.data.val.path)).name}: {tune_config.metric} by threshold",
+        **(
+            {"xlabel": f"agglomeration threshold ({config.decoding.waterz.scoring})"}
+            if config.decoding.method == "waterz"
+            else {}
+        ),
+    )
     return params_path, plot_path

@@ -40,9 +40,22 @@ class ThresholdScorer:
     scorer created is removed again when it is empty.
     """
 
-    def __init__(self, affinities: str | Path, skeleton: str | Path, *, voxel_size=(9, 9, 20), merge_threshold=1,
-                 mask=None, backend: str = "numba", scratch: str | Path | None = None, progress: bool = False,
-                 method: str = "cc", waterz=None, metrics=("nerl",), em_erl_merge_threshold: int = 50):
+    def __init__(
+        self,
+        affinities: str | Path,
+        skeleton: str | Path,
+        *,
+        voxel_size=(9, 9, 20),
+        merge_threshold=1,
+        mask=None,
+        backend: str = "numba",
+        scratch: str | Path | None = None,
+        progress: bool = False,
+        method: str = "cc",
+        waterz=None,
+        metrics=("nerl",),
+        em_erl_merge_threshold: int = 50,
+    ):
         self.affinities, self.skeleton = str(affinities), str(skeleton)
         self.voxel_size, self.merge_threshold = tuple(voxel_size), merge_threshold
         self.mask, self.backend, self.progress = mask, backend, progress
@@ -71,15 +84,26 @@ class ThresholdScorer:
             folder = Path(tempfile.mkdtemp(prefix="tune-", dir=parent))
             try:
                 output = folder / "segmentation.zarr"
-                decoded = decode_to_zarr(self.affinities, output, thresholds=missing, mask=self.mask,
-                                        backend=self.backend, progress=self.progress, method=self.method,
-                                        waterz=self.waterz)
+                decoded = decode_to_zarr(
+                    self.affinities,
+                    output,
+                    thresholds=missing,
+                    mask=self.mask,
+                    backend=self.backend,
+                    progress=self.progress,
+                    method=self.method,
+                    waterz=self.waterz,
+                )
                 for value in missing:
                     array = output if len(missing) == 1 else output / threshold_array_name(value)
-                    self.results[value] = nerl(open_segmentation(array), self.skeleton,
-                                               voxel_size=self.voxel_size, merge_threshold=self.merge_threshold,
-                                               metrics=self.metrics,
-                                               em_erl_merge_threshold=self.em_erl_merge_threshold)
+                    self.results[value] = nerl(
+                        open_segmentation(array),
+                        self.skeleton,
+                        voxel_size=self.voxel_size,
+                        merge_threshold=self.merge_threshold,
+                        metrics=self.metrics,
+                        em_erl_merge_threshold=self.em_erl_merge_threshold,
+                    )
                     self.segments[value] = int(decoded.counts[value])
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
