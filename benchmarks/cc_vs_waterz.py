@@ -78,14 +78,14 @@ def block_wise(spec: dict) -> dict:
         pids = client.run(_os.getpid)
         client.run(reset_peak)
         start = time.perf_counter()
-        counts = decode_to_zarr(spec["affinities"], spec["out"], thresholds=spec["thresholds"],
+        decoded = decode_to_zarr(spec["affinities"], spec["out"], thresholds=spec["thresholds"],
                                 chunks=spec["chunks"], progress=False, overwrite=True, method=spec["method"],
                                 waterz=options)
         seconds = time.perf_counter() - start
         worker_peaks = client.run(peak_gib)
         restarted = client.run(_os.getpid) != pids
     return dict(seconds=seconds, peak_gib=max(worker_peaks.values()), client_peak_gib=peak_gib(),
-                restarted=restarted, graph=counts.get("graph"))
+                restarted=restarted, graph=decoded.region_graph)
 
 
 def in_subprocess(spec: dict) -> dict:

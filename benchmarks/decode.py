@@ -176,7 +176,7 @@ def run_block_wise(affinities_path: str, threshold: float, out: str, workers: in
         for attempt in range(repeat):
             start = time.perf_counter()
             counts = decode_to_zarr(affinities_path, out, thresholds=(threshold,), chunks=chunks, progress=False,
-                                    overwrite=attempt > 0)
+                                    overwrite=attempt > 0).counts
             times.append(time.perf_counter() - start)
             os.sync()
         seconds = min(times)
@@ -317,7 +317,7 @@ def compare(args, cache: Path) -> None:
     print("|---|---|---|---|---|---|---|")
     for key, r in sorted(results.items()):
         speedup = f"{baseline / r['seconds']:.2f}" if baseline else "—"
-        same = "—" if key == "c" else ("yes" if r.get("same") else "NO")
+        same = "—" if key == "c" else ("not compared" if "same" not in r else "yes" if r["same"] else "NO")
         print(f"| ({key}) {METHODS[key]} | {r['seconds']:.2f} | {voxels / 1e6 / r['seconds']:.1f} | {speedup} | "
               f"{r['peak_gib']:.2f} | {r['n_segments']} | {same} |")
     print("\nall runs (s): " + "; ".join(f"({k}) " + ", ".join(f"{t:.2f}" for t in r["all_seconds"])

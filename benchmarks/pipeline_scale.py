@@ -119,7 +119,7 @@ def run_shape(shape, root: Path, args, record: dict, save) -> None:
         def decode():
             result = decode_to_zarr(affinities, segmentation, thresholds=(THRESHOLD,), overwrite=True,
                                     progress=True)
-            return dict(segments=int(result[THRESHOLD]))
+            return dict(segments=int(result.counts[THRESHOLD]))
 
         stage("synth", synth, seed)
         stage("infer", infer, affinities)

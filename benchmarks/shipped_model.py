@@ -46,7 +46,7 @@ def main() -> None:
 
     from nisbflow.infer.blockwise import infer_to_zarr
     from nisbflow.model import save_random_checkpoint
-    from nisbflow.settings import as_run_settings, resolve_settings
+    from nisbflow.settings import resolve_settings
     from nisbflow.synth import synthesize_seed
     from nisbflow.synth.affinities import write_noisy_affinities
     from nisbflow.tune import ThresholdScorer
@@ -66,7 +66,7 @@ def main() -> None:
     config = run.config
     untrained = out / "untrained.pt"
     save_random_checkpoint(untrained, run.checkpoint.model, seed=0)
-    models = {"shipped": run, "untrained": as_run_settings(run, str(untrained))}
+    models = {"shipped": run, "untrained": run.with_checkpoint(str(untrained))}
 
     table: dict[str, dict[int, dict[float, float]]] = {"ground truth": {}, "shipped": {}, "untrained": {}}
     seconds: dict[str, float] = {}

@@ -387,3 +387,22 @@ def test_compute_tasks_tracks_other_tasks_but_returns_only_its_own():
         assert compute_tasks([root], "sum", progress=False, track=leaves) == [30]
     with cluster_client("local", n_workers=1, processes=False):
         assert compute_tasks([root], "sum", progress=False, track=leaves) == [30]
+
+
+def test_decoding_in_a_fresh_process_never_loads_torch(tmp_path):
+    """The block-wise decoder's client loads no torch (about 150 MB and seconds of import): a decode without run
+    settings imports nothing from the model side, with or without a threshold recorded to read back."""
+    import subprocess
+    import sys
+
+    zarr.create_array(str(tmp_path / "aff.zarr"), shape=(3, 32, 32, 32), chunks=(3, 16, 16, 16),
+                      dtype="float16")[...] = 0.9
+    code = ("import sys, dask\ndask.config.set(scheduler='synchronous')\n"
+            "from nisbflow.decode import decode_to_zarr\n"
+            f"decode_to_zarr({str(tmp_path / 'aff.zarr')!r}, {str(tmp_path / 'seg.zarr')!r}, thresholds=(0.5,), "
+            "progress=False)\n"
+            "print('torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False"]
+    assert zarr.open_array(array_url(str(tmp_path / "seg.zarr")), mode="r")[...].max() == 1  # every edge is 0.9

@@ -208,9 +208,11 @@ def decoding_run(run) -> RunSettings | None:
     :class:`~nisbflow.settings.RunSettings` (its configuration and settings are recorded in the output), or None
     (nothing recorded). Anything else is refused: a plain :class:`~nisbflow.config.Config` carries no sources and no
     checkpoint to record; resolve it with :func:`nisbflow.settings.resolve_settings`."""
+    if run is None:
+        return None  # nisbflow.settings (and torch, through the checkpoint module) load only for a run's settings
     from nisbflow.settings import RunSettings
 
-    if run is None or isinstance(run, RunSettings):
+    if isinstance(run, RunSettings):
         return run
     raise TypeError(
         f"decoding run settings: expected a nisbflow.settings.RunSettings (resolve_settings) or None, got "
