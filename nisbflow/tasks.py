@@ -188,8 +188,11 @@ Python; :func:`compute_tasks` checks this flag between finished tasks, so such a
 
 
 def interrupt_requested(signum=None, frame=None):
-    """Signal handler for commands: remember the interrupt, then raise ``KeyboardInterrupt`` as Python's own does."""
+    """Signal handler for commands: remember the interrupt, silence the cluster's shutdown logs at once
+    (:func:`quiet_shutdown_logs`: distributed's event loop may log a traceback for a call the interrupt cut short before
+    the command reaches its own handling), then raise ``KeyboardInterrupt`` as Python's own does."""
     INTERRUPTED.set()
+    quiet_shutdown_logs()
     raise KeyboardInterrupt
 
 
