@@ -83,14 +83,25 @@ def decode(
     check_layout(layout)
     given = {"decoding.method": method} if method else {}
     given.update({"decoding.waterz.scoring": scoring} if scoring else {})
-    run = _decode_settings(affinities, config, params, Overrides.of(overrides).then(given))
+    opened = _zarr_affinities(affinities)
+    run = _decode_settings(affinities, opened, config, params, Overrides.of(overrides).then(given))
     say_settings(run, "decode", log)
     decoding = run.config.decoding
     choice = choose_thresholds(run, thresholds, thresholds_given_as)
     log(choice.describe())
     backend = check_backend(backend or decoding.backend)
     inputs = _decode_inputs(
-        affinities, mask or decoding.affinity_mask_path, gt, output, chunks, axes, overwrite, force, log, progress
+        affinities,
+        opened,
+        mask or decoding.affinity_mask_path,
+        gt,
+        output,
+        chunks,
+        axes,
+        overwrite,
+        force,
+        log,
+        progress,
     )
     with cluster_session(run.config, cluster, log):
         if decoding.method == "cc":
@@ -129,16 +140,21 @@ def decode(
     return DecodeReport(run, choice, dict(result.counts), outputs, result.region_graph, dense)
 
 
-def _decode_settings(affinities: str, config, params, overrides: Overrides) -> RunSettings:
-    """A decode's settings: the affinities' recorded layer is what a zarr output of ``infer`` records (HDF5 and TIFF
-    inputs record nothing)."""
+def _zarr_affinities(affinities: str):
+    """The affinities opened and checked when they are zarr (their values are sampled once, by decode_to_zarr); None
+    for an HDF5 or TIFF input, which is opened once staged."""
     from nisbflow.data.formats import locate
     from nisbflow.data.volumes import open_affinities
+
+    return open_affinities(affinities, sample=False) if locate(affinities).kind == "zarr" else None
+
+
+def _decode_settings(affinities: str, opened, config, params, overrides: Overrides) -> RunSettings:
+    """A decode's settings: the affinities' recorded layer is what a zarr output of ``infer`` records (``opened``,
+    :func:`_zarr_affinities`; HDF5 and TIFF inputs record nothing)."""
     from nisbflow.settings import recorded_settings, resolve_settings
 
-    recorded = {}
-    if locate(affinities).kind == "zarr":
-        recorded = recorded_settings(dict(open_affinities(affinities, sample=False).attrs))
+    recorded = {} if opened is None else recorded_settings(dict(opened.attrs))
     return resolve_settings(
         None,
         config=config,
@@ -163,10 +179,11 @@ class _DecodeInputs:
 
 
 def _decode_inputs(
-    affinities: str, mask, gt, output: str, chunks, axes, overwrite: bool, force: bool, log, progress: bool
+    affinities: str, opened, mask, gt, output: str, chunks, axes, overwrite: bool, force: bool, log, progress: bool
 ) -> _DecodeInputs:
     """The output refused once, on the files the run reads as given (before an HDF5 or TIFF input is staged), then
-    the inputs staged (the copies, too, may not overlap the output) and their shapes checked."""
+    the inputs staged (the copies, too, may not overlap the output) and their shapes checked. ``opened``: the zarr
+    affinities already opened (:func:`_zarr_affinities`), else None."""
     from nisbflow.blocks import check_block_count
     from nisbflow.data.formats import locate, open_labels, zarr_input
     from nisbflow.data.volumes import open_affinities
@@ -182,7 +199,8 @@ def _decode_inputs(
         force,
     )
     affinities = zarr_input(affinities, role="affinities", near=output, axes=axes, log=log, progress=progress)
-    opened = open_affinities(affinities, sample=False)  # its values are sampled once, by decode_to_zarr
+    if opened is None:  # a staged HDF5 or TIFF copy; its values are sampled once, by decode_to_zarr
+        opened = open_affinities(affinities, sample=False)
     spatial = tuple(opened.shape[1:])
     if mask is not None:
         mask = zarr_input(mask, role="affinity mask", near=output, log=log, progress=progress)
